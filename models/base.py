@@ -1,0 +1,90 @@
+"""Contracts shared by every recall channel.
+
+A channel is fitted on a user x item history matrix (plus whatever side data it asks
+for), then scores batches of users against the whole catalogue. ``retrieve`` is shared:
+it scores users in memory-bounded chunks, removes what each user already has, and keeps
+only the top-k per user, so no users x items matrix is ever held whole.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+CHUNK_CELLS = 1 << 24  # scores held at once: 16M float32 = 64 MB
+
+
+@dataclass
+class TopK:
+    """Per-user top-k: item indices (-1 = nothing retrieved) and scores, best first."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+
+def top_k(scores: np.ndarray, k: int) -> TopK:
+    """Best ``k`` entries of each row, sorted by score then item index; -inf is dropped."""
+    n_rows, n_cols = scores.shape
+    k_eff = min(k, n_cols)
+    if k_eff < n_cols:
+        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+    else:
+        part = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    idx = np.where(np.isneginf(vals), -1, idx)
+    if k_eff < k:
+        pad = ((0, 0), (0, k - k_eff))
+        idx = np.pad(idx, pad, constant_values=-1)
+        vals = np.pad(vals, pad, constant_values=-np.inf)
+    return TopK(idx, vals.astype(np.float32))
+
+
+def user_chunks(n_users: int, n_items: int, chunk: int = 0) -> Iterator[slice]:
+    """Row slices sized so a chunk's dense scores stay within CHUNK_CELLS."""
+    size = chunk or max(1, CHUNK_CELLS // max(n_items, 1))
+    for lo in range(0, n_users, size):
+        yield slice(lo, min(lo + size, n_users))
+
+
+class RecallChannel(ABC):
+    """Fit on history, score users against all items, save and load without pickle."""
+
+    name: str
+
+    @abstractmethod
+    def fit(self, history: sp.csr_matrix) -> RecallChannel:
+        """Learn from a users x items matrix of the fitting interactions."""
+
+    @abstractmethod
+    def score(self, history: sp.csr_matrix) -> np.ndarray:
+        """Dense scores (rows of ``history`` x all items); -inf where nothing is retrieved."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: Path) -> RecallChannel: ...
+
+    def retrieve(self, history: sp.csr_matrix, k: int, exclude_seen: bool = True,
+                 chunk: int = 0) -> TopK:
+        """Top-k items per row of ``history``; items in the row are removed when asked."""
+        parts = []
+        for rows in user_chunks(history.shape[0], history.shape[1], chunk):
+            block = history[rows]
+            scores = self.score(block).astype(np.float32, copy=False)
+            if exclude_seen:
+                r, c = block.nonzero()
+                scores[r, c] = -np.inf
+            parts.append(top_k(scores, k))
+        if not parts:
+            return TopK(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
+        return TopK(np.vstack([p.items for p in parts]), np.vstack([p.scores for p in parts]))

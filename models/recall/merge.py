@@ -1,0 +1,64 @@
+"""Merge channel lists into one candidate set per user, keeping every channel's evidence.
+
+Order of placement: each channel in priority order places up to its quota of its own
+best items (an item already placed is skipped, not re-counted); then the fill channel
+tops the list up to the budget. Every candidate keeps the score and rank each channel
+gave it (null where that channel did not retrieve it) and ``n_channels``, the number of
+channels that retrieved it, so the ranker can weigh the evidence later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from models.base import TopK
+
+
+@dataclass(frozen=True)
+class ChannelList:
+    name: str
+    top: TopK
+    quota: int
+
+
+def _long(lists: list[ChannelList]) -> pd.DataFrame:
+    frames = []
+    for pos, cl in enumerate(lists):
+        rows, cols = np.nonzero(cl.top.items >= 0)
+        frames.append(pd.DataFrame({
+            "row": rows, "item": cl.top.items[rows, cols], "channel": pos,
+            "rank": cols + 1, "score": cl.top.scores[rows, cols],
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def merge_candidates(lists: list[ChannelList], fill: str, budget: int) -> pd.DataFrame:
+    """Columns: row, item, merge_rank, source, n_channels, <channel>_score, <channel>_rank."""
+    names = [cl.name for cl in lists]
+    if fill not in names:
+        raise ValueError(f"fill channel {fill!r} is not among the channels {names}")
+    long = _long(lists)
+    quotas = np.array([cl.quota for cl in lists])
+    placed = long[long["rank"].to_numpy() <= quotas[long["channel"].to_numpy()]].assign(stage=0)
+    filler = long[long["channel"] == names.index(fill)].assign(stage=1)
+    merged = (pd.concat([placed, filler], ignore_index=True)
+              .sort_values(["row", "stage", "channel", "rank"], kind="stable")
+              .drop_duplicates(["row", "item"], keep="first"))
+    merged["merge_rank"] = merged.groupby("row", sort=False).cumcount() + 1
+    merged = merged[merged["merge_rank"] <= budget]
+    out = merged[["row", "item", "merge_rank"]].reset_index(drop=True)
+    out["source"] = pd.Categorical.from_codes(merged["channel"].to_numpy(), categories=names)
+
+    evidence = long.set_index(["row", "item", "channel"])[["score", "rank"]].unstack("channel")
+    evidence.columns = [f"{names[ch]}_{field}" for field, ch in evidence.columns]
+    out = out.join(evidence, on=["row", "item"])
+    for name in names:
+        for field, dtype in (("score", "float32"), ("rank", "Int32")):
+            col = f"{name}_{field}"
+            out[col] = out[col].astype(dtype) if col in out else pd.Series(pd.NA, index=out.index,
+                                                                            dtype=dtype)
+    out["n_channels"] = out[[f"{n}_rank" for n in names]].notna().sum(axis=1).astype("int8")
+    return out

@@ -1,0 +1,198 @@
+"""Typed run configuration.
+
+Defaults live here, one described field per key, so a config file only states what
+differs from them. Files are YAML; ``--set a.b=value`` overrides are parsed as YAML
+scalars (never ``eval``). Unknown keys are errors, so a typo cannot silently fall back
+to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- sources
+class SyntheticSource(_Strict):
+    """The embedded generator: topics, Zipf popularity, regions, sessions, drift, search."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    n_users: int = Field(2000, ge=10, description="number of users")
+    n_items: int = Field(1000, ge=20, description="number of items")
+    mean_interactions: float = Field(40.0, gt=3, description="mean interactions per user")
+    n_topics: int = Field(12, ge=2, description="latent topics behind tastes and item text")
+    n_regions: int = Field(5, ge=1, description="user home regions")
+    regional_item_share: float = Field(0.2, ge=0, le=1, description="items sold in one region")
+    days: int = Field(60, ge=1, description="length of the log in days")
+    search_share: float = Field(0.15, ge=0, le=1, description="share of events that are searches")
+    zipf_exponent: float = Field(1.0, gt=0, description="item popularity ~ 1/rank^exponent")
+    session_coherence: float = Field(
+        0.8, ge=0, le=1, description="chance an event stays on its session's topic"
+    )
+
+
+class MovieLens100kSource(_Strict):
+    """GroupLens MovieLens 100K from a local directory (never redistributed)."""
+
+    kind: Literal["movielens-100k"] = "movielens-100k"
+    path: Path = Field(Path("../shared/datasets/ml-100k"), description="directory with u.data")
+
+
+class InteractionFile(_Strict):
+    """One interactions file and how its columns map onto the contract."""
+
+    path: Path
+    columns: dict[str, str] = Field(description="contract column -> column in the file")
+    event: str = Field("interaction", description="constant event name for this file's rows")
+    ts_unit: Literal["s", "ms", "iso"] | None = Field(
+        None, description="timestamp encoding; inferred from the column type when omitted"
+    )
+
+
+class TableFile(_Strict):
+    """An items or users file, its column mapping and its delimited list columns."""
+
+    path: Path
+    columns: dict[str, str] = Field(description="contract column -> column in the file")
+    list_columns: dict[str, str] = Field(
+        default_factory=dict, description="contract column -> delimiter splitting it into a list"
+    )
+
+
+class FilesSource(_Strict):
+    """A team's own logs in Parquet or CSV, loaded by column mapping alone."""
+
+    kind: Literal["files"] = "files"
+    interactions: list[InteractionFile] = Field(min_length=1)
+    items: TableFile | None = Field(None, description="omitted: items derived from interactions")
+    users: TableFile | None = Field(None, description="omitted: users derived from interactions")
+
+
+Source = Annotated[
+    SyntheticSource | MovieLens100kSource | FilesSource, Field(discriminator="kind")
+]
+
+
+# ---------------------------------------------------------------- stages
+class IngestConfig(_Strict):
+    unknown_ids: Literal["error", "drop"] = Field(
+        "error", description="interactions naming items/users absent from their tables"
+    )
+
+
+class SplitConfig(_Strict):
+    strategy: Literal["ratio", "leave_last", "time"] = "ratio"
+    valid_fraction: float = Field(0.1, gt=0, lt=0.5, description="ratio: share per user")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="ratio: share per user")
+    min_interactions: int = Field(3, ge=3, description="users with fewer stay wholly in train")
+    valid_start: str | None = Field(None, description="time: first valid timestamp (ISO)")
+    test_start: str | None = Field(None, description="time: first test timestamp (ISO)")
+
+    @model_validator(mode="after")
+    def _time_needs_cutoffs(self) -> SplitConfig:
+        if self.strategy == "time" and (self.valid_start is None or self.test_start is None):
+            raise ValueError("split.strategy 'time' needs split.valid_start and split.test_start")
+        return self
+
+
+class ChannelConfig(_Strict):
+    quota: int = Field(ge=0, description="candidates this channel may place before the fill")
+
+
+class RecallConfig(_Strict):
+    budget: int = Field(300, ge=1, description="merged candidates per user")
+    channels: dict[Literal["cooccurrence", "popularity"], ChannelConfig] = Field(
+        default_factory=lambda: {
+            "cooccurrence": ChannelConfig(quota=200),
+            "popularity": ChannelConfig(quota=100),
+        },
+        description="channels in merge priority order; popularity is also the fill",
+    )
+    cooccurrence_neighbours: int = Field(
+        200, ge=1, description="similar items kept per item (prunes the item-item matrix)"
+    )
+    user_chunk: int = Field(0, ge=0, description="users scored per chunk; 0 sizes it by memory")
+
+
+class RankConfig(_Strict):
+    top_k: int = Field(100, ge=1, description="recommendations written per test user")
+
+
+class EvaluateConfig(_Strict):
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100])
+    recall_ns: list[int] = Field(
+        default_factory=lambda: [50, 100, 200, 300], description="candidate-set recall depths"
+    )
+
+
+class Config(_Strict):
+    dataset: str = Field(description="name of the folder under data_dir")
+    data_dir: Path = Field(Path("data"), description="root of stage outputs")
+    seed: int = Field(42, description="the one seed reaching every random draw")
+    threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="BLAS/OpenMP threads"
+    )
+    source: Source
+    ingest: IngestConfig = IngestConfig()
+    split: SplitConfig = SplitConfig()
+    recall: RecallConfig = RecallConfig()
+    rank: RankConfig = RankConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @property
+    def root(self) -> Path:
+        """Folder holding every stage's output for this dataset."""
+        return self.data_dir / self.dataset
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from ``base``), apply ``key=value`` overrides, validate."""
+    tree: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        tree.update(loaded)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        where = str(path) if path is not None else "config"
+        lines = [f"{where}: invalid configuration"]
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            lines.append(f"  {loc}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None

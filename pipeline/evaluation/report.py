@@ -1,0 +1,97 @@
+"""An HTML report of ``metrics.json``: headline numbers first, then curves and tables.
+
+One self-contained file (plots embedded as PNG) so it can be mailed or archived with a
+run; matplotlib draws off-screen.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+_METRICS_SHOWN = ("ndcg", "recall", "hit_rate", "precision", "mrr", "map", "coverage")
+
+
+def _png(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _curves(metrics: dict[str, Any]) -> str:
+    ks = metrics["ks"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, name in zip(axes, ("ndcg", "recall", "coverage"), strict=True):
+        for system, row in metrics["systems"].items():
+            ax.plot(ks, [row[f"{name}@{k}"] for k in ks], marker="o", label=system)
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_title(f"{name}@k")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def _candidate_bars(metrics: dict[str, Any]) -> str:
+    rows = metrics["candidate_recall"]
+    ns = list(next(iter(rows.values())).keys())
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    width = 0.8 / len(rows)
+    for i, (name, row) in enumerate(rows.items()):
+        ax.bar([j + i * width for j in range(len(ns))], [row[n] for n in ns], width, label=name)
+    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(ns))], ns)
+    ax.set_ylabel("share of test items")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["system", *columns])
+    body = []
+    for name, row in rows.items():
+        best = "".join(f"<td>{row[c]:.4f}</td>" for c in columns)
+        body.append(f"<tr><th>{html.escape(name)}</th>{best}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def render(metrics: dict[str, Any], notes: list[str]) -> str:
+    ks = metrics["ks"]
+    final = metrics["systems"]["final"]
+    k0 = ks[0]
+    cards = "".join(
+        f"<div class=card><div class=v>{final[f'{m}@{k0}']:.4f}</div><div>{m}@{k0}</div></div>"
+        for m in ("ndcg", "recall", "hit_rate", "mrr", "coverage"))
+    sections = [_table(metrics["systems"], [f"{m}@{k}" for k in ks for m in ("ndcg", "recall")])]
+    for k in ks:
+        sections.append(f"<h3>@{k}</h3>" + _table(
+            metrics["systems"], [f"{m}@{k}" for m in _METRICS_SHOWN]))
+    note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Offline evaluation: {html.escape(metrics['dataset'])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}}
+.card{{display:inline-block;padding:.8em 1.4em;margin:.3em;border-radius:8px;background:#eef3fb}}
+.v{{font-size:1.6em;font-weight:600}} table{{border-collapse:collapse;margin:.6em 0}}
+td,th{{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:right}}
+th:first-child{{text-align:left}}
+</style></head><body>
+<h1>Offline evaluation: {html.escape(metrics['dataset'])}</h1>
+<p>{metrics['users']} test users, full ranking over {metrics['catalogue']} items
+(fitted items excluded), split <code>{html.escape(metrics['split'])}</code>.</p>
+<h2>Final ranking</h2>{cards}
+<h2>Metrics by k</h2><img src="data:image/png;base64,{_curves(metrics)}">
+<h2>Candidate recall</h2><img src="data:image/png;base64,{_candidate_bars(metrics)}">
+{_table(metrics['candidate_recall'], list(next(iter(metrics['candidate_recall'].values()))))}
+<h2>All metrics</h2>{''.join(sections)}
+<h2>Notes from the run</h2><ul>{note_items}</ul>
+</body></html>
+"""

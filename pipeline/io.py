@@ -1,0 +1,145 @@
+"""Artifact I/O: atomic stage folders, run manifests, hashes and locks.
+
+A stage writes into a hidden sibling folder (``.name.tmp-<pid>``), writes its manifest
+last, then renames the folder into place. A process killed mid-write leaves only the
+hidden folder, which readers (Arrow, pandas, Dask) skip and ``make`` never sees as done.
+A ``flock`` per output folder keeps two runs from writing the same stage at once; the OS
+drops it when the holder dies, so there is never a stale lock to clear.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+_VERSIONED = ("numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "torch",
+              "faiss-cpu", "pydantic")
+
+
+class StageLockedError(RuntimeError):
+    """Another process is writing the same stage output."""
+
+
+def file_hash(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StageLockedError(f"{target} is being written by another process") from None
+        yield
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield a temp folder that replaces ``target`` only if the block completes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target):
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if target.exists():
+            os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_manifest(folder: Path, **fields: Any) -> dict[str, Any]:
+    """Record outputs (rows, bytes, hash) with the caller's fields; written last."""
+    outputs = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            entry: dict[str, Any] = {"bytes": path.stat().st_size, "hash": file_hash(path)}
+            if path.suffix == ".parquet":
+                entry["rows"] = pq.ParquetFile(path).metadata.num_rows
+            outputs[str(path.relative_to(folder))] = entry
+    manifest = {**fields, "outputs": outputs, "versions": library_versions(),
+                "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / MANIFEST).read_text())
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    """Write a DataFrame as Parquet without the pandas index."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    pq.write_table(table, path)
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read Parquet through Arrow (pandas' reader chokes on list columns, pandas #57411)."""
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+class ChunkedParquetWriter:
+    """Append DataFrames with one schema to a Parquet file, so no stage holds all rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, df: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table.cast(self._writer.schema))
+        self.rows += len(df)
+
+    def close(self, empty_like: pd.DataFrame) -> None:
+        """Finish the file; with no chunks written, write an empty table of that shape."""
+        if self._writer is None:
+            write_table(empty_like.iloc[:0], self.path)
+        else:
+            self._writer.close()
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hand a file on unchanged: a hard link where the filesystem allows, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,62 @@
+"""Runs one stage safely: inputs present, exclusive lock, atomic output, manifest last."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from pipeline.config import Config
+from pipeline.io import MANIFEST, atomic_folder, file_hash, write_manifest
+from pipeline.stages import STAGE_NAMES, get_stage, stage_dir
+
+log = logging.getLogger("pipeline")
+
+
+class MissingInputError(RuntimeError):
+    """A stage was asked to run before the stage it reads from."""
+
+
+def set_threads(n: int) -> None:
+    """Pin BLAS/OpenMP pools: on 2 shared cores oversubscribed threads spin at barriers."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+
+
+def _input_hashes(cfg: Config, inputs: tuple[str, ...]) -> dict[str, str]:
+    hashes = {}
+    for name in inputs:
+        folder = stage_dir(cfg, name)
+        if not (folder / MANIFEST).is_file():
+            raise MissingInputError(
+                f"stage input '{name}' is missing ({folder / MANIFEST}); "
+                f"run `python -m pipeline {name}` (or `make {name}`) first"
+            )
+        hashes[str(folder / MANIFEST)] = file_hash(folder / MANIFEST)
+    return hashes
+
+
+def run_stage(cfg: Config, name: str) -> dict:
+    """Run stage ``name`` and return its manifest."""
+    stage = get_stage(name)
+    inputs = _input_hashes(cfg, stage.inputs)
+    module = stage.load()
+    target = stage_dir(cfg, name)
+    started = time.perf_counter()
+    log.info("[%s] start -> %s", name, target)
+    with atomic_folder(target) as out:
+        extra = module.run(cfg, out) or {}
+        seconds = round(time.perf_counter() - started, 3)
+        manifest = write_manifest(out, stage=name, config=cfg.to_dict(), inputs=inputs,
+                                  seconds=seconds, **extra)
+    log.info("[%s] done in %.1fs (%s)", name, seconds, extra.get("status", "ok"))
+    return manifest
+
+
+def run_until(cfg: Config, until: str | None = None) -> None:
+    last = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
+    for name in STAGE_NAMES[: last + 1]:
+        run_stage(cfg, name)

@@ -1,0 +1,50 @@
+"""GroupLens MovieLens 100K, read from a local directory (its licence forbids shipping it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import schema as S
+from pipeline.schema import DataError
+from pipeline.sources import RawTables
+
+_ITEM_FIXED = ["item_id", "title", "release_date", "video_release_date", "imdb_url"]
+
+
+def load_movielens_100k(path: Path) -> RawTables:
+    """Ratings become interactions (event 'rating', weight = stars); genres become tags.
+
+    The title plus genres is the item text, the first listed genre its category, and the
+    first character of the zip code the user's region.
+    """
+    data = path / "u.data"
+    if not data.is_file():
+        raise DataError(
+            f"{data}: MovieLens 100K not found; set source.path to the folder holding u.data"
+        )
+    ratings = pd.read_csv(data, sep="\t", names=[S.USER, S.ITEM, S.WEIGHT, S.TS])
+    ratings[S.EVENT] = "rating"
+
+    genres = pd.read_csv(path / "u.genre", sep="|", names=["genre", "idx"],
+                         encoding="latin-1").dropna()["genre"].tolist()
+    items = pd.read_csv(path / "u.item", sep="|", names=_ITEM_FIXED + genres,
+                        encoding="latin-1")
+    flags = items[genres].to_numpy(bool)
+    tag_lists = [[g for g, f in zip(genres, row, strict=True) if f] for row in flags]
+    items[S.TAGS] = tag_lists
+    items[S.CATEGORY] = [t[0] if t else "unknown" for t in tag_lists]
+    items[S.TEXT] = items["title"] + " " + [" ".join(t) for t in tag_lists]
+    items[S.CREATED_TS] = pd.to_datetime(items["release_date"], format="%d-%b-%Y",
+                                         errors="coerce")
+    items = items[[S.ITEM, S.TITLE, S.TEXT, S.CATEGORY, S.TAGS, S.CREATED_TS]]
+
+    users = pd.read_csv(path / "u.user", sep="|",
+                        names=[S.USER, "age", "gender", "occupation", "zip"])
+    users[S.REGION] = users["zip"].astype(str).str[0]
+    return RawTables(
+        interactions=[(str(data), ratings)],
+        items=(str(path / "u.item"), items),
+        users=(str(path / "u.user"), users),
+    )

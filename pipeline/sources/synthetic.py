@@ -1,0 +1,181 @@
+"""The embedded synthetic data set: a log with structure a good recommender can find.
+
+Every draw is vectorised and comes from one seeded generator. What is planted:
+- items belong to latent topics, with Zipf popularity, a category, tags and text drawn
+  from the topic's vocabulary; a share of items is sold in one region only;
+- users have sparse (Dirichlet) topic tastes that drift over the log, and a home region;
+- events come in sessions that mostly stay on one topic, so items of a session co-occur;
+- a share of events are searches whose query is drawn from the clicked item's title.
+Popularity alone ignores all of it, so models that use the structure beat it widely.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline import schema as S
+from pipeline.config import SyntheticSource
+from pipeline.sources import RawTables
+
+_SYLLABLES = np.array(["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "da", "fe",
+                       "gu", "hi", "jo", "ba", "ce", "ly", "mo", "nu"])
+_WORDS_PER_TOPIC = 30
+_TAGS_PER_TOPIC = 8
+_GLOBAL_WORDS = 60
+_SUBCATEGORIES = 3
+_MEAN_SESSION = 8
+_DAY = 86_400
+_START = np.datetime64("2026-01-01T00:00:00", "s")
+_CHUNK = 1 << 20
+
+
+def _words(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n distinct pseudo-words of three syllables."""
+    k = len(_SYLLABLES)
+    codes = rng.choice(k**3, size=n, replace=False)
+    return np.char.add(np.char.add(_SYLLABLES[codes // k**2], _SYLLABLES[(codes // k) % k]),
+                       _SYLLABLES[codes % k])
+
+
+def _join_rows(words: np.ndarray) -> list[str]:
+    return [" ".join(row) for row in words.tolist()]
+
+
+def _categorical(rng: np.random.Generator, probs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """One draw per entry of ``rows`` from the distribution ``probs[row]`` (chunked)."""
+    out = np.empty(len(rows), np.int64)
+    cum = np.cumsum(probs, axis=1)
+    for lo in range(0, len(rows), _CHUNK):
+        sel = rows[lo: lo + _CHUNK]
+        u = rng.random(len(sel))[:, None] * cum[sel, -1:]
+        out[lo: lo + _CHUNK] = np.minimum((cum[sel] < u).sum(axis=1), probs.shape[1] - 1)
+    return out
+
+
+class _ItemSampler:
+    """Draws an item of a given topic with probability proportional to its popularity."""
+
+    def __init__(self, topic: np.ndarray, weight: np.ndarray, n_topics: int) -> None:
+        self.order = np.argsort(topic, kind="stable")
+        self.cum = np.cumsum(weight[self.order])
+        bounds = np.searchsorted(topic[self.order], np.arange(n_topics + 1))
+        self.lo = np.concatenate([[0.0], self.cum])[bounds[:-1]]
+        self.hi = np.concatenate([[0.0], self.cum])[bounds[1:]]
+
+    def draw(self, rng: np.random.Generator, topics: np.ndarray) -> np.ndarray:
+        r = self.lo[topics] + rng.random(len(topics)) * (self.hi[topics] - self.lo[topics])
+        pos = np.minimum(np.searchsorted(self.cum, r, side="right"), len(self.cum) - 1)
+        return self.order[pos]
+
+
+def generate(src: SyntheticSource, seed: int) -> RawTables:
+    rng = np.random.default_rng(seed)
+    n_topics, n_items, n_users = src.n_topics, src.n_items, src.n_users
+    span = src.days * _DAY
+
+    # Vocabulary: per-topic words and tags, plus words shared by every topic.
+    words = _words(rng, n_topics * (_WORDS_PER_TOPIC + _TAGS_PER_TOPIC) + _GLOBAL_WORDS)
+    topic_words = words[: n_topics * _WORDS_PER_TOPIC].reshape(n_topics, _WORDS_PER_TOPIC)
+    tag_start = n_topics * _WORDS_PER_TOPIC
+    topic_tags = words[tag_start: tag_start + n_topics * _TAGS_PER_TOPIC].reshape(
+        n_topics, _TAGS_PER_TOPIC)
+    global_words = words[tag_start + n_topics * _TAGS_PER_TOPIC:]
+
+    # Items.
+    item_topic = rng.integers(n_topics, size=n_items)
+    pop_rank = rng.permutation(n_items)
+    pop_weight = 1.0 / (pop_rank + 1.0) ** src.zipf_exponent
+    item_region = np.where(rng.random(n_items) < src.regional_item_share,
+                           rng.integers(src.n_regions, size=n_items), -1)
+    new_item = rng.random(n_items) < 0.2
+    created = np.where(new_item, rng.random(n_items) * span * 0.8,
+                       -rng.random(n_items) * 365 * _DAY).astype(np.int64)
+    title_idx = rng.integers(_WORDS_PER_TOPIC, size=(n_items, 3))
+    title_words = topic_words[item_topic[:, None], title_idx]
+    text_idx = rng.integers(_WORDS_PER_TOPIC, size=(n_items, 10))
+    text_topic = topic_words[item_topic[:, None], text_idx]
+    text_global = global_words[rng.integers(_GLOBAL_WORDS, size=(n_items, 3))]
+    n_tags = rng.integers(2, 5, size=n_items)
+    tag_idx = np.argsort(rng.random((n_items, _TAGS_PER_TOPIC)), axis=1)[:, :4]
+    tags_all = topic_tags[item_topic[:, None], tag_idx]
+    subcat = rng.integers(_SUBCATEGORIES, size=n_items)
+    items = pd.DataFrame({
+        S.ITEM: np.arange(1, n_items + 1),
+        S.TITLE: _join_rows(title_words),
+        S.TEXT: _join_rows(np.concatenate([title_words, text_topic, text_global], axis=1)),
+        S.CATEGORY: [f"{topic_words[t, 0]}/{c}" for t, c in zip(item_topic, subcat, strict=True)],
+        S.TAGS: [row[:k] for row, k in zip(tags_all.tolist(), n_tags.tolist(), strict=True)],
+        S.REGION: pd.Series(np.where(item_region >= 0, np.char.add("r", item_region.astype(str)),
+                                     None), dtype="string"),
+        S.CREATED_TS: _START + created,
+    })
+
+    # Users: sparse tastes that drift towards a second mixture over the log.
+    taste0 = rng.gamma(0.3, size=(n_users, n_topics)) + 1e-9
+    taste0 /= taste0.sum(axis=1, keepdims=True)
+    fresh = rng.gamma(0.3, size=(n_users, n_topics)) + 1e-9
+    taste1 = 0.6 * taste0 + 0.4 * fresh / fresh.sum(axis=1, keepdims=True)
+    user_region = rng.integers(src.n_regions, size=n_users)
+    users = pd.DataFrame({
+        S.USER: np.arange(1, n_users + 1),
+        "age": rng.integers(16, 70, size=n_users),
+        "gender": rng.choice(np.array(["f", "m"]), size=n_users),
+        S.REGION: np.char.add("r", user_region.astype(str)),
+    })
+
+    # Events, grouped into sessions of each user.
+    sigma = 0.8
+    n_per_user = np.maximum(3, np.round(rng.lognormal(
+        np.log(src.mean_interactions) - sigma**2 / 2, sigma, size=n_users))).astype(np.int64)
+    n_sessions = np.maximum(1, np.ceil(n_per_user / _MEAN_SESSION)).astype(np.int64)
+    user = np.repeat(np.arange(n_users), n_per_user)
+    session = (np.floor(rng.random(len(user)) * n_sessions[user]).astype(np.int64)
+               + np.repeat(np.cumsum(n_sessions) - n_sessions, n_per_user))
+    order = np.argsort(session, kind="stable")
+    user, session = user[order], session[order]
+    first = np.searchsorted(session, session, side="left")
+    position = np.arange(len(session)) - first
+    session_start = rng.random(n_sessions.sum()) * (span - 6 * 3600)
+    ts = (session_start[session] + position * rng.uniform(60, 600, size=len(session))).astype(
+        np.int64)
+    drift = session_start / span
+    session_user = np.repeat(np.arange(n_users), n_sessions)
+    late = rng.random(len(session_start)) < drift
+    session_topic = np.where(
+        late, _categorical(rng, taste1, session_user), _categorical(rng, taste0, session_user))
+    stray = rng.random(len(user)) >= src.session_coherence
+    topic = session_topic[session]
+    topic[stray] = _categorical(rng, taste0, user[stray])
+
+    sampler = _ItemSampler(item_topic, pop_weight, n_topics)
+    item = sampler.draw(rng, topic)
+    for _ in range(4):  # regional items rarely leave their region; items exist only once made
+        wrong_region = (item_region[item] >= 0) & (item_region[item] != user_region[user])
+        retry = (wrong_region & (rng.random(len(item)) < 0.9)) | (created[item] > ts)
+        if not retry.any():
+            break
+        item[retry] = sampler.draw(rng, topic[retry])
+    keep = created[item] <= ts
+    user, item, ts = user[keep], item[keep], ts[keep]
+
+    search = rng.random(len(item)) < src.search_share
+    purchase = ~search & (rng.random(len(item)) < 0.05)
+    event = np.where(search, "search", np.where(purchase, "purchase", "click"))
+    pick = rng.integers(3, size=(int(search.sum()), 2))
+    qwords = title_words[item[search][:, None], pick]
+    query = np.full(len(item), None, dtype=object)
+    query[search] = [" ".join(dict.fromkeys(row)) for row in qwords.tolist()]
+
+    interactions = pd.DataFrame({
+        S.USER: user + 1,
+        S.ITEM: item + 1,
+        S.TS: _START + ts,
+        S.EVENT: event,
+        S.WEIGHT: np.where(purchase, 3.0, 1.0),
+        S.QUERY: pd.Series(query, dtype="string"),
+        S.REGION: np.char.add("r", user_region[user].astype(str)),
+    }).sort_values([S.TS, S.USER], kind="stable").reset_index(drop=True)
+    origin = "synthetic generator"
+    return RawTables(interactions=[(origin, interactions)], items=(origin, items),
+                     users=(origin, users))

@@ -1,0 +1,50 @@
+"""Leak-free splits of an interaction log into train / valid / test.
+
+Every strategy first keeps one row per (user, item), the one with the latest ``ts``
+(ties: the later row in the log). Then:
+- ``ratio``: per user, ordered by (ts, item_id); users with n < min_interactions stay in
+  train; otherwise the last max(1, floor(test_fraction * n)) rows are test, the
+  max(1, floor(valid_fraction * n)) before them valid, the rest train.
+- ``leave_last``: the same with exactly one test and one valid row per user.
+- ``time``: global cut-offs: ts < valid_start is train, ts >= test_start is test.
+Per-user strategies keep each user's train strictly before (in that order) their valid
+and test rows, which is what lets later stages fit on train and never see the future.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline import schema as S
+from pipeline.config import SplitConfig
+
+PARTS = ("train", "valid", "test")
+
+
+def deduplicate(interactions: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user, item): the latest by ts, the later log row on ties."""
+    ordered = interactions.reset_index(drop=True)
+    ordered = ordered.sort_values([S.USER, S.ITEM, S.TS], kind="stable")
+    return ordered.drop_duplicates([S.USER, S.ITEM], keep="last")
+
+
+def split(interactions: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:
+    df = deduplicate(interactions)
+    if cfg.strategy == "time":
+        valid_start, test_start = pd.Timestamp(cfg.valid_start), pd.Timestamp(cfg.test_start)
+        if test_start < valid_start:
+            raise ValueError("split.test_start must not precede split.valid_start")
+        part = np.where(df[S.TS] >= test_start, 2, np.where(df[S.TS] >= valid_start, 1, 0))
+    else:
+        df = df.sort_values([S.USER, S.TS, S.ITEM], kind="stable")
+        n = df.groupby(S.USER, sort=False)[S.ITEM].transform("size").to_numpy()
+        from_end = n - 1 - df.groupby(S.USER, sort=False).cumcount().to_numpy()
+        if cfg.strategy == "leave_last":
+            n_test = n_valid = np.ones_like(n)
+        else:
+            n_test = np.maximum(1, np.floor(cfg.test_fraction * n)).astype(np.int64)
+            n_valid = np.maximum(1, np.floor(cfg.valid_fraction * n)).astype(np.int64)
+        part = np.where(from_end < n_test, 2, np.where(from_end < n_test + n_valid, 1, 0))
+        part[n < cfg.min_interactions] = 0
+    return {name: df.loc[part == i].reset_index(drop=True) for i, name in enumerate(PARTS)}

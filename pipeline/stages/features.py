@@ -1,0 +1,23 @@
+"""features: candidate features for the ranker.
+
+Not built yet (the learning-to-rank issue): the recall candidates, which already carry
+each channel's score and rank, are passed through unchanged, and the log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.io import link_or_copy
+from pipeline.stages import stage_dir
+
+log = logging.getLogger("pipeline")
+STATUS = "pass-through: candidate features not built yet; recall candidates handed on unchanged"
+
+
+def run(cfg: Config, out: Path) -> dict:
+    link_or_copy(stage_dir(cfg, "recall") / "candidates.parquet", out / "candidates.parquet")
+    log.info("[features] %s", STATUS)
+    return {"status": STATUS}
