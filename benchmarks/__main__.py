@@ -1,0 +1,5 @@
+"""`make bench`: run every benchmark; each prints its JSON summary as its last line."""
+
+from benchmarks import bench_evaluate
+
+bench_evaluate.main()

@@ -1,0 +1,45 @@
+"""Benchmark plumbing: timing, peak memory, and the RESULTS.md section writer.
+
+Targets are ratios against a reference measured in the same run on the same data, so a
+slower or busier machine moves both sides alike.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
+    """Fastest wall time of ``repeats`` calls, and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def record(name: str, command: str, summary: dict[str, Any], table: str) -> None:
+    """Replace this benchmark's section of RESULTS.md and print the JSON summary last."""
+    section = (f"## {name}\n\nCommand: `{command}`  \nMachine: {platform.machine()}, "
+               f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}\n\n"
+               f"{table}\n\n```json\n{json.dumps(summary, indent=2)}\n```\n")
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text + section + "\n"
+    RESULTS.write_text(text)
+    print(json.dumps(summary), file=sys.stdout, flush=True)
