@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -131,8 +138,8 @@ class RankConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    ks: list[int] = Field(default_factory=lambda: [10, 20, 50, 100])
-    recall_ns: list[int] = Field(
+    ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20, 50, 100], min_length=1)
+    recall_ns: list[PositiveInt] = Field(
         default_factory=lambda: [50, 100, 200, 300], description="candidate-set recall depths"
     )
 

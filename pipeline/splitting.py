@@ -6,7 +6,8 @@ Every strategy first keeps one row per (user, item), the one with the latest ``t
   train; otherwise the last max(1, floor(test_fraction * n)) rows are test, the
   max(1, floor(valid_fraction * n)) before them valid, the rest train.
 - ``leave_last``: the same with exactly one test and one valid row per user.
-- ``time``: global cut-offs: ts < valid_start is train, ts >= test_start is test.
+- ``time``: global cut-offs: ts < valid_start is train, ts >= test_start is test
+  (a cut-off with a time zone is compared as naive UTC, like every ``ts``).
 Per-user strategies keep each user's train strictly before (in that order) their valid
 and test rows, which is what lets later stages fit on train and never see the future.
 """
@@ -29,10 +30,21 @@ def deduplicate(interactions: pd.DataFrame) -> pd.DataFrame:
     return ordered.drop_duplicates([S.USER, S.ITEM], keep="last")
 
 
+def _floor_share(fraction: float, n: np.ndarray) -> np.ndarray:
+    """floor(fraction * n) without float error: 0.29 * 100 is 28.999999999999996 in floats."""
+    return np.floor(fraction * n + 1e-9).astype(np.int64)
+
+
+def _cutoff(value: str | None) -> pd.Timestamp:
+    """A cut-off as naive UTC, like every ``ts`` after ingest (``...Z`` would not compare)."""
+    ts = pd.Timestamp(value)
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tz is not None else ts
+
+
 def split(interactions: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:
     df = deduplicate(interactions)
     if cfg.strategy == "time":
-        valid_start, test_start = pd.Timestamp(cfg.valid_start), pd.Timestamp(cfg.test_start)
+        valid_start, test_start = _cutoff(cfg.valid_start), _cutoff(cfg.test_start)
         if test_start < valid_start:
             raise ValueError("split.test_start must not precede split.valid_start")
         part = np.where(df[S.TS] >= test_start, 2, np.where(df[S.TS] >= valid_start, 1, 0))
@@ -43,8 +55,8 @@ def split(interactions: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFram
         if cfg.strategy == "leave_last":
             n_test = n_valid = np.ones_like(n)
         else:
-            n_test = np.maximum(1, np.floor(cfg.test_fraction * n)).astype(np.int64)
-            n_valid = np.maximum(1, np.floor(cfg.valid_fraction * n)).astype(np.int64)
+            n_test = np.maximum(1, _floor_share(cfg.test_fraction, n))
+            n_valid = np.maximum(1, _floor_share(cfg.valid_fraction, n))
         part = np.where(from_end < n_test, 2, np.where(from_end < n_test + n_valid, 1, 0))
         part[n < cfg.min_interactions] = 0
     return {name: df.loc[part == i].reset_index(drop=True) for i, name in enumerate(PARTS)}

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pipeline.config import Config, load_config  # noqa: E402
+from pipeline.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("ML100K_PATH", REPO.parent / "shared" / "datasets" / "ml-100k"))

@@ -49,6 +49,8 @@ def precision_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarr
 def mrr_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
     """1 / rank of the first hit within the top k, 0 when there is none."""
     top = hits[:, :k]
+    if top.shape[1] == 0:  # argmax of an empty row raises; no list means no hit
+        return np.zeros(top.shape[0])
     first = top.argmax(axis=1)
     return np.where(top.any(axis=1), 1.0 / (first + 1), 0.0)
 

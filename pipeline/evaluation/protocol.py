@@ -20,10 +20,12 @@ def ranked_matrix(lists: pd.DataFrame, users: IdIndex, items: IdIndex, depth: in
     out = np.full((len(users), depth), -1, np.int64)
     rows = users.encode(lists[S.USER])
     ranks = lists[rank_col].to_numpy(np.int64)
-    ok = (rows >= 0) & (ranks >= 1) & (ranks <= depth)
+    if (ranks < 1).any():
+        raise ValueError(f"ranks in column '{rank_col}' start at 1; found {ranks.min()}")
+    ok = (rows >= 0) & (ranks <= depth)
     codes = items.encode(lists[S.ITEM])
-    cells = out[rows[ok], ranks[ok] - 1]
-    if (cells != -1).any():
+    cells = rows[ok] * depth + ranks[ok] - 1
+    if np.unique(cells).size != cells.size:
         raise ValueError(f"duplicate ranks per user in column '{rank_col}'")
     out[rows[ok], ranks[ok] - 1] = codes[ok]
     return out

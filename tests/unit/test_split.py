@@ -1,0 +1,318 @@
+"""Deduplication and the train / valid / test splits (``pipeline.splitting``).
+
+The spec: deduplicate (user, item) keeping the latest ts; ``ratio`` orders each user's
+rows by (ts, item_id), keeps users with n < 3 wholly in train, else puts the last
+max(1, floor(0.1 n)) rows in test and the max(1, floor(0.1 n)) before them in valid;
+``leave_last`` takes exactly one of each; ``time`` cuts globally at two timestamps (>=).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import schema as S
+from pipeline.config import SplitConfig
+from pipeline.splitting import PARTS, deduplicate, split
+
+T0 = pd.Timestamp("2024-01-01")
+
+
+def log(rows: list[tuple[object, object, float]]) -> pd.DataFrame:
+    """(user, item, hours after T0) rows as an interactions table; weight tags the row."""
+    users, items, hours = zip(*rows, strict=True) if rows else ((), (), ())
+    return pd.DataFrame({
+        S.USER: list(users),
+        S.ITEM: list(items),
+        S.TS: (T0 + pd.to_timedelta(list(hours), unit="h")).astype("datetime64[us]"),
+        S.EVENT: "view",
+        S.WEIGHT: np.arange(len(rows), dtype=np.float64),
+    })
+
+
+def user_log(n: int, user: object = 1) -> pd.DataFrame:
+    """n interactions of one user, item i at hour i."""
+    return log([(user, i, float(i)) for i in range(n)])
+
+
+def counts(parts: dict[str, pd.DataFrame], user: object | None = None) -> tuple[int, ...]:
+    return tuple(int((parts[p][S.USER] == user).sum()) if user is not None else len(parts[p])
+                 for p in PARTS)
+
+
+def random_log(seed: int, n_users: int = 200, max_n: int = 40, n_items: int = 60,
+               n_hours: int = 30) -> pd.DataFrame:
+    """Few distinct hours (many equal ts per user) and repeated (user, item) pairs."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(1, max_n + 1, n_users)
+    users = np.repeat(np.arange(n_users) * 5 + 3, n)
+    items = rng.integers(0, n_items, len(users))
+    hours = rng.integers(0, n_hours, len(users)).astype(np.float64)
+    return log(list(zip(users.tolist(), items.tolist(), hours.tolist(), strict=True)))
+
+
+def naive_dedup(df: pd.DataFrame) -> pd.DataFrame:
+    """Later row wins when its ts is at least the kept one's: latest ts, ties to the log."""
+    kept: dict[tuple[object, object], int] = {}
+    for pos, (u, i, ts) in enumerate(zip(df[S.USER], df[S.ITEM], df[S.TS], strict=True)):
+        key = (u, i)
+        if key not in kept or ts >= df[S.TS].iloc[kept[key]]:
+            kept[key] = pos
+    return df.iloc[sorted(kept.values())]
+
+
+def canonical(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values([S.USER, S.ITEM]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- deduplicate
+def test_dedup_keeps_latest_ts() -> None:
+    df = log([(1, 7, 1.0), (1, 7, 5.0), (1, 7, 3.0), (2, 7, 0.0), (1, 8, 2.0)])
+    out = canonical(deduplicate(df))
+    assert list(zip(out[S.USER], out[S.ITEM], out[S.WEIGHT], strict=True)) == [
+        (1, 7, 1.0),  # the row at hour 5 (weight 1), not the first or the last in the log
+        (1, 8, 4.0),
+        (2, 7, 3.0),
+    ]
+
+
+def test_dedup_ties_on_ts_keep_the_later_log_row() -> None:
+    df = log([(1, 7, 2.0), (1, 7, 2.0), (1, 7, 2.0), (1, 7, 1.0)])
+    out = deduplicate(df)
+    assert len(out) == 1
+    assert out[S.WEIGHT].item() == 2.0
+
+
+def test_dedup_matches_naive_loop_on_random_data() -> None:
+    df = random_log(seed=3, n_users=60)
+    pd.testing.assert_frame_equal(canonical(deduplicate(df)), canonical(naive_dedup(df)))
+
+
+def test_dedup_applies_before_counting() -> None:
+    """Three rows but two distinct items: n = 2, so the user stays wholly in train."""
+    parts = split(log([(1, 7, 0.0), (1, 8, 1.0), (1, 7, 2.0)]), SplitConfig())
+    assert counts(parts) == (2, 0, 0)
+    assert parts["train"].loc[parts["train"][S.ITEM] == 7, S.TS].item() == T0 + pd.Timedelta(2, "h")
+
+
+# ---------------------------------------------------------------- ratio
+RATIO_COUNTS = {  # n -> (train, valid, test) with the default 0.1 / 0.1 and n >= 3
+    1: (1, 0, 0),
+    2: (2, 0, 0),
+    3: (1, 1, 1),
+    5: (3, 1, 1),
+    10: (8, 1, 1),
+    19: (17, 1, 1),  # floor(1.9) = 1
+    20: (16, 2, 2),
+    25: (21, 2, 2),  # floor(2.5) = 2
+}
+
+
+@pytest.mark.parametrize(("n", "expected"), sorted(RATIO_COUNTS.items()))
+def test_ratio_counts(n: int, expected: tuple[int, int, int]) -> None:
+    parts = split(user_log(n), SplitConfig())
+    assert counts(parts) == expected
+    # the last rows by time are test, the ones before them valid
+    n_train, n_valid, _ = expected
+    assert parts["train"][S.ITEM].tolist() == list(range(n_train))
+    assert parts["valid"][S.ITEM].tolist() == list(range(n_train, n_train + n_valid))
+    assert parts["test"][S.ITEM].tolist() == list(range(n_train + n_valid, n))
+
+
+def test_ratio_counts_for_many_users_at_once() -> None:
+    df = pd.concat([user_log(n, user=n) for n in RATIO_COUNTS], ignore_index=True)
+    df = df.sample(frac=1.0, random_state=0)
+    parts = split(df, SplitConfig())
+    for n, expected in RATIO_COUNTS.items():
+        assert counts(parts, user=n) == expected, n
+
+
+@pytest.mark.parametrize(("valid_fraction", "test_fraction", "n", "expected"), [
+    (0.2, 0.3, 20, (10, 4, 6)),
+    (0.2, 0.3, 3, (1, 1, 1)),
+    (0.25, 0.45, 9, (3, 2, 4)),  # floor(4.05) = 4, floor(2.25) = 2
+    (0.29, 0.29, 100, (42, 29, 29)),  # 0.29 * 100 is 28.999999999999996 in floats
+    (0.1, 0.14, 100, (76, 10, 14)),
+])
+def test_ratio_fractions_are_configurable(valid_fraction: float, test_fraction: float, n: int,
+                                          expected: tuple[int, int, int]) -> None:
+    cfg = SplitConfig(valid_fraction=valid_fraction, test_fraction=test_fraction)
+    assert counts(split(user_log(n), cfg)) == expected
+
+
+def test_min_interactions_is_configurable() -> None:
+    cfg = SplitConfig(min_interactions=5)
+    assert counts(split(user_log(4), cfg)) == (4, 0, 0)
+    assert counts(split(user_log(5), cfg)) == (3, 1, 1)
+
+
+def test_equal_ts_ordered_by_item_id() -> None:
+    """Same timestamp everywhere: order is item_id, whatever the log order."""
+    df = log([(1, item, 0.0) for item in (7, 3, 9, 1, 5)])
+    parts = split(df, SplitConfig())
+    assert parts["train"][S.ITEM].tolist() == [1, 3, 5]
+    assert parts["valid"][S.ITEM].tolist() == [7]
+    assert parts["test"][S.ITEM].tolist() == [9]
+
+
+def test_ts_before_item_id() -> None:
+    """Item 1 is newest, so it is test even though its id is smallest; 4 and 2 tie on ts."""
+    df = log([(1, 1, 9.0), (1, 4, 5.0), (1, 2, 5.0), (1, 9, 0.0)])
+    parts = split(df, SplitConfig())
+    assert parts["train"][S.ITEM].tolist() == [9, 2]
+    assert parts["valid"][S.ITEM].tolist() == [4]
+    assert parts["test"][S.ITEM].tolist() == [1]
+
+
+def test_string_ids_tie_break_lexicographically() -> None:
+    df = log([("u", item, 0.0) for item in ("b", "c", "a", "d")])
+    df[S.USER] = df[S.USER].astype("string[pyarrow]")
+    df[S.ITEM] = df[S.ITEM].astype("string[pyarrow]")
+    parts = split(df, SplitConfig())
+    assert parts["train"][S.ITEM].tolist() == ["a", "b"]
+    assert parts["valid"][S.ITEM].tolist() == ["c"]
+    assert parts["test"][S.ITEM].tolist() == ["d"]
+
+
+# ---------------------------------------------------------------- leave_last
+@pytest.mark.parametrize(("n", "expected"), [
+    (1, (1, 0, 0)), (2, (2, 0, 0)), (3, (1, 1, 1)), (5, (3, 1, 1)), (25, (23, 1, 1)),
+])
+def test_leave_last_counts(n: int, expected: tuple[int, int, int]) -> None:
+    parts = split(user_log(n), SplitConfig(strategy="leave_last"))
+    assert counts(parts) == expected
+    if n >= 3:
+        assert parts["valid"][S.ITEM].tolist() == [n - 2]
+        assert parts["test"][S.ITEM].tolist() == [n - 1]
+
+
+# ---------------------------------------------------------------- time
+def time_cfg(valid_hour: float, test_hour: float, fmt: str = "") -> SplitConfig:
+    def iso(hour: float) -> str:
+        return (T0 + pd.Timedelta(hours=hour)).isoformat() + fmt
+    return SplitConfig(strategy="time", valid_start=iso(valid_hour), test_start=iso(test_hour))
+
+
+def test_time_cutoffs_are_inclusive_at_the_boundary() -> None:
+    eps = 1 / 3600 / 1e6  # one microsecond, in hours
+    hours = [0.0, 10 - eps, 10.0, 20 - eps, 20.0, 30.0]
+    df = log([(1, i, h) for i, h in enumerate(hours)])
+    parts = split(df, time_cfg(10, 20))
+    assert parts["train"][S.ITEM].tolist() == [0, 1]
+    assert parts["valid"][S.ITEM].tolist() == [2, 3]
+    assert parts["test"][S.ITEM].tolist() == [4, 5]
+
+
+def test_time_ignores_per_user_counts() -> None:
+    """Global cut-offs: a one-interaction user lands wherever their timestamp falls."""
+    parts = split(log([(1, 1, 25.0), (2, 1, 15.0)]), time_cfg(10, 20))
+    assert counts(parts) == (0, 1, 1)
+
+
+def test_time_deduplicates_first() -> None:
+    parts = split(log([(1, 1, 1.0), (1, 1, 25.0)]), time_cfg(10, 20))
+    assert counts(parts) == (0, 0, 1)
+
+
+def test_time_equal_cutoffs_leave_valid_empty() -> None:
+    parts = split(log([(1, 1, 5.0), (1, 2, 10.0)]), time_cfg(10, 10))
+    assert counts(parts) == (1, 0, 1)
+
+
+def test_time_test_before_valid_raises() -> None:
+    with pytest.raises(ValueError, match="test_start must not precede"):
+        split(user_log(3), time_cfg(20, 10))
+
+
+def test_time_cutoffs_with_a_time_zone_compare_as_utc() -> None:
+    """Timestamps are naive UTC after ingest; an ISO cut-off ending in Z or +02:00 works."""
+    df = log([(1, i, float(h)) for i, h in enumerate([5, 10, 15, 20, 25])])
+    expected = counts(split(df, time_cfg(10, 20)))
+    assert counts(split(df, time_cfg(10, 20, fmt="Z"))) == expected
+    shifted = SplitConfig(strategy="time", valid_start="2024-01-01T12:00:00+02:00",
+                          test_start="2024-01-01T22:00:00+02:00")
+    assert counts(split(df, shifted)) == expected
+
+
+def test_time_config_needs_both_cutoffs() -> None:
+    with pytest.raises(ValueError, match="needs split.valid_start"):
+        SplitConfig(strategy="time", valid_start="2024-01-01")
+
+
+# ---------------------------------------------------------------- properties on random logs
+PER_USER = [SplitConfig(), SplitConfig(strategy="leave_last"),
+            SplitConfig(valid_fraction=0.3, test_fraction=0.2, min_interactions=4)]
+ALL = [*PER_USER, time_cfg(10, 22)]
+
+
+@pytest.mark.parametrize("cfg", PER_USER, ids=lambda c: c.strategy)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_leakage_per_user(cfg: SplitConfig, seed: int) -> None:
+    """For every user, train's max (ts, item_id) < valid's min <= valid's max < test's min."""
+    parts = split(random_log(seed), cfg)
+    labelled = pd.concat([parts[p].assign(part=i) for i, p in enumerate(PARTS)],
+                         ignore_index=True)
+    labelled = labelled.sort_values([S.USER, S.TS, S.ITEM]).reset_index(drop=True)
+    # (ts, item) is unique per user after dedup, so this order is total within a user
+    assert not labelled.duplicated([S.USER, S.TS, S.ITEM]).any()
+    step = labelled.groupby(S.USER)["part"].diff().dropna()
+    assert (step >= 0).all()
+    # and the explicit per-user bounds, as the spec states them
+    labelled = labelled.assign(key=np.arange(len(labelled)))  # position in (ts, item) order
+    bounds = labelled.groupby([S.USER, "part"])["key"].agg(["min", "max"]).unstack("part")
+    for earlier, later in ((0, 1), (1, 2), (0, 2)):
+        both = bounds[("max", earlier)].notna() & bounds[("min", later)].notna()
+        assert (bounds.loc[both, ("max", earlier)] < bounds.loc[both, ("min", later)]).all()
+    # every user with n >= min_interactions has at least one row in each part
+    n = labelled.groupby(S.USER).size()
+    has = labelled.groupby(S.USER)["part"].nunique()
+    assert (has[n >= cfg.min_interactions] == 3).all()
+    assert (has[n < cfg.min_interactions] == 1).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_leakage_time(seed: int) -> None:
+    cfg = time_cfg(10, 22)
+    parts = split(random_log(seed), cfg)
+    valid_start, test_start = pd.Timestamp(cfg.valid_start), pd.Timestamp(cfg.test_start)
+    assert (parts["train"][S.TS] < valid_start).all()
+    assert parts["valid"][S.TS].between(valid_start, test_start, inclusive="left").all()
+    assert (parts["test"][S.TS] >= test_start).all()
+    assert all(len(parts[p]) for p in PARTS)
+
+
+@pytest.mark.parametrize("cfg", ALL, ids=lambda c: c.strategy)
+def test_union_of_parts_is_the_deduplicated_input(cfg: SplitConfig) -> None:
+    df = random_log(seed=5)
+    parts = split(df, cfg)
+    union = pd.concat([parts[p] for p in PARTS], ignore_index=True)
+    assert not union.duplicated([S.USER, S.ITEM]).any()
+    assert len(union) < len(df)  # the random log really had duplicates
+    pd.testing.assert_frame_equal(canonical(union), canonical(naive_dedup(df)))
+    assert list(union.columns) == list(df.columns)
+    assert union[S.TS].dtype == df[S.TS].dtype
+
+
+@pytest.mark.parametrize("cfg", ALL, ids=lambda c: c.strategy)
+def test_same_input_shuffled_gives_the_same_split(cfg: SplitConfig) -> None:
+    # no two rows share (user, item, ts), where only log order could choose between them
+    df = random_log(seed=7).drop_duplicates([S.USER, S.ITEM, S.TS]).reset_index(drop=True)
+    expected = split(df, cfg)
+    for seed in (1, 2):
+        shuffled = df.sample(frac=1.0, random_state=seed)
+        shuffled.index = np.random.default_rng(seed).permutation(len(shuffled)) + 10_000
+        got = split(shuffled, cfg)
+        for p in PARTS:
+            pd.testing.assert_frame_equal(got[p], expected[p])
+    # and running twice on the same input changes nothing
+    again = split(df, cfg)
+    for p in PARTS:
+        pd.testing.assert_frame_equal(again[p], expected[p])
+
+
+def test_split_does_not_modify_its_input() -> None:
+    df = random_log(seed=9, n_users=20)
+    before = df.copy()
+    split(df, SplitConfig())
+    pd.testing.assert_frame_equal(df, before)
