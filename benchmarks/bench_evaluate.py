@@ -28,7 +28,8 @@ def main() -> dict:
     relevant = pd.DataFrame({"user_id": u, "item_id": i})
     top = top_k(scores, 100)
     lists = pd.DataFrame({"user_id": np.repeat(np.arange(N_USERS), 100),
-                          "item_id": top.items.ravel(), "rank": np.tile(np.arange(1, 101), N_USERS)})
+                          "item_id": top.items.ravel(),
+                          "rank": np.tile(np.arange(1, 101), N_USERS)})
     items = IdIndex(np.arange(N_ITEMS))
 
     ours_s, ours = best_of(lambda: evaluate_lists(lists, relevant, items, [K])["ndcg@10"])

@@ -1,8 +1,9 @@
 """Contracts shared by every recall channel.
 
-A channel is fitted on a user x item history matrix (plus whatever side data it asks
-for), then scores batches of users against the whole catalogue. ``retrieve`` is shared:
-it scores users in memory-bounded chunks, removes what each user already has, and keeps
+A channel is fitted on a ``RecallData`` (the encoded fitting interactions with item and
+user tables), optionally watching held-out pairs to choose epochs or other settings,
+then scores batches of users against the whole catalogue. ``retrieve`` is shared: it
+scores users in memory-bounded chunks, removes what each user already has, and keeps
 only the top-k per user, so no users x items matrix is ever held whole.
 """
 
@@ -12,19 +13,29 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
+
+from features.recall_data import RecallData
 
 CHUNK_CELLS = 1 << 24  # scores held at once: 16M float32 = 64 MB
 
 
 @dataclass
 class TopK:
-    """Per-user top-k: item indices (-1 = nothing retrieved) and scores, best first."""
+    """Per-user top-k: item codes (-1 = nothing retrieved) and scores, best first."""
 
     items: np.ndarray
     scores: np.ndarray
+
+
+@dataclass
+class HeldOut:
+    """Held-out (user code, item code) pairs a channel may tune or early-stop on."""
+
+    users: np.ndarray
+    items: np.ndarray
 
 
 def top_k(scores: np.ndarray, k: int) -> TopK:
@@ -55,17 +66,22 @@ def user_chunks(n_users: int, n_items: int, chunk: int = 0) -> Iterator[slice]:
 
 
 class RecallChannel(ABC):
-    """Fit on history, score users against all items, save and load without pickle."""
+    """Fit on history, score users against all items, save and load without pickle.
+
+    ``tuned()`` returns the settings chosen while watching held-out pairs (e.g. the
+    epoch count); passed back as constructor keywords, they let a refit on more data
+    reuse them without peeking at its own future.
+    """
 
     name: str
 
     @abstractmethod
-    def fit(self, history: sp.csr_matrix) -> RecallChannel:
-        """Learn from a users x items matrix of the fitting interactions."""
+    def fit(self, data: RecallData, held_out: HeldOut | None = None) -> RecallChannel:
+        """Learn from the fitting data; ``held_out`` may guide early stopping."""
 
     @abstractmethod
-    def score(self, history: sp.csr_matrix) -> np.ndarray:
-        """Dense scores (rows of ``history`` x all items); -inf where nothing is retrieved."""
+    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        """Dense scores (len(users) x n_items, float32); -inf where nothing is retrieved."""
 
     @abstractmethod
     def save(self, folder: Path) -> None: ...
@@ -74,17 +90,28 @@ class RecallChannel(ABC):
     @abstractmethod
     def load(cls, folder: Path) -> RecallChannel: ...
 
-    def retrieve(self, history: sp.csr_matrix, k: int, exclude_seen: bool = True,
+    def tuned(self) -> dict[str, Any]:
+        return {}
+
+    def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
                  chunk: int = 0) -> TopK:
-        """Top-k items per row of ``history``; items in the row are removed when asked."""
+        """Top-k item codes for each user code; the user's fitted items removed when asked."""
         parts = []
-        for rows in user_chunks(history.shape[0], history.shape[1], chunk):
-            block = history[rows]
-            scores = self.score(block).astype(np.float32, copy=False)
+        for rows in user_chunks(len(users), data.n_items, chunk):
+            block = users[rows]
+            scores = np.asarray(self.score(data, block), dtype=np.float32)
             if exclude_seen:
-                r, c = block.nonzero()
+                r, c = data.history[block].nonzero()
                 scores[r, c] = -np.inf
             parts.append(top_k(scores, k))
         if not parts:
             return TopK(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
         return TopK(np.vstack([p.items for p in parts]), np.vstack([p.scores for p in parts]))
+
+
+class SearchChannel(ABC):
+    """A channel that can also answer a text query (the search use case)."""
+
+    @abstractmethod
+    def score_queries(self, data: RecallData, queries: list[str]) -> np.ndarray:
+        """Dense scores (len(queries) x n_items, float32); -inf where nothing matches."""

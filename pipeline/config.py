@@ -62,7 +62,8 @@ class InteractionFile(_Strict):
 
     path: Path
     columns: dict[str, str] = Field(description="contract column -> column in the file")
-    event: str = Field("interaction", description="constant event name for this file's rows")
+    event: str = Field("interaction",
+                       description="event name for rows when no event column is mapped")
     ts_unit: Literal["s", "ms", "iso"] | None = Field(
         None, description="timestamp encoding; inferred from the column type when omitted"
     )
@@ -115,22 +116,36 @@ class SplitConfig(_Strict):
 
 
 class ChannelConfig(_Strict):
-    quota: int = Field(ge=0, description="candidates this channel may place before the fill")
+    quota: int = Field(ge=0, description="candidates this channel places before the fill")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="constructor settings of the channel (see its class)"
+    )
+
+
+def _default_channels() -> dict[str, ChannelConfig]:
+    return {
+        "cooccurrence": ChannelConfig(quota=150),
+        "popularity": ChannelConfig(quota=50),
+        "trending": ChannelConfig(quota=30),
+    }
 
 
 class RecallConfig(_Strict):
     budget: int = Field(300, ge=1, description="merged candidates per user")
-    channels: dict[Literal["cooccurrence", "popularity"], ChannelConfig] = Field(
-        default_factory=lambda: {
-            "cooccurrence": ChannelConfig(quota=200),
-            "popularity": ChannelConfig(quota=100),
-        },
-        description="channels in merge priority order; popularity is also the fill",
+    channels: dict[str, ChannelConfig] = Field(
+        default_factory=_default_channels,
+        description="channel name -> quota and settings; ties in merge order go to the "
+        "channel listed first",
     )
-    cooccurrence_neighbours: int = Field(
-        200, ge=1, description="similar items kept per item (prunes the item-item matrix)"
-    )
+    fill: str = Field("popularity", description="channel that must be present: cold users' "
+                      "fallback")
     user_chunk: int = Field(0, ge=0, description="users scored per chunk; 0 sizes it by memory")
+
+    @model_validator(mode="after")
+    def _fill_is_a_channel(self) -> RecallConfig:
+        if self.fill not in self.channels:
+            raise ValueError(f"recall.fill {self.fill!r} must be one of recall.channels")
+        return self
 
 
 class RankConfig(_Strict):

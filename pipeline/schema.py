@@ -90,7 +90,7 @@ def coerce_text(series: pd.Series, origin: str) -> pd.Series:
     """Text as strings; raw bytes must decode as UTF-8 (reported by row when not)."""
     if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
         return series
-    values = series.to_numpy(dtype=object)
+    values = series.to_numpy(dtype=object, copy=True)
     is_bytes = np.fromiter((isinstance(v, bytes) for v in values), bool, len(values))
     if is_bytes.any():
         bad = np.zeros(len(values), bool)
@@ -113,18 +113,30 @@ def coerce_timestamp(series: pd.Series, origin: str, unit: str | None = None,
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         out = series.dt.tz_convert("UTC").dt.tz_localize(None) if series.dt.tz else series
         return out.astype("datetime64[us]")
+    if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
+        unit = "s"
     if unit is None:
-        unit = "iso" if not pd.api.types.is_numeric_dtype(series.dtype) else "s"
-    if unit == "iso":
-        parsed = pd.to_datetime(series.astype("string"), errors="coerce", utc=True,
-                                format="ISO8601")
+        # Text: ISO, or unix seconds as text (one bad value turns a CSV column to text);
+        # take the reading that parses more rows, so the report names the odd ones out.
+        unit, parsed = "iso", _parse_timestamp(series, "iso")
+        if parsed.isna().sum() > series.isna().sum():
+            secs = _parse_timestamp(series, "s")
+            if secs.notna().sum() > parsed.notna().sum():
+                unit, parsed = "s", secs
     else:
-        numeric = pd.to_numeric(series, errors="coerce")
-        parsed = pd.to_datetime(numeric, unit=unit, errors="coerce", utc=True)
+        parsed = _parse_timestamp(series, unit)
     bad = parsed.isna() & (series.notna() if allow_null else True)
     if bad.any():
         fail(origin, str(series.name), f"unparsable timestamp (expected {unit})", bad, series)
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
+
+
+def _parse_timestamp(series: pd.Series, unit: str) -> pd.Series:
+    if unit == "iso":
+        return pd.to_datetime(series.astype("string"), errors="coerce", utc=True,
+                              format="ISO8601")
+    numeric = pd.to_numeric(series, errors="coerce")
+    return pd.to_datetime(numeric, unit=unit, errors="coerce", utc=True)
 
 
 def coerce_weight(series: pd.Series, origin: str) -> pd.Series:
@@ -167,6 +179,9 @@ def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     for col in (TITLE, TEXT, CATEGORY, REGION):
         if col in out.columns:
             out[col] = coerce_text(out[col], origin)
+    blank = (out[TITLE].isna() | (out[TITLE].fillna("").str.strip() == "")).to_numpy(bool)
+    if blank.any():
+        fail(origin, TITLE, "null or empty titles", blank)
     if CREATED_TS in out.columns:
         out[CREATED_TS] = coerce_timestamp(out[CREATED_TS], origin, allow_null=True)
     if TAGS in out.columns:

@@ -39,3 +39,24 @@ def ml100k() -> Path:
     if not (ML100K / "u.data").is_file():
         pytest.skip(f"MovieLens 100K not found at {ML100K}")
     return ML100K
+
+
+def recall_data_from_matrix(dense, ts=None, items=None, users=None):
+    """RecallData for hand-made cases: ``dense`` users x items (nonzero = interaction),
+    ``ts`` an optional same-shape array of unix seconds (default: item order)."""
+    import numpy as np
+    import pandas as pd
+
+    from features.recall_data import build_recall_data
+
+    dense = np.asarray(dense)
+    u, i = np.nonzero(dense)
+    seconds = np.asarray(ts)[u, i] if ts is not None else i.astype(np.int64)
+    fit = pd.DataFrame({"user_id": u, "item_id": i, "weight": 1.0,
+                        "ts": pd.to_datetime(seconds, unit="s")})
+    if items is None:
+        items = pd.DataFrame({"item_id": np.arange(dense.shape[1]),
+                              "title": [f"item {j}" for j in range(dense.shape[1])]})
+    if users is None:
+        users = pd.DataFrame({"user_id": np.arange(dense.shape[0])})
+    return build_recall_data(fit, items, users, extra_users=np.arange(dense.shape[0]))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from models.base import RecallChannel
 from models.recall.cooccurrence import CooccurrenceChannel
-from models.recall.popularity import PopularityChannel
+from models.recall.popularity import PopularityChannel, TrendingChannel
 
 CHANNELS: dict[str, type[RecallChannel]] = {
-    PopularityChannel.name: PopularityChannel,
-    CooccurrenceChannel.name: CooccurrenceChannel,
+    cls.name: cls for cls in (PopularityChannel, TrendingChannel, CooccurrenceChannel)
 }
 
 

@@ -1,10 +1,14 @@
 """Merge channel lists into one candidate set per user, keeping every channel's evidence.
 
-Order of placement: each channel in priority order places up to its quota of its own
-best items (an item already placed is skipped, not re-counted); then the fill channel
-tops the list up to the budget. Every candidate keeps the score and rank each channel
-gave it (null where that channel did not retrieve it) and ``n_channels``, the number of
-channels that retrieved it, so the ranker can weigh the evidence later.
+Order of placement: first every channel's top ``quota`` items, interleaved by rank
+relative to quota (rank / quota, so a channel with twice the quota places two items for
+each one of the other; ties go to the channel listed first); an item already placed is
+skipped, not re-counted. Then the remaining items of all channels, interleaved the same
+way, fill the list up to the budget. The merge order is thus a sensible ranking on its
+own, and the set always reaches the budget when the channels together hold enough items.
+Every candidate keeps the score and rank each channel gave it (null where that channel
+did not retrieve it) and ``n_channels``, the number of channels that retrieved it, so
+the ranker can weigh the evidence later.
 """
 
 from __future__ import annotations
@@ -35,17 +39,19 @@ def _long(lists: list[ChannelList]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def merge_candidates(lists: list[ChannelList], fill: str, budget: int) -> pd.DataFrame:
+def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
     """Columns: row, item, merge_rank, source, n_channels, <channel>_score, <channel>_rank."""
     names = [cl.name for cl in lists]
-    if fill not in names:
-        raise ValueError(f"fill channel {fill!r} is not among the channels {names}")
     long = _long(lists)
     quotas = np.array([cl.quota for cl in lists])
-    placed = long[long["rank"].to_numpy() <= quotas[long["channel"].to_numpy()]].assign(stage=0)
-    filler = long[long["channel"] == names.index(fill)].assign(stage=1)
-    merged = (pd.concat([placed, filler], ignore_index=True)
-              .sort_values(["row", "stage", "channel", "rank"], kind="stable")
+    channel = long["channel"].to_numpy()
+    rank = long["rank"].to_numpy()
+    order = pd.DataFrame({
+        "row": long["row"], "item": long["item"], "channel": channel,
+        "stage": (rank > quotas[channel]).astype(np.int8),
+        "position": rank / np.maximum(quotas[channel], 1),
+    })
+    merged = (order.sort_values(["row", "stage", "position", "channel"], kind="stable")
               .drop_duplicates(["row", "item"], keep="first"))
     merged["merge_rank"] = merged.groupby("row", sort=False).cumcount() + 1
     merged = merged[merged["merge_rank"] <= budget]

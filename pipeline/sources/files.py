@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +16,35 @@ from pipeline.config import FilesSource, InteractionFile, TableFile
 from pipeline.schema import DataError
 from pipeline.sources import RawTables
 
+# Contract columns holding text: read from CSV as strings, so "007" or zip "02134" keep
+# their leading zeros instead of being inferred as numbers.
+_TEXT_TARGETS = (S.TITLE, S.TEXT, S.CATEGORY, S.TAGS, S.REGION, S.QUERY, S.EVENT)
 
-def read_any(path: Path) -> pd.DataFrame:
-    """Read a .parquet or .csv/.tsv file; invalid UTF-8 in a CSV is reported by line."""
+
+def read_any(path: Path, text_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a .parquet or .csv/.tsv file; invalid UTF-8 is reported by column and row.
+
+    ``text_columns`` (file column names) are read from a CSV as strings, not inferred.
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        return pq.read_table(path).to_pandas()
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{path}: cannot read Parquet: {err}") from None
+        _check_parquet_utf8(path, table)
+        return table.to_pandas()
     if suffix not in (".csv", ".tsv", ".txt"):
         raise DataError(f"{path}: unsupported file type '{suffix}' (use .parquet or .csv)")
     options = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns})
     try:
-        return pacsv.read_csv(path, parse_options=options).to_pandas()
+        return pacsv.read_csv(path, parse_options=options, convert_options=convert).to_pandas()
+    except UnicodeDecodeError:  # invalid UTF-8 in the header (column names)
+        _raise_utf8_location(path, options.delimiter)
+        raise
     except pa.ArrowInvalid as err:
         if "UTF8" in str(err) or "utf8" in str(err).lower():
             _raise_utf8_location(path, options.delimiter)
@@ -35,18 +52,48 @@ def read_any(path: Path) -> pd.DataFrame:
 
 
 def _raise_utf8_location(path: Path, delimiter: str) -> None:
-    raw = path.read_bytes()
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line_start = raw.rfind(b"\n", 0, err.start) + 1
-        line_no = raw.count(b"\n", 0, err.start)  # header is line 0 -> data row numbers
-        header = raw[: raw.find(b"\n")].decode("utf-8", "replace").split(delimiter)
-        col_idx = raw[line_start: err.start].count(delimiter.encode())
-        column = header[col_idx] if col_idx < len(header) else f"#{col_idx}"
-        raise DataError(f"{path}: column '{column}': text is not valid UTF-8 "
-                        f"at data row {line_no}") from None
-    raise DataError(f"{path}: text is not valid UTF-8")
+    """Name the column of the first invalid byte and the lines holding any (header = 0)."""
+    lines = path.read_bytes().split(b"\n")
+    bad: list[tuple[int, int]] = []  # (line number, offset of the first bad byte)
+    for number, line in enumerate(lines):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            bad.append((number, err.start))
+    if not bad:
+        raise DataError(f"{path}: text is not valid UTF-8")
+    line_no, offset = bad[0]
+    header = lines[0].decode("utf-8", "replace").split(delimiter)
+    col_idx = lines[line_no][:offset].count(delimiter.encode())
+    column = header[col_idx] if col_idx < len(header) else f"#{col_idx}"
+    if line_no == 0:
+        raise DataError(f"{path}: column '{column}': text is not valid UTF-8 in the header line")
+    rows = ", ".join(str(n) for n, _ in bad[:5])
+    raise DataError(f"{path}: column '{column}': text is not valid UTF-8: {len(bad)} row(s), "
+                    f"first at data row(s) {rows}")
+
+
+def _check_parquet_utf8(path: Path, table: pa.Table) -> None:
+    """String columns are not UTF-8-checked on read (a bad value fails later, on access):
+    validate them here and name the column and rows."""
+    for field in table.schema:
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        try:
+            table.column(field.name).validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = table.column(field.name).cast(pa.large_binary()).to_pylist()
+        bad = np.zeros(len(raw), bool)
+        for i, value in enumerate(raw):
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError:
+                bad[i] = True
+        if bad.any():
+            S.fail(str(path), field.name, "text is not valid UTF-8", bad)
 
 
 def _mapped(df: pd.DataFrame, columns: dict[str, str], path: Path) -> pd.DataFrame:
@@ -66,22 +113,27 @@ def _split_lists(df: pd.DataFrame, list_columns: dict[str, str]) -> pd.DataFrame
     return df
 
 
+def _text_sources(columns: dict[str, str]) -> list[str]:
+    return [source for target, source in columns.items() if target in _TEXT_TARGETS]
+
+
 def _interactions(spec: InteractionFile) -> tuple[str, pd.DataFrame]:
     origin = str(spec.path)
-    df = _mapped(read_any(spec.path), spec.columns, spec.path)
+    df = _mapped(read_any(spec.path, _text_sources(spec.columns)), spec.columns, spec.path)
     if S.TS not in df.columns:
         # Logs without time (e.g. listening counts): file order stands in for time.
         df[S.TS] = pd.to_datetime(np.arange(len(df)), unit="s")
     elif spec.ts_unit is not None:
         df[S.TS] = S.coerce_timestamp(df[S.TS], origin, spec.ts_unit)
-    df[S.EVENT] = spec.event
+    if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant
+        df[S.EVENT] = spec.event
     if S.WEIGHT not in df.columns:
         df[S.WEIGHT] = 1.0
     return origin, df
 
 
 def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
-    df = _mapped(read_any(spec.path), spec.columns, spec.path)
+    df = _mapped(read_any(spec.path, _text_sources(spec.columns)), spec.columns, spec.path)
     return str(spec.path), _split_lists(df, spec.list_columns)
 
 

@@ -41,7 +41,8 @@ def load_movielens_100k(path: Path) -> RawTables:
     items = items[[S.ITEM, S.TITLE, S.TEXT, S.CATEGORY, S.TAGS, S.CREATED_TS]]
 
     users = pd.read_csv(path / "u.user", sep="|",
-                        names=[S.USER, "age", "gender", "occupation", "zip"])
+                        names=[S.USER, "age", "gender", "occupation", "zip"],
+                        dtype={"zip": str})  # keeps leading zeros
     users[S.REGION] = users["zip"].astype(str).str[0]
     return RawTables(
         interactions=[(str(data), ratings)],

@@ -18,6 +18,7 @@ STATUS = "pass-through: candidate features not built yet; recall candidates hand
 
 
 def run(cfg: Config, out: Path) -> dict:
-    link_or_copy(stage_dir(cfg, "recall") / "candidates.parquet", out / "candidates.parquet")
+    source = stage_dir(cfg, "recall") / "test" / "candidates.parquet"
+    link_or_copy(source, out / "candidates.parquet")
     log.info("[features] %s", STATUS)
     return {"status": STATUS}

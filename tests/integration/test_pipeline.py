@@ -62,7 +62,8 @@ def test_metrics_cover_every_k_and_structure_beats_popularity(finished) -> None:
 def test_same_seed_gives_identical_outputs(finished, tmp_path: Path) -> None:
     again = tiny_config(tmp_path)
     run_until(again, "recall")
-    for rel in ("split/test.parquet", "recall/candidates.parquet"):
+    for rel in ("split/test.parquet", "recall/valid/candidates.parquet",
+                "recall/test/candidates.parquet"):
         pd.testing.assert_frame_equal(read_table(finished.root / rel), read_table(again.root / rel))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from models.base import TopK
 from models.recall.merge import ChannelList, merge_candidates
@@ -16,15 +15,25 @@ def lists() -> list[ChannelList]:
     return [ChannelList("a", a, 2), ChannelList("b", b, 1)]
 
 
-def test_quota_then_fill_in_priority_order() -> None:
-    merged = merge_candidates(lists(), fill="b", budget=4)
+def test_quota_interleaved_by_relative_rank_then_fill() -> None:
+    # a: 5 (1/2), 3 (2/2); b: 3 (1/1). Quota stage by rank/quota: 5 (a, .5), 3 (a, 1.0;
+    # ties to the first channel), b's 3 is a duplicate. Fill: b's 7 (2/1), 8 (3/1).
+    merged = merge_candidates(lists(), budget=4)
     assert merged["item"].tolist() == [5, 3, 7, 8]
     assert merged["merge_rank"].tolist() == [1, 2, 3, 4]
     assert merged["source"].astype(str).tolist() == ["a", "a", "b", "b"]
 
 
+def test_larger_quota_places_proportionally_more() -> None:
+    a = TopK(np.array([[1, 2, 3, 4]]), np.ones((1, 4), np.float32))
+    b = TopK(np.array([[5, 6, 7, 8]]), np.ones((1, 4), np.float32))
+    merged = merge_candidates([ChannelList("a", a, 2), ChannelList("b", b, 4)], budget=6)
+    # positions: a 1/2, 2/2; b 1/4, 2/4, 3/4, 4/4
+    assert merged["item"].tolist() == [5, 1, 6, 7, 2, 8]
+
+
 def test_evidence_from_every_channel_and_n_channels() -> None:
-    merged = merge_candidates(lists(), fill="b", budget=4).set_index("item")
+    merged = merge_candidates(lists(), budget=4).set_index("item")
     assert merged.loc[3, "a_rank"] == 2 and merged.loc[3, "b_rank"] == 1
     assert merged.loc[5, "b_rank"] == 4 and merged.loc[5, "n_channels"] == 2
     assert merged.loc[7, "n_channels"] == 1
@@ -32,9 +41,4 @@ def test_evidence_from_every_channel_and_n_channels() -> None:
 
 
 def test_budget_truncates() -> None:
-    assert len(merge_candidates(lists(), fill="b", budget=2)) == 2
-
-
-def test_fill_must_be_a_channel() -> None:
-    with pytest.raises(ValueError, match="fill"):
-        merge_candidates(lists(), fill="zzz", budget=4)
+    assert len(merge_candidates(lists(), budget=2)) == 2

@@ -16,57 +16,80 @@ import scipy.sparse as sp
 from models.base import top_k
 from models.recall import CHANNELS, channel_class
 from models.recall.cooccurrence import CooccurrenceChannel, prune_rows
-from models.recall.popularity import PopularityChannel
+from models.recall.popularity import PopularityChannel, TrendingChannel
+from tests.conftest import recall_data_from_matrix
 
 
-def checkerboard(n_users: int = 40, n_items: int = 20, seed: int = 0) -> sp.csr_matrix:
+def checkerboard(n_users: int = 40, n_items: int = 20, seed: int = 0) -> np.ndarray:
     """Users in the first half use items of the first half, and so on; ~60% density."""
     rng = np.random.default_rng(seed)
     dense = np.zeros((n_users, n_items), np.float32)
     half_u, half_i = n_users // 2, n_items // 2
     dense[:half_u, :half_i] = rng.random((half_u, half_i)) < 0.6
     dense[half_u:, half_i:] = rng.random((n_users - half_u, n_items - half_i)) < 0.6
-    return sp.csr_matrix(dense)
+    dense[:, 0] = 0
+    dense[0, 0] = 1  # one user, one rare item: every user keeps at least one item
+    return dense
 
 
 @pytest.mark.parametrize("name", sorted(CHANNELS))
 def test_contract_excludes_seen_batches_and_round_trips(name: str, tmp_path: Path) -> None:
-    history = checkerboard()
-    channel = channel_class(name)().fit(history)
-    top = channel.retrieve(history, k=8)
-    seen = history.toarray() > 0
-    for u in range(history.shape[0]):
+    dense = checkerboard()
+    data = recall_data_from_matrix(dense)
+    users = np.arange(dense.shape[0])
+    channel = channel_class(name)().fit(data)
+    top = channel.retrieve(data, users, k=8)
+    seen = dense > 0
+    for u in users:
         got = top.items[u][top.items[u] >= 0]
         assert not seen[u, got].any(), "a seen item was retrieved"
         assert np.all(np.diff(top.scores[u][top.items[u] >= 0]) <= 0), "not sorted by score"
-    single = np.vstack([channel.retrieve(history[u:u + 1], k=8).items for u in range(5)])
+    single = np.vstack([channel.retrieve(data, users[u:u + 1], k=8).items for u in range(5)])
     np.testing.assert_array_equal(single, top.items[:5])
-    chunked = channel.retrieve(history, k=8, chunk=3)
+    chunked = channel.retrieve(data, users, k=8, chunk=3)
     np.testing.assert_array_equal(chunked.items, top.items)
     channel.save(tmp_path / name)
     loaded = channel_class(name).load(tmp_path / name)
-    np.testing.assert_array_equal(loaded.retrieve(history, k=8).items, top.items)
+    np.testing.assert_array_equal(loaded.retrieve(data, users, k=8).items, top.items)
 
 
 def test_cooccurrence_recovers_the_planted_blocks() -> None:
-    history = checkerboard()
-    top = CooccurrenceChannel().fit(history).retrieve(history, k=3)
+    dense = checkerboard()
+    data = recall_data_from_matrix(dense)
+    top = CooccurrenceChannel().fit(data).retrieve(data, np.arange(40), k=3)
     half_u, half_i = 20, 10
     own_block = np.where(np.arange(40)[:, None] < half_u, top.items < half_i, top.items >= half_i)
     assert own_block[top.items >= 0].all()
 
 
-def test_cooccurrence_cosine_by_hand() -> None:
-    # users: u0 {0,1}, u1 {0,1}, u2 {1,2}: U0 = {u0,u1}, U1 = {u0,u1,u2}, U2 = {u2}
-    history = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 0], [0, 1, 1]], np.float32))
-    channel = CooccurrenceChannel().fit(history)
-    s01, s12 = 2 / np.sqrt(2 * 3), 1 / np.sqrt(3 * 1)
+def test_cooccurrence_similarity_by_hand() -> None:
+    # users: u0 {0,1}, u1 {0,1}, u2 {1,2}: U0 = {u0,u1}, U1 = {u0,u1,u2}, U2 = {u2};
+    # each user has 2 items, so each co-use weighs w = 1 / log2(3) under IUF.
+    dense = np.array([[1, 1, 0], [1, 1, 0], [0, 1, 1]])
+    data = recall_data_from_matrix(dense)
+    w = 1 / np.log2(3)
+    s01, s12 = 2 * w / np.sqrt(2 * 3), 1 * w / np.sqrt(3 * 1)
+    channel = CooccurrenceChannel(recent_items=0).fit(data)
     expected = np.array([[0, s01, 0], [s01, 0, s12], [0, s12, 0]])
     np.testing.assert_allclose(channel.similarity.toarray(), expected, rtol=1e-6)
-    # user {0} scores item 1 with s(0,1); item 2 was never co-used with 0: not retrieved
-    top = channel.retrieve(sp.csr_matrix(np.array([[1, 0, 0]], np.float32)), k=3)
-    assert top.items[0].tolist() == [1, -1, -1]
-    np.testing.assert_allclose(top.scores[0][0], s01, rtol=1e-6)
+    plain = CooccurrenceChannel(iuf=False).fit(data).similarity.toarray()
+    np.testing.assert_allclose(plain, expected / w, rtol=1e-6)
+
+
+def test_cooccurrence_recent_items_weigh_more() -> None:
+    # Items 0-1 co-occur, items 2-3 co-occur. The user had 0 long ago and 2 just now.
+    dense = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1], [1, 0, 1, 0]])
+    ts = np.zeros_like(dense)
+    ts[4] = [0, 0, 100 * 86_400, 0]
+    ts[:4] = 50 * 86_400
+    data = recall_data_from_matrix(dense, ts=ts)
+    user = np.array([4])
+    plain = CooccurrenceChannel(recent_items=0).fit(data).retrieve(data, user, 2)
+    assert plain.scores[0, 0] == plain.scores[0, 1]  # both seeds count the same
+    recent = CooccurrenceChannel(recent_items=1, recent_weight=1.0).fit(data)
+    assert recent.retrieve(data, user, 2).items[0].tolist() == [3, 1]
+    decayed = CooccurrenceChannel(recent_items=0, half_life_days=10).fit(data)
+    assert decayed.retrieve(data, user, 2).items[0].tolist() == [3, 1]
 
 
 def test_prune_rows_keeps_best_per_row_with_index_tiebreak() -> None:
@@ -76,10 +99,21 @@ def test_prune_rows_keeps_best_per_row_with_index_tiebreak() -> None:
 
 
 def test_popularity_ranks_by_user_count_and_skips_unused_items() -> None:
-    history = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0]], np.float32))
-    top = PopularityChannel().fit(history).retrieve(sp.csr_matrix((1, 4), dtype=np.float32), 4)
+    dense = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+    data = recall_data_from_matrix(dense)
+    top = PopularityChannel().fit(data).retrieve(data, np.array([3]), 4)
     assert top.items[0].tolist() == [0, 1, 2, -1]  # ties (1 and 2) by item index
     np.testing.assert_array_equal(top.scores[0][:3], [3, 1, 1])
+
+
+def test_trending_prefers_recent_events() -> None:
+    dense = np.array([[1, 1], [1, 0], [0, 1]])
+    ts = np.array([[0, 30 * 86_400], [0, 0], [0, 30 * 86_400]])
+    data = recall_data_from_matrix(dense, ts=ts)
+    cold = np.array([0])
+    assert PopularityChannel().fit(data).score(data, cold)[0].tolist() == [2, 2]
+    trend = TrendingChannel(half_life_days=7).fit(data).score(data, cold)[0]
+    np.testing.assert_allclose(trend, [2 * 2 ** (-30 / 7), 2], rtol=1e-5)
 
 
 def test_top_k_ties_and_padding() -> None:

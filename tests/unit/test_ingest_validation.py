@@ -1,0 +1,451 @@
+"""Bad input through the `files` source: a DataError naming file, column and rows; nothing written.
+
+Every case writes real CSV or Parquet files into tmp_path, loads them with
+``load_files`` and validates with ``validated_tables``, as the ingest stage does. Row
+numbers in messages count data rows from 1, header excluded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import FilesSource, load_config
+from pipeline.runner import run_stage
+from pipeline.schema import DataError
+from pipeline.sources.files import load_files
+from pipeline.stages.ingest import validated_tables
+
+INTERACTION_COLUMNS = {"user_id": "u", "item_id": "i", "ts": "t", "weight": "w"}
+ITEM_COLUMNS = {"item_id": "i", "title": "title"}
+USER_COLUMNS = {"user_id": "u", "region": "zip"}
+
+GOOD_INTERACTIONS = b"u,i,t,w\n1,10,1700000000,1.0\n2,11,1700000100,2\n1,11,1700000200,0.5\n"
+GOOD_ITEMS = b"i,title\n10,Alpha\n11,Beta\n"
+GOOD_USERS = b"u,zip\n1,85711\n2,94043\n"
+
+
+def write(folder: Path, name: str, data: bytes | str) -> Path:
+    path = folder / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def spec(interactions: Path | list[Path], items: Path | None = None, users: Path | None = None,
+         columns: dict[str, str] | None = None, ts_unit: str | None = None) -> dict:
+    paths = interactions if isinstance(interactions, list) else [interactions]
+    files = []
+    for path in paths:
+        entry = {"path": str(path), "columns": columns or INTERACTION_COLUMNS}
+        if ts_unit:
+            entry["ts_unit"] = ts_unit
+        files.append(entry)
+    out: dict = {"kind": "files", "interactions": files}
+    if items is not None:
+        out["items"] = {"path": str(items), "columns": ITEM_COLUMNS}
+    if users is not None:
+        out["users"] = {"path": str(users), "columns": USER_COLUMNS}
+    return out
+
+
+def load(source: dict, unknown_ids: str = "error"):
+    raw = load_files(FilesSource.model_validate(source))
+    return validated_tables(raw, unknown_ids)
+
+
+def assert_names(err: pytest.ExceptionInfo[DataError], origin: Path, column: str | None,
+                 rows: str | None, *fragments: str) -> str:
+    """The message starts with the file, names the column and the first offending rows."""
+    msg = str(err.value)
+    assert msg.startswith(f"{origin}: "), msg
+    if column is not None:
+        assert f"column '{column}'" in msg, msg
+    if rows is not None:
+        assert f"data row(s) {rows}" in msg or f"data row {rows}" in msg, msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+    return msg
+
+
+# ------------------------------------------------------------------ good input
+def test_valid_csv_tables_pass_with_contract_dtypes(tmp_path: Path) -> None:
+    src = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS),
+               write(tmp_path, "items.csv", GOOD_ITEMS), write(tmp_path, "users.csv", GOOD_USERS))
+    interactions, items, users, dropped = load(src)
+    assert dropped == {"unknown_items": 0, "unknown_users": 0}
+    assert list(interactions.columns) == ["user_id", "item_id", "ts", "event", "weight"]
+    assert interactions["user_id"].dtype == "int64"
+    assert interactions["item_id"].dtype == "int64"
+    assert pa.types.is_timestamp(pa.from_numpy_dtype(interactions["ts"].dtype))
+    assert pd.api.types.is_string_dtype(interactions["event"].dtype)
+    assert interactions["weight"].dtype == "float64"
+    assert interactions["ts"].tolist() == [pd.Timestamp(s, unit="s")
+                                           for s in (1700000000, 1700000100, 1700000200)]
+    assert interactions["weight"].tolist() == [1.0, 2.0, 0.5]
+    assert items["title"].tolist() == ["Alpha", "Beta"]
+    assert users["region"].tolist() == ["85711", "94043"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1700000000\n1700000100", ["2023-11-14 22:13:20", "2023-11-14 22:15:00"]),
+    ("2024-01-01T00:00:00\n2024-01-02 10:30:00", ["2024-01-01 00:00", "2024-01-02 10:30"]),
+    ("2024-01-01T00:00:00Z\n2024-01-02T10:30:00+02:00", ["2024-01-01 00:00", "2024-01-02 08:30"]),
+    ("2024-01-01\n2024-01-02", ["2024-01-01", "2024-01-02"]),
+], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date"])
+def test_timestamp_encodings_are_inferred(tmp_path: Path, text: str, expected: list[str]) -> None:
+    rows = "\n".join(f"{n},10,{t},1" for n, t in enumerate(text.split("\n"), start=1))
+    interactions, *_ = load(spec(write(tmp_path, "log.csv", f"u,i,t,w\n{rows}\n")))
+    assert interactions["ts"].tolist() == [pd.Timestamp(e) for e in expected]
+    assert interactions["ts"].dt.tz is None
+
+
+def test_parquet_tz_aware_timestamps_become_naive_utc(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    ts = pa.array([pd.Timestamp("2024-03-01 12:00", tz="Europe/Berlin")] * 2,
+                  pa.timestamp("us", tz="Europe/Berlin"))
+    pq.write_table(pa.table({"u": [1, 2], "i": [10, 11], "t": ts, "w": [1.0, 1.0]}), path)
+    interactions, *_ = load(spec(path))
+    assert interactions["ts"].tolist() == [pd.Timestamp("2024-03-01 11:00")] * 2
+
+
+def test_mapped_event_column_is_kept(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv",
+                "u,i,t,w,kind\n1,10,1700000000,1,view\n2,11,1700000001,1,buy\n")
+    interactions, *_ = load(spec(log, columns={**INTERACTION_COLUMNS, "event": "kind"}))
+    assert interactions["event"].tolist() == ["view", "buy"]
+
+
+# ------------------------------------------------------------------ bad timestamps
+def test_unparsable_iso_timestamp(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv",
+                "u,i,t,w\n1,10,2024-01-01,1\n2,11,2024-01-02,1\n3,10,notadate,1\n4,10,bad,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "ts", "3, 4", "unparsable timestamp", "2 row(s)", "'notadate'")
+
+
+def test_unparsable_value_in_unix_seconds_column(tmp_path: Path) -> None:
+    # One bad value turns the CSV column to text; valid seconds must not be reported too.
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n2,11,1700000001,1\n"
+                                     "3,10,yesterday,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "ts", "3", "unparsable timestamp", "1 row(s)", "'yesterday'")
+
+
+def test_unparsable_timestamp_with_explicit_unit(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n2,11,x1,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log, ts_unit="s"))
+    assert_names(err, log, "ts", "2", "unparsable timestamp (expected s)")
+
+
+@pytest.mark.parametrize("value", ["1700000000", "2024-01-01T00:00:00"])
+def test_null_timestamp_csv(tmp_path: Path, value: str) -> None:
+    log = write(tmp_path, "log.csv", f"u,i,t,w\n1,10,{value},1\n2,11,{value},1\n3,11,,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "ts", "3", "null values", "1 row(s)")
+
+
+def test_null_timestamp_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    ts = pa.array([1_700_000_000, None, 1_700_000_002, None], pa.timestamp("s"))
+    pq.write_table(pa.table({"u": [1, 2, 3, 4], "i": [10] * 4, "t": ts, "w": [1.0] * 4}), path)
+    with pytest.raises(DataError) as err:
+        load(spec(path))
+    assert_names(err, path, "ts", "2, 4", "null values", "2 row(s)")
+
+
+# ------------------------------------------------------------------ wrong types
+def test_weight_not_a_number(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1.0\n2,11,1700000000,abc\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "weight", "2", "finite number", "'abc'")
+
+
+def test_weight_missing_value(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,\n2,11,1700000000,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "weight", "1", "finite number")
+
+
+def test_fractional_ids_are_rejected(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n2,11.5,1700000000,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "item_id", "2", "integers or strings", "11.5")
+
+
+def test_null_user_id(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n,11,1700000000,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "user_id", "2", "null values")
+
+
+def test_string_ids_are_kept_and_matched_across_tables(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\nanna,10,1700000000,1\nbo,sku-7,1700000000,1\n")
+    items = write(tmp_path, "items.csv", "i,title\n10,Ten\nsku-7,Seven\n")
+    interactions, items_df, users, _ = load(spec(log, items))
+    assert interactions["item_id"].tolist() == ["10", "sku-7"]
+    assert items_df["item_id"].tolist() == ["10", "sku-7"]
+    assert interactions["item_id"].dtype == items_df["item_id"].dtype
+    assert users["user_id"].tolist() == ["anna", "bo"]
+
+
+# ------------------------------------------------------------------ invalid UTF-8
+def test_invalid_utf8_in_csv_text_column(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.csv", b"i,title\n10,Alpha\n11,Beta\n12,Caf\xe9\n13,Ok\n")
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert_names(err, items, "title", "3", "not valid UTF-8", "1 row(s)")
+
+
+def test_invalid_utf8_on_several_csv_lines_lists_them(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.csv", b"i,title\n10,\xe9a\n11,Beta\n12,Caf\xe9\n")
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert_names(err, items, "title", "1, 3", "not valid UTF-8", "2 row(s)")
+
+
+def test_invalid_utf8_in_csv_id_column(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", b"u,i,t,w\n1,10,1700000000,1\n2,1\xff,1700000000,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "item_id", "2", "not valid UTF-8")
+
+
+def test_csv_text_columns_keep_leading_zeros(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.csv", "i,title\n10,007\n11,1984\n")
+    users = write(tmp_path, "users.csv", "u,zip\n1,02134\n2,94043\n")
+    _, items_df, users_df, _ = load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS),
+                                         items, users))
+    assert items_df["title"].tolist() == ["007", "1984"]
+    assert users_df["region"].tolist() == ["02134", "94043"]
+
+
+def test_invalid_utf8_in_csv_header(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.csv", b"i,ti\xfftle\n10,Alpha\n")
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert_names(err, items, None, None, "not valid UTF-8", "header")
+
+
+def test_invalid_utf8_in_parquet_binary_column(tmp_path: Path) -> None:
+    items = tmp_path / "items.parquet"
+    titles = pa.array([b"Alpha", b"\xff\xfe", "Gamma \u00e9".encode()], pa.binary())
+    pq.write_table(pa.table({"i": [10, 11, 12], "title": titles}), items)
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert_names(err, items, "title", "2", "not valid UTF-8", "1 row(s)")
+
+
+def test_valid_utf8_in_parquet_binary_column_is_decoded(tmp_path: Path) -> None:
+    items = tmp_path / "items.parquet"
+    titles = pa.array([b"Alpha", "Caf\u00e9".encode()], pa.binary())
+    pq.write_table(pa.table({"i": [10, 11], "title": titles}), items)
+    _, items_df, _, _ = load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert items_df["title"].tolist() == ["Alpha", "Caf\u00e9"]
+
+
+def test_invalid_utf8_in_parquet_string_column(tmp_path: Path) -> None:
+    # Arrow does not check string columns on read; a bad value would fail much later.
+    items = tmp_path / "items.parquet"
+    raw = pa.array([b"Alpha", b"Beta", b"Caf\xe9"], pa.binary())
+    titles = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    pq.write_table(pa.table({"i": [10, 11, 12], "title": titles}), items)
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert_names(err, items, "title", "3", "not valid UTF-8")
+
+
+# ------------------------------------------------------------------ ids
+def test_duplicate_item_ids(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.csv", "i,title\n10,A\n11,B\n10,C\n12,D\n11,E\n")
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert_names(err, items, "item_id", "3, 5", "duplicate ids", "2 row(s)")
+
+
+def test_duplicate_user_ids_parquet(tmp_path: Path) -> None:
+    users = tmp_path / "users.parquet"
+    pq.write_table(pa.table({"u": [1, 2, 2], "zip": ["1", "2", "3"]}), users)
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), users=users))
+    assert_names(err, users, "user_id", "3", "duplicate ids")
+
+
+UNKNOWN_LOG = b"u,i,t,w\n1,10,1700000000,1\n1,99,1700000001,1\n2,11,1700000002,1\n3,98,17e8,1\n"
+
+
+def test_unknown_items_error(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", UNKNOWN_LOG)
+    with pytest.raises(DataError) as err:
+        load(spec(log, write(tmp_path, "items.csv", GOOD_ITEMS)), unknown_ids="error")
+    assert_names(err, log, "item_id", "2, 4", "not present in the items table", "2 row(s)",
+                 "unknown_ids")
+
+
+def test_unknown_users_error(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", UNKNOWN_LOG.replace(b"99", b"10").replace(b"98", b"11"))
+    with pytest.raises(DataError) as err:
+        load(spec(log, users=write(tmp_path, "users.csv", GOOD_USERS)), unknown_ids="error")
+    assert_names(err, log, "user_id", "4", "not present in the users table", "1 row(s)")
+
+
+def test_unknown_ids_dropped_and_counted(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", UNKNOWN_LOG)
+    src = spec(log, write(tmp_path, "items.csv", GOOD_ITEMS),
+               write(tmp_path, "users.csv", GOOD_USERS))
+    interactions, _, _, dropped = load(src, unknown_ids="drop")
+    # Row 4 names both an unknown item and an unknown user: counted once, as an item.
+    assert dropped == {"unknown_items": 2, "unknown_users": 0}
+    assert interactions[["user_id", "item_id"]].values.tolist() == [[1, 10], [2, 11]]
+
+
+def test_unknown_ids_dropped_everything_is_an_empty_table(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,98,1700000000,1\n1,99,1700000001,1\n")
+    with pytest.raises(DataError, match="empty"):
+        load(spec(log, write(tmp_path, "items.csv", GOOD_ITEMS)), unknown_ids="drop")
+
+
+# ------------------------------------------------------------------ empty / missing
+def test_empty_interactions_csv(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, None, None, "table is empty")
+
+
+def test_empty_items_parquet(tmp_path: Path) -> None:
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"i": pa.array([], pa.int64()), "title": pa.array([], pa.string())}),
+                   items)
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert_names(err, items, None, None, "table is empty")
+
+
+def test_zero_byte_csv(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", b"")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, None, None)
+
+
+def test_missing_mapped_column(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t\n1,10,1700000000\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, None, None, "'w' (for weight)", "['u', 'i', 't']")
+
+
+def test_missing_required_column_not_mapped(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.csv", GOOD_ITEMS)
+    src = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    src["items"]["columns"] = {"item_id": "i"}  # no title
+    with pytest.raises(DataError) as err:
+        load(src)
+    assert_names(err, items, None, None, "missing required column(s) ['title']")
+
+
+def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="file not found"):
+        load(spec(tmp_path / "absent.csv"))
+    with pytest.raises(DataError, match="unsupported file type"):
+        load(spec(write(tmp_path, "log.json", "{}")))
+    broken = write(tmp_path, "log.parquet", b"not parquet at all")
+    with pytest.raises(DataError) as err:
+        load(spec(broken))
+    assert_names(err, broken, None, None, "cannot read Parquet")
+
+
+def test_error_names_the_failing_file_among_several(tmp_path: Path) -> None:
+    good = write(tmp_path, "a.csv", GOOD_INTERACTIONS)
+    bad = write(tmp_path, "b.csv", "u,i,t,w\n1,10,1700000000,1\n2,10,1700000000,zz\n")
+    with pytest.raises(DataError) as err:
+        load(spec([good, bad]))
+    assert_names(err, bad, "weight", "2")
+
+
+# ------------------------------------------------------------------ nothing is written
+def ingest_config(tmp_path: Path, source: dict, unknown_ids: str = "error"):
+    return load_config(None, base={
+        "dataset": "shop", "data_dir": str(tmp_path / "data"), "threads": 1,
+        "source": source, "ingest": {"unknown_ids": unknown_ids},
+    })
+
+
+def leftovers(root: Path) -> list[str]:
+    """Hidden temp/old folders next to stage outputs (lock files are fine)."""
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.is_dir())
+
+
+@pytest.mark.parametrize("case", ["bad-ts", "dup-items", "bad-utf8", "unknown-item", "empty"])
+def test_failed_ingest_writes_nothing(tmp_path: Path, case: str) -> None:
+    log_text = GOOD_INTERACTIONS
+    items_text = GOOD_ITEMS
+    if case == "bad-ts":
+        log_text = b"u,i,t,w\n1,10,1700000000,1\n2,11,,1\n"
+    elif case == "dup-items":
+        items_text = b"i,title\n10,A\n10,B\n11,C\n"
+    elif case == "bad-utf8":
+        items_text = b"i,title\n10,A\n11,\xc3\x28\n"
+    elif case == "unknown-item":
+        log_text = b"u,i,t,w\n1,10,1700000000,1\n2,77,1700000000,1\n"
+    elif case == "empty":
+        log_text = b"u,i,t,w\n"
+    src = spec(write(tmp_path, "log.csv", log_text), write(tmp_path, "items.csv", items_text))
+    cfg = ingest_config(tmp_path, src)
+    with pytest.raises(DataError):
+        run_stage(cfg, "ingest")
+    assert not (cfg.root / "raw").exists()
+    assert leftovers(cfg.root) == []
+
+
+def test_failed_ingest_keeps_the_previous_good_output(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
+    items = write(tmp_path, "items.csv", GOOD_ITEMS)
+    cfg = ingest_config(tmp_path, spec(log, items))
+    manifest = run_stage(cfg, "ingest")
+    raw_dir = cfg.root / "raw"
+    assert manifest["counts"] == {"interactions": 3, "items": 2, "users": 2}
+    before = {p.name: p.read_bytes() for p in raw_dir.iterdir()}
+    assert set(before) == {"interactions.parquet", "items.parquet", "users.parquet",
+                           "manifest.json"}
+
+    items.write_bytes(b"i,title\n10,A\n11,B\n11,C\n")  # now breaks the contract
+    with pytest.raises(DataError, match="duplicate ids"):
+        run_stage(cfg, "ingest")
+    assert {p.name: p.read_bytes() for p in raw_dir.iterdir()} == before
+    assert leftovers(cfg.root) == []
+    recorded = json.loads((raw_dir / "manifest.json").read_text())
+    assert recorded["counts"]["interactions"] == 3
+
+
+def test_ingest_with_drop_records_counts_in_manifest(tmp_path: Path) -> None:
+    src = spec(write(tmp_path, "log.csv", UNKNOWN_LOG), write(tmp_path, "items.csv", GOOD_ITEMS))
+    cfg = ingest_config(tmp_path, src, unknown_ids="drop")
+    manifest = run_stage(cfg, "ingest")
+    assert manifest["dropped"] == {"unknown_items": 2, "unknown_users": 0}
+    assert manifest["counts"]["interactions"] == 2
+    written = pq.read_table(cfg.root / "raw" / "interactions.parquet")
+    assert written.num_rows == 2
+    assert pa.types.is_timestamp(written.schema.field("ts").type)
+    assert str(src["interactions"][0]["path"]) in manifest["source_files"]
+
+
+def test_null_item_title(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
+    items = write(tmp_path, "items.csv", "i,title\n10,Alpha\n11,\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log, items))
+    assert_names(err, items, "title", "2", "null or empty")
