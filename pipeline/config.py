@@ -116,7 +116,8 @@ class SplitConfig(_Strict):
 
 
 class ChannelConfig(_Strict):
-    quota: int = Field(ge=0, description="candidates this channel places before the fill")
+    quota: int = Field(ge=0, description="slots of this channel before the shared fill "
+                       "(used when recall.tune_quotas is false)")
     params: dict[str, Any] = Field(
         default_factory=dict, description="constructor settings of the channel (see its class)"
     )
@@ -124,8 +125,10 @@ class ChannelConfig(_Strict):
 
 def _default_channels() -> dict[str, ChannelConfig]:
     return {
-        "cooccurrence": ChannelConfig(quota=150),
-        "popularity": ChannelConfig(quota=50),
+        "cooccurrence": ChannelConfig(quota=120),
+        "preference": ChannelConfig(quota=40),
+        "geography": ChannelConfig(quota=30),
+        "popularity": ChannelConfig(quota=30),
         "trending": ChannelConfig(quota=30),
     }
 
@@ -137,14 +140,19 @@ class RecallConfig(_Strict):
         description="channel name -> quota and settings; ties in merge order go to the "
         "channel listed first",
     )
-    fill: str = Field("popularity", description="channel that must be present: cold users' "
-                      "fallback")
     user_chunk: int = Field(0, ge=0, description="users scored per chunk; 0 sizes it by memory")
+    tune_quotas: bool = Field(True, description="choose quotas on valid (the quotas above "
+                              "are used only when false)")
+    tuning_users: int = Field(3000, ge=1, description="valid users sampled to tune quotas")
+    quota_step: int = Field(10, ge=1, description="slots given per greedy tuning step")
 
     @model_validator(mode="after")
-    def _fill_is_a_channel(self) -> RecallConfig:
-        if self.fill not in self.channels:
-            raise ValueError(f"recall.fill {self.fill!r} must be one of recall.channels")
+    def _known_channels(self) -> RecallConfig:
+        from models.recall import CHANNELS
+
+        unknown = sorted(set(self.channels) - set(CHANNELS))
+        if unknown:
+            raise ValueError(f"unknown channel(s) {unknown}; known: {sorted(CHANNELS)}")
         return self
 
 

@@ -1,18 +1,27 @@
-"""Recall channels by name; an unknown name fails loudly with the known ones listed."""
+"""Recall channels by name; an unknown name fails loudly with the known ones listed.
+
+Classes are imported on first use, so checking a config's channel names does not load
+torch or faiss.
+"""
 
 from __future__ import annotations
 
-from models.base import RecallChannel
-from models.recall.cooccurrence import CooccurrenceChannel
-from models.recall.popularity import PopularityChannel, TrendingChannel
+from importlib import import_module
 
-CHANNELS: dict[str, type[RecallChannel]] = {
-    cls.name: cls for cls in (PopularityChannel, TrendingChannel, CooccurrenceChannel)
+from models.base import RecallChannel
+
+CHANNELS: dict[str, str] = {
+    "popularity": "models.recall.popularity:PopularityChannel",
+    "trending": "models.recall.popularity:TrendingChannel",
+    "cooccurrence": "models.recall.cooccurrence:CooccurrenceChannel",
+    "preference": "models.recall.preference:PreferenceChannel",
+    "geography": "models.recall.geography:GeographyChannel",
 }
 
 
 def channel_class(name: str) -> type[RecallChannel]:
     try:
-        return CHANNELS[name]
+        module, cls = CHANNELS[name].split(":")
     except KeyError:
         raise KeyError(f"unknown recall channel {name!r}; known: {sorted(CHANNELS)}") from None
+    return getattr(import_module(module), cls)

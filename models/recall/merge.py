@@ -68,3 +68,40 @@ def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
                                                                             dtype=dtype)
     out["n_channels"] = out[[f"{n}_rank" for n in names]].notna().sum(axis=1).astype("int8")
     return out
+
+
+def tune_quotas(hits: dict[str, np.ndarray], budget: int, step: int) -> dict[str, int]:
+    """Split ``budget`` slots among channels greedily by new held-out hits per step.
+
+    ``hits[name]`` holds, per sampled user and rank, the id of the held-out (user, item)
+    pair the channel retrieved there, or -1. Each step gives ``step`` more slots to the
+    channel whose next ``step`` ranks find the most pairs no chosen slot has found yet;
+    when no channel finds anything new, the rest goes to the channels in proportion to
+    what they found so far. Tuned on held-out data only, never on test.
+    """
+    names = list(hits)
+    n_pairs = 1 + max((int(h.max()) for h in hits.values() if h.size), default=0)
+    covered = np.zeros(n_pairs, bool)
+    quotas = dict.fromkeys(names, 0)
+    found = dict.fromkeys(names, 0)
+    while sum(quotas.values()) + step <= budget:
+        gains = {}
+        for name in names:
+            q = quotas[name]
+            window = hits[name][:, q: q + step]
+            ids = np.unique(window[window >= 0])
+            gains[name] = int((~covered[ids]).sum())
+        best = max(names, key=lambda n: (gains[n], -names.index(n)))
+        if gains[best] == 0:
+            break
+        q = quotas[best]
+        window = hits[best][:, q: q + step]
+        covered[window[window >= 0]] = True
+        quotas[best] += step
+        found[best] += gains[best]
+    left = budget - sum(quotas.values())
+    total = sum(found.values())
+    for name in names:
+        share = found[name] / total if total else 1 / len(names)
+        quotas[name] += int(left * share)
+    return quotas

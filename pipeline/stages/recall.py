@@ -26,7 +26,7 @@ from tqdm import tqdm
 from features.recall_data import RecallData, build_recall_data
 from models.base import HeldOut, RecallChannel, user_chunks
 from models.recall import channel_class
-from models.recall.merge import ChannelList, merge_candidates
+from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 from pipeline import schema as S
 from pipeline.config import Config, ConfigError, RecallConfig
 from pipeline.io import ChunkedParquetWriter, read_table
@@ -53,10 +53,7 @@ def phases(cfg: Config) -> list[Phase]:
 
 
 def build_channel(name: str, cfg: RecallConfig, tuned: dict | None = None) -> RecallChannel:
-    try:
-        cls = channel_class(name)
-    except KeyError as err:
-        raise ConfigError(f"recall.channels: {err.args[0]}") from None
+    cls = channel_class(name)
     params = {**cfg.channels[name].params, **(tuned or {})}
     try:
         return cls(**params)
@@ -64,8 +61,27 @@ def build_channel(name: str, cfg: RecallConfig, tuned: dict | None = None) -> Re
         raise ConfigError(f"recall.channels.{name}.params: {err}") from None
 
 
+def quotas_on_held_out(cfg: Config, data: RecallData, channels: dict[str, RecallChannel],
+                       targets: pd.DataFrame) -> dict[str, int]:
+    """Tune quotas on a seeded sample of the held-out users (see ``tune_quotas``)."""
+    rc = cfg.recall
+    users = np.sort(targets[S.USER].unique())
+    rng = np.random.default_rng(cfg.seed)
+    sample = np.sort(rng.choice(users, size=min(rc.tuning_users, len(users)), replace=False))
+    codes = data.user_index.encode(sample)
+    pairs = targets[targets[S.USER].isin(sample)][[S.USER, S.ITEM]].drop_duplicates()
+    pair_keys = pd.Index(list(zip(data.user_index.encode(pairs[S.USER]),
+                                  data.item_index.encode(pairs[S.ITEM]), strict=True)))
+    hits = {}
+    for name, channel in channels.items():
+        top = channel.retrieve(data, codes, rc.budget)
+        keys = pd.MultiIndex.from_arrays([np.repeat(codes, rc.budget), top.items.ravel()])
+        hits[name] = pair_keys.get_indexer(keys).reshape(top.items.shape)
+    return tune_quotas(hits, rc.budget, rc.quota_step)
+
+
 def retrieve_phase(cfg: Config, phase: Phase, data: RecallData, channels: dict[str, RecallChannel],
-                   out: Path) -> dict:
+                   quotas: dict[str, int], out: Path) -> dict:
     """Stream each channel's top list and the merged candidates for the phase's targets."""
     rc = cfg.recall
     (out / "channels").mkdir(parents=True)
@@ -88,7 +104,7 @@ def retrieve_phase(cfg: Config, phase: Phase, data: RecallData, channels: dict[s
             writers[name].write(pd.DataFrame({
                 S.USER: raw_users[r], S.ITEM: data.item_index.decode(top.items[r, c]),
                 S.RANK: (c + 1).astype(np.int32), S.SCORE: top.scores[r, c]}))
-            lists.append(ChannelList(name, top, rc.channels[name].quota))
+            lists.append(ChannelList(name, top, quotas[name]))
         merged = merge_candidates(lists, budget=rc.budget)
         merged.insert(0, S.USER, raw_users[merged.pop("row").to_numpy()])
         merged.insert(1, S.ITEM, data.item_index.decode(merged.pop("item").to_numpy()))
@@ -110,6 +126,7 @@ def run(cfg: Config, out: Path) -> dict:
     users = read_table(ingest / "users.parquet")
     tuned: dict[str, dict] = {}
     report: dict[str, dict] = {}
+    quotas = {name: ch.quota for name, ch in cfg.recall.channels.items()}
     for phase in phases(cfg):
         data = build_recall_data(phase.fit, items, users, phase.targets[S.USER].unique())
         held_out = None
@@ -125,7 +142,11 @@ def run(cfg: Config, out: Path) -> dict:
             channel.save(out / phase.name / "models" / name)
             if phase.name == "valid":
                 tuned[name] = channel.tuned()
-        report[phase.name] = {"fit_seconds": fit_seconds,
-                              **retrieve_phase(cfg, phase, data, channels, out / phase.name)}
-    (out / "tuned.json").write_text(json.dumps(tuned, indent=2) + "\n")
-    return {"phases": report, "tuned": tuned}
+        if phase.name == "valid" and cfg.recall.tune_quotas:
+            quotas = quotas_on_held_out(cfg, data, channels, phase.targets)
+            log.info("[recall] quotas tuned on valid: %s", quotas)
+        report[phase.name] = {"fit_seconds": fit_seconds, **retrieve_phase(
+            cfg, phase, data, channels, quotas, out / phase.name)}
+    (out / "tuned.json").write_text(json.dumps({"channels": tuned, "quotas": quotas},
+                                               indent=2) + "\n")
+    return {"phases": report, "tuned": tuned, "quotas": quotas}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import TopK
-from models.recall.merge import ChannelList, merge_candidates
+from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 
 
 def lists() -> list[ChannelList]:
@@ -42,3 +42,21 @@ def test_evidence_from_every_channel_and_n_channels() -> None:
 
 def test_budget_truncates() -> None:
     assert len(merge_candidates(lists(), budget=2)) == 2
+
+
+def test_tune_quotas_rewards_new_hits_and_splits_the_rest_by_finds() -> None:
+    minus = np.full((1, 30), -1)
+    a, b, c = minus.copy(), minus.copy(), minus.copy()
+    a[0, :10] = np.arange(10)        # pairs 0-9 at a's top
+    b[0, :10] = np.arange(10)        # the same pairs: nothing new once a has them
+    b[0, 10:15] = np.arange(10, 15)
+    c[0, :10] = np.arange(20, 30)    # pairs nobody else finds
+    quotas = tune_quotas({"a": a, "b": b, "c": c}, budget=30, step=10)
+    # step 1: a, b, c tie at 10 new -> a (listed first); step 2: only c adds (10);
+    # step 3: nobody adds: the last 10 slots split 10:10 between a and c by their finds.
+    assert quotas == {"a": 15, "b": 0, "c": 15}
+
+
+def test_tune_quotas_fills_the_budget_exactly_when_one_channel_keeps_finding() -> None:
+    hits = {"a": np.arange(40)[None, :], "b": np.full((1, 40), -1)}
+    assert tune_quotas(hits, budget=40, step=10) == {"a": 40, "b": 0}

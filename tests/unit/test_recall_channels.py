@@ -10,13 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
 from models.base import top_k
 from models.recall import CHANNELS, channel_class
 from models.recall.cooccurrence import CooccurrenceChannel, prune_rows
+from models.recall.geography import GeographyChannel
 from models.recall.popularity import PopularityChannel, TrendingChannel
+from models.recall.preference import PreferenceChannel
 from tests.conftest import recall_data_from_matrix
 
 
@@ -32,10 +35,25 @@ def checkerboard(n_users: int = 40, n_items: int = 20, seed: int = 0) -> np.ndar
     return dense
 
 
+def checkerboard_data(dense: np.ndarray):
+    """The checkerboard with side tables that agree with it: each block of items has its
+    own category and tags, each block of users its own region."""
+    n_users, n_items = dense.shape
+    block_i = np.where(np.arange(n_items) < n_items // 2, "a", "b")
+    block_u = np.where(np.arange(n_users) < n_users // 2, "a", "b")
+    items = pd.DataFrame({"item_id": np.arange(n_items), "title": [f"t{j}" for j in range(n_items)],
+                          "category": block_i, "tags": [[f"{b}1", f"{b}2"] for b in block_i]})
+    users = pd.DataFrame({"user_id": np.arange(n_users), "region": block_u})
+    return recall_data_from_matrix(dense, items=items, users=users)
+
+
+STRUCTURED = ["cooccurrence", "preference", "geography"]
+
+
 @pytest.mark.parametrize("name", sorted(CHANNELS))
 def test_contract_excludes_seen_batches_and_round_trips(name: str, tmp_path: Path) -> None:
     dense = checkerboard()
-    data = recall_data_from_matrix(dense)
+    data = checkerboard_data(dense)
     users = np.arange(dense.shape[0])
     channel = channel_class(name)().fit(data)
     top = channel.retrieve(data, users, k=8)
@@ -53,10 +71,12 @@ def test_contract_excludes_seen_batches_and_round_trips(name: str, tmp_path: Pat
     np.testing.assert_array_equal(loaded.retrieve(data, users, k=8).items, top.items)
 
 
-def test_cooccurrence_recovers_the_planted_blocks() -> None:
+@pytest.mark.parametrize("name", STRUCTURED)
+def test_structured_channels_recover_the_planted_blocks(name: str) -> None:
     dense = checkerboard()
-    data = recall_data_from_matrix(dense)
-    top = CooccurrenceChannel().fit(data).retrieve(data, np.arange(40), k=3)
+    data = checkerboard_data(dense)
+    top = channel_class(name)().fit(data).retrieve(data, np.arange(40), k=3)
+    assert (top.items >= 0).sum() > 40, "retrieved almost nothing"
     half_u, half_i = 20, 10
     own_block = np.where(np.arange(40)[:, None] < half_u, top.items < half_i, top.items >= half_i)
     assert own_block[top.items >= 0].all()
@@ -125,3 +145,32 @@ def test_top_k_ties_and_padding() -> None:
 def test_unknown_channel_name_fails_loudly() -> None:
     with pytest.raises(KeyError, match="known"):
         channel_class("bogus")
+
+
+def test_preference_by_hand() -> None:
+    # Items 0, 1 are category a; 2, 3 category b. Popularity 3, 1, 2, 1; best of a is 3,
+    # best of b is 2, so an item's standing is popularity / best of its category.
+    dense = np.array([[1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 1, 0], [0, 1, 0, 1]])
+    items = pd.DataFrame({"item_id": range(4), "title": list("wxyz"),
+                          "category": ["a", "a", "b", "b"]})
+    data = recall_data_from_matrix(dense, items=items)
+    channel = PreferenceChannel(half_life_days=0).fit(data)
+    only_a = channel.score(data, np.array([0]))[0]  # affinity a = 1
+    np.testing.assert_allclose(only_a, [3 / 3, 1 / 3, -np.inf, -np.inf], rtol=1e-6)
+    mixed = channel.score(data, np.array([3]))[0]  # affinity a = b = 1/2
+    np.testing.assert_allclose(mixed, [0.5 * 3 / 3, 0.5 * 1 / 3, 0.5 * 2 / 2, 0.5 * 1 / 2],
+                               rtol=1e-6)
+    assert channel.retrieve(data, np.array([3]), 4).items[0].tolist() == [0, 2, -1, -1]
+
+
+def test_geography_by_hand() -> None:
+    dense = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]])
+    users = pd.DataFrame({"user_id": range(4), "region": ["r1", "r1", "r2", None]})
+    data = recall_data_from_matrix(dense, users=users)
+    channel = GeographyChannel().fit(data)
+    assert channel.regions == ["r1", "r2"]
+    np.testing.assert_array_equal(channel.counts, [[2, 1, 0], [0, 0, 1]])
+    top = channel.retrieve(data, np.arange(4), 3).items
+    assert top[1].tolist() == [1, -1, -1]  # r1 without the seen item 0
+    assert top[2].tolist() == [-1, -1, -1]  # r2 has only the user's own item
+    assert top[3].tolist() == [-1, -1, -1]  # no region: nothing (user 3's item is not counted)

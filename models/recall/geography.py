@@ -1,0 +1,63 @@
+"""Geography: the most popular items among users of the same region.
+
+A user's region comes from the users table. Items sold only in one region are thereby
+found for that region's users; users without a region get nothing from this channel.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.recall_data import RecallData
+from models.base import HeldOut, RecallChannel
+
+
+def user_regions(data: RecallData, regions: list[str]) -> np.ndarray:
+    """Region code per user (-1 where unknown), in the order of ``regions``."""
+    if "region" not in data.users.columns:
+        return np.full(data.n_users, -1)
+    return pd.Index(regions).get_indexer(data.users["region"].astype("string"))
+
+
+class GeographyChannel(RecallChannel):
+    name = "geography"
+
+    def __init__(self) -> None:
+        self.regions: list[str] = []
+        self.counts: np.ndarray | None = None
+
+    def fit(self, data: RecallData, held_out: HeldOut | None = None) -> GeographyChannel:
+        if "region" in data.users.columns:
+            self.regions = sorted(data.users["region"].dropna().astype(str).unique().tolist())
+        region = user_regions(data, self.regions)
+        log = data.log
+        known = region[log["user"].to_numpy()] >= 0
+        cells = region[log["user"].to_numpy()[known]] * data.n_items + log["item"].to_numpy()[known]
+        self.counts = np.bincount(cells, minlength=len(self.regions) * data.n_items).reshape(
+            len(self.regions), data.n_items).astype(np.float32)
+        return self
+
+    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        assert self.counts is not None, "fit or load first"
+        region = user_regions(data, self.regions)[users]
+        scores = np.full((len(users), data.n_items), -np.inf, np.float32)
+        known = region >= 0
+        scores[known] = self.counts[region[known]]
+        scores[scores <= 0] = -np.inf
+        return scores
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "counts.npy", self.counts)
+        (folder / "regions.json").write_text(json.dumps(self.regions))
+
+    @classmethod
+    def load(cls, folder: Path) -> GeographyChannel:
+        channel = cls()
+        channel.regions = json.loads((folder / "regions.json").read_text())
+        channel.counts = np.load(folder / "counts.npy", allow_pickle=False)
+        return channel

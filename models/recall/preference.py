@@ -1,0 +1,66 @@
+"""User preference: category and tag affinities, and the best items of those attributes.
+
+A user's affinity for attribute a is the decayed count of their fitted items carrying
+it, normalised to sum to one (decay 2^(-age / half_life_days); none when 0). An item's
+standing within a is its popularity divided by the most popular item of a. The score of
+item j is sum_a affinity(u, a) * carries(j, a) * standing(j, a): popular items of the
+categories and tags the user keeps coming back to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from features.attributes import attribute_matrix
+from features.recall_data import RecallData
+from models.base import HeldOut, RecallChannel
+from models.recall.cooccurrence import seed_weights
+
+
+class PreferenceChannel(RecallChannel):
+    name = "preference"
+
+    def __init__(self, half_life_days: float = 30.0) -> None:
+        self.half_life_days = half_life_days
+        self.attributes: sp.csr_matrix | None = None
+        self.item_terms: sp.csr_matrix | None = None
+
+    def fit(self, data: RecallData, held_out: HeldOut | None = None) -> PreferenceChannel:
+        attributes, _ = attribute_matrix(data.items)
+        popularity = np.asarray(data.history.sum(axis=0)).ravel().astype(np.float32)
+        carriers = (attributes > 0).astype(np.float32)
+        best = (sp.diags(popularity) @ carriers).max(axis=0).toarray().ravel()
+        standing = carriers @ sp.diags(np.divide(1.0, best, out=np.zeros_like(best),
+                                                 where=best > 0))
+        self.attributes = attributes.tocsr()
+        self.item_terms = (sp.diags(popularity) @ standing).multiply(carriers).T.tocsr()
+        return self
+
+    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        assert self.attributes is not None and self.item_terms is not None, "fit or load first"
+        seeds = seed_weights(data, users, self.half_life_days, recent_items=0,
+                             recent_weight=0.0, long_weight=1.0)
+        affinity = (seeds @ self.attributes).tocsr()
+        totals = np.asarray(affinity.sum(axis=1)).ravel()
+        affinity = sp.diags(np.divide(1.0, totals, out=np.zeros_like(totals),
+                                      where=totals > 0)) @ affinity
+        scores = (affinity @ self.item_terms).toarray().astype(np.float32)
+        scores[scores <= 0] = -np.inf
+        return scores
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(folder / "attributes.npz", self.attributes)
+        sp.save_npz(folder / "item_terms.npz", self.item_terms)
+        (folder / "params.json").write_text(json.dumps({"half_life_days": self.half_life_days}))
+
+    @classmethod
+    def load(cls, folder: Path) -> PreferenceChannel:
+        channel = cls(**json.loads((folder / "params.json").read_text()))
+        channel.attributes = sp.load_npz(folder / "attributes.npz").tocsr()
+        channel.item_terms = sp.load_npz(folder / "item_terms.npz").tocsr()
+        return channel
