@@ -10,7 +10,7 @@ only the top-k per user, so no users x items matrix is ever held whole.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,17 +96,23 @@ class RecallChannel(ABC):
     def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
                  chunk: int = 0) -> TopK:
         """Top-k item codes for each user code; the user's fitted items removed when asked."""
-        parts = []
-        for rows in user_chunks(len(users), data.n_items, chunk):
-            block = users[rows]
-            scores = np.asarray(self.score(data, block), dtype=np.float32)
-            if exclude_seen:
-                r, c = data.history[block].nonzero()
-                scores[r, c] = -np.inf
-            parts.append(top_k(scores, k))
-        if not parts:
-            return TopK(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
-        return TopK(np.vstack([p.items for p in parts]), np.vstack([p.scores for p in parts]))
+        return chunked_top_k(lambda rows: self.score(data, users[rows]), data, users, k,
+                             exclude_seen, chunk)
+
+
+def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
+                  users: np.ndarray, k: int, exclude_seen: bool, chunk: int = 0) -> TopK:
+    """Score ``users`` (one row each) in memory-bounded chunks and keep each row's top k."""
+    parts = []
+    for rows in user_chunks(len(users), data.n_items, chunk):
+        scores = np.array(score_rows(rows), dtype=np.float32)
+        if exclude_seen:
+            r, c = data.history[users[rows]].nonzero()
+            scores[r, c] = -np.inf
+        parts.append(top_k(scores, k))
+    if not parts:
+        return TopK(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
+    return TopK(np.vstack([p.items for p in parts]), np.vstack([p.scores for p in parts]))
 
 
 class SearchChannel(ABC):
@@ -115,3 +121,9 @@ class SearchChannel(ABC):
     @abstractmethod
     def score_queries(self, data: RecallData, queries: list[str]) -> np.ndarray:
         """Dense scores (len(queries) x n_items, float32); -inf where nothing matches."""
+
+    def retrieve_queries(self, data: RecallData, queries: list[str], users: np.ndarray,
+                         k: int, exclude_seen: bool = True, chunk: int = 0) -> TopK:
+        """Top-k per (query, user) case; the asking user's fitted items removed when asked."""
+        return chunked_top_k(lambda rows: self.score_queries(data, queries[rows]), data, users,
+                             k, exclude_seen, chunk)

@@ -140,6 +140,9 @@ class RecallConfig(_Strict):
         description="channel name -> quota and settings; ties in merge order go to the "
         "channel listed first",
     )
+    search_channels: dict[str, ChannelConfig] = Field(
+        default_factory=dict, description="channels (also listed under channels) that answer "
+        "search requests; search channels use the query text, the others the user")
     user_chunk: int = Field(0, ge=0, description="users scored per chunk; 0 sizes it by memory")
     tune_quotas: bool = Field(True, description="choose quotas on valid (the quotas above "
                               "are used only when false)")
@@ -153,6 +156,9 @@ class RecallConfig(_Strict):
         unknown = sorted(set(self.channels) - set(CHANNELS))
         if unknown:
             raise ValueError(f"unknown channel(s) {unknown}; known: {sorted(CHANNELS)}")
+        unfitted = sorted(set(self.search_channels) - set(self.channels))
+        if unfitted:
+            raise ValueError(f"search_channels {unfitted} must also be listed under channels")
         return self
 
 

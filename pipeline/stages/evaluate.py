@@ -1,6 +1,11 @@
-"""evaluate: metrics of the final ranking and of each recall channel alone on test, and
-candidate recall with each channel's unique contribution for both recall phases
-(valid: for tuning; test: the honest figure). Written to ``eval/metrics.json``."""
+"""evaluate: offline metrics on the test split, written to ``eval/metrics.json``.
+
+Recommendation cases are the users' test interactions without a query; search cases are
+the ones with a query (one case per interaction, its clicked item the relevant one).
+For each kind: every recall channel alone as a ranker, candidate recall at several
+depths and each channel's unique contribution, for both recall phases (valid, for
+tuning; test, the honest figure). The final ranking is a recommendation ranking.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.interactions import IdIndex
 from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.evaluation.protocol import evaluate_lists
 from pipeline.io import read_table
 from pipeline.stages import read_catalogue, stage_dir
-from pipeline.stages.recall import PHASES
+from pipeline.stages.recall import CASE, PHASES, is_search
 
 HEADLINE = ("ndcg@10", "recall@10", "hit_rate@10", "mrr@10", "coverage@10", "recall@100")
 
@@ -38,51 +44,74 @@ def unique_hits(lists: dict[str, pd.DataFrame], relevant: pd.DataFrame) -> dict[
     return {name: float(only.get(name, 0) / max(len(pairs), 1)) for name in lists}
 
 
+def candidate_report(folder: Path, channels: list[str], relevant: pd.DataFrame, items: IdIndex,
+                     ks: list[int], ns: list[int], key: str = S.USER) -> dict:
+    """Channels alone as rankers, candidate recall@N and unique hits for one folder."""
+    def read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+        df = read_table(path, columns)
+        return df.drop(columns=[S.USER]).rename(columns={CASE: S.USER}) if key == CASE else df
+
+    lists = {name: read(folder / "channels" / f"{name}.parquet") for name in channels}
+    systems, recall = {}, {}
+    for name, df in lists.items():
+        full = evaluate_lists(df, relevant, items, sorted(set(ks) | set(ns)))
+        systems[name] = {k: v for k, v in full.items()
+                         if k == "users" or int(k.split("@")[1]) in ks}
+        recall[name] = {f"recall@{n}": full[f"recall@{n}"] for n in ns}
+    merged = evaluate_lists(read(folder / "candidates.parquet", [key, S.ITEM, "merge_rank"]),
+                            relevant, items, ns, rank_col="merge_rank")
+    recall["merged"] = {f"recall@{n}": merged[f"recall@{n}"] for n in ns}
+    return {"systems": systems, "candidate_recall": recall,
+            "unique_hits": unique_hits(lists, relevant)}
+
+
+def print_candidates(title: str, block: dict, ns: list[int]) -> None:
+    table = {name: {**row, "unique": block["unique_hits"].get(name, float("nan"))}
+             for name, row in block["candidate_recall"].items()}
+    print(f"\n== {title} (share of relevant items in the first N; "
+          "unique: found by no other channel) ==")
+    print(format_table(table, (*(f"recall@{n}" for n in ns), "unique")))
+
+
 def run(cfg: Config, out: Path) -> dict:
     split = stage_dir(cfg, "split")
     items = read_catalogue(cfg)
-    ks = sorted(cfg.evaluate.ks)
-    ns = sorted(cfg.evaluate.recall_ns)
+    ks, ns = sorted(cfg.evaluate.ks), sorted(cfg.evaluate.recall_ns)
     recall_dir = stage_dir(cfg, "recall")
-    test = read_table(split / "test.parquet", columns=[S.USER, S.ITEM])
+    channels = list(cfg.recall.channels)
 
-    systems = {"final": evaluate_lists(
-        read_table(stage_dir(cfg, "rank") / "recommendations.parquet"), test, items, ks)}
-    candidate_recall: dict[str, dict] = {}
-    unique: dict[str, dict] = {}
+    report: dict[str, dict] = {}
     for phase in PHASES:
-        relevant = test if phase == "test" else read_table(split / "valid.parquet",
-                                                           columns=[S.USER, S.ITEM])
-        lists = {name: read_table(recall_dir / phase / "channels" / f"{name}.parquet")
-                 for name in cfg.recall.channels}
-        rows = {}
-        for name, df in lists.items():
-            full = evaluate_lists(df, relevant, items, sorted(set(ks) | set(ns)))
-            rows[name] = {f"recall@{n}": full[f"recall@{n}"] for n in ns}
-            if phase == "test":
-                systems[f"channel:{name}"] = {k: v for k, v in full.items()
-                                              if k == "users" or int(k.split("@")[1]) in ks}
-        merged = evaluate_lists(read_table(recall_dir / phase / "candidates.parquet",
-                                           columns=[S.USER, S.ITEM, "merge_rank"]),
-                                relevant, items, ns, rank_col="merge_rank")
-        rows["merged"] = {f"recall@{n}": merged[f"recall@{n}"] for n in ns}
-        candidate_recall[phase] = rows
-        unique[phase] = unique_hits(lists, relevant)
+        part = read_table(split / f"{phase}.parquet")
+        report[phase] = {"recommendation": candidate_report(
+            recall_dir / phase, channels, part[~is_search(part)], items, ks, ns)}
+        search_dir = recall_dir / phase / "search"
+        if (search_dir / "cases.parquet").is_file():
+            cases = read_table(search_dir / "cases.parquet").drop(columns=[S.USER])
+            report[phase]["search"] = candidate_report(
+                search_dir, list(cfg.recall.search_channels),
+                cases.rename(columns={CASE: S.USER}), items, ks, ns, key=CASE)
+
+    test = read_table(split / "test.parquet")
+    plain = test[~is_search(test)]
+    systems = {"final": evaluate_lists(
+        read_table(stage_dir(cfg, "rank") / "recommendations.parquet"), plain, items, ks)}
+    for name, row in report["test"]["recommendation"]["systems"].items():
+        systems[f"channel:{name}"] = row
+    for name, row in report["test"].get("search", {}).get("systems", {}).items():
+        systems[f"search:{name}"] = row
 
     metrics = {"dataset": cfg.dataset, "split": cfg.split.strategy, "ks": ks,
                "users": systems["final"]["users"], "catalogue": len(items),
-               "systems": systems, "candidate_recall": candidate_recall["test"],
-               "candidate_recall_valid": candidate_recall["valid"],
-               "unique_hits": unique}
+               "systems": systems,
+               "candidate_recall": report["test"]["recommendation"]["candidate_recall"],
+               "phases": report}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"\n== {cfg.dataset}: test metrics over {metrics['users']} users "
-          f"(full ranking, {len(items)} items) ==")
+    print(f"\n== {cfg.dataset}: test metrics, {metrics['users']} users with recommendation "
+          f"cases (full ranking over {len(items)} items) ==")
     print(format_table(systems, HEADLINE))
     for phase in PHASES:
-        table = {name: {**row, "unique": unique[phase].get(name, float("nan"))}
-                 for name, row in candidate_recall[phase].items()}
-        print(f"\n== candidate recall on {phase} (share of {phase} items in the first N; "
-              "unique: found by no other channel) ==")
-        print(format_table(table, (*(f"recall@{n}" for n in ns), "unique")))
+        for kind, block in report[phase].items():
+            print_candidates(f"{kind} candidate recall on {phase}", block, ns)
     print(f"\nmetrics: {out.parent / 'eval' / 'metrics.json'}\n", flush=True)
     return {"headline": {k: systems["final"][k] for k in HEADLINE}}

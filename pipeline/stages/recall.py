@@ -1,14 +1,18 @@
 """recall: fit the configured channels and retrieve merged candidates, roll-forward.
 
-Two phases, each writing ``<phase>/candidates.parquet`` (the merged set with every
-channel's evidence), ``<phase>/channels/<name>.parquet`` (each channel's own top list,
-for per-channel evaluation) and ``<phase>/models/<name>/``:
-- ``valid``: fit on train, retrieve for the users with valid interactions. Channels that
-  early-stop watch the valid pairs; what they choose is saved in ``tuned.json``.
-- ``test``: refit on train + valid with those choices, retrieve for the test users.
-Nothing in the valid phase sees valid-period data as input, and nothing in either phase
-sees test. Users are processed in chunks and rows streamed to disk, so memory does not
-grow with the number of users.
+Two phases, each writing under ``<phase>/``:
+- ``valid``: fit on train, retrieve for the valid period. Channels that early-stop watch
+  the valid pairs, and quotas are tuned on a sample of them; ``tuned.json`` keeps both.
+- ``test``: refit on train + valid with those choices, retrieve for the test period.
+Nothing in either phase is fitted on the period it retrieves for.
+
+Each phase serves two kinds of request. Recommendation: one per user, written to
+``candidates.parquet`` (the merged set with every channel's evidence) and
+``channels/<name>.parquet`` (each channel's own list, for per-channel evaluation).
+Search: one per interaction that carries a query (``case_id``, the user and the query),
+answered by the search channels with the query text and by the personalised ones with
+the user, written the same way under ``search/``. Requests are processed in chunks and
+rows streamed to disk, so memory does not grow with the number of users.
 """
 
 from __future__ import annotations
@@ -24,129 +28,173 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.recall_data import RecallData, build_recall_data
-from models.base import HeldOut, RecallChannel, user_chunks
+from models.base import HeldOut, RecallChannel, SearchChannel, TopK, user_chunks
 from models.recall import channel_class
 from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 from pipeline import schema as S
-from pipeline.config import Config, ConfigError, RecallConfig
-from pipeline.io import ChunkedParquetWriter, read_table
+from pipeline.config import ChannelConfig, Config, ConfigError
+from pipeline.io import ChunkedParquetWriter, read_table, write_table
 from pipeline.stages import stage_dir
 
 log = logging.getLogger("pipeline")
 PHASES = ("valid", "test")
+CASE = "case_id"
 
 
 @dataclass
-class Phase:
-    """What one phase fits on and whom it retrieves for."""
+class Requests:
+    """Rows to retrieve for: ``keys`` (written in front of every output row), the asking
+    user's code per row, and the query text per row for search requests."""
 
-    name: str
-    fit: pd.DataFrame
-    targets: pd.DataFrame
+    keys: pd.DataFrame
+    users: np.ndarray
+    queries: np.ndarray | None = None
 
-
-def phases(cfg: Config) -> list[Phase]:
-    split = stage_dir(cfg, "split")
-    train, valid, test = (read_table(split / f"{p}.parquet") for p in ("train", "valid", "test"))
-    return [Phase("valid", train, valid),
-            Phase("test", pd.concat([train, valid], ignore_index=True), test)]
+    def take(self, rows: slice) -> Requests:
+        return Requests(self.keys.iloc[rows].reset_index(drop=True), self.users[rows],
+                        None if self.queries is None else self.queries[rows])
 
 
-def build_channel(name: str, cfg: RecallConfig, tuned: dict | None = None) -> RecallChannel:
-    cls = channel_class(name)
-    params = {**cfg.channels[name].params, **(tuned or {})}
+def is_search(df: pd.DataFrame) -> np.ndarray:
+    return df[S.QUERY].notna().to_numpy() if S.QUERY in df.columns else np.zeros(len(df), bool)
+
+
+def recommendation_requests(targets: pd.DataFrame, data: RecallData) -> Requests:
+    users = targets[S.USER].unique()
+    return Requests(pd.DataFrame({S.USER: users}), data.user_index.encode(users))
+
+
+def search_requests(targets: pd.DataFrame, data: RecallData) -> tuple[Requests, pd.DataFrame]:
+    """One request per search interaction; also the cases with their clicked item."""
+    rows = targets[is_search(targets)]
+    query = rows[S.QUERY] if S.QUERY in rows.columns else pd.Series([], dtype="string")
+    cases = pd.DataFrame({CASE: np.arange(len(rows)), S.USER: rows[S.USER].to_numpy(),
+                          S.QUERY: query.astype(str).to_numpy(),
+                          S.ITEM: rows[S.ITEM].to_numpy()})
+    return (Requests(cases[[CASE, S.USER, S.QUERY]], data.user_index.encode(cases[S.USER]),
+                     cases[S.QUERY].to_numpy(object)), cases)
+
+
+def build_channel(name: str, settings: ChannelConfig, tuned: dict | None = None) -> RecallChannel:
     try:
-        return cls(**params)
+        return channel_class(name)(**{**settings.params, **(tuned or {})})
     except TypeError as err:
         raise ConfigError(f"recall.channels.{name}.params: {err}") from None
 
 
-def quotas_on_held_out(cfg: Config, data: RecallData, channels: dict[str, RecallChannel],
-                       targets: pd.DataFrame) -> dict[str, int]:
-    """Tune quotas on a seeded sample of the held-out users (see ``tune_quotas``)."""
+def retrieve(channel: RecallChannel, data: RecallData, req: Requests, k: int) -> TopK:
+    """Search channels answer the query text when there is one; others answer the user."""
+    if req.queries is not None and isinstance(channel, SearchChannel):
+        return channel.retrieve_queries(data, req.queries, req.users, k)
+    return channel.retrieve(data, req.users, k)
+
+
+def tuned_quotas(cfg: Config, data: RecallData, channels: dict[str, RecallChannel],
+                 req: Requests, relevant_rows: np.ndarray, relevant_items: np.ndarray
+                 ) -> dict[str, int]:
+    """Quotas from a seeded sample of held-out requests (see ``tune_quotas``)."""
     rc = cfg.recall
-    users = np.sort(targets[S.USER].unique())
     rng = np.random.default_rng(cfg.seed)
-    sample = np.sort(rng.choice(users, size=min(rc.tuning_users, len(users)), replace=False))
-    codes = data.user_index.encode(sample)
-    pairs = targets[targets[S.USER].isin(sample)][[S.USER, S.ITEM]].drop_duplicates()
-    pair_keys = pd.Index(list(zip(data.user_index.encode(pairs[S.USER]),
-                                  data.item_index.encode(pairs[S.ITEM]), strict=True)))
+    n = len(req.users)
+    sample = np.sort(rng.choice(n, size=min(rc.tuning_users, n), replace=False))
+    keep = np.isin(relevant_rows, sample)
+    pair_keys = pd.MultiIndex.from_arrays([relevant_rows[keep], relevant_items[keep]]).unique()
+    picked = Requests(req.keys.iloc[sample], req.users[sample],
+                      None if req.queries is None else req.queries[sample])
     hits = {}
     for name, channel in channels.items():
-        top = channel.retrieve(data, codes, rc.budget)
-        keys = pd.MultiIndex.from_arrays([np.repeat(codes, rc.budget), top.items.ravel()])
+        top = retrieve(channel, data, picked, rc.budget)
+        keys = pd.MultiIndex.from_arrays([np.repeat(sample, rc.budget), top.items.ravel()])
         hits[name] = pair_keys.get_indexer(keys).reshape(top.items.shape)
     return tune_quotas(hits, rc.budget, rc.quota_step)
 
 
-def retrieve_phase(cfg: Config, phase: Phase, data: RecallData, channels: dict[str, RecallChannel],
-                   quotas: dict[str, int], out: Path) -> dict:
-    """Stream each channel's top list and the merged candidates for the phase's targets."""
-    rc = cfg.recall
+def stream_candidates(cfg: Config, data: RecallData, channels: dict[str, RecallChannel],
+                      quotas: dict[str, int], req: Requests, out: Path, label: str) -> dict:
+    """Write each channel's list and the merged candidates for every request."""
+    budget = cfg.recall.budget
     (out / "channels").mkdir(parents=True)
     writers = {name: ChunkedParquetWriter(out / "channels" / f"{name}.parquet")
                for name in channels}
     candidates = ChunkedParquetWriter(out / "candidates.parquet")
-    targets = phase.targets[S.USER].unique()
-    codes = data.user_index.encode(targets)
     seconds = dict.fromkeys(channels, 0.0)
-    chunks = list(user_chunks(len(codes), data.n_items, rc.user_chunk))
-    for rows in tqdm(chunks, desc=f"recall {phase.name}", unit="chunk", disable=None):
-        block = codes[rows]
-        raw_users = data.user_index.decode(block)
+    chunks = list(user_chunks(len(req.users), data.n_items, cfg.recall.user_chunk))
+    for rows in tqdm(chunks, desc=f"recall {label}", unit="chunk", disable=None):
+        part = req.take(rows)
         lists = []
         for name, channel in channels.items():
             started = time.perf_counter()
-            top = channel.retrieve(data, block, rc.budget)
+            top = retrieve(channel, data, part, budget)
             seconds[name] += time.perf_counter() - started
             r, c = np.nonzero(top.items >= 0)
-            writers[name].write(pd.DataFrame({
-                S.USER: raw_users[r], S.ITEM: data.item_index.decode(top.items[r, c]),
-                S.RANK: (c + 1).astype(np.int32), S.SCORE: top.scores[r, c]}))
+            listed = part.keys.iloc[r].reset_index(drop=True)
+            listed[S.ITEM] = data.item_index.decode(top.items[r, c])
+            listed[S.RANK] = (c + 1).astype(np.int32)
+            listed[S.SCORE] = top.scores[r, c]
+            writers[name].write(listed)
             lists.append(ChannelList(name, top, quotas[name]))
-        merged = merge_candidates(lists, budget=rc.budget)
-        merged.insert(0, S.USER, raw_users[merged.pop("row").to_numpy()])
-        merged.insert(1, S.ITEM, data.item_index.decode(merged.pop("item").to_numpy()))
+        merged = merge_candidates(lists, budget=budget)
+        keys = part.keys.iloc[merged.pop("row").to_numpy()].reset_index(drop=True)
+        merged.insert(0, S.ITEM, data.item_index.decode(merged.pop("item").to_numpy()))
         merged["source"] = merged["source"].astype("string")
-        candidates.write(merged)
-    empty = pd.DataFrame({S.USER: targets[:0]})
-    for writer in writers.values():
-        writer.close(empty)
-    candidates.close(empty)
-    log.info("[recall] %s: %d users, %.1f candidates per user", phase.name, len(targets),
-             candidates.rows / max(len(targets), 1))
-    return {"users": int(len(targets)), "candidates": candidates.rows,
+        candidates.write(pd.concat([keys, merged], axis=1))
+    for writer in (*writers.values(), candidates):
+        writer.close(req.keys.iloc[:0])
+    log.info("[recall] %s: %d requests, %.1f candidates each", label, len(req.users),
+             candidates.rows / max(len(req.users), 1))
+    return {"requests": int(len(req.users)), "candidates": candidates.rows,
             "retrieve_seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
 
 def run(cfg: Config, out: Path) -> dict:
-    ingest = stage_dir(cfg, "ingest")
+    rc = cfg.recall
+    ingest, split = stage_dir(cfg, "ingest"), stage_dir(cfg, "split")
     items = read_table(ingest / "items.parquet")
     users = read_table(ingest / "users.parquet")
+    train, valid, test = (read_table(split / f"{p}.parquet") for p in ("train", "valid", "test"))
+    fits = {"valid": (train, valid), "test": (pd.concat([train, valid], ignore_index=True), test)}
     tuned: dict[str, dict] = {}
+    quotas = {name: ch.quota for name, ch in rc.channels.items()}
+    search_quotas = {name: ch.quota for name, ch in rc.search_channels.items()}
     report: dict[str, dict] = {}
-    quotas = {name: ch.quota for name, ch in cfg.recall.channels.items()}
-    for phase in phases(cfg):
-        data = build_recall_data(phase.fit, items, users, phase.targets[S.USER].unique())
+    for phase in PHASES:
+        fit, targets = fits[phase]
+        data = build_recall_data(fit, items, users, targets[S.USER].unique())
         held_out = None
-        if phase.name == "valid":
-            held_out = HeldOut(data.user_index.encode(phase.targets[S.USER]),
-                               data.item_index.encode(phase.targets[S.ITEM]))
+        if phase == "valid":
+            held_out = HeldOut(data.user_index.encode(targets[S.USER]),
+                               data.item_index.encode(targets[S.ITEM]))
         channels, fit_seconds = {}, {}
-        for name in cfg.recall.channels:
+        for name, settings in rc.channels.items():
             started = time.perf_counter()
-            channel = build_channel(name, cfg.recall, tuned.get(name))
-            channels[name] = channel.fit(data, held_out)
+            channels[name] = build_channel(name, settings, tuned.get(name)).fit(data, held_out)
             fit_seconds[name] = round(time.perf_counter() - started, 3)
-            channel.save(out / phase.name / "models" / name)
-            if phase.name == "valid":
-                tuned[name] = channel.tuned()
-        if phase.name == "valid" and cfg.recall.tune_quotas:
-            quotas = quotas_on_held_out(cfg, data, channels, phase.targets)
-            log.info("[recall] quotas tuned on valid: %s", quotas)
-        report[phase.name] = {"fit_seconds": fit_seconds, **retrieve_phase(
-            cfg, phase, data, channels, quotas, out / phase.name)}
-    (out / "tuned.json").write_text(json.dumps({"channels": tuned, "quotas": quotas},
-                                               indent=2) + "\n")
-    return {"phases": report, "tuned": tuned, "quotas": quotas}
+            channels[name].save(out / phase / "models" / name)
+            if phase == "valid":
+                tuned[name] = channels[name].tuned()
+
+        recs = recommendation_requests(targets, data)
+        searches, cases = search_requests(targets, data)
+        search_channels = {n: channels[n] for n in rc.search_channels}
+        if phase == "valid" and rc.tune_quotas:
+            plain = targets[~is_search(targets)]
+            quotas = tuned_quotas(cfg, data, channels, recs,
+                                  pd.Index(recs.keys[S.USER]).get_indexer(plain[S.USER]),
+                                  data.item_index.encode(plain[S.ITEM]))
+            log.info("[recall] recommendation quotas tuned on valid: %s", quotas)
+            if len(cases) and search_channels:
+                search_quotas = tuned_quotas(cfg, data, search_channels, searches,
+                                             cases[CASE].to_numpy(),
+                                             data.item_index.encode(cases[S.ITEM]))
+                log.info("[recall] search quotas tuned on valid: %s", search_quotas)
+        report[phase] = {"fit_seconds": fit_seconds, "recommendation": stream_candidates(
+            cfg, data, channels, quotas, recs, out / phase, f"{phase} recommendation")}
+        if len(cases) and search_channels:
+            (out / phase / "search").mkdir(parents=True)
+            write_table(cases, out / phase / "search" / "cases.parquet")
+            report[phase]["search"] = stream_candidates(
+                cfg, data, search_channels, search_quotas, searches, out / phase / "search",
+                f"{phase} search")
+    (out / "tuned.json").write_text(json.dumps(
+        {"channels": tuned, "quotas": quotas, "search_quotas": search_quotas}, indent=2) + "\n")
+    return {"phases": report, "tuned": tuned, "quotas": quotas, "search_quotas": search_quotas}
