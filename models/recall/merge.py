@@ -70,38 +70,57 @@ def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
     return out
 
 
-def tune_quotas(hits: dict[str, np.ndarray], budget: int, step: int) -> dict[str, int]:
-    """Split ``budget`` slots among channels greedily by new held-out hits per step.
+def tune_quotas(lists: dict[str, np.ndarray], hits: dict[str, np.ndarray], budget: int,
+                step: int) -> dict[str, int]:
+    """Quotas that buy the most held-out hits for the budget, chosen greedily.
 
-    ``hits[name]`` holds, per sampled user and rank, the id of the held-out (user, item)
-    pair the channel retrieved there, or -1. Each step gives ``step`` more slots to the
-    channel whose next ``step`` ranks find the most pairs no chosen slot has found yet;
-    when no channel finds anything new, the rest goes to the channels in proportion to
-    what they found so far. Tuned on held-out data only, never on test.
+    ``lists[name]`` holds the channel's item codes per sampled request and rank (-1 for
+    none) and ``hits[name]`` the id of the held-out (request, item) pair found there (-1
+    for a miss). Each step advances one channel's quota by ``step`` ranks: the channel
+    whose next ranks find the most pairs not yet found per slot they newly take (an item
+    another channel already placed costs nothing, as in the merge). Steps stop when the
+    mean slots taken per request reach the budget or nothing new is found; slots left
+    then go to the channels in proportion to what they found. Tuned on held-out data
+    only, never on test.
     """
-    names = list(hits)
+    names = list(lists)
+    n_rows = next(iter(lists.values())).shape[0]
+    width = 1 + max(int(a.max()) for a in lists.values())
     n_pairs = 1 + max((int(h.max()) for h in hits.values() if h.size), default=0)
-    covered = np.zeros(n_pairs, bool)
-    quotas = dict.fromkeys(names, 0)
-    found = dict.fromkeys(names, 0)
-    while sum(quotas.values()) + step <= budget:
-        gains = {}
+    found_pairs = np.zeros(n_pairs, bool)
+    placed = np.empty(0, np.int64)
+    rows = np.arange(n_rows)[:, None]
+    quotas, found = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    used = 0.0
+
+    def window(name: str) -> tuple[int, np.ndarray, np.ndarray]:
+        q = quotas[name]
+        items = lists[name][:, q: q + step]
+        keys = (rows * width + items)[items >= 0]
+        pairs = hits[name][:, q: q + step]
+        pairs = np.unique(pairs[pairs >= 0])
+        return len(keys), np.setdiff1d(keys, placed), pairs[~found_pairs[pairs]]
+
+    while used < budget:
+        best, best_rate, best_window = None, 0.0, None
         for name in names:
-            q = quotas[name]
-            window = hits[name][:, q: q + step]
-            ids = np.unique(window[window >= 0])
-            gains[name] = int((~covered[ids]).sum())
-        best = max(names, key=lambda n: (gains[n], -names.index(n)))
-        if gains[best] == 0:
+            n_keys, new_keys, new_pairs = window(name)
+            while n_keys and not len(new_keys):  # all placed already: free, as in the merge
+                quotas[name] += step
+                n_keys, new_keys, new_pairs = window(name)
+            rate = len(new_pairs) / max(len(new_keys), 1)
+            if len(new_pairs) and rate > best_rate:
+                best, best_rate, best_window = name, rate, (new_keys, new_pairs)
+        if best is None:
             break
-        q = quotas[best]
-        window = hits[best][:, q: q + step]
-        covered[window[window >= 0]] = True
+        new_keys, new_pairs = best_window
+        placed = np.union1d(placed, new_keys)
+        found_pairs[new_pairs] = True
         quotas[best] += step
-        found[best] += gains[best]
-    left = budget - sum(quotas.values())
+        found[best] += len(new_pairs)
+        used = len(placed) / max(n_rows, 1)
+    left = max(int(budget - used), 0)
     total = sum(found.values())
     for name in names:
-        share = found[name] / total if total else 1 / len(names)
-        quotas[name] += int(left * share)
+        quotas[name] += int(left * (found[name] / total if total else 1 / len(names)))
     return quotas

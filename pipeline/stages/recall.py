@@ -101,12 +101,13 @@ def tuned_quotas(cfg: Config, data: RecallData, channels: dict[str, RecallChanne
     pair_keys = pd.MultiIndex.from_arrays([relevant_rows[keep], relevant_items[keep]]).unique()
     picked = Requests(req.keys.iloc[sample], req.users[sample],
                       None if req.queries is None else req.queries[sample])
-    hits = {}
+    lists, hits = {}, {}
     for name, channel in channels.items():
         top = retrieve(channel, data, picked, rc.budget)
         keys = pd.MultiIndex.from_arrays([np.repeat(sample, rc.budget), top.items.ravel()])
+        lists[name] = top.items
         hits[name] = pair_keys.get_indexer(keys).reshape(top.items.shape)
-    return tune_quotas(hits, rc.budget, rc.quota_step)
+    return tune_quotas(lists, hits, rc.budget, rc.quota_step)
 
 
 def stream_candidates(cfg: Config, data: RecallData, channels: dict[str, RecallChannel],

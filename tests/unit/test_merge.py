@@ -44,19 +44,28 @@ def test_budget_truncates() -> None:
     assert len(merge_candidates(lists(), budget=2)) == 2
 
 
-def test_tune_quotas_rewards_new_hits_and_splits_the_rest_by_finds() -> None:
-    minus = np.full((1, 30), -1)
-    a, b, c = minus.copy(), minus.copy(), minus.copy()
-    a[0, :10] = np.arange(10)        # pairs 0-9 at a's top
-    b[0, :10] = np.arange(10)        # the same pairs: nothing new once a has them
-    b[0, 10:15] = np.arange(10, 15)
-    c[0, :10] = np.arange(20, 30)    # pairs nobody else finds
-    quotas = tune_quotas({"a": a, "b": b, "c": c}, budget=30, step=10)
-    # step 1: a, b, c tie at 10 new -> a (listed first); step 2: only c adds (10);
-    # step 3: nobody adds: the last 10 slots split 10:10 between a and c by their finds.
-    assert quotas == {"a": 15, "b": 0, "c": 15}
+def test_tune_quotas_buys_new_hits_per_slot_and_skips_duplicates_for_free() -> None:
+    none = np.full((1, 30), -1)
+    a, b, c = none.copy(), none.copy(), none.copy()
+    a[0, :10] = np.arange(10)          # items 0-9, all hits
+    b[0, :15] = np.arange(15)          # the same 0-9 (free once a placed them), then 10-14
+    c[0, :10] = np.arange(20, 30)      # items nobody else has, all hits
+    lists = {"a": a, "b": b, "c": c}
+    hits = {name: items.copy() for name, items in lists.items()}  # pair id = item code
+    quotas = tune_quotas(lists, hits, budget=30, step=10)
+    # a (tie, listed first), then c, then b skips ranks 1-10 for free and buys 10-14;
+    # 25 slots are used and nothing is left to find, so 5 slots are spread by finds.
+    assert quotas["b"] >= 20 and quotas["a"] >= 10 and quotas["c"] >= 10
+    assert quotas == {"a": 10 + 2, "b": 20 + 1, "c": 10 + 2}
 
 
-def test_tune_quotas_fills_the_budget_exactly_when_one_channel_keeps_finding() -> None:
-    hits = {"a": np.arange(40)[None, :], "b": np.full((1, 40), -1)}
-    assert tune_quotas(hits, budget=40, step=10) == {"a": 40, "b": 0}
+def test_tune_quotas_prefers_hits_per_slot_over_raw_hits() -> None:
+    none = np.full((2, 10), -1)
+    a, b = none.copy(), none.copy()
+    a[:, :10] = np.arange(10)[None, :] + np.array([[0], [100]])  # 10 slots per row
+    b[:, :4] = np.arange(50, 54)[None, :] + np.array([[0], [100]])  # 4 slots per row
+    hits_a = np.where(np.arange(10) < 3, a, -1)  # 3 hits per row in a's 10
+    hits_b = np.where(np.arange(10) < 2, b, -1)  # 2 hits per row in b's 4
+    # a: 3 new hits for 10 slots; b: 2 for 4. With room for one purchase, b wins.
+    quotas = tune_quotas({"a": a, "b": b}, {"a": hits_a, "b": hits_b}, budget=4, step=10)
+    assert quotas == {"a": 0, "b": 10}
