@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from features.recall_data import RecallData
 
@@ -39,11 +40,21 @@ class HeldOut:
 
 
 def top_k(scores: np.ndarray, k: int) -> TopK:
-    """Best ``k`` entries of each row, sorted by score then item index; -inf is dropped."""
+    """Best ``k`` entries of each row, by score then lower item index; -inf is dropped.
+
+    Ties at the cut-off go to the lower item indices too (argpartition alone would pick
+    among them arbitrarily), so results do not depend on how users were chunked.
+    """
     n_rows, n_cols = scores.shape
     k_eff = min(k, n_cols)
     if k_eff < n_cols:
         part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+        above = scores > kth
+        tied = scores == kth
+        room = k_eff - above.sum(axis=1, keepdims=True)
+        chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+        part = np.nonzero(chosen)[1].reshape(n_rows, k_eff)
     else:
         part = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
     vals = np.take_along_axis(scores, part, axis=1)
@@ -63,6 +74,67 @@ def user_chunks(n_users: int, n_items: int, chunk: int = 0) -> Iterator[slice]:
     size = chunk or max(1, CHUNK_CELLS // max(n_items, 1))
     for lo in range(0, n_users, size):
         yield slice(lo, min(lo + size, n_users))
+
+
+def seen_mask(data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """True where ``items[r, c]`` is in the fitted history of ``users[r]``."""
+    history = data.history[users]
+    seen = np.repeat(np.arange(len(users)), np.diff(history.indptr)) * data.n_items \
+        + history.indices
+    keys = np.arange(len(users))[:, None] * data.n_items + items
+    return np.isin(keys, seen) & (items >= 0)
+
+
+def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
+                 users: np.ndarray, k: int, exclude_seen: bool) -> TopK:
+    """Top-k when every user of a group gets the same scores (popularity, region).
+
+    Each group's list is ranked once, k + (most items any user has) deep, and each user
+    keeps the first k of their group's list that they do not have: O(users x that depth)
+    instead of O(users x catalogue). ``groups[r] = -1`` gives nothing.
+    """
+    depth = k + (int(np.diff(data.history.indptr).max()) if exclude_seen and data.n_users else 0)
+    ranked = top_k(group_scores, min(depth, data.n_items))
+    parts = []
+    for rows in user_chunks(len(users), ranked.items.shape[1]):
+        g = groups[rows]
+        items = np.where(g[:, None] >= 0, ranked.items[np.maximum(g, 0)], -1)
+        scores = np.where(g[:, None] >= 0, ranked.scores[np.maximum(g, 0)], -np.inf)
+        if exclude_seen:
+            drop = seen_mask(data, users[rows], items)
+            items, scores = np.where(drop, -1, items), np.where(drop, -np.inf, scores)
+        order = np.argsort(items < 0, axis=1, kind="stable")[:, :k]
+        parts.append(TopK(np.take_along_axis(items, order, 1),
+                          np.take_along_axis(scores, order, 1).astype(np.float32)))
+    return _stack(parts, k)
+
+
+def sparse_row_ranks(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored entries ordered by (row, value descending, column): returns each entry's
+    row, the ordering, and the rank within its row of each ordered entry."""
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.lexsort((m.indices, -m.data, rows))
+    return rows, order, np.arange(len(order)) - m.indptr[rows[order]]
+
+
+def top_k_sparse(scores: sp.csr_matrix, k: int) -> TopK:
+    """Top-k of each row of a sparse score matrix (entries absent = not retrieved),
+    ordered like ``top_k``: by score, then item index. Linear in the stored entries."""
+    scores = scores.tocsr()
+    scores.sum_duplicates()
+    rows, order, rank = sparse_row_ranks(scores)
+    chosen = order[rank < k]
+    items = np.full((scores.shape[0], k), -1, np.int64)
+    values = np.full((scores.shape[0], k), -np.inf, np.float32)
+    items[rows[chosen], rank[rank < k]] = scores.indices[chosen]
+    values[rows[chosen], rank[rank < k]] = scores.data[chosen]
+    return TopK(items, values)
+
+
+def _stack(parts: list[TopK], k: int) -> TopK:
+    if not parts:
+        return TopK(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
+    return TopK(np.vstack([p.items for p in parts]), np.vstack([p.scores for p in parts]))
 
 
 class RecallChannel(ABC):
@@ -110,9 +182,36 @@ def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
             r, c = data.history[users[rows]].nonzero()
             scores[r, c] = -np.inf
         parts.append(top_k(scores, k))
-    if not parts:
-        return TopK(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
-    return TopK(np.vstack([p.items for p in parts]), np.vstack([p.scores for p in parts]))
+    return _stack(parts, k)
+
+
+class SparseScoreChannel(RecallChannel):
+    """A channel whose scores are mostly absent (item-to-item, attribute affinities):
+    it retrieves from sparse score rows without ever filling a dense users x items block."""
+
+    sparse_chunk = 4096
+
+    @abstractmethod
+    def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
+        """Scores as a sparse len(users) x n_items matrix; only stored entries > 0 count."""
+
+    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        scores = self.score_sparse(data, users).toarray().astype(np.float32)
+        scores[scores <= 0] = -np.inf
+        return scores
+
+    def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
+                 chunk: int = 0) -> TopK:
+        parts = []
+        for lo in range(0, len(users), chunk or self.sparse_chunk):
+            block = users[lo: lo + (chunk or self.sparse_chunk)]
+            scores = self.score_sparse(data, block).tocsr()
+            if exclude_seen:
+                scores = scores - scores.multiply(data.history[block] > 0)
+            scores.data[scores.data <= 0] = 0
+            scores.eliminate_zeros()
+            parts.append(top_k_sparse(scores, k))
+        return _stack(parts, k)
 
 
 class SearchChannel(ABC):

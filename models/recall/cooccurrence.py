@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.base import HeldOut, RecallChannel
+from models.base import HeldOut, SparseScoreChannel, sparse_row_ranks
 
 _BLOCK_CELLS = 1 << 24
 _DAY = 86_400
@@ -31,9 +31,7 @@ def prune_rows(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     """Keep the ``keep`` largest entries of each row (ties: lower column first)."""
     m = m.tocsr()
     m.sum_duplicates()
-    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-    order = np.lexsort((m.indices, -m.data, rows))
-    rank = np.arange(len(order)) - m.indptr[rows[order]]
+    rows, order, rank = sparse_row_ranks(m)
     chosen = order[rank < keep]
     return sp.csr_matrix((m.data[chosen], (rows[chosen], m.indices[chosen])), shape=m.shape)
 
@@ -80,7 +78,7 @@ def seed_weights(data: RecallData, users: np.ndarray, half_life_days: float,
                          shape=(len(users), data.n_items))
 
 
-class CooccurrenceChannel(RecallChannel):
+class CooccurrenceChannel(SparseScoreChannel):
     name = "cooccurrence"
 
     def __init__(self, neighbours: int = 200, iuf: bool = True, half_life_days: float = 0.0,
@@ -96,14 +94,12 @@ class CooccurrenceChannel(RecallChannel):
                                           self.params["iuf"])
         return self
 
-    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+    def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         assert self.similarity is not None, "fit or load first"
         p = self.params
         seeds = seed_weights(data, users, p["half_life_days"], p["recent_items"],
                              p["recent_weight"], p["long_weight"])
-        scores = (seeds @ self.similarity).toarray()
-        scores[scores <= 0] = -np.inf
-        return scores
+        return seeds @ self.similarity
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from features.recall_data import RecallData
-from models.base import HeldOut, RecallChannel
+from models.base import HeldOut, RecallChannel, TopK, top_k_shared
 
 
 def user_regions(data: RecallData, regions: list[str]) -> np.ndarray:
@@ -49,6 +49,15 @@ class GeographyChannel(RecallChannel):
         scores[known] = self.counts[region[known]]
         scores[scores <= 0] = -np.inf
         return scores
+
+    def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
+                 chunk: int = 0) -> TopK:
+        assert self.counts is not None, "fit or load first"
+        scores = np.where(self.counts > 0, self.counts, -np.inf).astype(np.float32)
+        if not len(self.regions):
+            scores = np.full((1, data.n_items), -np.inf, np.float32)
+        return top_k_shared(scores, user_regions(data, self.regions)[users], data, users, k,
+                            exclude_seen)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from features.recall_data import RecallData
-from models.base import HeldOut, RecallChannel
+from models.base import HeldOut, RecallChannel, TopK, top_k_shared
 
 _DAY = 86_400
 
@@ -36,10 +36,19 @@ class PopularityChannel(RecallChannel):
                                   minlength=data.n_items).astype(np.float32)
         return self
 
-    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+    def _row(self) -> np.ndarray:
         assert self.counts is not None, "fit or load first"
-        row = np.where(self.counts > 0, self.counts, -np.inf).astype(np.float32)
+        return np.where(self.counts > 0, self.counts, -np.inf).astype(np.float32)
+
+    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        row = self._row()
         return np.broadcast_to(row, (len(users), len(row))).copy()
+
+    def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
+                 chunk: int = 0) -> TopK:
+        """Everyone shares one ranking: rank it once, then drop each user's own items."""
+        return top_k_shared(self._row()[None, :], np.zeros(len(users), np.int64), data, users,
+                            k, exclude_seen)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,11 @@ import scipy.sparse as sp
 
 from features.attributes import attribute_matrix
 from features.recall_data import RecallData
-from models.base import HeldOut, RecallChannel
+from models.base import HeldOut, SparseScoreChannel
 from models.recall.cooccurrence import seed_weights
 
 
-class PreferenceChannel(RecallChannel):
+class PreferenceChannel(SparseScoreChannel):
     name = "preference"
 
     def __init__(self, half_life_days: float = 30.0) -> None:
@@ -40,7 +40,7 @@ class PreferenceChannel(RecallChannel):
         self.item_terms = (sp.diags(popularity) @ standing).multiply(carriers).T.tocsr()
         return self
 
-    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+    def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         assert self.attributes is not None and self.item_terms is not None, "fit or load first"
         seeds = seed_weights(data, users, self.half_life_days, recent_items=0,
                              recent_weight=0.0, long_weight=1.0)
@@ -48,9 +48,7 @@ class PreferenceChannel(RecallChannel):
         totals = np.asarray(affinity.sum(axis=1)).ravel()
         affinity = sp.diags(np.divide(1.0, totals, out=np.zeros_like(totals),
                                       where=totals > 0)) @ affinity
-        scores = (affinity @ self.item_terms).toarray().astype(np.float32)
-        scores[scores <= 0] = -np.inf
-        return scores
+        return affinity @ self.item_terms
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

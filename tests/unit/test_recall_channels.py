@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.base import top_k
+from models.base import RecallChannel, top_k, top_k_sparse
 from models.recall import CHANNELS, channel_class
 from models.recall.cooccurrence import CooccurrenceChannel, prune_rows
 from models.recall.geography import GeographyChannel
@@ -62,6 +62,9 @@ def test_contract_excludes_seen_batches_and_round_trips(name: str, tmp_path: Pat
         got = top.items[u][top.items[u] >= 0]
         assert not seen[u, got].any(), "a seen item was retrieved"
         assert np.all(np.diff(top.scores[u][top.items[u] >= 0]) <= 0), "not sorted by score"
+    generic = RecallChannel.retrieve(channel, data, users, k=8)  # dense scores, then top-k
+    np.testing.assert_array_equal(generic.items, top.items)
+    np.testing.assert_allclose(generic.scores, top.scores, rtol=1e-6)
     single = np.vstack([channel.retrieve(data, users[u:u + 1], k=8).items for u in range(5)])
     np.testing.assert_array_equal(single, top.items[:5])
     chunked = channel.retrieve(data, users, k=8, chunk=3)
@@ -142,6 +145,12 @@ def test_top_k_ties_and_padding() -> None:
     assert top.items[0].tolist() == [1, 2, 0, -1, -1, -1]
 
 
+def test_top_k_breaks_ties_at_the_cut_off_by_lower_index() -> None:
+    scores = np.array([[5.0] + [2.0] * 40 + [7.0]], np.float32)
+    assert top_k(scores, 4).items[0].tolist() == [41, 0, 1, 2]
+    assert top_k(np.full((3, 100), 1.0, np.float32), 3).items.tolist() == [[0, 1, 2]] * 3
+
+
 def test_unknown_channel_name_fails_loudly() -> None:
     with pytest.raises(KeyError, match="known"):
         channel_class("bogus")
@@ -174,3 +183,13 @@ def test_geography_by_hand() -> None:
     assert top[1].tolist() == [1, -1, -1]  # r1 without the seen item 0
     assert top[2].tolist() == [-1, -1, -1]  # r2 has only the user's own item
     assert top[3].tolist() == [-1, -1, -1]  # no region: nothing (user 3's item is not counted)
+
+
+def test_top_k_sparse_matches_dense_top_k() -> None:
+    rng = np.random.default_rng(3)
+    dense = np.where(rng.random((30, 50)) < 0.2, rng.integers(1, 5, (30, 50)), 0).astype(
+        np.float32)  # small integers: plenty of ties
+    expected = top_k(np.where(dense > 0, dense, -np.inf), 7)
+    got = top_k_sparse(sp.csr_matrix(dense), 7)
+    np.testing.assert_array_equal(got.items, expected.items)
+    np.testing.assert_array_equal(got.scores, expected.scores)

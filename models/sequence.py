@@ -1,0 +1,230 @@
+"""A next-item model over each user's ordered recent items, and its trainer.
+
+SASRec-style: item embedding (code 0 is padding, item code c is token c + 1) plus a
+learned positional embedding, ``blocks`` causal self-attention blocks, and output logits
+``hidden @ item_embedding.T`` over the whole catalogue (tied weights). Trained with
+full-softmax cross-entropy at every real position against the next item.
+
+Positions are counted from the right end of the sequence (the latest item is position
+0), as in SASRec's left-padded fixed-length input, so the amount of left padding never
+changes the output at a real position, and a batch can be trimmed to its longest row.
+A position attends to itself and to earlier real items only (causal and key-padding
+mask); padded positions are zeroed after every block.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("pipeline")
+
+PAD = 0
+
+
+class CausalBlock(nn.Module):
+    """Self-attention then a position-wise feed-forward, each with a residual."""
+
+    def __init__(self, d: int, heads: int, dropout: float, norm_first: bool) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"d={d} must be divisible by heads={heads}")
+        self.heads, self.dropout, self.norm_first = heads, dropout, norm_first
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d))
+        self.norm_attn, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+
+    def attend(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.drop(self.attend(self.norm_attn(x), allowed))
+            return x + self.drop(self.ff(self.norm_ff(x)))
+        x = self.norm_attn(x + self.drop(self.attend(x, allowed)))
+        return self.norm_ff(x + self.drop(self.ff(x)))
+
+
+class SASRec(nn.Module):
+    """Hidden states (batch x length x d) for left-padded token sequences."""
+
+    def __init__(self, n_items: int, d: int = 64, blocks: int = 2, heads: int = 1,
+                 max_len: int = 50, dropout: float = 0.2, norm_first: bool = True) -> None:
+        super().__init__()
+        self.n_items, self.max_len = n_items, max_len
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(max_len, d)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(CausalBlock(d, heads, dropout, norm_first)
+                                    for _ in range(blocks))
+        self.norm = nn.LayerNorm(d) if norm_first else nn.Identity()
+        nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
+        nn.init.normal_(self.pos_emb.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.item_emb.weight[PAD].zero_()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        if n > self.max_len:
+            raise ValueError(f"sequence length {n} exceeds max_len={self.max_len}")
+        real = tokens != PAD
+        positions = torch.arange(n - 1, -1, -1, device=tokens.device)  # latest item: 0
+        x = self.item_emb(tokens) * math.sqrt(self.item_emb.embedding_dim)
+        x = self.drop(x + self.pos_emb(positions)) * real.unsqueeze(-1)
+        causal = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril()
+        # a padded query attends to itself only, so no softmax row is empty
+        allowed = causal & (real.unsqueeze(1) | torch.eye(n, dtype=torch.bool,
+                                                          device=tokens.device))
+        allowed = allowed.unsqueeze(1)  # batch x 1 (heads) x query x key
+        for block in self.blocks:
+            x = block(x, allowed) * real.unsqueeze(-1)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores over item codes 0..n_items-1 (the padding row is left out)."""
+        return hidden @ self.item_emb.weight[1:].T
+
+
+def user_bounds(log_users: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end rows of each user in a log sorted by user."""
+    return (np.searchsorted(log_users, users, side="left"),
+            np.searchsorted(log_users, users, side="right"))
+
+
+def last_tokens(log: pd.DataFrame, users: np.ndarray, max_len: int) -> np.ndarray:
+    """Each user's latest ``max_len`` items as tokens (item + 1), left-padded with 0.
+
+    ``log`` is sorted by (user, ts, item); a user absent from it gets an all-pad row.
+    """
+    log_users = log["user"].to_numpy()
+    starts, ends = user_bounds(log_users, np.asarray(users))
+    lengths = np.minimum(ends - starts, max_len)
+    rows = np.repeat(np.arange(len(users)), lengths)
+    from_end = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    src = np.repeat(ends, lengths) - 1 - from_end
+    out = np.zeros((len(users), max_len), np.int64)
+    out[rows, max_len - 1 - from_end] = log["item"].to_numpy()[src] + 1
+    return out
+
+
+def training_windows(log: pd.DataFrame, max_len: int, windows: int = 1) -> np.ndarray:
+    """Training rows of ``max_len + 1`` tokens (inputs = [:-1], targets = [1:]).
+
+    Each user's sequence is cut from its end into windows of ``max_len`` transitions
+    that share one boundary item, so every consecutive pair is a transition of exactly
+    one window; ``windows`` keeps the latest few per user (0 = all). Windows with
+    fewer than two items teach nothing and are dropped.
+    """
+    users = log["user"].to_numpy()
+    if len(users) == 0:
+        return np.zeros((0, max_len + 1), np.int64)
+    idx = np.arange(len(users))
+    ends = np.searchsorted(users, users, side="right")
+    rank = ends - 1 - idx  # 0 = the user's latest item
+    window, offset = np.divmod(rank, max_len)
+    # the item at the start of window w is also the input-only first item of window w - 1
+    shared = (offset == 0) & (window > 0)
+    ev = np.concatenate([idx, idx[shared]])
+    win = np.concatenate([window, window[shared] - 1])
+    col = np.concatenate([max_len - offset, np.zeros(shared.sum(), np.int64)])
+    if windows > 0:
+        keep = win < windows
+        ev, win, col = ev[keep], win[keep], col[keep]
+    keys = users[ev].astype(np.int64) * (rank.max() // max_len + 2) + win
+    uniq, row = np.unique(keys, return_inverse=True)
+    out = np.zeros((len(uniq), max_len + 1), np.int64)
+    out[row, col] = log["item"].to_numpy()[ev] + 1
+    return out[(out != PAD).sum(axis=1) >= 2]
+
+
+@dataclass
+class TrainResult:
+    epochs: int  # epochs of the returned weights (the best ones when early stopping)
+    history: list[dict] = field(default_factory=list)
+
+
+def trim(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns that are padding in every row (outputs do not change)."""
+    real = (tokens != PAD).any(dim=0).nonzero()
+    return tokens[:, int(real[0]):] if len(real) else tokens[:, -1:]
+
+
+def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_decay: float = 0.0,
+          batch_size: int = 128, max_epochs: int = 200, patience: int = 5, eval_every: int = 1,
+          seed: int = 42, device: str | torch.device = "cpu",
+          evaluate: Callable[[SASRec], float] | None = None, name: str = "sequence",
+          ) -> TrainResult:
+    """Adam on full-softmax next-item cross-entropy, in a seeded order.
+
+    With ``evaluate`` (a held-out metric, higher is better) it runs every ``eval_every``
+    epochs; training stops after ``patience`` evaluations without improvement and the
+    best weights are restored. Without it, exactly ``max_epochs`` epochs are trained.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.as_tensor(sequences, dtype=torch.long)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    result = TrainResult(epochs=0)
+    best, best_state, stale = -math.inf, None, 0
+    for epoch in range(1, max_epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        for batch in torch.randperm(len(data), generator=generator).split(batch_size):
+            tokens = trim(data[batch]).to(device)
+            inputs, targets = tokens[:, :-1], tokens[:, 1:]
+            used = (inputs != PAD) & (targets != PAD)
+            hidden = model(inputs)[used]
+            loss = F.cross_entropy(model.logits(hidden), targets[used] - 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * int(used.sum())
+            count += int(used.sum())
+        entry = {"epoch": epoch, "loss": total / max(count, 1)}
+        if evaluate is not None and epoch % eval_every == 0:
+            entry["held_out"] = float(evaluate(model))
+            if entry["held_out"] > best:
+                best, stale, result.epochs = entry["held_out"], 0, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+        elif evaluate is None:
+            result.epochs = epoch
+        entry["seconds"] = time.perf_counter() - started
+        result.history.append(entry)
+        log.info("[%s] epoch=%d loss=%.4f held_out=%s seconds=%.2f", name, epoch,
+                 entry["loss"], f"{entry['held_out']:.4f}" if "held_out" in entry else "-",
+                 entry["seconds"])
+        if evaluate is not None and stale >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result
+
+
+@torch.no_grad()
+def next_item_scores(model: SASRec, tokens: np.ndarray, batch_size: int = 1024,
+                     device: str | torch.device = "cpu") -> np.ndarray:
+    """Logits for the item after each row's last token (rows x n_items, float32)."""
+    model.eval()
+    out = np.empty((len(tokens), model.n_items), np.float32)
+    for lo in range(0, len(tokens), batch_size):
+        batch = trim(torch.as_tensor(tokens[lo:lo + batch_size], dtype=torch.long)).to(device)
+        out[lo:lo + len(batch)] = model.logits(model(batch)[:, -1]).float().cpu().numpy()
+    return out
