@@ -1,5 +1,6 @@
 """`make bench`: run every benchmark; each prints its JSON summary as its last line."""
 
-from benchmarks import bench_evaluate
+from benchmarks import bench_evaluate, bench_recall
 
 bench_evaluate.main()
+bench_recall.main()

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from features.recall_data import RecallData, build_recall_data
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK, user_chunks
@@ -34,6 +33,7 @@ from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 from pipeline import schema as S
 from pipeline.config import ChannelConfig, Config, ConfigError
 from pipeline.io import ChunkedParquetWriter, read_table, write_table
+from pipeline.progress import progress
 from pipeline.stages import stage_dir
 
 log = logging.getLogger("pipeline")
@@ -120,7 +120,7 @@ def stream_candidates(cfg: Config, data: RecallData, channels: dict[str, RecallC
     candidates = ChunkedParquetWriter(out / "candidates.parquet")
     seconds = dict.fromkeys(channels, 0.0)
     chunks = list(user_chunks(len(req.users), data.n_items, cfg.recall.user_chunk))
-    for rows in tqdm(chunks, desc=f"recall {label}", unit="chunk", disable=None):
+    for rows in progress(chunks, f"recall {label}"):
         part = req.take(rows)
         lists = []
         for name, channel in channels.items():
