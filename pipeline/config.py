@@ -125,11 +125,22 @@ class ChannelConfig(_Strict):
 
 def _default_channels() -> dict[str, ChannelConfig]:
     return {
-        "cooccurrence": ChannelConfig(quota=120),
+        "cooccurrence": ChannelConfig(quota=80),
+        "embedding": ChannelConfig(quota=80),
+        "text_embedding": ChannelConfig(quota=20),
         "preference": ChannelConfig(quota=40),
-        "geography": ChannelConfig(quota=30),
+        "geography": ChannelConfig(quota=20),
         "popularity": ChannelConfig(quota=30),
         "trending": ChannelConfig(quota=30),
+    }
+
+
+def _default_search_channels() -> dict[str, ChannelConfig]:
+    return {
+        "text_embedding": ChannelConfig(quota=150),
+        "cooccurrence": ChannelConfig(quota=50),
+        "embedding": ChannelConfig(quota=50),
+        "popularity": ChannelConfig(quota=50),
     }
 
 
@@ -141,7 +152,7 @@ class RecallConfig(_Strict):
         "channel listed first",
     )
     search_channels: dict[str, ChannelConfig] = Field(
-        default_factory=dict, description="channels (also listed under channels) that answer "
+        default_factory=_default_search_channels, description="channels (also listed under channels) that answer "
         "search requests; search channels use the query text, the others the user")
     user_chunk: int = Field(0, ge=0, description="users scored per chunk; 0 sizes it by memory")
     tune_quotas: bool = Field(True, description="choose quotas on valid (the quotas above "

@@ -16,6 +16,8 @@ CHANNELS: dict[str, str] = {
     "cooccurrence": "models.recall.cooccurrence:CooccurrenceChannel",
     "preference": "models.recall.preference:PreferenceChannel",
     "geography": "models.recall.geography:GeographyChannel",
+    "embedding": "models.recall.embedding:EmbeddingChannel",
+    "text_embedding": "models.recall.text_embedding:TextEmbeddingChannel",
 }
 
 

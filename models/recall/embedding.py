@@ -107,13 +107,18 @@ class EmbeddingChannel(RecallChannel):
     random_state and the faiss k-means seed. threads: implicit and faiss threads (0:
     OMP_NUM_THREADS, else all cores). exact_below, ann, nlist, nprobe, hnsw_m, ef_search:
     the index (``models.ann.build_index``). batch: users per index query.
+
+    The ALS defaults (64 factors, alpha 3, regularization 30, binary confidences) were
+    chosen on ML-100K's valid part (recall@300 0.851; test after the refit 0.821).
+    implicit does not scale regularization with history length, so re-tune it through
+    ``grid`` on other data; BPR wants a far smaller one (about 0.01).
     """
 
     name = "embedding"
 
-    def __init__(self, model: str = "als", factors: int = 64, regularization: float = 0.05,
-                 alpha: float = 2.0, iterations: int = 15, learning_rate: float = 0.01,
-                 weighting: str = "bm25", bm25_k1: float = 100.0, bm25_b: float = 0.8,
+    def __init__(self, model: str = "als", factors: int = 64, regularization: float = 30.0,
+                 alpha: float = 3.0, iterations: int = 15, learning_rate: float = 0.01,
+                 weighting: str = "binary", bm25_k1: float = 100.0, bm25_b: float = 0.8,
                  max_iterations: int = 40, eval_every: int = 1, patience: int = 5,
                  tune_k: int = 300, tune_users: int = 20_000,
                  grid: dict[str, list] | None = None, seed: int = 42, threads: int = 0,
@@ -161,13 +166,14 @@ class EmbeddingChannel(RecallChannel):
         """One implicit fit; with ``watch`` (users, relevant) keep the best iteration."""
         matrix = confidence(data, settings["weighting"], settings["bm25_k1"],
                             settings["bm25_b"])
-        model = self._model(settings, iterations)
+        with threadpool_limits(1, user_api="blas"):  # implicit warns about BLAS threads
+            model = self._model(settings, iterations)
         best: dict[str, Any] = {"iteration": iterations, "recall": float("nan"),
                                 "vecs": None, "since": 0}
         p = self.params
         history = data.history
 
-        def watch_iteration(iteration: int, elapsed: float, loss: float | None) -> None:
+        def watch_iteration(iteration: int, elapsed: float, *_: object) -> None:
             done = iteration + 1
             if done % p["eval_every"] and done != iterations:
                 return

@@ -49,7 +49,9 @@ def candidate_report(folder: Path, channels: list[str], relevant: pd.DataFrame, 
     """Channels alone as rankers, candidate recall@N and unique hits for one folder."""
     def read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
         df = read_table(path, columns)
-        return df.drop(columns=[S.USER]).rename(columns={CASE: S.USER}) if key == CASE else df
+        if key == CASE:  # a search case stands where a user stands in recommendation
+            df = df.drop(columns=[S.USER], errors="ignore").rename(columns={CASE: S.USER})
+        return df
 
     lists = {name: read(folder / "channels" / f"{name}.parquet") for name in channels}
     systems, recall = {}, {}

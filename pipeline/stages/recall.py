@@ -17,6 +17,7 @@ rows streamed to disk, so memory does not grow with the number of users.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -75,9 +76,16 @@ def search_requests(targets: pd.DataFrame, data: RecallData) -> tuple[Requests, 
                      cases[S.QUERY].to_numpy(object)), cases)
 
 
-def build_channel(name: str, settings: ChannelConfig, tuned: dict | None = None) -> RecallChannel:
+def build_channel(name: str, settings: ChannelConfig, seed: int,
+                  tuned: dict | None = None) -> RecallChannel:
+    """The channel with its configured settings, the run's seed where it takes one, and
+    whatever it chose on valid (``tuned``) on top."""
+    cls = channel_class(name)
+    params = {**settings.params, **(tuned or {})}
+    if "seed" in inspect.signature(cls).parameters:
+        params.setdefault("seed", seed)
     try:
-        return channel_class(name)(**{**settings.params, **(tuned or {})})
+        return cls(**params)
     except TypeError as err:
         raise ConfigError(f"recall.channels.{name}.params: {err}") from None
 
@@ -168,7 +176,8 @@ def run(cfg: Config, out: Path) -> dict:
         channels, fit_seconds = {}, {}
         for name, settings in rc.channels.items():
             started = time.perf_counter()
-            channels[name] = build_channel(name, settings, tuned.get(name)).fit(data, held_out)
+            channel = build_channel(name, settings, cfg.seed, tuned.get(name))
+            channels[name] = channel.fit(data, held_out)
             fit_seconds[name] = round(time.perf_counter() - started, 3)
             channels[name].save(out / phase / "models" / name)
             if phase == "valid":

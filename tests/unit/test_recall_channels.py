@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.base import RecallChannel, top_k, top_k_sparse
+from models.base import RecallChannel, TopK, top_k, top_k_sparse
 from models.recall import CHANNELS, channel_class
 from models.recall.cooccurrence import CooccurrenceChannel, prune_rows
 from models.recall.geography import GeographyChannel
@@ -50,6 +50,18 @@ def checkerboard_data(dense: np.ndarray):
 STRUCTURED = ["cooccurrence", "preference", "geography"]
 
 
+def assert_same_ranking(expected, got, tol: float = 1e-5) -> None:
+    """Same scores rank by rank; items may differ only among scores tied within ``tol``
+    (float noise between an index search and a dense product reorders near-ties)."""
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=tol, atol=tol)
+    s = expected.scores
+    padded = np.pad(s, ((0, 0), (1, 1)), constant_values=np.nan)
+    distinct = ~(np.isclose(s, padded[:, :-2], rtol=tol, atol=tol)
+                 | np.isclose(s, padded[:, 2:], rtol=tol, atol=tol))
+    distinct[:, -1] = False  # the last place may tie with the first item left out
+    np.testing.assert_array_equal(got.items[distinct], expected.items[distinct])
+
+
 @pytest.mark.parametrize("name", sorted(CHANNELS))
 def test_contract_excludes_seen_batches_and_round_trips(name: str, tmp_path: Path) -> None:
     dense = checkerboard()
@@ -63,15 +75,15 @@ def test_contract_excludes_seen_batches_and_round_trips(name: str, tmp_path: Pat
         assert not seen[u, got].any(), "a seen item was retrieved"
         assert np.all(np.diff(top.scores[u][top.items[u] >= 0]) <= 0), "not sorted by score"
     generic = RecallChannel.retrieve(channel, data, users, k=8)  # dense scores, then top-k
-    np.testing.assert_array_equal(generic.items, top.items)
-    np.testing.assert_allclose(generic.scores, top.scores, rtol=1e-6)
-    single = np.vstack([channel.retrieve(data, users[u:u + 1], k=8).items for u in range(5)])
-    np.testing.assert_array_equal(single, top.items[:5])
-    chunked = channel.retrieve(data, users, k=8, chunk=3)
-    np.testing.assert_array_equal(chunked.items, top.items)
+    assert_same_ranking(generic, top)
+    singles = [channel.retrieve(data, users[u:u + 1], k=8) for u in range(5)]
+    assert_same_ranking(TopK(top.items[:5], top.scores[:5]),
+                        TopK(np.vstack([t.items for t in singles]),
+                             np.vstack([t.scores for t in singles])))
+    assert_same_ranking(top, channel.retrieve(data, users, k=8, chunk=3))
     channel.save(tmp_path / name)
     loaded = channel_class(name).load(tmp_path / name)
-    np.testing.assert_array_equal(loaded.retrieve(data, users, k=8).items, top.items)
+    assert_same_ranking(top, loaded.retrieve(data, users, k=8))
 
 
 @pytest.mark.parametrize("name", STRUCTURED)
