@@ -152,8 +152,9 @@ class RecallConfig(_Strict):
         "channel listed first",
     )
     search_channels: dict[str, ChannelConfig] = Field(
-        default_factory=_default_search_channels, description="channels (also listed under channels) that answer "
-        "search requests; search channels use the query text, the others the user")
+        default_factory=_default_search_channels,
+        description="channels (also listed under channels) that answer search requests; "
+        "search channels use the query text, the others the user")
     user_chunk: int = Field(0, ge=0, description="users scored per chunk; 0 sizes it by memory")
     tune_quotas: bool = Field(True, description="choose quotas on valid (the quotas above "
                               "are used only when false)")
