@@ -125,6 +125,7 @@ class ChannelConfig(_Strict):
 
 def _default_channels() -> dict[str, ChannelConfig]:
     return {
+        "sequence": ChannelConfig(quota=80),
         "cooccurrence": ChannelConfig(quota=80),
         "embedding": ChannelConfig(quota=80),
         "text_embedding": ChannelConfig(quota=20),
@@ -155,7 +156,11 @@ class RecallConfig(_Strict):
         default_factory=_default_search_channels,
         description="channels (also listed under channels) that answer search requests; "
         "search channels use the query text, the others the user")
-    user_chunk: int = Field(0, ge=0, description="users scored per chunk; 0 sizes it by memory")
+    request_chunk: int = Field(4096, ge=1, description="requests merged and written per "
+                               "chunk (channels score in smaller memory-bounded blocks)")
+    channel_list_users: int = Field(0, ge=0, description="write each channel's own list for "
+                                    "a seeded sample of this many requests (0: all); the "
+                                    "per-channel evaluation uses them")
     tune_quotas: bool = Field(True, description="choose quotas on valid (the quotas above "
                               "are used only when false)")
     tuning_users: int = Field(3000, ge=1, description="valid users sampled to tune quotas")

@@ -18,6 +18,7 @@ CHANNELS: dict[str, str] = {
     "geography": "models.recall.geography:GeographyChannel",
     "embedding": "models.recall.embedding:EmbeddingChannel",
     "text_embedding": "models.recall.text_embedding:TextEmbeddingChannel",
+    "sequence": "models.recall.sequence:SequenceChannel",
 }
 
 

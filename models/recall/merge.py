@@ -28,15 +28,18 @@ class ChannelList:
     quota: int
 
 
-def _long(lists: list[ChannelList]) -> pd.DataFrame:
-    frames = []
+def _long(lists: list[ChannelList]) -> dict[str, np.ndarray]:
+    """Every retrieved (row, item) of every channel as flat arrays."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("row", "item", "channel", "rank",
+                                                          "score")}
     for pos, cl in enumerate(lists):
         rows, cols = np.nonzero(cl.top.items >= 0)
-        frames.append(pd.DataFrame({
-            "row": rows, "item": cl.top.items[rows, cols], "channel": pos,
-            "rank": cols + 1, "score": cl.top.scores[rows, cols],
-        }))
-    return pd.concat(frames, ignore_index=True)
+        parts["row"].append(rows)
+        parts["item"].append(cl.top.items[rows, cols])
+        parts["channel"].append(np.full(len(rows), pos))
+        parts["rank"].append(cols + 1)
+        parts["score"].append(cl.top.scores[rows, cols])
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
@@ -44,29 +47,36 @@ def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
     names = [cl.name for cl in lists]
     long = _long(lists)
     quotas = np.array([cl.quota for cl in lists])
-    channel = long["channel"].to_numpy()
-    rank = long["rank"].to_numpy()
-    order = pd.DataFrame({
-        "row": long["row"], "item": long["item"], "channel": channel,
-        "stage": (rank > quotas[channel]).astype(np.int8),
-        "position": rank / np.maximum(quotas[channel], 1),
-    })
-    merged = (order.sort_values(["row", "stage", "position", "channel"], kind="stable")
-              .drop_duplicates(["row", "item"], keep="first"))
-    merged["merge_rank"] = merged.groupby("row", sort=False).cumcount() + 1
-    merged = merged[merged["merge_rank"] <= budget]
-    out = merged[["row", "item", "merge_rank"]].reset_index(drop=True)
-    out["source"] = pd.Categorical.from_codes(merged["channel"].to_numpy(), categories=names)
+    ch, rank = long["channel"], long["rank"]
+    width = int(long["item"].max()) + 1 if len(ch) else 1
+    pair = long["row"].astype(np.int64) * width + long["item"]
+    # placement key: quota stage first, then rank relative to quota, then channel order
+    # (distinct rank/quota values differ by at least 1/(q1*q2) > 1e-6 >> 1e-8 * channel)
+    key = (rank > quotas[ch]) * 1e6 + rank / np.maximum(quotas[ch], 1) + ch * 1e-8
+    order = np.lexsort((key, long["row"]))
+    _, first = np.unique(pair[order], return_index=True)  # first placement of each pair
+    placed = order[np.sort(first)]
+    rows = long["row"][placed]
+    merge_rank = np.arange(len(placed)) - np.searchsorted(rows, rows, side="left") + 1
+    placed, merge_rank = placed[merge_rank <= budget], merge_rank[merge_rank <= budget]
 
-    evidence = long.set_index(["row", "item", "channel"])[["score", "rank"]].unstack("channel")
-    evidence.columns = [f"{names[ch]}_{field}" for field, ch in evidence.columns]
-    out = out.join(evidence, on=["row", "item"])
-    for name in names:
-        for field, dtype in (("score", "float32"), ("rank", "Int32")):
-            col = f"{name}_{field}"
-            out[col] = out[col].astype(dtype) if col in out else pd.Series(pd.NA, index=out.index,
-                                                                            dtype=dtype)
-    out["n_channels"] = out[[f"{n}_rank" for n in names]].notna().sum(axis=1).astype("int8")
+    out = pd.DataFrame({"row": long["row"][placed], "item": long["item"][placed],
+                        "merge_rank": merge_rank})
+    out["source"] = pd.Categorical.from_codes(ch[placed], categories=names)
+    n_channels = np.zeros(len(placed), np.int8)
+    for pos, name in enumerate(names):
+        mine = np.flatnonzero(ch == pos)
+        by_pair = mine[np.argsort(pair[mine])]
+        at = np.minimum(np.searchsorted(pair[by_pair], pair[placed]), len(by_pair) - 1)
+        found = pair[by_pair[at]] == pair[placed] if len(by_pair) else np.zeros(len(placed),
+                                                                                   bool)
+        hit = by_pair[at] if len(by_pair) else np.zeros(len(placed), np.int64)
+        scores = np.where(found, long["score"][hit] if len(by_pair) else np.nan, np.nan)
+        ranks = np.where(found, rank[hit] if len(by_pair) else 0, 0).astype(np.int32)
+        out[f"{name}_score"] = scores.astype(np.float32)
+        out[f"{name}_rank"] = pd.arrays.IntegerArray(ranks, ~found)
+        n_channels += found
+    out["n_channels"] = n_channels
     return out
 
 

@@ -5,6 +5,10 @@ it, normalised to sum to one (decay 2^(-age / half_life_days); none when 0). An 
 standing within a is its popularity divided by the most popular item of a. The score of
 item j is sum_a affinity(u, a) * carries(j, a) * standing(j, a): popular items of the
 categories and tags the user keeps coming back to.
+
+For scale, each attribute keeps only its ``items_per_attribute`` best items and each
+user only their ``top_attributes`` strongest attributes, so a user's scores touch at
+most their product, whatever the catalogue size.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ import scipy.sparse as sp
 from features.attributes import attribute_matrix
 from features.recall_data import RecallData
 from models.base import HeldOut, SparseScoreChannel
-from models.recall.cooccurrence import seed_weights
+from models.recall.cooccurrence import prune_rows, seed_weights
 
 
 class PreferenceChannel(SparseScoreChannel):
     name = "preference"
 
-    def __init__(self, half_life_days: float = 30.0) -> None:
-        self.half_life_days = half_life_days
+    def __init__(self, half_life_days: float = 30.0, items_per_attribute: int = 300,
+                 top_attributes: int = 20) -> None:
+        self.params = {"half_life_days": half_life_days,
+                       "items_per_attribute": items_per_attribute,
+                       "top_attributes": top_attributes}
         self.attributes: sp.csr_matrix | None = None
         self.item_terms: sp.csr_matrix | None = None
 
@@ -37,14 +44,15 @@ class PreferenceChannel(SparseScoreChannel):
         standing = carriers @ sp.diags(np.divide(1.0, best, out=np.zeros_like(best),
                                                  where=best > 0))
         self.attributes = attributes.tocsr()
-        self.item_terms = (sp.diags(popularity) @ standing).multiply(carriers).T.tocsr()
+        item_terms = (sp.diags(popularity) @ standing).multiply(carriers).T.tocsr()
+        self.item_terms = prune_rows(item_terms, self.params["items_per_attribute"])
         return self
 
     def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         assert self.attributes is not None and self.item_terms is not None, "fit or load first"
-        seeds = seed_weights(data, users, self.half_life_days, recent_items=0,
+        seeds = seed_weights(data, users, self.params["half_life_days"], recent_items=0,
                              recent_weight=0.0, long_weight=1.0)
-        affinity = (seeds @ self.attributes).tocsr()
+        affinity = prune_rows(seeds @ self.attributes, self.params["top_attributes"])
         totals = np.asarray(affinity.sum(axis=1)).ravel()
         affinity = sp.diags(np.divide(1.0, totals, out=np.zeros_like(totals),
                                       where=totals > 0)) @ affinity
@@ -54,7 +62,7 @@ class PreferenceChannel(SparseScoreChannel):
         folder.mkdir(parents=True, exist_ok=True)
         sp.save_npz(folder / "attributes.npz", self.attributes)
         sp.save_npz(folder / "item_terms.npz", self.item_terms)
-        (folder / "params.json").write_text(json.dumps({"half_life_days": self.half_life_days}))
+        (folder / "params.json").write_text(json.dumps(self.params))
 
     @classmethod
     def load(cls, folder: Path) -> PreferenceChannel:

@@ -3,11 +3,23 @@
 A SASRec-style causal self-attention model (``models.sequence``) reads a user's latest
 ``max_len`` fitted items and scores every item of the catalogue as the next one.
 
+Training rows are windows of ``max_len + 1`` items cut from the end of each user's
+sequence; ``windows`` keeps the latest few per user (1 = only the last max_len + 1
+items, 0 = all, so every transition of the fitting data is learned once). On ML-100K
+valid, all windows gave NDCG@10 0.178 against 0.169 for the last window only, at about
+twice the training time.
+
 Fitting with held-out pairs trains until the held-out NDCG@``eval_k`` stops improving
-(checked every ``eval_every`` epochs; full ranking over all items with the user's fitted
-items removed; users without history count 0), restores the best weights and reports
-their epoch count through ``tuned()``. Fitting with ``epochs`` set (the refit on more
-data) trains exactly that many epochs and looks at nothing held out.
+(checked every ``eval_every`` epochs, stopping after ``patience`` checks without a new
+best; full ranking over all items with the user's fitted items removed; every held-out
+user counts, one without history scores 0), restores the best weights and reports their
+epoch count through ``tuned()``. Fitting with ``epochs`` set (the refit on more data)
+trains exactly that many epochs and looks at nothing held out; with neither, it trains
+``max_epochs``.
+
+Seeded and deterministic on CPU for a given thread count; ``device="cuda"`` moves the
+model and batches to the GPU (asked for without one, it logs an error and uses the CPU).
+Saved as a torch state dict plus ``params.json``; loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -53,19 +65,19 @@ class SequenceChannel(RecallChannel):
     name = "sequence"
 
     def __init__(self, d: int = 64, blocks: int = 2, heads: int = 1, max_len: int = 50,
-                 dropout: float = 0.2, norm_first: bool = True, windows: int = 1,
-                 lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 128,
+                 dropout: float = 0.2, norm_first: bool = True, windows: int = 0,
+                 lr: float = 3e-3, weight_decay: float = 0.0, batch_size: int = 128,
                  max_epochs: int = 200, patience: int = 5, eval_every: int = 1,
                  eval_k: int = 10, epochs: int | None = None, device: str = "cpu",
                  seed: int = 42, threads: int | None = None) -> None:
+        if threads is None:
+            threads = int(os.environ.get("OMP_NUM_THREADS", 1))
         self.params: dict[str, Any] = {
             "d": d, "blocks": blocks, "heads": heads, "max_len": max_len, "dropout": dropout,
             "norm_first": norm_first, "windows": windows, "lr": lr,
             "weight_decay": weight_decay, "batch_size": batch_size, "max_epochs": max_epochs,
             "patience": patience, "eval_every": eval_every, "eval_k": eval_k, "epochs": epochs,
-            "device": device, "seed": seed,
-            "threads": threads if threads is not None else int(os.environ.get("OMP_NUM_THREADS",
-                                                                              1)),
+            "device": device, "seed": seed, "threads": threads,
         }
         self.device = resolve_device(device)
         self.model: SASRec | None = None

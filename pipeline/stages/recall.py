@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.recall_data import RecallData, build_recall_data
-from models.base import HeldOut, RecallChannel, SearchChannel, TopK, user_chunks
+from models.base import HeldOut, RecallChannel, SearchChannel, TopK
 from models.recall import channel_class
 from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 from pipeline import schema as S
@@ -118,16 +118,28 @@ def tuned_quotas(cfg: Config, data: RecallData, channels: dict[str, RecallChanne
     return tune_quotas(lists, hits, rc.budget, rc.quota_step)
 
 
+def list_sample(cfg: Config, n: int) -> np.ndarray:
+    """Which requests get each channel's own list written (all, or a seeded sample)."""
+    wanted = cfg.recall.channel_list_users
+    if not wanted or wanted >= n:
+        return np.ones(n, bool)
+    keep = np.zeros(n, bool)
+    keep[np.random.default_rng(cfg.seed).choice(n, size=wanted, replace=False)] = True
+    return keep
+
+
 def stream_candidates(cfg: Config, data: RecallData, channels: dict[str, RecallChannel],
                       quotas: dict[str, int], req: Requests, out: Path, label: str) -> dict:
     """Write each channel's list and the merged candidates for every request."""
     budget = cfg.recall.budget
+    listed_rows = list_sample(cfg, len(req.users))
     (out / "channels").mkdir(parents=True)
     writers = {name: ChunkedParquetWriter(out / "channels" / f"{name}.parquet")
                for name in channels}
     candidates = ChunkedParquetWriter(out / "candidates.parquet")
     seconds = dict.fromkeys(channels, 0.0)
-    chunks = list(user_chunks(len(req.users), data.n_items, cfg.recall.user_chunk))
+    chunks = [slice(lo, min(lo + cfg.recall.request_chunk, len(req.users)))
+              for lo in range(0, len(req.users), cfg.recall.request_chunk)]
     for rows in progress(chunks, f"recall {label}"):
         part = req.take(rows)
         lists = []
@@ -135,7 +147,7 @@ def stream_candidates(cfg: Config, data: RecallData, channels: dict[str, RecallC
             started = time.perf_counter()
             top = retrieve(channel, data, part, budget)
             seconds[name] += time.perf_counter() - started
-            r, c = np.nonzero(top.items >= 0)
+            r, c = np.nonzero((top.items >= 0) & listed_rows[rows][:, None])
             listed = part.keys.iloc[r].reset_index(drop=True)
             listed[S.ITEM] = data.item_index.decode(top.items[r, c])
             listed[S.RANK] = (c + 1).astype(np.int32)

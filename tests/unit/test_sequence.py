@@ -1,0 +1,245 @@
+"""The sequence model (causal self-attention over a user's ordered items) and its channel.
+
+Tiny models on hand-made sequences: causality and padding invariance of the module, a
+planted next-item rule it must learn, and the channel contract (seen items excluded,
+batch == single user, save/load and seeds give identical scores, tuned epochs reused).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.base import HeldOut
+from models.recall.sequence import SequenceChannel, ndcg_per_user
+from models.sequence import (
+    SASRec,
+    last_tokens,
+    next_item_loss,
+    next_item_scores,
+    train,
+    training_windows,
+)
+from tests.conftest import recall_data_from_matrix
+
+TINY = {"d": 16, "blocks": 1, "heads": 2, "max_len": 8, "dropout": 0.1, "lr": 1e-2,
+        "batch_size": 16, "threads": 1}
+
+
+def cycle_data(n_users: int = 40, n_items: int = 12, seed: int = 0,
+               lengths: tuple[int, int] = (4, 10)):
+    """Each user's items follow i -> i + 1 (mod n_items) from a random start.
+
+    Returns the RecallData, each user's start and length (the next item is
+    (start + length) % n_items, never one the user already has since length < n_items).
+    """
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n_items, n_users)
+    lens = rng.integers(lengths[0], lengths[1] + 1, n_users)
+    dense = np.zeros((n_users, n_items))
+    ts = np.zeros((n_users, n_items), np.int64)
+    for u in range(n_users):
+        items = (starts[u] + np.arange(lens[u])) % n_items
+        dense[u, items] = 1
+        ts[u, items] = 1_000 + np.arange(lens[u]) * 60
+    return recall_data_from_matrix(dense, ts), starts, lens
+
+
+def tiny_model(n_items: int = 12, max_len: int = 8, seed: int = 0, blocks: int = 2) -> SASRec:
+    torch.manual_seed(seed)
+    return SASRec(n_items, d=16, blocks=blocks, heads=2, max_len=max_len, dropout=0.1).eval()
+
+
+# ---------------------------------------------------------------- the module
+
+
+def test_outputs_at_earlier_positions_ignore_later_items() -> None:
+    model = tiny_model()
+    tokens = torch.tensor([[0, 0, 3, 5, 7, 2, 9, 4]])
+    changed = tokens.clone()
+    changed[0, 5] = 11
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :5], b[:, :5], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_left_padding_leaves_real_positions_unchanged() -> None:
+    model = tiny_model()
+    real = torch.tensor([[3, 5, 7, 2]])
+    padded = torch.tensor([[0, 0, 0, 3, 5, 7, 2], [1, 2, 3, 4, 5, 6, 7]])  # batch with a long row
+    with torch.no_grad():
+        a, b = model(real), model(padded)
+    torch.testing.assert_close(a[0], b[0, 3:], rtol=1e-5, atol=1e-6)
+    assert torch.all(b[0, :3] == model.norm(torch.zeros(3, 16))), "padded positions are zeroed"
+
+
+def test_sequence_longer_than_max_len_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_len"):
+        tiny_model(max_len=4)(torch.ones(1, 5, dtype=torch.long))
+
+
+def test_tied_softmax_loss_matches_cross_entropy_and_its_gradients() -> None:
+    model = tiny_model(n_items=30)
+    hidden = torch.randn(20, 16, dtype=torch.float32, requires_grad=True)
+    targets = torch.randint(0, 30, (20,))
+    ours = next_item_loss(model, hidden, targets)
+    ours.backward()
+    grads = hidden.grad.clone(), model.item_emb.weight.grad.clone()
+    hidden.grad = None
+    model.zero_grad()
+    ref = F.cross_entropy(model.logits(hidden), targets)
+    ref.backward()
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grads[0], hidden.grad)
+    torch.testing.assert_close(grads[1], model.item_emb.weight.grad)
+    assert torch.all(grads[1][0] == 0), "the padding row gets no gradient"
+
+
+def test_loss_decreases_and_every_parameter_gets_a_gradient() -> None:
+    data, _, _ = cycle_data()
+    windows = training_windows(data.log, max_len=8)
+    model = tiny_model().train()
+    tokens = torch.as_tensor(windows)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    used = (inputs != 0) & (targets != 0)
+    next_item_loss(model, model(inputs)[used], targets[used] - 1).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    result = train(tiny_model(), windows, lr=1e-2, batch_size=16, max_epochs=8)
+    losses = [h["loss"] for h in result.history]
+    assert result.epochs == 8 and len(losses) == 8
+    assert losses[-1] < 0.7 * losses[0]
+
+
+# ---------------------------------------------------------------- sequences from the log
+
+
+def test_last_tokens_are_the_latest_items_left_padded() -> None:
+    # user 0: items 2, 0, 1 in time order; user 1: items 3, 4; user 2: none (cold)
+    dense = np.array([[1, 1, 1, 0, 0], [0, 0, 0, 1, 1], [0, 0, 0, 0, 0]])
+    ts = np.array([[20, 30, 10, 0, 0], [0, 0, 0, 5, 6], [0, 0, 0, 0, 0]])
+    data = recall_data_from_matrix(dense, ts)
+    users = data.user_index.encode(np.array([0, 1, 2]))
+    got = last_tokens(data.log, users, max_len=2)
+    np.testing.assert_array_equal(got, [[1, 2], [4, 5], [0, 0]])  # tokens are item + 1
+    np.testing.assert_array_equal(last_tokens(data.log, users[:1], 4), [[0, 3, 1, 2]])
+
+
+def test_training_windows_hold_every_transition_once() -> None:
+    # one user with 12 items in order 0..11 and one with 2: max_len 5 cuts the first
+    # into windows [7..11], [2..7] (sharing item 7) and [0..2]
+    dense = np.zeros((2, 12))
+    dense[0] = 1
+    dense[1, [4, 9]] = 1
+    ts = np.tile(np.arange(12), (2, 1))
+    data = recall_data_from_matrix(dense, ts)
+    rows = training_windows(data.log, max_len=5, windows=0)
+    tok = {tuple(r) for r in rows.tolist()}
+    item = data.item_index.encode(np.arange(12)) + 1
+    assert tok == {(item[6], item[7], item[8], item[9], item[10], item[11]),
+                   (item[1], item[2], item[3], item[4], item[5], item[6]),
+                   (0, 0, 0, 0, item[0], item[1]),
+                   (0, 0, 0, 0, item[4], item[9])}
+    pairs = [(r[i], r[i + 1]) for r in rows.tolist() for i in range(5) if r[i] and r[i + 1]]
+    assert len(pairs) == len(set(pairs)) == 11 + 1
+    latest = training_windows(data.log, max_len=5, windows=1)
+    assert len(latest) == 2 and set(map(tuple, latest.tolist())) <= tok
+
+
+# ---------------------------------------------------------------- the channel
+
+
+def test_channel_learns_the_planted_next_item() -> None:
+    data, starts, lens = cycle_data()
+    channel = SequenceChannel(**TINY, epochs=40).fit(data)
+    users = data.user_index.encode(np.arange(40))
+    top = channel.retrieve(data, users, k=1)
+    expected = data.item_index.encode((starts + lens) % 12)
+    assert (top.items[:, 0] == expected).mean() >= 0.9
+
+
+def test_channel_contract(tmp_path: Path) -> None:
+    data, _, _ = cycle_data(n_users=30)
+    users = data.user_index.encode(np.arange(30))
+    channel = SequenceChannel(**TINY, epochs=5).fit(data)
+    top = channel.retrieve(data, users, k=6)
+    seen = data.history.toarray() > 0
+    for row, u in enumerate(users):
+        assert not seen[u, top.items[row][top.items[row] >= 0]].any(), "a seen item came back"
+    single = np.vstack([channel.retrieve(data, users[i:i + 1], k=6).items for i in range(6)])
+    np.testing.assert_array_equal(single, top.items[:6])
+    np.testing.assert_array_equal(channel.retrieve(data, users, k=6, chunk=4).items, top.items)
+    scores = channel.score(data, users)
+    assert scores.dtype == np.float32 and scores.shape == (30, data.n_items)
+    channel.save(tmp_path / "seq")
+    loaded = SequenceChannel.load(tmp_path / "seq")
+    np.testing.assert_array_equal(loaded.score(data, users), scores)
+    again = SequenceChannel(**TINY, epochs=5).fit(data)
+    np.testing.assert_array_equal(again.score(data, users), scores)
+    other = SequenceChannel(**{**TINY, "seed": 7}, epochs=5).fit(data)
+    assert not np.array_equal(other.score(data, users), scores)
+
+
+def test_cold_users_get_nothing() -> None:
+    dense = np.zeros((5, 12))
+    dense[:3, :4] = 1  # users 3 and 4 have no history
+    data = recall_data_from_matrix(dense)
+    channel = SequenceChannel(**TINY, epochs=1).fit(data)
+    cold = data.user_index.encode(np.array([3, 4]))
+    assert np.isneginf(channel.score(data, cold)).all()
+    assert (channel.retrieve(data, cold, k=3).items == -1).all()
+
+
+def test_early_stopping_records_the_best_epoch_and_the_refit_trains_exactly_that() -> None:
+    data, starts, lens = cycle_data(n_users=30)
+    users = data.user_index.encode(np.arange(30))
+    held_out = HeldOut(users, data.item_index.encode((starts + lens) % 12))
+    params = {**TINY, "max_epochs": 12, "patience": 3}
+    channel = SequenceChannel(**params).fit(data, held_out)
+    tuned = channel.tuned()
+    history = channel.history
+    scored = [h["held_out"] for h in history]
+    assert set(tuned) == {"epochs"} and 1 <= tuned["epochs"] <= 12
+    assert tuned["epochs"] == int(np.argmax(scored)) + 1
+    best_stale = len(history) - tuned["epochs"]
+    assert len(history) == 12 or best_stale == 3, "stopped after `patience` evaluations"
+    # the best weights were restored: the held-out metric recomputed equals the best
+    recomputed = channel._held_out_metric(data, held_out)(channel.model)
+    assert recomputed == pytest.approx(max(scored), abs=1e-9)
+    refit = SequenceChannel(**{**params, **tuned}).fit(data, held_out)
+    assert len(refit.history) == tuned["epochs"] == refit.tuned()["epochs"]
+    assert all("held_out" not in h for h in refit.history), "a refit looks at nothing held out"
+
+
+def test_ndcg_per_user_by_hand() -> None:
+    # row 0: relevant {1, 4}, ranked [4, 0, 1] -> (1 + 1/log2(4)) / (1 + 1/log2(3));
+    # row 1: relevant {2}, nothing retrieved -> 0
+    top = np.array([[4, 0, 1], [-1, -1, -1]])
+    relevant = np.array([0 * 5 + 1, 0 * 5 + 4, 1 * 5 + 2])
+    got = ndcg_per_user(top, relevant, np.array([2, 1]), n_items=5, k=3)
+    np.testing.assert_allclose(got, [(1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)), 0.0])
+
+
+def test_batched_scores_match_one_row_at_a_time() -> None:
+    model = tiny_model()
+    tokens = np.array([[0, 0, 0, 0, 0, 3, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8],
+                       [0, 0, 0, 0, 0, 0, 0, 9]])
+    batched = next_item_scores(model, tokens, batch_size=2)
+    single = np.vstack([next_item_scores(model, tokens[i:i + 1]) for i in range(3)])
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_asked_but_absent_falls_back_to_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    if torch.cuda.is_available():
+        assert SequenceChannel(device="cuda").device == "cuda"
+        return
+    with caplog.at_level(logging.ERROR, logger="pipeline"):
+        channel = SequenceChannel(device="cuda")
+    assert channel.device == "cpu"
+    assert "CUDA is not available" in caplog.text
