@@ -156,6 +156,9 @@ class RecallConfig(_Strict):
         default_factory=_default_search_channels,
         description="channels (also listed under channels) that answer search requests; "
         "search channels use the query text, the others the user")
+    valid_users: int = Field(0, ge=0, description="retrieve the valid phase for a seeded "
+                             "sample of this many users (0: all); enough to tune and to "
+                             "train a ranker on, at a fraction of the cost for large logs")
     request_chunk: int = Field(4096, ge=1, description="requests merged and written per "
                                "chunk (channels score in smaller memory-bounded blocks)")
     channel_list_users: int = Field(0, ge=0, description="write each channel's own list for "

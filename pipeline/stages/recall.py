@@ -173,7 +173,14 @@ def run(cfg: Config, out: Path) -> dict:
     items = read_table(ingest / "items.parquet")
     users = read_table(ingest / "users.parquet")
     train, valid, test = (read_table(split / f"{p}.parquet") for p in ("train", "valid", "test"))
-    fits = {"valid": (train, valid), "test": (pd.concat([train, valid], ignore_index=True), test)}
+    if rc.valid_users and valid[S.USER].nunique() > rc.valid_users:
+        rng = np.random.default_rng(cfg.seed)
+        picked = rng.choice(np.sort(valid[S.USER].unique()), size=rc.valid_users, replace=False)
+        valid_targets = valid[valid[S.USER].isin(picked)]
+    else:
+        valid_targets = valid
+    fits = {"valid": (train, valid_targets),
+            "test": (pd.concat([train, valid], ignore_index=True), test)}
     tuned: dict[str, dict] = {}
     quotas = {name: ch.quota for name, ch in rc.channels.items()}
     search_quotas = {name: ch.quota for name, ch in rc.search_channels.items()}
