@@ -19,14 +19,19 @@ plus a JSON of its parameters (and the labels as .npy); nothing is pickled.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
+
+# faiss logs every optimised build it fails to find (avx512, avx2) at import: noise in a
+# batch log, since the generic build it falls back to is the one pip ships here.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 
 EXACT_BELOW = 50_000  # flat search up to here: 50k x 64 floats per query is ~1 ms
 KINDS = ("ivf", "hnsw")

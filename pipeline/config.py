@@ -129,6 +129,7 @@ def _default_channels() -> dict[str, ChannelConfig]:
         "cooccurrence": ChannelConfig(quota=80),
         "embedding": ChannelConfig(quota=80),
         "text_embedding": ChannelConfig(quota=20),
+        "inverted_index": ChannelConfig(quota=20),
         "preference": ChannelConfig(quota=40),
         "geography": ChannelConfig(quota=20),
         "popularity": ChannelConfig(quota=30),
@@ -138,7 +139,8 @@ def _default_channels() -> dict[str, ChannelConfig]:
 
 def _default_search_channels() -> dict[str, ChannelConfig]:
     return {
-        "text_embedding": ChannelConfig(quota=150),
+        "inverted_index": ChannelConfig(quota=100),
+        "text_embedding": ChannelConfig(quota=100),
         "cooccurrence": ChannelConfig(quota=50),
         "embedding": ChannelConfig(quota=50),
         "popularity": ChannelConfig(quota=50),

@@ -19,6 +19,7 @@ CHANNELS: dict[str, str] = {
     "embedding": "models.recall.embedding:EmbeddingChannel",
     "text_embedding": "models.recall.text_embedding:TextEmbeddingChannel",
     "sequence": "models.recall.sequence:SequenceChannel",
+    "inverted_index": "models.recall.inverted_index:InvertedIndexChannel",
 }
 
 
