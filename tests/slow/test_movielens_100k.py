@@ -21,8 +21,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_movielens_100k_end_to_end(ml100k, tmp_path) -> None:
-    cfg = load_config(None, base={"dataset": "ml", "data_dir": str(tmp_path), "threads": 1,
-                                  "source": {"kind": "movielens-100k", "path": str(ml100k)}})
+    # Two cheap channels: this checks split, exclusion and metrics, not model quality
+    # (that is `make bench-recall`'s job).
+    channels = {"cooccurrence": {"quota": 200}, "popularity": {"quota": 100}}
+    cfg = load_config(None, base={
+        "dataset": "ml", "data_dir": str(tmp_path), "threads": 1,
+        "source": {"kind": "movielens-100k", "path": str(ml100k)},
+        "recall": {"channels": channels, "search_channels": {}}})
     run_until(cfg)
     assert read_manifest(stage_dir(cfg, "ingest"))["counts"] == {
         "interactions": 100_000, "items": 1682, "users": 943}
