@@ -1,0 +1,200 @@
+"""Field-aware factorization machine (Juan et al. 2016) over weighted field slots.
+
+Input per sample: ``ids[s]`` (global feature id, 0 = padding) and ``weights[s]`` for each
+slot ``s``; a fixed ``slot_field`` maps slots to fields (a multi-valued field owns several
+slots, its weights summing to one). The score is
+
+    bias + sum_s w_s lin[i_s]
+         + sum over slot pairs s < t with field(s) != field(t) of
+           w_s w_t <V[i_s, field(t)], V[i_t, field(s)]>
+
+Pairs inside one field (two genres of one movie) are left out: they would only add a
+constant per entity, which the entity's own linear weight already holds.
+
+Computation, with no loop over field pairs or samples: one gather of the rows
+``[B, S, F*k + 1]`` (latent vectors for every target field plus the linear weight), a
+per-field weighted sum ``A[b, g, h] = sum_{s in g} w_s V[i_s, h]`` (``[B, F, F, k]``; no
+copy when every field has one slot), one gather of each slot's partner blocks
+``A[h, field(s)]`` and one dot product (see ``FFMFunction``); no ``[B, F, F, k]`` pair
+product is formed. The backward pass is written by hand: it reuses the partner blocks,
+so a training step is about a dozen tensor operations whatever the number of fields. The
+table gradient is dense or (``sparse``) a coalesced sparse tensor of only the rows the
+batch touched, for the row-sparse optimisers in ``models.fm_trainer``; dense was faster
+on ML-100K's small table, so ``sparse=None`` picks by table size (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """bf16 (or whatever autocast asks) inside a CUDA autocast region, else the tensor's."""
+    if t.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return t.dtype
+
+
+def table_grad(flat: torch.Tensor, d_rows: torch.Tensor, n_rows: int, sparse: bool,
+               uniq: torch.Tensor | None, inverse: torch.Tensor | None) -> torch.Tensor:
+    """Gradient of a table gathered at ``flat`` whose gathered rows received ``d_rows``."""
+    if not sparse:
+        out = torch.zeros(n_rows, d_rows.shape[1], dtype=d_rows.dtype, device=d_rows.device)
+        return out.index_add_(0, flat, d_rows)
+    assert uniq is not None and inverse is not None
+    values = torch.zeros(len(uniq), d_rows.shape[1], dtype=d_rows.dtype, device=d_rows.device)
+    values.index_add_(0, inverse, d_rows)
+    return torch.sparse_coo_tensor(uniq[None], values, (n_rows, d_rows.shape[1]),
+                                   is_coalesced=True, check_invariants=False)
+
+
+SPARSE_MIN_CELLS = 1 << 20  # tables at least this big (floats) get sparse gradients by default
+
+
+def choose_sparse(sparse: bool | None, n_rows: int, width: int) -> bool:
+    """``None`` = auto: row-sparse gradients only for big tables. On the ML-100K table
+    (2.7K rows) a dense gradient and dense Adagrad step were faster than the sort that
+    sparse rows need; the sparse path wins once the table dwarfs a batch's rows."""
+    return n_rows * width >= SPARSE_MIN_CELLS if sparse is None else bool(sparse)
+
+
+def gather_rows(table: torch.Tensor, ids: torch.Tensor, sparse: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Rows of ``table`` at ``ids`` ([B*S, D]), the flat ids and, for sparse, their uniques."""
+    flat = ids.reshape(-1)
+    if sparse:
+        uniq, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+        return table.index_select(0, flat), flat, uniq, inverse
+    return table.index_select(0, flat), flat, None, None
+
+
+def gather_blocks(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` for the rows of a contiguous 2-D tensor, rows moved as single wide
+    elements where their byte size allows (a 4-float row as one complex128): copying
+    many 16-byte rows this way took half the time of a float32 ``index_select`` here."""
+    n, width = x.shape
+    nbytes = width * x.element_size()
+    for wide in (torch.complex128, torch.float64, torch.float32):
+        size = torch.empty((), dtype=wide).element_size()
+        if nbytes % size == 0 and size >= x.element_size():
+            per_row = nbytes // size
+            flat = x.view(wide) if per_row > 1 else x.view(wide).view(-1)
+            out = flat.index_select(0, index)
+            return out.view(x.dtype).view(len(index), width)
+    return x.index_select(0, index)
+
+
+def partner_index(slot_field: torch.Tensor, n_fields: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For slot s and target field h, the block ``h * F + field(s)`` of one sample's
+    ``A`` (``A[h, field(s)]``), and the positions ``s * F + field(s)`` (same field: none)."""
+    s = len(slot_field)
+    h = torch.arange(n_fields)
+    partner = (h[None, :] * n_fields + slot_field[:, None].cpu()).reshape(-1)
+    same = torch.arange(s) * n_fields + slot_field.cpu()
+    return partner.to(slot_field.device), same.to(slot_field.device)
+
+
+class FFMFunction(torch.autograd.Function):
+    """Fused FFM pairwise + linear term; gradient only for the table.
+
+    With ``A[b, g, h] = sum_{s in g} w_s V[i_s, h]``, slot s's partner block towards
+    field h is ``P[s, h] = A[h, field(s)]`` (zero when h = field(s)), so
+    ``pair = 0.5 * sum_s w_s <V[i_s, :], P[s, :]>`` and ``d pair / d V[i_s, h] = w_s P[s, h]``:
+    one gather of partner blocks serves the forward and the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+                slot_field: torch.Tensor, partner: torch.Tensor, same: torch.Tensor,
+                n_fields: int, k: int, sparse: bool, l2: float) -> torch.Tensor:
+        b, s = ids.shape
+        fk = n_fields * k
+        rows, flat, uniq, inverse = gather_rows(table, ids, sparse)
+        cdt = compute_dtype(table)
+        e = rows.view(b, s, fk + 1).to(cdt)
+        w = weights.to(cdt)
+        ew = e[:, :, :fk] * w[:, :, None]  # [B, S, F*k], contiguous
+        if s == n_fields:  # one slot per field: the slots are the fields (encoder order)
+            a = ew
+        else:
+            a = torch.zeros(b, n_fields, fk, dtype=cdt, device=e.device)
+            a.index_add_(1, slot_field, ew)
+        base = torch.arange(b, device=e.device)[:, None] * (n_fields * n_fields)
+        p = gather_blocks(a.view(b * n_fields * n_fields, k), (base + partner).view(-1))
+        p = p.view(b, s * n_fields, k).index_fill_(1, same, 0).view(b, s, fk)
+        pair = torch.linalg.vecdot(ew.view(b, -1), p.view(b, -1)).to(table.dtype)
+        lin = torch.linalg.vecdot(e[:, :, fk], w).to(table.dtype)
+        ctx.save_for_backward(flat, rows if l2 else None, w, p, uniq, inverse)
+        ctx.meta = (table.shape[0], table.dtype, sparse, l2)
+        return 0.5 * pair + lin
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+        flat, rows, w, p, uniq, inverse = ctx.saved_tensors
+        n_rows, dtype, sparse, l2 = ctx.meta
+        b, s, fk = p.shape
+        wg = w * grad_out.to(w.dtype)[:, None]  # [B, S]
+        d_rows = torch.empty(b, s, fk + 1, dtype=dtype, device=p.device)
+        torch.mul(p, wg[:, :, None], out=d_rows[:, :, :fk])
+        d_rows[:, :, fk] = wg
+        d_rows = d_rows.view(b * s, fk + 1)
+        if l2:
+            d_rows.add_(rows, alpha=2.0 * l2 / b)
+        grad = table_grad(flat, d_rows, n_rows, sparse, uniq, inverse)
+        return grad, None, None, None, None, None, None, None, None, None
+
+
+class FFM(nn.Module):
+    """FFM scorer: ``forward(ids [B, S], weights [B, S]) -> logits [B]``.
+
+    ``table[i, h*k:(h+1)*k]`` is feature i's latent vector towards field h and
+    ``table[i, F*k]`` its linear weight; row 0 is padding and stays zero.
+    """
+
+    kind = "ffm"
+
+    def __init__(self, n_features: int, slot_field: Sequence[int] | np.ndarray, k: int = 4,
+                 *, sparse: bool | None = None, init_std: float = 0.01, seed: int = 0) -> None:
+        super().__init__()
+        sf = np.asarray(slot_field, dtype=np.int64)
+        n_fields = int(sf.max()) + 1
+        if sorted(set(sf.tolist())) != list(range(n_fields)) or np.any(np.diff(sf) < 0):
+            raise ValueError(f"slot_field must list fields 0..F-1 in order, got {sf.tolist()}")
+        sparse = choose_sparse(sparse, n_features, n_fields * k + 1)
+        self.n_features, self.k, self.n_fields, self.sparse = n_features, k, n_fields, sparse
+        self.init_std = init_std
+        gen = torch.Generator().manual_seed(seed)
+        table = torch.randn(n_features, n_fields * k + 1, generator=gen) * init_std
+        table[:, -1] = 0.0
+        table[0] = 0.0
+        # An Embedding holds the table so DistributedDataParallel knows to expect sparse
+        # gradients for it (it looks for Embedding modules with sparse=True).
+        self.rows = nn.Embedding(n_features, table.shape[1], sparse=sparse, _weight=table)
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.register_buffer("slot_field", torch.from_numpy(sf))
+        partner, same = partner_index(self.slot_field, n_fields)
+        self.register_buffer("partner", partner, persistent=False)
+        self.register_buffer("same", same, persistent=False)
+
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
+        """Logits; ``l2`` adds ``l2 * sum of squares of each sample's gathered rows`` (mean
+        over the batch) to the gradient only, as libffm's lazy per-sample L2 does."""
+        ids = ids.long()
+        out = FFMFunction.apply(self.table, ids, weights.to(self.table.dtype), self.slot_field,
+                                self.partner, self.same, self.n_fields, self.k, self.sparse,
+                                float(l2))
+        return out + self.bias
+
+    @property
+    def table(self) -> nn.Parameter:
+        return self.rows.weight
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n_features": self.n_features, "k": self.k,
+                "slot_field": self.slot_field.tolist(), "sparse": self.sparse,
+                "init_std": self.init_std}

@@ -1,0 +1,435 @@
+"""FM and FFM against slow, obviously-correct float64 references; gradients; training.
+
+The references loop over every pair of slots exactly as the papers write the models
+(Rendle 2010 for FM, Juan et al. 2016 for FFM), so the vectorised forward passes, the
+hand-written backward passes and the row-sparse optimisers are each checked against
+something with no cleverness in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from features.fields import FieldEncoder
+from models.ffm import FFM, FFMFunction, gather_blocks
+from models.fm import FM, FMFunction
+from models.fm_trainer import (
+    RowSparseAdagrad,
+    RowSparseAdam,
+    Samples,
+    TrainConfig,
+    binary_metric,
+    fit,
+    load_model,
+    make_optimizer,
+    predict,
+    sample_negatives,
+    save_model,
+    score_frame,
+    shard_order,
+)
+
+torch.set_num_threads(1)
+
+LAYOUTS = {
+    "one slot per field": [0, 1, 2, 3],
+    "multi-valued fields": [0, 1, 1, 1, 2, 3, 3],
+}
+
+
+def random_batch(slot_field: list[int], n_features: int, b: int = 6, seed: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids/weights: multi-slot fields get random weights summing to one and some
+    padding (id 0, weight 0); single-slot fields weight 1."""
+    g = torch.Generator().manual_seed(seed)
+    sf = np.asarray(slot_field)
+    ids = torch.randint(1, n_features, (b, len(sf)), generator=g)
+    w = torch.ones(b, len(sf), dtype=torch.float64)
+    for f in np.unique(sf):
+        cols = np.flatnonzero(sf == f)
+        if len(cols) > 1:
+            raw = torch.rand(b, len(cols), generator=g, dtype=torch.float64)
+            raw[:, -1] = torch.where(torch.arange(b) % 2 == 0, 0.0, raw[:, -1])  # padding
+            w[:, cols] = raw / raw.sum(1, keepdim=True)
+    ids[w == 0] = 0
+    return ids, w
+
+
+def ffm_reference(table: torch.Tensor, bias: float, ids: torch.Tensor, w: torch.Tensor,
+                  slot_field: list[int], k: int) -> torch.Tensor:
+    """bias + sum_s w_s lin_s + sum_{s<t, f(s) != f(t)} w_s w_t <V[i_s, f(t)], V[i_t, f(s)]>."""
+    t = table.detach().double()
+    n_fields = max(slot_field) + 1
+    out = []
+    for b in range(ids.shape[0]):
+        total = bias
+        for s in range(ids.shape[1]):
+            i, fs = int(ids[b, s]), slot_field[s]
+            total += float(w[b, s] * t[i, n_fields * k])
+            for u in range(s + 1, ids.shape[1]):
+                j, fu = int(ids[b, u]), slot_field[u]
+                if fs == fu:
+                    continue
+                total += float(w[b, s] * w[b, u]
+                               * (t[i, fu * k:(fu + 1) * k] * t[j, fs * k:(fs + 1) * k]).sum())
+        out.append(total)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def fm_reference(table: torch.Tensor, bias: float, ids: torch.Tensor, w: torch.Tensor,
+                 k: int) -> torch.Tensor:
+    """bias + sum_s w_s lin_s + sum_{s<t} w_s w_t <v_s, v_t> (every pair)."""
+    t = table.detach().double()
+    out = []
+    for b in range(ids.shape[0]):
+        total = bias
+        for s in range(ids.shape[1]):
+            i = int(ids[b, s])
+            total += float(w[b, s] * t[i, k])
+            for u in range(s + 1, ids.shape[1]):
+                j = int(ids[b, u])
+                total += float(w[b, s] * w[b, u] * (t[i, :k] * t[j, :k]).sum())
+        out.append(total)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def randomised(model: torch.nn.Module) -> torch.nn.Module:
+    """float64 copy with non-trivial linear weights and bias (padding row kept zero)."""
+    model = model.double()
+    with torch.no_grad():
+        model.table.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+        model.table[0] = 0
+        model.bias.fill_(0.3)
+    return model
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ffm_matches_reference(layout: str) -> None:
+    sf = LAYOUTS[layout]
+    model = randomised(FFM(13, sf, k=3))
+    ids, w = random_batch(sf, 13)
+    got = model(ids, w)
+    want = ffm_reference(model.table, 0.3, ids, w, sf, 3)
+    torch.testing.assert_close(got.detach(), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_ffm_float32_matches_reference_for_every_block_width(k: int) -> None:
+    """The partner gather moves k-float blocks as wide elements; every k must agree."""
+    sf = LAYOUTS["multi-valued fields"]
+    model = randomised(FFM(13, sf, k=k)).float()
+    ids, w = random_batch(sf, 13, b=9)
+    want = ffm_reference(model.table, 0.3, ids, w, sf, k)
+    torch.testing.assert_close(model(ids, w.float()).detach().double(), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 6, 8])
+def test_gather_blocks_equals_index_select(dtype: torch.dtype, width: int) -> None:
+    x = torch.randn(20, width).to(dtype)
+    index = torch.tensor([3, 3, 0, 19, 7])
+    torch.testing.assert_close(gather_blocks(x, index), x.index_select(0, index),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fm_matches_reference(layout: str) -> None:
+    sf = LAYOUTS[layout]
+    model = randomised(FM(13, sf, k=3))
+    ids, w = random_batch(sf, 13)
+    torch.testing.assert_close(model(ids, w).detach(), fm_reference(model.table, 0.3, ids, w, 3),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hand_written_backward_passes_gradcheck(layout: str) -> None:
+    sf = LAYOUTS[layout]
+    ids, w = random_batch(sf, 9, b=4)
+    ffm = randomised(FFM(9, sf, k=2))
+    table = ffm.table.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: FFMFunction.apply(t, ids, w, ffm.slot_field, ffm.partner, ffm.same,
+                                    ffm.n_fields, 2, False, 0.0),
+        (table,))
+    fm_table = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: FMFunction.apply(t, ids, w, False, 0.0),
+                                    (fm_table,))
+
+
+@pytest.mark.parametrize("cls", [FM, FFM])
+def test_l2_and_sparse_gradients_match_dense_autograd(cls: type) -> None:
+    sf = LAYOUTS["multi-valued fields"]
+    ids, w = random_batch(sf, 11)
+    dense = randomised(cls(11, sf, k=3))
+    sparse = randomised(cls(11, sf, k=3, sparse=True))
+    l2 = 0.3
+    dense(ids, w, l2=l2).sum().backward()
+    sparse(ids, w, l2=l2).sum().backward()
+    assert sparse.table.grad.is_sparse
+    torch.testing.assert_close(sparse.table.grad.to_dense(), dense.table.grad)
+    # l2 = gradient of l2 * sum over samples of the squares of their gathered rows / B
+    plain = randomised(cls(11, sf, k=3))
+    loss = plain(ids, w).sum() + l2 * (plain.table[ids] ** 2).sum() / len(ids)
+    loss.backward()
+    torch.testing.assert_close(dense.table.grad, plain.table.grad)
+
+
+@pytest.mark.parametrize("cls", [FM, FFM])
+def test_gradient_flows_to_used_rows_only(cls: type) -> None:
+    sf = LAYOUTS["multi-valued fields"]
+    model = randomised(cls(40, sf, k=3))
+    ids, w = random_batch(sf, 20)
+    model(ids, w).sum().backward()
+    grad = model.table.grad
+    assert model.bias.grad is not None and model.bias.grad.item() != 0
+    used = torch.unique(ids[w > 0])
+    assert torch.all(grad[used].abs().sum(1) > 0)
+    unused = torch.ones(40, dtype=torch.bool)
+    unused[used] = False
+    assert unused[0]  # padding
+    assert torch.all(grad[unused] == 0)
+
+
+def test_ffm_rejects_unordered_slot_fields() -> None:
+    with pytest.raises(ValueError, match="slot_field"):
+        FFM(5, [1, 0])
+    with pytest.raises(ValueError, match="slot_field"):
+        FFM(5, [0, 2])
+
+
+def test_oov_values_are_encoded_and_scored() -> None:
+    fit_df = pd.DataFrame({"u": [1, 2, 3, 1], "g": [["a"], ["b", "a"], ["c"], ["a"]]})
+    enc = FieldEncoder({"u": "categorical", "g": "multi"}).fit(fit_df)
+    new = enc.transform(pd.DataFrame({"u": [42], "g": [["zzz", "a"]]}))
+    assert new.ids[0, 0] == enc.oov_ids("u")[0]
+    assert new.ids[0, 1] == enc.oov_ids("g")[0]
+    for cls in (FM, FFM):
+        model = randomised(cls(enc.n_features, enc.slot_field, k=2))
+        ids, w = torch.from_numpy(new.ids).long(), torch.from_numpy(new.weights).double()
+        score = model(ids, w)
+        assert torch.isfinite(score).all()
+        want = (ffm_reference(model.table, 0.3, ids, w, enc.slot_field.tolist(), 2)
+                if cls is FFM else fm_reference(model.table, 0.3, ids, w, 2))
+        torch.testing.assert_close(score.detach(), want)
+        score.sum().backward()
+        assert model.table.grad[enc.oov_ids("u")[0]].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- optimisers
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (lambda p: RowSparseAdagrad(p, lr=0.1), lambda p: torch.optim.Adagrad(p, lr=0.1)),
+    (lambda p: RowSparseAdam(p, lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
+])
+def test_row_sparse_optimisers_match_torch_on_dense_gradients(ours, theirs) -> None:
+    sf = LAYOUTS["multi-valued fields"]
+    a, b = FFM(30, sf, k=3, seed=4), FFM(30, sf, k=3, seed=4)
+    opt_a, opt_b = ours(a.parameters()), theirs(b.parameters())
+    for step in range(5):
+        ids, w = random_batch(sf, 30, seed=step)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            model(ids, w.float()).square().mean().backward()
+            opt.step()
+    torch.testing.assert_close(a.table, b.table, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [RowSparseAdagrad, RowSparseAdam])
+def test_row_sparse_optimisers_sum_duplicate_rows(cls: type) -> None:
+    """An uncoalesced gradient (rows repeated, unordered, as after a DDP all-reduce) gives
+    the same step as its coalesced form."""
+    a = torch.nn.Parameter(torch.ones(5, 2))
+    b = torch.nn.Parameter(torch.ones(5, 2))
+    idx = torch.tensor([[3, 1, 3]])
+    vals = torch.tensor([[1.0, 2.0], [0.5, 0.5], [-3.0, 1.0]])
+    a.grad = torch.sparse_coo_tensor(idx, vals, (5, 2), check_invariants=True)
+    b.grad = a.grad.coalesce()
+    opt_a, opt_b = cls([a]), cls([b])
+    opt_a.step()
+    opt_b.step()
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
+    assert torch.equal(a.detach()[[0, 2, 4]], torch.ones(3, 2))  # untouched rows
+
+
+def test_optimizer_choice_follows_gradient_kind() -> None:
+    small = FFM(30, [0, 1], k=2)  # auto: a small table gets dense gradients
+    big = FFM(300_000, [0, 1], k=2)  # auto: big enough for row-sparse gradients
+    assert not small.sparse and big.sparse
+    assert isinstance(make_optimizer(big, "adagrad", 0.1), RowSparseAdagrad)
+    assert isinstance(make_optimizer(big, "adam", 0.1), RowSparseAdam)
+    assert type(make_optimizer(small, "adagrad", 0.1)) is torch.optim.Adagrad
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(small, "sgd", 0.1)
+
+
+def test_sparse_adagrad_equals_dense_adagrad_exactly() -> None:
+    sf = LAYOUTS["multi-valued fields"]
+    dense, sparse = FFM(30, sf, k=3, seed=2).double(), FFM(30, sf, k=3, seed=2,
+                                                           sparse=True).double()
+    opts = [torch.optim.Adagrad(dense.parameters(), lr=0.1),
+            RowSparseAdagrad(sparse.parameters(), lr=0.1)]
+    for step in range(5):
+        ids, w = random_batch(sf, 30, seed=step)
+        for model, opt in zip((dense, sparse), opts, strict=True):
+            opt.zero_grad()
+            model(ids, w).square().mean().backward()
+            opt.step()
+    torch.testing.assert_close(dense.table, sparse.table, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def planted(n: int, seed: int) -> tuple[Samples, FieldEncoder]:
+    """Clicks follow the product of a hidden user sign and item sign (a pure interaction
+    no linear model can see), plus a weighted tag field that carries no signal."""
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, 60, n), rng.integers(0, 40, n)
+    us, is_ = np.where(np.arange(60) % 2 == 0, 1, -1), np.where(np.arange(40) % 3 == 0, 1, -1)
+    p = 1 / (1 + np.exp(-3.0 * us[users] * is_[items]))
+    df = pd.DataFrame({"user": users, "item": items,
+                       "tags": [list(rng.choice(["a", "b", "c", "d"], rng.integers(1, 4)))
+                                for _ in range(n)]})
+    enc = FieldEncoder({"user": "categorical", "item": "categorical", "tags": "multi"}).fit(df)
+    e = enc.transform(df)
+    return Samples(e.ids, e.weights, (rng.random(n) < p).astype(np.float32)), enc
+
+
+def split(s: Samples, at: int) -> tuple[Samples, Samples]:
+    return s.take(np.arange(at)), s.take(np.arange(at, len(s)))
+
+
+@pytest.mark.parametrize("cls,sparse", [(FFM, True), (FM, False)])
+def test_trainer_learns_a_planted_interaction(cls: type, sparse: bool,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    data, enc = planted(6000, seed=0)
+    train, valid = split(data, 5000)
+    model = cls(enc.n_features, enc.slot_field, k=4, sparse=sparse, seed=0)
+    cfg = TrainConfig(lr=0.1, l2=1e-4, batch_size=128, epochs=8, patience=2, threads=1)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        hist = fit(model, train, valid, cfg)
+    auc = binary_metric("auc", valid.labels, predict(model, valid))
+    assert auc > 0.8
+    assert auc == pytest.approx(hist.best_metric, abs=1e-9)  # best epoch restored
+    assert hist.samples_per_second > 0 and hist.train_samples >= 5000
+    lines = [r.getMessage() for r in caplog.records if "epoch=" in r.getMessage()]
+    assert len(lines) == len(hist.epochs)
+    assert "loss=" in lines[0] and "valid_auc=" in lines[0] and "samples_per_s=" in lines[0]
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    data, enc = planted(800, seed=1)
+    model = FFM(enc.n_features, enc.slot_field, k=2, sparse=True)
+    scores = iter([0.5, 0.9, 0.8, 0.7, 0.95, 0.99])
+    snapshots: list[torch.Tensor] = []
+
+    def evaluate(m: torch.nn.Module) -> float:
+        snapshots.append(m.table.detach().clone())
+        return next(scores)
+
+    hist = fit(model, data, None, TrainConfig(epochs=6, patience=2, threads=1),
+               evaluate=evaluate)
+    assert [round(e["valid_custom"], 2) for e in hist.epochs] == [0.5, 0.9, 0.8, 0.7]
+    assert hist.stopped_early and hist.best_epoch == 1
+    torch.testing.assert_close(model.table.detach(), snapshots[1], rtol=0, atol=0)
+    # logloss: lower is better
+    model2 = FM(enc.n_features, enc.slot_field, k=2)
+    hist2 = fit(model2, data, data, TrainConfig(epochs=2, metric="logloss", threads=1))
+    assert not hist2.higher_is_better
+    assert hist2.best_metric == min(e["valid_logloss"] for e in hist2.epochs)
+
+
+def test_same_seed_same_parameters() -> None:
+    data, enc = planted(1500, seed=2)
+    cfg = TrainConfig(lr=0.05, epochs=2, batch_size=64, seed=7, threads=1, optimizer="adam")
+
+    def run(seed: int) -> torch.Tensor:
+        model = FFM(enc.n_features, enc.slot_field, k=3, sparse=True, seed=3)
+        fit(model, data, None, TrainConfig(**{**cfg.__dict__, "seed": seed}))
+        return model.table.detach().clone()
+
+    first = run(7)
+    torch.testing.assert_close(run(7), first, rtol=0, atol=0)
+    assert not torch.equal(run(8), first)
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    data, enc = planted(500, seed=3)
+    for cls in (FM, FFM):
+        model = cls(enc.n_features, enc.slot_field, k=3, sparse=True, seed=1)
+        fit(model, data, None, TrainConfig(epochs=1, threads=1))
+        folder = tmp_path / cls.kind
+        assert save_model(model, folder, extra={"valid_auc": 0.5})
+        back, extra = load_model(folder)
+        assert isinstance(back, cls) and extra == {"valid_auc": 0.5}
+        np.testing.assert_array_equal(predict(back, data), predict(model, data))
+
+
+def test_score_frame_matches_predict_in_chunks() -> None:
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"user": rng.integers(0, 9, 50), "item": rng.integers(0, 7, 50),
+                       "tags": [["a", "b"][: 1 + i % 2] for i in range(50)]})
+    enc = FieldEncoder({"user": "categorical", "item": "categorical", "tags": "multi"}).fit(df)
+    model = randomised(FFM(enc.n_features, enc.slot_field, k=2)).float()
+    whole = predict(model, Samples.from_encoded(enc.transform(df)))
+    np.testing.assert_allclose(score_frame(model, enc, df, chunk=7), whole, rtol=1e-6)
+
+
+def test_shard_order_covers_every_sample_once_per_epoch() -> None:
+    parts = [shard_order(11, epoch=3, seed=5, rank=r, world=3) for r in range(3)]
+    assert len({len(p) for p in parts}) == 1  # same number of steps on every rank
+    joined = torch.cat(parts)
+    assert set(joined.tolist()) == set(range(11)) and len(joined) == 12  # one wrapped pad
+    torch.testing.assert_close(shard_order(11, 3, 5, 0, 1).sort().values, torch.arange(11))
+
+
+# ---------------------------------------------------------------- negatives
+
+
+def test_negative_sampler_follows_popularity_and_avoids_positives() -> None:
+    rng = np.random.default_rng(0)
+    n_items = 6
+    pos_users = np.array([0, 0, 1, 2])
+    pos_items = np.array([0, 1, 0, 2])
+    popularity = np.array([0.0, 1, 2, 3, 4, 0])
+    users, items = sample_negatives(pos_users, pos_items, n_items, 5000, rng,
+                                    popularity=popularity)
+    assert len(users) == len(items) == 4 * 5000
+    np.testing.assert_array_equal(users, np.repeat(pos_users, 5000))
+    positives = set(zip(pos_users.tolist(), pos_items.tolist(), strict=True))
+    assert not any((u, i) in positives for u, i in zip(users.tolist(), items.tolist(),
+                                                        strict=True))
+    assert not np.isin(items, [0, 5]).any()  # zero popularity is never drawn
+    # user 2 (no positive among items 1, 3, 4) sees them in proportion 1 : 3 : 4
+    share = np.bincount(items[users == 2], minlength=n_items)[[1, 3, 4]] / 5000
+    np.testing.assert_allclose(share, np.array([1, 3, 4]) / 8, atol=0.02)
+
+
+def test_negative_sampler_mixes_in_hard_negatives() -> None:
+    rng = np.random.default_rng(1)
+    users, items = sample_negatives(
+        np.array([0, 1]), np.array([0, 0]), 50, 4000, rng,
+        hard_users=np.array([0, 0, 0]), hard_items=np.array([7, 8, 0]), hard_share=0.25)
+    u0 = items[users == 0]
+    hard_rate = np.isin(u0, [7, 8]).mean()
+    assert 0.2 < hard_rate < 0.32  # 25% hard, plus the odd popularity draw of 7 or 8
+    assert not (u0 == 0).any()  # the clicked candidate is never a negative
+    assert np.isin(items[users == 1], [7, 8]).mean() < 0.1  # user 1 has no hard candidates
+
+
+def test_cuda_bf16_when_available() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    data, enc = planted(2000, seed=4)
+    model = FFM(enc.n_features, enc.slot_field, k=4, sparse=True)
+    hist = fit(model, data, data, TrainConfig(epochs=2, device="cuda", threads=1))
+    assert np.isfinite(hist.best_metric)
+    assert np.isfinite(predict(model, data, device="cuda")).all()
