@@ -184,6 +184,25 @@ class RecallConfig(_Strict):
         return self
 
 
+class FMConfig(_Strict):
+    """Feature-cross models trained on the fitting interactions plus sampled negatives."""
+
+    models: list[Literal["fm", "ffm"]] = Field(default_factory=lambda: ["fm", "ffm"])
+    k: int = Field(4, ge=1, description="latent factors per feature (per field for FFM)")
+    negatives: int = Field(4, ge=1, description="sampled negatives per positive")
+    hard_share: float = Field(0.5, ge=0, le=1, description="share of negatives drawn from "
+                              "unclicked recall candidates where a user has them")
+    optimizer: Literal["adagrad", "adam"] = "adagrad"
+    lr: float = Field(0.05, gt=0)
+    l2: float = Field(1e-5, ge=0)
+    batch_size: int = Field(256, ge=1)
+    max_epochs: int = Field(20, ge=1, description="cap; the epoch count is chosen on valid")
+    patience: int = Field(2, ge=1, description="epochs without valid AUC gain before stopping")
+    device: Literal["cpu", "cuda"] = "cpu"
+    fields: dict[str, Any] | None = Field(None, description="FieldEncoder specs; None: ids, "
+                                          "every item and user attribute, item popularity")
+
+
 class RankConfig(_Strict):
     top_k: int = Field(100, ge=1, description="recommendations written per test user")
 
@@ -206,6 +225,7 @@ class Config(_Strict):
     ingest: IngestConfig = IngestConfig()
     split: SplitConfig = SplitConfig()
     recall: RecallConfig = RecallConfig()
+    fm: FMConfig = FMConfig()
     rank: RankConfig = RankConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
+from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.io import MANIFEST, atomic_folder, file_hash, write_manifest
@@ -44,6 +46,12 @@ def run_stage(cfg: Config, name: str) -> dict:
     stage = get_stage(name)
     inputs = _input_hashes(cfg, stage.inputs)
     module = stage.load()
+    if int(os.environ.get("RANK", "0")) > 0:
+        # A DDP worker under torchrun: it trains alongside rank 0, which alone writes the
+        # stage's output; whatever this rank writes goes to a scratch folder.
+        with tempfile.TemporaryDirectory() as scratch:
+            module.run(cfg, Path(scratch))
+        return {}
     target = stage_dir(cfg, name)
     started = time.perf_counter()
     log.info("[%s] start -> %s", name, target)

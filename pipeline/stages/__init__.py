@@ -33,10 +33,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("split", "split", ("ingest",), "split"),
     Stage("recall", "recall", ("split", "ingest"), "recall"),
     Stage("features", "features", ("recall",), "features"),
-    Stage("train-fm", "models/fm", ("features",), "train_fm"),
+    Stage("train-fm", "models/fm", ("features", "recall", "split", "ingest"), "train_fm"),
     Stage("train-rank", "models/ranker", ("train-fm",), "train_rank"),
     Stage("rank", "rank", ("train-rank", "train-fm", "split"), "rank"),
-    Stage("evaluate", "eval", ("rank", "recall", "split", "ingest"), "evaluate"),
+    Stage("evaluate", "eval", ("rank", "train-fm", "recall", "split", "ingest"), "evaluate"),
     Stage("report", "report", ("evaluate",), "report"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -67,6 +67,14 @@ def candidate_report(folder: Path, channels: list[str], relevant: pd.DataFrame, 
             "unique_hits": unique_hits(lists, relevant)}
 
 
+def rank_by(candidates: pd.DataFrame, column: str, depth: int) -> pd.DataFrame:
+    """Each user's candidates ordered by ``column`` (then merge order), top ``depth``."""
+    ordered = candidates.sort_values([S.USER, column, "merge_rank"],
+                                     ascending=[True, False, True], kind="stable")
+    ordered[S.RANK] = ordered.groupby(S.USER, sort=False).cumcount() + 1
+    return ordered[ordered[S.RANK] <= depth][[S.USER, S.ITEM, S.RANK]]
+
+
 def print_candidates(title: str, block: dict, ns: list[int]) -> None:
     table = {name: {**row, "unique": block["unique_hits"].get(name, float("nan"))}
              for name, row in block["candidate_recall"].items()}
@@ -100,6 +108,11 @@ def run(cfg: Config, out: Path) -> dict:
         read_table(stage_dir(cfg, "rank") / "recommendations.parquet"), plain, items, ks)}
     for name, row in report["test"]["recommendation"]["systems"].items():
         systems[f"channel:{name}"] = row
+    scored = stage_dir(cfg, "train-fm") / "candidates.parquet"
+    for kind in cfg.fm.models if (scored.is_file() and cfg.fm.models) else []:
+        cands = read_table(scored, columns=[S.USER, S.ITEM, "merge_rank", f"{kind}_score"])
+        systems[f"{kind} (reranks candidates)"] = evaluate_lists(
+            rank_by(cands, f"{kind}_score", max(ks)), plain, items, ks)
     for name, row in report["test"].get("search", {}).get("systems", {}).items():
         systems[f"search:{name}"] = row
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from models.fm_trainer import load_model
 from pipeline.cli import main
 from pipeline.io import MANIFEST, read_table
 from pipeline.runner import MissingInputError, run_stage, run_until
@@ -29,7 +30,7 @@ def test_every_stage_writes_its_manifest_and_pass_throughs_say_so(finished) -> N
     for name in STAGE_NAMES:
         manifest = json.loads((stage_dir(finished, name) / MANIFEST).read_text())
         assert manifest["stage"] == name and manifest["config"]["dataset"] == "tiny"
-    for name in ("features", "train-fm", "train-rank"):
+    for name in ("features", "train-rank"):
         status = json.loads((stage_dir(finished, name) / MANIFEST).read_text())["status"]
         assert status.startswith("pass-through")
     assert not list((stage_dir(finished, "train-rank")).glob("*.txt"))  # no fake model
@@ -86,3 +87,24 @@ def test_makefile_and_cli_list_the_same_stages() -> None:
     phony = re.search(r"\.PHONY:(.*?)\n\n", makefile, re.S).group(1)
     for name in STAGE_NAMES:
         assert re.search(rf"\b{name}\b", phony), name
+
+
+def test_train_fm_is_roll_forward_and_scores_every_candidate(finished) -> None:
+    folder = stage_dir(finished, "train-fm")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for kind in ("fm", "ffm"):
+        valid = metrics["valid"][kind]
+        assert 0.5 < valid["valid_auc"] <= 1.0 and valid["samples_per_second"] > 0
+        # the refit on train + valid trains exactly the epochs chosen on valid
+        assert len(metrics["test"][kind]["epochs"]) == valid["best_epoch"] + 1
+        model, extra = load_model(folder / "test" / kind)  # weights_only load
+        assert extra["fields"][:2] == ["user_id", "item_id"]
+    test = read_table(folder / "candidates.parquet")
+    recalled = read_table(stage_dir(finished, "recall") / "test" / "candidates.parquet")
+    assert len(test) == len(recalled)
+    assert test[["fm_score", "ffm_score"]].notna().all().all()
+    assert test["fm_score"].between(0, 1).all()
+    assert len(read_table(folder / "valid_candidates.parquet")) == len(
+        read_table(stage_dir(finished, "recall") / "valid" / "candidates.parquet"))
+    systems = json.loads((stage_dir(finished, "evaluate") / "metrics.json").read_text())["systems"]
+    assert "ffm (reranks candidates)" in systems
