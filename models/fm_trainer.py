@@ -181,7 +181,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimi
     if name not in ("adagrad", "adam"):
         raise ValueError(f"unknown optimizer {name!r}; expected 'adam' or 'adagrad'")
     sparse = any(getattr(m, "sparse", False) for m in model.modules())
-    fused = {"fused": True} if _fused_ok(model) else {}
+    fused = {"fused": True} if _fused_ok(model, name) else {}
     if name == "adagrad":
         if sparse:
             return RowSparseAdagrad(model.parameters(), lr=lr)
@@ -191,11 +191,13 @@ def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=lr, **fused)
 
 
-def _fused_ok(model: nn.Module) -> bool:
-    """torch's fused optimisers take float tensors on CPU or CUDA."""
+def _fused_ok(model: nn.Module, name: str) -> bool:
+    """torch's fused optimisers take float tensors; fused Adam runs on CPU and CUDA,
+    fused Adagrad on CPU only (torch refuses it on CUDA)."""
+    devices = ("cpu",) if name == "adagrad" else ("cpu", "cuda")
     params = list(model.parameters())
     return bool(params) and all(p.dtype in (torch.float32, torch.float64)
-                                and p.device.type in ("cpu", "cuda") for p in params)
+                                and p.device.type in devices for p in params)
 
 
 # --------------------------------------------------------------------------- config, history

@@ -425,11 +425,14 @@ def test_negative_sampler_mixes_in_hard_negatives() -> None:
     assert np.isin(items[users == 1], [7, 8]).mean() < 0.1  # user 1 has no hard candidates
 
 
-def test_cuda_bf16_when_available() -> None:
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_cuda_bf16_when_available(sparse: bool, optimizer: str) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     data, enc = planted(2000, seed=4)
-    model = FFM(enc.n_features, enc.slot_field, k=4, sparse=True)
-    hist = fit(model, data, data, TrainConfig(epochs=2, device="cuda", threads=1))
+    model = FFM(enc.n_features, enc.slot_field, k=4, sparse=sparse)
+    hist = fit(model, data, data, TrainConfig(epochs=2, device="cuda", threads=1,
+                                              optimizer=optimizer))
     assert np.isfinite(hist.best_metric)
     assert np.isfinite(predict(model, data, device="cuda")).all()
