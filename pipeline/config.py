@@ -121,6 +121,8 @@ class ChannelConfig(_Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="constructor settings of the channel (see its class)"
     )
+    recommend: bool = Field(True, description="answer recommendation requests (false: "
+                            "fitted for search only)")
 
 
 def _default_channels() -> dict[str, ChannelConfig]:

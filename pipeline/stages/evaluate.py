@@ -88,7 +88,7 @@ def run(cfg: Config, out: Path) -> dict:
     items = read_catalogue(cfg)
     ks, ns = sorted(cfg.evaluate.ks), sorted(cfg.evaluate.recall_ns)
     recall_dir = stage_dir(cfg, "recall")
-    channels = list(cfg.recall.channels)
+    channels = [n for n, c in cfg.recall.channels.items() if c.recommend]
 
     report: dict[str, dict] = {}
     for phase in PHASES:

@@ -204,10 +204,11 @@ def run(cfg: Config, out: Path) -> dict:
 
         recs = recommendation_requests(targets, data)
         searches, cases = search_requests(targets, data)
+        rec_channels = {n: c for n, c in channels.items() if rc.channels[n].recommend}
         search_channels = {n: channels[n] for n in rc.search_channels}
         if phase == "valid" and rc.tune_quotas:
             plain = targets[~is_search(targets)]
-            quotas = tuned_quotas(cfg, data, channels, recs,
+            quotas = tuned_quotas(cfg, data, rec_channels, recs,
                                   pd.Index(recs.keys[S.USER]).get_indexer(plain[S.USER]),
                                   data.item_index.encode(plain[S.ITEM]))
             log.info("[recall] recommendation quotas tuned on valid: %s", quotas)
@@ -217,7 +218,7 @@ def run(cfg: Config, out: Path) -> dict:
                                              data.item_index.encode(cases[S.ITEM]))
                 log.info("[recall] search quotas tuned on valid: %s", search_quotas)
         report[phase] = {"fit_seconds": fit_seconds, "recommendation": stream_candidates(
-            cfg, data, channels, quotas, recs, out / phase, f"{phase} recommendation")}
+            cfg, data, rec_channels, quotas, recs, out / phase, f"{phase} recommendation")}
         if len(cases) and search_channels:
             (out / phase / "search").mkdir(parents=True)
             write_table(cases, out / phase / "search" / "cases.parquet")

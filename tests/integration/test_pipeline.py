@@ -108,3 +108,17 @@ def test_train_fm_is_roll_forward_and_scores_every_candidate(finished) -> None:
         read_table(stage_dir(finished, "recall") / "valid" / "candidates.parquet"))
     systems = json.loads((stage_dir(finished, "evaluate") / "metrics.json").read_text())["systems"]
     assert "ffm (reranks candidates)" in systems
+
+
+def test_a_search_only_channel_serves_search_and_not_recommendation(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, recall={
+        "budget": 50,
+        "channels": {"cooccurrence": {"quota": 30}, "popularity": {"quota": 20},
+                     "text_embedding": {"quota": 0, "recommend": False}},
+        "search_channels": {"text_embedding": {"quota": 40}, "popularity": {"quota": 10}}})
+    run_until(cfg, "recall")
+    test = stage_dir(cfg, "recall") / "test"
+    assert sorted(p.stem for p in (test / "channels").iterdir()) == ["cooccurrence",
+                                                                     "popularity"]
+    assert (test / "search" / "channels" / "text_embedding.parquet").is_file()
+    assert "text_embedding_rank" not in read_table(test / "candidates.parquet").columns
