@@ -27,7 +27,8 @@ def test_movielens_100k_end_to_end(ml100k, tmp_path) -> None:
     cfg = load_config(None, base={
         "dataset": "ml", "data_dir": str(tmp_path), "threads": 1,
         "source": {"kind": "movielens-100k", "path": str(ml100k)},
-        "recall": {"channels": channels, "search_channels": {}}})
+        "recall": {"channels": channels, "search_channels": {}},
+        "fm": {"models": ["fm"], "max_epochs": 2}})
     run_until(cfg)
     assert read_manifest(stage_dir(cfg, "ingest"))["counts"] == {
         "interactions": 100_000, "items": 1682, "users": 943}
