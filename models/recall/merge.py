@@ -96,22 +96,27 @@ def tune_quotas(lists: dict[str, np.ndarray], hits: dict[str, np.ndarray], budge
     names = list(lists)
     n_rows = next(iter(lists.values())).shape[0]
     width = 1 + max(int(a.max()) for a in lists.values())
+    # every (request, item) key mapped once to a compact id, so "already placed" is a
+    # boolean lookup and each step touches only its own window (-1: no item)
+    keys = {n: np.where(a >= 0, np.arange(n_rows)[:, None] * width + a, -1)
+            for n, a in lists.items()}
+    vocab = np.unique(np.concatenate([k[k >= 0] for k in keys.values()]))
+    ids = {n: np.where(k >= 0, np.searchsorted(vocab, k), -1) for n, k in keys.items()}
+    placed = np.zeros(len(vocab), bool)
     n_pairs = 1 + max((int(h.max()) for h in hits.values() if h.size), default=0)
     found_pairs = np.zeros(n_pairs, bool)
-    placed = np.empty(0, np.int64)
-    rows = np.arange(n_rows)[:, None]
     quotas, found = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
-    used = 0.0
+    n_placed = 0
 
     def window(name: str) -> tuple[int, np.ndarray, np.ndarray]:
         q = quotas[name]
-        items = lists[name][:, q: q + step]
-        keys = (rows * width + items)[items >= 0]
+        cells = ids[name][:, q: q + step]
+        cells = cells[cells >= 0]
         pairs = hits[name][:, q: q + step]
         pairs = np.unique(pairs[pairs >= 0])
-        return len(keys), np.setdiff1d(keys, placed), pairs[~found_pairs[pairs]]
+        return len(cells), np.unique(cells[~placed[cells]]), pairs[~found_pairs[pairs]]
 
-    while used < budget:
+    while n_placed / max(n_rows, 1) < budget:
         best, best_rate, best_window = None, 0.0, None
         for name in names:
             n_keys, new_keys, new_pairs = window(name)
@@ -124,11 +129,12 @@ def tune_quotas(lists: dict[str, np.ndarray], hits: dict[str, np.ndarray], budge
         if best is None:
             break
         new_keys, new_pairs = best_window
-        placed = np.union1d(placed, new_keys)
+        placed[new_keys] = True
+        n_placed += len(new_keys)
         found_pairs[new_pairs] = True
         quotas[best] += step
         found[best] += len(new_pairs)
-        used = len(placed) / max(n_rows, 1)
+    used = n_placed / max(n_rows, 1)
     left = max(int(budget - used), 0)
     total = sum(found.values())
     for name in names:
