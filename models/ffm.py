@@ -149,7 +149,36 @@ class FFMFunction(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None, None, None
 
 
-class FFM(nn.Module):
+class FactorTable(nn.Module):
+    """What FM and FFM share: one table of feature rows (latent part, then the linear
+    weight; row 0 is padding and stays zero) and a global bias. An Embedding holds the
+    table so DistributedDataParallel knows to expect sparse gradients for it (it looks
+    for Embedding modules with sparse=True)."""
+
+    kind: str
+
+    def _init_table(self, n_features: int, width: int, sparse: bool, init_std: float,
+                    seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        table = torch.randn(n_features, width, generator=gen) * init_std
+        table[:, -1] = 0.0
+        table[0] = 0.0
+        self.rows = nn.Embedding(n_features, width, sparse=sparse, _weight=table)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    @property
+    def table(self) -> nn.Parameter:
+        return self.rows.weight
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, enough for ``build_model`` to make the same model."""
+        slots = self.slot_field
+        return {"kind": self.kind, "n_features": self.n_features, "k": self.k,
+                "slot_field": None if slots is None else [int(f) for f in slots],
+                "sparse": self.sparse, "init_std": self.init_std}
+
+
+class FFM(FactorTable):
     """FFM scorer: ``forward(ids [B, S], weights [B, S]) -> logits [B]``.
 
     ``table[i, h*k:(h+1)*k]`` is feature i's latent vector towards field h and
@@ -168,14 +197,7 @@ class FFM(nn.Module):
         sparse = choose_sparse(sparse, n_features, n_fields * k + 1)
         self.n_features, self.k, self.n_fields, self.sparse = n_features, k, n_fields, sparse
         self.init_std = init_std
-        gen = torch.Generator().manual_seed(seed)
-        table = torch.randn(n_features, n_fields * k + 1, generator=gen) * init_std
-        table[:, -1] = 0.0
-        table[0] = 0.0
-        # An Embedding holds the table so DistributedDataParallel knows to expect sparse
-        # gradients for it (it looks for Embedding modules with sparse=True).
-        self.rows = nn.Embedding(n_features, table.shape[1], sparse=sparse, _weight=table)
-        self.bias = nn.Parameter(torch.zeros(()))
+        self._init_table(n_features, n_fields * k + 1, sparse, init_std, seed)
         self.register_buffer("slot_field", torch.from_numpy(sf))
         partner, same = partner_index(self.slot_field, n_fields)
         self.register_buffer("partner", partner, persistent=False)
@@ -190,11 +212,3 @@ class FFM(nn.Module):
                                 float(l2))
         return out + self.bias
 
-    @property
-    def table(self) -> nn.Parameter:
-        return self.rows.weight
-
-    def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_features": self.n_features, "k": self.k,
-                "slot_field": self.slot_field.tolist(), "sparse": self.sparse,
-                "init_std": self.init_std}

@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from models.ffm import choose_sparse, compute_dtype, gather_rows, table_grad
+from models.ffm import FactorTable, choose_sparse, compute_dtype, gather_rows, table_grad
 
 
 class FMFunction(torch.autograd.Function):
@@ -63,7 +62,7 @@ class FMFunction(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-class FM(nn.Module):
+class FM(FactorTable):
     """FM scorer: ``forward(ids [B, S], weights [B, S]) -> logits [B]``.
 
     ``table[i, :k]`` is feature i's latent vector, ``table[i, k]`` its linear weight; row 0
@@ -79,14 +78,7 @@ class FM(nn.Module):
         sparse = choose_sparse(sparse, n_features, k + 1)
         self.n_features, self.k, self.sparse, self.init_std = n_features, k, sparse, init_std
         self.slot_field = None if slot_field is None else [int(f) for f in slot_field]
-        gen = torch.Generator().manual_seed(seed)
-        table = torch.randn(n_features, k + 1, generator=gen) * init_std
-        table[:, -1] = 0.0
-        table[0] = 0.0
-        # An Embedding holds the table so DistributedDataParallel knows to expect sparse
-        # gradients for it (it looks for Embedding modules with sparse=True).
-        self.rows = nn.Embedding(n_features, table.shape[1], sparse=sparse, _weight=table)
-        self.bias = nn.Parameter(torch.zeros(()))
+        self._init_table(n_features, k + 1, sparse, init_std, seed)
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
         """Logits; ``l2`` as in ``FFM.forward`` (gradient-only, per-sample lazy L2)."""
@@ -94,10 +86,3 @@ class FM(nn.Module):
                                self.sparse, float(l2))
         return out + self.bias
 
-    @property
-    def table(self) -> nn.Parameter:
-        return self.rows.weight
-
-    def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_features": self.n_features, "k": self.k,
-                "slot_field": self.slot_field, "sparse": self.sparse, "init_std": self.init_std}
