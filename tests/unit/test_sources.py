@@ -25,17 +25,17 @@ TAG_COLUMNS = {"user_id": "userId", "item_id": "movieId", "query": "tag", "ts": 
 MOVIE_COLUMNS = {"item_id": "movieId", "title": "title", "tags": "genres", "category": "genres"}
 
 
-def ml_latest(ratings: Path = ML_LATEST / "ratings.csv", extra: list[dict] | None = None,
+def ml_latest(ratings: Path = ML_LATEST / "hand-written-ratings.csv", extra: list[dict] | None = None,
               **rating_options: object) -> dict:
     return {
         "kind": "files",
         "interactions": [
             {"path": str(ratings), "columns": RATING_COLUMNS, "event": "rating",
              **rating_options},
-            {"path": str(ML_LATEST / "tags.csv"), "columns": TAG_COLUMNS, "event": "tag"},
+            {"path": str(ML_LATEST / "hand-written-tags.csv"), "columns": TAG_COLUMNS, "event": "tag"},
             *(extra or []),
         ],
-        "items": {"path": str(ML_LATEST / "movies.csv"), "columns": MOVIE_COLUMNS,
+        "items": {"path": str(ML_LATEST / "hand-written-movies.csv"), "columns": MOVIE_COLUMNS,
                   "list_columns": {"tags": "|"}},
     }
 
@@ -94,7 +94,7 @@ def test_movielens_latest_by_config_alone() -> None:
 
 
 def test_movielens_latest_iso_timestamps_match_unix_seconds(tmp_path: Path) -> None:
-    unix = pd.read_csv(ML_LATEST / "ratings.csv")
+    unix = pd.read_csv(ML_LATEST / "hand-written-ratings.csv")
     iso = unix.assign(timestamp=pd.to_datetime(unix["timestamp"], unit="s", utc=True)
                       .dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
     iso.to_csv(tmp_path / "ratings.csv", index=False)
@@ -106,7 +106,7 @@ def test_movielens_latest_iso_timestamps_match_unix_seconds(tmp_path: Path) -> N
 
 
 def test_movielens_latest_millisecond_timestamps(tmp_path: Path) -> None:
-    unix = pd.read_csv(ML_LATEST / "ratings.csv")
+    unix = pd.read_csv(ML_LATEST / "hand-written-ratings.csv")
     unix.assign(timestamp=unix["timestamp"] * 1000).to_csv(tmp_path / "ratings.csv", index=False)
     _, expected, *_ = load(ml_latest())
     _, got, *_ = load(ml_latest(tmp_path / "ratings.csv", ts_unit="ms"))
@@ -114,7 +114,7 @@ def test_movielens_latest_millisecond_timestamps(tmp_path: Path) -> None:
 
 
 def test_movielens_latest_parquet_ratings(tmp_path: Path) -> None:
-    unix = pd.read_csv(ML_LATEST / "ratings.csv")
+    unix = pd.read_csv(ML_LATEST / "hand-written-ratings.csv")
     pq.write_table(pa.Table.from_pandas(unix, preserve_index=False), tmp_path / "ratings.parquet")
     _, expected, *_ = load(ml_latest())
     _, got, *_ = load(ml_latest(tmp_path / "ratings.parquet"))
