@@ -27,30 +27,43 @@ def _png(fig: plt.Figure) -> str:
 
 
 def _curves(metrics: dict[str, Any]) -> str:
+    """NDCG, recall and coverage against k: recommendation systems on one row, search
+    systems on another; past ten systems the line style changes so colours stay apart."""
     ks = metrics["ks"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, name in zip(axes, ("ndcg", "recall", "coverage"), strict=True):
-        for system, row in metrics["systems"].items():
-            ax.plot(ks, [row[f"{name}@{k}"] for k in ks], marker="o", label=system)
-        ax.set_xscale("log")
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_title(f"{name}@k")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    groups = {"recommendation": {}, "search": {}}
+    for system, row in metrics["systems"].items():
+        groups["search" if system.startswith("search:") else "recommendation"][system] = row
+    groups = {name: rows for name, rows in groups.items() if rows}
+    fig, axes = plt.subplots(len(groups), 3, figsize=(15, 3.8 * len(groups)), squeeze=False)
+    for row_axes, (title, systems) in zip(axes, groups.items(), strict=True):
+        for ax, name in zip(row_axes, ("ndcg", "recall", "coverage"), strict=True):
+            for i, (system, row) in enumerate(systems.items()):
+                final = system == "final"
+                ax.plot(ks, [row[f"{name}@{k}"] for k in ks], marker="o",
+                        color="black" if final else f"C{i % 10}",
+                        linestyle=("-", "--", ":")[i // 10 % 3], linewidth=2.5 if final else 1.3,
+                        label=system.removeprefix("search:"))
+            ax.set_xscale("log")
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.set_title(f"{title}: {name}@k")
+            ax.grid(alpha=0.3)
+        row_axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
     return _png(fig)
 
 
 def _candidate_bars(metrics: dict[str, Any]) -> str:
     rows = metrics["candidate_recall"]
     ns = list(next(iter(rows.values())).keys())
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig, ax = plt.subplots(figsize=(10, 3.6))
     width = 0.8 / len(rows)
     for i, (name, row) in enumerate(rows.items()):
-        ax.bar([j + i * width for j in range(len(ns))], [row[n] for n in ns], width, label=name)
+        ax.bar([j + i * width for j in range(len(ns))], [row[n] for n in ns], width, label=name,
+               color="black" if name == "merged" else f"C{i % 10}")
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(ns))], ns)
     ax.set_ylabel("share of test items")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
