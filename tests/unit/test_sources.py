@@ -25,14 +25,15 @@ TAG_COLUMNS = {"user_id": "userId", "item_id": "movieId", "query": "tag", "ts": 
 MOVIE_COLUMNS = {"item_id": "movieId", "title": "title", "tags": "genres", "category": "genres"}
 
 
-def ml_latest(ratings: Path = ML_LATEST / "hand-written-ratings.csv", extra: list[dict] | None = None,
-              **rating_options: object) -> dict:
+def ml_latest(ratings: Path = ML_LATEST / "hand-written-ratings.csv",
+              extra: list[dict] | None = None, **rating_options: object) -> dict:
     return {
         "kind": "files",
         "interactions": [
             {"path": str(ratings), "columns": RATING_COLUMNS, "event": "rating",
              **rating_options},
-            {"path": str(ML_LATEST / "hand-written-tags.csv"), "columns": TAG_COLUMNS, "event": "tag"},
+            {"path": str(ML_LATEST / "hand-written-tags.csv"), "columns": TAG_COLUMNS,
+             "event": "tag"},
             *(extra or []),
         ],
         "items": {"path": str(ML_LATEST / "hand-written-movies.csv"), "columns": MOVIE_COLUMNS,
