@@ -77,7 +77,7 @@ def score_candidates(source: Path, target: Path, models: dict, encoder: FieldEnc
         for kind, model in models.items():
             cands[f"{kind}_score"] = score_frame(model, encoder, frame, device=device)
         writer.write(cands)
-    writer.close(read_table(source).iloc[:0])
+    writer.close(pq.read_schema(source).empty_table().to_pandas())
 
 
 def train_phase(cfg: Config, fit_df: pd.DataFrame, valid: pd.DataFrame | None,
