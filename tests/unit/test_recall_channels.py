@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.base import RecallChannel, TopK, top_k, top_k_sparse
+from models.base import RecallChannel, TopK, sparse_row_ranks, top_k, top_k_sparse
 from models.recall import CHANNELS, channel_class
 from models.recall.cooccurrence import CooccurrenceChannel, prune_rows
 from models.recall.geography import GeographyChannel
@@ -206,3 +206,16 @@ def test_top_k_sparse_matches_dense_top_k() -> None:
     got = top_k_sparse(sp.csr_matrix(dense), 7)
     np.testing.assert_array_equal(got.items, expected.items)
     np.testing.assert_array_equal(got.scores, expected.scores)
+
+
+def test_sparse_row_ranks_orders_signed_floats_like_a_lexsort() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.choice(np.array([-2.5, -1.0, -0.0, 0.0, 1e-30, 0.5, 3.0, np.inf],
+                                 np.float32), size=(40, 60))
+    m = sp.csr_matrix(np.where(rng.random((40, 60)) < 0.5, values, 0))
+    m.data[::7] = -0.0  # explicit signed zeros, tied with any stored +0.0
+    for matrix in (m, m.astype(np.float64)):
+        rows, order, rank = sparse_row_ranks(matrix.copy())
+        expected = np.lexsort((matrix.indices, -(matrix.data + 0.0), rows))
+        np.testing.assert_array_equal(order, expected)
+        np.testing.assert_array_equal(rank, np.arange(len(order)) - matrix.indptr[rows[order]])
