@@ -47,11 +47,11 @@ $(D)/split/manifest.json: $(D)/raw/manifest.json $(DEPS)
 	$(RUN) split --config $(CONFIG)
 $(D)/recall/manifest.json: $(D)/split/manifest.json $(DEPS)
 	$(RUN) recall --config $(CONFIG)
-$(D)/features/manifest.json: $(D)/recall/manifest.json $(DEPS)
-	$(RUN) features --config $(CONFIG)
-$(D)/models/fm/manifest.json: $(D)/features/manifest.json $(DEPS)
+$(D)/models/fm/manifest.json: $(D)/recall/manifest.json $(DEPS)
 	$(RUN) train-fm --config $(CONFIG)
-$(D)/models/ranker/manifest.json: $(D)/models/fm/manifest.json $(DEPS)
+$(D)/features/manifest.json: $(D)/models/fm/manifest.json $(DEPS)
+	$(RUN) features --config $(CONFIG)
+$(D)/models/ranker/manifest.json: $(D)/features/manifest.json $(DEPS)
 	$(RUN) train-rank --config $(CONFIG)
 $(D)/rank/manifest.json: $(D)/models/ranker/manifest.json $(DEPS)
 	$(RUN) rank --config $(CONFIG)
@@ -67,11 +67,11 @@ ingest: $(D)/raw/manifest.json
 split: $(D)/split/manifest.json
 ## recall: fit recall channels, merge candidates into data/DATASET/recall
 recall: $(D)/recall/manifest.json
-## features: candidate features (pass-through for now)
-features: $(D)/features/manifest.json
-## train-fm: FM/FFM models (pass-through for now)
+## train-fm: FM/FFM models, roll-forward, scoring both phases' candidates
 train-fm: $(D)/models/fm/manifest.json
-## train-rank: learning-to-rank model (pass-through for now)
+## features: ranker features per candidate into data/DATASET/features
+features: $(D)/features/manifest.json
+## train-rank: LightGBM rankers on valid-phase candidates into data/DATASET/models/ranker
 train-rank: $(D)/models/ranker/manifest.json
 ## rank: top-k recommendations per test user into data/DATASET/rank
 rank: $(D)/rank/manifest.json

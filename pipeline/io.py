@@ -137,6 +137,25 @@ class ChunkedParquetWriter:
             self._writer.close()
 
 
+def iter_requests(path: Path, key: str, rows: int) -> Iterator[pd.DataFrame]:
+    """Read a Parquet file in pieces of about ``rows`` rows without splitting a run of
+    equal ``key`` values, so a request's candidates always arrive together."""
+    carry: pd.DataFrame | None = None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+        df = batch.to_pandas()
+        if carry is not None:
+            df = pd.concat([carry, df], ignore_index=True)
+        keys = df[key].to_numpy()
+        tail = len(keys) - 1
+        while tail > 0 and keys[tail - 1] == keys[-1]:
+            tail -= 1
+        if tail:
+            yield df.iloc[:tail].reset_index(drop=True)
+        carry = df.iloc[tail:].reset_index(drop=True)
+    if carry is not None and len(carry):
+        yield carry
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hand a file on unchanged: a hard link where the filesystem allows, else a copy."""
     try:

@@ -32,11 +32,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", "raw", (), "ingest"),
     Stage("split", "split", ("ingest",), "split"),
     Stage("recall", "recall", ("split", "ingest"), "recall"),
-    Stage("features", "features", ("recall",), "features"),
-    Stage("train-fm", "models/fm", ("features", "recall", "split", "ingest"), "train_fm"),
-    Stage("train-rank", "models/ranker", ("train-fm",), "train_rank"),
-    Stage("rank", "rank", ("train-rank", "train-fm", "split"), "rank"),
-    Stage("evaluate", "eval", ("rank", "train-fm", "recall", "split", "ingest"), "evaluate"),
+    Stage("train-fm", "models/fm", ("recall", "split", "ingest"), "train_fm"),
+    Stage("features", "features", ("train-fm", "recall", "split", "ingest"), "features"),
+    Stage("train-rank", "models/ranker", ("features",), "train_rank"),
+    Stage("rank", "rank", ("train-rank", "features", "split"), "rank"),
+    Stage("evaluate", "eval", ("rank", "features", "train-fm", "recall", "split", "ingest"),
+          "evaluate"),
     Stage("report", "report", ("evaluate",), "report"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

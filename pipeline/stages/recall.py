@@ -167,27 +167,38 @@ def stream_candidates(cfg: Config, data: RecallData, channels: dict[str, RecallC
             "retrieve_seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
 
+def phase_inputs(cfg: Config) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per phase, the fitting interactions and the target ones it retrieves for (valid:
+    a seeded sample of users when ``recall.valid_users`` asks for one)."""
+    split = stage_dir(cfg, "split")
+    train, valid, test = (read_table(split / f"{p}.parquet") for p in ("train", "valid", "test"))
+    valid_targets = valid
+    if cfg.recall.valid_users and valid[S.USER].nunique() > cfg.recall.valid_users:
+        rng = np.random.default_rng(cfg.seed)
+        picked = rng.choice(np.sort(valid[S.USER].unique()), size=cfg.recall.valid_users,
+                            replace=False)
+        valid_targets = valid[valid[S.USER].isin(picked)]
+    return {"valid": (train, valid_targets),
+            "test": (pd.concat([train, valid], ignore_index=True), test)}
+
+
+def phase_data(cfg: Config, fit: pd.DataFrame, targets: pd.DataFrame) -> RecallData:
+    """The encoded fitting data of a phase, with the same user codes every stage sees."""
+    ingest = stage_dir(cfg, "ingest")
+    return build_recall_data(fit, read_table(ingest / "items.parquet"),
+                             read_table(ingest / "users.parquet"), targets[S.USER].unique())
+
+
 def run(cfg: Config, out: Path) -> dict:
     rc = cfg.recall
-    ingest, split = stage_dir(cfg, "ingest"), stage_dir(cfg, "split")
-    items = read_table(ingest / "items.parquet")
-    users = read_table(ingest / "users.parquet")
-    train, valid, test = (read_table(split / f"{p}.parquet") for p in ("train", "valid", "test"))
-    if rc.valid_users and valid[S.USER].nunique() > rc.valid_users:
-        rng = np.random.default_rng(cfg.seed)
-        picked = rng.choice(np.sort(valid[S.USER].unique()), size=rc.valid_users, replace=False)
-        valid_targets = valid[valid[S.USER].isin(picked)]
-    else:
-        valid_targets = valid
-    fits = {"valid": (train, valid_targets),
-            "test": (pd.concat([train, valid], ignore_index=True), test)}
+    fits = phase_inputs(cfg)
     tuned: dict[str, dict] = {}
     quotas = {name: ch.quota for name, ch in rc.channels.items()}
     search_quotas = {name: ch.quota for name, ch in rc.search_channels.items()}
     report: dict[str, dict] = {}
     for phase in PHASES:
         fit, targets = fits[phase]
-        data = build_recall_data(fit, items, users, targets[S.USER].unique())
+        data = phase_data(cfg, fit, targets)
         held_out = None
         if phase == "valid":
             held_out = HeldOut(data.user_index.encode(targets[S.USER]),

@@ -138,7 +138,7 @@ def run(cfg: Config, out: Path) -> dict:
             hard = shown.merge(clicked, on=[S.USER, S.ITEM], how="left")
             hard = hard[hard["clicked"].isna()][[S.USER, S.ITEM]]
             fit_df, held = pd.concat([train, valid], ignore_index=True), None
-            source = stage_dir(cfg, "features") / "candidates.parquet"
+            source = recall / "test" / "candidates.parquet"
             target = out / "candidates.parquet"
         models, encoder, user_side, item_side, metrics[phase] = train_phase(
             cfg, fit_df, held, hard, chosen, out / phase)

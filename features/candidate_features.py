@@ -1,0 +1,201 @@
+"""Ranker features for (request, candidate) pairs, every one defined in ``FEATURES``.
+
+Everything here is computed from one phase's fitting data (a ``RecallData``) and the
+fitted recall models of that phase, never from the period the candidates are for, so the
+ranker trained on valid-phase features sees exactly what the test phase will show it.
+Statistics are per-user / per-item arrays built once with ``bincount``; a chunk of pairs
+then only gathers from them, so the work is linear in fitting events plus pairs.
+Attributes a source lacks (regions, categories, tags, item dates) come out as NaN, which
+the ranker treats as missing rather than as zero evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.attributes import attribute_matrix
+from features.interactions import interaction_matrix
+from features.recall_data import RecallData, to_seconds
+from models.base import RecallChannel, SparseScoreChannel
+
+DAY = 86_400.0
+HOUR_BUCKETS = 6  # four-hour slots of the day
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    meaning: str
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("user_events", "the user's fitting interactions"),
+    Feature("user_days_since_last", "days from the user's last interaction to the cut-off"),
+    Feature("user_days_active", "days between the user's first and last interaction"),
+    Feature("item_events", "the item's fitting interactions (all-time popularity)"),
+    Feature("item_recent_events", "the item's interactions among the latest `recent_share` "
+            "of fitting events (recent popularity)"),
+    Feature("item_recent_share", "item_recent_events / item_events (is it trending)"),
+    Feature("item_region_events", "the item's interactions by users of the user's region "
+            "(NaN without regions)"),
+    Feature("item_age_days", "days from the item's creation (or first interaction) to the "
+            "cut-off"),
+    Feature("item_days_since_last", "days from the item's last interaction to the cut-off"),
+    Feature("category_affinity", "share of the user's history in the item's category"),
+    Feature("tag_affinity", "the user's tag profile (share of history per tag) summed over "
+            "the item's tags, each weighted 1/n_tags"),
+    Feature("hour_match", "share of the item's events in the user's most active four-hour "
+            "slot of the day (context)"),
+    Feature("weekday_match", "share of the item's events on the user's most active weekday "
+            "(context)"),
+    Feature("<channel>_model_score", "the fitted recall model's score of the pair even where "
+            "the channel did not retrieve it (e.g. sequence, embedding dot product, "
+            "co-occurrence with the user's recent items)"),
+    Feature("<column>_request_rank", "rank of the pair's model or FM/FFM score among the "
+            "request's candidates (1 = best)"),
+    Feature("<channel>_score / _rank", "recall channel score and rank (NaN: not retrieved), "
+            "from the recall stage"),
+    Feature("n_channels, merge_rank", "channels that retrieved the pair; merged-list "
+            "position, from the recall stage"),
+    Feature("fm_score, ffm_score", "FM/FFM click scores, from train-fm"),
+)
+
+
+def _per_code(codes: np.ndarray, values: np.ndarray, n: int, how: str) -> np.ndarray:
+    """Min or max of ``values`` per code (NaN for codes without rows)."""
+    out = np.full(n, np.nan)
+    if len(codes):
+        agg = pd.Series(values).groupby(codes).agg(how)
+        out[agg.index.to_numpy()] = agg.to_numpy(np.float64)
+    return out
+
+
+def _modal_share(user_codes: np.ndarray, item_codes: np.ndarray, slots: np.ndarray,
+                 n_users: int, n_items: int, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's most frequent slot (-1 if none) and each item's share of events per slot."""
+    per_user = np.bincount(user_codes * n_slots + slots, minlength=n_users * n_slots)
+    per_user = per_user.reshape(n_users, n_slots)
+    modal = np.where(per_user.sum(axis=1) > 0, per_user.argmax(axis=1), -1)
+    per_item = np.bincount(item_codes * n_slots + slots, minlength=n_items * n_slots)
+    per_item = per_item.reshape(n_items, n_slots).astype(np.float64)
+    per_item /= np.maximum(per_item.sum(axis=1, keepdims=True), 1.0)
+    return modal, per_item
+
+
+def _row_normalised(m: sp.csr_matrix) -> sp.csr_matrix:
+    sums = np.asarray(m.sum(axis=1)).ravel()
+    return sp.diags(1.0 / np.maximum(sums, 1e-12)) @ m
+
+
+class FeatureContext:
+    """Per-user and per-item statistics of one phase's fitting data, built once."""
+
+    def __init__(self, data: RecallData, recent_share: float = 0.1) -> None:
+        log = data.log
+        u, i = log["user"].to_numpy(), log["item"].to_numpy()
+        ts = log["ts"].to_numpy(np.int64)
+        nu, ni = data.n_users, data.n_items
+        self.data, self.now = data, float(data.now)
+        self.user_events = np.bincount(u, minlength=nu).astype(np.float64)
+        self.user_first = _per_code(u, ts, nu, "min")
+        self.user_last = _per_code(u, ts, nu, "max")
+        self.item_events = np.bincount(i, minlength=ni).astype(np.float64)
+        recent = ts >= np.quantile(ts, 1.0 - recent_share) if len(ts) else np.zeros(0, bool)
+        self.item_recent = np.bincount(i[recent], minlength=ni).astype(np.float64)
+        self.item_last = _per_code(i, ts, ni, "max")
+        self.item_born = _per_code(i, ts, ni, "min")
+        if "created_ts" in data.items.columns:
+            created = data.items["created_ts"]
+            known = created.notna().to_numpy()
+            born = np.full(ni, np.nan)
+            born[known] = to_seconds(created[known])
+            self.item_born = np.where(known, born, self.item_born)
+        self.user_region, self.region_items = self._regions(data, u, i)
+        self.category, _ = attribute_matrix(data.items, ("category",))
+        self.tags, _ = attribute_matrix(data.items, ("tags",))
+        self.history_share = _row_normalised(data.history.astype(np.float64))
+        self.user_hour, self.item_hour = _modal_share(
+            u, i, (ts // 3600 % 24) * HOUR_BUCKETS // 24, nu, ni, HOUR_BUCKETS)
+        self.user_weekday, self.item_weekday = _modal_share(
+            u, i, (ts // int(DAY) + 3) % 7, nu, ni, 7)  # 1970-01-01 was a Thursday (3)
+
+    @staticmethod
+    def _regions(data: RecallData, u: np.ndarray, i: np.ndarray
+                 ) -> tuple[np.ndarray | None, sp.csr_matrix | None]:
+        """Each user's region code and a regions x items interaction count matrix."""
+        if "region" not in data.users.columns or data.users["region"].isna().all():
+            return None, None
+        codes, regions = pd.factorize(data.users["region"])
+        counts = interaction_matrix(codes[u], i, len(regions), data.n_items)
+        return codes.astype(np.int64), counts
+
+    def _affinity(self, attributes: sp.csr_matrix, users: np.ndarray,
+                  items: np.ndarray) -> np.ndarray:
+        """Sum over the item's attribute terms of the user's share of history with them."""
+        if attributes.shape[1] == 0:
+            return np.full(len(users), np.nan)
+        order = np.argsort(users, kind="stable")
+        unique, first = np.unique(users[order], return_index=True)
+        profile = (self.history_share[unique] @ attributes).tocsr()
+        rows = np.empty(len(users), np.int64)
+        rows[order] = np.repeat(np.arange(len(unique)), np.diff(np.append(first, len(users))))
+        return np.asarray(profile[rows].multiply(attributes[items]).sum(axis=1)).ravel()
+
+    def compute(self, users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
+        """Every statistic feature for pairs of user and item codes (both >= 0)."""
+        now = self.now
+        item_events = self.item_events[items]
+        region = np.full(len(users), np.nan)
+        if self.user_region is not None:
+            r = self.user_region[users]
+            known = r >= 0
+            region[known] = np.asarray(self.region_items[r[known], items[known]]).ravel()
+
+        def match(modal: np.ndarray, share: np.ndarray) -> np.ndarray:
+            slot = modal[users]
+            return np.where(slot >= 0, share[items, np.maximum(slot, 0)], np.nan)
+
+        return pd.DataFrame({
+            "user_events": self.user_events[users],
+            "user_days_since_last": (now - self.user_last[users]) / DAY,
+            "user_days_active": (self.user_last[users] - self.user_first[users]) / DAY,
+            "item_events": item_events,
+            "item_recent_events": self.item_recent[items],
+            "item_recent_share": self.item_recent[items] / np.maximum(item_events, 1.0),
+            "item_region_events": region,
+            "item_age_days": (now - self.item_born[items]) / DAY,
+            "item_days_since_last": (now - self.item_last[items]) / DAY,
+            "category_affinity": self._affinity(self.category, users, items),
+            "tag_affinity": self._affinity(self.tags, users, items),
+            "hour_match": match(self.user_hour, self.item_hour),
+            "weekday_match": match(self.user_weekday, self.item_weekday),
+        })
+
+
+def model_scores(models: dict[str, RecallChannel], data: RecallData, users: np.ndarray,
+                 items: np.ndarray) -> pd.DataFrame:
+    """``<name>_model_score`` of each pair from each fitted recall model (NaN where the
+    model gives no score), scoring each distinct user once."""
+    unique, rows = np.unique(users, return_inverse=True)
+    out = {}
+    for name, model in models.items():
+        if isinstance(model, SparseScoreChannel):
+            scores = model.score_sparse(data, unique).tocsr()
+            values = np.asarray(scores[rows, items]).ravel().astype(np.float64)
+            values[values <= 0] = np.nan  # sparse channels store only positive evidence
+        else:
+            values = model.score(data, unique)[rows, items].astype(np.float64)
+            values[~np.isfinite(values)] = np.nan
+        out[f"{name}_model_score"] = values
+    return pd.DataFrame(out, index=pd.RangeIndex(len(users)))
+
+
+def request_ranks(frame: pd.DataFrame, key: str, columns: list[str]) -> pd.DataFrame:
+    """``<column>_request_rank``: 1 for the request's highest score, NaN where missing."""
+    grouped = frame.groupby(key, sort=False)
+    return pd.DataFrame({f"{c}_request_rank": grouped[c].rank(ascending=False, method="min")
+                         for c in columns}, index=frame.index)

@@ -1,0 +1,123 @@
+"""Each ranker feature on a hand-made log where the right value is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from features.candidate_features import FEATURES, FeatureContext, model_scores, request_ranks
+from models.base import RecallChannel, SparseScoreChannel
+from tests.conftest import recall_data_from_matrix
+
+DAY = 86_400
+
+
+@pytest.fixture
+def data():
+    """u0 took i0 (day 0) and i1 (day 2); u1 took i1 (day 1) and i2 (day 3); u2 is cold.
+    Categories a, a, b, none; tags [x], [x, y], [y], []; i3 was created on day 1."""
+    dense = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
+    ts = np.array([[0, 2, 0, 0], [0, 1, 3, 0], [0, 0, 0, 0]]) * DAY
+    items = pd.DataFrame({"item_id": range(4), "title": list("abcd"),
+                          "category": ["a", "a", "b", None],
+                          "tags": [["x"], ["x", "y"], ["y"], []],
+                          "created_ts": pd.to_datetime([None, None, None, DAY], unit="s")})
+    users = pd.DataFrame({"user_id": range(3), "region": ["n", "s", "n"]})
+    return recall_data_from_matrix(dense, ts=ts, items=items, users=users)
+
+
+def features_of(data, pairs: list[tuple[int, int]], recent_share: float = 0.5) -> pd.DataFrame:
+    users, items = (np.array(x) for x in zip(*pairs, strict=True))
+    return FeatureContext(data, recent_share).compute(users, items)
+
+
+def test_user_activity_and_recency(data) -> None:
+    f = features_of(data, [(0, 2), (1, 0), (2, 0)])
+    np.testing.assert_array_equal(f["user_events"], [2, 2, 0])
+    np.testing.assert_array_equal(f["user_days_since_last"], [1, 0, np.nan])  # now = day 3
+    np.testing.assert_array_equal(f["user_days_active"], [2, 2, np.nan])
+
+
+def test_item_popularity_all_time_recent_and_regional(data) -> None:
+    f = features_of(data, [(0, 0), (0, 1), (1, 2), (2, 1), (1, 0), (0, 3)])
+    np.testing.assert_array_equal(f["item_events"], [1, 2, 1, 2, 1, 0])
+    # the latest half of the events (ts >= 1.5 days): u0-i1 on day 2 and u1-i2 on day 3
+    np.testing.assert_array_equal(f["item_recent_events"], [0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(f["item_recent_share"], [0, 0.5, 1, 0.5, 0, 0])
+    # region n (u0, u2) took i0 and i1 once each; region s (u1) never took i0
+    np.testing.assert_array_equal(f["item_region_events"], [1, 1, 1, 1, 0, 0])
+
+
+def test_item_age_prefers_the_creation_date_and_falls_back_to_first_sight(data) -> None:
+    f = features_of(data, [(0, 0), (0, 1), (0, 3)])
+    np.testing.assert_array_equal(f["item_age_days"], [3, 2, 2])  # i3: created day 1
+    np.testing.assert_array_equal(f["item_days_since_last"], [3, 1, np.nan])
+
+
+def test_category_and_tag_affinity_are_shares_of_the_users_history(data) -> None:
+    f = features_of(data, [(0, 0), (0, 2), (1, 0), (1, 1), (2, 1), (0, 3)])
+    np.testing.assert_allclose(f["category_affinity"], [1, 0, 0.5, 0.5, 0, 0])
+    # u1's tag profile: i1 gives x .25, y .25; i2 gives y .5 -> x .25, y .75;
+    # i1's tags weigh .5 each -> .125 + .375. u0: x .5 + .25, y .25 -> i0 (x only): .75
+    np.testing.assert_allclose(f["tag_affinity"], [0.75, 0.25, 0.25, 0.5, 0, 0])
+
+
+def test_context_matches_the_users_busiest_slot(data) -> None:
+    f = features_of(data, [(0, 0), (0, 1), (1, 1), (2, 0), (0, 3)])
+    np.testing.assert_array_equal(f["hour_match"], [1, 1, 1, np.nan, 0])  # all at 00:00
+    # weekdays: day 0 Thu, 1 Fri, 2 Sat, 3 Sun; u0 ties Thu/Sat -> Thu; u1 ties Fri/Sun -> Fri
+    np.testing.assert_array_equal(f["weekday_match"], [1, 0, 0.5, np.nan, 0])
+
+
+def test_a_source_without_attributes_gives_missing_not_zero_evidence() -> None:
+    bare = recall_data_from_matrix(np.array([[1, 0], [0, 1]]))
+    f = FeatureContext(bare).compute(np.array([0, 1]), np.array([1, 0]))
+    assert f[["item_region_events", "category_affinity", "tag_affinity"]].isna().all().all()
+
+
+class _Dense(RecallChannel):
+    name = "dense"
+
+    def fit(self, data, held_out=None):
+        return self
+
+    def score(self, data, users):
+        table = np.array([[0.5, -np.inf, 2.0], [1.0, 3.0, -np.inf]], np.float32)
+        return table[users]
+
+    def save(self, folder):
+        pass
+
+    @classmethod
+    def load(cls, folder):
+        return cls()
+
+
+class _Sparse(SparseScoreChannel, _Dense):
+    name = "sparse"
+
+    def score_sparse(self, data, users):
+        return sp.csr_matrix(np.array([[0.0, 0.2, 0.0], [0.7, 0.0, 0.1]])[users])
+
+
+def test_model_scores_gather_each_pair_and_mark_unscored_ones_missing() -> None:
+    data = recall_data_from_matrix(np.eye(2, 3))
+    got = model_scores({"d": _Dense(), "s": _Sparse()}, data, np.array([1, 0, 1, 0]),
+                       np.array([1, 1, 2, 2]))
+    np.testing.assert_array_equal(got["d_model_score"], [3.0, np.nan, np.nan, 2.0])
+    np.testing.assert_allclose(got["s_model_score"], [np.nan, 0.2, 0.1, np.nan])
+
+
+def test_request_ranks_count_within_each_request_best_first() -> None:
+    frame = pd.DataFrame({"user_id": [7, 7, 7, 9, 9], "s": [0.1, 0.9, np.nan, 2.0, 2.0]})
+    got = request_ranks(frame, "user_id", ["s"])["s_request_rank"]
+    np.testing.assert_array_equal(got, [2, 1, np.nan, 1, 1])
+
+
+def test_every_feature_is_defined_once_with_its_meaning(data) -> None:
+    names = [f.name for f in FEATURES]
+    assert len(names) == len(set(names)) and all(f.meaning for f in FEATURES)
+    computed = features_of(data, [(0, 0)]).columns
+    assert set(computed) <= set(names), set(computed) - set(names)
