@@ -205,8 +205,37 @@ class FMConfig(_Strict):
                                           "every item and user attribute, item popularity")
 
 
+class FeaturesConfig(_Strict):
+    """Ranker features per (request, candidate); see ``features.candidate_features``."""
+
+    recent_share: float = Field(0.1, gt=0, le=1, description="latest share of fitting events "
+                                "counted as recent (a share, so it fits any time scale)")
+    model_scores: list[str] = Field(
+        default_factory=lambda: ["sequence", "embedding", "cooccurrence"],
+        description="recall channels whose fitted model scores every candidate (those not "
+                    "configured under recall.channels are skipped)")
+    request_chunk: int = Field(2048, ge=1, description="requests featurised per chunk")
+
+
+RankerObjective = Literal["lambdarank", "rank_xendcg", "binary", "pairwise"]
+
+
 class RankConfig(_Strict):
+    """The LightGBM rankers, trained on valid-phase candidates labelled by valid."""
+
     top_k: int = Field(100, ge=1, description="recommendations written per test user")
+    objective: RankerObjective = Field("lambdarank", description="the main ranker")
+    compare: list[RankerObjective] = Field(
+        default_factory=lambda: ["rank_xendcg", "binary"],
+        description="also trained, for the ablation and as blend components")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="LightGBM settings over models.ranker's defaults")
+    folds: int = Field(5, ge=2, description="valid requests are cross-fitted in this many "
+                       "folds: each ranker early-stops on its left-out fold, test scores are "
+                       "the folds' mean, and the blend is weighted on out-of-fold scores")
+    blend: bool = Field(True, description="final ranking: a rank blend of the rankers and the "
+                        "strongest channels, weights chosen on the held-out requests")
+    blend_channels: int = Field(2, ge=0, description="strongest channels offered to the blend")
 
 
 class EvaluateConfig(_Strict):
@@ -214,6 +243,8 @@ class EvaluateConfig(_Strict):
     recall_ns: list[PositiveInt] = Field(
         default_factory=lambda: [50, 100, 200, 300], description="candidate-set recall depths"
     )
+    bootstrap_resamples: int = Field(1000, ge=10, description="resamples of users for the "
+                                     "NDCG confidence intervals")
 
 
 class Config(_Strict):
@@ -228,6 +259,7 @@ class Config(_Strict):
     split: SplitConfig = SplitConfig()
     recall: RecallConfig = RecallConfig()
     fm: FMConfig = FMConfig()
+    features: FeaturesConfig = FeaturesConfig()
     rank: RankConfig = RankConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 

@@ -30,6 +30,7 @@ def tiny_config(data_dir: Path, **overrides: object) -> Config:
                    "mean_interactions": 25, "n_topics": 6},
         "recall": {"budget": 100, "channels": channels},
         "fm": {"max_epochs": 3},
+        "rank": {"params": {"rounds": 40}},
     }
     base.update(overrides)
     return load_config(None, base=base)

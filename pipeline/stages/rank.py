@@ -1,21 +1,32 @@
-"""rank: the final top-k per test user, written to ``rank/recommendations.parquet``.
+"""rank: the final top-k per test request, ranked by the trained rankers and their blend.
 
-With no trained ranker the order is the recall merge order, scored 1 / merge_rank.
-Candidates never include items from the user's fitted history (recall removes them),
-and this stage asserts it against the split, since a leak here would inflate every metric.
+The test-phase candidates carry features from models refitted on train + valid; the
+rankers and blend weights learned on the valid phase order them. Writes
+``recommendations.parquet`` (the final recommendation ranking: the blend, or the main
+ranker with ``rank.blend: false``), ``search.parquet`` likewise for search cases, and
+every system's own lists under ``systems/<kind>/`` for the ablation. Candidates never
+include the user's fitted items (recall removes them); this stage asserts it against the
+split, since a leak here would inflate every metric.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from models.blend import blend_scores
+from models.ranker import FoldEnsemble
 from pipeline import schema as S
 from pipeline.config import Config
-from pipeline.io import read_manifest, read_table, write_table
+from pipeline.io import ChunkedParquetWriter, iter_requests, link_or_copy, read_table
 from pipeline.stages import stage_dir
+from pipeline.stages.features import KINDS
+from pipeline.stages.train_rank import blend_components, objectives, request_key
+
+FINAL = {"recommendation": "recommendations.parquet", "search": "search.parquet"}
 
 
 def assert_unseen(recs: pd.DataFrame, fitted: pd.DataFrame) -> None:
@@ -25,21 +36,52 @@ def assert_unseen(recs: pd.DataFrame, fitted: pd.DataFrame) -> None:
                              f"e.g. {seen.head(3).to_dict('records')}")
 
 
+def top_k(frame: pd.DataFrame, key: str, scores: np.ndarray, k: int) -> pd.DataFrame:
+    """Each request's k best candidates by ``scores`` (ties: merge order)."""
+    keys = [c for c in (key, S.USER) if c in frame.columns]
+    ordered = frame[[*dict.fromkeys(keys), S.ITEM, "merge_rank"]].assign(**{S.SCORE: scores})
+    ordered = ordered.sort_values([key, S.SCORE, "merge_rank"], ascending=[True, False, True],
+                                  kind="stable")
+    ordered[S.RANK] = (ordered.groupby(key, sort=False).cumcount() + 1).astype(np.int32)
+    return ordered[ordered[S.RANK] <= k].drop(columns="merge_rank").reset_index(drop=True)
+
+
+def system_file(name: str) -> str:
+    return name.replace(":", "-") + ".parquet"
+
+
+def rank_kind(cfg: Config, kind: str, out: Path) -> dict[str, int]:
+    """Rank one kind's test candidates with every ranker and the blend; rows written."""
+    models = stage_dir(cfg, "train-rank") / kind
+    rankers = {name: FoldEnsemble.load(models / name) for name in objectives(cfg)}
+    blend = json.loads((models / "blend.json").read_text())
+    key = request_key(kind)
+    final = "blend" if cfg.rank.blend else f"ltr:{cfg.rank.objective}"
+    names = [*(f"ltr:{n}" for n in rankers), "blend"]
+    (out / "systems" / kind).mkdir(parents=True)
+    writers = {n: ChunkedParquetWriter(out / "systems" / kind / system_file(n)) for n in names}
+    source = stage_dir(cfg, "features") / "test" / f"{kind}.parquet"
+    for frame in iter_requests(source, key, cfg.features.request_chunk * cfg.recall.budget):
+        scores = {name: ranker.predict(frame) for name, ranker in rankers.items()}
+        systems = {f"ltr:{name}": s for name, s in scores.items()}
+        systems["blend"] = blend_scores(
+            blend_components(frame, key, scores, blend["channels"]), blend["weights"])
+        for name, values in systems.items():
+            writers[name].write(top_k(frame, key, values, cfg.rank.top_k))
+    empty = pd.DataFrame(columns=[*dict.fromkeys([key, S.USER]), S.ITEM, S.SCORE, S.RANK])
+    for writer in writers.values():
+        writer.close(empty)
+    link_or_copy(out / "systems" / kind / system_file(final), out / FINAL[kind])
+    return {name: writer.rows for name, writer in writers.items()}
+
+
 def run(cfg: Config, out: Path) -> dict:
-    ranker = read_manifest(stage_dir(cfg, "train-rank")).get("ranker")
-    if ranker is not None:  # pragma: no cover - arrives with the learning-to-rank issue
-        raise NotImplementedError("a trained ranker is not supported by this rank stage yet")
-    cands = read_table(stage_dir(cfg, "train-fm") / "candidates.parquet",
-                       columns=[S.USER, S.ITEM, "merge_rank"])
-    recs = cands[cands["merge_rank"] <= cfg.rank.top_k].sort_values(
-        [S.USER, "merge_rank"], kind="stable")
-    recs = pd.DataFrame({S.USER: recs[S.USER].to_numpy(), S.ITEM: recs[S.ITEM].to_numpy(),
-                         S.RANK: recs["merge_rank"].to_numpy(np.int32),
-                         S.SCORE: (1.0 / recs["merge_rank"].to_numpy(np.float64))})
+    trained = [k for k in KINDS if (stage_dir(cfg, "train-rank") / k / "blend.json").is_file()]
+    rows = {kind: rank_kind(cfg, kind, out) for kind in trained}
+    recs = read_table(out / FINAL["recommendation"])
     split = stage_dir(cfg, "split")
     fitted = pd.concat([read_table(split / f"{p}.parquet", columns=[S.USER, S.ITEM])
                         for p in ("train", "valid")], ignore_index=True)
     assert_unseen(recs, fitted)
-    write_table(recs, out / "recommendations.parquet")
-    return {"status": "merge order (no trained ranker yet)", "rows": len(recs),
-            "users": int(recs[S.USER].nunique())}
+    return {"status": "blend" if cfg.rank.blend else f"ltr:{cfg.rank.objective}",
+            "rows": rows, "users": int(recs[S.USER].nunique())}
