@@ -44,16 +44,39 @@ def hit_matrix(ranked: np.ndarray, relevant: pd.DataFrame, users: IdIndex,
     return hits, n_relevant
 
 
+def _evaluated_hits(lists: pd.DataFrame, relevant: pd.DataFrame, items: IdIndex, depth: int,
+                    rank_col: str) -> tuple[IdIndex, np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluated users (those with relevant items, sorted), their ranked item codes, hits
+    and relevant counts; shared so per-user values and their means cannot drift apart."""
+    relevant = relevant.drop_duplicates([S.USER, S.ITEM])
+    users = IdIndex(np.sort(relevant[S.USER].unique()))
+    ranked = ranked_matrix(lists, users, items, depth, rank_col)
+    hits, n_relevant = hit_matrix(ranked, relevant, users, items)
+    return users, ranked, hits, n_relevant
+
+
 def evaluate_lists(lists: pd.DataFrame, relevant: pd.DataFrame, items: IdIndex,
                    ks: list[int], rank_col: str = S.RANK) -> dict[str, float]:
     """Every metric at every k, averaged over the users that have relevant items."""
-    relevant = relevant.drop_duplicates([S.USER, S.ITEM])
-    users = IdIndex(np.sort(relevant[S.USER].unique()))
-    ranked = ranked_matrix(lists, users, items, max(ks), rank_col)
-    hits, n_relevant = hit_matrix(ranked, relevant, users, items)
+    users, ranked, hits, n_relevant = _evaluated_hits(lists, relevant, items, max(ks), rank_col)
     result: dict[str, float] = {"users": len(users)}
     for k in ks:
         for name, metric in METRICS.items():
             result[f"{name}@{k}"] = float(metric.fn(hits, n_relevant, k).mean())
         result[f"coverage@{k}"] = coverage_at_k(ranked, k, len(items))
     return result
+
+
+def per_user_metric(lists: pd.DataFrame, relevant: pd.DataFrame, items: IdIndex, metric: str,
+                    k: int, rank_col: str = S.RANK) -> pd.Series:
+    """One metric's value per evaluated user (index: the users with relevant items, sorted,
+    named S.USER), the values whose mean ``evaluate_lists`` reports.
+
+    Kept per user so that intervals and paired comparisons (``bootstrap.py``) can resample
+    users instead of trusting a single mean.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
+    users, _, hits, n_relevant = _evaluated_hits(lists, relevant, items, k, rank_col)
+    values = METRICS[metric].fn(hits, n_relevant, k)
+    return pd.Series(values, index=pd.Index(users.ids, name=S.USER), name=f"{metric}@{k}")

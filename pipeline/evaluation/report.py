@@ -68,6 +68,49 @@ def _candidate_bars(metrics: dict[str, Any]) -> str:
     return _png(fig)
 
 
+def _intervals(metrics: dict[str, Any], key: str) -> str:
+    """Each system's NDCG with its bootstrap interval, best on top, final in black."""
+    rows = sorted(((name, row) for name, row in metrics["systems"].items()
+                   if f"{key}_ci" in row), key=lambda kv: kv[1][key])
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1))
+    for y, (name, row) in enumerate(rows):
+        low, high = row[f"{key}_ci"]
+        colour = "black" if name in ("final", "search:final") else "C0"
+        ax.errorbar(row[key], y, xerr=[[row[key] - low], [high - row[key]]], fmt="o",
+                    color=colour, capsize=3)
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+    ax.set_xlabel(f"{key} (95% bootstrap interval over users)")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def _importance(metrics: dict[str, Any], top: int = 20) -> str:
+    """Gain importance of the main recommendation ranker's strongest features."""
+    rankers = metrics.get("importance", {}).get("recommendation", {})
+    if not rankers:
+        return "<p>No ranker was trained.</p>"
+    name, gains = next(iter(rankers.items()))
+    shown = list(gains.items())[:top][::-1]
+    total = sum(gains.values()) or 1.0
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(shown) + 1))
+    ax.barh([k for k, _ in shown], [v / total for _, v in shown], color="C2")
+    ax.set_xlabel(f"share of total split gain ({name})")
+    ax.tick_params(axis="y", labelsize=8)
+    return f'<img src="data:image/png;base64,{_png(fig)}">'
+
+
+def _lifts(metrics: dict[str, Any], key: str) -> str:
+    items = []
+    for kind, lift in metrics.get(f"lift_{key}", {}).items():
+        verdict = ("the interval excludes zero" if lift["excludes_zero"]
+                   else "the interval includes zero: no lift is claimed")
+        items.append(f"<li>{kind}: <b>{html.escape(lift['system'])}</b> over its best single "
+                     f"component <b>{html.escape(lift['baseline'])}</b>: "
+                     f"{lift['mean']:+.4f} [{lift['low']:+.4f}, {lift['high']:+.4f}], "
+                     f"{verdict}</li>")
+    return f"<ul>{''.join(items)}</ul>"
+
+
 def _table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["system", *columns])
     body = []
@@ -88,6 +131,8 @@ def render(metrics: dict[str, Any], notes: list[str]) -> str:
     for k in ks:
         sections.append(f"<h3>@{k}</h3>" + _table(
             metrics["systems"], [f"{m}@{k}" for m in _METRICS_SHOWN]))
+    key_ci = next((k.removeprefix("lift_") for k in metrics if k.startswith("lift_")),
+                  f"ndcg@{k0}")
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Offline evaluation: {html.escape(metrics['dataset'])}</title>
@@ -101,6 +146,9 @@ th:first-child{{text-align:left}}
 <p>{metrics['users']} test users, full ranking over {metrics['catalogue']} items
 (fitted items excluded), split <code>{html.escape(metrics['split'])}</code>.</p>
 <h2>Final ranking</h2>{cards}
+<h2>Which stage earns what: {key_ci} with 95% intervals</h2>{_lifts(metrics, key_ci)}
+<img src="data:image/png;base64,{_intervals(metrics, key_ci)}">
+<h2>What the ranker looks at</h2>{_importance(metrics)}
 <h2>Metrics by k</h2><img src="data:image/png;base64,{_curves(metrics)}">
 <h2>Candidate recall</h2><img src="data:image/png;base64,{_candidate_bars(metrics)}">
 {_table(metrics['candidate_recall'], list(next(iter(metrics['candidate_recall'].values()))))}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 
 from models.fm_trainer import load_model
 from pipeline.cli import main
-from pipeline.io import MANIFEST, read_table
+from pipeline.io import MANIFEST, read_table, write_table
 from pipeline.runner import MissingInputError, run_stage, run_until
 from pipeline.stages import STAGE_NAMES, stage_dir
 from tests.conftest import REPO, tiny_config
@@ -26,14 +27,46 @@ def finished(tmp_path_factory: pytest.TempPathFactory):
     return cfg
 
 
-def test_every_stage_writes_its_manifest_and_pass_throughs_say_so(finished) -> None:
+def test_every_stage_writes_its_manifest(finished) -> None:
     for name in STAGE_NAMES:
         manifest = json.loads((stage_dir(finished, name) / MANIFEST).read_text())
         assert manifest["stage"] == name and manifest["config"]["dataset"] == "tiny"
-    for name in ("features", "train-rank"):
-        status = json.loads((stage_dir(finished, name) / MANIFEST).read_text())["status"]
-        assert status.startswith("pass-through")
-    assert not list((stage_dir(finished, "train-rank")).glob("*.txt"))  # no fake model
+
+
+def test_features_label_valid_rows_only_and_cover_every_candidate(finished) -> None:
+    folder = stage_dir(finished, "features")
+    columns = json.loads((folder / "features.json").read_text())["columns"]["recommendation"]
+    valid = read_table(folder / "valid" / "recommendation.parquet")
+    test = read_table(folder / "test" / "recommendation.parquet")
+    scored = stage_dir(finished, "train-fm")
+    assert len(valid) == len(read_table(scored / "valid_candidates.parquet"))
+    assert len(test) == len(read_table(scored / "candidates.parquet"))
+    assert "label" not in test.columns and "label" not in columns
+    assert {"fm_score", "sequence_model_score", "item_events", "tag_affinity"} <= set(columns)
+    clicked = read_table(stage_dir(finished, "split") / "valid.parquet")
+    clicked = clicked[clicked["query"].isna()][["user_id", "item_id"]].drop_duplicates()
+    hits = valid[valid["label"] == 1][["user_id", "item_id"]]
+    assert len(hits) == len(hits.merge(clicked)) and 0 < len(hits) <= len(clicked)
+
+
+def test_rankers_are_lightgbm_text_models_and_every_system_is_evaluated(finished) -> None:
+    models = stage_dir(finished, "train-rank")
+    for kind in ("recommendation", "search"):
+        for objective in [finished.rank.objective, *finished.rank.compare]:
+            for fold in range(finished.rank.folds):
+                model = models / kind / objective / f"fold-{fold}" / "model.txt"
+                assert model.read_text().startswith("tree")
+        assert json.loads((models / kind / "blend.json").read_text())["weights"]
+    metrics = json.loads((stage_dir(finished, "evaluate") / "metrics.json").read_text())
+    systems = metrics["systems"]
+    for name in ("final", "blend", "ltr:lambdarank", "ltr:binary", "merged (merge order)",
+                 "search:final", "search:ltr:lambdarank", "fm (reranks candidates)"):
+        low, high = systems[name]["ndcg@10_ci"]
+        assert low <= systems[name]["ndcg@10"] <= high, name
+    assert systems["final"] == systems["blend"]  # rank.blend is on by default
+    lift = metrics["lift_ndcg@10"]["recommendation"]
+    assert lift["system"] == "final" and lift["baseline"].startswith(("channel:", "f"))
+    assert metrics["importance"]["recommendation"]["lambdarank"]
 
 
 def test_recommendations_are_top_k_unseen_items_for_every_test_user(finished) -> None:
@@ -122,3 +155,37 @@ def test_a_search_only_channel_serves_search_and_not_recommendation(tmp_path: Pa
                                                                      "popularity"]
     assert (test / "search" / "channels" / "text_embedding.parquet").is_file()
     assert "text_embedding_rank" not in read_table(test / "candidates.parquet").columns
+
+
+def test_a_planted_future_interaction_changes_nothing_computed_before_it(
+        finished, tmp_path: Path) -> None:
+    """Every artifact up to the final ranking is built from data before the test window:
+    adding a test-window click must leave candidates, features, model scores, rankers and
+    the ranking itself byte-for-byte as they were."""
+    again = tiny_config(tmp_path)
+    for folder in ("raw", "split"):
+        shutil.copytree(finished.root / folder, again.root / folder)
+    test = read_table(again.root / "split" / "test.parquet")
+    seen = pd.concat([read_table(again.root / "split" / f"{p}.parquet")
+                      for p in ("train", "valid", "test")])
+    user = test["user_id"].iloc[0]
+    new_item = sorted(set(read_table(again.root / "raw" / "items.parquet")["item_id"])
+                      - set(seen.loc[seen["user_id"] == user, "item_id"]))[0]
+    planted = test.iloc[[0]].assign(item_id=new_item, ts=test["ts"].max() + pd.Timedelta("1D"))
+    write_table(pd.concat([test, planted], ignore_index=True), again.root / "split" /
+                "test.parquet")
+    for name in ("recall", "train-fm", "features", "train-rank", "rank"):
+        run_stage(again, name)
+    compared = 0
+    for path in sorted(finished.root.rglob("*")):
+        rel = path.relative_to(finished.root)
+        if rel.parts[0] in ("raw", "split", "eval", "report") or path.name == MANIFEST:
+            continue
+        if path.suffix == ".parquet":
+            pd.testing.assert_frame_equal(read_table(path), read_table(again.root / rel),
+                                          obj=str(rel))
+            compared += 1
+        elif path.suffix in (".txt", ".npy") or path.name in ("blend.json", "tuned.json"):
+            assert path.read_bytes() == (again.root / rel).read_bytes(), rel
+            compared += 1
+    assert compared > 40
