@@ -16,7 +16,7 @@ BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
 .PHONY: all help venv ingest split recall features train-fm train-rank rank evaluate report \
-        test lint bench bench-recall bench-fm clean
+        test lint bench bench-recall bench-rank bench-fm clean
 
 ## all: run every stage on DATASET (default: the embedded synthetic data)
 all: report
@@ -95,6 +95,10 @@ bench: $(BENCH_ENV)
 ## bench-recall: BM25 vs bm25s and ANN vs exact search; last line is one JSON object
 bench-recall: $(BENCH_ENV)
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.bench_recall
+
+## bench-rank: the full pipeline's ablation on ML-100K, a no-timestamp count log and synthetic
+bench-rank: $(ENV)
+	$(PY) -m benchmarks.bench_ranking
 
 ## bench-fm: FM/FFM throughput and AUC vs torchfm and xlearn; last line is one JSON object
 bench-fm: $(BENCH_ENV)

@@ -53,8 +53,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("weekday_match", "share of the item's events on the user's most active weekday "
             "(context)"),
     Feature("<channel>_model_score", "the fitted recall model's score of the pair even where "
-            "the channel did not retrieve it (e.g. sequence, embedding dot product, "
-            "co-occurrence with the user's recent items)"),
+            "the channel did not retrieve it (`features.model_scores`: sequence, embedding "
+            "dot product, co-occurrence with the user's whole and recent history, BM25 "
+            "match of the user's profile terms)"),
     Feature("<column>_request_rank", "rank of the pair's model or FM/FFM score among the "
             "request's candidates (1 = best)"),
     Feature("<channel>_score / _rank", "recall channel score and rank (NaN: not retrieved), "

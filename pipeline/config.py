@@ -211,7 +211,7 @@ class FeaturesConfig(_Strict):
     recent_share: float = Field(0.1, gt=0, le=1, description="latest share of fitting events "
                                 "counted as recent (a share, so it fits any time scale)")
     model_scores: list[str] = Field(
-        default_factory=lambda: ["sequence", "embedding", "cooccurrence"],
+        default_factory=lambda: ["sequence", "embedding", "cooccurrence", "inverted_index"],
         description="recall channels whose fitted model scores every candidate (those not "
                     "configured under recall.channels are skipped)")
     request_chunk: int = Field(2048, ge=1, description="requests featurised per chunk")

@@ -25,7 +25,7 @@ def ranked_matrix(lists: pd.DataFrame, users: IdIndex, items: IdIndex, depth: in
     ok = (rows >= 0) & (ranks <= depth)
     codes = items.encode(lists[S.ITEM])
     cells = rows[ok] * depth + ranks[ok] - 1
-    if np.unique(cells).size != cells.size:
+    if cells.size and np.bincount(cells, minlength=len(users) * depth).max() > 1:
         raise ValueError(f"duplicate ranks per user in column '{rank_col}'")
     out[rows[ok], ranks[ok] - 1] = codes[ok]
     return out

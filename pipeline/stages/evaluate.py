@@ -156,6 +156,9 @@ def run(cfg: Config, out: Path) -> dict:
             search_lists[f"search:channel:{name}"] = read_table(
                 search_dir / "channels" / f"{name}.parquet").drop(columns=[S.USER]).rename(
                 columns={CASE: S.USER})
+        search_lists["search:merged (merge order)"] = read_table(
+            search_dir / "candidates.parquet", [CASE, S.ITEM, "merge_rank"]).rename(
+            columns={CASE: S.USER, "merge_rank": S.RANK})
         search_lists.update(ranked_systems(rank_dir / "systems" / "search", "search:", CASE))
         if (rank_dir / "search.parquet").is_file():
             search_lists["search:final"] = read_table(rank_dir / "search.parquet").drop(
