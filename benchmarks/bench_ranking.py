@@ -23,7 +23,7 @@ import pandas as pd
 
 from benchmarks.common import record
 from pipeline.config import load_config
-from pipeline.runner import run_until
+from pipeline.runner import run_until, set_threads
 from pipeline.stages import stage_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +56,7 @@ def count_log(folder: Path) -> dict:
 def run(config: Path | None, tmp: str, base: dict | None = None,
         overrides: tuple[str, ...] = ()) -> tuple[dict, float]:
     cfg = load_config(config, [f"data_dir={tmp}", *overrides], base=base)
+    set_threads(cfg.threads)  # as the CLI does: the sequence model reads it from the env
     started = time.perf_counter()
     run_until(cfg, "report")
     seconds = time.perf_counter() - started
