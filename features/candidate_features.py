@@ -5,8 +5,10 @@ fitted recall models of that phase, never from the period the candidates are for
 ranker trained on valid-phase features sees exactly what the test phase will show it.
 Statistics are per-user / per-item arrays built once with ``bincount``; a chunk of pairs
 then only gathers from them, so the work is linear in fitting events plus pairs.
-Attributes a source lacks (regions, categories, tags, item dates) come out as NaN, which
-the ranker treats as missing rather than as zero evidence.
+Popularity features are shares, not counts, because the test phase fits on a longer
+history than the valid phase the ranker learns from. A source without regions,
+categories or tags gives NaN for what needs them (missing, not zero evidence); within a
+source that has them, an item without a category or a user without history gets 0.
 """
 
 from __future__ import annotations
@@ -36,14 +38,16 @@ FEATURES: tuple[Feature, ...] = (
     Feature("user_events", "the user's fitting interactions"),
     Feature("user_days_since_last", "days from the user's last interaction to the cut-off"),
     Feature("user_days_active", "days between the user's first and last interaction"),
-    Feature("item_events", "the item's fitting interactions (all-time popularity)"),
-    Feature("item_recent_events", "the item's interactions among the latest `recent_share` "
-            "of fitting events (recent popularity)"),
-    Feature("item_recent_share", "item_recent_events / item_events (is it trending)"),
-    Feature("item_region_events", "the item's interactions by users of the user's region "
-            "(NaN without regions)"),
+    Feature("item_popularity", "the item's share of all fitting interactions (all-time "
+            "popularity; a share, so the test phase's longer history keeps its scale)"),
+    Feature("item_recent_popularity", "the item's share of the latest `recent_share` of "
+            "fitting interactions (recent popularity)"),
+    Feature("item_recent_share", "the item's recent interactions / all its interactions "
+            "(is it trending)"),
+    Feature("item_region_popularity", "the item's share of the interactions by users of the "
+            "user's region (NaN without regions)"),
     Feature("item_age_days", "days from the item's creation (or first interaction) to the "
-            "cut-off"),
+            "cut-off; NaN for an item created after it (its date would tell the future)"),
     Feature("item_days_since_last", "days from the item's last interaction to the cut-off"),
     Feature("category_affinity", "share of the user's history in the item's category"),
     Feature("tag_affinity", "the user's tag profile (share of history per tag) summed over "
@@ -116,6 +120,8 @@ class FeatureContext:
             born[known] = to_seconds(created[known])
             self.item_born = np.where(known, born, self.item_born)
         self.user_region, self.region_items = self._regions(data, u, i)
+        if self.region_items is not None:
+            self.region_events = np.asarray(self.region_items.sum(axis=1)).ravel()
         self.category, _ = attribute_matrix(data.items, ("category",))
         self.tags, _ = attribute_matrix(data.items, ("tags",))
         self.history_share = _row_normalised(data.history.astype(np.float64))
@@ -154,21 +160,23 @@ class FeatureContext:
         if self.user_region is not None:
             r = self.user_region[users]
             known = r >= 0
-            region[known] = np.asarray(self.region_items[r[known], items[known]]).ravel()
+            region[known] = (np.asarray(self.region_items[r[known], items[known]]).ravel()
+                             / np.maximum(self.region_events[r[known]], 1.0))
 
         def match(modal: np.ndarray, share: np.ndarray) -> np.ndarray:
             slot = modal[users]
             return np.where(slot >= 0, share[items, np.maximum(slot, 0)], np.nan)
 
+        age = (now - self.item_born[items]) / DAY
         return pd.DataFrame({
             "user_events": self.user_events[users],
             "user_days_since_last": (now - self.user_last[users]) / DAY,
             "user_days_active": (self.user_last[users] - self.user_first[users]) / DAY,
-            "item_events": item_events,
-            "item_recent_events": self.item_recent[items],
+            "item_popularity": item_events / max(self.item_events.sum(), 1.0),
+            "item_recent_popularity": self.item_recent[items] / max(self.item_recent.sum(), 1.0),
             "item_recent_share": self.item_recent[items] / np.maximum(item_events, 1.0),
-            "item_region_events": region,
-            "item_age_days": (now - self.item_born[items]) / DAY,
+            "item_region_popularity": region,
+            "item_age_days": np.where(age >= 0, age, np.nan),
             "item_days_since_last": (now - self.item_last[items]) / DAY,
             "category_affinity": self._affinity(self.category, users, items),
             "tag_affinity": self._affinity(self.tags, users, items),

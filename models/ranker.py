@@ -284,8 +284,8 @@ class Ranker:
 
 
 class FoldEnsemble:
-    """Rankers cross-fitted on folds of requests, each early-stopped on the fold it left
-    out; predicting their mean is steadier than one ranker stopped on one small slice."""
+    """Rankers cross-fitted on folds of requests (each trained without one fold);
+    predicting their mean is steadier than one ranker stopped on one small slice."""
 
     def __init__(self, rankers: list[Ranker]) -> None:
         if not rankers:

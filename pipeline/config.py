@@ -231,8 +231,8 @@ class RankConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="LightGBM settings over models.ranker's defaults")
     folds: int = Field(5, ge=2, description="valid requests are cross-fitted in this many "
-                       "folds: each ranker early-stops on its left-out fold, test scores are "
-                       "the folds' mean, and the blend is weighted on out-of-fold scores")
+                       "folds, stopped together on the left-out folds' mean NDCG@10; test "
+                       "scores are the folds' mean, the blend is weighted out of fold")
     blend: bool = Field(True, description="final ranking: a rank blend of the rankers and the "
                         "strongest channels, weights chosen on the held-out requests")
     blend_channels: int = Field(2, ge=0, description="strongest channels offered to the blend")

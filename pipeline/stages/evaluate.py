@@ -121,7 +121,7 @@ def run(cfg: Config, out: Path) -> dict:
     channels = [n for n, c in cfg.recall.channels.items() if c.recommend]
 
     report: dict[str, dict] = {}
-    relevant: dict[str, pd.DataFrame] = {}  # the test phase's, once the loop is done
+    relevant: dict[str, pd.DataFrame] = {}  # the test phase's cases, for the ablation
     for phase in PHASES:
         part = read_table(split / f"{phase}.parquet")
         report[phase] = {"recommendation": candidate_report(
@@ -129,11 +129,13 @@ def run(cfg: Config, out: Path) -> dict:
         search_dir = recall_dir / phase / "search"
         if (search_dir / "cases.parquet").is_file():
             cases = read_table(search_dir / "cases.parquet").drop(columns=[S.USER])
-            relevant["search"] = cases.rename(columns={CASE: S.USER})
+            cases = cases.rename(columns={CASE: S.USER})
             report[phase]["search"] = candidate_report(
-                search_dir, list(cfg.recall.search_channels), relevant["search"], items, ks,
-                ns, key=CASE)
-        relevant["recommendation"] = part[~is_search(part)]
+                search_dir, list(cfg.recall.search_channels), cases, items, ks, ns, key=CASE)
+            if phase == "test":
+                relevant["search"] = cases
+        if phase == "test":
+            relevant["recommendation"] = part[~is_search(part)]
 
     # Every row below is evaluated like the final output: its own top list per test case.
     lists: dict[str, pd.DataFrame] = {}

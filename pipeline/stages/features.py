@@ -123,7 +123,10 @@ def run(cfg: Config, out: Path) -> dict:
                 log.info("[features] %s %s: no candidates", phase, kind)
                 continue
             writer.close(last)
-            columns[kind] = feature_columns(last)
+            found = feature_columns(last)
+            if columns.setdefault(kind, found) != found:
+                raise AssertionError(f"{phase} {kind} features differ from the valid "
+                                     f"phase's: {sorted(set(found) ^ set(columns[kind]))}")
             report[phase][kind] = {"rows": writer.rows}
             if labels is not None:
                 report[phase][kind]["positives"] = positives

@@ -4,9 +4,9 @@ The test-phase candidates carry features from models refitted on train + valid; 
 rankers and blend weights learned on the valid phase order them. Writes
 ``recommendations.parquet`` (the final recommendation ranking: the blend, or the main
 ranker with ``rank.blend: false``), ``search.parquet`` likewise for search cases, and
-every system's own lists under ``systems/<kind>/`` for the ablation. Candidates never
-include the user's fitted items (recall removes them); this stage asserts it against the
-split, since a leak here would inflate every metric.
+every system's own lists under ``systems/<kind>/`` for the ablation. Recommendations
+never include the user's fitted items (recall removes them); this stage asserts it
+against the split, since a leak here would inflate every metric.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def test_features_label_valid_rows_only_and_cover_every_candidate(finished) -> N
     assert len(valid) == len(read_table(scored / "valid_candidates.parquet"))
     assert len(test) == len(read_table(scored / "candidates.parquet"))
     assert "label" not in test.columns and "label" not in columns
-    assert {"fm_score", "sequence_model_score", "item_events", "tag_affinity"} <= set(columns)
+    assert {"fm_score", "sequence_model_score", "item_popularity", "tag_affinity"} <= set(columns)
     clicked = read_table(stage_dir(finished, "split") / "valid.parquet")
     clicked = clicked[clicked["query"].isna()][["user_id", "item_id"]].drop_duplicates()
     hits = valid[valid["label"] == 1][["user_id", "item_id"]]

@@ -28,7 +28,8 @@ def test_movielens_100k_end_to_end(ml100k, tmp_path) -> None:
         "dataset": "ml", "data_dir": str(tmp_path), "threads": 1,
         "source": {"kind": "movielens-100k", "path": str(ml100k)},
         "recall": {"channels": channels, "search_channels": {}},
-        "fm": {"models": ["fm"], "max_epochs": 2}})
+        "fm": {"models": ["fm"], "max_epochs": 2},
+        "rank": {"folds": 2, "compare": []}})
     run_until(cfg)
     assert read_manifest(stage_dir(cfg, "ingest"))["counts"] == {
         "interactions": 100_000, "items": 1682, "users": 943}
@@ -41,3 +42,4 @@ def test_movielens_100k_end_to_end(ml100k, tmp_path) -> None:
     assert metrics["candidate_recall"]["popularity"]["recall@300"] == pytest.approx(0.578, abs=2e-3)
     co = metrics["systems"]["channel:cooccurrence"]
     assert co["ndcg@10"] > 1.3 * pop["ndcg@10"]
+    assert metrics["systems"]["final"]["ndcg@10"] > co["ndcg@10"]  # the ranker adds to it

@@ -42,18 +42,23 @@ def test_user_activity_and_recency(data) -> None:
 
 def test_item_popularity_all_time_recent_and_regional(data) -> None:
     f = features_of(data, [(0, 0), (0, 1), (1, 2), (2, 1), (1, 0), (0, 3)])
-    np.testing.assert_array_equal(f["item_events"], [1, 2, 1, 2, 1, 0])
+    np.testing.assert_array_equal(f["item_popularity"], np.array([1, 2, 1, 2, 1, 0]) / 4)
     # the latest half of the events (ts >= 1.5 days): u0-i1 on day 2 and u1-i2 on day 3
-    np.testing.assert_array_equal(f["item_recent_events"], [0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(f["item_recent_popularity"], [0, .5, .5, .5, 0, 0])
     np.testing.assert_array_equal(f["item_recent_share"], [0, 0.5, 1, 0.5, 0, 0])
-    # region n (u0, u2) took i0 and i1 once each; region s (u1) never took i0
-    np.testing.assert_array_equal(f["item_region_events"], [1, 1, 1, 1, 0, 0])
+    # region n (u0, u2) took i0 and i1 once each (2 events); region s (u1) i1 and i2
+    np.testing.assert_array_equal(f["item_region_popularity"], [.5, .5, .5, .5, 0, 0])
 
 
 def test_item_age_prefers_the_creation_date_and_falls_back_to_first_sight(data) -> None:
     f = features_of(data, [(0, 0), (0, 1), (0, 3)])
     np.testing.assert_array_equal(f["item_age_days"], [3, 2, 2])  # i3: created day 1
     np.testing.assert_array_equal(f["item_days_since_last"], [3, 1, np.nan])
+
+
+def test_an_item_created_after_the_cut_off_has_no_age(data) -> None:
+    data.items.loc[3, "created_ts"] = pd.Timestamp(5 * DAY, unit="s")  # now is day 3
+    assert np.isnan(features_of(data, [(0, 3)])["item_age_days"]).all()
 
 
 def test_category_and_tag_affinity_are_shares_of_the_users_history(data) -> None:
@@ -74,7 +79,7 @@ def test_context_matches_the_users_busiest_slot(data) -> None:
 def test_a_source_without_attributes_gives_missing_not_zero_evidence() -> None:
     bare = recall_data_from_matrix(np.array([[1, 0], [0, 1]]))
     f = FeatureContext(bare).compute(np.array([0, 1]), np.array([1, 0]))
-    assert f[["item_region_events", "category_affinity", "tag_affinity"]].isna().all().all()
+    assert f[["item_region_popularity", "category_affinity", "tag_affinity"]].isna().all().all()
 
 
 class _Dense(RecallChannel):
