@@ -21,6 +21,7 @@ from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci
 from pipeline.evaluation.protocol import evaluate_lists, per_user_metric
 from pipeline.io import read_table
 from pipeline.stages import read_catalogue, stage_dir
+from pipeline.stages.rank import top_k
 from pipeline.stages.recall import CASE, PHASES, is_search
 
 HEADLINE = ("ndcg@10", "recall@10", "hit_rate@10", "mrr@10", "coverage@10", "recall@100")
@@ -66,14 +67,6 @@ def candidate_report(folder: Path, channels: list[str], relevant: pd.DataFrame, 
     recall["merged"] = {f"recall@{n}": merged[f"recall@{n}"] for n in ns}
     return {"systems": systems, "candidate_recall": recall,
             "unique_hits": unique_hits(lists, relevant)}
-
-
-def rank_by(candidates: pd.DataFrame, column: str, depth: int) -> pd.DataFrame:
-    """Each user's candidates ordered by ``column`` (then merge order), top ``depth``."""
-    ordered = candidates.sort_values([S.USER, column, "merge_rank"],
-                                     ascending=[True, False, True], kind="stable")
-    ordered[S.RANK] = ordered.groupby(S.USER, sort=False).cumcount() + 1
-    return ordered[ordered[S.RANK] <= depth][[S.USER, S.ITEM, S.RANK]]
 
 
 def print_candidates(title: str, block: dict, ns: list[int]) -> None:
@@ -149,7 +142,8 @@ def run(cfg: Config, out: Path) -> dict:
     scored = stage_dir(cfg, "train-fm") / "candidates.parquet"
     for kind in cfg.fm.models if (scored.is_file() and cfg.fm.models) else []:
         cands = read_table(scored, columns=[S.USER, S.ITEM, "merge_rank", f"{kind}_score"])
-        lists[f"{kind} (reranks candidates)"] = rank_by(cands, f"{kind}_score", max(ks))
+        lists[f"{kind} (reranks candidates)"] = top_k(
+            cands, S.USER, cands[f"{kind}_score"].to_numpy(), max(ks))
     lists.update(ranked_systems(rank_dir / "systems" / "recommendation", "", S.USER))
     search_lists: dict[str, pd.DataFrame] = {}
     if "search" in relevant:
