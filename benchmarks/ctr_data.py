@@ -8,7 +8,7 @@ validate, the last 10% test. Encoders are fitted on the fitting part only.
 
 Synthetic: the embedded generator's log (``pipeline.sources.synthetic``, default
 settings); each event is a positive and gets one negative, an item drawn by popularity in
-the fitting part (``models.fm_trainer.sample_negatives``) with the positive's user and
+the fitting part (``models.negatives.sample_negatives``) with the positive's user and
 time. Same 80/10/10 time split; fields user, item, category, tags, item region, user
 region, age, gender, item age in days, hour, weekday.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.fm_trainer import sample_negatives
+from models.negatives import sample_negatives
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 LABEL = "label"

@@ -15,9 +15,7 @@ data map to the field's OOV id, or to ``hash(value) % oov_buckets`` within its O
 (missing values always to the first). Slots are grouped by field in spec order, so
 ``slot_field`` is non-decreasing, as ``models.ffm.FFM`` requires.
 
-The encoder saves to a folder as ``encoder.json`` plus ``edges.npz`` (no pickle); encoded
-samples convert to an Arrow table of two fixed-size list columns (``ids`` int32,
-``weights`` float32) for Parquet.
+The encoder saves to a folder as ``encoder.json`` plus ``edges.npz`` (no pickle).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 KINDS = ("categorical", "numeric", "multi")
 FORMAT_VERSION = 1
@@ -277,9 +274,6 @@ class FieldEncoder:
             slot += self.slots[f.name]
         return EncodedFields(ids, weights)
 
-    def fit_transform(self, df: pd.DataFrame) -> EncodedFields:
-        return self.fit(df).transform(df)
-
     # ----------------------------------------------------------------- files
     def save(self, folder: Path) -> None:
         """``encoder.json`` (specs, vocabularies, layout) and ``edges.npz`` (bucket edges)."""
@@ -314,50 +308,3 @@ class FieldEncoder:
         if enc.offsets != meta["offsets"] or enc.n_features != meta["n_features"]:
             raise ValueError(f"{folder}: encoder layout does not match its saved offsets")
         return enc
-
-
-# --------------------------------------------------------------------------- Arrow / Parquet
-
-
-def to_arrow(encoded: EncodedFields, columns: Mapping[str, np.ndarray] | None = None,
-             slot_field: np.ndarray | None = None) -> pa.Table:
-    """Two fixed-size list columns ``ids`` (int32) and ``weights`` (float32) plus any
-    ``columns`` (labels, raw user/item ids); ``slot_field`` goes into the schema metadata."""
-    n, s = encoded.ids.shape
-    ids = pa.FixedSizeListArray.from_arrays(
-        pa.array(np.ascontiguousarray(encoded.ids, np.int32).reshape(-1)), s)
-    weights = pa.FixedSizeListArray.from_arrays(
-        pa.array(np.ascontiguousarray(encoded.weights, np.float32).reshape(-1)), s)
-    data: dict[str, Any] = {"ids": ids, "weights": weights}
-    for name, values in (columns or {}).items():
-        if name in data:
-            raise ValueError(f"column name {name!r} is reserved")
-        data[name] = pa.array(np.asarray(values))
-    meta = {"slots": str(s)}
-    if slot_field is not None:
-        meta["slot_field"] = json.dumps([int(x) for x in slot_field])
-    return pa.table(data).replace_schema_metadata(meta)
-
-
-def from_arrow(table: pa.Table) -> tuple[EncodedFields, dict[str, np.ndarray]]:
-    """Inverse of ``to_arrow``: the encoded slots and the other columns as numpy arrays."""
-    def matrix(name: str, dtype: type) -> np.ndarray:
-        col = table.column(name).combine_chunks()
-        width = col.type.list_size
-        return col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(
-            -1, width)
-
-    encoded = EncodedFields(matrix("ids", np.int32), matrix("weights", np.float32))
-    rest = {name: table.column(name).to_numpy() for name in table.column_names
-            if name not in ("ids", "weights")}
-    return encoded, rest
-
-
-def write_parquet(path: Path, encoded: EncodedFields,
-                  columns: Mapping[str, np.ndarray] | None = None,
-                  slot_field: np.ndarray | None = None) -> None:
-    pq.write_table(to_arrow(encoded, columns, slot_field), path)
-
-
-def read_parquet(path: Path) -> tuple[EncodedFields, dict[str, np.ndarray]]:
-    return from_arrow(pq.read_table(path))

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from features.interactions import IdIndex, interaction_matrix
 
+SECONDS_PER_DAY = 86_400  # timestamps are unix seconds; half-lives and ages are in days
 _SECOND = np.timedelta64(1, "s")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from models.metrics import ndcg_at_k
+
 RRF_OFFSET = 10.0
 WEIGHTS = (0.25, 0.5, 1.0)
 MIN_GAIN = 1e-4
@@ -31,22 +33,26 @@ def reciprocal_rank(ranks: np.ndarray) -> np.ndarray:
 
 def candidate_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                    k: int = 10) -> float:
-    """Mean NDCG@k over groups with a positive, ranking each group's rows by score
-    (ties: row order), with the ideal ordering taken within the group's rows."""
-    frame = pd.DataFrame({"g": groups, "s": np.nan_to_num(scores, nan=-np.inf),
-                          "y": labels.astype(np.float64), "row": np.arange(len(groups))})
-    frame = frame[frame.groupby("g")["y"].transform("max") > 0]
-    if frame.empty:
+    """Mean ``models.metrics.ndcg_at_k`` over the groups with a positive label (a group
+    without one has nothing to find and is left out), each group's rows ranked by score
+    (NaN last, ties in row order). Gain is binary (a positive label is relevant) and the
+    ideal ranking is that of the group's own rows: only the candidates can be ranked."""
+    relevant = labels > 0
+    _, group = np.unique(groups, return_inverse=True)
+    group = group.ravel()
+    n_relevant = np.bincount(group, weights=relevant)
+    rows = np.flatnonzero(n_relevant[group] > 0)
+    if rows.size == 0:
         return 0.0
-    ordered = frame.sort_values(["g", "s", "row"], ascending=[True, False, True])
-    position = ordered.groupby("g", sort=False).cumcount().to_numpy()
-    gain = np.where(position < k, ordered["y"].to_numpy() / np.log2(position + 2.0), 0.0)
-    dcg = pd.Series(gain).groupby(ordered["g"].to_numpy(), sort=False).sum()
-    ideal = frame.sort_values(["g", "y"], ascending=[True, False])
-    ipos = ideal.groupby("g", sort=False).cumcount().to_numpy()
-    igain = np.where(ipos < k, ideal["y"].to_numpy() / np.log2(ipos + 2.0), 0.0)
-    idcg = pd.Series(igain).groupby(ideal["g"].to_numpy(), sort=False).sum()
-    return float((dcg / idcg.reindex(dcg.index)).mean())
+    filled = np.nan_to_num(scores, nan=-np.inf)
+    rows = rows[np.lexsort((rows, -filled[rows], group[rows]))]  # group, score desc, row
+    sorted_group = group[rows]
+    position = np.arange(len(rows)) - np.searchsorted(sorted_group, sorted_group)
+    evaluated, row_of = np.unique(sorted_group, return_inverse=True)
+    top = position < k
+    hits = np.zeros((len(evaluated), k), bool)
+    hits[row_of[top], position[top]] = relevant[rows[top]]
+    return float(ndcg_at_k(hits, n_relevant[evaluated].astype(np.int64), k).mean())
 
 
 def blend_scores(components: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:

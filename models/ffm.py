@@ -19,7 +19,7 @@ copy when every field has one slot), one gather of each slot's partner blocks
 product is formed. The backward pass is written by hand: it reuses the partner blocks,
 so a training step is about a dozen tensor operations whatever the number of fields. The
 table gradient is dense or (``sparse``) a coalesced sparse tensor of only the rows the
-batch touched, for the row-sparse optimisers in ``models.fm_trainer``; dense was faster
+batch touched, for the row-sparse optimisers in ``models.optimizers``; dense was faster
 on ML-100K's small table, so ``sparse=None`` picks by table size (benchmarks/RESULTS.md).
 """
 

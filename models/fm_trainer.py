@@ -1,4 +1,4 @@
-"""Training for the FM and FFM scorers: optimisers, trainer, negative sampling, DDP, files.
+"""Training for the FM and FFM scorers, and their files.
 
 ``fit`` trains any module called as ``model(ids, weights, l2=...) -> logits`` on labelled
 ``Samples`` with binary cross-entropy, early-stopping on a validation metric (AUC or
@@ -7,17 +7,11 @@ the best epoch's parameters. One seed fixes initialisation (the model's own), sh
 and negative sampling, so two runs give identical parameters.
 
 Scale-out: when ``torch.distributed`` is initialised (``torchrun`` sets RANK and
-WORLD_SIZE; call ``init_distributed``), the model is wrapped in DistributedDataParallel
-(gloo on CPU, nccl on CUDA), every rank draws the same seeded permutation and takes every
-``world``-th sample of it (padded so all ranks run the same number of steps), each rank's
-batch is ``batch_size / world`` so one step sees the same global batch as a single
-process, and only rank 0 logs and writes.
-
-Optimisers: models with dense gradients (the default for small tables) use torch's fused
-Adagrad or Adam. With sparse gradients the row-sparse optimisers here update only the rows
-a batch touched. Adagrad's update of an untouched row is zero anyway, so
-``RowSparseAdagrad`` equals dense Adagrad exactly; ``RowSparseAdam`` is the lazy variant
-(moments of untouched rows stand still), like ``torch.optim.SparseAdam``.
+WORLD_SIZE; call ``models.distributed.init_distributed``), the model is wrapped in
+DistributedDataParallel, every rank takes its share of one seeded permutation
+(``models.distributed.shard_order``), each rank's batch is ``batch_size / world`` so one
+step sees the same global batch as a single process, and only rank 0 logs and writes.
+Optimisers live in ``models.optimizers``, negative sampling in ``models.negatives``.
 
 Files: ``save_model`` writes ``model.json`` and ``model.pt`` into a folder (the caller
 makes that atomic); ``load_model`` reads the state dict with ``weights_only=True``.
@@ -29,21 +23,30 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from models.distributed import (
+    broadcast_value,
+    is_main_process,
+    place,
+    rank_and_world,
+    shard_order,
+    unwrap,
+)
+from models.early_stopping import EarlyStopping
 from models.ffm import FFM
 from models.fm import FM
+from models.optimizers import make_optimizer
 
 log = logging.getLogger("pipeline")
 
@@ -81,123 +84,6 @@ class Samples:
         """From ``features.fields.EncodedFields`` (anything with ``ids`` and ``weights``)."""
         return cls(encoded.ids, encoded.weights,
                    None if labels is None else np.asarray(labels, np.float32))
-
-    @staticmethod
-    def concat(parts: list[Samples]) -> Samples:
-        labels = None if any(p.labels is None for p in parts) else np.concatenate(
-            [p.labels for p in parts])  # type: ignore[misc]
-        return Samples(np.concatenate([p.ids for p in parts]),
-                       np.concatenate([p.weights for p in parts]), labels)
-
-
-# --------------------------------------------------------------------------- optimisers
-
-
-def _rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices and values of a sparse row gradient, duplicate rows summed.
-
-    The models' gradients come with strictly increasing rows already (autograd drops the
-    coalesced flag on the way to ``.grad``), so a cheap check replaces a second sort.
-    """
-    idx = grad._indices()[0]
-    if grad.is_coalesced() or bool((idx[1:] > idx[:-1]).all()):
-        return idx, grad._values()
-    grad = grad.coalesce()
-    return grad.indices()[0], grad.values()
-
-
-class RowSparseAdagrad(torch.optim.Optimizer):
-    """Adagrad (``torch.optim.Adagrad`` defaults) that accepts dense or sparse gradients
-    and, for sparse ones, touches only the gradient's rows."""
-
-    def __init__(self, params: Any, lr: float = 0.05, eps: float = 1e-10,
-                 initial_accumulator_value: float = 0.0) -> None:
-        super().__init__(params, {"lr": lr, "eps": eps, "init": initial_accumulator_value})
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            lr, eps = group["lr"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["sum"] = torch.full_like(p, group["init"])
-                acc = state["sum"]
-                if p.grad.is_sparse:
-                    idx, g = _rows(p.grad)
-                    s = acc.index_select(0, idx).addcmul_(g, g)
-                    acc.index_copy_(0, idx, s)
-                    p.index_add_(0, idx, g / s.sqrt_().add_(eps), alpha=-lr)
-                else:
-                    g = p.grad
-                    acc.addcmul_(g, g)
-                    p.addcdiv_(g, acc.sqrt().add_(eps), value=-lr)
-
-
-class RowSparseAdam(torch.optim.Optimizer):
-    """Adam for dense gradients; lazy Adam (only the gradient's rows) for sparse ones."""
-
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["m"] = torch.zeros_like(p)
-                    state["v"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                step_size = lr / (1 - b1**t)
-                root_bc2 = math.sqrt(1 - b2**t)
-                m, v = state["m"], state["v"]
-                if p.grad.is_sparse:
-                    idx, g = _rows(p.grad)
-                    mr = m.index_select(0, idx).mul_(b1).add_(g, alpha=1 - b1)
-                    vr = v.index_select(0, idx).mul_(b2).addcmul_(g, g, value=1 - b2)
-                    m.index_copy_(0, idx, mr)
-                    v.index_copy_(0, idx, vr)
-                    denom = vr.sqrt_().div_(root_bc2).add_(eps)
-                    p.index_add_(0, idx, mr / denom, alpha=-step_size)
-                else:
-                    g = p.grad
-                    m.mul_(b1).add_(g, alpha=1 - b1)
-                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    p.addcdiv_(m, v.sqrt().div_(root_bc2).add_(eps), value=-step_size)
-
-
-def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
-    """The row-sparse optimisers when any parameter gets sparse gradients, else torch's
-    fused dense kernels (one pass over each table: faster than ours on a small table)."""
-    if name not in ("adagrad", "adam"):
-        raise ValueError(f"unknown optimizer {name!r}; expected 'adam' or 'adagrad'")
-    sparse = any(getattr(m, "sparse", False) for m in model.modules())
-    fused = {"fused": True} if _fused_ok(model, name) else {}
-    if name == "adagrad":
-        if sparse:
-            return RowSparseAdagrad(model.parameters(), lr=lr)
-        return torch.optim.Adagrad(model.parameters(), lr=lr, **fused)
-    if sparse:
-        return RowSparseAdam(model.parameters(), lr=lr)
-    return torch.optim.Adam(model.parameters(), lr=lr, **fused)
-
-
-def _fused_ok(model: nn.Module, name: str) -> bool:
-    """torch's fused optimisers take float tensors; fused Adam runs on CPU and CUDA,
-    fused Adagrad on CPU only (torch refuses it on CUDA)."""
-    devices = ("cpu",) if name == "adagrad" else ("cpu", "cuda")
-    params = list(model.parameters())
-    return bool(params) and all(p.dtype in (torch.float32, torch.float64)
-                                and p.device.type in devices for p in params)
 
 
 # --------------------------------------------------------------------------- config, history
@@ -251,49 +137,7 @@ class History:
         return out
 
 
-# --------------------------------------------------------------------------- distributed
-
-
-def init_distributed(device: str = "cpu", backend: str | None = None) -> bool:
-    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the
-    environment): gloo for CPU training, nccl for CUDA. False when not launched so."""
-    if dist.is_available() and dist.is_initialized():
-        return True
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return False
-    backend = backend or ("nccl" if torch.device(device).type == "cuda" else "gloo")
-    dist.init_process_group(backend=backend)
-    return True
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    return rank_and_world()[0] == 0
-
-
-def shard_order(n: int, epoch: int, seed: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's sample order for an epoch: a seeded permutation shared by all ranks,
-    padded by wrapping to a multiple of ``world``, every ``world``-th entry from ``rank``."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen)
-    if world > 1:
-        pad = (-n) % world
-        if pad:
-            perm = torch.cat([perm, perm[:pad]])
-        perm = perm[rank::world]
-    return perm
-
-
-# --------------------------------------------------------------------------- training
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+# --------------------------------------------------------------------------- scoring
 
 
 def _tensor(a: np.ndarray, dtype: Any) -> torch.Tensor:
@@ -310,7 +154,7 @@ def predict(model: nn.Module, samples: Samples, batch_size: int = 16384,
             device: str | torch.device = "cpu", logits: bool = False,
             bf16: bool = True) -> np.ndarray:
     """Scores (probabilities, or logits) of ``samples`` in batches; float32 [N]."""
-    model = _unwrap(model)
+    model = unwrap(model)
     dev = torch.device(device)
     was_training = model.training
     model.eval()
@@ -353,6 +197,119 @@ def binary_metric(name: str, labels: np.ndarray, probs: np.ndarray) -> float:
     raise ValueError(f"unknown metric {name!r}; expected 'auc' or 'logloss'")
 
 
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class _Steps:
+    """One rank's training steps: the module it steps, its data and its batch shape."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, weights, labels (host)
+    device: torch.device
+    batch: int  # per rank: the global batch divided among the ranks
+    l2: float
+    bf16: bool  # autocast, on CUDA only
+
+    @classmethod
+    def placed(cls, model: nn.Module, train: Samples, cfg: TrainConfig, world: int,
+               optimizer: torch.optim.Optimizer | None) -> _Steps:
+        """Steps for ``model`` moved to its device (wrapped for DDP with several ranks),
+        with the optimiser ``cfg`` names unless one is given; made after the move, as
+        fused optimisers check the parameters' device."""
+        net, device = place(model, torch.device(cfg.device))
+        assert train.labels is not None
+        data = (_tensor(train.ids, train.ids.dtype), _tensor(train.weights, np.float32),
+                _tensor(train.labels, np.float32))
+        return cls(net, optimizer or make_optimizer(model, cfg.optimizer, cfg.lr), data, device,
+                   max(1, math.ceil(cfg.batch_size / world)), cfg.l2, cfg.bf16)
+
+    def _amp(self) -> Any:
+        if self.device.type == "cuda" and self.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def epoch(self, order: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """One pass over ``order``; the summed loss (a device scalar, read once at the end
+        so steps do not wait on the device) and the number of samples."""
+        self.net.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = 0
+        chunk = self.batch * 64
+        for clo in range(0, len(order), chunk):  # gather a run of batches at once
+            cidx = order[clo: clo + chunk]
+            c_ids, c_w, c_y = (t[cidx].to(self.device, non_blocking=True) for t in self.data)
+            for lo in range(0, len(cidx), self.batch):
+                hi = lo + self.batch
+                self.optimizer.zero_grad(set_to_none=True)
+                with self._amp():
+                    z = self.net(c_ids[lo:hi], c_w[lo:hi], l2=self.l2)
+                loss = F.binary_cross_entropy_with_logits(z.float(), c_y[lo:hi])
+                loss.backward()
+                self.optimizer.step()
+                n = len(z)
+                loss_sum.add_(loss.detach(), alpha=n)
+                seen += n
+        return loss_sum, seen
+
+
+def _timed_epoch(steps: _Steps, order: torch.Tensor, world: int, history: History,
+                 epoch: int) -> dict[str, float]:
+    """Train one epoch, add its time and samples to ``history``; the epoch's log row."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    loss_sum, seen = steps.epoch(order)
+    if steps.device.type == "cuda":
+        torch.cuda.synchronize(steps.device)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    history.train_seconds += wall
+    history.train_cpu_seconds += cpu
+    history.train_samples += seen * world
+    return {"epoch": epoch, "loss": float(loss_sum.item()) / max(seen, 1),
+            "samples_per_s": seen * world / max(wall, 1e-12)}
+
+
+def _watched_metric(cfg: TrainConfig, valid: Samples | None,
+                    evaluate: Callable[[nn.Module], float] | None,
+                    higher_is_better: bool | None) -> tuple[str, bool, bool]:
+    """The early-stopping metric's name and direction (the callback's, else ``cfg.metric``)
+    and whether there is anything to watch (a callback or labelled ``valid``)."""
+    if evaluate is not None:
+        return "custom", True if higher_is_better is None else higher_is_better, True
+    return cfg.metric, cfg.metric == "auc", valid is not None and valid.labels is not None
+
+
+def _validate(model: nn.Module, valid: Samples | None, cfg: TrainConfig, device: torch.device,
+              evaluate: Callable[[nn.Module], float] | None) -> float:
+    """The watched metric after an epoch, rank 0's number on every rank."""
+    if evaluate is not None:
+        value = float(evaluate(model))
+    else:
+        assert valid is not None and valid.labels is not None
+        probs = predict(model, valid, cfg.eval_batch_size, device, bf16=cfg.bf16)
+        value = binary_metric(cfg.metric, valid.labels, probs)
+    return broadcast_value(value)
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _end_at_best(model: nn.Module, history: History, stopper: EarlyStopping,
+                 watching: bool) -> None:
+    """Restore the best epoch's parameters when they were kept; with nothing watched the
+    last epoch is the chosen one."""
+    if not watching:
+        history.best_epoch = len(history.epochs) - 1
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+
+
+def _log_epoch(row: dict[str, float]) -> None:
+    log.info("[train-fm] %s", " ".join(
+        f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+
 def fit(model: nn.Module, train: Samples, valid: Samples | None, cfg: TrainConfig,
         evaluate: Callable[[nn.Module], float] | None = None,
         higher_is_better: bool | None = None,
@@ -368,159 +325,28 @@ def fit(model: nn.Module, train: Samples, valid: Samples | None, cfg: TrainConfi
         raise ValueError("training samples need labels")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
     rank, world = rank_and_world()
-    if device.type == "cuda" and device.index is None and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    main = rank == 0
-    model.to(device)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    optimizer = optimizer or make_optimizer(model, cfg.optimizer, cfg.lr)
-
-    if evaluate is not None:
-        metric_name, higher = "custom", True if higher_is_better is None else higher_is_better
-    else:
-        metric_name, higher = cfg.metric, cfg.metric == "auc"
-    watching = evaluate is not None or (valid is not None and valid.labels is not None)
+    steps = _Steps.placed(model, train, cfg, world, optimizer)
+    device = steps.device
+    metric_name, higher, watching = _watched_metric(cfg, valid, evaluate, higher_is_better)
     history = History(metric=metric_name, higher_is_better=higher)
-    sign = 1.0 if higher else -1.0
-
-    ids_t = _tensor(train.ids, train.ids.dtype)
-    w_t = _tensor(train.weights, np.float32)
-    y_t = _tensor(train.labels, np.float32)
-    per_rank_batch = max(1, math.ceil(cfg.batch_size / world))
-    chunk = per_rank_batch * 64
-    cuda_amp = device.type == "cuda" and cfg.bf16
-
-    def amp() -> Any:
-        return (torch.autocast("cuda", dtype=torch.bfloat16) if cuda_amp
-                else contextlib.nullcontext())
-    best_state: dict[str, torch.Tensor] | None = None
-    since_best = 0
-
+    stopper = EarlyStopping(cfg.patience, higher)
+    keep = partial(_copy_state, model) if cfg.restore_best else None
     for epoch in range(cfg.epochs):
-        net.train()
         order = shard_order(len(train), epoch, cfg.seed, rank, world)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        seen = 0
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        for clo in range(0, len(order), chunk):  # gather a run of batches at once
-            cidx = order[clo: clo + chunk]
-            c_ids, c_w, c_y = (t[cidx].to(device, non_blocking=True) for t in (ids_t, w_t, y_t))
-            for lo in range(0, len(cidx), per_rank_batch):
-                hi = lo + per_rank_batch
-                optimizer.zero_grad(set_to_none=True)
-                with amp():
-                    z = net(c_ids[lo:hi], c_w[lo:hi], l2=cfg.l2)
-                loss = F.binary_cross_entropy_with_logits(z.float(), c_y[lo:hi])
-                loss.backward()
-                optimizer.step()
-                n = len(z)
-                loss_sum.add_(loss.detach(), alpha=n)
-                seen += n
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        history.train_seconds += wall
-        history.train_cpu_seconds += cpu
-        history.train_samples += seen * world
-        row: dict[str, float] = {"epoch": epoch, "loss": float(loss_sum.item()) / max(seen, 1),
-                                 "samples_per_s": seen * world / max(wall, 1e-12)}
-
+        row = _timed_epoch(steps, order, world, history, epoch)
         if watching:
-            if evaluate is not None:
-                value = float(evaluate(model))
-            else:
-                assert valid is not None and valid.labels is not None
-                probs = predict(model, valid, cfg.eval_batch_size, device, bf16=cfg.bf16)
-                value = binary_metric(cfg.metric, valid.labels, probs)
-            if world > 1:  # every rank follows rank 0's number
-                t = torch.tensor([value], dtype=torch.float64)
-                dist.broadcast(t, src=0)
-                value = float(t.item())
-            row[f"valid_{metric_name}"] = value
-            if best_state is None or sign * value > sign * history.best_metric:
-                history.best_metric, history.best_epoch, since_best = value, epoch, 0
-                if cfg.restore_best:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                since_best += 1
+            value = row[f"valid_{metric_name}"] = _validate(model, valid, cfg, device, evaluate)
+            if stopper.update(epoch, value, keep):
+                history.best_metric, history.best_epoch = value, epoch
         history.epochs.append(row)
-        if main:
-            log.info("[train-fm] %s", " ".join(
-                f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        if watching and since_best >= cfg.patience:
+        if rank == 0:
+            _log_epoch(row)
+        if watching and stopper.should_stop:
             history.stopped_early = epoch + 1 < cfg.epochs
             break
-    if not watching:
-        history.best_epoch = len(history.epochs) - 1
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    _end_at_best(model, history, stopper, watching)
     return history
-
-
-# --------------------------------------------------------------------------- negatives
-
-
-def sample_negatives(pos_users: np.ndarray, pos_items: np.ndarray, n_items: int, ratio: int,
-                     rng: np.random.Generator, *, popularity: np.ndarray | None = None,
-                     alpha: float = 1.0, hard_users: np.ndarray | None = None,
-                     hard_items: np.ndarray | None = None, hard_share: float = 0.5,
-                     max_rounds: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """``ratio`` negative (user, item) codes per positive, positives' users repeated.
-
-    Each negative is, with probability ``hard_share`` when the user has any, one of the
-    user's hard negatives (e.g. unclicked recall candidates, drawn uniformly), otherwise
-    an item drawn with probability proportional to ``popularity ** alpha`` (default: the
-    items' counts among the positives, plus one so every item can be drawn). Draws that
-    hit one of the user's positives are redrawn up to ``max_rounds`` times; codes are
-    0-based. Vectorised: no loop over users or samples.
-    """
-    pos_users = np.asarray(pos_users, np.int64)
-    pos_items = np.asarray(pos_items, np.int64)
-    users = np.repeat(pos_users, ratio)
-    n = len(users)
-    if popularity is None:
-        popularity = np.bincount(pos_items, minlength=n_items).astype(np.float64) + 1.0
-    p = np.asarray(popularity, np.float64)[:n_items] ** alpha
-    cdf = np.cumsum(p)
-    cdf /= cdf[-1]
-    pos_keys = np.unique(pos_users * n_items + pos_items)
-
-    def is_pos(u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        keys = u * n_items + i
-        at = np.minimum(np.searchsorted(pos_keys, keys), len(pos_keys) - 1)
-        return pos_keys[at] == keys
-
-    def popular(m: int) -> np.ndarray:
-        return np.minimum(np.searchsorted(cdf, rng.random(m), side="right"), n_items - 1)
-
-    items = popular(n)
-    hard = np.zeros(n, bool)
-    if hard_users is not None and hard_items is not None and len(hard_users) and hard_share > 0:
-        hu = np.asarray(hard_users, np.int64)
-        hi = np.asarray(hard_items, np.int64)
-        keep = ~is_pos(hu, hi)
-        hu, hi = hu[keep], hi[keep]
-        order = np.argsort(hu, kind="stable")
-        hu, hi = hu[order], hi[order]
-        n_users = int(max(users.max(initial=0), hu.max(initial=0))) + 1
-        counts = np.bincount(hu, minlength=n_users)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        hard = (rng.random(n) < hard_share) & (counts[users] > 0)
-        hu_sel = users[hard]
-        pick = starts[hu_sel] + np.floor(rng.random(len(hu_sel)) * counts[hu_sel]).astype(
-            np.int64)
-        items[hard] = hi[pick]
-    for _ in range(max_rounds):
-        clash = ~hard & is_pos(users, items)
-        if not clash.any():
-            break
-        items[clash] = popular(int(clash.sum()))
-    return users, items
 
 
 # --------------------------------------------------------------------------- files
@@ -532,7 +358,7 @@ def save_model(model: nn.Module, folder: Path, extra: dict[str, Any] | None = No
     Under DDP only rank 0 writes unless ``all_ranks``; returns whether this rank wrote."""
     if not all_ranks and not is_main_process():
         return False
-    model = _unwrap(model)
+    model = unwrap(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from models.early_stopping import EarlyStopping
+
 log = logging.getLogger("pipeline")
 
 PAD = 0
@@ -201,6 +203,26 @@ def trim(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, int(real[0]):] if len(real) else tokens[:, -1:]
 
 
+def _train_epoch(model: SASRec, data: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator, batch_size: int,
+                 device: str | torch.device) -> float:
+    """One pass in a seeded order; the mean loss per predicted position."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in torch.randperm(len(data), generator=generator).split(batch_size):
+        tokens = trim(data[batch]).to(device)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        used = (inputs != PAD) & (targets != PAD)
+        hidden = model(inputs)[used]
+        loss = next_item_loss(model, hidden, targets[used] - 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * int(used.sum())
+        count += int(used.sum())
+    return total / max(count, 1)
+
+
 def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_decay: float = 0.0,
           batch_size: int = 128, max_epochs: int = 200, patience: int = 5, eval_every: int = 1,
           seed: int = 42, device: str | torch.device = "cpu",
@@ -217,30 +239,19 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
     data = torch.as_tensor(sequences, dtype=torch.long)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     result = TrainResult(epochs=0)
-    best, best_state, stale = -math.inf, None, 0
+    stopper = EarlyStopping(patience, higher_is_better=True)
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     for epoch in range(1, max_epochs + 1):
         started = time.perf_counter()
-        model.train()
-        total, count = 0.0, 0
-        for batch in torch.randperm(len(data), generator=generator).split(batch_size):
-            tokens = trim(data[batch]).to(device)
-            inputs, targets = tokens[:, :-1], tokens[:, 1:]
-            used = (inputs != PAD) & (targets != PAD)
-            hidden = model(inputs)[used]
-            loss = next_item_loss(model, hidden, targets[used] - 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * int(used.sum())
-            count += int(used.sum())
-        entry = {"epoch": epoch, "loss": total / max(count, 1)}
+        entry = {"epoch": epoch,
+                 "loss": _train_epoch(model, data, optimizer, generator, batch_size, device)}
         if evaluate is not None and epoch % eval_every == 0:
             entry["held_out"] = float(evaluate(model))
-            if entry["held_out"] > best:
-                best, stale, result.epochs = entry["held_out"], 0, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
+            if stopper.update(epoch, entry["held_out"], snapshot):
+                result.epochs = epoch
         elif evaluate is None:
             result.epochs = epoch
         entry["seconds"] = time.perf_counter() - started
@@ -248,10 +259,10 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
         log.info("[%s] epoch=%d loss=%.4f held_out=%s seconds=%.2f", name, epoch,
                  entry["loss"], f"{entry['held_out']:.4f}" if "held_out" in entry else "-",
                  entry["seconds"])
-        if evaluate is not None and stale >= patience:
+        if evaluate is not None and stopper.should_stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
     return result
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from features.interactions import IdIndex
+from models.metrics import METRICS, coverage_at_k
 from pipeline import schema as S
-from pipeline.evaluation.metrics import METRICS, coverage_at_k
 
 
 def ranked_matrix(lists: pd.DataFrame, users: IdIndex, items: IdIndex, depth: int,

@@ -11,9 +11,12 @@ Popularity alone ignores all of it, so models that use the structure beat it wid
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
+from features.recall_data import SECONDS_PER_DAY
 from pipeline import schema as S
 from pipeline.config import SyntheticSource
 from pipeline.sources import RawTables
@@ -25,7 +28,6 @@ _TAGS_PER_TOPIC = 8
 _GLOBAL_WORDS = 60
 _SUBCATEGORIES = 3
 _MEAN_SESSION = 8
-_DAY = 86_400
 _START = np.datetime64("2026-01-01T00:00:00", "s")
 _CHUNK = 1 << 20
 
@@ -69,28 +71,64 @@ class _ItemSampler:
         return self.order[pos]
 
 
-def generate(src: SyntheticSource, seed: int) -> RawTables:
-    rng = np.random.default_rng(seed)
-    n_topics, n_items, n_users = src.n_topics, src.n_items, src.n_users
-    span = src.days * _DAY
+@dataclass
+class _Catalogue:
+    """What the events need to know about the items (0-based item codes)."""
 
-    # Vocabulary: per-topic words and tags, plus words shared by every topic.
+    topic: np.ndarray
+    weight: np.ndarray  # Zipf popularity
+    region: np.ndarray  # -1 = sold everywhere
+    created: np.ndarray  # seconds from _START
+    title_words: np.ndarray  # items x 3, the words search queries are drawn from
+
+
+@dataclass
+class _Tastes:
+    """Per user: topic mixtures at the start and the end of the log, and home region."""
+
+    early: np.ndarray
+    late: np.ndarray
+    region: np.ndarray
+
+
+@dataclass
+class _Sessions:
+    """Events before items are drawn: user, session and time of each, plus per session
+    its start time and user."""
+
+    user: np.ndarray
+    session: np.ndarray
+    ts: np.ndarray
+    start: np.ndarray
+    session_user: np.ndarray
+
+
+def _vocabulary(rng: np.random.Generator, n_topics: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-topic words (topics x words), per-topic tags (topics x tags), and words shared
+    by every topic."""
     words = _words(rng, n_topics * (_WORDS_PER_TOPIC + _TAGS_PER_TOPIC) + _GLOBAL_WORDS)
     topic_words = words[: n_topics * _WORDS_PER_TOPIC].reshape(n_topics, _WORDS_PER_TOPIC)
     tag_start = n_topics * _WORDS_PER_TOPIC
     topic_tags = words[tag_start: tag_start + n_topics * _TAGS_PER_TOPIC].reshape(
         n_topics, _TAGS_PER_TOPIC)
-    global_words = words[tag_start + n_topics * _TAGS_PER_TOPIC:]
+    return topic_words, topic_tags, words[tag_start + n_topics * _TAGS_PER_TOPIC:]
 
-    # Items.
-    item_topic = rng.integers(n_topics, size=n_items)
+
+def _items(rng: np.random.Generator, src: SyntheticSource, span: int
+           ) -> tuple[pd.DataFrame, _Catalogue]:
+    """The item table (title, text, category and tags from the item's topic) and the
+    facts the events are drawn from."""
+    n_items = src.n_items
+    topic_words, topic_tags, global_words = _vocabulary(rng, src.n_topics)
+    item_topic = rng.integers(src.n_topics, size=n_items)
     pop_rank = rng.permutation(n_items)
     pop_weight = 1.0 / (pop_rank + 1.0) ** src.zipf_exponent
     item_region = np.where(rng.random(n_items) < src.regional_item_share,
                            rng.integers(src.n_regions, size=n_items), -1)
     new_item = rng.random(n_items) < 0.2
     created = np.where(new_item, rng.random(n_items) * span * 0.8,
-                       -rng.random(n_items) * 365 * _DAY).astype(np.int64)
+                       -rng.random(n_items) * 365 * SECONDS_PER_DAY).astype(np.int64)
     title_idx = rng.integers(_WORDS_PER_TOPIC, size=(n_items, 3))
     title_words = topic_words[item_topic[:, None], title_idx]
     text_idx = rng.integers(_WORDS_PER_TOPIC, size=(n_items, 10))
@@ -110,8 +148,12 @@ def generate(src: SyntheticSource, seed: int) -> RawTables:
                                      None), dtype="string"),
         S.CREATED_TS: _START + created,
     })
+    return items, _Catalogue(item_topic, pop_weight, item_region, created, title_words)
 
-    # Users: sparse tastes that drift towards a second mixture over the log.
+
+def _users(rng: np.random.Generator, src: SyntheticSource) -> tuple[pd.DataFrame, _Tastes]:
+    """The user table and each user's sparse tastes, drifting towards a second mixture."""
+    n_users, n_topics = src.n_users, src.n_topics
     taste0 = rng.gamma(0.3, size=(n_users, n_topics)) + 1e-9
     taste0 /= taste0.sum(axis=1, keepdims=True)
     fresh = rng.gamma(0.3, size=(n_users, n_topics)) + 1e-9
@@ -123,8 +165,12 @@ def generate(src: SyntheticSource, seed: int) -> RawTables:
         "gender": rng.choice(np.array(["f", "m"]), size=n_users),
         S.REGION: np.char.add("r", user_region.astype(str)),
     })
+    return users, _Tastes(taste0, taste1, user_region)
 
-    # Events, grouped into sessions of each user.
+
+def _sessions(rng: np.random.Generator, src: SyntheticSource, span: int) -> _Sessions:
+    """Lognormal event counts per user, split into sessions of a few minutes per event."""
+    n_users = src.n_users
     sigma = 0.8
     n_per_user = np.maximum(3, np.round(rng.lognormal(
         np.log(src.mean_interactions) - sigma**2 / 2, sigma, size=n_users))).astype(np.int64)
@@ -139,26 +185,46 @@ def generate(src: SyntheticSource, seed: int) -> RawTables:
     session_start = rng.random(n_sessions.sum()) * (span - 6 * 3600)
     ts = (session_start[session] + position * rng.uniform(60, 600, size=len(session))).astype(
         np.int64)
-    drift = session_start / span
-    session_user = np.repeat(np.arange(n_users), n_sessions)
-    late = rng.random(len(session_start)) < drift
-    session_topic = np.where(
-        late, _categorical(rng, taste1, session_user), _categorical(rng, taste0, session_user))
-    stray = rng.random(len(user)) >= src.session_coherence
-    topic = session_topic[session]
-    topic[stray] = _categorical(rng, taste0, user[stray])
+    return _Sessions(user, session, ts, session_start, np.repeat(np.arange(n_users), n_sessions))
 
-    sampler = _ItemSampler(item_topic, pop_weight, n_topics)
+
+def _event_topics(rng: np.random.Generator, src: SyntheticSource, tastes: _Tastes,
+                  sessions: _Sessions, span: int) -> np.ndarray:
+    """Each event's topic: its session's (from the early or late taste, more often late
+    as the log goes on), or with probability 1 - coherence a stray one."""
+    drift = sessions.start / span
+    late = rng.random(len(sessions.start)) < drift
+    session_topic = np.where(late, _categorical(rng, tastes.late, sessions.session_user),
+                             _categorical(rng, tastes.early, sessions.session_user))
+    stray = rng.random(len(sessions.user)) >= src.session_coherence
+    topic = session_topic[sessions.session]
+    topic[stray] = _categorical(rng, tastes.early, sessions.user[stray])
+    return topic
+
+
+def _draw_items(rng: np.random.Generator, catalogue: _Catalogue, user_region: np.ndarray,
+                user: np.ndarray, topic: np.ndarray, ts: np.ndarray, n_topics: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An item of each event's topic by popularity; regional items rarely leave their
+    region and items exist only once made (events still without one are dropped)."""
+    sampler = _ItemSampler(catalogue.topic, catalogue.weight, n_topics)
+    region, created = catalogue.region, catalogue.created
     item = sampler.draw(rng, topic)
-    for _ in range(4):  # regional items rarely leave their region; items exist only once made
-        wrong_region = (item_region[item] >= 0) & (item_region[item] != user_region[user])
+    for _ in range(4):
+        wrong_region = (region[item] >= 0) & (region[item] != user_region[user])
         retry = (wrong_region & (rng.random(len(item)) < 0.9)) | (created[item] > ts)
         if not retry.any():
             break
         item[retry] = sampler.draw(rng, topic[retry])
     keep = created[item] <= ts
-    user, item, ts = user[keep], item[keep], ts[keep]
+    return user[keep], item[keep], ts[keep]
 
+
+def _interactions(rng: np.random.Generator, src: SyntheticSource, title_words: np.ndarray,
+                  user_region: np.ndarray, user: np.ndarray, item: np.ndarray,
+                  ts: np.ndarray) -> pd.DataFrame:
+    """The interaction table: event kinds (searches with a query from the item's title,
+    a few purchases, clicks), sorted by time."""
     search = rng.random(len(item)) < src.search_share
     purchase = ~search & (rng.random(len(item)) < 0.05)
     event = np.where(search, "search", np.where(purchase, "purchase", "click"))
@@ -166,8 +232,7 @@ def generate(src: SyntheticSource, seed: int) -> RawTables:
     qwords = title_words[item[search][:, None], pick]
     query = np.full(len(item), None, dtype=object)
     query[search] = [" ".join(dict.fromkeys(row)) for row in qwords.tolist()]
-
-    interactions = pd.DataFrame({
+    return pd.DataFrame({
         S.USER: user + 1,
         S.ITEM: item + 1,
         S.TS: _START + ts,
@@ -176,6 +241,20 @@ def generate(src: SyntheticSource, seed: int) -> RawTables:
         S.QUERY: pd.Series(query, dtype="string"),
         S.REGION: np.char.add("r", user_region[user].astype(str)),
     }).sort_values([S.TS, S.USER], kind="stable").reset_index(drop=True)
+
+
+def generate(src: SyntheticSource, seed: int) -> RawTables:
+    """Items, users and their events from one seeded generator (draws in a fixed order,
+    so a seed always gives the same tables)."""
+    rng = np.random.default_rng(seed)
+    span = src.days * SECONDS_PER_DAY
+    items, catalogue = _items(rng, src, span)
+    users, tastes = _users(rng, src)
+    sessions = _sessions(rng, src, span)
+    topic = _event_topics(rng, src, tastes, sessions, span)
+    user, item, ts = _draw_items(rng, catalogue, tastes.region, sessions.user, topic,
+                                 sessions.ts, src.n_topics)
+    interactions = _interactions(rng, src, catalogue.title_words, tastes.region, user, item, ts)
     origin = "synthetic generator"
     return RawTables(interactions=[(origin, interactions)], items=(origin, items),
                      users=(origin, users))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import ndcg_score
 
+from models import blend
 from models.blend import (
     RRF_OFFSET,
     blend_scores,
@@ -39,6 +41,72 @@ def test_candidate_ndcg_matches_a_hand_value_and_sklearn() -> None:
     expected = np.mean([ndcg_score([labels[groups == g]], [scores[groups == g]], k=10)
                         for g in range(40)])
     assert candidate_ndcg(groups, scores, labels, k=10) == pytest.approx(expected, abs=1e-12)
+
+
+def reference_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                   k: int = 10) -> float:
+    """The formula ``candidate_ndcg`` had before it went through ``ndcg_at_k``, kept as an
+    independent implementation: pandas sorts and group sums of gain / log2(position + 2)."""
+    frame = pd.DataFrame({"g": groups, "s": np.nan_to_num(scores, nan=-np.inf),
+                          "y": labels.astype(np.float64), "row": np.arange(len(groups))})
+    frame = frame[frame.groupby("g")["y"].transform("max") > 0]
+    if frame.empty:
+        return 0.0
+    ordered = frame.sort_values(["g", "s", "row"], ascending=[True, False, True])
+    position = ordered.groupby("g", sort=False).cumcount().to_numpy()
+    gain = np.where(position < k, ordered["y"].to_numpy() / np.log2(position + 2.0), 0.0)
+    dcg = pd.Series(gain).groupby(ordered["g"].to_numpy(), sort=False).sum()
+    ideal = frame.sort_values(["g", "y"], ascending=[True, False])
+    ipos = ideal.groupby("g", sort=False).cumcount().to_numpy()
+    igain = np.where(ipos < k, ideal["y"].to_numpy() / np.log2(ipos + 2.0), 0.0)
+    idcg = pd.Series(igain).groupby(ideal["g"].to_numpy(), sort=False).sum()
+    return float((dcg / idcg.reindex(dcg.index)).mean())
+
+
+def random_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unsorted group ids of uneven sizes (some of one row, some without a positive),
+    coarse scores with ties, NaN and infinite scores."""
+    rng = np.random.default_rng(seed)
+    n_groups = int(rng.integers(1, 60))
+    groups = np.repeat(rng.permutation(n_groups) * 3 + 1, rng.integers(1, 30, n_groups))
+    n = len(groups)
+    labels = (rng.random(n) < 0.3 * rng.random()).astype(int)
+    scores = np.round(rng.random(n), int(rng.integers(1, 3)))
+    scores[rng.random(n) < 0.1] = np.nan
+    scores[rng.random(n) < 0.05] = -np.inf
+    return groups, scores, labels
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_candidate_ndcg_equals_the_reference_formula(seed: int) -> None:
+    groups, scores, labels = random_case(seed)
+    for k in (1, 3, 10, 50):
+        got, expected = candidate_ndcg(groups, scores, labels, k), reference_ndcg(
+            groups, scores, labels, k)
+        assert np.isclose(got, expected, rtol=0, atol=1e-12), (k, got, expected)
+
+
+def test_candidate_ndcg_without_any_positive_is_zero() -> None:
+    assert candidate_ndcg(np.array([0, 0, 1]), np.array([1.0, 2.0, 3.0]), np.zeros(3)) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fit_blend_picks_the_weights_the_reference_formula_picks(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(100 + seed)
+    groups = np.repeat(np.arange(50), rng.integers(2, 20, 50))
+    labels = (rng.random(len(groups)) < 0.15).astype(int)
+    ranks = {}
+    for name, lift in zip("abcd", (0.4, 0.3, 0.1, 0.0), strict=True):
+        scores = np.round(rng.random(len(groups)) + lift * labels, 1)
+        scores[rng.random(len(groups)) < 0.1] = np.nan
+        ranks[name] = request_rank(groups, scores)
+    weights, alone = fit_blend(ranks, groups, labels)
+    monkeypatch.setattr(blend, "candidate_ndcg", reference_ndcg)
+    ref_weights, ref_alone = fit_blend(ranks, groups, labels)
+    assert weights == ref_weights
+    assert alone.keys() == ref_alone.keys()
+    assert all(np.isclose(alone[n], ref_alone[n], rtol=0, atol=1e-12) for n in alone)
 
 
 def test_groups_without_a_positive_are_left_out_of_the_mean() -> None:

@@ -13,10 +13,10 @@ import pytest
 from scipy import stats
 
 from features.interactions import IdIndex
+from models.metrics import METRICS
 from pipeline import schema as S
 from pipeline.evaluation import bootstrap
 from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci
-from pipeline.evaluation.metrics import METRICS
 from pipeline.evaluation.protocol import evaluate_lists, per_user_metric
 
 log2 = np.log2

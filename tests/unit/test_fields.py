@@ -13,15 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features.fields import (
-    FieldEncoder,
-    FieldSpec,
-    from_arrow,
-    parse_fields,
-    read_parquet,
-    to_arrow,
-    write_parquet,
-)
+from features.fields import FieldEncoder, FieldSpec, parse_fields
 
 SPEC = {
     "user": {"kind": "categorical", "column": "user_id"},
@@ -154,17 +146,3 @@ def test_save_load_round_trip(enc: FieldEncoder, tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_array_equal(a.weights, b.weights)
     assert back.slot_field.tolist() == enc.slot_field.tolist()
-
-
-def test_encoded_samples_through_arrow_and_parquet(enc: FieldEncoder, tmp_path: Path) -> None:
-    e = enc.transform(fit_frame())
-    labels = np.array([1, 0, 1, 0], np.float32)
-    table = to_arrow(e, {"label": labels}, enc.slot_field)
-    assert pa.types.is_fixed_size_list(table.schema.field("ids").type)
-    assert table.schema.field("ids").type.value_type == pa.int32()
-    assert table.schema.field("weights").type.value_type == pa.float32()
-    write_parquet(tmp_path / "s.parquet", e, {"label": labels}, enc.slot_field)
-    for back, rest in (from_arrow(table), read_parquet(tmp_path / "s.parquet")):
-        np.testing.assert_array_equal(back.ids, e.ids)
-        np.testing.assert_array_equal(back.weights, e.weights)
-        np.testing.assert_array_equal(rest["label"], labels)

@@ -57,7 +57,8 @@ def worker(out: Path) -> None:
     """One torchrun rank: dense and sparse-gradient runs, each rank's state saved."""
     import torch.distributed as dist
 
-    from models.fm_trainer import init_distributed, rank_and_world, save_model
+    from models.distributed import init_distributed, rank_and_world
+    from models.fm_trainer import save_model
 
     torch.set_num_threads(1)
     assert init_distributed(), "torchrun did not set RANK / WORLD_SIZE"

@@ -17,23 +17,21 @@ import pytest
 import torch
 
 from features.fields import FieldEncoder
+from models.distributed import shard_order
 from models.ffm import FFM, FFMFunction, gather_blocks
 from models.fm import FM, FMFunction
 from models.fm_trainer import (
-    RowSparseAdagrad,
-    RowSparseAdam,
     Samples,
     TrainConfig,
     binary_metric,
     fit,
     load_model,
-    make_optimizer,
     predict,
-    sample_negatives,
     save_model,
     score_frame,
-    shard_order,
 )
+from models.negatives import sample_negatives
+from models.optimizers import RowSparseAdagrad, RowSparseAdam, make_optimizer
 
 torch.set_num_threads(1)
 
@@ -345,6 +343,23 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     hist2 = fit(model2, data, data, TrainConfig(epochs=2, metric="logloss", threads=1))
     assert not hist2.higher_is_better
     assert hist2.best_metric == min(e["valid_logloss"] for e in hist2.epochs)
+
+
+def test_without_restore_best_it_still_stops_but_keeps_the_last_epoch() -> None:
+    data, enc = planted(800, seed=1)
+    model = FM(enc.n_features, enc.slot_field, k=2)
+    scores = iter([0.5, 0.9, 0.8, 0.7, 0.95])
+    snapshots: list[torch.Tensor] = []
+
+    def evaluate(m: torch.nn.Module) -> float:
+        snapshots.append(m.table.detach().clone())
+        return next(scores)
+
+    hist = fit(model, data, None, TrainConfig(epochs=5, patience=2, threads=1,
+                                              restore_best=False), evaluate=evaluate)
+    assert hist.stopped_early and len(hist.epochs) == 4
+    assert (hist.best_epoch, hist.best_metric) == (1, 0.9)
+    torch.testing.assert_close(model.table.detach(), snapshots[-1], rtol=0, atol=0)
 
 
 def test_same_seed_same_parameters() -> None:

@@ -13,18 +13,19 @@ import pytest
 from sklearn.metrics import ndcg_score
 
 from features.interactions import IdIndex
-from pipeline import schema as S
-from pipeline.evaluation.metrics import (
+from models.metrics import (
     METRICS,
     coverage_at_k,
     get_metric,
     hit_rate_at_k,
+    hits_from_keys,
     map_at_k,
     mrr_at_k,
     ndcg_at_k,
     precision_at_k,
     recall_at_k,
 )
+from pipeline import schema as S
 from pipeline.evaluation.protocol import evaluate_lists, ranked_matrix
 
 T, F = True, False
@@ -283,6 +284,33 @@ def test_coverage_hand_computed() -> None:
     assert coverage_at_k(lists, 3, 4) == pytest.approx(1.0)
     assert coverage_at_k(np.full((2, 3), -1), 3, 10) == 0.0
     assert coverage_at_k(np.zeros((0, 3), np.int64), 3, 0) == 0.0
+
+
+# ---------------------------------------------------------------- hits from keys
+def test_hits_from_keys_hand_computed() -> None:
+    n_items = 5
+    top = np.array([[2, 0, 4], [1, -1, -1], [3, 3, 0]])
+    # row 0 likes items 0 and 4, row 1 likes item 1, row 2 likes nothing it was shown
+    relevant = np.array([0 * n_items + 0, 0 * n_items + 4, 1 * n_items + 1, 2 * n_items + 1])
+    expected = np.array([[F, T, T], [T, F, F], [F, F, F]])
+    np.testing.assert_array_equal(hits_from_keys(top, relevant, n_items), expected)
+
+
+def test_ndcg_through_hits_from_keys_by_hand() -> None:
+    # how the sequence channel scores held-out items: row 0 relevant {1, 4}, ranked
+    # [4, 0, 1] -> (1 + 1/log2(4)) / (1 + 1/log2(3)); row 1 relevant {2}, nothing ranked -> 0
+    top = np.array([[4, 0, 1], [-1, -1, -1]])
+    relevant = np.array([0 * 5 + 1, 0 * 5 + 4, 1 * 5 + 2])
+    got = ndcg_at_k(hits_from_keys(top, relevant, 5), np.array([2, 1]), 3)
+    np.testing.assert_allclose(got, [(1 + 1 / log2(4)) / (1 + 1 / log2(3)), 0.0])
+
+
+def test_hits_from_keys_never_hits_an_empty_cell() -> None:
+    # -1 in row 1 encodes to 1 * 5 - 1 = 4, the key of (row 0, item 4): still no hit
+    top = np.array([[0, 1], [-1, -1]])
+    hits = hits_from_keys(top, np.array([4], np.int64), 5)
+    assert not hits.any()
+    assert hits_from_keys(np.zeros((0, 3), np.int64), np.array([], np.int64), 5).shape == (0, 3)
 
 
 def test_get_metric_fails_loudly_and_declares_direction() -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import HeldOut
-from models.recall.sequence import SequenceChannel, ndcg_per_user
+from models.recall.sequence import SequenceChannel
 from models.sequence import (
     SASRec,
     last_tokens,
@@ -117,6 +117,25 @@ def test_loss_decreases_and_every_parameter_gets_a_gradient() -> None:
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_train_stops_on_stale_evaluations_and_restores_the_best_weights() -> None:
+    data, _, _ = cycle_data()
+    windows = training_windows(data.log, max_len=8)
+    scores = iter([0.2, 0.5, 0.4, 0.5, 0.3])  # a tie is not an improvement
+    snapshots: list[torch.Tensor] = []
+
+    def evaluate(model: SASRec) -> float:
+        snapshots.append(model.item_emb.weight.detach().clone())
+        return next(scores)
+
+    model = tiny_model()
+    result = train(model, windows, lr=1e-2, batch_size=16, max_epochs=20, patience=3,
+                   eval_every=2, evaluate=evaluate)
+    assert [h.get("held_out") for h in result.history] == [None, 0.2, None, 0.5, None, 0.4,
+                                                           None, 0.5, None, 0.3]
+    assert result.epochs == 4
+    torch.testing.assert_close(model.item_emb.weight.detach(), snapshots[1], rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- sequences from the log
 
 
@@ -215,15 +234,6 @@ def test_early_stopping_records_the_best_epoch_and_the_refit_trains_exactly_that
     refit = SequenceChannel(**{**params, **tuned}).fit(data, held_out)
     assert len(refit.history) == tuned["epochs"] == refit.tuned()["epochs"]
     assert all("held_out" not in h for h in refit.history), "a refit looks at nothing held out"
-
-
-def test_ndcg_per_user_by_hand() -> None:
-    # row 0: relevant {1, 4}, ranked [4, 0, 1] -> (1 + 1/log2(4)) / (1 + 1/log2(3));
-    # row 1: relevant {2}, nothing retrieved -> 0
-    top = np.array([[4, 0, 1], [-1, -1, -1]])
-    relevant = np.array([0 * 5 + 1, 0 * 5 + 4, 1 * 5 + 2])
-    got = ndcg_per_user(top, relevant, np.array([2, 1]), n_items=5, k=3)
-    np.testing.assert_allclose(got, [(1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)), 0.0])
 
 
 def test_batched_scores_match_one_row_at_a_time() -> None:

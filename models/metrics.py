@@ -85,6 +85,17 @@ def get_metric(name: str) -> Metric:
         raise KeyError(f"unknown metric {name!r}; known: {sorted(METRICS)}") from None
 
 
+def hits_from_keys(top: np.ndarray, relevant_keys: np.ndarray, n_items: int) -> np.ndarray:
+    """Boolean hit matrix of ranked item codes against relevant (row, item) pairs.
+
+    ``top`` holds item codes per row and rank, -1 where there is nothing; ``relevant_keys``
+    is a sorted int64 array of ``row * n_items + item``. Encoding pairs as one integer lets
+    a single ``np.isin`` test every cell; a -1 cell never hits.
+    """
+    keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * n_items + top
+    return np.isin(keys, relevant_keys) & (top >= 0)
+
+
 def coverage_at_k(item_lists: np.ndarray, k: int, n_catalogue: int) -> float:
     """Distinct items appearing in any evaluated user's top k, over the catalogue size.
 
