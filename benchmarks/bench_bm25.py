@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmarks.common import best_of, peak_rss_mb, record
-from models.recall.inverted_index import BM25Index, bm25_weights
+from models.bm25 import BM25Index, bm25_weights
 
 VOCAB, MIN_LEN, MAX_LEN = 100_000, 30, 80
 N_QUERIES, K, K1, B, ROUNDS = 1000, 100, 1.2, 0.75, 5

@@ -13,7 +13,9 @@ source that has them, an item without a category or a user without history gets 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,10 +23,8 @@ import scipy.sparse as sp
 
 from features.attributes import attribute_matrix
 from features.interactions import interaction_matrix
-from features.recall_data import RecallData, to_seconds
-from models.base import RecallChannel, SparseScoreChannel
+from features.recall_data import SECONDS_PER_DAY, RecallData, to_seconds
 
-DAY = 86_400.0
 HOUR_BUCKETS = 6  # four-hour slots of the day
 
 
@@ -128,7 +128,7 @@ class FeatureContext:
         self.user_hour, self.item_hour = _modal_share(
             u, i, (ts // 3600 % 24) * HOUR_BUCKETS // 24, nu, ni, HOUR_BUCKETS)
         self.user_weekday, self.item_weekday = _modal_share(
-            u, i, (ts // int(DAY) + 3) % 7, nu, ni, 7)  # 1970-01-01 was a Thursday (3)
+            u, i, (ts // SECONDS_PER_DAY + 3) % 7, nu, ni, 7)  # 1970-01-01 was a Thursday (3)
 
     @staticmethod
     def _regions(data: RecallData, u: np.ndarray, i: np.ndarray
@@ -167,17 +167,17 @@ class FeatureContext:
             slot = modal[users]
             return np.where(slot >= 0, share[items, np.maximum(slot, 0)], np.nan)
 
-        age = (now - self.item_born[items]) / DAY
+        age = (now - self.item_born[items]) / SECONDS_PER_DAY
         return pd.DataFrame({
             "user_events": self.user_events[users],
-            "user_days_since_last": (now - self.user_last[users]) / DAY,
-            "user_days_active": (self.user_last[users] - self.user_first[users]) / DAY,
+            "user_days_since_last": (now - self.user_last[users]) / SECONDS_PER_DAY,
+            "user_days_active": (self.user_last[users] - self.user_first[users]) / SECONDS_PER_DAY,
             "item_popularity": item_events / max(self.item_events.sum(), 1.0),
             "item_recent_popularity": self.item_recent[items] / max(self.item_recent.sum(), 1.0),
             "item_recent_share": self.item_recent[items] / np.maximum(item_events, 1.0),
             "item_region_popularity": region,
             "item_age_days": np.where(age >= 0, age, np.nan),
-            "item_days_since_last": (now - self.item_last[items]) / DAY,
+            "item_days_since_last": (now - self.item_last[items]) / SECONDS_PER_DAY,
             "category_affinity": self._affinity(self.category, users, items),
             "tag_affinity": self._affinity(self.tags, users, items),
             "hour_match": match(self.user_hour, self.item_hour),
@@ -185,22 +185,18 @@ class FeatureContext:
         })
 
 
-def model_scores(models: dict[str, RecallChannel], data: RecallData, users: np.ndarray,
+class PairScorer(Protocol):
+    """A fitted model that scores (user, item) pairs: NaN where it has no score."""
+
+    def score_pairs(self, data: RecallData, users: np.ndarray,
+                    items: np.ndarray) -> np.ndarray: ...
+
+
+def model_scores(models: Mapping[str, PairScorer], data: RecallData, users: np.ndarray,
                  items: np.ndarray) -> pd.DataFrame:
-    """``<name>_model_score`` of each pair from each fitted recall model (NaN where the
-    model gives no score), scoring each distinct user once."""
-    unique, rows = np.unique(users, return_inverse=True)
-    out = {}
-    for name, model in models.items():
-        if isinstance(model, SparseScoreChannel):
-            scores = model.score_sparse(data, unique).tocsr()
-            values = np.asarray(scores[rows, items]).ravel().astype(np.float64)
-            values[values <= 0] = np.nan  # sparse channels store only positive evidence
-        else:
-            values = model.score(data, unique)[rows, items].astype(np.float64)
-            values[~np.isfinite(values)] = np.nan
-        out[f"{name}_model_score"] = values
-    return pd.DataFrame(out, index=pd.RangeIndex(len(users)))
+    """``<name>_model_score`` of each pair from each fitted recall model."""
+    return pd.DataFrame({f"{name}_model_score": model.score_pairs(data, users, items)
+                         for name, model in models.items()}, index=pd.RangeIndex(len(users)))
 
 
 def request_ranks(frame: pd.DataFrame, key: str, columns: list[str]) -> pd.DataFrame:

@@ -5,15 +5,23 @@ user tables), optionally watching held-out pairs to choose epochs or other setti
 then scores batches of users against the whole catalogue. ``retrieve`` is shared: it
 scores users in memory-bounded chunks, removes what each user already has, and keeps
 only the top-k per user, so no users x items matrix is ever held whole.
+
+Saving is written once, here: a channel keeps its constructor keywords in ``params`` and
+names its fitted attributes in ``state``; ``save`` writes ``params.json``, one file per
+array (``.npy``, or scipy's ``.npz`` for a sparse matrix) and the JSON-able rest in
+``state.json``; ``load`` rebuilds the channel from ``params`` and sets the state back,
+never unpickling anything. A piece that is neither (a faiss index, torch weights) is
+written and read by the channel's ``_save_extra`` / ``_load_extra``.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -150,15 +158,25 @@ def _stack(parts: list[TopK], k: int) -> TopK:
     return TopK(np.vstack([p.items for p in parts]), np.vstack([p.scores for p in parts]))
 
 
+class NotFittedError(RuntimeError):
+    """A channel was asked to score, retrieve or save before ``fit`` or ``load``."""
+
+
 class RecallChannel(ABC):
     """Fit on history, score users against all items, save and load without pickle.
 
-    ``tuned()`` returns the settings chosen while watching held-out pairs (e.g. the
-    epoch count); passed back as constructor keywords, they let a refit on more data
-    reuse them without peeking at its own future.
+    ``params`` holds the constructor keywords (``cls(**params)`` rebuilds the channel
+    unfitted); ``state`` names the attributes ``fit`` sets and ``save`` writes: numpy
+    arrays, scipy sparse matrices or JSON-able values, None until fitted (or the channel
+    overrides ``is_fitted``). ``tuned()`` returns the settings
+    chosen while watching held-out pairs (e.g. the epoch count); passed back as
+    constructor keywords, they let a refit on more data reuse them without peeking at its
+    own future.
     """
 
-    name: str
+    name: ClassVar[str]
+    state: ClassVar[tuple[str, ...]] = ()
+    params: dict[str, Any]
 
     @abstractmethod
     def fit(self, data: RecallData, held_out: HeldOut | None = None) -> RecallChannel:
@@ -168,21 +186,85 @@ class RecallChannel(ABC):
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
         """Dense scores (len(users) x n_items, float32); -inf where nothing is retrieved."""
 
-    @abstractmethod
-    def save(self, folder: Path) -> None: ...
-
-    @classmethod
-    @abstractmethod
-    def load(cls, folder: Path) -> RecallChannel: ...
-
     def tuned(self) -> dict[str, Any]:
         return {}
+
+    def is_fitted(self) -> bool:
+        """Whether ``fit`` or ``load`` has run: by default, no ``state`` attribute is None."""
+        return all(getattr(self, attr, None) is not None for attr in self.state)
+
+    def _require_fitted(self) -> None:
+        """The one check before scoring, retrieving or saving."""
+        if not self.is_fitted():
+            raise NotFittedError(f"{self.name} channel is not fitted: call fit() or load() first")
 
     def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
                  chunk: int = 0) -> TopK:
         """Top-k item codes for each user code; the user's fitted items removed when asked."""
         return chunked_top_k(lambda rows: self.score(data, users[rows]), data, users, k,
                              exclude_seen, chunk)
+
+    def score_pairs(self, data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The score of each (user, item) pair, float64, NaN where the channel gives none
+        (a ranker feature even where the channel did not retrieve the pair); each distinct
+        user is scored once."""
+        unique, rows = np.unique(users, return_inverse=True)
+        values = self.score(data, unique)[rows, items].astype(np.float64)
+        values[~np.isfinite(values)] = np.nan
+        return values
+
+    # ------------------------------------------------------------------ storage
+    def save(self, folder: Path) -> None:
+        """``params.json``, one file per ``state`` array, ``state.json`` for the rest."""
+        self._require_fitted()
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / "params.json", self.params)
+        plain = {}
+        for attr in self.state:
+            value = getattr(self, attr)
+            if sp.issparse(value):
+                sp.save_npz(folder / f"{attr}.npz", value)
+            elif isinstance(value, np.ndarray):
+                np.save(folder / f"{attr}.npy", value, allow_pickle=False)
+            else:
+                plain[attr] = value
+        if plain:
+            _write_json(folder / "state.json", plain)
+        self._save_extra(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> Self:
+        """The channel ``save`` wrote to ``folder``, ready to score."""
+        channel = cls(**_read_json(folder / "params.json"))
+        plain = _read_json(folder / "state.json") if (folder / "state.json").is_file() else {}
+        for attr in cls.state:
+            if (folder / f"{attr}.npy").is_file():
+                value = np.load(folder / f"{attr}.npy", allow_pickle=False)
+            elif (folder / f"{attr}.npz").is_file():
+                value = sp.load_npz(folder / f"{attr}.npz")
+            elif attr in plain:
+                value = plain[attr]
+            else:
+                raise FileNotFoundError(f"{folder}: no saved {cls.name} state {attr!r}")
+            setattr(channel, attr, value)
+        channel._load_extra(folder)
+        return channel
+
+    def _save_extra(self, folder: Path) -> None:
+        """Write what ``state`` cannot hold (an index, model weights); none by default."""
+        return
+
+    def _load_extra(self, folder: Path) -> None:
+        """Read back what ``_save_extra`` wrote, after ``params`` and ``state`` are set."""
+        return
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n", "utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text("utf-8"))
 
 
 def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
@@ -212,6 +294,15 @@ class SparseScoreChannel(RecallChannel):
         scores = self.score_sparse(data, users).toarray().astype(np.float32)
         scores[scores <= 0] = -np.inf
         return scores
+
+    def score_pairs(self, data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """As ``RecallChannel.score_pairs``, gathered from the sparse scores (only stored
+        entries > 0 are evidence) without a dense users x items block."""
+        unique, rows = np.unique(users, return_inverse=True)
+        scores = self.score_sparse(data, unique).tocsr()
+        values = np.asarray(scores[rows, items]).ravel().astype(np.float64)
+        values[values <= 0] = np.nan
+        return values
 
     def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
                  chunk: int = 0) -> TopK:

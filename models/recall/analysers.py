@@ -9,8 +9,8 @@
   and a query for 烤鸭 finds it); the text between runs of Chinese characters goes
   through ``standard``. jieba is imported on first use and its start-up logging is silenced.
 
-Documents and queries must go through the same analyser. ``register`` adds one; an
-unknown name fails with the known ones listed.
+Documents and queries must go through the same analyser. A new one is an entry in
+``ANALYSERS``; an unknown name fails with the known ones listed.
 """
 
 from __future__ import annotations
@@ -63,11 +63,6 @@ def chinese(text: str) -> list[str]:
 
 
 ANALYSERS: dict[str, Analyser] = {"standard": standard, "jieba": chinese}
-
-
-def register(name: str, analyser: Analyser) -> None:
-    """Make ``analyser`` selectable by ``name`` (e.g. from a channel's config)."""
-    ANALYSERS[name] = analyser
 
 
 def get_analyser(name: str) -> Analyser:

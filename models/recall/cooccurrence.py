@@ -14,26 +14,14 @@ real-time behaviour, weighed separately.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.base import HeldOut, SparseScoreChannel, sparse_row_ranks
+from models.base import HeldOut, SparseScoreChannel
+from models.recall.weights import prune_rows, seed_weights
 
 _BLOCK_CELLS = 1 << 24
-_DAY = 86_400
-
-
-def prune_rows(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
-    """Keep the ``keep`` largest entries of each row (ties: lower column first)."""
-    m = m.tocsr()
-    m.sum_duplicates()
-    rows, order, rank = sparse_row_ranks(m)
-    chosen = order[rank < keep]
-    return sp.csr_matrix((m.data[chosen], (rows[chosen], m.indices[chosen])), shape=m.shape)
 
 
 def item_similarity(history: sp.csr_matrix, neighbours: int, iuf: bool) -> sp.csr_matrix:
@@ -57,29 +45,9 @@ def item_similarity(history: sp.csr_matrix, neighbours: int, iuf: bool) -> sp.cs
     return sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, n_items), dtype=np.float32)
 
 
-def seed_weights(data: RecallData, users: np.ndarray, half_life_days: float,
-                 recent_items: int, recent_weight: float, long_weight: float) -> sp.csr_matrix:
-    """Per user, the weight each of their fitted items gets as a seed (users x items)."""
-    log = data.log
-    starts = np.searchsorted(log["user"].to_numpy(), users, side="left")
-    ends = np.searchsorted(log["user"].to_numpy(), users, side="right")
-    lengths = ends - starts
-    rows = np.repeat(np.arange(len(users)), lengths)
-    offsets = np.cumsum(lengths) - lengths
-    pos = np.arange(lengths.sum()) - np.repeat(offsets - starts, lengths)
-    ts = log["ts"].to_numpy()[pos]
-    weight = np.full(len(pos), long_weight, np.float32)
-    if half_life_days > 0:
-        weight *= np.exp2(-(data.now - ts) / (half_life_days * _DAY)).astype(np.float32)
-    if recent_items > 0 and recent_weight > 0:
-        from_end = np.repeat(ends, lengths) - 1 - pos  # log is sorted by (user, ts)
-        weight += np.where(from_end < recent_items, recent_weight, 0.0).astype(np.float32)
-    return sp.csr_matrix((weight, (rows, log["item"].to_numpy()[pos])),
-                         shape=(len(users), data.n_items))
-
-
 class CooccurrenceChannel(SparseScoreChannel):
     name = "cooccurrence"
+    state = ("similarity",)
 
     def __init__(self, neighbours: int = 200, iuf: bool = True, half_life_days: float = 0.0,
                  recent_items: int = 5, recent_weight: float = 1.0,
@@ -95,19 +63,8 @@ class CooccurrenceChannel(SparseScoreChannel):
         return self
 
     def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
-        assert self.similarity is not None, "fit or load first"
+        self._require_fitted()
         p = self.params
         seeds = seed_weights(data, users, p["half_life_days"], p["recent_items"],
                              p["recent_weight"], p["long_weight"])
         return seeds @ self.similarity
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        sp.save_npz(folder / "similarity.npz", self.similarity)
-        (folder / "params.json").write_text(json.dumps(self.params))
-
-    @classmethod
-    def load(cls, folder: Path) -> CooccurrenceChannel:
-        channel = cls(**json.loads((folder / "params.json").read_text()))
-        channel.similarity = sp.load_npz(folder / "similarity.npz").tocsr()
-        return channel

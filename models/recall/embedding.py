@@ -24,9 +24,7 @@ thread (its SGD is lock-free across threads).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +35,11 @@ from implicit.nearest_neighbours import bm25_weight
 from threadpoolctl import threadpool_limits
 
 from features.recall_data import RecallData
-from models.ann import EXACT_BELOW, AnnIndex, build_index, search_excluding, thread_count
+from models.ann import EXACT_BELOW, AnnIndex, thread_count
 from models.base import HeldOut, RecallChannel, TopK, top_k, user_chunks
+from models.early_stopping import EarlyStopping
+from models.metrics import hits_from_keys, recall_at_k
+from models.recall.item_index import ItemVectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,14 @@ def heldout_recall(user_vecs: np.ndarray, item_vecs: np.ndarray, history: sp.csr
         r, c = seen.nonzero()
         scores[r, c] = -np.inf
         scores[seen.getnnz(axis=1) == 0] = -np.inf
-        top = top_k(scores, k).items
         rel = relevant[rows].tocoo()
-        keys = np.arange(len(block))[:, None] * n_items + top
-        hits = np.isin(keys, rel.row.astype(np.int64) * n_items + rel.col) & (top >= 0)
-        total += float((hits.sum(axis=1) / np.maximum(relevant[rows].getnnz(axis=1), 1)).sum())
+        hits = hits_from_keys(top_k(scores, k).items,
+                              np.sort(rel.row.astype(np.int64) * n_items + rel.col), n_items)
+        total += float(recall_at_k(hits, relevant[rows].getnnz(axis=1), k).sum())
     return total / max(len(users), 1)
 
 
-class EmbeddingChannel(RecallChannel):
+class EmbeddingChannel(ItemVectorIndex, RecallChannel):
     """Implicit-feedback MF user/item vectors, inner-product retrieval through faiss.
 
     model: ``als`` or ``bpr``. factors, regularization, iterations: the usual; alpha:
@@ -115,6 +115,7 @@ class EmbeddingChannel(RecallChannel):
     """
 
     name = "embedding"
+    state = ("user_vecs", "item_vecs", "active", "known", "choice", "trace")
 
     def __init__(self, model: str = "als", factors: int = 64, regularization: float = 30.0,
                  alpha: float = 3.0, iterations: int = 15, learning_rate: float = 0.01,
@@ -168,9 +169,8 @@ class EmbeddingChannel(RecallChannel):
                             settings["bm25_b"])
         with threadpool_limits(1, user_api="blas"):  # implicit warns about BLAS threads
             model = self._model(settings, iterations)
-        best: dict[str, Any] = {"iteration": iterations, "recall": float("nan"),
-                                "vecs": None, "since": 0}
         p = self.params
+        stopper = EarlyStopping(p["patience"])  # strict gain; stop after patience evaluations
         history = data.history
 
         def watch_iteration(iteration: int, elapsed: float, *_: object) -> None:
@@ -183,13 +183,10 @@ class EmbeddingChannel(RecallChannel):
                                "iteration": done, f"recall@{p['tune_k']}": round(recall, 6)})
             log.info("embedding iteration=%d recall@%d=%.4f seconds=%.2f", done,
                      p["tune_k"], recall, elapsed)
-            if best["vecs"] is None or recall > best["recall"]:
-                best.update(iteration=done, recall=recall, since=0,
-                            vecs=(model.user_factors.copy(), model.item_factors.copy()))
-            else:
-                best["since"] += 1
-                if best["since"] >= p["patience"]:
-                    raise _Stop
+            improved = stopper.update(
+                done, recall, lambda: (model.user_factors.copy(), model.item_factors.copy()))
+            if not improved and stopper.should_stop:
+                raise _Stop
 
         with threadpool_limits(1, user_api="blas"):
             try:
@@ -197,8 +194,9 @@ class EmbeddingChannel(RecallChannel):
                           callback=watch_iteration if watch is not None else None)
             except _Stop:
                 pass
-        vecs = best["vecs"] or (model.user_factors, model.item_factors)
-        return best["iteration"], best["recall"], vecs
+        if stopper.best_step is None:  # nothing watched: the model as trained
+            return iterations, float("nan"), (model.user_factors, model.item_factors)
+        return stopper.best_step, stopper.best_value, stopper.best_state
 
     def _watch(self, data: RecallData, held_out: HeldOut) -> tuple[np.ndarray, sp.csr_matrix]:
         ok = (held_out.users >= 0) & (held_out.items >= 0)
@@ -238,23 +236,15 @@ class EmbeddingChannel(RecallChannel):
         self.item_vecs = np.ascontiguousarray(item_vecs, dtype=np.float32)
         self.active = np.asarray(data.history.getnnz(axis=1) > 0)
         self.known = np.asarray(data.history.getnnz(axis=0) > 0)
-        self._build_index()
+        self._index_items(np.flatnonzero(self.known))
         return self
-
-    def _build_index(self) -> None:
-        p = self.params
-        labels = np.flatnonzero(self.known)
-        self.index = build_index(
-            self.item_vecs[labels], labels=labels, exact_below=p["exact_below"], kind=p["ann"],
-            nlist=p["nlist"], nprobe=p["nprobe"], hnsw_m=p["hnsw_m"], ef_search=p["ef_search"],
-            seed=p["seed"], threads=p["threads"])
 
     def tuned(self) -> dict[str, Any]:
         return dict(self.choice)
 
     # ------------------------------------------------------------------ scoring
     def _active_rows(self, users: np.ndarray) -> np.ndarray:
-        assert self.user_vecs is not None, "fit or load first"
+        self._require_fitted()
         inside = (users >= 0) & (users < len(self.active))
         ok = np.zeros(len(users), bool)
         ok[inside] = self.active[users[inside]]
@@ -269,31 +259,7 @@ class EmbeddingChannel(RecallChannel):
 
     def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
                  chunk: int = 0) -> TopK:
-        ok = self._active_rows(users)
-        items = np.full((len(users), k), -1, np.int64)
-        scores = np.full((len(users), k), -np.inf, np.float32)
-        rows = np.flatnonzero(ok)
+        rows = np.flatnonzero(self._active_rows(users))
         exclude = data.history[users[rows]] if exclude_seen else None
-        items[rows], scores[rows] = search_excluding(
-            self.index, self.user_vecs[users[rows]], k, exclude, self.item_vecs,
-            batch=chunk or self.params["batch"])
-        return TopK(items, scores)
-
-    # ------------------------------------------------------------------ storage
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("user_vecs", "item_vecs", "active", "known"):
-            np.save(folder / f"{name}.npy", getattr(self, name))
-        self.index.save(folder / "index")
-        (folder / "params.json").write_text(json.dumps(
-            {"params": self.params, "tuned": self.choice, "trace": self.trace}, indent=1))
-
-    @classmethod
-    def load(cls, folder: Path) -> EmbeddingChannel:
-        saved = json.loads((folder / "params.json").read_text())
-        channel = cls(**saved["params"])
-        channel.choice, channel.trace = saved["tuned"], saved["trace"]
-        for name in ("user_vecs", "item_vecs", "active", "known"):
-            setattr(channel, name, np.load(folder / f"{name}.npy", allow_pickle=False))
-        channel.index = AnnIndex.load(folder / "index")
-        return channel
+        return self._search_items(self.user_vecs[users[rows]], rows, len(users), k, exclude,
+                                  chunk)

@@ -6,9 +6,6 @@ found for that region's users; users without a region get nothing from this chan
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -25,8 +22,10 @@ def user_regions(data: RecallData, regions: list[str]) -> np.ndarray:
 
 class GeographyChannel(RecallChannel):
     name = "geography"
+    state = ("regions", "counts")
 
     def __init__(self) -> None:
+        self.params = {}
         self.regions: list[str] = []
         self.counts: np.ndarray | None = None
 
@@ -42,7 +41,7 @@ class GeographyChannel(RecallChannel):
         return self
 
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
-        assert self.counts is not None, "fit or load first"
+        self._require_fitted()
         region = user_regions(data, self.regions)[users]
         scores = np.full((len(users), data.n_items), -np.inf, np.float32)
         known = region >= 0
@@ -52,21 +51,9 @@ class GeographyChannel(RecallChannel):
 
     def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
                  chunk: int = 0) -> TopK:
-        assert self.counts is not None, "fit or load first"
+        self._require_fitted()
         scores = np.where(self.counts > 0, self.counts, -np.inf).astype(np.float32)
         if not len(self.regions):
             scores = np.full((1, data.n_items), -np.inf, np.float32)
         return top_k_shared(scores, user_regions(data, self.regions)[users], data, users, k,
                             exclude_seen)
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "counts.npy", self.counts)
-        (folder / "regions.json").write_text(json.dumps(self.regions))
-
-    @classmethod
-    def load(cls, folder: Path) -> GeographyChannel:
-        channel = cls()
-        channel.regions = json.loads((folder / "regions.json").read_text())
-        channel.counts = np.load(folder / "counts.npy", allow_pickle=False)
-        return channel

@@ -5,31 +5,28 @@ The fallback for cold users: it needs no history, so every user gets candidates.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
-from features.recall_data import RecallData
+from features.recall_data import SECONDS_PER_DAY, RecallData
 from models.base import HeldOut, RecallChannel, TopK, top_k_shared
-
-_DAY = 86_400
 
 
 class PopularityChannel(RecallChannel):
     """``half_life_days`` = 0: all-time counts; > 0: each event weighs 2^(-age / half-life)."""
 
     name = "popularity"
+    state = ("counts",)
 
     def __init__(self, half_life_days: float = 0.0) -> None:
-        self.half_life_days = half_life_days
+        self.params = {"half_life_days": half_life_days}
         self.counts: np.ndarray | None = None
 
     def fit(self, data: RecallData, held_out: HeldOut | None = None) -> PopularityChannel:
         log = data.log
-        if self.half_life_days > 0:
-            age_days = (data.now - log["ts"].to_numpy()) / _DAY
-            weight = np.exp2(-age_days / self.half_life_days)
+        half_life_days = self.params["half_life_days"]
+        if half_life_days > 0:
+            age_days = (data.now - log["ts"].to_numpy()) / SECONDS_PER_DAY
+            weight = np.exp2(-age_days / half_life_days)
         else:
             weight = np.ones(len(log))
         self.counts = np.bincount(log["item"].to_numpy(), weights=weight,
@@ -37,7 +34,7 @@ class PopularityChannel(RecallChannel):
         return self
 
     def _row(self) -> np.ndarray:
-        assert self.counts is not None, "fit or load first"
+        self._require_fitted()
         return np.where(self.counts > 0, self.counts, -np.inf).astype(np.float32)
 
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
@@ -49,17 +46,6 @@ class PopularityChannel(RecallChannel):
         """Everyone shares one ranking: rank it once, then drop each user's own items."""
         return top_k_shared(self._row()[None, :], np.zeros(len(users), np.int64), data, users,
                             k, exclude_seen)
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "counts.npy", self.counts)
-        (folder / "params.json").write_text(json.dumps({"half_life_days": self.half_life_days}))
-
-    @classmethod
-    def load(cls, folder: Path) -> PopularityChannel:
-        channel = cls(**json.loads((folder / "params.json").read_text()))
-        channel.counts = np.load(folder / "counts.npy", allow_pickle=False)
-        return channel
 
 
 class TrendingChannel(PopularityChannel):

@@ -13,20 +13,18 @@ most their product, whatever the catalogue size.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import scipy.sparse as sp
 
 from features.attributes import attribute_matrix
 from features.recall_data import RecallData
 from models.base import HeldOut, SparseScoreChannel
-from models.recall.cooccurrence import prune_rows, seed_weights
+from models.recall.weights import prune_rows, seed_weights
 
 
 class PreferenceChannel(SparseScoreChannel):
     name = "preference"
+    state = ("attributes", "item_terms")
 
     def __init__(self, half_life_days: float = 30.0, items_per_attribute: int = 300,
                  top_attributes: int = 20) -> None:
@@ -49,7 +47,7 @@ class PreferenceChannel(SparseScoreChannel):
         return self
 
     def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
-        assert self.attributes is not None and self.item_terms is not None, "fit or load first"
+        self._require_fitted()
         seeds = seed_weights(data, users, self.params["half_life_days"], recent_items=0,
                              recent_weight=0.0, long_weight=1.0)
         affinity = prune_rows(seeds @ self.attributes, self.params["top_attributes"])
@@ -57,16 +55,3 @@ class PreferenceChannel(SparseScoreChannel):
         affinity = sp.diags(np.divide(1.0, totals, out=np.zeros_like(totals),
                                       where=totals > 0)) @ affinity
         return affinity @ self.item_terms
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        sp.save_npz(folder / "attributes.npz", self.attributes)
-        sp.save_npz(folder / "item_terms.npz", self.item_terms)
-        (folder / "params.json").write_text(json.dumps(self.params))
-
-    @classmethod
-    def load(cls, folder: Path) -> PreferenceChannel:
-        channel = cls(**json.loads((folder / "params.json").read_text()))
-        channel.attributes = sp.load_npz(folder / "attributes.npz").tocsr()
-        channel.item_terms = sp.load_npz(folder / "item_terms.npz").tocsr()
-        return channel

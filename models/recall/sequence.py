@@ -19,12 +19,12 @@ trains exactly that many epochs and looks at nothing held out; with neither, it 
 
 Seeded and deterministic on CPU for a given thread count; ``device="cuda"`` moves the
 model and batches to the GPU (asked for without one, it logs an error and uses the CPU).
-Saved as a torch state dict plus ``params.json``; loaded with ``weights_only=True``.
+Saved as a torch state dict (``model.pt``, loaded with ``weights_only=True``) beside the
+settings, the trained epoch count and the per-epoch history.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -35,6 +35,7 @@ import torch
 
 from features.recall_data import RecallData
 from models.base import HeldOut, RecallChannel, top_k, user_chunks
+from models.metrics import hits_from_keys, ndcg_at_k
 from models.sequence import SASRec, last_tokens, next_item_scores, train, training_windows
 
 log = logging.getLogger("pipeline")
@@ -48,21 +49,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def ndcg_per_user(top: np.ndarray, relevant: np.ndarray, n_relevant: np.ndarray,
-                  n_items: int, k: int) -> np.ndarray:
-    """NDCG@k of each row of ``top`` (item codes, -1 = none): binary gain, discount
-    1 / log2(rank + 1), IDCG of min(n_relevant, k) hits; ``relevant`` holds the sorted
-    keys row * n_items + item of the relevant pairs. A row with nothing retrieved is 0."""
-    top = top[:, :k]
-    keys = np.arange(len(top))[:, None] * n_items + top
-    hits = np.isin(keys, relevant) & (top >= 0)
-    disc = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
-    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
-    return (hits * disc).sum(axis=1) / ideal[np.minimum(n_relevant, k)]
-
-
 class SequenceChannel(RecallChannel):
     name = "sequence"
+    state = ("trained_epochs", "history")
 
     def __init__(self, d: int = 64, blocks: int = 2, heads: int = 1, max_len: int = 50,
                  dropout: float = 0.2, norm_first: bool = True, windows: int = 0,
@@ -110,8 +99,8 @@ class SequenceChannel(RecallChannel):
                 local = pairs[lo:hi]  # re-keyed by row within the chunk
                 user_of = np.searchsorted(block, local // data.n_items)
                 local = user_of * data.n_items + local % data.n_items
-                total += ndcg_per_user(top_k(scores, k).items, local, n_relevant[rows],
-                                       data.n_items, k).sum()
+                hits = hits_from_keys(top_k(scores, k).items, local, data.n_items)
+                total += ndcg_at_k(hits, n_relevant[rows], k).sum()
             return total / max(len(users), 1)
 
         return evaluate
@@ -136,29 +125,23 @@ class SequenceChannel(RecallChannel):
     def tuned(self) -> dict[str, Any]:
         return {"epochs": self.trained_epochs}
 
+    def is_fitted(self) -> bool:
+        """The weights are what scoring needs (``state`` holds only the epoch record)."""
+        return self.model is not None
+
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
-        assert self.model is not None, "fit or load first"
+        self._require_fitted()
         torch.set_num_threads(self.params["threads"])
         tokens = last_tokens(data.log, np.asarray(users), self.params["max_len"])
         scores = next_item_scores(self.model, tokens, device=self.device)
         scores[~(tokens != 0).any(axis=1)] = -np.inf
         return scores
 
-    def save(self, folder: Path) -> None:
-        assert self.model is not None, "fit or load first"
-        folder.mkdir(parents=True, exist_ok=True)
+    def _save_extra(self, folder: Path) -> None:
         torch.save(self.model.state_dict(), folder / "model.pt")
-        meta = {"params": {**self.params, "epochs": self.trained_epochs},
-                "n_items": self.model.n_items}
-        (folder / "params.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-    @classmethod
-    def load(cls, folder: Path) -> SequenceChannel:
-        meta = json.loads((folder / "params.json").read_text())
-        channel = cls(**meta["params"])
-        channel.trained_epochs = meta["params"]["epochs"]
-        model = channel._new_model(meta["n_items"])
-        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
-                                         weights_only=True))
-        channel.model = model.to(channel.device)
-        return channel
+    def _load_extra(self, folder: Path) -> None:
+        weights = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        model = self._new_model(weights["item_emb.weight"].shape[0] - 1)  # row 0: padding
+        model.load_state_dict(weights)
+        self.model = model.to(self.device)

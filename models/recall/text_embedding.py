@@ -33,9 +33,10 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
 from features.recall_data import RecallData
-from models.ann import EXACT_BELOW, AnnIndex, build_index, search_excluding
+from models.ann import EXACT_BELOW, AnnIndex
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK
-from models.recall.cooccurrence import seed_weights
+from models.recall.item_index import ItemVectorIndex
+from models.recall.weights import seed_weights
 
 # Words of two or more letters/digits, and every CJK ideograph on its own (Chinese text is
 # not space-separated, and one character is often a word).
@@ -122,19 +123,20 @@ class TextEmbedder:
         return normalise_rows(np.asarray(self.tfidf(texts) @ self.components.T))
 
     def save(self, folder: Path) -> None:
-        (folder / "vocabulary.json").write_text(json.dumps(self.vocabulary, ensure_ascii=False))
+        (folder / "vocabulary.json").write_text(json.dumps(self.vocabulary, ensure_ascii=False),
+                                                "utf-8")
         np.save(folder / "idf.npy", self.idf)
         np.save(folder / "components.npy", self.components)
 
     @classmethod
     def load(cls, folder: Path, sublinear_tf: bool, ngram_max: int) -> TextEmbedder:
-        vocabulary = json.loads((folder / "vocabulary.json").read_text())
+        vocabulary = json.loads((folder / "vocabulary.json").read_text("utf-8"))
         return cls(vocabulary, np.load(folder / "idf.npy", allow_pickle=False),
                    np.load(folder / "components.npy", allow_pickle=False), sublinear_tf,
                    ngram_max)
 
 
-class TextEmbeddingChannel(RecallChannel, SearchChannel):
+class TextEmbeddingChannel(ItemVectorIndex, RecallChannel, SearchChannel):
     """Content recall and query search by cosine of LSA text embeddings.
 
     dims: SVD dimensions (capped by items - 1 and terms - 1). min_df, max_df,
@@ -145,6 +147,7 @@ class TextEmbeddingChannel(RecallChannel, SearchChannel):
     """
 
     name = "text_embedding"
+    state = ("item_vecs",)
 
     def __init__(self, dims: int = 256, min_df: int | float = 1, max_df: float = 1.0,
                  max_features: int | None = 200_000, sublinear_tf: bool = True,
@@ -171,21 +174,13 @@ class TextEmbeddingChannel(RecallChannel, SearchChannel):
                                          p["max_features"], p["sublinear_tf"], p["ngram_max"],
                                          p["seed"])
         self.item_vecs = self.embedder.embed(texts)
-        self._build_index()
+        self._index_items(np.flatnonzero(self.item_vecs.any(axis=1)))
         return self
-
-    def _build_index(self) -> None:
-        p = self.params
-        labels = np.flatnonzero(self.item_vecs.any(axis=1))
-        self.index = build_index(
-            self.item_vecs[labels], labels=labels, exact_below=p["exact_below"], kind=p["ann"],
-            nlist=p["nlist"], nprobe=p["nprobe"], hnsw_m=p["hnsw_m"], ef_search=p["ef_search"],
-            seed=p["seed"], threads=p["threads"])
 
     # ------------------------------------------------------------------ vectors
     def user_vectors(self, data: RecallData, users: np.ndarray) -> np.ndarray:
         """Unit vectors from each user's fitted items (zero rows: nothing to go on)."""
-        assert self.item_vecs is not None, "fit or load first"
+        self._require_fitted()
         p = self.params
         users = np.asarray(users, np.int64)
         weights = seed_weights(data, np.maximum(users, 0), p["half_life_days"],
@@ -195,7 +190,7 @@ class TextEmbeddingChannel(RecallChannel, SearchChannel):
         return vecs
 
     def query_vectors(self, queries: list[str] | np.ndarray) -> np.ndarray:
-        assert self.embedder is not None, "fit or load first"
+        self._require_fitted()
         return self.embedder.embed(["" if q is None else str(q) for q in queries])
 
     def _dense(self, vecs: np.ndarray) -> np.ndarray:
@@ -206,8 +201,6 @@ class TextEmbeddingChannel(RecallChannel, SearchChannel):
 
     def _search(self, data: RecallData, vecs: np.ndarray, users: np.ndarray, k: int,
                 exclude_seen: bool, chunk: int) -> TopK:
-        items = np.full((len(vecs), k), -1, np.int64)
-        scores = np.full((len(vecs), k), -np.inf, np.float32)
         rows = np.flatnonzero(vecs.any(axis=1))
         exclude = None
         if exclude_seen:
@@ -216,10 +209,7 @@ class TextEmbeddingChannel(RecallChannel, SearchChannel):
             exclude = sp.diags((who >= 0).astype(np.float32)) @ exclude  # unknown: none
             exclude = sp.csr_matrix(exclude)
             exclude.eliminate_zeros()
-        items[rows], scores[rows] = search_excluding(
-            self.index, vecs[rows], k, exclude, self.item_vecs,
-            batch=chunk or self.params["batch"])
-        return TopK(items, scores)
+        return self._search_items(vecs[rows], rows, len(vecs), k, exclude, chunk)
 
     # ------------------------------------------------------------------ contract
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
@@ -237,18 +227,11 @@ class TextEmbeddingChannel(RecallChannel, SearchChannel):
         return self._search(data, self.query_vectors(queries), users, k, exclude_seen, chunk)
 
     # ------------------------------------------------------------------ storage
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+    def _save_extra(self, folder: Path) -> None:
+        super()._save_extra(folder)
         self.embedder.save(folder)
-        np.save(folder / "item_vecs.npy", self.item_vecs)
-        self.index.save(folder / "index")
-        (folder / "params.json").write_text(json.dumps(self.params))
 
-    @classmethod
-    def load(cls, folder: Path) -> TextEmbeddingChannel:
-        channel = cls(**json.loads((folder / "params.json").read_text()))
-        p = channel.params
-        channel.embedder = TextEmbedder.load(folder, p["sublinear_tf"], p["ngram_max"])
-        channel.item_vecs = np.load(folder / "item_vecs.npy", allow_pickle=False)
-        channel.index = AnnIndex.load(folder / "index")
-        return channel
+    def _load_extra(self, folder: Path) -> None:
+        super()._load_extra(folder)
+        p = self.params
+        self.embedder = TextEmbedder.load(folder, p["sublinear_tf"], p["ngram_max"])

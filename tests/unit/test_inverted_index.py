@@ -1,5 +1,7 @@
-"""Inverted index channel: BM25 by hand and against bm25s, attributes, Chinese text,
-user profiles, the pruned top-k engine against brute force, save/load, batching."""
+"""Inverted index channel and its BM25 engine (``models/bm25.py``): BM25 by hand and
+against bm25s, attributes, Chinese text, user profiles, the pruned top-k engine against
+brute force, the saved files, batching. The shared channel contract runs in
+``test_recall_channels.py``."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import pytest
 import scipy.sparse as sp
 
 from models.base import top_k
+from models.bm25 import BM25Index, bm25_weights
 from models.recall.analysers import get_analyser
-from models.recall.inverted_index import BM25Index, InvertedIndexChannel, bm25_weights
+from models.recall.inverted_index import InvertedIndexChannel
 from tests.conftest import recall_data_from_matrix
 
 
@@ -169,8 +172,9 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     channel = InvertedIndexChannel(k1=0.9, profile_terms=5).fit(data)
     channel.save(tmp_path / "ix")
     assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == [
-        "params.json", "vocab.json", "weights.npz"]
+        "params.json", "state.json", "weights.npz"]
     assert json.loads((tmp_path / "ix" / "params.json").read_text())["k1"] == 0.9
+    assert json.loads((tmp_path / "ix" / "state.json").read_text())["vocab"] == channel.vocab
     loaded = InvertedIndexChannel.load(tmp_path / "ix")
     users = np.arange(3)
     np.testing.assert_array_equal(loaded.score(data, users), channel.score(data, users))

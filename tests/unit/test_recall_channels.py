@@ -1,90 +1,98 @@
-"""One contract test run over every recall channel on data with a planted answer.
+"""Every recall channel run through the shared contract (``recall_contract.py``), then
+each channel's own behaviour on hand-made cases, and the shared top-k helpers.
 
-Two blocks of users each use only their own block of items (a checkerboard). A channel
-that learns structure must recommend the user's own block; every channel must exclude
-seen items, give identical results for batch and single users, and round-trip save/load.
+A channel's contract test is a few lines: a subclass of ``RecallChannelContract`` whose
+``make_channel()`` returns a small instance (the contract, not the model, is under test).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.base import RecallChannel, TopK, sparse_row_ranks, top_k, top_k_sparse
+from models.base import NotFittedError, sparse_row_ranks, top_k, top_k_sparse
 from models.recall import CHANNELS, channel_class
-from models.recall.cooccurrence import CooccurrenceChannel, prune_rows
+from models.recall.cooccurrence import CooccurrenceChannel
+from models.recall.embedding import EmbeddingChannel
 from models.recall.geography import GeographyChannel
+from models.recall.inverted_index import InvertedIndexChannel
 from models.recall.popularity import PopularityChannel, TrendingChannel
 from models.recall.preference import PreferenceChannel
+from models.recall.sequence import SequenceChannel
+from models.recall.text_embedding import TextEmbeddingChannel
+from models.recall.weights import _prune_near_bound, _prune_ranked, prune_rows, seed_weights
 from tests.conftest import recall_data_from_matrix
-
-
-def checkerboard(n_users: int = 40, n_items: int = 20, seed: int = 0) -> np.ndarray:
-    """Users in the first half use items of the first half, and so on; ~60% density."""
-    rng = np.random.default_rng(seed)
-    dense = np.zeros((n_users, n_items), np.float32)
-    half_u, half_i = n_users // 2, n_items // 2
-    dense[:half_u, :half_i] = rng.random((half_u, half_i)) < 0.6
-    dense[half_u:, half_i:] = rng.random((n_users - half_u, n_items - half_i)) < 0.6
-    dense[:, 0] = 0
-    dense[0, 0] = 1  # one user, one rare item: every user keeps at least one item
-    return dense
-
-
-def checkerboard_data(dense: np.ndarray):
-    """The checkerboard with side tables that agree with it: each block of items has its
-    own category and tags, each block of users its own region."""
-    n_users, n_items = dense.shape
-    block_i = np.where(np.arange(n_items) < n_items // 2, "a", "b")
-    block_u = np.where(np.arange(n_users) < n_users // 2, "a", "b")
-    items = pd.DataFrame({"item_id": np.arange(n_items), "title": [f"t{j}" for j in range(n_items)],
-                          "category": block_i, "tags": [[f"{b}1", f"{b}2"] for b in block_i]})
-    users = pd.DataFrame({"user_id": np.arange(n_users), "region": block_u})
-    return recall_data_from_matrix(dense, items=items, users=users)
-
+from tests.unit.recall_contract import RecallChannelContract, checkerboard, checkerboard_data
 
 STRUCTURED = ["cooccurrence", "preference", "geography"]
-SMALL = {"sequence": {"epochs": 3, "d": 16}}  # the contract, not the model, is under test
 
 
-def assert_same_ranking(expected, got, tol: float = 1e-5) -> None:
-    """Same scores rank by rank; items may differ only among scores tied within ``tol``
-    (float noise between an index search and a dense product reorders near-ties)."""
-    np.testing.assert_allclose(got.scores, expected.scores, rtol=tol, atol=tol)
-    s = expected.scores
-    padded = np.pad(s, ((0, 0), (1, 1)), constant_values=np.nan)
-    distinct = ~(np.isclose(s, padded[:, :-2], rtol=tol, atol=tol)
-                 | np.isclose(s, padded[:, 2:], rtol=tol, atol=tol))
-    distinct[:, -1] = False  # the last place may tie with the first item left out
-    np.testing.assert_array_equal(got.items[distinct], expected.items[distinct])
+class TestPopularity(RecallChannelContract):
+    def make_channel(self) -> PopularityChannel:
+        return PopularityChannel()
 
 
-@pytest.mark.parametrize("name", sorted(CHANNELS))
-def test_contract_excludes_seen_batches_and_round_trips(name: str, tmp_path: Path) -> None:
-    dense = checkerboard()
-    data = checkerboard_data(dense)
-    users = np.arange(dense.shape[0])
-    channel = channel_class(name)(**SMALL.get(name, {})).fit(data)
-    top = channel.retrieve(data, users, k=8)
-    seen = dense > 0
-    for u in users:
-        got = top.items[u][top.items[u] >= 0]
-        assert not seen[u, got].any(), "a seen item was retrieved"
-        assert np.all(np.diff(top.scores[u][top.items[u] >= 0]) <= 0), "not sorted by score"
-    generic = RecallChannel.retrieve(channel, data, users, k=8)  # dense scores, then top-k
-    assert_same_ranking(generic, top)
-    singles = [channel.retrieve(data, users[u:u + 1], k=8) for u in range(5)]
-    assert_same_ranking(TopK(top.items[:5], top.scores[:5]),
-                        TopK(np.vstack([t.items for t in singles]),
-                             np.vstack([t.scores for t in singles])))
-    assert_same_ranking(top, channel.retrieve(data, users, k=8, chunk=3))
-    channel.save(tmp_path / name)
-    loaded = channel_class(name).load(tmp_path / name)
-    assert_same_ranking(top, loaded.retrieve(data, users, k=8))
+class TestTrending(RecallChannelContract):
+    def make_channel(self) -> TrendingChannel:
+        return TrendingChannel(half_life_days=1e-4)  # ts are seconds here: a real decay
+
+
+class TestCooccurrence(RecallChannelContract):
+    def make_channel(self) -> CooccurrenceChannel:
+        return CooccurrenceChannel(neighbours=5, recent_items=2)
+
+
+class TestPreference(RecallChannelContract):
+    def make_channel(self) -> PreferenceChannel:
+        return PreferenceChannel(items_per_attribute=6, top_attributes=2)
+
+
+class TestGeography(RecallChannelContract):
+    def make_channel(self) -> GeographyChannel:
+        return GeographyChannel()
+
+
+class TestInvertedIndex(RecallChannelContract):
+    def make_channel(self) -> InvertedIndexChannel:
+        return InvertedIndexChannel(profile_terms=5, dense_df=0.3)
+
+
+class TestTextEmbedding(RecallChannelContract):
+    def make_channel(self) -> TextEmbeddingChannel:
+        return TextEmbeddingChannel(dims=4, threads=1)
+
+
+class TestEmbedding(RecallChannelContract):
+    def make_channel(self) -> EmbeddingChannel:
+        return EmbeddingChannel(factors=4, regularization=1.0, iterations=3, max_iterations=3,
+                                patience=1, tune_k=5, threads=1)
+
+    def check_refit(self, tuned, refit, choice) -> None:
+        assert set(choice) == {"iterations"}
+        np.testing.assert_array_equal(refit.item_vecs, tuned.item_vecs)  # the same iterations
+
+
+class TestSequence(RecallChannelContract):
+    def make_channel(self) -> SequenceChannel:
+        return SequenceChannel(d=16, blocks=1, max_len=8, max_epochs=3, patience=1, lr=1e-2,
+                               batch_size=16, threads=1)
+
+    def check_refit(self, tuned, refit, choice) -> None:
+        assert len(refit.history) == choice["epochs"] == refit.tuned()["epochs"]
+        assert all("held_out" not in h for h in refit.history), "a refit looks at nothing"
+
+
+def test_every_registered_channel_runs_the_contract() -> None:
+    covered = {cls().make_channel().name for cls in RecallChannelContract.__subclasses__()}
+    assert not set(CHANNELS) - covered, f"no contract test for {set(CHANNELS) - covered}"
+
+
+def test_not_fitted_error_names_the_channel_and_the_way_out() -> None:
+    with pytest.raises(RuntimeError, match="^cooccurrence channel is not fitted: call fit"):
+        CooccurrenceChannel().retrieve(recall_data_from_matrix(np.eye(2)), np.arange(2), 1)
+    assert issubclass(NotFittedError, RuntimeError)
 
 
 @pytest.mark.parametrize("name", STRUCTURED)
@@ -132,6 +140,57 @@ def test_prune_rows_keeps_best_per_row_with_index_tiebreak() -> None:
     m = sp.csr_matrix(np.array([[0.1, 0.5, 0.5, 0.2], [0.0, 0.0, 0.3, 0.0]], np.float32))
     pruned = prune_rows(m, 2).toarray()
     np.testing.assert_allclose(pruned, [[0, 0.5, 0.5, 0], [0, 0, 0.3, 0]], rtol=1e-6)
+
+
+def by_hand_prune(m: sp.csr_matrix, keep: int) -> np.ndarray:
+    """Each row's stored entries sorted by (value descending, column), the first kept."""
+    out = np.zeros(m.shape)
+    for r in range(m.shape[0]):
+        row = m[r]
+        best = sorted(zip(row.indices, row.data, strict=True), key=lambda e: (-e[1], e[0]))
+        for col, value in best[:keep]:
+            out[r, col] = value
+    return out
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_prune_rows_both_paths_keep_the_same_entries_as_sorting_by_hand(seed: int) -> None:
+    """Crowded positive rows go through the histogram bound, others are ranked whole:
+    the two give the very same matrix, ties (few distinct values) included."""
+    rng = np.random.default_rng(seed)
+    n_rows, n_cols = int(rng.integers(1, 12)), int(rng.integers(1, 2500))
+    m = sp.random(n_rows, n_cols, density=rng.uniform(0.05, 1.0), format="csr",
+                  random_state=seed, dtype=np.float64 if seed % 4 == 3 else np.float32)
+    if seed % 2:
+        m.data = rng.choice([0.25, 1.0, 1.5, 7.0], size=m.nnz).astype(m.dtype)
+    keep = int(rng.integers(1, 80))
+    ranked, near = _prune_ranked(m.copy(), keep), _prune_near_bound(m.copy(), keep)
+    for part in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(near, part), getattr(ranked, part))
+    assert near.dtype == ranked.dtype == m.dtype
+    np.testing.assert_array_equal(prune_rows(m, keep).toarray(), by_hand_prune(m, keep))
+
+
+def test_prune_rows_ranks_zero_and_negative_entries_too() -> None:
+    m = sp.random(3, 2000, density=0.5, format="csr", random_state=1, dtype=np.float32)
+    m.data[::5] = -m.data[::5]
+    m.data[::7] = 0.0  # stored zeros stay entries
+    np.testing.assert_array_equal(prune_rows(m, 1200).toarray(), by_hand_prune(m, 1200))
+
+
+def test_seed_weights_decay_by_age_add_recent_and_sum_repeats() -> None:
+    day = 86_400
+    # user 0: item 1 twenty days before the cut-off, item 0 at it; user 1 is cold
+    dense = np.array([[1, 1, 0], [0, 0, 0]])
+    ts = np.array([[20 * day, 0, 0], [0, 0, 0]])
+    data = recall_data_from_matrix(dense, ts=ts)
+    users = np.array([0, 1])
+    decayed = seed_weights(data, users, 10.0, recent_items=0, recent_weight=0.0,
+                           long_weight=2.0).toarray()
+    np.testing.assert_allclose(decayed, [[2.0, 2.0 * 0.25, 0], [0, 0, 0]], rtol=1e-6)
+    recent = seed_weights(data, users, 0.0, recent_items=1, recent_weight=3.0,
+                          long_weight=1.0).toarray()
+    np.testing.assert_allclose(recent, [[4.0, 1.0, 0], [0, 0, 0]])
 
 
 def test_popularity_ranks_by_user_count_and_skips_unused_items() -> None:

@@ -1,0 +1,211 @@
+"""The contract every recall channel honours, checked on data with a planted answer.
+
+Two blocks of users each use only their own block of items (a checkerboard); one more
+user is cold (in the user index, no fitted history). A channel's test is a subclass of
+``RecallChannelContract`` whose ``make_channel()`` returns a small configured instance;
+pytest runs every check below on it:
+- ``retrieve`` is the top k of ``score`` with the user's fitted items removed, sorted;
+- batch, chunked and single-user retrieval agree;
+- save then load gives the same scores and lists, from plain files only;
+- a search channel's ``retrieve_queries`` ranks like its ``score_queries``;
+- a cold user gets nothing or a valid list, never a crash or a seen item;
+- ``score_pairs`` gathers ``score`` (NaN where there is none);
+- what ``tuned()`` chose on held-out pairs, passed back as constructor keywords, fits
+  again without them (``check_refit`` adds each channel's own check);
+- an unfitted channel says so instead of failing somewhere inside.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.recall_data import RecallData
+from models.base import HeldOut, NotFittedError, RecallChannel, SearchChannel, TopK
+from tests.conftest import recall_data_from_matrix
+
+N_USERS, N_ITEMS = 40, 20  # the checkerboard; user N_USERS is the cold one
+COLD = N_USERS
+SAVED_SUFFIXES = {".json", ".npy", ".npz", ".faiss", ".pt"}
+
+
+def checkerboard(n_users: int = N_USERS, n_items: int = N_ITEMS, seed: int = 0) -> np.ndarray:
+    """Users in the first half use items of the first half, and so on; ~60% density."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((n_users, n_items), np.float32)
+    half_u, half_i = n_users // 2, n_items // 2
+    dense[:half_u, :half_i] = rng.random((half_u, half_i)) < 0.6
+    dense[half_u:, half_i:] = rng.random((n_users - half_u, n_items - half_i)) < 0.6
+    dense[:, 0] = 0
+    dense[0, 0] = 1  # one user, one rare item: every user keeps at least one item
+    return dense
+
+
+def checkerboard_data(dense: np.ndarray) -> RecallData:
+    """The checkerboard with side tables that agree with it: each block of items has its
+    own category and tags, each block of users its own region."""
+    n_users, n_items = dense.shape
+    block_i = np.where(np.arange(n_items) < n_items // 2, "a", "b")
+    block_u = np.where(np.arange(n_users) < n_users // 2, "a", "b")
+    items = pd.DataFrame({"item_id": np.arange(n_items), "title": [f"t{j}" for j in range(n_items)],
+                          "category": block_i, "tags": [[f"{b}1", f"{b}2"] for b in block_i]})
+    users = pd.DataFrame({"user_id": np.arange(n_users), "region": block_u})
+    return recall_data_from_matrix(dense, items=items, users=users)
+
+
+def planted_held_out(dense: np.ndarray) -> HeldOut:
+    """Per user with history, the first item of their own block they have not used."""
+    half_u, half_i = N_USERS // 2, N_ITEMS // 2
+    users, items = [], []
+    for u in range(N_USERS):
+        block = np.arange(half_i) if u < half_u else np.arange(half_i, N_ITEMS)
+        unused = block[dense[u, block] == 0]
+        if len(unused):
+            users.append(u)
+            items.append(unused[0])
+    return HeldOut(np.array(users), np.array(items))
+
+
+def assert_same_ranking(expected: TopK, got: TopK, tol: float = 1e-5) -> None:
+    """Same scores rank by rank; items may differ only among scores tied within ``tol``
+    (float noise between an index search and a dense product reorders near-ties)."""
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=tol, atol=tol)
+    s = expected.scores
+    padded = np.pad(s, ((0, 0), (1, 1)), constant_values=np.nan)
+    distinct = ~(np.isclose(s, padded[:, :-2], rtol=tol, atol=tol)
+                 | np.isclose(s, padded[:, 2:], rtol=tol, atol=tol))
+    distinct[:, -1] = False  # the last place may tie with the first item left out
+    np.testing.assert_array_equal(got.items[distinct], expected.items[distinct])
+
+
+def assert_no_seen(top: TopK, seen: np.ndarray, users: np.ndarray) -> None:
+    """No list holds one of its user's fitted items; lists are best first, -1 padded."""
+    for row, u in enumerate(users):
+        got = top.items[row][top.items[row] >= 0]
+        assert not seen[u, got].any(), f"user {u} got a seen item"
+        assert np.all(np.diff(top.scores[row][top.items[row] >= 0]) <= 0), "not sorted"
+        assert (top.items[row][len(got):] == -1).all(), "a gap inside a list"
+
+
+class RecallChannelContract:
+    """Subclass per channel and define ``make_channel``; every test below then runs."""
+
+    k = 8
+    queries = ["t1 t3", "category:a", "t15 b1", "nothing known", "a2 t12"]
+    query_users = np.array([0, 25, 3, COLD, 30])
+
+    def make_channel(self) -> RecallChannel:
+        raise NotImplementedError
+
+    def check_refit(self, tuned: RecallChannel, refit: RecallChannel,
+                    choice: dict) -> None:
+        """A channel's own check that the refit used what was tuned (none by default)."""
+
+    @pytest.fixture(scope="class")
+    def planted(self) -> tuple[np.ndarray, RecallData]:
+        dense = np.vstack([checkerboard(), np.zeros((1, N_ITEMS), np.float32)])  # + cold
+        return dense, checkerboard_data(dense)
+
+    @pytest.fixture(scope="class")
+    def fitted(self, planted) -> RecallChannel:
+        return self.make_channel().fit(planted[1])
+
+    def test_retrieve_is_the_top_k_of_score_without_seen_items(self, planted, fitted) -> None:
+        dense, data = planted
+        users = np.arange(data.n_users)
+        top = fitted.retrieve(data, users, self.k)
+        assert top.items.shape == top.scores.shape == (len(users), self.k)
+        assert_no_seen(top, dense > 0, users)
+        assert_same_ranking(RecallChannel.retrieve(fitted, data, users, self.k), top)
+
+    def test_batch_chunked_and_single_users_agree(self, planted, fitted) -> None:
+        _, data = planted
+        users = np.arange(data.n_users)
+        top = fitted.retrieve(data, users, self.k)
+        singles = [fitted.retrieve(data, users[u:u + 1], self.k) for u in (0, 1, 21, COLD)]
+        assert_same_ranking(TopK(top.items[[0, 1, 21, COLD]], top.scores[[0, 1, 21, COLD]]),
+                            TopK(np.vstack([t.items for t in singles]),
+                                 np.vstack([t.scores for t in singles])))
+        assert_same_ranking(top, fitted.retrieve(data, users, self.k, chunk=3))
+
+    def test_save_load_round_trip_gives_identical_output(self, planted, fitted,
+                                                         tmp_path: Path) -> None:
+        _, data = planted
+        users = np.arange(data.n_users)
+        fitted.save(tmp_path / "channel")
+        files = [p for p in (tmp_path / "channel").rglob("*") if p.is_file()]
+        assert {p.suffix for p in files} <= SAVED_SUFFIXES, "an unexpected (pickled?) file"
+        loaded = type(fitted).load(tmp_path / "channel")
+        assert loaded.params == fitted.params and loaded.tuned() == fitted.tuned()
+        before, after = fitted.retrieve(data, users, self.k), loaded.retrieve(data, users, self.k)
+        np.testing.assert_array_equal(after.items, before.items)
+        np.testing.assert_array_equal(after.scores, before.scores)
+        np.testing.assert_array_equal(loaded.score(data, users), fitted.score(data, users))
+        if isinstance(fitted, SearchChannel):
+            np.testing.assert_array_equal(loaded.score_queries(data, self.queries),
+                                          fitted.score_queries(data, self.queries))
+
+    def test_search_ranks_like_the_query_scores(self, planted, fitted) -> None:
+        if not isinstance(fitted, SearchChannel):
+            pytest.skip(f"{fitted.name} does not answer queries")
+        dense, data = planted
+        top = fitted.retrieve_queries(data, self.queries, self.query_users, self.k)
+        assert_no_seen(top, dense > 0, self.query_users)
+        generic = SearchChannel.retrieve_queries(fitted, data, self.queries, self.query_users,
+                                                 self.k)  # score_queries, then top-k
+        assert_same_ranking(generic, top)
+        assert (top.items >= 0).any(), "no query found anything"
+
+    def test_cold_user_gets_nothing_or_a_valid_list(self, planted, fitted) -> None:
+        _, data = planted
+        top = fitted.retrieve(data, np.array([COLD]), self.k)
+        found = top.items[0] >= 0
+        assert ((top.items[0] >= 0) & (top.items[0] < data.n_items) | ~found).all()
+        assert np.isfinite(top.scores[0][found]).all()
+        assert np.isneginf(top.scores[0][~found]).all()
+        assert fitted.score(data, np.array([COLD])).shape == (1, data.n_items)
+
+    def test_score_pairs_gather_score_with_nan_for_none(self, planted, fitted) -> None:
+        _, data = planted
+        rng = np.random.default_rng(4)
+        users = np.r_[rng.integers(0, data.n_users, 60), COLD, COLD]
+        items = rng.integers(0, data.n_items, len(users))
+        unique, rows = np.unique(users, return_inverse=True)
+        dense = fitted.score(data, unique)[rows, items].astype(np.float64)
+        got = fitted.score_pairs(data, users, items)
+        assert got.dtype == np.float64 and got.shape == (len(users),)
+        np.testing.assert_allclose(got, np.where(np.isfinite(dense), dense, np.nan), rtol=1e-6)
+
+    def test_tuned_choice_refits_without_held_out(self, planted) -> None:
+        dense, data = planted
+        tuned = self.make_channel().fit(data, planted_held_out(dense))
+        choice = tuned.tuned()
+        json.dumps(choice)  # written to the run's manifest
+        assert set(choice) <= set(tuned.params), "tuned() must name constructor keywords"
+        refit = type(tuned)(**{**tuned.params, **choice}).fit(data)
+        assert refit.is_fitted()
+        assert all(refit.params[key] == value for key, value in choice.items())
+        top = refit.retrieve(data, np.arange(data.n_users), self.k)
+        assert_no_seen(top, dense > 0, np.arange(data.n_users))
+        self.check_refit(tuned, refit, choice)
+
+    def test_unfitted_channel_says_so(self, planted, tmp_path: Path) -> None:
+        _, data = planted
+        channel = self.make_channel()
+        users = np.arange(3)
+        calls = [lambda: channel.retrieve(data, users, self.k),
+                 lambda: channel.score(data, users),
+                 lambda: channel.score_pairs(data, users, users),
+                 lambda: channel.save(tmp_path / "channel")]
+        if isinstance(channel, SearchChannel):
+            calls += [lambda: channel.score_queries(data, self.queries),
+                      lambda: channel.retrieve_queries(data, self.queries, self.query_users,
+                                                       self.k)]
+        for call in calls:
+            with pytest.raises(NotFittedError, match=f"{channel.name} channel is not fitted"):
+                call()
+        assert not (tmp_path / "channel").exists()
