@@ -1,6 +1,8 @@
 # Staged batch pipeline. Each stage's target is the manifest it writes last, so make
 # reruns only what changed and never takes a half-written folder for a finished one.
-# `make help` lists the targets.
+# The stage rules are generated from the stage table (pipeline/catalogue.py) into
+# .make/stages.mk: a stage reruns when a stage it reads reran, when the config sections
+# it reads change, or when its own code does. `make help` lists the targets.
 
 DATASET ?= synthetic
 CONFIG  ?= configs/$(DATASET).yaml
@@ -9,9 +11,9 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 D       := data/$(DATASET)
 RUN     := $(PY) -m pipeline
-CODE    := $(shell find pipeline features models -name '*.py' 2>/dev/null) pyproject.toml
-DEPS    := $(CONFIG) $(CODE)
+CODE    := $(shell find pipeline features models -name '*.py' 2>/dev/null)
 ENV     := $(VENV)/.installed
+STAGE_RULES := .make/stages.mk
 BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
@@ -20,6 +22,7 @@ BENCH_ENV := $(VENV)/.bench-installed
 
 ## all: run every stage on DATASET (default: the embedded synthetic data)
 all: report
+	@echo "report: $(D)/report/index.html"
 
 ## help: list the targets
 help:
@@ -41,50 +44,32 @@ $(BENCH_ENV): pyproject.toml | $(ENV)
 	USER=$${USER:-bench} $(VENV)/bin/pip install -q xlearn==0.40a1 || echo "xlearn did not build: bench-fm runs without it"
 	touch $@
 
-$(D)/raw/manifest.json: $(DEPS) | $(ENV)
-	$(RUN) ingest --config $(CONFIG)
-$(D)/split/manifest.json: $(D)/raw/manifest.json $(DEPS)
-	$(RUN) split --config $(CONFIG)
-$(D)/recall/manifest.json: $(D)/split/manifest.json $(DEPS)
-	$(RUN) recall --config $(CONFIG)
-$(D)/models/fm/manifest.json: $(D)/recall/manifest.json $(DEPS)
-	$(RUN) train-fm --config $(CONFIG)
-$(D)/features/manifest.json: $(D)/models/fm/manifest.json $(DEPS)
-	$(RUN) features --config $(CONFIG)
-$(D)/models/ranker/manifest.json: $(D)/features/manifest.json $(DEPS)
-	$(RUN) train-rank --config $(CONFIG)
-$(D)/rank/manifest.json: $(D)/models/ranker/manifest.json $(DEPS)
-	$(RUN) rank --config $(CONFIG)
-$(D)/eval/manifest.json: $(D)/rank/manifest.json $(DEPS)
-	$(RUN) evaluate --config $(CONFIG)
-$(D)/report/manifest.json: $(D)/eval/manifest.json $(DEPS)
-	$(RUN) report --config $(CONFIG)
-	@echo "report: $(D)/report/index.html"
+$(STAGE_RULES): $(CODE) | $(ENV)
+	@mkdir -p $(@D)
+	$(RUN) makefile > $@.tmp && mv $@.tmp $@
 
+# The generated rules are only needed (and only built) for the stage targets.
+NO_STAGES := help venv clean test lint bench bench-recall bench-rank bench-fm
+ifneq ($(filter-out $(NO_STAGES),$(or $(MAKECMDGOALS),all)),)
+include $(STAGE_RULES)
+endif
+
+# The stage targets (`<stage>: <the manifest it writes>`) are generated too:
 ## ingest: load and validate the source into data/DATASET/raw
-ingest: $(D)/raw/manifest.json
 ## split: leak-free train/valid/test split into data/DATASET/split
-split: $(D)/split/manifest.json
 ## recall: fit recall channels, merge candidates into data/DATASET/recall
-recall: $(D)/recall/manifest.json
 ## train-fm: FM/FFM models, roll-forward, scoring both phases' candidates
-train-fm: $(D)/models/fm/manifest.json
 ## features: ranker features per candidate into data/DATASET/features
-features: $(D)/features/manifest.json
 ## train-rank: LightGBM rankers on valid-phase candidates into data/DATASET/models/ranker
-train-rank: $(D)/models/ranker/manifest.json
 ## rank: top-k recommendations per test user into data/DATASET/rank
-rank: $(D)/rank/manifest.json
 ## evaluate: offline metrics into data/DATASET/eval/metrics.json
-evaluate: $(D)/eval/manifest.json
 ## report: HTML report into data/DATASET/report/index.html
-report: $(D)/report/manifest.json
 
 ## test: the test suite (unit, integration, and ML-100K checks when ../shared has it)
 test: $(ENV)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-## lint: ruff
+## lint: ruff (style, imports, complexity)
 lint: $(ENV)
 	$(VENV)/bin/ruff check .
 
@@ -106,4 +91,5 @@ bench-fm: $(BENCH_ENV)
 
 ## clean: remove DATASET's stage outputs (inputs the user placed under data/ are kept)
 clean:
-	rm -rf $(D)/raw $(D)/split $(D)/recall $(D)/features $(D)/models $(D)/rank $(D)/eval $(D)/report
+	rm -rf $(D)/raw $(D)/split $(D)/recall $(D)/features $(D)/models $(D)/rank $(D)/eval \
+	       $(D)/report $(D)/.stamps

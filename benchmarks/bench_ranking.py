@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import record
+from pipeline.catalogue import artifact_path
 from pipeline.config import load_config
 from pipeline.runner import run_until, set_threads
-from pipeline.stages import stage_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "datasets" / "ml-100k"
@@ -60,7 +60,7 @@ def run(config: Path | None, tmp: str, base: dict | None = None,
     started = time.perf_counter()
     run_until(cfg, "report")
     seconds = time.perf_counter() - started
-    return json.loads((stage_dir(cfg, "evaluate") / "metrics.json").read_text()), seconds
+    return json.loads(artifact_path(cfg, "metrics").read_text()), seconds
 
 
 def ablation(name: str, metrics: dict) -> str:

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import peak_rss_mb, record
+from pipeline.catalogue import artifact_path
 from pipeline.config import load_config
 from pipeline.runner import run_until
-from pipeline.stages import stage_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def main() -> dict:
         started = time.perf_counter()
         run_until(cfg, "evaluate")
         seconds = time.perf_counter() - started
-        metrics = json.loads((stage_dir(cfg, "evaluate") / "metrics.json").read_text())
+        metrics = json.loads(artifact_path(cfg, "metrics").read_text())
     rows = metrics["candidate_recall"]
     channels = {k: v["recall@300"] for k, v in rows.items() if k != "merged"}
     best = max(channels, key=channels.get)

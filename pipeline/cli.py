@@ -2,7 +2,8 @@
 
 A thin wrapper: it parses arguments, loads and validates the config, pins thread pools,
 and hands over to the runner. Bad config or bad data end with a one-paragraph error and
-exit code 2, not a traceback.
+exit code 2, not a traceback. Two helpers serve the Makefile: ``makefile`` prints the
+stage rules it includes, ``stamps`` records the config sections each stage reads.
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ import argparse
 import logging
 import sys
 
+from pipeline.catalogue import STAGE_NAMES
 from pipeline.config import ConfigError, load_config
 from pipeline.io import StageLockedError
 from pipeline.runner import MissingInputError, run_stage, run_until, set_threads
 from pipeline.schema import DataError
-from pipeline.stages import STAGE_NAMES
+
+TOOLS = ("makefile", "stamps")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("command", choices=[*STAGE_NAMES, "run"],
-                        help="a stage to run alone, or 'run' for every stage in order")
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/synthetic.yaml")
+    parser.add_argument("command", choices=[*STAGE_NAMES, "run", *TOOLS],
+                        help="a stage to run alone, 'run' for every stage in order, or a "
+                        "Makefile helper")
+    parser.add_argument("--config", help="YAML config, e.g. configs/synthetic.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key (repeatable)")
     parser.add_argument("--until", choices=STAGE_NAMES, help="with 'run': last stage to run")
@@ -31,11 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.command == "makefile":
+        from pipeline.make import makefile_rules
+
+        sys.stdout.write(makefile_rules())
+        return 0
+    if args.config is None:
+        parser.error(f"{args.command} needs --config")
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.command == "stamps":
+            from pipeline.make import write_stamps
+
+            changed = write_stamps(cfg)
+            logging.getLogger("pipeline").info("config changed for: %s",
+                                               ", ".join(changed) or "no stage")
+            return 0
         set_threads(cfg.threads)
         if args.command == "run":
             run_until(cfg, args.until)

@@ -9,6 +9,7 @@ to a default.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -119,47 +121,71 @@ class ChannelConfig(_Strict):
     quota: int = Field(ge=0, description="slots of this channel before the shared fill "
                        "(used when recall.tune_quotas is false)")
     params: dict[str, Any] = Field(
-        default_factory=dict, description="constructor settings of the channel (see its class)"
-    )
+        default_factory=dict, description="constructor settings of the channel (see its "
+        "class); checked against its constructor when the config is loaded")
     recommend: bool = Field(True, description="answer recommendation requests (false: "
                             "fitted for search only)")
 
 
-def _default_channels() -> dict[str, ChannelConfig]:
-    return {
-        "sequence": ChannelConfig(quota=80),
-        "cooccurrence": ChannelConfig(quota=80),
-        "embedding": ChannelConfig(quota=80),
-        "text_embedding": ChannelConfig(quota=20),
-        "inverted_index": ChannelConfig(quota=20),
-        "preference": ChannelConfig(quota=40),
-        "geography": ChannelConfig(quota=20),
-        "popularity": ChannelConfig(quota=30),
-        "trending": ChannelConfig(quota=30),
-    }
+def default_channels(search: bool = False) -> dict[str, dict[str, Any]]:
+    """Every registered channel with its default quota, in registry order (ties in the
+    merge go to the channel listed first); ``search``: the channels registered with a
+    search quota, in their search order."""
+    from models.recall import CHANNELS
+
+    if not search:
+        return {name: {"quota": entry.quota} for name, entry in CHANNELS.items()}
+    searching = [(entry.search_order, name, entry.search_quota)
+                 for name, entry in CHANNELS.items() if entry.search_quota is not None]
+    return {name: {"quota": quota} for _, name, quota in sorted(searching)}
 
 
-def _default_search_channels() -> dict[str, ChannelConfig]:
-    return {
-        "inverted_index": ChannelConfig(quota=100),
-        "text_embedding": ChannelConfig(quota=100),
-        "cooccurrence": ChannelConfig(quota=50),
-        "embedding": ChannelConfig(quota=50),
-        "popularity": ChannelConfig(quota=50),
-    }
+def _merged_channels(defaults: dict[str, dict[str, Any]], given: Any, keep: set[str] | None
+                     ) -> Any:
+    """``given`` laid over ``defaults``: a channel's settings and params are merged key by
+    key, so a config states only what differs; ``name: null`` drops a default channel.
+    With ``keep``, defaults outside it are dropped (search channels that are not fitted)."""
+    if not isinstance(given, dict):
+        return given  # let pydantic report the type
+    merged = {name: dict(settings) for name, settings in defaults.items()
+              if keep is None or name in keep}
+    for name, settings in given.items():
+        if settings is None:
+            merged.pop(name, None)
+            continue
+        if isinstance(settings, BaseModel):
+            settings = settings.model_dump()
+        if not isinstance(settings, dict) or name not in merged:
+            merged[name] = settings
+            continue
+        params = {**merged[name].get("params", {}), **settings.get("params", {})}
+        merged[name] = {**merged[name], **settings, "params": params}
+    return merged
+
+
+def check_channel_params(name: str, params: dict[str, Any]) -> None:
+    """Unknown constructor keys are config errors naming the channel and what it takes."""
+    from models.recall import constructor_keys
+
+    accepted = constructor_keys(name)
+    unknown = sorted(set(params) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise ValueError(f"channels.{name}.params: channel {name!r} has no parameter(s) "
+                         f"{unknown}; it accepts {sorted(accepted)}")
 
 
 class RecallConfig(_Strict):
     budget: int = Field(300, ge=1, description="merged candidates per user")
     channels: dict[str, ChannelConfig] = Field(
-        default_factory=_default_channels,
-        description="channel name -> quota and settings; ties in merge order go to the "
-        "channel listed first",
+        default_factory=dict,  # filled by _merge_defaults
+        description="channel name -> quota and settings, merged over the registered "
+        "defaults (name: null drops one); ties in merge order go to the channel listed first",
     )
     search_channels: dict[str, ChannelConfig] = Field(
-        default_factory=_default_search_channels,
+        default_factory=dict,  # filled by _merge_defaults
         description="channels (also listed under channels) that answer search requests; "
-        "search channels use the query text, the others the user")
+        "search channels use the query text, the others the user. Merged over the "
+        "defaults like channels; a default whose channel was dropped is dropped too")
     valid_users: int = Field(0, ge=0, description="retrieve the valid phase for a seeded "
                              "sample of this many users (0: all); enough to tune and to "
                              "train a ranker on, at a fraction of the cost for large logs")
@@ -173,6 +199,19 @@ class RecallConfig(_Strict):
     tuning_users: int = Field(3000, ge=1, description="valid users sampled to tune quotas")
     quota_step: int = Field(10, ge=1, description="slots given per greedy tuning step")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        channels = _merged_channels(default_channels(), data.get("channels", {}), None)
+        data["channels"] = channels
+        fitted = set(channels) if isinstance(channels, dict) else None
+        data["search_channels"] = _merged_channels(
+            default_channels(search=True), data.get("search_channels", {}), fitted)
+        return data
+
     @model_validator(mode="after")
     def _known_channels(self) -> RecallConfig:
         from models.recall import CHANNELS
@@ -183,7 +222,18 @@ class RecallConfig(_Strict):
         unfitted = sorted(set(self.search_channels) - set(self.channels))
         if unfitted:
             raise ValueError(f"search_channels {unfitted} must also be listed under channels")
+        for name, settings in self.channels.items():
+            check_channel_params(name, settings.params)
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump_dropped(self, handler: Any) -> dict[str, Any]:
+        """Dropped defaults are written as null, so a dumped config loads back the same."""
+        tree = handler(self)
+        for key, search in (("channels", False), ("search_channels", True)):
+            for name in default_channels(search):
+                tree[key].setdefault(name, None)
+        return tree
 
 
 class FMConfig(_Strict):
@@ -230,12 +280,21 @@ class RankConfig(_Strict):
         description="also trained, for the ablation and as blend components")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="LightGBM settings over models.ranker's defaults")
-    folds: int = Field(5, ge=2, description="valid requests are cross-fitted in this many "
-                       "folds, stopped together on the left-out folds' mean NDCG@10; test "
-                       "scores are the folds' mean, the blend is weighted out of fold")
-    blend: bool = Field(True, description="final ranking: a rank blend of the rankers and the "
-                        "strongest channels, weights chosen on the held-out requests")
+    folds: int = Field(
+        5, ge=2,
+        description="valid requests are cross-fitted in this many folds, stopped together "
+        "on the left-out folds' mean NDCG@10; test scores are the folds' mean, the blend "
+        "is weighted out of fold")
+    blend: bool = Field(
+        True,
+        description="final ranking: a rank blend of the rankers and the strongest "
+        "channels, weights chosen on the held-out requests")
     blend_channels: int = Field(2, ge=0, description="strongest channels offered to the blend")
+
+    @property
+    def objectives(self) -> list[str]:
+        """The main objective, then the compared ones (each trained once)."""
+        return list(dict.fromkeys([self.objective, *self.compare]))
 
 
 class EvaluateConfig(_Strict):
@@ -306,5 +365,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         lines = [f"{where}: invalid configuration"]
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"])
-            lines.append(f"  {loc}: {e['msg']}")
+            msg = e["msg"].removeprefix("Value error, ")
+            if re.match(r"[\w.]+: ", msg):  # a validator naming a key inside its section
+                loc, msg = f"{loc}.{msg.split(': ', 1)[0]}", msg.split(": ", 1)[1]
+            lines.append(f"  {loc}: {msg}")
         raise ConfigError("\n".join(lines)) from None

@@ -1,4 +1,8 @@
-"""Runs one stage safely: inputs present, exclusive lock, atomic output, manifest last."""
+"""Runs one stage safely: inputs present, exclusive lock, atomic output, manifest last.
+
+The manifest records what the stage depended on: its input stages' manifests (by hash),
+the config sections it reads and the hash of every source file it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.catalogue import STAGE_NAMES, StageIO, config_sections, get_stage, stage_dir
 from pipeline.config import Config
+from pipeline.dependencies import code_hashes
 from pipeline.io import MANIFEST, atomic_folder, file_hash, write_manifest
-from pipeline.stages import STAGE_NAMES, get_stage, stage_dir
 
 log = logging.getLogger("pipeline")
 
@@ -50,16 +55,17 @@ def run_stage(cfg: Config, name: str) -> dict:
         # A DDP worker under torchrun: it trains alongside rank 0, which alone writes the
         # stage's output; whatever this rank writes goes to a scratch folder.
         with tempfile.TemporaryDirectory() as scratch:
-            module.run(cfg, Path(scratch))
+            module.run(cfg, StageIO(cfg, stage, Path(scratch)))
         return {}
     target = stage_dir(cfg, name)
     started = time.perf_counter()
     log.info("[%s] start -> %s", name, target)
     with atomic_folder(target) as out:
-        extra = module.run(cfg, out) or {}
+        extra = module.run(cfg, StageIO(cfg, stage, out)) or {}
         seconds = round(time.perf_counter() - started, 3)
+        depends = {"config": config_sections(cfg, stage), "code": code_hashes(stage)}
         manifest = write_manifest(out, stage=name, config=cfg.to_dict(), inputs=inputs,
-                                  seconds=seconds, **extra)
+                                  depends=depends, seconds=seconds, **extra)
     log.info("[%s] done in %.1fs (%s)", name, seconds, extra.get("status", "ok"))
     return manifest
 

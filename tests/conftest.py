@@ -9,26 +9,32 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pipeline.config import Config, RecallConfig, load_config
+from models.recall import CHANNELS
+from pipeline.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("ML100K_PATH", REPO.parent / "shared" / "datasets" / "ml-100k"))
 
 
+def only_channels(channels: dict, search: dict | None = None) -> dict:
+    """A ``recall`` section with exactly these channels (and search channels): the
+    configured ones are merged over the registered defaults, null drops the others."""
+    return {"channels": {**dict.fromkeys(CHANNELS), **channels},
+            "search_channels": {**dict.fromkeys(CHANNELS), **(search or {})}}
+
+
 def tiny_config(data_dir: Path, **overrides: object) -> Config:
     """A synthetic run small enough to go through every stage in seconds: every default
     channel, with the trained ones on short budgets (the plumbing is under test here)."""
-    channels = {name: {"quota": c.quota, "params": dict(c.params)}
-                for name, c in RecallConfig().channels.items()}
-    channels["sequence"]["params"].update({"max_epochs": 4, "patience": 1, "d": 16})
-    channels["embedding"]["params"].update({"max_iterations": 4})
     base = {
         "dataset": "tiny",
         "data_dir": str(data_dir),
         "threads": 1,
         "source": {"kind": "synthetic", "n_users": 300, "n_items": 200,
                    "mean_interactions": 25, "n_topics": 6},
-        "recall": {"budget": 100, "channels": channels},
+        "recall": {"budget": 100, "channels": {
+            "sequence": {"params": {"max_epochs": 4, "patience": 1, "d": 16}},
+            "embedding": {"params": {"max_iterations": 4}}}},
         "fm": {"max_epochs": 3},
         "rank": {"params": {"rounds": 40}},
     }

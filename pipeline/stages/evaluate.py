@@ -9,20 +9,26 @@ tuning; test, the honest figure). The final ranking is a recommendation ranking.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
 
 from features.interactions import IdIndex
 from pipeline import schema as S
+from pipeline.catalogue import StageIO, artifact_path
 from pipeline.config import Config
 from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci
 from pipeline.evaluation.protocol import evaluate_lists, per_user_metric
-from pipeline.io import read_table
-from pipeline.stages import read_catalogue, stage_dir
-from pipeline.stages.rank import top_k
-from pipeline.stages.recall import CASE, PHASES, is_search
+from pipeline.phases import item_catalogue
+from pipeline.protocol import (
+    CASE,
+    EVALUATED,
+    PHASES,
+    RECOMMENDATION,
+    SEARCH,
+    as_user_keyed,
+    is_search,
+    request_key,
+)
+from pipeline.ranking import system_file, top_k
 
 HEADLINE = ("ndcg@10", "recall@10", "hit_rate@10", "mrr@10", "coverage@10", "recall@100")
 
@@ -46,23 +52,22 @@ def unique_hits(lists: dict[str, pd.DataFrame], relevant: pd.DataFrame) -> dict[
     return {name: float(only.get(name, 0) / max(len(pairs), 1)) for name in lists}
 
 
-def candidate_report(folder: Path, channels: list[str], relevant: pd.DataFrame, items: IdIndex,
-                     ks: list[int], ns: list[int], key: str = S.USER) -> dict:
-    """Channels alone as rankers, candidate recall@N and unique hits for one folder."""
-    def read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-        df = read_table(path, columns)
-        if key == CASE:  # a search case stands where a user stands in recommendation
-            df = df.drop(columns=[S.USER], errors="ignore").rename(columns={CASE: S.USER})
-        return df
+def candidate_report(io: StageIO, phase: str, kind: str, channels: list[str],
+                     relevant: pd.DataFrame, items: IdIndex, ks: list[int], ns: list[int]
+                     ) -> dict:
+    """Channels alone as rankers, candidate recall@N and unique hits for one phase and
+    kind (``relevant`` keyed by ``user_id``, a search case standing for a user)."""
+    def read(name: str, columns: list[str] | None = None, **keys: str) -> pd.DataFrame:
+        return as_user_keyed(io.read(name, columns, phase=phase, kind=kind, **keys), kind)
 
-    lists = {name: read(folder / "channels" / f"{name}.parquet") for name in channels}
+    lists = {name: read("channel_list", channel=name) for name in channels}
     systems, recall = {}, {}
     for name, df in lists.items():
         full = evaluate_lists(df, relevant, items, sorted(set(ks) | set(ns)))
         systems[name] = {k: v for k, v in full.items()
                          if k == "users" or int(k.split("@")[1]) in ks}
         recall[name] = {f"recall@{n}": full[f"recall@{n}"] for n in ns}
-    merged = evaluate_lists(read(folder / "candidates.parquet", [key, S.ITEM, "merge_rank"]),
+    merged = evaluate_lists(read("candidates", [request_key(kind), S.ITEM, "merge_rank"]),
                             relevant, items, ns, rank_col="merge_rank")
     recall["merged"] = {f"recall@{n}": merged[f"recall@{n}"] for n in ns}
     return {"systems": systems, "candidate_recall": recall,
@@ -94,105 +99,94 @@ def lift_over_best(final: str, components: list[str], systems: dict[str, dict],
             **paired_lift_ci(a.to_numpy(), b.to_numpy(), resamples, seed)}
 
 
-def ranked_systems(folder: Path, prefix: str, key: str) -> dict[str, pd.DataFrame]:
-    """The rank stage's own lists per system (``ltr-<objective>``, ``blend``)."""
-    lists = {}
-    for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-        df = read_table(path)
-        if key == CASE:
-            df = df.drop(columns=[S.USER], errors="ignore").rename(columns={CASE: S.USER})
-        lists[prefix + path.stem.replace("-", ":", 1)] = df
+def ranked_systems(io: StageIO, kind: str, prefix: str) -> dict[str, pd.DataFrame]:
+    """The rank stage's own lists per system (``ltr:<objective>``, ``blend``), in file
+    name order."""
+    names = [*(f"ltr:{n}" for n in io.cfg.rank.objectives), "blend"]
+    return {prefix + name: as_user_keyed(
+        io.read("system_ranking", kind=kind, system=system_file(name)), kind)
+        for name in sorted(names, key=system_file)
+        if io.has("system_ranking", kind=kind, system=system_file(name))}
+
+
+def recall_reports(io: StageIO, items: IdIndex, ks: list[int], ns: list[int]
+                   ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
+    """Candidate reports per phase and kind, and the evaluated phase's relevant cases
+    per kind (search cases keyed by ``user_id`` like users)."""
+    cfg = io.cfg
+    channels = [n for n, c in cfg.recall.channels.items() if c.recommend]
+    report: dict[str, dict] = {}
+    relevant: dict[str, pd.DataFrame] = {}
+    for phase in PHASES:
+        part = io.read("split", part=phase.target)
+        plain = part[~is_search(part)]
+        report[phase.name] = {RECOMMENDATION: candidate_report(
+            io, phase.name, RECOMMENDATION, channels, plain, items, ks, ns)}
+        if io.has("cases", phase=phase.name):
+            cases = as_user_keyed(io.read("cases", phase=phase.name), SEARCH)
+            report[phase.name][SEARCH] = candidate_report(
+                io, phase.name, SEARCH, list(cfg.recall.search_channels), cases, items, ks, ns)
+            if phase is EVALUATED:
+                relevant[SEARCH] = cases
+        if phase is EVALUATED:
+            relevant[RECOMMENDATION] = plain
+    return report, relevant
+
+
+def recommendation_lists(io: StageIO, k: int) -> dict[str, pd.DataFrame]:
+    """Every recommendation system's top lists on the evaluated phase: the final ranking,
+    each channel alone, the merged order, FM/FFM re-ranking the candidates, each ranker."""
+    cfg, phase = io.cfg, EVALUATED.name
+    lists = {"final": io.read("ranking", kind=RECOMMENDATION)}
+    for name in (n for n, c in cfg.recall.channels.items() if c.recommend):
+        lists[f"channel:{name}"] = io.read("channel_list", phase=phase, kind=RECOMMENDATION,
+                                           channel=name)
+    merged = io.read("candidates", [S.USER, S.ITEM, "merge_rank"], phase=phase,
+                     kind=RECOMMENDATION)
+    lists["merged (merge order)"] = merged.rename(columns={"merge_rank": S.RANK})
+    for model in cfg.fm.models:
+        cands = io.read("scored_candidates", [S.USER, S.ITEM, "merge_rank", f"{model}_score"],
+                        phase=phase)
+        lists[f"{model} (reranks candidates)"] = top_k(
+            cands, S.USER, cands[f"{model}_score"].to_numpy(), k)
+    lists.update(ranked_systems(io, RECOMMENDATION, ""))
     return lists
 
 
-def run(cfg: Config, out: Path) -> dict:
-    split = stage_dir(cfg, "split")
-    items = read_catalogue(cfg)
-    ks, ns = sorted(cfg.evaluate.ks), sorted(cfg.evaluate.recall_ns)
-    k_ci = 10 if 10 in ks else ks[0]
-    recall_dir = stage_dir(cfg, "recall")
-    channels = [n for n, c in cfg.recall.channels.items() if c.recommend]
+def search_lists(io: StageIO) -> dict[str, pd.DataFrame]:
+    """The same for search cases (keyed by ``user_id``), prefixed ``search:``."""
+    phase = EVALUATED.name
+    lists = {f"search:channel:{name}": as_user_keyed(io.read(
+        "channel_list", phase=phase, kind=SEARCH, channel=name), SEARCH)
+        for name in io.cfg.recall.search_channels}
+    merged = io.read("candidates", [CASE, S.ITEM, "merge_rank"], phase=phase, kind=SEARCH)
+    lists["search:merged (merge order)"] = as_user_keyed(merged, SEARCH).rename(
+        columns={"merge_rank": S.RANK})
+    lists.update(ranked_systems(io, SEARCH, "search:"))
+    if io.has("ranking", kind=SEARCH):
+        lists["search:final"] = as_user_keyed(io.read("ranking", kind=SEARCH), SEARCH)
+    return lists
 
-    report: dict[str, dict] = {}
-    relevant: dict[str, pd.DataFrame] = {}  # the test phase's cases, for the ablation
-    for phase in PHASES:
-        part = read_table(split / f"{phase}.parquet")
-        report[phase] = {"recommendation": candidate_report(
-            recall_dir / phase, channels, part[~is_search(part)], items, ks, ns)}
-        search_dir = recall_dir / phase / "search"
-        if (search_dir / "cases.parquet").is_file():
-            cases = read_table(search_dir / "cases.parquet").drop(columns=[S.USER])
-            cases = cases.rename(columns={CASE: S.USER})
-            report[phase]["search"] = candidate_report(
-                search_dir, list(cfg.recall.search_channels), cases, items, ks, ns, key=CASE)
-            if phase == "test":
-                relevant["search"] = cases
-        if phase == "test":
-            relevant["recommendation"] = part[~is_search(part)]
 
-    # Every row below is evaluated like the final output: its own top list per test case.
-    lists: dict[str, pd.DataFrame] = {}
-    rank_dir = stage_dir(cfg, "rank")
-    lists["final"] = read_table(rank_dir / "recommendations.parquet")
-    for name in channels:
-        lists[f"channel:{name}"] = read_table(recall_dir / "test" / "channels" / f"{name}.parquet")
-    merged = read_table(recall_dir / "test" / "candidates.parquet",
-                        [S.USER, S.ITEM, "merge_rank"])
-    lists["merged (merge order)"] = merged.rename(columns={"merge_rank": S.RANK})
-    scored = stage_dir(cfg, "train-fm") / "candidates.parquet"
-    for kind in cfg.fm.models if (scored.is_file() and cfg.fm.models) else []:
-        cands = read_table(scored, columns=[S.USER, S.ITEM, "merge_rank", f"{kind}_score"])
-        lists[f"{kind} (reranks candidates)"] = top_k(
-            cands, S.USER, cands[f"{kind}_score"].to_numpy(), max(ks))
-    lists.update(ranked_systems(rank_dir / "systems" / "recommendation", "", S.USER))
-    search_lists: dict[str, pd.DataFrame] = {}
-    if "search" in relevant:
-        search_dir = recall_dir / "test" / "search"
-        for name in cfg.recall.search_channels:
-            search_lists[f"search:channel:{name}"] = read_table(
-                search_dir / "channels" / f"{name}.parquet").drop(columns=[S.USER]).rename(
-                columns={CASE: S.USER})
-        search_lists["search:merged (merge order)"] = read_table(
-            search_dir / "candidates.parquet", [CASE, S.ITEM, "merge_rank"]).rename(
-            columns={CASE: S.USER, "merge_rank": S.RANK})
-        search_lists.update(ranked_systems(rank_dir / "systems" / "search", "search:", CASE))
-        if (rank_dir / "search.parquet").is_file():
-            search_lists["search:final"] = read_table(rank_dir / "search.parquet").drop(
-                columns=[S.USER]).rename(columns={CASE: S.USER})
-
+def score_systems(found: list[tuple[dict[str, pd.DataFrame], pd.DataFrame]], items: IdIndex,
+                  ks: list[int], k_ci: int) -> tuple[dict[str, dict], dict[str, pd.Series]]:
+    """Every metric of every system, and its per-user NDCG@k_ci for the intervals."""
     systems: dict[str, dict] = {}
     per_user: dict[str, pd.Series] = {}
-    for found, wanted in ((lists, relevant["recommendation"]),
-                          (search_lists, relevant.get("search"))):
-        for name, df in found.items():
+    for lists, wanted in found:
+        for name, df in lists.items():
             systems[name] = evaluate_lists(df, wanted, items, ks)
             per_user[name] = per_user_metric(df, wanted, items, "ndcg", k_ci)
-    resamples, seed = cfg.evaluate.bootstrap_resamples, cfg.seed
-    with_interval(systems, per_user, k_ci, resamples, seed)
-    singles = [n for n in systems if n.startswith("channel:") or "(reranks" in n]
-    lifts = {"recommendation": lift_over_best("final", singles, systems, per_user, k_ci,
-                                              resamples, seed)}
-    search_singles = [n for n in systems if n.startswith("search:channel:")]
-    if "search:final" in systems and search_singles:
-        lifts["search"] = lift_over_best("search:final", search_singles, systems, per_user,
-                                         k_ci, resamples, seed)
-    ranker_dir = stage_dir(cfg, "train-rank")
-    ranker = json.loads((ranker_dir / "metrics.json").read_text()) if (
-        ranker_dir / "metrics.json").is_file() else {}
-    importance = {kind: json.loads((ranker_dir / kind / "importance.json").read_text())
-                  for kind in ranker if (ranker_dir / kind / "importance.json").is_file()}
+    return systems, per_user
 
-    metrics = {"dataset": cfg.dataset, "split": cfg.split.strategy, "ks": ks,
-               "users": systems["final"]["users"], "catalogue": len(items),
-               "systems": systems, f"lift_ndcg@{k_ci}": lifts,
-               "candidate_recall": report["test"]["recommendation"]["candidate_recall"],
-               "ranker": ranker, "importance": importance, "phases": report}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+def print_summary(cfg: Config, metrics: dict, items: IdIndex, k_ci: int, ns: list[int]) -> None:
+    systems, lifts = metrics["systems"], metrics[f"lift_ndcg@{k_ci}"]
     print(f"\n== {cfg.dataset}: test metrics, {metrics['users']} users with recommendation "
           f"cases (full ranking over {len(items)} items) ==")
     print(format_table(systems, HEADLINE))
-    print(f"\n== NDCG@{k_ci} with 95% bootstrap intervals over users ({resamples} "
-          "resamples) ==")
+    print(f"\n== NDCG@{k_ci} with 95% bootstrap intervals over users "
+          f"({cfg.evaluate.bootstrap_resamples} resamples) ==")
     for name, row in systems.items():
         low, high = row[f"ndcg@{k_ci}_ci"]
         print(f"{name:40s} {row[f'ndcg@{k_ci}']:.4f}  [{low:.4f}, {high:.4f}]")
@@ -201,7 +195,37 @@ def run(cfg: Config, out: Path) -> dict:
               f"[{lift['low']:+.4f}, {lift['high']:+.4f}]"
               f"{'' if lift['excludes_zero'] else ' (interval includes zero: no lift claimed)'}")
     for phase in PHASES:
-        for kind, block in report[phase].items():
-            print_candidates(f"{kind} candidate recall on {phase}", block, ns)
-    print(f"\nmetrics: {out.parent / 'eval' / 'metrics.json'}\n", flush=True)
+        for kind, block in metrics["phases"][phase.name].items():
+            print_candidates(f"{kind} candidate recall on {phase.name}", block, ns)
+    print(f"\nmetrics: {artifact_path(cfg, 'metrics')}\n", flush=True)
+
+
+def run(cfg: Config, io: StageIO) -> dict:
+    items = item_catalogue(io)
+    ks, ns = sorted(cfg.evaluate.ks), sorted(cfg.evaluate.recall_ns)
+    k_ci = 10 if 10 in ks else ks[0]
+    report, relevant = recall_reports(io, items, ks, ns)
+    found = [(recommendation_lists(io, max(ks)), relevant[RECOMMENDATION])]
+    if SEARCH in relevant:
+        found.append((search_lists(io), relevant[SEARCH]))
+    systems, per_user = score_systems(found, items, ks, k_ci)
+    resamples, seed = cfg.evaluate.bootstrap_resamples, cfg.seed
+    with_interval(systems, per_user, k_ci, resamples, seed)
+    singles = [n for n in systems if n.startswith("channel:") or "(reranks" in n]
+    lifts = {RECOMMENDATION: lift_over_best("final", singles, systems, per_user, k_ci,
+                                            resamples, seed)}
+    search_singles = [n for n in systems if n.startswith("search:channel:")]
+    if "search:final" in systems and search_singles:
+        lifts[SEARCH] = lift_over_best("search:final", search_singles, systems, per_user,
+                                       k_ci, resamples, seed)
+    ranker = io.read_json("ranker_metrics")
+    importance = {kind: io.read_json("importance", kind=kind) for kind in ranker
+                  if io.has("importance", kind=kind)}
+    metrics = {"dataset": cfg.dataset, "split": cfg.split.strategy, "ks": ks,
+               "users": systems["final"]["users"], "catalogue": len(items),
+               "systems": systems, f"lift_ndcg@{k_ci}": lifts,
+               "candidate_recall": report[EVALUATED.name][RECOMMENDATION]["candidate_recall"],
+               "ranker": ranker, "importance": importance, "phases": report}
+    io.write_json("metrics", metrics)
+    print_summary(cfg, metrics, items, k_ci, ns)
     return {"headline": {k: systems["final"][k] for k in HEADLINE}}

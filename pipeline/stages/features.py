@@ -4,14 +4,13 @@ For each phase the statistics and model scores come from that phase's fitting da
 fitted recall models only (valid: train; test: train + valid), so the rows the ranker
 learns from and the rows it ranks are built the same way. Valid-phase rows get a
 ``label`` (the user clicked the item in valid; for search, the case's clicked item);
-test-phase rows never do. Writes ``<phase>/recommendation.parquet``,
-``<phase>/search.parquet`` where search cases exist, and ``features.json`` (the feature
-columns and what each means). Requests are processed in chunks and streamed to disk.
+test-phase rows never do. Writes ``features`` per phase and kind (search where search
+cases exist) and ``feature_columns`` (the feature columns and what each means).
+Requests are processed in chunks and streamed to disk.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -29,16 +28,15 @@ from features.recall_data import RecallData
 from models.base import RecallChannel
 from models.recall import channel_class
 from pipeline import schema as S
+from pipeline.catalogue import StageIO
 from pipeline.config import Config
-from pipeline.io import ChunkedParquetWriter, iter_requests, read_table
+from pipeline.io import ChunkedParquetWriter, iter_requests
+from pipeline.phases import phase_data, phase_inputs
 from pipeline.progress import progress
-from pipeline.stages import stage_dir
-from pipeline.stages.recall import CASE, PHASES, is_search, phase_data, phase_inputs
+from pipeline.protocol import CASE, LABEL, PHASES, SEARCH, Phase, is_search, request_key
 
 log = logging.getLogger("pipeline")
-LABEL = "label"
 NOT_FEATURES = (S.USER, S.ITEM, CASE, S.QUERY, "source", LABEL)
-KINDS = ("recommendation", "search")
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
@@ -47,10 +45,10 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
             and pd.api.types.is_numeric_dtype(frame[c].dtype)]
 
 
-def load_models(cfg: Config, phase: str) -> dict[str, RecallChannel]:
-    folder = stage_dir(cfg, "recall") / phase / "models"
-    wanted = [n for n in cfg.features.model_scores if n in cfg.recall.channels]
-    return {name: channel_class(name).load(folder / name) for name in wanted}
+def load_models(io: StageIO, phase: str) -> dict[str, RecallChannel]:
+    wanted = [n for n in io.cfg.features.model_scores if n in io.cfg.recall.channels]
+    return {name: channel_class(name).load(io.input("recall_model", phase=phase, channel=name))
+            for name in wanted}
 
 
 def add_features(cands: pd.DataFrame, key: str, context: FeatureContext, data: RecallData,
@@ -68,71 +66,77 @@ def add_features(cands: pd.DataFrame, key: str, context: FeatureContext, data: R
     return pd.concat([frame, request_ranks(frame, key, ranked)], axis=1)
 
 
-def labels_for(cfg: Config, phase: str, kind: str) -> pd.DataFrame | None:
-    """The clicked (key, item) pairs of the valid period; None for the test phase."""
-    if phase != "valid":
+def labels_for(io: StageIO, phase: Phase, kind: str, targets: pd.DataFrame
+               ) -> pd.DataFrame | None:
+    """The clicked (request, item) pairs of the tuning phase's targets; None elsewhere."""
+    if not phase.tunes:
         return None
-    if kind == "search":
-        cases = read_table(stage_dir(cfg, "recall") / phase / "search" / "cases.parquet")
-        return cases[[CASE, S.ITEM]].drop_duplicates()
-    valid = read_table(stage_dir(cfg, "split") / "valid.parquet")
-    return valid[~is_search(valid)][[S.USER, S.ITEM]].drop_duplicates()
+    if kind == SEARCH:
+        return io.read("cases", phase=phase.name)[[CASE, S.ITEM]].drop_duplicates()
+    return targets[~is_search(targets)][[S.USER, S.ITEM]].drop_duplicates()
 
 
-def sources(cfg: Config, phase: str) -> dict[str, Path]:
-    """Candidates per kind: the FM-scored ones for recommendation when train-fm ran."""
-    fm = stage_dir(cfg, "train-fm") / ("valid_candidates.parquet" if phase == "valid"
-                                       else "candidates.parquet")
-    found = {"recommendation": fm if fm.is_file() else
-             stage_dir(cfg, "recall") / phase / "candidates.parquet"}
-    search = stage_dir(cfg, "recall") / phase / "search" / "candidates.parquet"
-    if search.is_file():
-        found["search"] = search
+def sources(io: StageIO, phase: str) -> dict[str, Path]:
+    """Candidates per kind: recommendation ones as train-fm scored them, search ones as
+    recall wrote them (where the phase had search cases)."""
+    found = {"recommendation": io.input("scored_candidates", phase=phase)}
+    if io.has("candidates", phase=phase, kind=SEARCH):
+        found[SEARCH] = io.input("candidates", phase=phase, kind=SEARCH)
     return found
 
 
-def run(cfg: Config, out: Path) -> dict:
-    fits = phase_inputs(cfg)
+def featurise(io: StageIO, source: Path, key: str, context: FeatureContext, data: RecallData,
+              models: dict[str, RecallChannel], labels: pd.DataFrame | None, target: Path,
+              label: str) -> tuple[ChunkedParquetWriter, int, pd.DataFrame | None]:
+    """Stream one kind's candidates into ``target`` with their features (and labels);
+    returns the writer, the positives written and the last chunk (None: no candidates)."""
+    writer = ChunkedParquetWriter(target)
+    positives = 0
+    last = None
+    rows = io.cfg.features.request_chunk * io.cfg.recall.budget
+    chunks = -(-pq.ParquetFile(source).metadata.num_rows // rows)
+    for cands in progress(iter_requests(source, key, rows), label, total=chunks):
+        frame = add_features(cands, key, context, data, models)
+        if labels is not None:
+            hit = frame[[key, S.ITEM]].merge(labels.assign(**{LABEL: 1}),
+                                             on=[key, S.ITEM], how="left")[LABEL]
+            frame[LABEL] = hit.fillna(0).to_numpy(np.int8)
+            positives += int(frame[LABEL].sum())
+        writer.write(frame)
+        last = frame
+    if last is not None:
+        writer.close(last)
+    return writer, positives, last
+
+
+def run(cfg: Config, io: StageIO) -> dict:
+    fits = phase_inputs(io)
     report: dict[str, dict] = {}
     columns: dict[str, list[str]] = {}
     for phase in PHASES:
-        data = phase_data(cfg, *fits[phase])
+        data = phase_data(io, *fits[phase.name])
         context = FeatureContext(data, cfg.features.recent_share)
-        models = load_models(cfg, phase)
-        (out / phase).mkdir(parents=True)
-        report[phase] = {}
-        for kind, source in sources(cfg, phase).items():
-            key = CASE if kind == "search" else S.USER
-            labels = labels_for(cfg, phase, kind)
-            writer = ChunkedParquetWriter(out / phase / f"{kind}.parquet")
-            positives = 0
-            last = None
-            rows = cfg.features.request_chunk * cfg.recall.budget
-            chunks = -(-pq.ParquetFile(source).metadata.num_rows // rows)
-            for cands in progress(iter_requests(source, key, rows), f"features {phase} {kind}",
-                                  total=chunks):
-                frame = add_features(cands, key, context, data, models)
-                if labels is not None:
-                    hit = frame[[key, S.ITEM]].merge(labels.assign(**{LABEL: 1}),
-                                                     on=[key, S.ITEM], how="left")[LABEL]
-                    frame[LABEL] = hit.fillna(0).to_numpy(np.int8)
-                    positives += int(frame[LABEL].sum())
-                writer.write(frame)
-                last = frame
+        models = load_models(io, phase.name)
+        report[phase.name] = {}
+        for kind, source in sources(io, phase.name).items():
+            labels = labels_for(io, phase, kind, fits[phase.name][1])
+            writer, positives, last = featurise(
+                io, source, request_key(kind), context, data, models, labels,
+                io.output("features", phase=phase.name, kind=kind),
+                f"features {phase.name} {kind}")
             if last is None:
-                log.info("[features] %s %s: no candidates", phase, kind)
+                log.info("[features] %s %s: no candidates", phase.name, kind)
                 continue
-            writer.close(last)
             found = feature_columns(last)
             if columns.setdefault(kind, found) != found:
-                raise AssertionError(f"{phase} {kind} features differ from the valid "
-                                     f"phase's: {sorted(set(found) ^ set(columns[kind]))}")
-            report[phase][kind] = {"rows": writer.rows}
+                raise AssertionError(f"{phase.name} {kind} features differ from the "
+                                     f"{PHASES[0].name} phase's: "
+                                     f"{sorted(set(found) ^ set(columns[kind]))}")
+            report[phase.name][kind] = {"rows": writer.rows}
             if labels is not None:
-                report[phase][kind]["positives"] = positives
-            log.info("[features] %s %s: %d rows, %d features%s", phase, kind, writer.rows,
+                report[phase.name][kind]["positives"] = positives
+            log.info("[features] %s %s: %d rows, %d features%s", phase.name, kind, writer.rows,
                      len(columns[kind]), "" if labels is None else f", {positives} positives")
-    (out / "features.json").write_text(json.dumps({
-        "columns": columns,
-        "definitions": {f.name: f.meaning for f in FEATURES}}, indent=2) + "\n")
+    io.write_json("feature_columns", {
+        "columns": columns, "definitions": {f.name: f.meaning for f in FEATURES}})
     return {"phases": report, "features": {k: len(v) for k, v in columns.items()}}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import schema as S
+from pipeline.catalogue import StageIO
 from pipeline.config import Config
 from pipeline.io import file_hash, write_table
 from pipeline.sources import RawTables, load_source
@@ -62,16 +63,16 @@ def _source_files(cfg: Config) -> list[Path]:
     return []
 
 
-def run(cfg: Config, out: Path) -> dict:
+def run(cfg: Config, io: StageIO) -> dict:
     raw = load_source(cfg)
     interactions, items, users, dropped = validated_tables(raw, cfg.ingest.unknown_ids)
     if any(dropped.values()):
         log.warning("[ingest] dropped interactions with unknown ids: %s", dropped)
     for note in raw.notes:
         log.warning("[ingest] %s", note)
-    write_table(interactions, out / "interactions.parquet")
-    write_table(items, out / "items.parquet")
-    write_table(users, out / "users.parquet")
+    write_table(interactions, io.output("interactions"))
+    write_table(items, io.output("items"))
+    write_table(users, io.output("users"))
     counts = {"interactions": len(interactions), "items": len(items), "users": len(users)}
     log.info("[ingest] %s", counts)
     return {"counts": counts, "dropped": dropped, "notes": list(raw.notes),

@@ -1,32 +1,25 @@
 """rank: the final top-k per test request, ranked by the trained rankers and their blend.
 
 The test-phase candidates carry features from models refitted on train + valid; the
-rankers and blend weights learned on the valid phase order them. Writes
-``recommendations.parquet`` (the final recommendation ranking: the blend, or the main
-ranker with ``rank.blend: false``), ``search.parquet`` likewise for search cases, and
-every system's own lists under ``systems/<kind>/`` for the ablation. Recommendations
+rankers and blend weights learned on the valid phase order them. Writes per kind the
+final ``ranking`` (the blend, or the main ranker with ``rank.blend: false``) and every
+system's own lists (``system_ranking``) for the ablation. Recommendations
 never include the user's fitted items (recall removes them); this stage asserts it
 against the split, since a leak here would inflate every metric.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 
 from models.blend import blend_scores
 from models.ranker import FoldEnsemble
 from pipeline import schema as S
+from pipeline.catalogue import StageIO
 from pipeline.config import Config
 from pipeline.io import ChunkedParquetWriter, iter_requests, link_or_copy, read_table
-from pipeline.stages import stage_dir
-from pipeline.stages.features import KINDS
-from pipeline.stages.train_rank import blend_components, objectives, request_key
-
-FINAL = {"recommendation": "recommendations.parquet", "search": "search.parquet"}
+from pipeline.protocol import EVALUATED, KINDS, RECOMMENDATION, request_key
+from pipeline.ranking import blend_components, system_file, top_k
 
 
 def assert_unseen(recs: pd.DataFrame, fitted: pd.DataFrame) -> None:
@@ -36,31 +29,18 @@ def assert_unseen(recs: pd.DataFrame, fitted: pd.DataFrame) -> None:
                              f"e.g. {seen.head(3).to_dict('records')}")
 
 
-def top_k(frame: pd.DataFrame, key: str, scores: np.ndarray, k: int) -> pd.DataFrame:
-    """Each request's k best candidates by ``scores`` (ties: merge order)."""
-    keys = [c for c in (key, S.USER) if c in frame.columns]
-    ordered = frame[[*dict.fromkeys(keys), S.ITEM, "merge_rank"]].assign(**{S.SCORE: scores})
-    ordered = ordered.sort_values([key, S.SCORE, "merge_rank"], ascending=[True, False, True],
-                                  kind="stable")
-    ordered[S.RANK] = (ordered.groupby(key, sort=False).cumcount() + 1).astype(np.int32)
-    return ordered[ordered[S.RANK] <= k].drop(columns="merge_rank").reset_index(drop=True)
-
-
-def system_file(name: str) -> str:
-    return name.replace(":", "-") + ".parquet"
-
-
-def rank_kind(cfg: Config, kind: str, out: Path) -> dict[str, int]:
+def rank_kind(io: StageIO, kind: str) -> dict[str, int]:
     """Rank one kind's test candidates with every ranker and the blend; rows written."""
-    models = stage_dir(cfg, "train-rank") / kind
-    rankers = {name: FoldEnsemble.load(models / name) for name in objectives(cfg)}
-    blend = json.loads((models / "blend.json").read_text())
+    cfg = io.cfg
+    rankers = {name: FoldEnsemble.load(io.input("ranker", kind=kind, objective=name))
+               for name in cfg.rank.objectives}
+    blend = io.read_json("blend", kind=kind)
     key = request_key(kind)
     final = "blend" if cfg.rank.blend else f"ltr:{cfg.rank.objective}"
     names = [*(f"ltr:{n}" for n in rankers), "blend"]
-    (out / "systems" / kind).mkdir(parents=True)
-    writers = {n: ChunkedParquetWriter(out / "systems" / kind / system_file(n)) for n in names}
-    source = stage_dir(cfg, "features") / "test" / f"{kind}.parquet"
+    writers = {n: ChunkedParquetWriter(io.output("system_ranking", kind=kind,
+                                                 system=system_file(n))) for n in names}
+    source = io.input("features", phase=EVALUATED.name, kind=kind)
     for frame in iter_requests(source, key, cfg.features.request_chunk * cfg.recall.budget):
         scores = {name: ranker.predict(frame) for name, ranker in rankers.items()}
         systems = {f"ltr:{name}": s for name, s in scores.items()}
@@ -71,17 +51,17 @@ def rank_kind(cfg: Config, kind: str, out: Path) -> dict[str, int]:
     empty = pd.DataFrame(columns=[*dict.fromkeys([key, S.USER]), S.ITEM, S.SCORE, S.RANK])
     for writer in writers.values():
         writer.close(empty)
-    link_or_copy(out / "systems" / kind / system_file(final), out / FINAL[kind])
+    link_or_copy(io.output("system_ranking", kind=kind, system=system_file(final)),
+                 io.output("ranking", kind=kind))
     return {name: writer.rows for name, writer in writers.items()}
 
 
-def run(cfg: Config, out: Path) -> dict:
-    trained = [k for k in KINDS if (stage_dir(cfg, "train-rank") / k / "blend.json").is_file()]
-    rows = {kind: rank_kind(cfg, kind, out) for kind in trained}
-    recs = read_table(out / FINAL["recommendation"])
-    split = stage_dir(cfg, "split")
-    fitted = pd.concat([read_table(split / f"{p}.parquet", columns=[S.USER, S.ITEM])
-                        for p in ("train", "valid")], ignore_index=True)
+def run(cfg: Config, io: StageIO) -> dict:
+    trained = [k for k in KINDS if io.has("blend", kind=k)]
+    rows = {kind: rank_kind(io, kind) for kind in trained}
+    recs = read_table(io.output("ranking", kind=RECOMMENDATION))
+    fitted = pd.concat([io.read("split", columns=[S.USER, S.ITEM], part=p)
+                        for p in EVALUATED.fit], ignore_index=True)
     assert_unseen(recs, fitted)
     return {"status": "blend" if cfg.rank.blend else f"ltr:{cfg.rank.objective}",
             "rows": rows, "users": int(recs[S.USER].nunique())}

@@ -1,45 +1,43 @@
 """recall: fit the configured channels and retrieve merged candidates, roll-forward.
 
-Two phases, each writing under ``<phase>/``:
+Two phases (``pipeline.protocol.PHASES``):
 - ``valid``: fit on train, retrieve for the valid period. Channels that early-stop watch
   the valid pairs, and quotas are tuned on a sample of them; ``tuned.json`` keeps both.
 - ``test``: refit on train + valid with those choices, retrieve for the test period.
 Nothing in either phase is fitted on the period it retrieves for.
 
-Each phase serves two kinds of request. Recommendation: one per user, written to
-``candidates.parquet`` (the merged set with every channel's evidence) and
-``channels/<name>.parquet`` (each channel's own list, for per-channel evaluation).
-Search: one per interaction that carries a query (``case_id``, the user and the query),
-answered by the search channels with the query text and by the personalised ones with
-the user, written the same way under ``search/``. Requests are processed in chunks and
+Each phase serves two kinds of request. Recommendation: one per user, written as
+``candidates`` (the merged set with every channel's evidence) and ``channel_list`` (each
+channel's own list, for per-channel evaluation). Search: one per interaction that
+carries a query (``case_id``, the user and the query), answered by the search channels
+with the query text and by the personalised ones with the user, written the same way,
+with the ``cases``. Requests are processed in chunks and
 rows streamed to disk, so memory does not grow with the number of users.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from features.recall_data import RecallData, build_recall_data
+from features.recall_data import RecallData
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK
 from models.recall import channel_class
 from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 from pipeline import schema as S
+from pipeline.catalogue import StageIO
 from pipeline.config import ChannelConfig, Config, ConfigError
-from pipeline.io import ChunkedParquetWriter, read_table, write_table
+from pipeline.io import ChunkedParquetWriter, write_table
+from pipeline.phases import phase_data, phase_inputs
 from pipeline.progress import progress
-from pipeline.stages import stage_dir
+from pipeline.protocol import CASE, PHASES, RECOMMENDATION, SEARCH, Phase, is_search
 
 log = logging.getLogger("pipeline")
-PHASES = ("valid", "test")
-CASE = "case_id"
 
 
 @dataclass
@@ -54,10 +52,6 @@ class Requests:
     def take(self, rows: slice) -> Requests:
         return Requests(self.keys.iloc[rows].reset_index(drop=True), self.users[rows],
                         None if self.queries is None else self.queries[rows])
-
-
-def is_search(df: pd.DataFrame) -> np.ndarray:
-    return df[S.QUERY].notna().to_numpy() if S.QUERY in df.columns else np.zeros(len(df), bool)
 
 
 def recommendation_requests(targets: pd.DataFrame, data: RecallData) -> Requests:
@@ -128,19 +122,20 @@ def list_sample(cfg: Config, n: int) -> np.ndarray:
     return keep
 
 
-def stream_candidates(cfg: Config, data: RecallData, channels: dict[str, RecallChannel],
-                      quotas: dict[str, int], req: Requests, out: Path, label: str) -> dict:
+def stream_candidates(io: StageIO, data: RecallData, channels: dict[str, RecallChannel],
+                      quotas: dict[str, int], req: Requests, phase: str, kind: str) -> dict:
     """Write each channel's list and the merged candidates for every request."""
+    cfg = io.cfg
     budget = cfg.recall.budget
     listed_rows = list_sample(cfg, len(req.users))
-    (out / "channels").mkdir(parents=True)
-    writers = {name: ChunkedParquetWriter(out / "channels" / f"{name}.parquet")
+    writers = {name: ChunkedParquetWriter(io.output("channel_list", phase=phase, kind=kind,
+                                                    channel=name))
                for name in channels}
-    candidates = ChunkedParquetWriter(out / "candidates.parquet")
+    candidates = ChunkedParquetWriter(io.output("candidates", phase=phase, kind=kind))
     seconds = dict.fromkeys(channels, 0.0)
     chunks = [slice(lo, min(lo + cfg.recall.request_chunk, len(req.users)))
               for lo in range(0, len(req.users), cfg.recall.request_chunk)]
-    for rows in progress(chunks, f"recall {label}"):
+    for rows in progress(chunks, f"recall {phase} {kind}"):
         part = req.take(rows)
         lists = []
         for name, channel in channels.items():
@@ -161,63 +156,48 @@ def stream_candidates(cfg: Config, data: RecallData, channels: dict[str, RecallC
         candidates.write(pd.concat([keys, merged], axis=1))
     for writer in (*writers.values(), candidates):
         writer.close(req.keys.iloc[:0])
-    log.info("[recall] %s: %d requests, %.1f candidates each", label, len(req.users),
-             candidates.rows / max(len(req.users), 1))
+    log.info("[recall] %s %s: %d requests, %.1f candidates each", phase, kind,
+             len(req.users), candidates.rows / max(len(req.users), 1))
     return {"requests": int(len(req.users)), "candidates": candidates.rows,
             "retrieve_seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
 
-def phase_inputs(cfg: Config) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """Per phase, the fitting interactions and the target ones it retrieves for (valid:
-    a seeded sample of users when ``recall.valid_users`` asks for one)."""
-    split = stage_dir(cfg, "split")
-    train, valid, test = (read_table(split / f"{p}.parquet") for p in ("train", "valid", "test"))
-    valid_targets = valid
-    if cfg.recall.valid_users and valid[S.USER].nunique() > cfg.recall.valid_users:
-        rng = np.random.default_rng(cfg.seed)
-        picked = rng.choice(np.sort(valid[S.USER].unique()), size=cfg.recall.valid_users,
-                            replace=False)
-        valid_targets = valid[valid[S.USER].isin(picked)]
-    return {"valid": (train, valid_targets),
-            "test": (pd.concat([train, valid], ignore_index=True), test)}
+def fit_channels(io: StageIO, phase: Phase, data: RecallData, targets: pd.DataFrame,
+                 tuned: dict[str, dict]) -> tuple[dict[str, RecallChannel], dict[str, float]]:
+    """Every configured channel fitted on the phase's data and saved; on the tuning
+    phase each watches the held-out pairs, and its choices are added to ``tuned``."""
+    held_out = None
+    if phase.tunes:
+        held_out = HeldOut(data.user_index.encode(targets[S.USER]),
+                           data.item_index.encode(targets[S.ITEM]))
+    channels, fit_seconds = {}, {}
+    for name, settings in io.cfg.recall.channels.items():
+        started = time.perf_counter()
+        channel = build_channel(name, settings, io.cfg.seed, tuned.get(name))
+        channels[name] = channel.fit(data, held_out)
+        fit_seconds[name] = round(time.perf_counter() - started, 3)
+        channels[name].save(io.output("recall_model", phase=phase.name, channel=name))
+        if phase.tunes:
+            tuned[name] = channels[name].tuned()
+    return channels, fit_seconds
 
 
-def phase_data(cfg: Config, fit: pd.DataFrame, targets: pd.DataFrame) -> RecallData:
-    """The encoded fitting data of a phase, with the same user codes every stage sees."""
-    ingest = stage_dir(cfg, "ingest")
-    return build_recall_data(fit, read_table(ingest / "items.parquet"),
-                             read_table(ingest / "users.parquet"), targets[S.USER].unique())
-
-
-def run(cfg: Config, out: Path) -> dict:
+def run(cfg: Config, io: StageIO) -> dict:
     rc = cfg.recall
-    fits = phase_inputs(cfg)
+    fits = phase_inputs(io)
     tuned: dict[str, dict] = {}
     quotas = {name: ch.quota for name, ch in rc.channels.items()}
     search_quotas = {name: ch.quota for name, ch in rc.search_channels.items()}
     report: dict[str, dict] = {}
     for phase in PHASES:
-        fit, targets = fits[phase]
-        data = phase_data(cfg, fit, targets)
-        held_out = None
-        if phase == "valid":
-            held_out = HeldOut(data.user_index.encode(targets[S.USER]),
-                               data.item_index.encode(targets[S.ITEM]))
-        channels, fit_seconds = {}, {}
-        for name, settings in rc.channels.items():
-            started = time.perf_counter()
-            channel = build_channel(name, settings, cfg.seed, tuned.get(name))
-            channels[name] = channel.fit(data, held_out)
-            fit_seconds[name] = round(time.perf_counter() - started, 3)
-            channels[name].save(out / phase / "models" / name)
-            if phase == "valid":
-                tuned[name] = channels[name].tuned()
-
+        fit, targets = fits[phase.name]
+        data = phase_data(io, fit, targets)
+        channels, fit_seconds = fit_channels(io, phase, data, targets, tuned)
         recs = recommendation_requests(targets, data)
         searches, cases = search_requests(targets, data)
         rec_channels = {n: c for n, c in channels.items() if rc.channels[n].recommend}
         search_channels = {n: channels[n] for n in rc.search_channels}
-        if phase == "valid" and rc.tune_quotas:
+        if phase.tunes and rc.tune_quotas:
             plain = targets[~is_search(targets)]
             quotas = tuned_quotas(cfg, data, rec_channels, recs,
                                   pd.Index(recs.keys[S.USER]).get_indexer(plain[S.USER]),
@@ -228,14 +208,11 @@ def run(cfg: Config, out: Path) -> dict:
                                              cases[CASE].to_numpy(),
                                              data.item_index.encode(cases[S.ITEM]))
                 log.info("[recall] search quotas tuned on valid: %s", search_quotas)
-        report[phase] = {"fit_seconds": fit_seconds, "recommendation": stream_candidates(
-            cfg, data, rec_channels, quotas, recs, out / phase, f"{phase} recommendation")}
+        report[phase.name] = {"fit_seconds": fit_seconds, RECOMMENDATION: stream_candidates(
+            io, data, rec_channels, quotas, recs, phase.name, RECOMMENDATION)}
         if len(cases) and search_channels:
-            (out / phase / "search").mkdir(parents=True)
-            write_table(cases, out / phase / "search" / "cases.parquet")
-            report[phase]["search"] = stream_candidates(
-                cfg, data, search_channels, search_quotas, searches, out / phase / "search",
-                f"{phase} search")
-    (out / "tuned.json").write_text(json.dumps(
-        {"channels": tuned, "quotas": quotas, "search_quotas": search_quotas}, indent=2) + "\n")
+            write_table(cases, io.output("cases", phase=phase.name))
+            report[phase.name][SEARCH] = stream_candidates(
+                io, data, search_channels, search_quotas, searches, phase.name, SEARCH)
+    io.write_json("tuned", {"channels": tuned, "quotas": quotas, "search_quotas": search_quotas})
     return {"phases": report, "tuned": tuned, "quotas": quotas, "search_quotas": search_quotas}

@@ -5,16 +5,15 @@
 - ``test`` phase: refit on train + valid for the epoch count chosen on valid, with hard
   negatives from the valid-phase candidates the users did not click in valid (valid is
   fitting data by then), and score the test candidates.
-Writes per phase and model ``<phase>/<model>/`` (state dict, loaded with
-``weights_only=True``, and the field encoder), ``metrics.json`` (AUC, logloss, samples/s,
-epochs), and the candidates with ``<model>_score`` columns: ``candidates.parquet`` (test)
-and ``valid_candidates.parquet``. Run under ``torchrun --nproc-per-node N -m pipeline
+Writes per phase and model ``fm_model`` (state dict, loaded with ``weights_only=True``,
+and the field encoder), ``fm_metrics`` (AUC, logloss, samples/s, epochs), and per phase
+the recommendation candidates with ``<model>_score`` columns (``scored_candidates``).
+Run under ``torchrun --nproc-per-node N -m pipeline
 train-fm`` the training is data-parallel (gloo on CPU); only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 from features.fields import FieldEncoder
 from features.interactions import IdIndex
 from features.pairs import default_fields, pair_frame, side_tables
+from models.distributed import init_distributed, is_main_process
 from models.fm_trainer import (
     History,
     Samples,
@@ -32,17 +32,17 @@ from models.fm_trainer import (
     binary_metric,
     build_model,
     fit,
-    init_distributed,
-    is_main_process,
     predict,
-    sample_negatives,
     save_model,
     score_frame,
 )
+from models.negatives import sample_negatives
 from pipeline import schema as S
+from pipeline.catalogue import StageIO
 from pipeline.config import Config, FMConfig
-from pipeline.io import ChunkedParquetWriter, read_table
-from pipeline.stages import stage_dir
+from pipeline.io import ChunkedParquetWriter
+from pipeline.phases import fitting
+from pipeline.protocol import PHASES, RECOMMENDATION, TUNING, Phase
 
 log = logging.getLogger("pipeline")
 SCORE_CHUNK = 1_000_000
@@ -80,14 +80,14 @@ def score_candidates(source: Path, target: Path, models: dict, encoder: FieldEnc
     writer.close(pq.read_schema(source).empty_table().to_pandas())
 
 
-def train_phase(cfg: Config, fit_df: pd.DataFrame, valid: pd.DataFrame | None,
-                hard: pd.DataFrame | None, epochs: dict[str, int], out: Path
+def train_phase(io: StageIO, phase: str, fit_df: pd.DataFrame, valid: pd.DataFrame | None,
+                hard: pd.DataFrame | None, epochs: dict[str, int]
                 ) -> tuple[dict, FieldEncoder, pd.DataFrame, pd.DataFrame, dict[str, dict]]:
     """Fit the configured models on one phase's data; returns the models, the encoder,
     the side tables and, per model, its history plus held-out AUC and logloss."""
+    cfg = io.cfg
     fm = cfg.fm
-    ingest = stage_dir(cfg, "ingest")
-    items_table, users_table = (read_table(ingest / f"{t}.parquet") for t in ("items", "users"))
+    items_table, users_table = io.read("items"), io.read("users")
     user_side, item_side = side_tables(users_table, items_table, fit_df)
     items = IdIndex(items_table[S.ITEM])
     users = IdIndex(pd.concat([fit_df[S.USER], users_table[S.USER]], ignore_index=True))
@@ -116,41 +116,50 @@ def train_phase(cfg: Config, fit_df: pd.DataFrame, valid: pd.DataFrame | None,
                                   for m in ("auc", "logloss")})
         models[kind] = model
         if is_main_process():
-            save_model(model, out / kind, {"fields": encoder.field_names})
-            encoder.save(out / kind / "encoder")
+            folder = io.output("fm_model", phase=phase, model=kind)
+            save_model(model, folder, {"fields": encoder.field_names})
+            encoder.save(folder / "encoder")
     return models, encoder, user_side, item_side, reports
 
 
-def run(cfg: Config, out: Path) -> dict:
+def hard_negatives(io: StageIO, tuning_targets: pd.DataFrame) -> pd.DataFrame:
+    """The tuning phase's candidates its users did not click: fitting data for later
+    phases, where they are negatives the recall stage found plausible."""
+    clicked = tuning_targets[[S.USER, S.ITEM]].assign(clicked=True)
+    shown = io.read("candidates", columns=[S.USER, S.ITEM], phase=TUNING.name,
+                    kind=RECOMMENDATION)
+    hard = shown.merge(clicked, on=[S.USER, S.ITEM], how="left")
+    return hard[hard["clicked"].isna()][[S.USER, S.ITEM]]
+
+
+def fit_and_score(io: StageIO, phase: Phase, parts: dict[str, pd.DataFrame],
+                  chosen: dict[str, int]) -> dict[str, dict]:
+    """Train the models for ``phase`` and score its candidates; returns their reports."""
+    held = parts[phase.target] if phase.tunes else None
+    hard = None if phase.tunes else hard_negatives(io, parts[TUNING.target])
+    models, encoder, user_side, item_side, reports = train_phase(
+        io, phase.name, fitting(parts, phase), held, hard, chosen)
+    for kind, r in reports.items():
+        log.info("[train-fm] %s %s: %d epochs, %.0f samples/s, valid AUC %s", phase.name,
+                 kind, len(r["epochs"]), r["samples_per_second"], r.get("valid_auc", "-"))
+    if is_main_process():
+        score_candidates(io.input("candidates", phase=phase.name, kind=RECOMMENDATION),
+                         io.output("scored_candidates", phase=phase.name), models, encoder,
+                         user_side, item_side, io.cfg.fm.device)
+    return reports
+
+
+def run(cfg: Config, io: StageIO) -> dict:
     init_distributed(cfg.fm.device)
-    split, recall = stage_dir(cfg, "split"), stage_dir(cfg, "recall")
-    train, valid = (read_table(split / f"{p}.parquet") for p in ("train", "valid"))
+    needed = dict.fromkeys([*(p for phase in PHASES for p in phase.fit), TUNING.target])
+    parts = {p: io.read("split", part=p) for p in needed}
     metrics: dict[str, dict] = {}
     chosen: dict[str, int] = {}
-    valid_cands = recall / "valid" / "candidates.parquet"
-    for phase in ("valid", "test"):
-        if phase == "valid":
-            fit_df, held, hard, source = train, valid, None, valid_cands
-            target = out / "valid_candidates.parquet"
-        else:
-            clicked = valid[[S.USER, S.ITEM]].assign(clicked=True)
-            shown = read_table(valid_cands, columns=[S.USER, S.ITEM])
-            hard = shown.merge(clicked, on=[S.USER, S.ITEM], how="left")
-            hard = hard[hard["clicked"].isna()][[S.USER, S.ITEM]]
-            fit_df, held = pd.concat([train, valid], ignore_index=True), None
-            source = recall / "test" / "candidates.parquet"
-            target = out / "candidates.parquet"
-        models, encoder, user_side, item_side, metrics[phase] = train_phase(
-            cfg, fit_df, held, hard, chosen, out / phase)
-        if phase == "valid":
-            chosen = {kind: r["best_epoch"] + 1 for kind, r in metrics[phase].items()}
-        for kind, r in metrics[phase].items():
-            log.info("[train-fm] %s %s: %d epochs, %.0f samples/s, valid AUC %s", phase, kind,
-                     len(r["epochs"]), r["samples_per_second"], r.get("valid_auc", "-"))
-        if is_main_process():
-            score_candidates(source, target, models, encoder, user_side, item_side,
-                             cfg.fm.device)
+    for phase in PHASES:
+        metrics[phase.name] = fit_and_score(io, phase, parts, chosen)
+        if phase.tunes:
+            chosen = {kind: r["best_epoch"] + 1 for kind, r in metrics[phase.name].items()}
     if is_main_process():
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+        io.write_json("fm_metrics", metrics)
     return {"status": "trained " + ", ".join(cfg.fm.models), "epochs": chosen,
-            "valid_auc": {k: v.get("valid_auc") for k, v in metrics["valid"].items()}}
+            "valid_auc": {k: v.get("valid_auc") for k, v in metrics[TUNING.name].items()}}

@@ -9,47 +9,25 @@ fold, trained on the other folds, all stopped together on the mean NDCG@10 of th
 left-out folds, and the blend weights (``models.blend``) are chosen on the out-of-fold
 scores of every valid request (slightly optimistic: the stopping round was chosen on
 those same folds). Search is skipped, with a warning, when too few cases have a click.
-Writes ``<kind>/<objective>/fold-<i>/`` (LightGBM text models), ``<kind>/blend.json``,
-``<kind>/importance.json`` (gain, for the report) and ``metrics.json``.
+Writes per kind ``ranker`` (one LightGBM text model per objective and fold), ``blend``,
+``importance`` (gain, for the report) and ``ranker_metrics``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from models.blend import candidate_ndcg, fit_blend, request_rank
+from models.blend import candidate_ndcg, fit_blend
 from models.ranker import cross_fit
-from pipeline import schema as S
+from pipeline.catalogue import StageIO
 from pipeline.config import Config
-from pipeline.io import read_table
-from pipeline.stages import stage_dir
-from pipeline.stages.features import KINDS, LABEL
-from pipeline.stages.recall import CASE
+from pipeline.protocol import EVALUATED, KINDS, LABEL, RECOMMENDATION, TUNING, request_key
+from pipeline.ranking import blend_components
 
 log = logging.getLogger("pipeline")
-
-
-def objectives(cfg: Config) -> list[str]:
-    return list(dict.fromkeys([cfg.rank.objective, *cfg.rank.compare]))
-
-
-def request_key(kind: str) -> str:
-    return CASE if kind == "search" else S.USER
-
-
-def blend_components(frame: pd.DataFrame, key: str, rankers: dict[str, np.ndarray],
-                     channels: list[str]) -> dict[str, np.ndarray]:
-    """Ranks per row within the request: each ranker's, then each channel's own rank."""
-    groups = frame[key].to_numpy()
-    ranks = {f"ltr:{name}": request_rank(groups, scores) for name, scores in rankers.items()}
-    for name in channels:
-        ranks[f"channel:{name}"] = frame[f"{name}_rank"].to_numpy(np.float64)
-    return ranks
 
 
 class NotEnoughRequests(ValueError):
@@ -71,8 +49,8 @@ def assign_folds(frame: pd.DataFrame, key: str, folds: int, seed: int
     return useful, fold_of[pd.Index(requests).get_indexer(useful[key])]
 
 
-def train_kind(cfg: Config, frame: pd.DataFrame, columns: list[str], kind: str,
-               out: Path) -> dict:
+def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) -> dict:
+    cfg = io.cfg
     key = request_key(kind)
     frame, fold = assign_folds(frame, key, cfg.rank.folds, cfg.seed)
     groups, labels = frame[key].to_numpy(), frame[LABEL].to_numpy()
@@ -80,10 +58,10 @@ def train_kind(cfg: Config, frame: pd.DataFrame, columns: list[str], kind: str,
                     "folds": cfg.rank.folds, "rankers": {}}
     oof: dict[str, np.ndarray] = {}
     importance: dict[str, dict[str, float]] = {}
-    for objective in objectives(cfg):
+    for objective in cfg.rank.objectives:
         ensemble, oof[objective] = cross_fit(objective, frame[columns], labels, groups, fold,
                                              cfg.rank.params, cfg.seed, cfg.threads)
-        ensemble.save(out / kind / objective)
+        ensemble.save(io.output("ranker", kind=kind, objective=objective))
         importance[objective] = ensemble.importance()
         rounds = [r.best_iteration for r in ensemble.rankers]
         report["rankers"][objective] = {
@@ -93,10 +71,9 @@ def train_kind(cfg: Config, frame: pd.DataFrame, columns: list[str], kind: str,
                  rounds, report["rankers"][objective]["out_of_fold_ndcg@10"])
     channels = strongest_channels(frame, key, cfg.rank.blend_channels)
     weights, alone = fit_blend(blend_components(frame, key, oof, channels), groups, labels)
-    (out / kind / "blend.json").write_text(json.dumps(
-        {"channels": channels, "weights": weights, "out_of_fold_ndcg@10": alone},
-        indent=2) + "\n")
-    (out / kind / "importance.json").write_text(json.dumps(importance, indent=2) + "\n")
+    io.write_json("blend", {"channels": channels, "weights": weights,
+                            "out_of_fold_ndcg@10": alone}, kind=kind)
+    io.write_json("importance", importance, kind=kind)
     log.info("[train-rank] %s blend %s: out-of-fold NDCG@10 %.4f", kind, weights,
              alone["blend"])
     report["blend"] = {"weights": weights, "out_of_fold_ndcg@10": alone}
@@ -113,21 +90,20 @@ def strongest_channels(frame: pd.DataFrame, key: str, n: int) -> list[str]:
     return sorted(quality, key=lambda name: (-quality[name], name))[:n]
 
 
-def run(cfg: Config, out: Path) -> dict:
-    folder = stage_dir(cfg, "features")
-    columns = json.loads((folder / "features.json").read_text())["columns"]
+def run(cfg: Config, io: StageIO) -> dict:
+    columns = io.read_json("feature_columns")["columns"]
     report = {}
     for kind in KINDS:
-        source = folder / "valid" / f"{kind}.parquet"
-        test = folder / "test" / f"{kind}.parquet"
-        if kind not in columns or not source.is_file() or not test.is_file():
+        if kind not in columns or not io.has("features", phase=TUNING.name, kind=kind) \
+                or not io.has("features", phase=EVALUATED.name, kind=kind):
             continue
         try:
-            report[kind] = train_kind(cfg, read_table(source), columns[kind], kind, out)
+            report[kind] = train_kind(io, io.read("features", phase=TUNING.name, kind=kind),
+                                      columns[kind], kind)
         except NotEnoughRequests as err:
-            if kind == "recommendation":
+            if kind == RECOMMENDATION:
                 raise
             log.warning("[train-rank] %s: %s; no %s ranker", kind, err, kind)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    return {"status": f"trained {', '.join(objectives(cfg))} and a blend",
+    io.write_json("ranker_metrics", report)
+    return {"status": f"trained {', '.join(cfg.rank.objectives)} and a blend",
             "ranker": cfg.rank.objective, "kinds": sorted(report)}

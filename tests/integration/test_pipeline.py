@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 
 from models.fm_trainer import load_model
+from pipeline.catalogue import STAGE_NAMES, STAGES, artifact_path, get_stage, stage_dir
 from pipeline.cli import main
+from pipeline.dependencies import stage_code
 from pipeline.io import MANIFEST, read_table, write_table
+from pipeline.make import makefile_rules, write_stamps
 from pipeline.runner import MissingInputError, run_stage, run_until
-from pipeline.stages import STAGE_NAMES, stage_dir
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, only_channels, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +40,9 @@ def test_features_label_valid_rows_only_and_cover_every_candidate(finished) -> N
     columns = json.loads((folder / "features.json").read_text())["columns"]["recommendation"]
     valid = read_table(folder / "valid" / "recommendation.parquet")
     test = read_table(folder / "test" / "recommendation.parquet")
-    scored = stage_dir(finished, "train-fm")
-    assert len(valid) == len(read_table(scored / "valid_candidates.parquet"))
-    assert len(test) == len(read_table(scored / "candidates.parquet"))
+    for phase, rows in (("valid", valid), ("test", test)):
+        assert len(rows) == len(read_table(artifact_path(finished, "scored_candidates",
+                                                         phase=phase)))
     assert "label" not in test.columns and "label" not in columns
     assert {"fm_score", "sequence_model_score", "item_popularity", "tag_affinity"} <= set(columns)
     clicked = read_table(stage_dir(finished, "split") / "valid.parquet")
@@ -70,7 +72,7 @@ def test_rankers_are_lightgbm_text_models_and_every_system_is_evaluated(finished
 
 
 def test_recommendations_are_top_k_unseen_items_for_every_test_user(finished) -> None:
-    recs = read_table(stage_dir(finished, "rank") / "recommendations.parquet")
+    recs = read_table(artifact_path(finished, "ranking", kind="recommendation"))
     split = stage_dir(finished, "split")
     test = read_table(split / "test.parquet")
     fitted = pd.concat([read_table(split / f"{p}.parquet") for p in ("train", "valid")])
@@ -96,8 +98,9 @@ def test_metrics_cover_every_k_and_structure_beats_popularity(finished) -> None:
 def test_same_seed_gives_identical_outputs(finished, tmp_path: Path) -> None:
     again = tiny_config(tmp_path)
     run_until(again, "recall")
-    for rel in ("split/test.parquet", "recall/valid/candidates.parquet",
-                "recall/test/candidates.parquet"):
+    for rel in ("split/test.parquet", "recall/valid/recommendation/candidates.parquet",
+                "recall/test/recommendation/candidates.parquet", "recall/test/search/"
+                "candidates.parquet"):
         pd.testing.assert_frame_equal(read_table(finished.root / rel), read_table(again.root / rel))
 
 
@@ -114,12 +117,46 @@ def test_cli_reports_bad_config_without_traceback(tmp_path: Path, capsys) -> Non
     assert "split.strategy" in capsys.readouterr().err
 
 
-def test_makefile_and_cli_list_the_same_stages() -> None:
+def test_makefile_rules_follow_the_stage_table() -> None:
+    rules = makefile_rules()
+    assert re.findall(r"\$\(RUN\) (\S+) --config", rules) == ["stamps", *STAGE_NAMES]
+    for stage in STAGES:
+        target = f"$(D)/{stage.folder}/manifest.json"
+        needs = re.search(rf"^{re.escape(target)}: (.*)$", rules, re.M).group(1).split()
+        for upstream in stage.inputs:
+            assert f"$(D)/{get_stage(upstream).folder}/manifest.json" in needs
+        assert f"$(D)/.stamps/{stage.name}.json" in needs
+        assert f"pipeline/stages/{stage.module}.py" in needs
+        assert re.search(rf"^{stage.name}: {re.escape(target)}$", rules, re.M)
     makefile = (REPO / "Makefile").read_text()
-    assert re.findall(r"\$\(RUN\) (\S+) --config", makefile) == list(STAGE_NAMES)
     phony = re.search(r"\.PHONY:(.*?)\n\n", makefile, re.S).group(1)
     for name in STAGE_NAMES:
         assert re.search(rf"\b{name}\b", phony), name
+        assert re.search(rf"^## {name}: ", makefile, re.M), name
+
+
+def test_a_stage_depends_on_its_own_code_only() -> None:
+    ranker, recall = "models/ranker.py", "models/recall/sequence.py"
+    code = {s.name: {str(p) for p in stage_code(s)} for s in STAGES}
+    assert ranker in code["train-rank"] and ranker in code["rank"]
+    assert not any(ranker in code[s] for s in ("ingest", "split", "recall", "train-fm"))
+    assert recall in code["recall"] and recall in code["features"]
+    assert recall not in code["ingest"] and recall not in code["train-rank"]
+
+
+def test_manifest_records_config_sections_and_code(finished) -> None:
+    manifest = json.loads((stage_dir(finished, "train-rank") / MANIFEST).read_text())
+    assert set(manifest["depends"]["config"]) == {"rank", "seed"}
+    assert "models/ranker.py" in manifest["depends"]["code"]
+    assert "models/recall/sequence.py" not in manifest["depends"]["code"]
+
+
+def test_config_stamps_change_only_for_stages_reading_the_changed_section(tmp_path) -> None:
+    cfg = tiny_config(tmp_path)
+    assert write_stamps(cfg) == list(STAGE_NAMES)
+    assert write_stamps(cfg) == []
+    changed = tiny_config(tmp_path, rank={"params": {"rounds": 41}})
+    assert write_stamps(changed) == ["train-rank", "rank", "evaluate"]
 
 
 def test_train_fm_is_roll_forward_and_scores_every_candidate(finished) -> None:
@@ -132,29 +169,30 @@ def test_train_fm_is_roll_forward_and_scores_every_candidate(finished) -> None:
         assert len(metrics["test"][kind]["epochs"]) == valid["best_epoch"] + 1
         model, extra = load_model(folder / "test" / kind)  # weights_only load
         assert extra["fields"][:2] == ["user_id", "item_id"]
-    test = read_table(folder / "candidates.parquet")
-    recalled = read_table(stage_dir(finished, "recall") / "test" / "candidates.parquet")
-    assert len(test) == len(recalled)
-    assert test[["fm_score", "ffm_score"]].notna().all().all()
-    assert test["fm_score"].between(0, 1).all()
-    assert len(read_table(folder / "valid_candidates.parquet")) == len(
-        read_table(stage_dir(finished, "recall") / "valid" / "candidates.parquet"))
+    for phase in ("valid", "test"):
+        scored = read_table(artifact_path(finished, "scored_candidates", phase=phase))
+        recalled = read_table(artifact_path(finished, "candidates", phase=phase,
+                                            kind="recommendation"))
+        assert len(scored) == len(recalled)
+        assert scored[["fm_score", "ffm_score"]].notna().all().all()
+        assert scored["fm_score"].between(0, 1).all()
     systems = json.loads((stage_dir(finished, "evaluate") / "metrics.json").read_text())["systems"]
     assert "ffm (reranks candidates)" in systems
 
 
 def test_a_search_only_channel_serves_search_and_not_recommendation(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, recall={
-        "budget": 50,
-        "channels": {"cooccurrence": {"quota": 30}, "popularity": {"quota": 20},
-                     "text_embedding": {"quota": 0, "recommend": False}},
-        "search_channels": {"text_embedding": {"quota": 40}, "popularity": {"quota": 10}}})
+    cfg = tiny_config(tmp_path, recall={"budget": 50, **only_channels(
+        {"cooccurrence": {"quota": 30}, "popularity": {"quota": 20},
+         "text_embedding": {"quota": 0, "recommend": False}},
+        {"text_embedding": {"quota": 40}, "popularity": {"quota": 10}})})
     run_until(cfg, "recall")
     test = stage_dir(cfg, "recall") / "test"
-    assert sorted(p.stem for p in (test / "channels").iterdir()) == ["cooccurrence",
-                                                                     "popularity"]
-    assert (test / "search" / "channels" / "text_embedding.parquet").is_file()
-    assert "text_embedding_rank" not in read_table(test / "candidates.parquet").columns
+    listed = test / "recommendation" / "channels"
+    assert sorted(p.stem for p in listed.iterdir()) == ["cooccurrence", "popularity"]
+    assert artifact_path(cfg, "channel_list", phase="test", kind="search",
+                         channel="text_embedding").is_file()
+    candidates = artifact_path(cfg, "candidates", phase="test", kind="recommendation")
+    assert "text_embedding_rank" not in read_table(candidates).columns
 
 
 def test_a_planted_future_interaction_changes_nothing_computed_before_it(

@@ -12,10 +12,11 @@ import json
 
 import pytest
 
+from pipeline.catalogue import stage_dir
 from pipeline.config import load_config
 from pipeline.io import read_manifest
 from pipeline.runner import run_until
-from pipeline.stages import stage_dir
+from tests.conftest import only_channels
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +24,11 @@ pytestmark = pytest.mark.slow
 def test_movielens_100k_end_to_end(ml100k, tmp_path) -> None:
     # Two cheap channels: this checks split, exclusion and metrics, not model quality
     # (that is `make bench-recall`'s job).
-    channels = {"cooccurrence": {"quota": 200}, "popularity": {"quota": 100}}
+    recall = only_channels({"cooccurrence": {"quota": 200}, "popularity": {"quota": 100}})
     cfg = load_config(None, base={
         "dataset": "ml", "data_dir": str(tmp_path), "threads": 1,
         "source": {"kind": "movielens-100k", "path": str(ml100k)},
-        "recall": {"channels": channels, "search_channels": {}},
+        "recall": recall,
         "fm": {"models": ["fm"], "max_epochs": 2},
         "rank": {"folds": 2, "compare": []}})
     run_until(cfg)

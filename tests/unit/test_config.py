@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 
+from models.recall import CHANNELS, channel_class, constructor_keys
 from pipeline.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,3 +43,52 @@ def test_unknown_channel_is_rejected() -> None:
 def test_missing_file_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_one_channel_parameter_can_be_set_and_the_other_channels_stay() -> None:
+    default = load_config(REPO / "configs/movielens-100k.yaml")
+    cfg = load_config(REPO / "configs/movielens-100k.yaml",
+                      ["recall.channels.sequence.params.patience=2"])
+    assert list(cfg.recall.channels) == list(default.recall.channels)
+    assert cfg.recall.channels["sequence"].params == {"patience": 2}
+    assert cfg.recall.channels["sequence"].quota == default.recall.channels["sequence"].quota
+    assert cfg.recall.channels["embedding"] == default.recall.channels["embedding"]
+    assert cfg.recall.search_channels == default.recall.search_channels
+
+
+def test_channel_settings_merge_key_by_key_and_null_drops_a_channel() -> None:
+    cfg = load_config(REPO / "configs/synthetic.yaml", [
+        "recall.channels.sequence.quota=5", "recall.channels.sequence.params.max_len=20",
+        "recall.channels.text_embedding=null"])
+    sequence = cfg.recall.channels["sequence"]
+    assert (sequence.quota, sequence.params) == (5, {"patience": 2, "max_len": 20})
+    assert "text_embedding" not in cfg.recall.channels
+    assert "text_embedding" not in cfg.recall.search_channels  # its default goes with it
+    assert "inverted_index" in cfg.recall.search_channels
+
+
+def test_a_dumped_config_loads_back_the_same() -> None:
+    cfg = load_config(REPO / "configs/synthetic-large.yaml")
+    assert "sequence" not in cfg.recall.channels
+    assert load_config(None, base=cfg.to_dict()) == cfg
+
+
+def test_a_misspelled_channel_parameter_names_channel_key_and_accepted_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs/synthetic.yaml",
+                    ["recall.channels.cooccurrence.params.neighbors=50"])
+    message = str(err.value)
+    assert "recall.channels" in message and "'cooccurrence'" in message
+    assert "neighbors" in message and "'neighbours'" in message and "'iuf'" in message
+
+
+def test_a_search_channel_must_be_fitted() -> None:
+    with pytest.raises(ConfigError, match="must also be listed under channels"):
+        load_config(REPO / "configs/synthetic.yaml", [
+            "recall.channels.popularity=null", "recall.search_channels.popularity.quota=5"])
+
+
+@pytest.mark.parametrize("name", list(CHANNELS))
+def test_channel_keys_read_from_source_match_the_constructor(name: str) -> None:
+    parameters = inspect.signature(channel_class(name)).parameters
+    assert constructor_keys(name) == list(parameters)

@@ -1,0 +1,51 @@
+"""Each phase's fitting data and targets, read through a stage's declared inputs.
+
+Recall and features both rebuild a phase's ``RecallData`` from the split: they must
+encode users and items identically, so both come here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.interactions import IdIndex
+from features.recall_data import RecallData, build_recall_data
+from pipeline import schema as S
+from pipeline.catalogue import StageIO
+from pipeline.protocol import PHASES, Phase
+
+
+def phase_inputs(io: StageIO) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per phase, the fitting interactions and the target ones it answers (the tuning
+    phase: a seeded sample of users when ``recall.valid_users`` asks for one)."""
+    cfg = io.cfg
+    parts = {part: io.read("split", part=part)
+             for part in dict.fromkeys(p for phase in PHASES for p in (*phase.fit, phase.target))}
+    found = {}
+    for phase in PHASES:
+        targets = parts[phase.target]
+        wanted = cfg.recall.valid_users
+        if phase.tunes and wanted and targets[S.USER].nunique() > wanted:
+            rng = np.random.default_rng(cfg.seed)
+            picked = rng.choice(np.sort(targets[S.USER].unique()), size=wanted, replace=False)
+            targets = targets[targets[S.USER].isin(picked)]
+        found[phase.name] = (fitting(parts, phase), targets)
+    return found
+
+
+def fitting(parts: dict[str, pd.DataFrame], phase: Phase) -> pd.DataFrame:
+    """The split parts ``phase`` fits on, in order, as one table."""
+    if len(phase.fit) == 1:
+        return parts[phase.fit[0]]
+    return pd.concat([parts[p] for p in phase.fit], ignore_index=True)
+
+
+def phase_data(io: StageIO, fit: pd.DataFrame, targets: pd.DataFrame) -> RecallData:
+    """The encoded fitting data of a phase, with the same user codes every stage sees."""
+    return build_recall_data(fit, io.read("items"), io.read("users"), targets[S.USER].unique())
+
+
+def item_catalogue(io: StageIO) -> IdIndex:
+    """The item vocabulary every stage ranks over: all ingested items, in table order."""
+    return IdIndex(io.read("items", columns=[S.ITEM])[S.ITEM])

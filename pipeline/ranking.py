@@ -1,0 +1,38 @@
+"""Ordering a request's candidates: the top k by a score, and the rank blend's inputs.
+
+The rank stage writes its lists with these and evaluate re-ranks FM/FFM scores with the
+same ``top_k``, so every system in the ablation is cut and tie-broken alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from models.blend import request_rank
+from pipeline import schema as S
+
+
+def top_k(frame: pd.DataFrame, key: str, scores: np.ndarray, k: int) -> pd.DataFrame:
+    """Each request's k best candidates by ``scores`` (ties: merge order)."""
+    keys = [c for c in (key, S.USER) if c in frame.columns]
+    ordered = frame[[*dict.fromkeys(keys), S.ITEM, "merge_rank"]].assign(**{S.SCORE: scores})
+    ordered = ordered.sort_values([key, S.SCORE, "merge_rank"], ascending=[True, False, True],
+                                  kind="stable")
+    ordered[S.RANK] = (ordered.groupby(key, sort=False).cumcount() + 1).astype(np.int32)
+    return ordered[ordered[S.RANK] <= k].drop(columns="merge_rank").reset_index(drop=True)
+
+
+def blend_components(frame: pd.DataFrame, key: str, rankers: dict[str, np.ndarray],
+                     channels: list[str]) -> dict[str, np.ndarray]:
+    """Ranks per row within the request: each ranker's, then each channel's own rank."""
+    groups = frame[key].to_numpy()
+    ranks = {f"ltr:{name}": request_rank(groups, scores) for name, scores in rankers.items()}
+    for name in channels:
+        ranks[f"channel:{name}"] = frame[f"{name}_rank"].to_numpy(np.float64)
+    return ranks
+
+
+def system_file(name: str) -> str:
+    """A system's name as a file stem (``ltr:lambdarank`` -> ``ltr-lambdarank``)."""
+    return name.replace(":", "-")
