@@ -170,12 +170,19 @@ def validate_interactions(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
+def _keyed_table(df: pd.DataFrame, origin: str, key: str, required: Iterable[str]
+                 ) -> pd.DataFrame:
+    """A copy of a side table with its rows, columns and unique ids checked."""
     require_rows(df, origin)
-    require_columns(df, ITEM_REQUIRED, origin)
+    require_columns(df, required, origin)
     out = df.copy()
-    out[ITEM] = coerce_ids(df[ITEM], origin)
-    unique_ids(out[ITEM], origin)
+    out[key] = coerce_ids(df[key], origin)
+    unique_ids(out[key], origin)
+    return out
+
+
+def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
+    out = _keyed_table(df, origin, ITEM, ITEM_REQUIRED)
     for col in (TITLE, TEXT, CATEGORY, REGION):
         if col in out.columns:
             out[col] = coerce_text(out[col], origin)
@@ -190,11 +197,7 @@ def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
 
 
 def validate_users(df: pd.DataFrame, origin: str) -> pd.DataFrame:
-    require_rows(df, origin)
-    require_columns(df, USER_REQUIRED, origin)
-    out = df.copy()
-    out[USER] = coerce_ids(df[USER], origin)
-    unique_ids(out[USER], origin)
+    out = _keyed_table(df, origin, USER, USER_REQUIRED)
     if REGION in out.columns:
         out[REGION] = coerce_text(out[REGION], origin)
     return out.reset_index(drop=True)
