@@ -73,7 +73,8 @@ ARTIFACTS: dict[str, Artifact] = {
 @dataclass(frozen=True)
 class Stage:
     """A stage: its output folder, module, the artifacts it reads and writes, and the
-    config sections it reads (a change there reruns it)."""
+    config sections it reads (a change there reruns it; ``threads`` where the result may
+    depend on the thread count: torch, LightGBM)."""
 
     name: str
     folder: str
@@ -97,15 +98,16 @@ class Stage:
 
 _FITTING = ("split", "items", "users")
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "raw", "ingest", (), ("source", "ingest")),
+    Stage("ingest", "raw", "ingest", (), ("source", "ingest", "seed")),
     Stage("split", "split", "split", ("interactions",), ("split",)),
-    Stage("recall", "recall", "recall", _FITTING, ("recall", "seed")),
-    Stage("train-fm", "models/fm", "train_fm", (*_FITTING, "candidates"), ("fm", "seed")),
+    Stage("recall", "recall", "recall", _FITTING, ("recall", "seed", "threads")),
+    Stage("train-fm", "models/fm", "train_fm", (*_FITTING, "candidates"),
+          ("fm", "seed", "threads")),
     Stage("features", "features", "features",
           (*_FITTING, "recall_model", "cases", "candidates", "scored_candidates"),
           ("features", "recall", "seed")),
     Stage("train-rank", "models/ranker", "train_rank", ("features", "feature_columns"),
-          ("rank", "seed")),
+          ("rank", "seed", "threads")),
     Stage("rank", "rank", "rank", ("ranker", "blend", "features", "split"),
           ("rank", "features", "recall")),
     Stage("evaluate", "eval", "evaluate",

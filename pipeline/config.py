@@ -127,10 +127,15 @@ class ChannelConfig(_Strict):
                             "fitted for search only)")
 
 
+class SearchChannelConfig(_Strict):
+    quota: int = Field(ge=0, description="slots of this channel in the search merge (used "
+                       "when recall.tune_quotas is false); its settings are the channel's")
+
+
 def default_channels(search: bool = False) -> dict[str, dict[str, Any]]:
-    """Every registered channel with its default quota, in registry order (ties in the
-    merge go to the channel listed first); ``search``: the channels registered with a
-    search quota, in their search order."""
+    """Every registered channel with its default quota, in registry order (the merge's
+    tie order); ``search``: the channels registered with a search quota, in their
+    search order."""
     from models.recall import CHANNELS
 
     if not search:
@@ -144,22 +149,28 @@ def _merged_channels(defaults: dict[str, dict[str, Any]], given: Any, keep: set[
                      ) -> Any:
     """``given`` laid over ``defaults``: a channel's settings and params are merged key by
     key, so a config states only what differs; ``name: null`` drops a default channel.
-    With ``keep``, defaults outside it are dropped (search channels that are not fitted)."""
+    The order stays the defaults' (registry order), then channels the config adds.
+    With ``keep``, defaults outside it are dropped (search channels that are not fitted).
+    Values of the wrong type pass through for the model's validation to report."""
     if not isinstance(given, dict):
-        return given  # let pydantic report the type
+        return given
+    from models.recall import CHANNELS
+
+    unknown = sorted(name for name in given if name not in CHANNELS)
+    if unknown:
+        raise ValueError(f"unknown channel(s) {unknown}; known: {sorted(CHANNELS)}")
     merged = {name: dict(settings) for name, settings in defaults.items()
               if keep is None or name in keep}
     for name, settings in given.items():
         if settings is None:
             merged.pop(name, None)
-            continue
-        if isinstance(settings, BaseModel):
-            settings = settings.model_dump()
-        if not isinstance(settings, dict) or name not in merged:
+        elif isinstance(settings, dict) and name in merged:
+            update = dict(settings)
+            if isinstance(settings.get("params"), dict):
+                update["params"] = {**merged[name].get("params", {}), **settings["params"]}
+            merged[name] = {**merged[name], **update}
+        else:
             merged[name] = settings
-            continue
-        params = {**merged[name].get("params", {}), **settings.get("params", {})}
-        merged[name] = {**merged[name], **settings, "params": params}
     return merged
 
 
@@ -179,9 +190,9 @@ class RecallConfig(_Strict):
     channels: dict[str, ChannelConfig] = Field(
         default_factory=dict,  # filled by _merge_defaults
         description="channel name -> quota and settings, merged over the registered "
-        "defaults (name: null drops one); ties in merge order go to the channel listed first",
+        "defaults (name: null drops one); in registry order, which breaks ties in the merge",
     )
-    search_channels: dict[str, ChannelConfig] = Field(
+    search_channels: dict[str, SearchChannelConfig] = Field(
         default_factory=dict,  # filled by _merge_defaults
         description="channels (also listed under channels) that answer search requests; "
         "search channels use the query text, the others the user. Merged over the "
@@ -214,11 +225,6 @@ class RecallConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_channels(self) -> RecallConfig:
-        from models.recall import CHANNELS
-
-        unknown = sorted(set(self.channels) - set(CHANNELS))
-        if unknown:
-            raise ValueError(f"unknown channel(s) {unknown}; known: {sorted(CHANNELS)}")
         unfitted = sorted(set(self.search_channels) - set(self.channels))
         if unfitted:
             raise ValueError(f"search_channels {unfitted} must also be listed under channels")
@@ -231,7 +237,7 @@ class RecallConfig(_Strict):
         """Dropped defaults are written as null, so a dumped config loads back the same."""
         tree = handler(self)
         for key, search in (("channels", False), ("search_channels", True)):
-            for name in default_channels(search):
+            for name in default_channels(search) if key in tree else ():
                 tree[key].setdefault(name, None)
         return tree
 

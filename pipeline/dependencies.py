@@ -36,7 +36,10 @@ def _imported(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        elif isinstance(node, ast.ImportFrom):
+            if node.level or not node.module:
+                raise ValueError(f"{path}: relative import; the project imports absolutely, "
+                                 "which is what the rebuild rules can follow")
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 1)}
@@ -44,11 +47,13 @@ def _imported(path: Path) -> set[str]:
 
 
 @cache
-def module_closure(module: str) -> tuple[Path, ...]:
+def module_closure(module: str, leaves: tuple[str, ...] = ()) -> tuple[Path, ...]:
     """Source files of ``module`` and of every project module it imports, transitively.
     Registries that import lazily (the channel table) name classes as ``module:Class``
     strings; those are followed from the modules ``module`` imports directly, so a stage
-    that loads channels depends on them, and one that only validates a config does not."""
+    that loads channels depends on them (a helper two imports away that loads channels
+    by name would not be seen: stages name their channels' module themselves). Modules in
+    ``leaves`` are included but their imports are not followed."""
     seen: set[str] = set()
     todo = deque([(module, 0)])  # breadth first: a module is expanded at its least depth
     while todo:
@@ -57,6 +62,8 @@ def module_closure(module: str) -> tuple[Path, ...]:
         if name in seen or path is None:
             continue
         seen.add(name)
+        if name in leaves:
+            continue
         found = _imported(path) | (_registered(path) if depth <= 1 else set())
         todo.extend((m, depth + 1) for m in found)
     return tuple(sorted(p for m in seen if (p := _module_file(m)) is not None))
@@ -73,8 +80,13 @@ def _registered(path: Path) -> set[str]:
 
 
 def stage_code(stage: Stage) -> tuple[Path, ...]:
-    """The files whose change reruns ``stage``, relative to the repository."""
-    return tuple(p.relative_to(ROOT) for p in module_closure(f"pipeline.stages.{stage.module}"))
+    """The files whose change reruns ``stage``, relative to the repository. The config
+    module's own imports are not followed: what they do to a stage (the registered
+    channel defaults, say) shows in the values of the config sections it reads, which
+    the config stamps record (``pipeline.make``), so adding a channel does not rerun
+    ingest."""
+    closure = module_closure(f"pipeline.stages.{stage.module}", leaves=("pipeline.config",))
+    return tuple(p.relative_to(ROOT) for p in closure)
 
 
 def code_hashes(stage: Stage) -> dict[str, str]:

@@ -68,7 +68,9 @@ def add_features(cands: pd.DataFrame, key: str, context: FeatureContext, data: R
 
 def labels_for(io: StageIO, phase: Phase, kind: str, targets: pd.DataFrame
                ) -> pd.DataFrame | None:
-    """The clicked (request, item) pairs of the tuning phase's targets; None elsewhere."""
+    """The clicked (request, item) pairs of the tuning phase's targets; None elsewhere.
+    (The targets may be a sample of users, ``recall.valid_users``: candidates exist for
+    those users only, so the clicks of the others would match nothing anyway.)"""
     if not phase.tunes:
         return None
     if kind == SEARCH:

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from pipeline.catalogue import stage_dir
+from pipeline.catalogue import artifact_path, stage_dir
 from pipeline.config import load_config
 from pipeline.io import read_manifest
 from pipeline.runner import run_until
@@ -36,7 +36,7 @@ def test_movielens_100k_end_to_end(ml100k, tmp_path) -> None:
         "interactions": 100_000, "items": 1682, "users": 943}
     split = read_manifest(stage_dir(cfg, "split"))["counts"]
     assert sum(split.values()) == 100_000 and split["test"] == split["valid"]
-    metrics = json.loads((stage_dir(cfg, "evaluate") / "metrics.json").read_text())
+    metrics = json.loads(artifact_path(cfg, "metrics").read_text())
     assert metrics["users"] == 943
     pop = metrics["systems"]["channel:popularity"]
     assert pop["ndcg@10"] == pytest.approx(0.0717, abs=5e-4)

@@ -92,3 +92,13 @@ def test_a_search_channel_must_be_fitted() -> None:
 def test_channel_keys_read_from_source_match_the_constructor(name: str) -> None:
     parameters = inspect.signature(channel_class(name)).parameters
     assert constructor_keys(name) == list(parameters)
+
+
+@pytest.mark.parametrize(("override", "where"), [
+    ("recall.channels.sequense.params.patience=2", r"unknown channel.*sequense"),
+    ("recall.channels.sequence.params=null", r"recall\.channels\.sequence\.params"),
+    ("recall.search_channels.embedding.params={k: 1}", r"search_channels\.embedding\.params"),
+])
+def test_bad_channel_settings_are_config_errors(override: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        load_config(REPO / "configs/synthetic.yaml", [override])
