@@ -17,11 +17,11 @@ STAGE_RULES := .make/stages.mk
 BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
-.PHONY: all help venv ingest split recall features train-fm train-rank rank evaluate report \
+.PHONY: all help venv ingest split recall features train-fm train-rank rank evaluate report publish \
         test lint bench bench-recall bench-rank bench-fm clean
 
 ## all: run every stage on DATASET (default: the embedded synthetic data)
-all: report
+all: report publish
 	@echo "report: $(D)/report/index.html"
 
 ## help: list the targets
@@ -64,6 +64,7 @@ endif
 ## rank: top-k recommendations per test user into data/DATASET/rank
 ## evaluate: offline metrics into data/DATASET/eval/metrics.json
 ## report: HTML report into data/DATASET/report/index.html
+## publish: every active user's top list and what serves it into data/DATASET/publication
 
 ## test: the test suite (unit, integration, and ML-100K checks when ../shared has it)
 test: $(ENV)
@@ -92,4 +93,4 @@ bench-fm: $(BENCH_ENV)
 ## clean: remove DATASET's stage outputs (inputs the user placed under data/ are kept)
 clean:
 	rm -rf $(D)/raw $(D)/split $(D)/recall $(D)/features $(D)/models $(D)/rank $(D)/eval \
-	       $(D)/report $(D)/.stamps
+	       $(D)/report $(D)/publication $(D)/.stamps

@@ -312,6 +312,28 @@ class EvaluateConfig(_Strict):
                                      "NDCG confidence intervals")
 
 
+class PublishConfig(_Strict):
+    """What a run publishes: every active user's top list, from models fitted on all the
+    data up to the as-of time (see ``pipeline.protocol``)."""
+
+    top_k: int = Field(100, ge=1, description="items published per user")
+    active_days: float | None = Field(
+        None, gt=0, description="publish for users with an event in the last this many days "
+        "before the as-of time (None: every user)")
+    keep: int = Field(7, ge=1, description="publications kept under publish/ for rollback")
+
+
+class GateConfig(_Strict):
+    """The release gate between evaluation and publication."""
+
+    enabled: bool = Field(True, description="false: publish whatever the evaluation says")
+    max_drop: float = Field(0.05, ge=0, le=1, description="largest relative drop of the "
+                            "final NDCG@10 below the last published run's")
+    beat_channels: bool = Field(True, description="refuse when the final ranking is "
+                                "significantly below its best single channel (paired "
+                                "bootstrap interval of the lift entirely below zero)")
+
+
 class Config(_Strict):
     dataset: str = Field(description="name of the folder under data_dir")
     data_dir: Path = Field(Path("data"), description="root of stage outputs")
@@ -327,6 +349,8 @@ class Config(_Strict):
     features: FeaturesConfig = FeaturesConfig()
     rank: RankConfig = RankConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    publish: PublishConfig = PublishConfig()
+    gate: GateConfig = GateConfig()
 
     @property
     def root(self) -> Path:

@@ -162,3 +162,16 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hand a file or a folder of files on unchanged (see ``link_or_copy``)."""
+    if src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(src, dst)
+        return
+    for path in sorted(src.rglob("*")):
+        if path.is_file():
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(path, target)

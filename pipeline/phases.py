@@ -18,20 +18,36 @@ from pipeline.protocol import PHASES, Phase
 
 def phase_inputs(io: StageIO) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """Per phase, the fitting interactions and the target ones it answers (the tuning
-    phase: a seeded sample of users when ``recall.valid_users`` asks for one)."""
+    phase: a seeded sample of users when ``recall.valid_users`` asks for one; the
+    published phase: one row per active user, see ``publish_targets``)."""
     cfg = io.cfg
-    parts = {part: io.read("split", part=part)
-             for part in dict.fromkeys(p for phase in PHASES for p in (*phase.fit, phase.target))}
+    wanted_parts = (p for phase in PHASES for p in (*phase.fit, phase.target) if p)
+    parts = {part: io.read("split", part=part) for part in dict.fromkeys(wanted_parts)}
     found = {}
     for phase in PHASES:
+        fit = fitting(parts, phase)
+        if phase.target is None:
+            found[phase.name] = (fit, publish_targets(io, fit))
+            continue
         targets = parts[phase.target]
         wanted = cfg.recall.valid_users
         if phase.tunes and wanted and targets[S.USER].nunique() > wanted:
             rng = np.random.default_rng(cfg.seed)
             picked = rng.choice(np.sort(targets[S.USER].unique()), size=wanted, replace=False)
             targets = targets[targets[S.USER].isin(picked)]
-        found[phase.name] = (fitting(parts, phase), targets)
+        found[phase.name] = (fit, targets)
     return found
+
+
+def publish_targets(io: StageIO, fit: pd.DataFrame) -> pd.DataFrame:
+    """The users a publication is for: every user of the users table, or those with an
+    event within ``publish.active_days`` of the last one in the data."""
+    users = io.read("users", columns=[S.USER])
+    days = io.cfg.publish.active_days
+    if days is not None and len(fit):
+        since = fit[S.TS].max() - pd.Timedelta(days=days)
+        users = users[users[S.USER].isin(fit.loc[fit[S.TS] >= since, S.USER])]
+    return users.reset_index(drop=True)
 
 
 def fitting(parts: dict[str, pd.DataFrame], phase: Phase) -> pd.DataFrame:

@@ -3,8 +3,10 @@
 A phase fits every model on some parts of the split and serves the requests of a later
 part, so nothing is ever fitted on the period it is judged on. ``valid`` tunes (channels
 early-stop on it, quotas are chosen on it) and labels the ranker's training rows; ``test``
-refits on more data with those choices and is only ever scored. A new phase is one entry
-in ``PHASES``.
+refits on more data with those choices and is only ever scored; ``publish`` refits on
+everything up to the as-of time with the same choices and answers every active user:
+what the product serves next, with a ranker trained on the latest labelled window (test).
+A new phase is one entry in ``PHASES``.
 
 A request is either a recommendation (one per user, keyed by ``user_id``) or a search
 (one per interaction carrying a query, keyed by ``case_id``).
@@ -29,22 +31,27 @@ KINDS = (RECOMMENDATION, SEARCH)
 @dataclass(frozen=True)
 class Phase:
     """``fit``: the split parts models learn from; ``target``: the part whose requests
-    the phase answers; ``tunes``: choices are made here (early stopping, quotas) and the
-    ranker learns from this phase's labelled rows."""
+    the phase answers (None: every active user, the publication); ``tunes``: choices
+    are made here (early stopping, quotas) and the ranker learns from its labelled
+    rows; ``evaluated``: the offline metrics are this phase's."""
 
     name: str
     fit: tuple[str, ...]
-    target: str
-    tunes: bool
+    target: str | None
+    tunes: bool = False
+    evaluated: bool = False
 
 
 PHASES: tuple[Phase, ...] = (
     Phase("valid", fit=("train",), target="valid", tunes=True),
-    Phase("test", fit=("train", "valid"), target="test", tunes=False),
+    Phase("test", fit=("train", "valid"), target="test", evaluated=True),
+    Phase("publish", fit=("train", "valid", "test"), target=None),
 )
 PHASE_NAMES = tuple(p.name for p in PHASES)
 TUNING = next(p for p in PHASES if p.tunes)
-EVALUATED = PHASES[-1]  # the phase the offline metrics are reported on
+EVALUATED = next(p for p in PHASES if p.evaluated)
+PUBLISHED = next(p for p in PHASES if p.target is None)
+BACKTEST = tuple(p for p in PHASES if p.target is not None)  # phases with held-out targets
 
 
 def request_key(kind: str) -> str:

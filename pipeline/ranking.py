@@ -13,10 +13,13 @@ from models.blend import request_rank
 from pipeline import schema as S
 
 
-def top_k(frame: pd.DataFrame, key: str, scores: np.ndarray, k: int) -> pd.DataFrame:
-    """Each request's k best candidates by ``scores`` (ties: merge order)."""
+def top_k(frame: pd.DataFrame, key: str, scores: np.ndarray, k: int,
+          extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Each request's k best candidates by ``scores`` (ties: merge order), with the
+    ``extra`` columns of ``frame`` carried along."""
     keys = [c for c in (key, S.USER) if c in frame.columns]
-    ordered = frame[[*dict.fromkeys(keys), S.ITEM, "merge_rank"]].assign(**{S.SCORE: scores})
+    ordered = frame[[*dict.fromkeys(keys), S.ITEM, "merge_rank", *extra]].assign(
+        **{S.SCORE: scores})
     ordered = ordered.sort_values([key, S.SCORE, "merge_rank"], ascending=[True, False, True],
                                   kind="stable")
     ordered[S.RANK] = (ordered.groupby(key, sort=False).cumcount() + 1).astype(np.int32)
@@ -36,3 +39,13 @@ def blend_components(frame: pd.DataFrame, key: str, rankers: dict[str, np.ndarra
 def system_file(name: str) -> str:
     """A system's name as a file stem (``ltr:lambdarank`` -> ``ltr-lambdarank``)."""
     return name.replace(":", "-")
+
+
+def proposing_channels(frame: pd.DataFrame, channels: list[str]) -> np.ndarray:
+    """Per candidate, the channels that retrieved it, comma-separated in channel order
+    (the merge keeps each channel's rank, null where it did not retrieve the item)."""
+    names = np.full(len(frame), "", dtype=object)
+    for name in channels:
+        found = frame[f"{name}_rank"].notna().to_numpy()
+        names[found] = names[found] + f"{name},"
+    return np.char.rstrip(names.astype(str), ",").astype(object)

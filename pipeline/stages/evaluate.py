@@ -19,9 +19,9 @@ from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci
 from pipeline.evaluation.protocol import evaluate_lists, per_user_metric
 from pipeline.phases import item_catalogue
 from pipeline.protocol import (
+    BACKTEST,
     CASE,
     EVALUATED,
-    PHASES,
     RECOMMENDATION,
     SEARCH,
     as_user_keyed,
@@ -104,9 +104,9 @@ def ranked_systems(io: StageIO, kind: str, prefix: str) -> dict[str, pd.DataFram
     name order."""
     names = [*(f"ltr:{n}" for n in io.cfg.rank.objectives), "blend"]
     return {prefix + name: as_user_keyed(
-        io.read("system_ranking", kind=kind, system=system_file(name)), kind)
-        for name in sorted(names, key=system_file)
-        if io.has("system_ranking", kind=kind, system=system_file(name))}
+        io.read("system_ranking", phase=EVALUATED.name, kind=kind, system=system_file(name)),
+        kind) for name in sorted(names, key=system_file)
+        if io.has("system_ranking", phase=EVALUATED.name, kind=kind, system=system_file(name))}
 
 
 def recall_reports(io: StageIO, items: IdIndex, ks: list[int], ns: list[int]
@@ -117,7 +117,7 @@ def recall_reports(io: StageIO, items: IdIndex, ks: list[int], ns: list[int]
     channels = [n for n, c in cfg.recall.channels.items() if c.recommend]
     report: dict[str, dict] = {}
     relevant: dict[str, pd.DataFrame] = {}
-    for phase in PHASES:
+    for phase in BACKTEST:
         part = io.read("split", part=phase.target)
         plain = part[~is_search(part)]
         report[phase.name] = {RECOMMENDATION: candidate_report(
@@ -137,7 +137,7 @@ def recommendation_lists(io: StageIO, k: int) -> dict[str, pd.DataFrame]:
     """Every recommendation system's top lists on the evaluated phase: the final ranking,
     each channel alone, the merged order, FM/FFM re-ranking the candidates, each ranker."""
     cfg, phase = io.cfg, EVALUATED.name
-    lists = {"final": io.read("ranking", kind=RECOMMENDATION)}
+    lists = {"final": io.read("ranking", phase=phase, kind=RECOMMENDATION)}
     for name in (n for n, c in cfg.recall.channels.items() if c.recommend):
         lists[f"channel:{name}"] = io.read("channel_list", phase=phase, kind=RECOMMENDATION,
                                            channel=name)
@@ -163,8 +163,9 @@ def search_lists(io: StageIO) -> dict[str, pd.DataFrame]:
     lists["search:merged (merge order)"] = as_user_keyed(merged, SEARCH).rename(
         columns={"merge_rank": S.RANK})
     lists.update(ranked_systems(io, SEARCH, "search:"))
-    if io.has("ranking", kind=SEARCH):
-        lists["search:final"] = as_user_keyed(io.read("ranking", kind=SEARCH), SEARCH)
+    if io.has("ranking", phase=phase, kind=SEARCH):
+        lists["search:final"] = as_user_keyed(io.read("ranking", phase=phase, kind=SEARCH),
+                                              SEARCH)
     return lists
 
 
@@ -194,7 +195,7 @@ def print_summary(cfg: Config, metrics: dict, items: IdIndex, k_ci: int, ns: lis
         print(f"{kind} lift of {lift['system']} over {lift['baseline']}: {lift['mean']:+.4f} "
               f"[{lift['low']:+.4f}, {lift['high']:+.4f}]"
               f"{'' if lift['excludes_zero'] else ' (interval includes zero: no lift claimed)'}")
-    for phase in PHASES:
+    for phase in BACKTEST:
         for kind, block in metrics["phases"][phase.name].items():
             print_candidates(f"{kind} candidate recall on {phase.name}", block, ns)
     print(f"\nmetrics: {artifact_path(cfg, 'metrics')}\n", flush=True)

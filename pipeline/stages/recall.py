@@ -1,10 +1,12 @@
 """recall: fit the configured channels and retrieve merged candidates, roll-forward.
 
-Two phases (``pipeline.protocol.PHASES``):
+The phases of ``pipeline.protocol.PHASES``:
 - ``valid``: fit on train, retrieve for the valid period. Channels that early-stop watch
   the valid pairs, and quotas are tuned on a sample of them; ``tuned.json`` keeps both.
 - ``test``: refit on train + valid with those choices, retrieve for the test period.
-Nothing in either phase is fitted on the period it retrieves for.
+- ``publish``: refit on all of it with the same choices, retrieve for every active user
+  (no per-channel lists: nothing is held out to evaluate them on).
+Nothing in a phase is fitted on the period it retrieves for.
 
 Each phase serves two kinds of request. Recommendation: one per user, written as
 ``candidates`` (the merged set with every channel's evidence) and ``channel_list`` (each
@@ -122,32 +124,41 @@ def list_sample(cfg: Config, n: int) -> np.ndarray:
     return keep
 
 
+def channel_rows(data: RecallData, part: Requests, top: TopK, listed: np.ndarray
+                 ) -> pd.DataFrame:
+    """One channel's list as rows (request keys, item, rank, score), for the requests
+    whose lists are kept (``listed``)."""
+    r, c = np.nonzero((top.items >= 0) & listed[:, None])
+    rows = part.keys.iloc[r].reset_index(drop=True)
+    rows[S.ITEM] = data.item_index.decode(top.items[r, c])
+    rows[S.RANK] = (c + 1).astype(np.int32)
+    rows[S.SCORE] = top.scores[r, c]
+    return rows
+
+
 def stream_candidates(io: StageIO, data: RecallData, channels: dict[str, RecallChannel],
-                      quotas: dict[str, int], req: Requests, phase: str, kind: str) -> dict:
-    """Write each channel's list and the merged candidates for every request."""
+                      quotas: dict[str, int], req: Requests, phase: Phase, kind: str) -> dict:
+    """Write the merged candidates for every request and, on the phases that are
+    evaluated against held-out targets, each channel's own list."""
     cfg = io.cfg
     budget = cfg.recall.budget
     listed_rows = list_sample(cfg, len(req.users))
-    writers = {name: ChunkedParquetWriter(io.output("channel_list", phase=phase, kind=kind,
-                                                    channel=name))
-               for name in channels}
-    candidates = ChunkedParquetWriter(io.output("candidates", phase=phase, kind=kind))
+    writers = {name: ChunkedParquetWriter(io.output("channel_list", phase=phase.name,
+                                                    kind=kind, channel=name))
+               for name in channels if phase.target is not None}
+    candidates = ChunkedParquetWriter(io.output("candidates", phase=phase.name, kind=kind))
     seconds = dict.fromkeys(channels, 0.0)
     chunks = [slice(lo, min(lo + cfg.recall.request_chunk, len(req.users)))
               for lo in range(0, len(req.users), cfg.recall.request_chunk)]
-    for rows in progress(chunks, f"recall {phase} {kind}"):
+    for rows in progress(chunks, f"recall {phase.name} {kind}"):
         part = req.take(rows)
         lists = []
         for name, channel in channels.items():
             started = time.perf_counter()
             top = retrieve(channel, data, part, budget)
             seconds[name] += time.perf_counter() - started
-            r, c = np.nonzero((top.items >= 0) & listed_rows[rows][:, None])
-            listed = part.keys.iloc[r].reset_index(drop=True)
-            listed[S.ITEM] = data.item_index.decode(top.items[r, c])
-            listed[S.RANK] = (c + 1).astype(np.int32)
-            listed[S.SCORE] = top.scores[r, c]
-            writers[name].write(listed)
+            if name in writers:
+                writers[name].write(channel_rows(data, part, top, listed_rows[rows]))
             lists.append(ChannelList(name, top, quotas[name]))
         merged = merge_candidates(lists, budget=budget)
         keys = part.keys.iloc[merged.pop("row").to_numpy()].reset_index(drop=True)
@@ -156,7 +167,7 @@ def stream_candidates(io: StageIO, data: RecallData, channels: dict[str, RecallC
         candidates.write(pd.concat([keys, merged], axis=1))
     for writer in (*writers.values(), candidates):
         writer.close(req.keys.iloc[:0])
-    log.info("[recall] %s %s: %d requests, %.1f candidates each", phase, kind,
+    log.info("[recall] %s %s: %d requests, %.1f candidates each", phase.name, kind,
              len(req.users), candidates.rows / max(len(req.users), 1))
     return {"requests": int(len(req.users)), "candidates": candidates.rows,
             "retrieve_seconds": {k: round(v, 3) for k, v in seconds.items()}}
@@ -194,7 +205,8 @@ def run(cfg: Config, io: StageIO) -> dict:
         data = phase_data(io, fit, targets)
         channels, fit_seconds = fit_channels(io, phase, data, targets, tuned)
         recs = recommendation_requests(targets, data)
-        searches, cases = search_requests(targets, data)
+        searches, cases = (search_requests(targets, data) if phase.target is not None
+                           else (None, pd.DataFrame()))  # publish answers users, not searches
         rec_channels = {n: c for n, c in channels.items() if rc.channels[n].recommend}
         search_channels = {n: channels[n] for n in rc.search_channels}
         if phase.tunes and rc.tune_quotas:
@@ -209,10 +221,10 @@ def run(cfg: Config, io: StageIO) -> dict:
                                              data.item_index.encode(cases[S.ITEM]))
                 log.info("[recall] search quotas tuned on valid: %s", search_quotas)
         report[phase.name] = {"fit_seconds": fit_seconds, RECOMMENDATION: stream_candidates(
-            io, data, rec_channels, quotas, recs, phase.name, RECOMMENDATION)}
+            io, data, rec_channels, quotas, recs, phase, RECOMMENDATION)}
         if len(cases) and search_channels:
             write_table(cases, io.output("cases", phase=phase.name))
             report[phase.name][SEARCH] = stream_candidates(
-                io, data, search_channels, search_quotas, searches, phase.name, SEARCH)
+                io, data, search_channels, search_quotas, searches, phase, SEARCH)
     io.write_json("tuned", {"channels": tuned, "quotas": quotas, "search_quotas": search_quotas})
     return {"phases": report, "tuned": tuned, "quotas": quotas, "search_quotas": search_quotas}

@@ -9,8 +9,12 @@ fold, trained on the other folds, all stopped together on the mean NDCG@10 of th
 left-out folds, and the blend weights (``models.blend``) are chosen on the out-of-fold
 scores of every valid request (slightly optimistic: the stopping round was chosen on
 those same folds). Search is skipped, with a warning, when too few cases have a click.
-Writes per kind ``ranker`` (one LightGBM text model per objective and fold), ``blend``,
-``importance`` (gain, for the report) and ``ranker_metrics``.
+For the published phase, one ranker per objective is then trained on the test-phase
+recommendation candidates labelled by the test interactions (the latest labelled
+window: their features come from models fitted on train + valid) for the rounds the
+cross-fit chose; the blend weights chosen on valid carry over. Writes per phase ranked
+and kind ``ranker`` (LightGBM text models), ``blend``, ``importance`` (gain, for the
+report) and ``ranker_metrics``.
 """
 
 from __future__ import annotations
@@ -21,10 +25,20 @@ import numpy as np
 import pandas as pd
 
 from models.blend import candidate_ndcg, fit_blend
-from models.ranker import cross_fit
+from models.ranker import FoldEnsemble, Ranker, cross_fit
+from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
-from pipeline.protocol import EVALUATED, KINDS, LABEL, RECOMMENDATION, TUNING, request_key
+from pipeline.protocol import (
+    EVALUATED,
+    KINDS,
+    LABEL,
+    PUBLISHED,
+    RECOMMENDATION,
+    TUNING,
+    is_search,
+    request_key,
+)
 from pipeline.ranking import blend_components
 
 log = logging.getLogger("pipeline")
@@ -61,7 +75,8 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
     for objective in cfg.rank.objectives:
         ensemble, oof[objective] = cross_fit(objective, frame[columns], labels, groups, fold,
                                              cfg.rank.params, cfg.seed, cfg.threads)
-        ensemble.save(io.output("ranker", kind=kind, objective=objective))
+        ensemble.save(io.output("ranker", phase=EVALUATED.name, kind=kind,
+                                objective=objective))
         importance[objective] = ensemble.importance()
         rounds = [r.best_iteration for r in ensemble.rankers]
         report["rankers"][objective] = {
@@ -90,6 +105,30 @@ def strongest_channels(frame: pd.DataFrame, key: str, n: int) -> list[str]:
     return sorted(quality, key=lambda name: (-quality[name], name))[:n]
 
 
+def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -> dict:
+    """Rankers for the published phase, roll-forward: trained on the evaluated phase's
+    recommendation candidates (models fitted on train + valid) labelled by its own
+    interactions, the latest labelled window, for the rounds cross-fitting chose."""
+    cfg, key = io.cfg, request_key(RECOMMENDATION)
+    frame = io.read("features", phase=EVALUATED.name, kind=RECOMMENDATION)
+    targets = io.read("split", part=EVALUATED.target)
+    clicked = targets[~is_search(targets)][[S.USER, S.ITEM]].drop_duplicates()
+    hit = frame[[key, S.ITEM]].merge(clicked.assign(**{LABEL: 1}), on=[key, S.ITEM],
+                                     how="left")[LABEL]
+    frame[LABEL] = hit.fillna(0).to_numpy(np.int8)
+    frame, _ = assign_folds(frame, key, 1, cfg.seed)
+    report = {"requests": int(frame[key].nunique()), "rows": len(frame), "rounds": rounds}
+    for objective, n in rounds.items():
+        ranker = Ranker(objective, {**cfg.rank.params, "rounds": n, "early_stopping": 0},
+                        seed=cfg.seed, threads=cfg.threads)
+        ranker.fit(frame[columns], frame[LABEL].to_numpy(), frame[key].to_numpy())
+        FoldEnsemble([ranker]).save(io.output("ranker", phase=PUBLISHED.name,
+                                              kind=RECOMMENDATION, objective=objective))
+    log.info("[train-rank] publish: %d rankers on %d %s requests", len(rounds),
+             report["requests"], EVALUATED.name)
+    return report
+
+
 def run(cfg: Config, io: StageIO) -> dict:
     columns = io.read_json("feature_columns")["columns"]
     report = {}
@@ -104,6 +143,10 @@ def run(cfg: Config, io: StageIO) -> dict:
             if kind == RECOMMENDATION:
                 raise
             log.warning("[train-rank] %s: %s; no %s ranker", kind, err, kind)
+    chosen = report[RECOMMENDATION]["rankers"]
+    report["publish"] = train_publication(io, columns[RECOMMENDATION], {
+        objective: max(1, round(float(np.mean(r["best_iterations"]))))
+        for objective, r in chosen.items()})
     io.write_json("ranker_metrics", report)
     return {"status": f"trained {', '.join(cfg.rank.objectives)} and a blend",
             "ranker": cfg.rank.objective, "kinds": sorted(report)}

@@ -56,7 +56,7 @@ def test_rankers_are_lightgbm_text_models_and_every_system_is_evaluated(finished
     for kind in ("recommendation", "search"):
         for objective in [finished.rank.objective, *finished.rank.compare]:
             for fold in range(finished.rank.folds):
-                model = models / kind / objective / f"fold-{fold}" / "model.txt"
+                model = models / "test" / kind / objective / f"fold-{fold}" / "model.txt"
                 assert model.read_text().startswith("tree")
         assert json.loads((models / kind / "blend.json").read_text())["weights"]
     metrics = json.loads((stage_dir(finished, "evaluate") / "metrics.json").read_text())
@@ -72,7 +72,7 @@ def test_rankers_are_lightgbm_text_models_and_every_system_is_evaluated(finished
 
 
 def test_recommendations_are_top_k_unseen_items_for_every_test_user(finished) -> None:
-    recs = read_table(artifact_path(finished, "ranking", kind="recommendation"))
+    recs = read_table(artifact_path(finished, "ranking", phase="test", kind="recommendation"))
     split = stage_dir(finished, "split")
     test = read_table(split / "test.parquet")
     fitted = pd.concat([read_table(split / f"{p}.parquet") for p in ("train", "valid")])
@@ -159,7 +159,7 @@ def test_config_stamps_change_only_for_stages_reading_the_changed_section(tmp_pa
     assert write_stamps(cfg) == list(STAGE_NAMES)
     assert write_stamps(cfg) == []
     changed = tiny_config(tmp_path, rank={"params": {"rounds": 41}})
-    assert write_stamps(changed) == ["train-rank", "rank", "evaluate"]
+    assert write_stamps(changed) == ["train-rank", "rank", "evaluate", "publish"]
 
 
 def test_train_fm_is_roll_forward_and_scores_every_candidate(finished) -> None:
@@ -217,11 +217,15 @@ def test_a_planted_future_interaction_changes_nothing_computed_before_it(
                 "test.parquet")
     for name in ("recall", "train-fm", "features", "train-rank", "rank"):
         run_stage(again, name)
+    published = read_table(artifact_path(again, "ranking", phase="publish",
+                                         kind="recommendation"))
+    assert not ((published["user_id"] == user) & (published["item_id"] == new_item)).any()
     compared = 0
     for path in sorted(finished.root.rglob("*")):
         rel = path.relative_to(finished.root)
-        if rel.parts[0] in ("raw", "split", "eval", "report") or path.name == MANIFEST:
-            continue
+        if rel.parts[0] in ("raw", "split", "eval", "report", "publication") \
+                or "publish" in rel.parts or path.name == MANIFEST:
+            continue  # the published phase fits on everything up to the as-of, test too
         if path.suffix == ".parquet":
             pd.testing.assert_frame_equal(read_table(path), read_table(again.root / rel),
                                           obj=str(rel))
@@ -230,3 +234,26 @@ def test_a_planted_future_interaction_changes_nothing_computed_before_it(
             assert path.read_bytes() == (again.root / rel).read_bytes(), rel
             compared += 1
     assert compared > 40
+
+
+def test_the_publication_lists_unseen_items_for_every_user(finished) -> None:
+    recs = read_table(artifact_path(finished, "recommendations"))
+    users = read_table(artifact_path(finished, "users"))
+    everything = pd.concat([read_table(artifact_path(finished, "split", part=p))
+                            for p in ("train", "valid", "test")])
+    assert set(recs["user_id"]) == set(users["user_id"])
+    per_user = recs.groupby("user_id")["rank"].agg(["min", "max", "size"])
+    assert (per_user["min"] == 1).all() and (per_user["size"] == per_user["max"]).all()
+    catalogue = len(read_table(artifact_path(finished, "items")))
+    seen = everything.drop_duplicates(["user_id", "item_id"]).groupby("user_id").size()
+    room = (catalogue - seen.reindex(per_user.index, fill_value=0)).clip(upper=100)
+    assert (per_user["size"] <= room).all() and (per_user["size"] == 100).mean() > 0.9
+    assert recs.merge(everything[["user_id", "item_id"]]).empty
+    channels = set(finished.recall.channels)
+    assert recs["channels"].str.split(",").map(lambda c: set(c) <= channels and c != [""]).all()
+    cold = read_table(artifact_path(finished, "cold_start"))
+    assert {"*"} < set(cold["region"]) and (cold.groupby("region")["rank"].max() <= 100).all()
+    served = stage_dir(finished, "publish")
+    for name in ("channels/sequence/params.json", "fm/fm/encoder", "rankers/lambdarank",
+                 "blend.json", "items.parquet"):
+        assert (served / name).exists(), name
