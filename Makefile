@@ -18,11 +18,17 @@ BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
 .PHONY: all help venv ingest split recall features train-fm train-rank rank evaluate report publish \
-        test lint bench bench-recall bench-rank bench-fm clean
+        scheduled test lint bench bench-recall bench-rank bench-fm clean
 
-## all: run every stage on DATASET (default: the embedded synthetic data)
+## all: run every stage on DATASET (default: the embedded synthetic data), publish if the gate passes
 all: report publish
+	$(RUN) schedule --config $(CONFIG)
 	@echo "report: $(D)/report/index.html"
+	@echo "published: $(D)/publish/current/recommendations.parquet"
+
+## scheduled: a scheduled run (lock, reuse, gate, publish, ledger); AS_OF=<time> FORCE=1
+scheduled: $(ENV)
+	$(RUN) schedule --config $(CONFIG) $(if $(AS_OF),--as-of $(AS_OF)) $(if $(FORCE),--force)
 
 ## help: list the targets
 help:
@@ -49,7 +55,7 @@ $(STAGE_RULES): $(CODE) | $(ENV)
 	$(RUN) makefile > $@.tmp && mv $@.tmp $@
 
 # The generated rules are only needed (and only built) for the stage targets.
-NO_STAGES := help venv clean test lint bench bench-recall bench-rank bench-fm
+NO_STAGES := help venv clean scheduled test lint bench bench-recall bench-rank bench-fm
 ifneq ($(filter-out $(NO_STAGES),$(or $(MAKECMDGOALS),all)),)
 include $(STAGE_RULES)
 endif
@@ -94,3 +100,4 @@ bench-fm: $(BENCH_ENV)
 clean:
 	rm -rf $(D)/raw $(D)/split $(D)/recall $(D)/features $(D)/models $(D)/rank $(D)/eval \
 	       $(D)/report $(D)/publication $(D)/.stamps
+	@echo "kept: $(D)/publish (live publications) and $(D)/runs.jsonl (the run ledger)"

@@ -1,9 +1,10 @@
-"""Command line: ``python -m pipeline <stage|run> --config configs/<name>.yaml``.
+"""Command line: ``python -m pipeline <stage|run|schedule> --config configs/<name>.yaml``.
 
 A thin wrapper: it parses arguments, loads and validates the config, pins thread pools,
 and hands over to the runner. Bad config or bad data end with a one-paragraph error and
-exit code 2, not a traceback. Two helpers serve the Makefile: ``makefile`` prints the
-stage rules it includes, ``stamps`` records the config sections each stage reads.
+exit code 2, not a traceback. ``schedule`` is a whole scheduled run (``pipeline.schedule``
+lists its exit statuses). Two helpers serve the Makefile: ``makefile`` prints the stage
+rules it includes, ``stamps`` records the config sections each stage reads.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ TOOLS = ("makefile", "stamps")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("command", choices=[*STAGE_NAMES, "run", *TOOLS],
-                        help="a stage to run alone, 'run' for every stage in order, or a "
-                        "Makefile helper")
+    parser.add_argument("command", choices=[*STAGE_NAMES, "run", "schedule", *TOOLS],
+                        help="a stage to run alone, 'run' for every stage in order, "
+                        "'schedule' for a gated, published, ledgered run, or a Makefile "
+                        "helper")
     parser.add_argument("--config", help="YAML config, e.g. configs/synthetic.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key (repeatable)")
     parser.add_argument("--until", choices=STAGE_NAMES, help="with 'run': last stage to run")
+    parser.add_argument("--as-of", help="with 'schedule': ignore events after this time "
+                        "(ISO); default: the newest event")
+    parser.add_argument("--force", action="store_true",
+                        help="with 'schedule': publish even when the gate refuses")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -46,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.config is None:
         parser.error(f"{args.command} needs --config")
+    as_of = [f"ingest.as_of='{args.as_of}'"] if args.as_of else []  # quoted: YAML reads
+    overrides = [*args.overrides, *as_of]                             # a bare date as a date
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
         if args.command == "stamps":
             from pipeline.make import write_stamps
 
@@ -56,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                                                ", ".join(changed) or "no stage")
             return 0
         set_threads(cfg.threads)
+        if args.command == "schedule":
+            from pipeline.schedule import schedule
+
+            return schedule(cfg, args.as_of, args.force)
         if args.command == "run":
             run_until(cfg, args.until)
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -100,6 +102,15 @@ class IngestConfig(_Strict):
     unknown_ids: Literal["error", "drop"] = Field(
         "error", description="interactions naming items/users absent from their tables"
     )
+    as_of: str | None = Field(None, description="ignore interactions after this time (ISO "
+                              "date or timestamp): a scheduled run's --as-of, so a "
+                              "backfill of a past date sees the same data")
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        """YAML reads ``2026-11-25`` as a date: keep it as the ISO text it was."""
+        return value.isoformat() if isinstance(value, date | datetime) else value
 
 
 class SplitConfig(_Strict):

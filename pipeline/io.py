@@ -4,7 +4,8 @@ A stage writes into a hidden sibling folder (``.name.tmp-<pid>``), writes its ma
 last, then renames the folder into place. A process killed mid-write leaves only the
 hidden folder, which readers (Arrow, pandas, Dask) skip and ``make`` never sees as done.
 A ``flock`` per output folder keeps two runs from writing the same stage at once; the OS
-drops it when the holder dies, so there is never a stale lock to clear.
+drops it when the holder dies, so there is never a stale lock to clear, and the next
+writer (holding the lock) removes what a killed one left half-written.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     """Yield a temp folder that replaces ``target`` only if the block completes."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target):
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in target.parent.glob(f".{target.name}.*-*"):  # left by a killed writer:
+            shutil.rmtree(stale, ignore_errors=True)              # we hold the lock, so no
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"  # live one is writing
         tmp.mkdir()
         try:
             yield tmp
@@ -175,3 +177,26 @@ def link_tree(src: Path, dst: Path) -> None:
             target = dst / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             link_or_copy(path, target)
+
+
+class RunLockedError(RuntimeError):
+    """Another scheduled run of the same dataset is in progress."""
+
+
+@contextmanager
+def run_lock(root: Path, holder: dict[str, Any]) -> Iterator[None]:
+    """One scheduled run per dataset: an exclusive ``flock`` on ``root/.run.lock``, whose
+    content names the holder (``holder`` plus its pid) for whoever finds it taken."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".run.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise RunLockedError(f"another run holds {root / '.run.lock'}: "
+                                 f"{fh.read().strip() or 'holder unknown'}") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), **holder}) + "\n")
+        fh.flush()
+        yield

@@ -6,11 +6,13 @@ the config sections it reads and the hash of every source file it runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pipeline.catalogue import STAGE_NAMES, StageIO, config_sections, get_stage, stage_dir
 from pipeline.config import Config
@@ -46,6 +48,33 @@ def _input_hashes(cfg: Config, inputs: tuple[str, ...]) -> dict[str, str]:
     return hashes
 
 
+def dependencies(cfg: Config, name: str) -> dict[str, Any]:
+    """What stage ``name`` would depend on if it ran now: the config sections it reads,
+    the hash of each source file it runs, and (``external_inputs(cfg)``, where the stage
+    module has one) the hashes of files outside the pipeline, such as the logs ingested."""
+    stage = get_stage(name)
+    depends = {"config": config_sections(cfg, stage), "code": code_hashes(stage)}
+    external = getattr(stage.load(), "external_inputs", None)
+    if external is not None:
+        depends["external"] = external(cfg)
+    return depends
+
+
+def up_to_date(cfg: Config, name: str) -> bool:
+    """Whether the stage's output was made from exactly what it would read now (by
+    content hash: inputs' manifests, config sections, code, external files)."""
+    path = stage_dir(cfg, name) / MANIFEST
+    if not path.is_file():
+        return False
+    manifest = json.loads(path.read_text())
+    try:
+        inputs = _input_hashes(cfg, get_stage(name).inputs)
+    except MissingInputError:
+        return False
+    return manifest.get("inputs") == inputs and manifest.get("depends") == json.loads(
+        json.dumps(dependencies(cfg, name), default=str))
+
+
 def run_stage(cfg: Config, name: str) -> dict:
     """Run stage ``name`` and return its manifest."""
     stage = get_stage(name)
@@ -63,7 +92,7 @@ def run_stage(cfg: Config, name: str) -> dict:
     with atomic_folder(target) as out:
         extra = module.run(cfg, StageIO(cfg, stage, out)) or {}
         seconds = round(time.perf_counter() - started, 3)
-        depends = {"config": config_sections(cfg, stage), "code": code_hashes(stage)}
+        depends = dependencies(cfg, name)
         manifest = write_manifest(out, stage=name, config=cfg.to_dict(), inputs=inputs,
                                   depends=depends, seconds=seconds, **extra)
     log.info("[%s] done in %.1fs (%s)", name, seconds, extra.get("status", "ok"))

@@ -63,9 +63,20 @@ def _source_files(cfg: Config) -> list[Path]:
     return []
 
 
+def external_inputs(cfg: Config) -> dict[str, str]:
+    """The source files by content hash: a changed or added log reruns ingest."""
+    return {str(p): file_hash(p) for p in _source_files(cfg)}
+
+
 def run(cfg: Config, io: StageIO) -> dict:
     raw = load_source(cfg)
     interactions, items, users, dropped = validated_tables(raw, cfg.ingest.unknown_ids)
+    if cfg.ingest.as_of is not None:
+        cutoff = S.coerce_timestamp(pd.Series([cfg.ingest.as_of]), "ingest.as_of").iloc[0]
+        later = interactions[S.TS] > cutoff
+        dropped["after_as_of"] = int(later.sum())
+        interactions = interactions[~later].reset_index(drop=True)
+        S.require_rows(interactions, f"interactions up to ingest.as_of {cfg.ingest.as_of}")
     if any(dropped.values()):
         log.warning("[ingest] dropped interactions with unknown ids: %s", dropped)
     for note in raw.notes:
@@ -76,4 +87,5 @@ def run(cfg: Config, io: StageIO) -> dict:
     counts = {"interactions": len(interactions), "items": len(items), "users": len(users)}
     log.info("[ingest] %s", counts)
     return {"counts": counts, "dropped": dropped, "notes": list(raw.notes),
-            "source_files": {str(p): file_hash(p) for p in _source_files(cfg)}}
+            "source_files": external_inputs(cfg),
+            "as_of": str(interactions[S.TS].max())}

@@ -1,0 +1,135 @@
+"""A scheduled run: backtest, gate, publish, and one ledger line, under a whole-run lock.
+
+``python -m pipeline schedule --config C [--as-of T] [--force]`` (``make scheduled``)
+is what a nightly cron job or timer calls over a log that grows. Stages rerun from the
+first one whose inputs changed, by content hash (``runner.up_to_date``), and are reused
+otherwise, so a rerun with nothing new only checks hashes. Exit statuses, one meaning
+each:
+
+- 0: published, or already up to date (this run id is live);
+- 1: crashed (a traceback; the previous publication stays live);
+- 2: bad config or data, nothing written;
+- 3: refused by the release gate (the previous publication stays live);
+- 75: another run of this dataset holds the lock (sysexits' "try again later").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import subprocess
+import time
+from typing import Any
+
+from pipeline.catalogue import STAGE_NAMES, artifact_path, stage_dir
+from pipeline.config import Config
+from pipeline.io import RunLockedError, read_manifest, run_lock
+from pipeline.release import (
+    append_ledger,
+    config_hash,
+    current,
+    decision_record,
+    gate,
+    last_published,
+    release,
+    run_id,
+)
+from pipeline.runner import run_stage, up_to_date
+
+log = logging.getLogger("pipeline")
+OK, CRASHED, BAD_INPUT, REFUSED, LOCKED = 0, 1, 2, 3, 75
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def run_stages(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Every stage in order, reused where up to date; per stage its seconds and whether
+    it was reused."""
+    done: dict[str, dict[str, Any]] = {}
+    for name in STAGE_NAMES:
+        started = time.perf_counter()
+        reused = up_to_date(cfg, name)
+        if reused:
+            log.info("[%s] up to date: reused", name)
+        else:
+            run_stage(cfg, name)
+        done[name] = {"reused": reused, "seconds": round(time.perf_counter() - started, 3)}
+    return done
+
+
+def inputs_record(cfg: Config) -> dict[str, Any]:
+    """The ingested inputs: source files with their hashes, and row counts."""
+    manifest = read_manifest(stage_dir(cfg, "ingest"))
+    return {"files": manifest.get("source_files", {}), "counts": manifest.get("counts", {}),
+            "as_of": manifest.get("as_of")}
+
+
+def headline(cfg: Config) -> dict[str, Any]:
+    """The evaluation's metrics and the final ranking's headline numbers."""
+    metrics = json.loads(artifact_path(cfg, "metrics").read_text())
+    final = metrics["systems"]["final"]
+    return {"metrics": metrics, "ndcg@10": final["ndcg@10"],
+            "ndcg@10_ci": final.get("ndcg@10_ci"), "recall@10": final.get("recall@10")}
+
+
+def schedule(cfg: Config, as_of: str | None = None, force: bool = False) -> int:
+    """One scheduled run (see the module docstring); returns its exit status. Every run
+    that got the lock leaves a ledger line, a crashed one too (then re-raised)."""
+    started = time.perf_counter()
+    entry: dict[str, Any] = {"as_of": as_of, "config_hash": config_hash(cfg),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "git_commit": git_commit(), "host": platform.node(),
+                             "forced": force}
+    try:
+        with run_lock(cfg.root, {"as_of": as_of, "config_hash": entry["config_hash"]}):
+            try:
+                entry["status"] = locked_run(cfg, force, entry)
+            except BaseException as err:
+                entry.update(status=CRASHED, error=f"{type(err).__name__}: {err}")
+                raise
+            finally:
+                entry["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                entry["seconds"] = round(time.perf_counter() - started, 3)
+                entry["peak_rss_mb"] = round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+                append_ledger(cfg, entry)
+    except RunLockedError as err:
+        print(f"error: {err}", flush=True)
+        return LOCKED
+    return int(entry["status"])
+
+
+def locked_run(cfg: Config, force: bool, entry: dict[str, Any]) -> int:
+    """Stages, gate and release, recording each step in ``entry``; returns the status."""
+    entry["stages"] = run_stages(cfg)
+    entry["inputs"] = inputs_record(cfg)
+    entry["as_of"] = entry["as_of"] or entry["inputs"]["as_of"]
+    entry["run_id"] = run = run_id(str(entry["as_of"]), cfg)
+    top = headline(cfg)
+    entry.update({k: top[k] for k in ("ndcg@10", "ndcg@10_ci", "recall@10")})
+    if current(cfg) == run:
+        log.info("[schedule] %s is live and up to date", run)
+        entry.update(published=True, decision={"reason": "already up to date"})
+        return OK
+    decision = gate(cfg, top["metrics"], last_published(cfg))
+    entry["decision"] = decision_record(decision)
+    if not decision.passed and not force:
+        log.error("[schedule] the gate refused %s: %s; %s stays live", run, decision.reason,
+                  current(cfg))
+        entry["published"] = False
+        return REFUSED
+    if not decision.passed:
+        log.warning("[schedule] the gate refused %s (%s); --force publishes it", run,
+                    decision.reason)
+    log.info("[schedule] published %s: %s", run, release(cfg, run))
+    entry["published"] = True
+    return OK
