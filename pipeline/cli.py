@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pipeline.catalogue import STAGE_NAMES
-from pipeline.config import ConfigError, load_config
+from pipeline.config import Config, ConfigError, load_config
 from pipeline.io import StageLockedError
 from pipeline.runner import MissingInputError, run_stage, run_until, set_threads
 from pipeline.schema import DataError
 
-TOOLS = ("makefile", "stamps")
+TOOLS = ("makefile", "stamps", "simulate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ISO); default: the newest event")
     parser.add_argument("--force", action="store_true",
                         help="with 'schedule': publish even when the gate refuses")
+    parser.add_argument("--out", help="with 'simulate': folder for the daily partitions")
+    parser.add_argument("--through", metavar="DATE",
+                        help="with 'simulate': last day written (default: every day)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [*args.overrides, *as_of]                             # a bare date as a date
     try:
         cfg = load_config(args.config, overrides)
+        if args.command == "simulate":
+            return simulate_command(cfg, args.out, args.through)
         if args.command == "stamps":
             from pipeline.make import write_stamps
 
@@ -75,4 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, MissingInputError, StageLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def simulate_command(cfg: Config, out: str | None, until: str | None) -> int:
+    from pipeline.config import SyntheticSource
+    from pipeline.simulate import simulate
+
+    if not isinstance(cfg.source, SyntheticSource) or out is None:
+        raise ConfigError("simulate needs a config with the synthetic source and --out")
+    written = simulate(cfg.source, cfg.seed, Path(out), until)
+    print(f"{len(written)} new file(s) under {out}")
     return 0

@@ -1,7 +1,12 @@
-"""A team's own logs: Parquet or CSV tables mapped onto the contract by config alone."""
+"""A team's own logs: Parquet or CSV tables mapped onto the contract by config alone.
+
+An interactions path may be a glob (``logs/dt=*/part-*.parquet``): a log that grows by
+daily partitions, several files a day, is read whole, each file named in its errors.
+"""
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -117,19 +122,35 @@ def _text_sources(columns: dict[str, str]) -> list[str]:
     return [source for target, source in columns.items() if target in _TEXT_TARGETS]
 
 
-def _interactions(spec: InteractionFile) -> tuple[str, pd.DataFrame]:
-    origin = str(spec.path)
-    df = _mapped(read_any(spec.path, _text_sources(spec.columns)), spec.columns, spec.path)
-    if S.TS not in df.columns:
-        # Logs without time (e.g. listening counts): file order stands in for time.
-        df[S.TS] = pd.to_datetime(np.arange(len(df)), unit="s")
-    elif spec.ts_unit is not None:
-        df[S.TS] = S.coerce_timestamp(df[S.TS], origin, spec.ts_unit)
-    if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant
-        df[S.EVENT] = spec.event
-    if S.WEIGHT not in df.columns:
-        df[S.WEIGHT] = 1.0
-    return origin, df
+def matching_files(path: Path) -> list[Path]:
+    """The files a configured path names: itself, or every match of a glob pattern
+    (``logs/dt=*/part-*.parquet``: a log that grows by partitions), in name order."""
+    if not any(ch in str(path) for ch in "*?["):
+        return [path]
+    found = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+    if not found:
+        raise DataError(f"{path}: no file matches this pattern")
+    return found
+
+
+def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
+    """Each file of the spec as its own table, so errors name the partition; logs
+    without time get row order (across the files, in name order) as time."""
+    tables, offset = [], 0
+    for path in matching_files(spec.path):
+        origin = str(path)
+        df = _mapped(read_any(path, _text_sources(spec.columns)), spec.columns, path)
+        if S.TS not in df.columns:
+            df[S.TS] = pd.to_datetime(np.arange(offset, offset + len(df)), unit="s")
+        elif spec.ts_unit is not None:
+            df[S.TS] = S.coerce_timestamp(df[S.TS], origin, spec.ts_unit)
+        if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant
+            df[S.EVENT] = spec.event
+        if S.WEIGHT not in df.columns:
+            df[S.WEIGHT] = 1.0
+        tables.append((origin, df))
+        offset += len(df)
+    return tables
 
 
 def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
@@ -139,7 +160,7 @@ def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
 
 def load_files(src: FilesSource) -> RawTables:
     notes = []
-    interactions = [_interactions(spec) for spec in src.interactions]
+    interactions = [table for spec in src.interactions for table in _interactions(spec)]
     if any(S.TS not in spec.columns for spec in src.interactions):
         notes.append("some interaction files have no timestamp: row order used as time")
     return RawTables(

@@ -58,8 +58,10 @@ def _source_files(cfg: Config) -> list[Path]:
     if src.kind == "movielens-100k":
         return [src.path / name for name in ("u.data", "u.item", "u.user")]
     if src.kind == "files":
+        from pipeline.sources.files import matching_files
+
         specs = [*src.interactions, *(t for t in (src.items, src.users) if t is not None)]
-        return [spec.path for spec in specs]
+        return [path for spec in specs for path in matching_files(spec.path)]
     return []
 
 

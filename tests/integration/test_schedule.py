@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.catalogue import artifact_path
-from pipeline.config import Config
+from pipeline.config import Config, load_config
 from pipeline.io import read_table, run_lock
 from pipeline.release import current, ledger
 from pipeline.schedule import LOCKED, OK, REFUSED, schedule
-from tests.conftest import only_channels, tiny_config
+from pipeline.simulate import simulate
+from tests.conftest import REPO, only_channels, tiny_config
 
 pytestmark = pytest.mark.integration
 CHEAP = {"cooccurrence": {}, "preference": {}, "popularity": {}}
@@ -87,3 +94,104 @@ def test_a_later_as_of_publishes_a_new_run(tmp_path: Path) -> None:
     kept = sorted(p.name for p in (tmp_path / "tiny" / "publish").iterdir()
                   if not p.name.startswith("."))
     assert kept == sorted([first_run, current(cfg), "current"])
+
+
+def daily_settings(root: Path, through: str) -> dict:
+    """The tiny synthetic log as daily partitions up to ``through``, read through the
+    files source (as configs/synthetic-daily.yaml reads the default one)."""
+    source = tiny_config(root).source
+    simulate(source, 42, root / "input", through)
+    logs = root / "input" / "logs" / "dt=*" / "part-*.parquet"
+    same = {c: c for c in ("user_id", "item_id", "ts", "event", "weight", "query", "region")}
+    return {"dataset": "daily", "data_dir": str(root), "threads": 1, "source": {
+        "kind": "files",
+        "interactions": [{"path": str(logs), "columns": same}],
+        "items": {"path": str(root / "input" / "items.parquet"),
+                  "columns": {c: c for c in ("item_id", "title", "text", "category", "tags",
+                                             "region", "created_ts")}},
+        "users": {"path": str(root / "input" / "users.parquet"),
+                  "columns": {"user_id": "user_id", "region": "region"}}},
+        "recall": {"budget": 60, **only_channels(CHEAP, {"popularity": {}})},
+        "fm": {"models": ["fm"], "max_epochs": 1},
+        "rank": {"folds": 2, "compare": [], "params": {"rounds": 20}}}
+
+
+def test_daily_partitions_publish_day_after_day(tmp_path: Path) -> None:
+    cfg = load_config(None, base=daily_settings(tmp_path, "2026-02-20"))
+    assert schedule(cfg) == OK
+    day1 = current(cfg)
+    daily_settings(tmp_path, "2026-02-21")  # the next day's partition lands
+    assert schedule(cfg) == OK
+    day2 = ledger(cfg)[-1]
+    assert day2["run_id"] != day1 and day2["as_of"] > ledger(cfg)[0]["as_of"]
+    assert not day2["stages"]["ingest"]["reused"] and current(cfg) == day2["run_id"]
+    assert any("dt=2026-02-21" in f for f in day2["inputs"]["files"])
+    assert schedule(cfg) == OK
+    again = ledger(cfg)[-1]
+    assert all(s["reused"] for s in again["stages"].values()) and current(cfg) == day2["run_id"]
+
+
+def _run(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "schedule", "--config",
+                             str(config)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _kill_when(proc: subprocess.Popen, root: Path, pattern: str, limit: float = 120.0) -> bool:
+    """SIGKILL ``proc`` as soon as a file matching ``pattern`` appears under ``root``."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(root.glob(pattern)):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    proc.wait()
+    return False
+
+
+def _outputs(root: Path) -> dict[str, bytes]:
+    """Every file a run leaves, manifests and the ledger (timings) aside; the run id
+    (whose config hash covers the source paths, which differ here) as ``RUN``."""
+    live = current_run(root)
+    return {str(p.relative_to(root)).replace(live, "RUN"): _untimed(p)
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in ("manifest.json", "runs.jsonl", "index.html")
+            and not p.name.endswith(".lock")}
+
+
+def _untimed(path: Path) -> bytes | str:
+    """A file's bytes; a JSON file's content without its timing fields (seconds, speed)."""
+    if path.suffix != ".json":
+        return path.read_bytes()
+
+    def strip(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items()
+                    if "second" not in k and "samples_per" not in k}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    return json.dumps(strip(json.loads(path.read_text())), sort_keys=True)  # NaN == NaN
+
+
+def current_run(root: Path) -> str:
+    return os.readlink(root / "publish" / "current")
+
+
+@pytest.mark.parametrize("where", ["recall/.recommendation", ".publication.tmp-*"])
+def test_a_run_killed_midway_and_rerun_ends_as_an_uninterrupted_one(
+        tmp_path: Path, where: str) -> None:
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for root in (clean, killed):
+        config = root / "config.yaml"
+        root.mkdir()
+        config.write_text(yaml.safe_dump(daily_settings(root, "2026-02-20")))
+    assert _run(clean / "config.yaml").wait() == OK
+    pattern = {"recall/.recommendation": ".recall.tmp-*/*/recommendation/candidates.parquet",
+               ".publication.tmp-*": ".publication.tmp-*/recommendations.parquet"}[where]
+    assert _kill_when(_run(killed / "config.yaml"), killed / "daily", pattern), "not caught"
+    assert _run(killed / "config.yaml").wait() == OK
+    assert not [p for p in (killed / "daily").rglob(".*.tmp-*")]
+    a, b = _outputs(clean / "daily"), _outputs(killed / "daily")
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if a[k] != b[k]] == []
