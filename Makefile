@@ -17,7 +17,7 @@ STAGE_RULES := .make/stages.mk
 BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
-.PHONY: all help venv ingest split recall features train-fm train-rank rank evaluate report publish \
+.PHONY: ALWAYS all help venv ingest split recall features train-fm train-rank rank evaluate report publish \
         scheduled test lint bench bench-recall bench-rank bench-fm clean
 
 ## all: run every stage on DATASET (default: the embedded synthetic data), publish if the gate passes
@@ -53,6 +53,8 @@ $(BENCH_ENV): pyproject.toml | $(ENV)
 $(STAGE_RULES): $(CODE) | $(ENV)
 	@mkdir -p $(@D)
 	$(RUN) makefile > $@.tmp && mv $@.tmp $@
+
+ALWAYS:
 
 # The generated rules are only needed (and only built) for the stage targets.
 NO_STAGES := help venv clean scheduled test lint bench bench-recall bench-rank bench-fm
