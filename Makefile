@@ -69,7 +69,7 @@ endif
 ## train-fm: FM/FFM models, roll-forward, scoring both phases' candidates
 ## features: ranker features per candidate into data/DATASET/features
 ## train-rank: LightGBM rankers on valid-phase candidates into data/DATASET/models/ranker
-## rank: top-k recommendations per test user into data/DATASET/rank
+## rank: top-k per test request and per published user into data/DATASET/rank
 ## evaluate: offline metrics into data/DATASET/eval/metrics.json
 ## report: HTML report into data/DATASET/report/index.html
 ## publish: every active user's top list and what serves it into data/DATASET/publication

@@ -88,6 +88,7 @@ class Stage:
     module: str
     reads: tuple[str, ...]
     config: tuple[str, ...]
+    external: bool = False  # reads files from outside: its module's external_inputs(cfg)
 
     @property
     def writes(self) -> tuple[str, ...]:
@@ -102,17 +103,21 @@ class Stage:
     def load(self) -> ModuleType:
         return import_module(f"pipeline.stages.{self.module}")
 
+    def external_inputs(self, cfg: Config) -> dict[str, str] | None:
+        """Content hashes of the files the stage reads from outside the pipeline."""
+        return self.load().external_inputs(cfg) if self.external else None
+
 
 _FITTING = ("split", "items", "users")
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "raw", "ingest", (), ("source", "ingest", "seed")),
+    Stage("ingest", "raw", "ingest", (), ("source", "ingest", "seed"), external=True),
     Stage("split", "split", "split", ("interactions",), ("split",)),
-    Stage("recall", "recall", "recall", _FITTING, ("recall", "seed", "threads")),
+    Stage("recall", "recall", "recall", _FITTING, ("recall", "publish", "seed", "threads")),
     Stage("train-fm", "models/fm", "train_fm", (*_FITTING, "candidates"),
           ("fm", "seed", "threads")),
     Stage("features", "features", "features",
           (*_FITTING, "recall_model", "cases", "candidates", "scored_candidates"),
-          ("features", "recall", "seed")),
+          ("features", "recall", "publish", "seed")),
     Stage("train-rank", "models/ranker", "train_rank", ("features", "feature_columns", "split"),
           ("rank", "seed", "threads")),
     Stage("rank", "rank", "rank", ("ranker", "blend", "features", "split"),

@@ -20,7 +20,7 @@ from pipeline.io import StageLockedError
 from pipeline.runner import MissingInputError, run_stage, run_until, set_threads
 from pipeline.schema import DataError
 
-TOOLS = ("makefile", "stamps", "simulate")
+TOOLS = ("makefile", "stamps", "simulate")  # Makefile helpers, and the partitioned log
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schedule":
             from pipeline.schedule import schedule
 
-            return schedule(cfg, args.as_of, args.force)
+            return schedule(cfg, args.force)
         if args.command == "run":
             run_until(cfg, args.until)
         else:

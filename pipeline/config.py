@@ -322,6 +322,14 @@ class EvaluateConfig(_Strict):
     bootstrap_resamples: int = Field(1000, ge=10, description="resamples of users for the "
                                      "NDCG confidence intervals")
 
+    @field_validator("ks")
+    @classmethod
+    def _has_ten(cls, ks: list[int]) -> list[int]:
+        if 10 not in ks:
+            raise ValueError("must include 10: the release gate and the run ledger read "
+                             "NDCG@10")
+        return ks
+
 
 class PublishConfig(_Strict):
     """What a run publishes: every active user's top list, from models fitted on all the
@@ -330,7 +338,7 @@ class PublishConfig(_Strict):
     top_k: int = Field(100, ge=1, description="items published per user")
     active_days: float | None = Field(
         None, gt=0, description="publish for users with an event in the last this many days "
-        "before the as-of time (None: every user)")
+        "before the newest event (None: every user)")
     keep: int = Field(7, ge=1, description="publications kept under publish/ for rollback")
 
 
@@ -367,6 +375,14 @@ class Config(_Strict):
     def root(self) -> Path:
         """Folder holding every stage's output for this dataset."""
         return self.data_dir / self.dataset
+
+    @model_validator(mode="after")
+    def _publishable(self) -> Config:
+        if self.publish.top_k > self.recall.budget:
+            raise ValueError(f"publish.top_k ({self.publish.top_k}) cannot exceed "
+                             f"recall.budget ({self.recall.budget}): lists are cut from the "
+                             "candidates")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -409,5 +425,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             msg = e["msg"].removeprefix("Value error, ")
             if re.match(r"[\w.]+: ", msg):  # a validator naming a key inside its section
                 loc, msg = f"{loc}.{msg.split(': ', 1)[0]}", msg.split(": ", 1)[1]
-            lines.append(f"  {loc}: {msg}")
+            lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
         raise ConfigError("\n".join(lines)) from None

@@ -62,9 +62,8 @@ def write_stamps(cfg: Config) -> list[str]:
     changed = []
     for stage in STAGES:
         stamp = {"config": config_sections(cfg, stage)}
-        external = getattr(stage.load(), "external_inputs", None)
-        if external is not None:
-            stamp["external"] = external(cfg)
+        if stage.external:
+            stamp["external"] = stage.external_inputs(cfg)
         text = json.dumps(stamp, indent=1, sort_keys=True) + "\n"
         path = folder / f"{stage.name}.json"
         if not path.is_file() or path.read_text() != text:

@@ -7,25 +7,31 @@ more than ``gate.max_drop`` (relative) below the last published run's. Going liv
 copy of hard links into ``publish/<run_id>/`` under a temporary name, renamed into
 place, then ``publish/current`` (a symbolic link) swapped by an atomic rename, so a
 reader sees the old publication or the new one, never half of one. The last
-``publish.keep`` publications stay for rollback. Every run appends one JSON line to
-``runs.jsonl`` (written and synced in one ``write``), whatever its outcome.
+``publish.keep`` publications stay for rollback. Every run that got the whole-run lock
+appends one JSON line to ``runs.jsonl`` (written and synced in one ``write``), whatever
+its outcome. A reader should resolve ``current`` once and read from that folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from pipeline import schema as S
 from pipeline.catalogue import stage_dir
 from pipeline.config import Config
-from pipeline.io import MANIFEST, link_tree
+from pipeline.io import MANIFEST, link_tree, read_manifest
 
-PUBLISH = "publish"
+log = logging.getLogger("pipeline")
+
+PUBLISH = "publish"  # the folder of live publications (the stage writes publication/)
 CURRENT = "current"
 LEDGER = "runs.jsonl"
 K = 10  # the gate's metric: NDCG@10 of the final recommendation ranking
@@ -45,24 +51,39 @@ class Decision:
 
 
 def config_hash(cfg: Config) -> str:
-    """A short hash of what the run computes from (paths and thread counts left out)."""
+    """A short hash of what the run computes from: paths, thread counts and the as-of
+    time (the other half of a run id) left out, so runs of one setup share it."""
     tree = cfg.to_dict()
     for key in ("data_dir", "threads"):
         tree.pop(key, None)
+    tree["ingest"].pop("as_of", None)
     return hashlib.blake2b(json.dumps(tree, sort_keys=True).encode(), digest_size=4).hexdigest()
 
 
+def as_of_time(value: str) -> pd.Timestamp:
+    """An as-of time as the cut-off reads it: naive UTC (ISO text or unix seconds)."""
+    return S.coerce_timestamp(pd.Series([str(value)]), "as-of").iloc[0]
+
+
 def run_id(as_of: str, cfg: Config) -> str:
-    """``<as-of as YYYYmmddTHHMMSS>-<config hash>``: the same data and config, the same id."""
-    stamp = "".join(ch for ch in as_of if ch.isdigit())[:14]
-    return f"{stamp[:8]}T{stamp[8:14].ljust(6, '0')}-{config_hash(cfg)}"
+    """``<as-of, UTC, YYYYmmddTHHMMSS>-<config hash>``: same data and setup, same id."""
+    return f"{as_of_time(as_of):%Y%m%dT%H%M%S}-{config_hash(cfg)}"
 
 
 def ledger(cfg: Config) -> list[dict[str, Any]]:
+    """The ledger's entries, oldest first; a line torn by a crash is skipped, with a
+    warning, rather than stopping every later run."""
     path = cfg.root / LEDGER
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if line.strip():
+                log.warning("%s line %d is not JSON (a torn write?): skipped", path, number)
+    return entries
 
 
 def append_ledger(cfg: Config, entry: dict[str, Any]) -> None:
@@ -78,10 +99,12 @@ def append_ledger(cfg: Config, entry: dict[str, Any]) -> None:
 
 
 def last_published(cfg: Config) -> dict[str, Any] | None:
-    """The ledger entry of the publication ``current`` points to, if any."""
+    """The ledger entry of the publication ``current`` points to, if any (else the
+    newest published one: a run killed between the swap and its ledger line)."""
     live = current(cfg)
-    return next((e for e in reversed(ledger(cfg))
-                 if e.get("published") and e.get("run_id") == live), None)
+    published = [e for e in ledger(cfg) if e.get("published") and e.get("publication")]
+    return next((e for e in reversed(published) if e["publication"] == live),
+                published[-1] if published else None)
 
 
 def gate(cfg: Config, metrics: dict[str, Any], last: dict[str, Any] | None) -> Decision:
@@ -104,34 +127,56 @@ def gate(cfg: Config, metrics: dict[str, Any], last: dict[str, Any] | None) -> D
             "drop": drop, "max_drop": cfg.gate.max_drop,
             "reason": f"final NDCG@{K} {ndcg:.4f} is {drop:.1%} below the last published "
                       f"run's {before:.4f} ({last['run_id']}; gate.max_drop "
-                      f"{cfg.gate.max_drop:.0%})"}
-    passed = not cfg.gate.enabled or all(c["passed"] for c in checks.values())
-    return Decision(passed, checks)
+                      f"{cfg.gate.max_drop:.1%})"}
+    if not cfg.gate.enabled:
+        return Decision(True, {"gate": {"passed": True, "reason": "gate disabled"}})
+    return Decision(all(c["passed"] for c in checks.values()), checks)
 
 
 def current(cfg: Config) -> str | None:
-    """The run id ``publish/current`` points to (None before the first publication)."""
+    """The publication ``publish/current`` points to (None before the first one)."""
     link = cfg.root / PUBLISH / CURRENT
-    return os.readlink(link) if link.is_symlink() else None
+    if link.is_symlink():
+        return os.readlink(link)
+    if link.exists():
+        raise RuntimeError(f"{link} should be a symbolic link to a publication, and is not: "
+                           "move it away; the next run recreates it")
+    return None
 
 
-def release(cfg: Config, run: str) -> Path:
-    """Make the publication candidate live as ``publish/<run>``; returns its folder."""
+def live_matches(cfg: Config) -> bool:
+    """Whether the live publication holds exactly the publication candidate's files."""
+    live = current(cfg)
+    if live is None or not (cfg.root / PUBLISH / live / MANIFEST).is_file():
+        return False
+    return (read_manifest(cfg.root / PUBLISH / live)["outputs"]
+            == read_manifest(stage_dir(cfg, "publish"))["outputs"])
+
+
+def release(cfg: Config, run: str) -> str:
+    """Make the publication candidate live under ``publish/``; returns its folder name:
+    the run id, or ``<run id>.<n>`` when a publication of that id with other content
+    exists (same data and setup, new code)."""
     root = cfg.root / PUBLISH
     root.mkdir(parents=True, exist_ok=True)
-    target = root / run
-    if not (target / MANIFEST).is_file():
-        tmp = root / f".{run}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        link_tree(stage_dir(cfg, PUBLISH), tmp)
-        shutil.rmtree(target, ignore_errors=True)  # a release killed between the renames
-        os.rename(tmp, target)
+    candidate = read_manifest(stage_dir(cfg, "publish"))["outputs"]
+    name, n = run, 1
+    while (root / name).exists():
+        if (root / name / MANIFEST).is_file() and \
+                read_manifest(root / name)["outputs"] == candidate:
+            break
+        n += 1
+        name = f"{run}.{n}"
+    if not (root / name).exists():
+        tmp = root / f".{name}.tmp-{os.getpid()}"
+        link_tree(stage_dir(cfg, "publish"), tmp)
+        os.rename(tmp, root / name)
     pointer = root / f".{CURRENT}.tmp-{os.getpid()}"
     pointer.unlink(missing_ok=True)
-    os.symlink(run, pointer)
+    os.symlink(name, pointer)
     os.replace(pointer, root / CURRENT)
     prune(cfg)
-    return target
+    return name
 
 
 def prune(cfg: Config) -> list[str]:

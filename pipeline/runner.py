@@ -1,7 +1,8 @@
 """Runs one stage safely: inputs present, exclusive lock, atomic output, manifest last.
 
 The manifest records what the stage depended on: its input stages' manifests (by hash),
-the config sections it reads and the hash of every source file it runs.
+the config sections it reads, the hash of every source file it runs and of the files it
+reads from outside (the logs ingest loads); ``up_to_date`` compares them with now.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from pipeline.catalogue import STAGE_NAMES, StageIO, config_sections, get_stage, stage_dir
 from pipeline.config import Config
 from pipeline.dependencies import code_hashes
-from pipeline.io import MANIFEST, atomic_folder, file_hash, write_manifest
+from pipeline.io import MANIFEST, atomic_folder, file_hash, library_versions, write_manifest
 
 log = logging.getLogger("pipeline")
 
@@ -54,15 +55,15 @@ def dependencies(cfg: Config, name: str) -> dict[str, Any]:
     module has one) the hashes of files outside the pipeline, such as the logs ingested."""
     stage = get_stage(name)
     depends = {"config": config_sections(cfg, stage), "code": code_hashes(stage)}
-    external = getattr(stage.load(), "external_inputs", None)
-    if external is not None:
-        depends["external"] = external(cfg)
+    if stage.external:
+        depends["external"] = stage.external_inputs(cfg)
     return depends
 
 
 def up_to_date(cfg: Config, name: str) -> bool:
     """Whether the stage's output was made from exactly what it would read now (by
-    content hash: inputs' manifests, config sections, code, external files)."""
+    content hash: inputs' manifests, config sections, code, external files) with the
+    same library versions."""
     path = stage_dir(cfg, name) / MANIFEST
     if not path.is_file():
         return False
@@ -71,8 +72,9 @@ def up_to_date(cfg: Config, name: str) -> bool:
         inputs = _input_hashes(cfg, get_stage(name).inputs)
     except MissingInputError:
         return False
-    return manifest.get("inputs") == inputs and manifest.get("depends") == json.loads(
-        json.dumps(dependencies(cfg, name), default=str))
+    return (manifest.get("inputs") == inputs and manifest.get("versions") == library_versions()
+            and manifest.get("depends") == json.loads(json.dumps(dependencies(cfg, name),
+                                                                 default=str)))
 
 
 def run_stage(cfg: Config, name: str) -> dict:
@@ -89,10 +91,10 @@ def run_stage(cfg: Config, name: str) -> dict:
     target = stage_dir(cfg, name)
     started = time.perf_counter()
     log.info("[%s] start -> %s", name, target)
-    with atomic_folder(target) as out:
+    depends = dependencies(cfg, name)  # before the run: a log landing meanwhile is new
+    with atomic_folder(target) as out:  # next time, never hashed as read and left unread
         extra = module.run(cfg, StageIO(cfg, stage, out)) or {}
         seconds = round(time.perf_counter() - started, 3)
-        depends = dependencies(cfg, name)
         manifest = write_manifest(out, stage=name, config=cfg.to_dict(), inputs=inputs,
                                   depends=depends, seconds=seconds, **extra)
     log.info("[%s] done in %.1fs (%s)", name, seconds, extra.get("status", "ok"))

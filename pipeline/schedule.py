@@ -6,11 +6,13 @@ first one whose inputs changed, by content hash (``runner.up_to_date``), and are
 otherwise, so a rerun with nothing new only checks hashes. Exit statuses, one meaning
 each:
 
-- 0: published, or already up to date (this run id is live);
+- 0: published, already up to date (the live publication holds these very files), or
+  a backfill older than the live publication (recorded, not published);
 - 1: crashed (a traceback; the previous publication stays live);
 - 2: bad config or data, nothing written;
 - 3: refused by the release gate (the previous publication stays live);
-- 75: another run of this dataset holds the lock (sysexits' "try again later").
+- 75: another run of this dataset (or a stage command on the same folder) holds the
+  lock (sysexits' "try again later").
 """
 
 from __future__ import annotations
@@ -20,32 +22,38 @@ import logging
 import platform
 import resource
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pipeline.catalogue import STAGE_NAMES, artifact_path, stage_dir
-from pipeline.config import Config
-from pipeline.io import RunLockedError, read_manifest, run_lock
+from pipeline.config import Config, ConfigError
+from pipeline.io import RunLockedError, StageLockedError, read_manifest, run_lock
 from pipeline.release import (
     append_ledger,
+    as_of_time,
     config_hash,
     current,
     decision_record,
     gate,
     last_published,
+    live_matches,
     release,
     run_id,
 )
-from pipeline.runner import run_stage, up_to_date
+from pipeline.runner import MissingInputError, run_stage, up_to_date
+from pipeline.schema import DataError
 
 log = logging.getLogger("pipeline")
 OK, CRASHED, BAD_INPUT, REFUSED, LOCKED = 0, 1, 2, 3, 75
 
 
 def git_commit() -> str | None:
+    """The commit of the code that runs (the repository this module lives in)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=False)
+                             timeout=10, check=False, cwd=Path(__file__).resolve().parent)
     except OSError:
         return None
     return out.stdout.strip() or None
@@ -81,18 +89,25 @@ def headline(cfg: Config) -> dict[str, Any]:
             "ndcg@10_ci": final.get("ndcg@10_ci"), "recall@10": final.get("recall@10")}
 
 
-def schedule(cfg: Config, as_of: str | None = None, force: bool = False) -> int:
+def schedule(cfg: Config, force: bool = False) -> int:
     """One scheduled run (see the module docstring); returns its exit status. Every run
-    that got the lock leaves a ledger line, a crashed one too (then re-raised)."""
+    that got the lock leaves a ledger line; a crash is recorded, then re-raised."""
     started = time.perf_counter()
-    entry: dict[str, Any] = {"as_of": as_of, "config_hash": config_hash(cfg),
+    entry: dict[str, Any] = {"as_of": cfg.ingest.as_of, "config_hash": config_hash(cfg),
                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                              "git_commit": git_commit(), "host": platform.node(),
-                             "forced": force}
+                             "forced": False}
+    holder = {"as_of": cfg.ingest.as_of or "newest event", "config_hash": entry["config_hash"]}
     try:
-        with run_lock(cfg.root, {"as_of": as_of, "config_hash": entry["config_hash"]}):
+        with run_lock(cfg.root, holder):
             try:
                 entry["status"] = locked_run(cfg, force, entry)
+            except (ConfigError, DataError, MissingInputError) as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                entry.update(status=BAD_INPUT, error=str(err))
+            except StageLockedError as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                entry.update(status=LOCKED, error=str(err))
             except BaseException as err:
                 entry.update(status=CRASHED, error=f"{type(err).__name__}: {err}")
                 raise
@@ -103,7 +118,7 @@ def schedule(cfg: Config, as_of: str | None = None, force: bool = False) -> int:
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
                 append_ledger(cfg, entry)
     except RunLockedError as err:
-        print(f"error: {err}", flush=True)
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return LOCKED
     return int(entry["status"])
 
@@ -112,15 +127,22 @@ def locked_run(cfg: Config, force: bool, entry: dict[str, Any]) -> int:
     """Stages, gate and release, recording each step in ``entry``; returns the status."""
     entry["stages"] = run_stages(cfg)
     entry["inputs"] = inputs_record(cfg)
-    entry["as_of"] = entry["as_of"] or entry["inputs"]["as_of"]
-    entry["run_id"] = run = run_id(str(entry["as_of"]), cfg)
+    entry["as_of"] = as_of = str(as_of_time(cfg.ingest.as_of or entry["inputs"]["as_of"]))
+    entry["run_id"] = run = run_id(as_of, cfg)
     top = headline(cfg)
     entry.update({k: top[k] for k in ("ndcg@10", "ndcg@10_ci", "recall@10")})
-    if current(cfg) == run:
-        log.info("[schedule] %s is live and up to date", run)
-        entry.update(published=True, decision={"reason": "already up to date"})
+    last = last_published(cfg)
+    if live_matches(cfg):
+        log.info("[schedule] %s is live and up to date", current(cfg))
+        entry.update(published=True, publication=current(cfg),
+                     decision={"reason": "already up to date"})
         return OK
-    decision = gate(cfg, top["metrics"], last_published(cfg))
+    if last is not None and as_of_time(last["as_of"]) > as_of_time(as_of) and not force:
+        reason = f"a backfill ({as_of}) older than the live {last['publication']} ({last['as_of']})"
+        log.info("[schedule] %s is not published: %s", run, reason)
+        entry.update(published=False, decision={"reason": reason})
+        return OK
+    decision = gate(cfg, top["metrics"], last)
     entry["decision"] = decision_record(decision)
     if not decision.passed and not force:
         log.error("[schedule] the gate refused %s: %s; %s stays live", run, decision.reason,
@@ -130,6 +152,8 @@ def locked_run(cfg: Config, force: bool, entry: dict[str, Any]) -> int:
     if not decision.passed:
         log.warning("[schedule] the gate refused %s (%s); --force publishes it", run,
                     decision.reason)
-    log.info("[schedule] published %s: %s", run, release(cfg, run))
+        entry["forced"] = True
+    entry["publication"] = release(cfg, run)
+    log.info("[schedule] published %s: %s", run, cfg.root / "publish" / entry["publication"])
     entry["published"] = True
     return OK

@@ -1,12 +1,13 @@
-"""features: ranker features for every candidate of both recall phases.
+"""features: ranker features for every candidate of every phase.
 
 For each phase the statistics and model scores come from that phase's fitting data and
-fitted recall models only (valid: train; test: train + valid), so the rows the ranker
-learns from and the rows it ranks are built the same way. Valid-phase rows get a
-``label`` (the user clicked the item in valid; for search, the case's clicked item);
-test-phase rows never do. Writes ``features`` per phase and kind (search where search
-cases exist) and ``feature_columns`` (the feature columns and what each means).
-Requests are processed in chunks and streamed to disk.
+fitted recall models only (valid: train; test: train + valid; publish: all of it), so
+the rows the ranker learns from and the rows it ranks are built the same way. Rows of
+the tuning phase (valid) get a ``label`` (the user clicked the item in valid; for
+search, the case's clicked item); other phases' rows never do (train-rank labels the
+test rows itself for the publish ranker). Writes ``features`` per phase and kind
+(search where search cases exist) and ``feature_columns`` (the feature columns and what
+each means). Requests are processed in chunks and streamed to disk.
 """
 
 from __future__ import annotations

@@ -71,12 +71,14 @@ def external_inputs(cfg: Config) -> dict[str, str]:
 
 
 def run(cfg: Config, io: StageIO) -> dict:
+    hashes = external_inputs(cfg)  # before reading, as the runner does: see runner.py
     raw = load_source(cfg)
     interactions, items, users, dropped = validated_tables(raw, cfg.ingest.unknown_ids)
     if cfg.ingest.as_of is not None:
         cutoff = S.coerce_timestamp(pd.Series([cfg.ingest.as_of]), "ingest.as_of").iloc[0]
         later = interactions[S.TS] > cutoff
-        dropped["after_as_of"] = int(later.sum())
+        log.info("[ingest] %d interactions after ingest.as_of %s left out", int(later.sum()),
+                 cfg.ingest.as_of)
         interactions = interactions[~later].reset_index(drop=True)
         S.require_rows(interactions, f"interactions up to ingest.as_of {cfg.ingest.as_of}")
     if any(dropped.values()):
@@ -89,5 +91,5 @@ def run(cfg: Config, io: StageIO) -> dict:
     counts = {"interactions": len(interactions), "items": len(items), "users": len(users)}
     log.info("[ingest] %s", counts)
     return {"counts": counts, "dropped": dropped, "notes": list(raw.notes),
-            "source_files": external_inputs(cfg),
+            "source_files": hashes,
             "as_of": str(interactions[S.TS].max())}

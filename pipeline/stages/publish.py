@@ -5,7 +5,9 @@ for users the data has never seen (``cold_start``: the items most users of the r
 used over all the data, and a global list under region ``*``; such a user has no
 history to exclude), and, under ``served``, everything a later request needs: the
 published phase's fitted channels, FM/FFM models and encoders, the rankers and blend,
-the feature columns, the choices made on valid and the item and user id tables. Files
+the feature columns, the choices made on valid, the item and user id tables and the
+fitting log itself (``fitting/``: the histories seen items are excluded by, and what
+the feature statistics are computed from). Files
 are hard links where the filesystem allows. Whether it goes live is the release step's
 decision (``pipeline.release``), not this stage's.
 """
@@ -60,6 +62,9 @@ def run(cfg: Config, io: StageIO) -> dict:
     for objective in cfg.rank.objectives:
         link_tree(io.input("ranker", phase=phase, kind=RECOMMENDATION, objective=objective),
                   io.output("served", component=f"rankers/{objective}"))
+    for part in PUBLISHED.fit:  # the fitting log: user histories and feature statistics
+        link_tree(io.input("split", part=part),
+                  io.output("served", component=f"fitting/{part}.parquet"))
     for name, source in (("blend.json", io.input("blend", kind=RECOMMENDATION)),
                          ("features.json", io.input("feature_columns")),
                          ("tuned.json", io.input("tuned")),

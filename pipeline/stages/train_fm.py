@@ -5,6 +5,9 @@
 - ``test`` phase: refit on train + valid for the epoch count chosen on valid, with hard
   negatives from the valid-phase candidates the users did not click in valid (valid is
   fitting data by then), and score the test candidates.
+- ``publish`` phase: the same refit on train + valid + test (the hard negatives still
+  from valid, the only window whose candidates are judged against clicks), scoring the
+  candidates of every active user.
 Writes per phase and model ``fm_model`` (state dict, loaded with ``weights_only=True``,
 and the field encoder), ``fm_metrics`` (AUC, logloss, samples/s, epochs), and per phase
 the recommendation candidates with ``<model>_score`` columns (``scored_candidates``).

@@ -43,7 +43,8 @@ class ToyChannel(RecallChannel):
 def test_a_registered_channel_runs_through_every_stage(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(CHANNELS, "toy", Registered(f"{__name__}:ToyChannel", quota=15))
     slow = ("sequence", "embedding", "text_embedding", "inverted_index")
-    cfg = tiny_config(tmp_path, recall={"budget": 60, "channels": dict.fromkeys(slow)})
+    cfg = tiny_config(tmp_path, recall={"budget": 60, "channels": dict.fromkeys(slow)},
+                      publish={"top_k": 60})
     assert "toy" in cfg.recall.channels  # a default, like every registered channel
     run_until(cfg)
 

@@ -160,6 +160,8 @@ def test_config_stamps_change_only_for_stages_reading_the_changed_section(tmp_pa
     assert write_stamps(cfg) == []
     changed = tiny_config(tmp_path, rank={"params": {"rounds": 41}})
     assert write_stamps(changed) == ["train-rank", "rank", "evaluate", "publish"]
+    fewer = tiny_config(tmp_path, rank={"params": {"rounds": 41}}, publish={"active_days": 7})
+    assert write_stamps(fewer) == ["recall", "features", "rank", "publish"]
 
 
 def test_train_fm_is_roll_forward_and_scores_every_candidate(finished) -> None:
@@ -184,7 +186,7 @@ def test_train_fm_is_roll_forward_and_scores_every_candidate(finished) -> None:
 
 
 def test_a_search_only_channel_serves_search_and_not_recommendation(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, recall={"budget": 50, **only_channels(
+    cfg = tiny_config(tmp_path, publish={"top_k": 50}, recall={"budget": 50, **only_channels(
         {"cooccurrence": {"quota": 30}, "popularity": {"quota": 20},
          "text_embedding": {"quota": 0, "recommend": False}},
         {"text_embedding": {"quota": 40}, "popularity": {"quota": 10}})})

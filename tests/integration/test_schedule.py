@@ -30,7 +30,8 @@ def cheap_config(data_dir: Path, **overrides: object) -> Config:
     """A tiny run on channels that fit in a blink: the flow is under test here."""
     settings = {"recall": {"budget": 60, **only_channels(CHEAP, {"popularity": {}})},
                 "fm": {"models": ["fm"], "max_epochs": 1},
-                "rank": {"folds": 2, "compare": [], "params": {"rounds": 20}}}
+                "rank": {"folds": 2, "compare": [], "params": {"rounds": 20}},
+                "publish": {"top_k": 50}}
     settings.update(overrides)
     return tiny_config(data_dir, **settings)
 
@@ -78,12 +79,12 @@ def test_a_regression_is_refused_and_the_last_publication_stays_live(first: Conf
 def test_a_second_run_while_one_holds_the_lock_exits_75(first: Config, capsys) -> None:
     with run_lock(first.root, {"as_of": "holder"}):
         assert schedule(first) == LOCKED
-    assert f"'pid': {os.getpid()}" in capsys.readouterr().out.replace('"', "'")
+    assert f"'pid': {os.getpid()}" in capsys.readouterr().err.replace('"', "'")
 
 
 def test_a_later_as_of_publishes_a_new_run(tmp_path: Path) -> None:
     early = cheap_config(tmp_path, ingest={"as_of": "2026-02-20"})
-    assert schedule(early, as_of="2026-02-20") == OK
+    assert schedule(early) == OK
     first_run = current(early)
     seen_early = read_table(artifact_path(early, "interactions"))["ts"].max()
     assert seen_early <= pd.Timestamp("2026-02-20")
@@ -94,6 +95,11 @@ def test_a_later_as_of_publishes_a_new_run(tmp_path: Path) -> None:
     kept = sorted(p.name for p in (tmp_path / "tiny" / "publish").iterdir()
                   if not p.name.startswith("."))
     assert kept == sorted([first_run, current(cfg), "current"])
+    later = current(cfg)
+    assert schedule(early) == OK  # a backfill of the earlier date: recorded, not published
+    entry = ledger(early)[-1]
+    assert not entry["published"] and "backfill" in entry["decision"]["reason"]
+    assert current(cfg) == later
 
 
 def daily_settings(root: Path, through: str) -> dict:
@@ -113,7 +119,8 @@ def daily_settings(root: Path, through: str) -> dict:
                   "columns": {"user_id": "user_id", "region": "region"}}},
         "recall": {"budget": 60, **only_channels(CHEAP, {"popularity": {}})},
         "fm": {"models": ["fm"], "max_epochs": 1},
-        "rank": {"folds": 2, "compare": [], "params": {"rounds": 20}}}
+        "rank": {"folds": 2, "compare": [], "params": {"rounds": 20}},
+        "publish": {"top_k": 50}}
 
 
 def test_daily_partitions_publish_day_after_day(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ def test_shipped_configs_validate(name: str) -> None:
 
 def test_overrides_are_typed_and_nested() -> None:
     cfg = load_config(REPO / "configs/synthetic.yaml",
-                      ["split.strategy=leave_last", "recall.budget=50", "seed=7"])
-    assert (cfg.split.strategy, cfg.recall.budget, cfg.seed) == ("leave_last", 50, 7)
+                      ["split.strategy=leave_last", "recall.budget=500", "seed=7"])
+    assert (cfg.split.strategy, cfg.recall.budget, cfg.seed) == ("leave_last", 500, 7)
 
 
 def test_unknown_key_names_its_location() -> None:
@@ -102,3 +102,10 @@ def test_channel_keys_read_from_source_match_the_constructor(name: str) -> None:
 def test_bad_channel_settings_are_config_errors(override: str, where: str) -> None:
     with pytest.raises(ConfigError, match=where):
         load_config(REPO / "configs/synthetic.yaml", [override])
+
+
+def test_publish_and_gate_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"publish\.top_k \(400\) cannot exceed"):
+        load_config(REPO / "configs/synthetic.yaml", ["publish.top_k=400"])
+    with pytest.raises(ConfigError, match=r"evaluate\.ks: .*must include 10"):
+        load_config(REPO / "configs/synthetic.yaml", ["evaluate.ks=[5, 20]"])
