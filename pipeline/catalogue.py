@@ -120,7 +120,7 @@ STAGES: tuple[Stage, ...] = (
           ("features", "recall", "publish", "seed")),
     Stage("train-rank", "models/ranker", "train_rank", ("features", "feature_columns", "split"),
           ("rank", "seed", "threads")),
-    Stage("rank", "rank", "rank", ("ranker", "blend", "features", "split"),
+    Stage("rank", "rank", "rank", ("ranker", "blend", "features", "split", "items"),
           ("rank", "features", "recall", "publish")),
     Stage("evaluate", "eval", "evaluate",
           ("split", "items", "candidates", "channel_list", "cases", "scored_candidates",

@@ -13,6 +13,7 @@ leak here would inflate every metric or publish what a user already has.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from models.blend import blend_scores
@@ -20,9 +21,17 @@ from models.ranker import FoldEnsemble
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
-from pipeline.io import ChunkedParquetWriter, iter_requests, link_or_copy, read_table
+from pipeline.io import (
+    ChunkedParquetWriter,
+    iter_requests,
+    link_or_copy,
+    read_table,
+    write_table,
+)
 from pipeline.protocol import EVALUATED, KINDS, PUBLISHED, RECOMMENDATION, Phase, request_key
 from pipeline.ranking import blend_components, proposing_channels, system_file, top_k
+
+FILL_PAIRS = 4_000_000  # (user, item) pairs built at once while filling short lists
 
 
 def assert_unseen(recs: pd.DataFrame, fitted: pd.DataFrame) -> None:
@@ -62,12 +71,53 @@ def rank_phase(io: StageIO, phase: Phase, kind: str, k: int) -> dict[str, int]:
     for writer in writers.values():
         writer.close(empty)
     final_path = io.output("ranking", phase=phase.name, kind=kind)
-    link_or_copy(io.output("system_ranking", phase=phase.name, kind=kind,
-                           system=system_file(final)), final_path)
+    chosen = io.output("system_ranking", phase=phase.name, kind=kind, system=system_file(final))
     fitted = pd.concat([io.read("split", columns=[S.USER, S.ITEM], part=p)
                         for p in phase.fit], ignore_index=True)
+    if phase is PUBLISHED:
+        write_table(padded(read_table(chosen), fitted, io.read("items", columns=[S.ITEM]), k),
+                    final_path)
+    else:
+        link_or_copy(chosen, final_path)
     assert_unseen(read_table(final_path), fitted)
     return {name: writer.rows for name, writer in writers.items()}
+
+
+def padded(lists: pd.DataFrame, fitted: pd.DataFrame, items: pd.DataFrame, k: int
+           ) -> pd.DataFrame:
+    """Published lists filled up to ``k`` where the candidates ran short: the most used
+    items (then the rest of the catalogue) the user neither has nor was given, scored
+    below every ranked item, with ``channels`` "popularity-fill". A list stays shorter
+    only where the catalogue minus the user's history is smaller than ``k``."""
+    counts = lists.groupby(S.USER).size()
+    short = counts[counts < k].index
+    if not len(short):
+        return lists
+    used = fitted.drop_duplicates([S.USER, S.ITEM])
+    order = used[S.ITEM].value_counts()
+    catalogue = pd.concat([pd.Series(order.index), items[S.ITEM][~items[S.ITEM].isin(
+        order.index)]], ignore_index=True)
+    taken = pd.concat([used[used[S.USER].isin(short)][[S.USER, S.ITEM]],
+                       lists[lists[S.USER].isin(short)][[S.USER, S.ITEM]]])
+    # a user's fill lies within the first k + |taken| items: bound the pairs built
+    catalogue = catalogue.iloc[: k + int(taken.groupby(S.USER).size().max())].to_numpy()
+    floor = float(lists[S.SCORE].min()) if len(lists) else 0.0
+    fills = []
+    block = max(1, FILL_PAIRS // len(catalogue))
+    for lo in range(0, len(short), block):
+        users = short[lo: lo + block].to_numpy()
+        pairs = pd.DataFrame({S.USER: np.repeat(users, len(catalogue)),
+                              S.ITEM: np.tile(catalogue, len(users))})
+        pairs = pairs.merge(taken.assign(taken=True), on=[S.USER, S.ITEM], how="left")
+        pairs = pairs[pairs["taken"].isna()].drop(columns="taken")
+        pairs[S.RANK] = (pairs.groupby(S.USER).cumcount()
+                         + counts.reindex(pairs[S.USER]).to_numpy() + 1).astype(np.int32)
+        fills.append(pairs[pairs[S.RANK] <= k])
+    fill = pd.concat(fills, ignore_index=True)
+    fill = fill.assign(channels="popularity-fill",
+                       **{S.SCORE: floor - fill[S.RANK].to_numpy(np.float64)})
+    out = pd.concat([lists, fill[lists.columns]], ignore_index=True)
+    return out.sort_values([S.USER, S.RANK], kind="stable").reset_index(drop=True)
 
 
 def run(cfg: Config, io: StageIO) -> dict:
