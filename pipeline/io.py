@@ -10,6 +10,7 @@ writer (holding the lock) removes what a killed one left half-written.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -159,10 +160,14 @@ def iter_requests(path: Path, key: str, rows: int) -> Iterator[pd.DataFrame]:
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Hand a file on unchanged: a hard link where the filesystem allows, else a copy."""
+    """Hand a file on unchanged: a hard link where the filesystem allows, else a copy.
+    An existing ``dst`` is an error, never overwritten: it may be a hard link into a
+    live publication, which must not change under its readers."""
     try:
         os.link(src, dst)
-    except OSError:
+    except OSError as err:
+        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
         shutil.copy2(src, dst)
 
 
