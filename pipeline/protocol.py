@@ -73,3 +73,15 @@ def as_user_keyed(df: pd.DataFrame, kind: str) -> pd.DataFrame:
         return df
     return df.drop(columns=[S.USER], errors="ignore").rename(columns={CASE: S.USER})
 
+
+
+def clicks(targets: pd.DataFrame) -> pd.DataFrame:
+    """The distinct (user, item) pairs of a period's recommendation interactions."""
+    return targets[~is_search(targets)][[S.USER, S.ITEM]].drop_duplicates()
+
+
+def click_labels(frame: pd.DataFrame, key: str, clicked: pd.DataFrame) -> np.ndarray:
+    """1 where a candidate row's (request, item) is among ``clicked``, else 0 (int8)."""
+    hit = frame[[key, S.ITEM]].merge(clicked.assign(**{LABEL: 1}), on=[key, S.ITEM],
+                                     how="left")[LABEL]
+    return hit.fillna(0).to_numpy(np.int8)

@@ -109,6 +109,8 @@ def last_published(cfg: Config) -> dict[str, Any] | None:
 
 def gate(cfg: Config, metrics: dict[str, Any], last: dict[str, Any] | None) -> Decision:
     """Check the evaluation against the gate's rules (see the module docstring)."""
+    if not cfg.gate.enabled:
+        return Decision(True, {"gate": {"passed": True, "reason": "gate disabled"}})
     ndcg = metrics["systems"]["final"][f"ndcg@{K}"]
     checks: dict[str, dict[str, Any]] = {}
     lift = metrics[f"lift_ndcg@{K}"]["recommendation"]
@@ -123,13 +125,12 @@ def gate(cfg: Config, metrics: dict[str, Any], last: dict[str, Any] | None) -> D
         before = float(last["ndcg@10"])
         drop = (before - ndcg) / before if before > 0 else 0.0
         checks["last_published"] = {
-            "passed": drop <= cfg.gate.max_drop, "last_run": last["run_id"], "last": before,
+            "passed": drop <= cfg.gate.max_drop, "last_run": last["publication"],
+            "last": before,
             "drop": drop, "max_drop": cfg.gate.max_drop,
             "reason": f"final NDCG@{K} {ndcg:.4f} is {drop:.1%} below the last published "
-                      f"run's {before:.4f} ({last['run_id']}; gate.max_drop "
+                      f"run's {before:.4f} ({last['publication']}; gate.max_drop "
                       f"{cfg.gate.max_drop:.1%})"}
-    if not cfg.gate.enabled:
-        return Decision(True, {"gate": {"passed": True, "reason": "gate disabled"}})
     return Decision(all(c["passed"] for c in checks.values()), checks)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -34,7 +33,16 @@ from pipeline.config import Config
 from pipeline.io import ChunkedParquetWriter, iter_requests
 from pipeline.phases import phase_data, phase_inputs
 from pipeline.progress import progress
-from pipeline.protocol import CASE, LABEL, PHASES, SEARCH, Phase, is_search, request_key
+from pipeline.protocol import (
+    CASE,
+    LABEL,
+    PHASES,
+    SEARCH,
+    Phase,
+    click_labels,
+    clicks,
+    request_key,
+)
 
 log = logging.getLogger("pipeline")
 NOT_FEATURES = (S.USER, S.ITEM, CASE, S.QUERY, "source", LABEL)
@@ -76,7 +84,7 @@ def labels_for(io: StageIO, phase: Phase, kind: str, targets: pd.DataFrame
         return None
     if kind == SEARCH:
         return io.read("cases", phase=phase.name)[[CASE, S.ITEM]].drop_duplicates()
-    return targets[~is_search(targets)][[S.USER, S.ITEM]].drop_duplicates()
+    return clicks(targets)
 
 
 def sources(io: StageIO, phase: str) -> dict[str, Path]:
@@ -101,9 +109,7 @@ def featurise(io: StageIO, source: Path, key: str, context: FeatureContext, data
     for cands in progress(iter_requests(source, key, rows), label, total=chunks):
         frame = add_features(cands, key, context, data, models)
         if labels is not None:
-            hit = frame[[key, S.ITEM]].merge(labels.assign(**{LABEL: 1}),
-                                             on=[key, S.ITEM], how="left")[LABEL]
-            frame[LABEL] = hit.fillna(0).to_numpy(np.int8)
+            frame[LABEL] = click_labels(frame, key, labels)
             positives += int(frame[LABEL].sum())
         writer.write(frame)
         last = frame

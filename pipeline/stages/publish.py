@@ -49,10 +49,8 @@ def run(cfg: Config, io: StageIO) -> dict:
     phase = PUBLISHED.name
     ranking = io.input("ranking", phase=phase, kind=RECOMMENDATION)
     link_tree(ranking, io.output("recommendations"))
-    parts = {p: io.read("split", part=p) for p in PUBLISHED.fit}
-    users = io.read("users")
-    write_table(cold_start(fitting(parts, PUBLISHED), users, cfg.publish.top_k),
-                io.output("cold_start"))
+    log = fitting({p: io.read("split", part=p) for p in PUBLISHED.fit}, PUBLISHED)
+    write_table(cold_start(log, io.read("users"), cfg.publish.top_k), io.output("cold_start"))
     for name in cfg.recall.channels:
         link_tree(io.input("recall_model", phase=phase, channel=name),
                   io.output("served", component=f"channels/{name}"))
@@ -73,4 +71,4 @@ def run(cfg: Config, io: StageIO) -> dict:
         link_tree(source, io.output("served", component=name))
     published = read_table(io.output("recommendations"), columns=[S.USER])
     return {"status": "ready", "users": int(published[S.USER].nunique()),
-            "rows": len(published), "as_of": str(fitting(parts, PUBLISHED)[S.TS].max())}
+            "rows": len(published), "as_of": str(log[S.TS].max())}

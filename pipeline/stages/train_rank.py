@@ -26,7 +26,6 @@ import pandas as pd
 
 from models.blend import candidate_ndcg, fit_blend
 from models.ranker import FoldEnsemble, Ranker, cross_fit
-from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
 from pipeline.protocol import (
@@ -36,7 +35,8 @@ from pipeline.protocol import (
     PUBLISHED,
     RECOMMENDATION,
     TUNING,
-    is_search,
+    click_labels,
+    clicks,
     request_key,
 )
 from pipeline.ranking import blend_components
@@ -48,12 +48,18 @@ class NotEnoughRequests(ValueError):
     """Too few valid requests with a click to cross-fit a ranker."""
 
 
+def with_positives(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The rows of requests with at least one positive (the others teach a ranker
+    nothing)."""
+    return frame[frame.groupby(key, sort=False)[LABEL].transform("max") > 0].reset_index(
+        drop=True)
+
+
 def assign_folds(frame: pd.DataFrame, key: str, folds: int, seed: int
                  ) -> tuple[pd.DataFrame, np.ndarray]:
     """Requests with at least one positive, and a seeded fold number per row (a request's
     rows share one fold)."""
-    useful = frame[frame.groupby(key, sort=False)[LABEL].transform("max") > 0]
-    useful = useful.reset_index(drop=True)
+    useful = with_positives(frame, key)
     requests = useful[key].unique()
     if len(requests) < folds:
         raise NotEnoughRequests(f"{len(requests)} valid requests have a clicked candidate, fewer "
@@ -111,12 +117,8 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
     interactions, the latest labelled window, for the rounds cross-fitting chose."""
     cfg, key = io.cfg, request_key(RECOMMENDATION)
     frame = io.read("features", phase=EVALUATED.name, kind=RECOMMENDATION)
-    targets = io.read("split", part=EVALUATED.target)
-    clicked = targets[~is_search(targets)][[S.USER, S.ITEM]].drop_duplicates()
-    hit = frame[[key, S.ITEM]].merge(clicked.assign(**{LABEL: 1}), on=[key, S.ITEM],
-                                     how="left")[LABEL]
-    frame[LABEL] = hit.fillna(0).to_numpy(np.int8)
-    frame, _ = assign_folds(frame, key, 1, cfg.seed)
+    frame[LABEL] = click_labels(frame, key, clicks(io.read("split", part=EVALUATED.target)))
+    frame = with_positives(frame, key)
     report = {"requests": int(frame[key].nunique()), "rows": len(frame), "rounds": rounds}
     for objective, n in rounds.items():
         ranker = Ranker(objective, {**cfg.rank.params, "rounds": n, "early_stopping": 0},
