@@ -236,16 +236,28 @@ class FieldEncoder:
             out[unseen] = bucket
         return out
 
-    def transform(self, df: pd.DataFrame) -> EncodedFields:
-        """Encode ``df``; the vocabulary is left exactly as ``fit`` made it."""
+    def slot_positions(self, names: Sequence[str]) -> np.ndarray:
+        """The slot columns of the fields ``names``, in spec order (where ``transform(df,
+        names)`` puts its columns within a full encoding)."""
+        wanted = set(names)
+        return np.flatnonzero(np.isin(self.slot_field,
+                                      [i for i, f in enumerate(self.fields) if f.name in wanted]))
+
+    def transform(self, df: pd.DataFrame, names: Sequence[str] | None = None) -> EncodedFields:
+        """Encode ``df`` (only the fields ``names``, when given: their slots, in spec
+        order); the vocabulary is left exactly as ``fit`` made it."""
         if not self.fitted:
             raise RuntimeError("FieldEncoder.transform before fit (or load)")
-        self._check_columns(df)
+        fields = self.fields if names is None else [f for f in self.fields if f.name in names]
+        missing = [f.source for f in fields if f.source not in df.columns]
+        if missing:
+            raise KeyError(f"missing column(s) {missing} for fields; found {list(df.columns)}")
         n = len(df)
-        ids = np.zeros((n, self.n_slots), np.int32)
-        weights = np.zeros((n, self.n_slots), np.float32)
+        n_slots = sum(self.slots[f.name] for f in fields)
+        ids = np.zeros((n, n_slots), np.int32)
+        weights = np.zeros((n, n_slots), np.float32)
         slot = 0
-        for f in self.fields:
+        for f in fields:
             col = df[f.source]
             base = self.offsets[f.name]
             if f.kind == "numeric":

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.fields import EncodedFields, FieldEncoder
+
 _ITEM_SIDE = ("category", "tags", "region")
 
 
@@ -31,11 +33,37 @@ def side_tables(users: pd.DataFrame, items: pd.DataFrame, fit: pd.DataFrame
 def pair_frame(pairs: pd.DataFrame, user_side: pd.DataFrame, item_side: pd.DataFrame
                ) -> pd.DataFrame:
     """``pairs`` (user_id, item_id, ...) with both sides' feature columns attached."""
-    out = pairs.join(user_side, on="user_id").join(item_side, on="item_id")
-    if "item_tags" in out.columns:  # a missing list must stay a list for the encoder
+    return _attach(_attach(pairs, user_side, "user_id"), item_side, "item_id")
+
+
+def _attach(frame: pd.DataFrame, side: pd.DataFrame, key: str) -> pd.DataFrame:
+    out = frame.join(side, on=key)
+    if "item_tags" in side.columns:  # a missing list must stay a list for the encoder
         out["item_tags"] = [t if isinstance(t, (list, np.ndarray)) else [] for t in
                             out["item_tags"]]
     return out
+
+
+def encode_pairs(encoder: FieldEncoder, pairs: pd.DataFrame, user_side: pd.DataFrame,
+                 item_side: pd.DataFrame) -> EncodedFields:
+    """``encoder.transform(pair_frame(pairs, ...))``, with each distinct user and item
+    encoded once and its slots gathered into every row that names it: candidates repeat
+    each user about 300 times, and encoding them row by row was half of train-fm's time.
+    Fields reading anything but the two sides fall back to the row-wise encoding."""
+    sides = {"user_id": user_side, "item_id": item_side}
+    names = {key: [f.name for f in encoder.fields if f.source in {key, *side.columns}]
+             for key, side in sides.items()}
+    if sum(map(len, names.values())) != encoder.n_fields:
+        return encoder.transform(pair_frame(pairs, user_side, item_side))
+    ids = np.empty((len(pairs), encoder.n_slots), np.int32)
+    weights = np.empty((len(pairs), encoder.n_slots), np.float32)
+    for key, side in sides.items():
+        codes, distinct = pd.factorize(pairs[key], use_na_sentinel=False)
+        part = encoder.transform(_attach(pd.DataFrame({key: distinct}), side, key), names[key])
+        slots = encoder.slot_positions(names[key])
+        ids[:, slots] = part.ids[codes]
+        weights[:, slots] = part.weights[codes]
+    return EncodedFields(ids, weights)
 
 
 def default_fields(user_side: pd.DataFrame, item_side: pd.DataFrame) -> dict[str, Any]:

@@ -170,19 +170,6 @@ def predict(model: nn.Module, samples: Samples, batch_size: int = 16384,
     return out
 
 
-def score_frame(model: nn.Module, encoder: Any, frame: Any, chunk: int = 65_536,
-                device: str | torch.device = "cpu", logits: bool = False) -> np.ndarray:
-    """Scores of the rows of ``frame`` (e.g. candidate (user, item) pairs joined with their
-    attributes), encoded by a fitted ``features.fields.FieldEncoder`` ``chunk`` rows at a
-    time so the encoded slots never exist for the whole frame at once."""
-    out = np.empty(len(frame), np.float32)
-    for lo in range(0, len(frame), chunk):
-        part = frame.iloc[lo: lo + chunk]
-        out[lo: lo + len(part)] = predict(model, Samples.from_encoded(encoder.transform(part)),
-                                          batch_size=chunk, device=device, logits=logits)
-    return out
-
-
 def binary_metric(name: str, labels: np.ndarray, probs: np.ndarray) -> float:
     """AUC (sklearn's roc_auc_score) or mean logloss with probabilities clipped to 1e-7."""
     if name == "auc":

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from features.fields import FieldEncoder
 from features.interactions import IdIndex
-from features.pairs import default_fields, pair_frame, side_tables
+from features.pairs import default_fields, encode_pairs, pair_frame, side_tables
 from models.distributed import init_distributed, is_main_process
 from models.fm_trainer import (
     History,
@@ -37,7 +37,6 @@ from models.fm_trainer import (
     fit,
     predict,
     save_model,
-    score_frame,
 )
 from models.negatives import sample_negatives
 from pipeline import schema as S
@@ -48,7 +47,7 @@ from pipeline.phases import fitting
 from pipeline.protocol import PHASES, RECOMMENDATION, TUNING, Phase
 
 log = logging.getLogger("pipeline")
-SCORE_CHUNK = 1_000_000
+SCORE_CHUNK = 262_144  # candidate rows encoded at once (their slots: tens of MB)
 
 
 def labelled(pos: pd.DataFrame, users: IdIndex, items: IdIndex, fm: FMConfig,
@@ -76,9 +75,9 @@ def score_candidates(source: Path, target: Path, models: dict, encoder: FieldEnc
     writer = ChunkedParquetWriter(target)
     for batch in pq.ParquetFile(source).iter_batches(batch_size=SCORE_CHUNK):
         cands = batch.to_pandas()
-        frame = pair_frame(cands[[S.USER, S.ITEM]], user_side, item_side)
+        samples = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
         for kind, model in models.items():
-            cands[f"{kind}_score"] = score_frame(model, encoder, frame, device=device)
+            cands[f"{kind}_score"] = predict(model, samples, batch_size=65_536, device=device)
         writer.write(cands)
     writer.close(pq.read_schema(source).empty_table().to_pandas())
 
@@ -95,13 +94,16 @@ def train_phase(io: StageIO, phase: str, fit_df: pd.DataFrame, valid: pd.DataFra
     items = IdIndex(items_table[S.ITEM])
     users = IdIndex(pd.concat([fit_df[S.USER], users_table[S.USER]], ignore_index=True))
     rng = np.random.default_rng(cfg.seed)
-    train = pair_frame(labelled(fit_df, users, items, fm, rng, hard), user_side, item_side)
-    encoder = FieldEncoder(fm.fields or default_fields(user_side, item_side)).fit(train)
-    train_samples = Samples.from_encoded(encoder.transform(train), train["label"].to_numpy())
+    train = labelled(fit_df, users, items, fm, rng, hard)
+    encoder = FieldEncoder(fm.fields or default_fields(user_side, item_side))
+    encoder.fit(pair_frame(train, user_side, item_side))
+    train_samples = Samples.from_encoded(encode_pairs(encoder, train, user_side, item_side),
+                                         train["label"].to_numpy())
     valid_samples = None
     if valid is not None:
-        held = pair_frame(labelled(valid, users, items, fm, rng), user_side, item_side)
-        valid_samples = Samples.from_encoded(encoder.transform(held), held["label"].to_numpy())
+        held = labelled(valid, users, items, fm, rng)
+        valid_samples = Samples.from_encoded(encode_pairs(encoder, held, user_side, item_side),
+                                             held["label"].to_numpy())
     models, reports = {}, {}
     for kind in fm.models:
         model = build_model({"kind": kind, "n_features": encoder.n_features,

@@ -146,3 +146,34 @@ def test_save_load_round_trip(enc: FieldEncoder, tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_array_equal(a.weights, b.weights)
     assert back.slot_field.tolist() == enc.slot_field.tolist()
+
+
+def test_encode_pairs_equals_the_row_wise_encoding() -> None:
+    """Distinct users and items encoded once, gathered per row: the same slots as
+    encoding the joined frame row by row, unknown users and items and a field that reads
+    the pairs themselves (the row-wise fallback) included."""
+    from features.pairs import default_fields, encode_pairs, pair_frame, side_tables
+
+    rng = np.random.default_rng(3)
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(6)],
+                          "region": ["n", "s", "n", None, "e", "s"],
+                          "age": [21.0, 35.0, np.nan, 50.0, 18.0, 40.0]})
+    items = pd.DataFrame({"item_id": np.arange(8), "category": list("abcabcab"),
+                          "tags": [["x"], ["y", "z"], [], None, ["x", "z"], ["y"], ["q"], []]})
+    fit = pd.DataFrame({"user_id": rng.choice(users["user_id"], 40),
+                        "item_id": rng.integers(0, 8, 40)})
+    user_side, item_side = side_tables(users, items, fit)
+    encoder = FieldEncoder(default_fields(user_side, item_side))
+    encoder.fit(pair_frame(fit, user_side, item_side))
+    pairs = pd.DataFrame({"user_id": [*rng.choice(users["user_id"], 30), "new"],
+                          "item_id": [*rng.integers(0, 8, 30), 99]})
+    whole = encoder.transform(pair_frame(pairs, user_side, item_side))
+    gathered = encode_pairs(encoder, pairs, user_side, item_side)
+    np.testing.assert_array_equal(gathered.ids, whole.ids)
+    np.testing.assert_array_equal(gathered.weights, whole.weights)
+
+    pairs["hour"] = rng.integers(0, 24, len(pairs))
+    fields = {**default_fields(user_side, item_side), "hour": "categorical"}
+    encoder = FieldEncoder(fields).fit(pair_frame(pairs, user_side, item_side))
+    np.testing.assert_array_equal(encode_pairs(encoder, pairs, user_side, item_side).ids,
+                                  encoder.transform(pair_frame(pairs, user_side, item_side)).ids)

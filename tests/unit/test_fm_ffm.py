@@ -28,7 +28,6 @@ from models.fm_trainer import (
     load_model,
     predict,
     save_model,
-    score_frame,
 )
 from models.negatives import sample_negatives
 from models.optimizers import RowSparseAdagrad, RowSparseAdam, make_optimizer
@@ -386,16 +385,6 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         back, extra = load_model(folder)
         assert isinstance(back, cls) and extra == {"valid_auc": 0.5}
         np.testing.assert_array_equal(predict(back, data), predict(model, data))
-
-
-def test_score_frame_matches_predict_in_chunks() -> None:
-    rng = np.random.default_rng(5)
-    df = pd.DataFrame({"user": rng.integers(0, 9, 50), "item": rng.integers(0, 7, 50),
-                       "tags": [["a", "b"][: 1 + i % 2] for i in range(50)]})
-    enc = FieldEncoder({"user": "categorical", "item": "categorical", "tags": "multi"}).fit(df)
-    model = randomised(FFM(enc.n_features, enc.slot_field, k=2)).float()
-    whole = predict(model, Samples.from_encoded(enc.transform(df)))
-    np.testing.assert_allclose(score_frame(model, enc, df, chunk=7), whole, rtol=1e-6)
 
 
 def test_shard_order_covers_every_sample_once_per_epoch() -> None:
