@@ -1,13 +1,15 @@
 """The data contract: column names, and validation at each stage boundary.
 
-Every check names the table's origin (a file path, or the generator), the column, how
-many rows fail and the first few of them (data rows counted from 1, header excluded),
-so a user can find the bad line without opening a debugger.
+Every check names the table's origin (a file path, or the generator), the column (the
+file's own name, the contract's in brackets, when a source mapped one onto the other),
+how many rows fail and the first few of them (data rows counted from 1, header
+excluded), so a user can find the bad line without opening a debugger. A table's checks
+all run before anything is raised: one error lists every problem found, one a line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -40,26 +42,73 @@ class DataError(ValueError):
     """Input that breaks the data contract; nothing is written when it is raised."""
 
 
+class Origin(str):
+    """A table's origin (its file path) that also knows how the file names the contract's
+    columns and encodes its time.
+
+    It travels wherever a source's origin strings go, so validation names the user's own
+    columns and parses time as configured without a new argument at every call.
+    """
+
+    columns: dict[str, str]
+    ts_unit: str | None
+
+    def __new__(cls, where: str, columns: Mapping[str, str] | None = None,
+                ts_unit: str | None = None) -> Origin:
+        self = super().__new__(cls, where)
+        self.columns = dict(columns or {})  # contract column -> the file's column
+        self.ts_unit = ts_unit
+        return self
+
+
+class Problems:
+    """Every contract breach found in one table, raised together as one DataError: the
+    user fixes a file in one go rather than one rerun per problem."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin if isinstance(origin, Origin) else Origin(origin)
+        self.lines: list[str] = []
+
+    def column(self, column: str) -> str:
+        """The user's own column name, and the contract's in brackets where they differ."""
+        own = self.origin.columns.get(column, column)
+        return f"column '{own}'" if own == column else f"column '{own}' ({column})"
+
+    def note(self, problem: str) -> None:
+        """Record a problem of the whole table (no column, no rows)."""
+        self.lines.append(problem)
+
+    def check(self, column: str | None, problem: str, bad: pd.Series | np.ndarray,
+              values: pd.Series | None = None) -> bool:
+        """Record ``problem`` with its count and first rows if any row is ``bad``;
+        True when it was recorded, so checks that depend on the column can skip it."""
+        positions = np.flatnonzero(np.asarray(bad, dtype=bool))
+        if not len(positions):
+            return False
+        rows = ", ".join(str(p + 1) for p in positions[:_EXAMPLES])
+        where = f"{self.column(column)}: " if column else ""
+        line = f"{where}{problem}: {len(positions)} row(s), first at data row(s) {rows}"
+        if values is not None:
+            shown = ", ".join(repr(v) for v in values.iloc[positions[:_EXAMPLES]].tolist())
+            line += f" (values {shown})"
+        self.lines.append(line)
+        return True
+
+    def raise_if_any(self) -> None:
+        """One problem keeps the one-line message; several are listed one a line."""
+        if len(self.lines) == 1:
+            raise DataError(f"{self.origin}: {self.lines[0]}")
+        if self.lines:
+            listed = "".join(f"\n  {line}" for line in self.lines)
+            raise DataError(f"{self.origin}: {len(self.lines)} problems:{listed}")
+
+
 def fail(origin: str, column: str | None, problem: str, bad: pd.Series | np.ndarray,
          values: pd.Series | None = None) -> None:
     """Raise a DataError naming origin, column, count and the first offending rows."""
-    mask = np.asarray(bad, dtype=bool)
-    positions = np.flatnonzero(mask)
-    rows = ", ".join(str(p + 1) for p in positions[:_EXAMPLES])
-    where = f"{origin}: column '{column}'" if column else origin
-    detail = f"{problem}: {len(positions)} row(s), first at data row(s) {rows}"
-    if values is not None and len(positions):
-        shown = ", ".join(repr(v) for v in values.iloc[positions[:_EXAMPLES]].tolist())
-        detail += f" (values {shown})"
-    raise DataError(f"{where}: {detail}")
-
-
-def require_columns(df: pd.DataFrame, required: Iterable[str], origin: str) -> None:
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{origin}: missing required column(s) {missing}; found {list(df.columns)}"
-        )
+    problems = Problems(origin)
+    problems.check(column, problem, bad, values)
+    problems.raise_if_any()
 
 
 def require_rows(df: pd.DataFrame, origin: str) -> None:
@@ -67,49 +116,71 @@ def require_rows(df: pd.DataFrame, origin: str) -> None:
         raise DataError(f"{origin}: table is empty")
 
 
-def _no_nulls(series: pd.Series, origin: str) -> None:
-    nulls = series.isna()
-    if nulls.any():
-        fail(origin, str(series.name), "null values", nulls)
+def _begin(df: pd.DataFrame, required: Iterable[str], origin: str) -> Problems:
+    """A table's problems, starting with its missing columns; an empty table is reported
+    at once, having no rows to check."""
+    problems = Problems(origin)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        hint = " (not mapped in the source's columns)" if problems.origin.columns else ""
+        problems.note(f"missing required column(s) {missing}{hint}; found {list(df.columns)}")
+    if len(df) == 0:
+        problems.note("table is empty")
+        problems.raise_if_any()
+    return problems
 
 
-def coerce_ids(series: pd.Series, origin: str) -> pd.Series:
+def _name(series: pd.Series) -> str | None:
+    return None if series.name is None else str(series.name)
+
+
+def _ids(series: pd.Series, problems: Problems) -> pd.Series:
     """Ids stay int64 when every value is integral, otherwise become strings (raw ids kept)."""
-    _no_nulls(series, origin)
-    if pd.api.types.is_integer_dtype(series.dtype):
-        return series.astype("int64")
+    nulls = problems.check(_name(series), "null values", series.isna())
     if pd.api.types.is_float_dtype(series.dtype):
-        frac = series != np.floor(series)
-        if frac.any():
-            fail(origin, str(series.name), "ids must be integers or strings", frac, series)
-        return series.astype("int64")
-    return coerce_text(series, origin).astype("string[pyarrow]")
+        frac = series.notna() & (series != np.floor(series))
+        fractional = problems.check(_name(series), "ids must be integers or strings", frac,
+                                    series)
+        return series if nulls or fractional else series.astype("int64")
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return series if nulls else series.astype("int64")
+    return _text(series, problems).astype("string[pyarrow]")
 
 
-def coerce_text(series: pd.Series, origin: str) -> pd.Series:
-    """Text as strings; raw bytes must decode as UTF-8 (reported by row when not)."""
+def _text(series: pd.Series, problems: Problems) -> pd.Series:
+    """Text as strings; raw bytes must decode as UTF-8 (reported by row when not, and
+    left null)."""
     if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
         return series
     values = series.to_numpy(dtype=object, copy=True)
-    is_bytes = np.fromiter((isinstance(v, bytes) for v in values), bool, len(values))
-    if is_bytes.any():
-        bad = np.zeros(len(values), bool)
-        for i in np.flatnonzero(is_bytes):
-            try:
-                values[i] = values[i].decode("utf-8")
-            except UnicodeDecodeError:
-                bad[i] = True
-        if bad.any():
-            fail(origin, str(series.name), "text is not valid UTF-8", bad)
-    out = pd.Series(values, index=series.index, name=series.name)
-    return out.astype("string[pyarrow]")
+    bad = np.zeros(len(values), bool)
+    for i in np.flatnonzero([isinstance(v, bytes) for v in values]):
+        try:
+            values[i] = values[i].decode("utf-8")
+        except UnicodeDecodeError:
+            bad[i], values[i] = True, None
+    problems.check(_name(series), "text is not valid UTF-8", bad)
+    return pd.Series(values, index=series.index, name=series.name).astype("string[pyarrow]")
+
+
+def _event(series: pd.Series, problems: Problems) -> pd.Series:
+    problems.check(_name(series), "null values", series.isna())
+    return _text(series.astype(object).where(series.notna(), None), problems)
 
 
 def coerce_timestamp(series: pd.Series, origin: str, unit: str | None = None,
                      allow_null: bool = False) -> pd.Series:
     """Timestamps as naive UTC datetime64[us]; unix seconds/ms or ISO text accepted."""
+    problems = Problems(origin)
+    out = _timestamp(series, problems, unit, allow_null)
+    problems.raise_if_any()
+    return out
+
+
+def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
+               allow_null: bool = False) -> pd.Series:
     if not allow_null:
-        _no_nulls(series, origin)
+        problems.check(_name(series), "null values", series.isna())
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         out = series.dt.tz_convert("UTC").dt.tz_localize(None) if series.dt.tz else series
         return out.astype("datetime64[us]")
@@ -125,9 +196,8 @@ def coerce_timestamp(series: pd.Series, origin: str, unit: str | None = None,
                 unit, parsed = "s", secs
     else:
         parsed = _parse_timestamp(series, unit)
-    bad = parsed.isna() & (series.notna() if allow_null else True)
-    if bad.any():
-        fail(origin, str(series.name), f"unparsable timestamp (expected {unit})", bad, series)
+    problems.check(_name(series), f"unparsable timestamp (expected {unit})",
+                   parsed.isna() & series.notna(), series)
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
 
 
@@ -139,86 +209,79 @@ def _parse_timestamp(series: pd.Series, unit: str) -> pd.Series:
     return pd.to_datetime(numeric, unit=unit, errors="coerce", utc=True)
 
 
-def coerce_weight(series: pd.Series, origin: str) -> pd.Series:
+def _weight(series: pd.Series, problems: Problems) -> pd.Series:
     numeric = pd.to_numeric(series, errors="coerce").astype("float64")
     bad = ~np.isfinite(numeric.to_numpy(na_value=np.nan))
-    if bad.any():
-        fail(origin, str(series.name), "weight must be a finite number", bad, series)
+    problems.check(_name(series), "weight must be a finite number", bad, series)
     return numeric
-
-
-def unique_ids(series: pd.Series, origin: str) -> None:
-    dup = series.duplicated(keep="first")
-    if dup.any():
-        fail(origin, str(series.name), "duplicate ids", dup, series)
 
 
 def validate_interactions(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     """Check and normalise one interactions table (required columns, types, nulls)."""
-    require_rows(df, origin)
-    require_columns(df, INTERACTION_REQUIRED, origin)
+    problems = _begin(df, INTERACTION_REQUIRED, origin)
+    unit = problems.origin.ts_unit
+    coerce = {USER: _ids, ITEM: _ids, TS: lambda s, p: _timestamp(s, p, unit), EVENT: _event,
+              WEIGHT: _weight, QUERY: _text, REGION: _text}
     out = pd.DataFrame(index=df.index)
-    out[USER] = coerce_ids(df[USER], origin)
-    out[ITEM] = coerce_ids(df[ITEM], origin)
-    out[TS] = coerce_timestamp(df[TS], origin)
-    out[EVENT] = coerce_text(df[EVENT].astype(object).where(df[EVENT].notna(), None), origin)
-    _no_nulls(out[EVENT], origin)
-    out[WEIGHT] = coerce_weight(df[WEIGHT], origin)
-    for col in INTERACTION_OPTIONAL:
-        if col in df.columns:
-            out[col] = coerce_text(df[col], origin)
+    for column, convert in coerce.items():
+        if column in df.columns:
+            out[column] = convert(df[column], problems)
+    problems.raise_if_any()
     return out.reset_index(drop=True)
 
 
 def _keyed_table(df: pd.DataFrame, origin: str, key: str, required: Iterable[str]
-                 ) -> pd.DataFrame:
+                 ) -> tuple[Problems, pd.DataFrame]:
     """A copy of a side table with its rows, columns and unique ids checked."""
-    require_rows(df, origin)
-    require_columns(df, required, origin)
+    problems = _begin(df, required, origin)
     out = df.copy()
-    out[key] = coerce_ids(df[key], origin)
-    unique_ids(out[key], origin)
-    return out
+    if key in df.columns:
+        out[key] = _ids(df[key], problems)
+        problems.check(key, "duplicate ids", out[key].duplicated() & out[key].notna(),
+                       out[key])
+    return problems, out
 
 
 def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
-    out = _keyed_table(df, origin, ITEM, ITEM_REQUIRED)
+    problems, out = _keyed_table(df, origin, ITEM, ITEM_REQUIRED)
     for col in (TITLE, TEXT, CATEGORY, REGION):
         if col in out.columns:
-            out[col] = coerce_text(out[col], origin)
-    blank = (out[TITLE].isna() | (out[TITLE].fillna("").str.strip() == "")).to_numpy(bool)
-    if blank.any():
-        fail(origin, TITLE, "null or empty titles", blank)
+            out[col] = _text(out[col], problems)
+    if TITLE in out.columns:  # an undecodable title is reported once, as such
+        empty = (out[TITLE].str.strip() == "").fillna(False).to_numpy(bool)
+        problems.check(TITLE, "null or empty titles", df[TITLE].isna().to_numpy() | empty)
     if CREATED_TS in out.columns:
-        out[CREATED_TS] = coerce_timestamp(out[CREATED_TS], origin, allow_null=True)
+        out[CREATED_TS] = _timestamp(out[CREATED_TS], problems, allow_null=True)
     if TAGS in out.columns:
-        out[TAGS] = _coerce_tag_lists(out[TAGS], origin)
+        out[TAGS] = _tag_lists(out[TAGS], problems)
+    problems.raise_if_any()
     return out.reset_index(drop=True)
 
 
 def validate_users(df: pd.DataFrame, origin: str) -> pd.DataFrame:
-    out = _keyed_table(df, origin, USER, USER_REQUIRED)
+    problems, out = _keyed_table(df, origin, USER, USER_REQUIRED)
     if REGION in out.columns:
-        out[REGION] = coerce_text(out[REGION], origin)
+        out[REGION] = _text(out[REGION], problems)
+    problems.raise_if_any()
     return out.reset_index(drop=True)
 
 
-def _coerce_tag_lists(series: pd.Series, origin: str) -> pd.Series:
-    """Tags as lists of strings; a null becomes an empty list."""
-    def as_list(v: object) -> list[str]:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return []
-        if isinstance(v, str):
-            return [v]
-        return [str(t) for t in v]  # type: ignore[union-attr]
+def _tag_list(value: object) -> list[str] | None:
+    """Tags as a list of strings (a null: none, a string: one); None when not tags."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Iterable):
+        return [str(t) for t in value]
+    return None
 
-    try:
-        return pd.Series([as_list(v) for v in series], index=series.index, name=series.name)
-    except TypeError:
-        bad = np.array([not (v is None or isinstance(v, (str, list, np.ndarray, float)))
-                        for v in series])
-        fail(origin, TAGS, "tags must be lists of strings", bad, series)
-        raise
+
+def _tag_lists(series: pd.Series, problems: Problems) -> pd.Series:
+    lists = [_tag_list(v) for v in series]
+    bad = np.array([tags is None for tags in lists], bool)
+    problems.check(_name(series), "tags must be lists of strings", bad, series)
+    return pd.Series([tags or [] for tags in lists], index=series.index, name=series.name)
 
 
 def harmonise_id_types(*columns: tuple[pd.DataFrame, str]) -> None:

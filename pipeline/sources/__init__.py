@@ -15,7 +15,11 @@ from pipeline.config import Config, FilesSource, MovieLens100kSource, SyntheticS
 
 @dataclass
 class RawTables:
-    """Tables as a source produced them, each with its origin (file path or generator)."""
+    """Tables as a source produced them, each with its origin (file path or generator).
+
+    A mapped file's origin is a ``schema.Origin``: still its path, and also its own names
+    for the contract's columns, which validation errors then use.
+    """
 
     interactions: list[tuple[str, pd.DataFrame]]
     items: tuple[str, pd.DataFrame] | None = None

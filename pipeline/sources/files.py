@@ -134,35 +134,40 @@ def matching_files(path: Path) -> list[Path]:
 
 
 def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
-    """Each file of the spec as its own table, so errors name the partition; logs
-    without time get row order (across the files, in name order) as time."""
-    tables, offset = [], 0
+    """Each file of the spec as its own table, so errors name the partition. A log
+    without time gets one timestamp (the Unix epoch) for every event: the file's row
+    order, usually by user and item id, is no order of events (``pipeline.ordering``)."""
+    tables = []
     for path in matching_files(spec.path):
-        origin = str(path)
+        # The origin carries the mapping and time unit: validation names the file's own
+        # columns and parses time as configured, reporting every problem together.
+        origin = S.Origin(str(path), spec.columns, spec.ts_unit)
         df = _mapped(read_any(path, _text_sources(spec.columns)), spec.columns, path)
         if S.TS not in df.columns:
-            df[S.TS] = pd.to_datetime(np.arange(offset, offset + len(df)), unit="s")
-        elif spec.ts_unit is not None:
-            df[S.TS] = S.coerce_timestamp(df[S.TS], origin, spec.ts_unit)
+            df[S.TS] = pd.Timestamp(0).as_unit("us")
         if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant
             df[S.EVENT] = spec.event
         if S.WEIGHT not in df.columns:
             df[S.WEIGHT] = 1.0
         tables.append((origin, df))
-        offset += len(df)
     return tables
 
 
 def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
     df = _mapped(read_any(spec.path, _text_sources(spec.columns)), spec.columns, spec.path)
-    return str(spec.path), _split_lists(df, spec.list_columns)
+    return S.Origin(str(spec.path), spec.columns), _split_lists(df, spec.list_columns)
 
 
 def load_files(src: FilesSource) -> RawTables:
     notes = []
     interactions = [table for spec in src.interactions for table in _interactions(spec)]
-    if any(S.TS not in spec.columns for spec in src.interactions):
-        notes.append("some interaction files have no timestamp: row order used as time")
+    untimed = [str(spec.path) for spec in src.interactions if S.TS not in spec.columns]
+    if untimed and len(untimed) < len(src.interactions):
+        notes.append(f"{', '.join(untimed)}: no timestamp mapped, so their events are dated "
+                     "1970-01-01, before every timed event; map a time column to each file")
+    elif untimed:
+        notes.append("no timestamp mapped: the log has no time (one timestamp for every "
+                     "event), so the split is random per user and nothing reads event order")
     return RawTables(
         interactions=interactions,
         items=_table(src.items) if src.items else None,

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.config import FilesSource, load_config
 from pipeline.runner import run_stage
-from pipeline.schema import DataError
+from pipeline.schema import DataError, validate_interactions
 from pipeline.sources.files import load_files
 from pipeline.stages.ingest import validated_tables
 
@@ -58,13 +58,24 @@ def load(source: dict, unknown_ids: str = "error"):
     return validated_tables(raw, unknown_ids)
 
 
+# The files' own names for the contract's columns (the same in every test file).
+OWN_NAMES = {**INTERACTION_COLUMNS, **ITEM_COLUMNS, **USER_COLUMNS}
+
+
+def column_named(column: str) -> str:
+    """How a message names a contract column: the file's name, the contract's in brackets."""
+    own = OWN_NAMES.get(column, column)
+    return f"column '{own}'" if own == column else f"column '{own}' ({column})"
+
+
 def assert_names(err: pytest.ExceptionInfo[DataError], origin: Path, column: str | None,
                  rows: str | None, *fragments: str) -> str:
-    """The message starts with the file, names the column and the first offending rows."""
+    """The message starts with the file, names the column (the file's own name) and the
+    first offending rows."""
     msg = str(err.value)
     assert msg.startswith(f"{origin}: "), msg
     if column is not None:
-        assert f"column '{column}'" in msg, msg
+        assert column_named(column) in msg, msg
     if rows is not None:
         assert f"data row(s) {rows}" in msg or f"data row {rows}" in msg, msg
     for fragment in fragments:
@@ -374,6 +385,66 @@ def test_error_names_the_failing_file_among_several(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load(spec([good, bad]))
     assert_names(err, bad, "weight", "2")
+
+
+# ------------------------------------------------------------------ every problem at once
+def test_three_problems_in_one_file_are_reported_together(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n,11,1700000001,1\n"
+                                     "3,10,soon,1\n4,10,1700000003,lots\n5,11,later,2\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    msg = assert_names(err, log, None, None, "3 problems")
+    lines = msg.splitlines()
+    assert len(lines) == 4, msg  # a heading, then one line per problem
+    assert lines[1].strip() == "column 'u' (user_id): null values: 1 row(s), first at data row(s) 2"
+    assert lines[2].strip() == ("column 't' (ts): unparsable timestamp (expected s): 2 row(s), "
+                                "first at data row(s) 3, 5 (values 'soon', 'later')")
+    assert lines[3].strip() == ("column 'w' (weight): weight must be a finite number: 1 row(s), "
+                                "first at data row(s) 4 (values 'lots')")
+
+
+def test_items_problems_are_reported_together(tmp_path: Path) -> None:
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"i": [10, 11, 10, 12], "title": ["A", " ", "C", "D"],
+                             "released": ["2020-01-01", None, "someday", "2021-05-01"],
+                             "genres": [3, 1, 4, 1]}), items)  # codes, not tag lists
+    src = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    src["items"]["columns"] = {**ITEM_COLUMNS, "created_ts": "released", "tags": "genres"}
+    with pytest.raises(DataError) as err:
+        load(src)
+    msg = assert_names(err, items, None, None, "4 problems")
+    for fragment in ("column 'i' (item_id): duplicate ids: 1 row(s), first at data row(s) 3",
+                     "column 'title': null or empty titles: 1 row(s), first at data row(s) 2",
+                     "column 'released' (created_ts): unparsable timestamp",
+                     "column 'genres' (tags): tags must be lists of strings: 4 row(s)"):
+        assert fragment in msg, msg
+
+
+def test_unmapped_required_column_is_reported_with_the_other_problems(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.csv", "i,title\n10,A\n10,B\n")
+    src = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    src["items"]["columns"] = {"item_id": "i"}  # no title
+    with pytest.raises(DataError) as err:
+        load(src)
+    assert_names(err, items, "item_id", "2", "2 problems", "missing required column(s) "
+                 "['title'] (not mapped in the source's columns)", "duplicate ids")
+
+
+def test_explicit_time_unit_does_not_hide_other_problems(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n2,11,x1,-\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log, ts_unit="s"))
+    assert_names(err, log, "ts", "2", "2 problems", "unparsable timestamp (expected s)",
+                 "column 'w' (weight): weight must be a finite number")
+
+
+def test_tables_not_from_files_keep_contract_names() -> None:
+    df = pd.DataFrame({"user_id": [1, 2], "item_id": [10, 11], "ts": ["2024-01-01", "x"],
+                       "event": ["click"] * 2, "weight": [1.0, 1.0]})
+    with pytest.raises(DataError) as err:
+        validate_interactions(df, "synthetic generator")
+    assert str(err.value) == ("synthetic generator: column 'ts': unparsable timestamp "
+                              "(expected iso): 1 row(s), first at data row(s) 2 (values 'x')")
 
 
 # ------------------------------------------------------------------ nothing is written

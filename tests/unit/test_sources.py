@@ -122,18 +122,36 @@ def test_movielens_latest_parquet_ratings(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(got, expected)
 
 
-def test_file_without_ts_uses_row_order_with_a_note(tmp_path: Path) -> None:
+def test_file_without_ts_is_dated_once_with_a_note(tmp_path: Path) -> None:
+    """No timestamp mapped: every event of the file at the epoch, not the file's row order
+    as time (which would make each user's latest items their highest ids); a log mixing
+    such a file with timed ones is warned about by name."""
     plays = tmp_path / "plays.csv"
     plays.write_text("userId,movieId,count\n3,2,5\n1,4973,1\n2,1,2\n")
     extra = [{"path": str(plays), "event": "play",
               "columns": {"user_id": "userId", "item_id": "movieId", "weight": "count"}}]
     raw, interactions, *_ = load(ml_latest(extra=extra))
-    assert any("row order" in note for note in raw.notes)
+    assert any(str(plays) in note and "1970-01-01" in note for note in raw.notes)
     played = interactions[interactions["event"] == "play"]
     assert played[["user_id", "item_id"]].values.tolist() == [[3, 2], [1, 4973], [2, 1]]
     assert played["weight"].tolist() == [5.0, 1.0, 2.0]
-    assert played["ts"].is_monotonic_increasing and played["ts"].is_unique
-    assert played["ts"].tolist() == seconds(0, 1, 2)
+    assert (played["ts"] == pd.Timestamp(0)).all()
+
+    alone = {"kind": "files", "interactions": extra}
+    raw, interactions, *_ = load(alone)
+    assert any("the log has no time" in note for note in raw.notes)
+    assert interactions["ts"].nunique() == 1
+
+
+def test_bad_values_are_named_by_the_file_own_column(tmp_path: Path) -> None:
+    ratings = (ML_LATEST / "hand-written-ratings.csv").read_text().splitlines()
+    ratings[2] = ratings[2].rsplit(",", 1)[0] + ",abc"
+    (tmp_path / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    with pytest.raises(DataError) as err:
+        load(ml_latest(tmp_path / "ratings.csv"))
+    assert str(err.value) == (f"{tmp_path / 'ratings.csv'}: column 'timestamp' (ts): "
+                              "unparsable timestamp (expected s): 1 row(s), first at data "
+                              "row(s) 2 (values 'abc')")
 
 
 def test_movielens_latest_ingest_writes_contract_types(tmp_path: Path) -> None:
