@@ -21,18 +21,22 @@ from models.base import RecallChannel
 @dataclass(frozen=True)
 class Registered:
     """``path``: ``module:Class``; ``quota``: default recommendation slots; a
-    ``search_quota`` makes it a default search channel, placed by ``search_order``."""
+    ``search_quota`` makes it a default search channel, placed by ``search_order``;
+    ``uses_order``: it learns from the order of events, so a run over a log without
+    time leaves it out (``pipeline.ordering``)."""
 
     path: str
     quota: int
     search_quota: int | None = None
     search_order: int = 0
+    uses_order: bool = False
 
 
 CHANNELS: dict[str, Registered] = {
-    "sequence": Registered("models.recall.sequence:SequenceChannel", 80),
+    "sequence": Registered("models.recall.sequence:SequenceChannel", 80, uses_order=True),
     "cooccurrence": Registered("models.recall.cooccurrence:CooccurrenceChannel", 80, 50, 3),
     "embedding": Registered("models.recall.embedding:EmbeddingChannel", 80, 50, 4),
+    "ease": Registered("models.recall.ease:EaseChannel", 40),
     "text_embedding": Registered("models.recall.text_embedding:TextEmbeddingChannel",
                                  20, 100, 2),
     "inverted_index": Registered("models.recall.inverted_index:InvertedIndexChannel",
@@ -40,7 +44,7 @@ CHANNELS: dict[str, Registered] = {
     "preference": Registered("models.recall.preference:PreferenceChannel", 40),
     "geography": Registered("models.recall.geography:GeographyChannel", 20),
     "popularity": Registered("models.recall.popularity:PopularityChannel", 30, 50, 5),
-    "trending": Registered("models.recall.popularity:TrendingChannel", 30),
+    "trending": Registered("models.recall.popularity:TrendingChannel", 30, uses_order=True),
 }
 
 

@@ -61,7 +61,8 @@ def test_channel_settings_merge_key_by_key_and_null_drops_a_channel() -> None:
         "recall.channels.sequence.quota=5", "recall.channels.sequence.params.max_len=20",
         "recall.channels.text_embedding=null"])
     sequence = cfg.recall.channels["sequence"]
-    assert (sequence.quota, sequence.params) == (5, {"patience": 2, "max_len": 20})
+    assert (sequence.quota, sequence.params) == (5, {"patience": 2, "blocks": 1, "lr": 0.006,
+                                                     "max_len": 20})
     assert "text_embedding" not in cfg.recall.channels
     assert "text_embedding" not in cfg.recall.search_channels  # its default goes with it
     assert "inverted_index" in cfg.recall.search_channels

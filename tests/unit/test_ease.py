@@ -1,0 +1,127 @@
+"""The EASE channel against a plain numpy EASE (Steck's closed form with ``np.linalg.inv``),
+its restriction to the most used items, its lambda tuning and its place in the config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.base import HeldOut
+from models.recall import ease
+from models.recall.ease import EaseChannel
+from tests.conftest import recall_data_from_matrix, tiny_config
+from tests.unit.recall_contract import checkerboard, checkerboard_data, planted_held_out
+
+
+def reference_ease(dense: np.ndarray, lambda_: float) -> np.ndarray:
+    """Steck's listing: P = (X^T X + lambda I)^-1, B = P / -diag(P), diag(B) = 0."""
+    x = (np.asarray(dense) > 0).astype(np.float64)
+    p = np.linalg.inv(x.T @ x + lambda_ * np.eye(x.shape[1]))
+    b = p / -np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def random_history(n_users: int, n_items: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < 0.3).astype(np.float32)
+    dense[np.arange(n_items) % n_users, np.arange(n_items)] = 1  # every item used
+    return dense
+
+
+@pytest.mark.parametrize("block_cells", [1 << 24, 7])  # one block; many, ragged blocks
+def test_weights_match_a_plain_numpy_ease(monkeypatch: pytest.MonkeyPatch,
+                                          block_cells: int) -> None:
+    monkeypatch.setattr(ease, "_BLOCK_CELLS", block_cells)
+    dense = random_history(30, 9, seed=1)
+    data = recall_data_from_matrix(dense)
+    channel = EaseChannel(lambda_=3.0).fit(data)
+    expected = reference_ease(dense, 3.0)
+    assert channel.weights.dtype == np.float32
+    np.testing.assert_array_equal(channel.kept, np.arange(9))
+    np.testing.assert_allclose(channel.weights, expected, rtol=1e-5, atol=1e-6)
+    assert (np.diag(channel.weights) == 0).all()
+    scores = np.where(dense.any(axis=1)[:, None], dense @ expected, -np.inf)  # empty: none
+    assert np.isneginf(scores).any()
+    users = data.user_index.encode(np.arange(30))  # the user without items is coded last
+    np.testing.assert_allclose(channel.score(data, users), scores, rtol=1e-4, atol=1e-5)
+
+
+def test_by_hand_on_two_items() -> None:
+    # Both of 2 users used items 0 and 1: G = [[2, 2], [2, 2]], lambda = 1.
+    # P = inv([[3, 2], [2, 3]]) = [[3, -2], [-2, 3]] / 5, so B_01 = -P_01 / P_11 = 2 / 3.
+    data = recall_data_from_matrix(np.ones((2, 2)))
+    weights = EaseChannel(lambda_=1.0).fit(data).weights
+    np.testing.assert_allclose(weights, [[0, 2 / 3], [2 / 3, 0]], rtol=1e-6)
+
+
+def test_restricted_to_the_most_used_items(caplog: pytest.LogCaptureFixture) -> None:
+    # users per item: 5, 1, 4, 0, 3, 2; with max_items=3 the solve keeps items 0, 2, 4.
+    dense = np.zeros((6, 6), np.float32)
+    for item, n_users in enumerate([5, 1, 4, 0, 3, 2]):
+        dense[:n_users, item] = 1
+    dense[5] = 0
+    dense[5, 1] = 1  # user 5 used only item 1, outside the solve
+    data = recall_data_from_matrix(dense)
+    with caplog.at_level(logging.INFO, logger="models.recall.ease"):
+        channel = EaseChannel(lambda_=2.0, max_items=3).fit(data)
+    assert sum("max_items" in r.getMessage() for r in caplog.records) == 1
+    kept = np.array([0, 2, 4])
+    np.testing.assert_array_equal(channel.kept, kept)
+    np.testing.assert_allclose(channel.weights, reference_ease(dense[:, kept], 2.0),
+                               rtol=1e-5, atol=1e-6)
+    scores = channel.score(data, np.arange(6))
+    assert np.isfinite(scores[:5][:, kept]).all()
+    assert np.isneginf(np.delete(scores, kept, axis=1)).all()
+    assert np.isneginf(scores[5]).all(), "no fitted item in the solve: nothing"
+    top = channel.retrieve(data, np.arange(6), 6, exclude_seen=False)
+    assert set(top.items[top.items >= 0].tolist()) <= set(kept.tolist())
+
+
+def test_items_nobody_fitted_on_are_never_scored() -> None:
+    dense = np.array([[1, 0, 1], [1, 0, 1], [0, 0, 1]], np.float32)
+    channel = EaseChannel(lambda_=1.0).fit(recall_data_from_matrix(dense))
+    np.testing.assert_array_equal(channel.kept, [0, 2])
+    assert np.isneginf(channel.score(recall_data_from_matrix(dense), np.arange(3))[:, 1]).all()
+
+
+def test_tuning_walks_the_grid_up_and_stops_at_the_first_loss() -> None:
+    dense = checkerboard()
+    data = checkerboard_data(dense)
+    grid = [0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0]
+    channel = EaseChannel(grid=grid).fit(data, planted_held_out(dense))
+    trace = channel.trace
+    values = [entry["ndcg@10"] for entry in trace]
+    assert [entry["lambda_"] for entry in trace] == grid[:len(trace)]
+    best = int(np.argmax(values))  # the first of equals
+    assert channel.tuned() == {"lambda_": grid[best]}
+    assert len(trace) == len(grid) or values[-1] <= values[best] and len(trace) == best + 2
+    np.testing.assert_array_equal(channel.weights, EaseChannel(lambda_=grid[best]).fit(
+        data).weights)
+
+
+def test_no_usable_held_out_pair_or_an_empty_grid_keeps_lambda() -> None:
+    data = recall_data_from_matrix(np.ones((2, 2)))
+    for channel, held_out in [(EaseChannel(lambda_=1.0), HeldOut(np.array([-1]), np.array([0]))),
+                              (EaseChannel(lambda_=1.0, grid=[]), HeldOut(np.array([0]),
+                                                                          np.array([1])))]:
+        channel.fit(data, held_out)
+        assert channel.tuned() == {} and channel.trace == []
+        np.testing.assert_allclose(channel.weights, [[0, 2 / 3], [2 / 3, 0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"lambda_": 0.0}, {"grid": [10.0, -1.0]}, {"max_items": 0}])
+def test_bad_settings_fail_at_construction(bad: dict) -> None:
+    with pytest.raises(ValueError, match="ease"):
+        EaseChannel(**bad)
+
+
+def test_on_by_default_and_dropped_by_null(tmp_path: Path) -> None:
+    assert tiny_config(tmp_path).recall.channels["ease"].quota == 40
+    dropped = tiny_config(tmp_path, recall={"channels": {"ease": None}})
+    assert "ease" not in dropped.recall.channels
+    with pytest.raises(ValueError, match="no parameter"):
+        tiny_config(tmp_path, recall={"channels": {"ease": {"params": {"lambda": 5}}}})
