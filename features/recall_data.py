@@ -7,6 +7,7 @@ labels), so a channel fitted on it cannot see the period it is evaluated on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ import scipy.sparse as sp
 
 from features.interactions import IdIndex, interaction_matrix
 
-SECONDS_PER_DAY = 86_400  # timestamps are unix seconds; half-lives and ages are in days
+SECONDS_PER_DAY = 86_400  # timestamps are unix seconds; half-lives set in days
 _SECOND = np.timedelta64(1, "s")
 
 
@@ -42,6 +43,12 @@ class RecallData:
     @property
     def n_items(self) -> int:
         return len(self.item_index)
+
+    @cached_property
+    def span(self) -> int:
+        """Seconds from the first fitting event to ``now``: the scale half-lives given as
+        shares of the log are measured in (0 for a log without time)."""
+        return int(self.now - self.log["ts"].min()) if len(self.log) else 0
 
 
 def to_seconds(ts: pd.Series) -> np.ndarray:

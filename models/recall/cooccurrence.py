@@ -7,7 +7,8 @@ Computed in blocks of items and pruned to each item's ``neighbours`` best, so th
 item matrix stays sparse (memory ~ items x neighbours).
 
 A user's score for j is long_weight * sum_i decay(i) s(i, j) over their whole history,
-where decay(i) = 2^(-age_i / half_life_days) (1 when half_life_days is 0), plus
+where decay(i) = 2^(-age_i / half-life) (``half_life_days``, or ``half_life_share`` of
+the log's span; 1 when both are 0), plus
 recent_weight * sum s(i, j) over their ``recent_items`` latest items: long-term and
 real-time behaviour, weighed separately.
 """
@@ -19,7 +20,7 @@ import scipy.sparse as sp
 
 from features.recall_data import RecallData
 from models.base import HeldOut, SparseScoreChannel
-from models.recall.weights import prune_rows, seed_weights
+from models.recall.weights import half_life, prune_rows, seed_weights
 
 _BLOCK_CELLS = 1 << 24
 
@@ -49,10 +50,12 @@ class CooccurrenceChannel(SparseScoreChannel):
     name = "cooccurrence"
     state = ("similarity",)
 
-    def __init__(self, neighbours: int = 200, iuf: bool = True, half_life_days: float = 0.0,
+    def __init__(self, neighbours: int = 200, iuf: bool = True,
+                 half_life_days: float | None = None, half_life_share: float = 0.0,
                  recent_items: int = 5, recent_weight: float = 1.0,
                  long_weight: float = 1.0) -> None:
         self.params = {"neighbours": neighbours, "iuf": iuf, "half_life_days": half_life_days,
+                       "half_life_share": half_life_share,
                        "recent_items": recent_items, "recent_weight": recent_weight,
                        "long_weight": long_weight}
         self.similarity: sp.csr_matrix | None = None
@@ -65,6 +68,7 @@ class CooccurrenceChannel(SparseScoreChannel):
     def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         self._require_fitted()
         p = self.params
-        seeds = seed_weights(data, users, p["half_life_days"], p["recent_items"],
-                             p["recent_weight"], p["long_weight"])
+        seeds = seed_weights(data, users,
+                             half_life(data, p["half_life_days"], p["half_life_share"]),
+                             p["recent_items"], p["recent_weight"], p["long_weight"])
         return seeds @ self.similarity

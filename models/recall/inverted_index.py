@@ -43,7 +43,7 @@ from features.recall_data import RecallData
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK
 from models.bm25 import BM25Index, bm25_weights
 from models.recall.analysers import fold, get_analyser
-from models.recall.weights import prune_rows, seed_weights
+from models.recall.weights import half_life, prune_rows, seed_weights
 
 # item column -> attribute term prefix
 ATTRIBUTES = {"category": "category", "tags": "tag", "region": "region"}
@@ -75,8 +75,9 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     - ``attributes``: item columns indexed as whole-value ``prefix:value`` terms
       (category -> ``category:``, tags -> ``tag:``, region -> ``region:``).
     - ``profile_terms``: terms and attributes kept in a user's profile.
-    - ``half_life_days``: 0 weighs every fitted item alike in the profile; > 0 weighs each
-      event 2^(-age / half-life), so recent items dominate.
+    - ``half_life_days`` (or else ``half_life_share`` of the log's span): 0 weighs every
+      fitted item alike in the profile; > 0 weighs each event 2^(-age / half-life), so
+      recent items dominate.
     - ``dense_df``, ``max_dense_terms``: terms in more than this share of items (at most
       this many) get a dense row in the top-k engine (speed against memory).
     - ``batch``: queries (or users) per engine call in ``retrieve``.
@@ -88,7 +89,8 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     def __init__(self, k1: float = 1.2, b: float = 0.75, analyser: str = "standard",
                  text_fields: Iterable[str] = ("title", "text", "tags"),
                  attributes: Iterable[str] = ("category", "tags", "region"),
-                 profile_terms: int = 30, half_life_days: float = 0.0,
+                 profile_terms: int = 30, half_life_days: float | None = None,
+                 half_life_share: float = 0.0,
                  dense_df: float = 0.03, max_dense_terms: int = 192, batch: int = 512) -> None:
         get_analyser(analyser)  # fail early on an unknown name
         unknown = sorted(set(attributes) - set(ATTRIBUTES))
@@ -96,7 +98,8 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
             raise KeyError(f"unknown attribute column(s) {unknown}; known: {sorted(ATTRIBUTES)}")
         self.params = {"k1": k1, "b": b, "analyser": analyser, "text_fields": list(text_fields),
                        "attributes": list(attributes), "profile_terms": profile_terms,
-                       "half_life_days": half_life_days, "dense_df": dense_df,
+                       "half_life_days": half_life_days, "half_life_share": half_life_share,
+                       "dense_df": dense_df,
                        "max_dense_terms": max_dense_terms, "batch": batch}
         self.vocab: dict[str, int] | None = None
         self.index: BM25Index | None = None
@@ -175,7 +178,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         if self._item_terms is None:
             self._item_terms = index.weights.T.tocsr()
         users = np.asarray(users, np.int64)
-        hl = self.params["half_life_days"]
+        hl = half_life(data, self.params["half_life_days"], self.params["half_life_share"])
         if hl > 0:
             seen = seed_weights(data, users, hl, recent_items=0, recent_weight=0.0,
                                 long_weight=1.0)

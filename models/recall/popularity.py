@@ -7,28 +7,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.recall_data import SECONDS_PER_DAY, RecallData
+from features.recall_data import RecallData
 from models.base import HeldOut, RecallChannel, TopK, top_k_shared
+from models.recall.weights import decay, half_life
 
 
 class PopularityChannel(RecallChannel):
-    """``half_life_days`` = 0: all-time counts; > 0: each event weighs 2^(-age / half-life)."""
+    """All-time counts, or each event weighed 2^(-age / half-life) with a half-life of
+    ``half_life_days``, or else ``half_life_share`` of the log's span (0: all-time)."""
 
     name = "popularity"
     state = ("counts",)
 
-    def __init__(self, half_life_days: float = 0.0) -> None:
-        self.params = {"half_life_days": half_life_days}
+    def __init__(self, half_life_days: float | None = None, half_life_share: float = 0.0
+                 ) -> None:
+        self.params = {"half_life_days": half_life_days, "half_life_share": half_life_share}
         self.counts: np.ndarray | None = None
 
     def fit(self, data: RecallData, held_out: HeldOut | None = None) -> PopularityChannel:
         log = data.log
-        half_life_days = self.params["half_life_days"]
-        if half_life_days > 0:
-            age_days = (data.now - log["ts"].to_numpy()) / SECONDS_PER_DAY
-            weight = np.exp2(-age_days / half_life_days)
-        else:
-            weight = np.ones(len(log))
+        p = self.params
+        weight = decay(data, log["ts"].to_numpy(),
+                       half_life(data, p["half_life_days"], p["half_life_share"]))
         self.counts = np.bincount(log["item"].to_numpy(), weights=weight,
                                   minlength=data.n_items).astype(np.float32)
         return self
@@ -49,9 +49,11 @@ class PopularityChannel(RecallChannel):
 
 
 class TrendingChannel(PopularityChannel):
-    """Recent popularity: the same counts with a one-week half-life by default."""
+    """Recent popularity: the same counts with a half-life of 5% of the log's span by
+    default (three days of a two-month log)."""
 
     name = "trending"
 
-    def __init__(self, half_life_days: float = 7.0) -> None:
-        super().__init__(half_life_days)
+    def __init__(self, half_life_days: float | None = None, half_life_share: float = 0.05
+                 ) -> None:
+        super().__init__(half_life_days, half_life_share)

@@ -1,7 +1,8 @@
 """User preference: category and tag affinities, and the best items of those attributes.
 
 A user's affinity for attribute a is the decayed count of their fitted items carrying
-it, normalised to sum to one (decay 2^(-age / half_life_days); none when 0). An item's
+it, normalised to sum to one (decay 2^(-age / half-life): ``half_life_share`` of the
+log's span, or ``half_life_days`` when set; none when 0). An item's
 standing within a is its popularity divided by the most popular item of a. The score of
 item j is sum_a affinity(u, a) * carries(j, a) * standing(j, a): popular items of the
 categories and tags the user keeps coming back to.
@@ -19,16 +20,16 @@ import scipy.sparse as sp
 from features.attributes import attribute_matrix
 from features.recall_data import RecallData
 from models.base import HeldOut, SparseScoreChannel
-from models.recall.weights import prune_rows, seed_weights
+from models.recall.weights import half_life, prune_rows, seed_weights
 
 
 class PreferenceChannel(SparseScoreChannel):
     name = "preference"
     state = ("attributes", "item_terms")
 
-    def __init__(self, half_life_days: float = 30.0, items_per_attribute: int = 300,
-                 top_attributes: int = 20) -> None:
-        self.params = {"half_life_days": half_life_days,
+    def __init__(self, half_life_days: float | None = None, half_life_share: float = 0.25,
+                 items_per_attribute: int = 300, top_attributes: int = 20) -> None:
+        self.params = {"half_life_days": half_life_days, "half_life_share": half_life_share,
                        "items_per_attribute": items_per_attribute,
                        "top_attributes": top_attributes}
         self.attributes: sp.csr_matrix | None = None
@@ -48,8 +49,10 @@ class PreferenceChannel(SparseScoreChannel):
 
     def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         self._require_fitted()
-        seeds = seed_weights(data, users, self.params["half_life_days"], recent_items=0,
-                             recent_weight=0.0, long_weight=1.0)
+        p = self.params
+        seeds = seed_weights(data, users, half_life(data, p["half_life_days"],
+                                                    p["half_life_share"]),
+                             recent_items=0, recent_weight=0.0, long_weight=1.0)
         affinity = prune_rows(seeds @ self.attributes, self.params["top_attributes"])
         totals = np.asarray(affinity.sum(axis=1)).ravel()
         affinity = sp.diags(np.divide(1.0, totals, out=np.zeros_like(totals),

@@ -36,7 +36,7 @@ from features.recall_data import RecallData
 from models.ann import EXACT_BELOW, AnnIndex
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK
 from models.recall.item_index import ItemVectorIndex
-from models.recall.weights import seed_weights
+from models.recall.weights import half_life, seed_weights
 
 # Words of two or more letters/digits, and every CJK ideograph on its own (Chinese text is
 # not space-separated, and one character is often a word).
@@ -141,7 +141,8 @@ class TextEmbeddingChannel(ItemVectorIndex, RecallChannel, SearchChannel):
 
     dims: SVD dimensions (capped by items - 1 and terms - 1). min_df, max_df,
     max_features, sublinear_tf, ngram_max: the TF-IDF vocabulary. half_life_days,
-    recent_items, recent_weight, long_weight: the user's item weights (see the module
+    half_life_share, recent_items, recent_weight, long_weight: the user's item weights
+    (``models.recall.weights.seed_weights``; see the module
     docstring). seed: SVD and faiss k-means. threads, exact_below, ann, nlist, nprobe,
     hnsw_m, ef_search: the index (``models.ann.build_index``). batch: rows per query.
     """
@@ -151,7 +152,8 @@ class TextEmbeddingChannel(ItemVectorIndex, RecallChannel, SearchChannel):
 
     def __init__(self, dims: int = 256, min_df: int | float = 1, max_df: float = 1.0,
                  max_features: int | None = 200_000, sublinear_tf: bool = True,
-                 ngram_max: int = 1, half_life_days: float = 0.0, recent_items: int = 0,
+                 ngram_max: int = 1, half_life_days: float | None = None,
+                 half_life_share: float = 0.0, recent_items: int = 0,
                  recent_weight: float = 0.0, long_weight: float = 1.0, seed: int = 42,
                  threads: int = 0, exact_below: int = EXACT_BELOW, ann: str = "ivf",
                  nlist: int = 0, nprobe: int = 0, hnsw_m: int = 32, ef_search: int = 128,
@@ -159,7 +161,8 @@ class TextEmbeddingChannel(ItemVectorIndex, RecallChannel, SearchChannel):
         self.params: dict[str, Any] = {
             "dims": dims, "min_df": min_df, "max_df": max_df, "max_features": max_features,
             "sublinear_tf": sublinear_tf, "ngram_max": ngram_max,
-            "half_life_days": half_life_days, "recent_items": recent_items,
+            "half_life_days": half_life_days, "half_life_share": half_life_share,
+            "recent_items": recent_items,
             "recent_weight": recent_weight, "long_weight": long_weight, "seed": seed,
             "threads": threads, "exact_below": exact_below, "ann": ann, "nlist": nlist,
             "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search, "batch": batch}
@@ -183,7 +186,8 @@ class TextEmbeddingChannel(ItemVectorIndex, RecallChannel, SearchChannel):
         self._require_fitted()
         p = self.params
         users = np.asarray(users, np.int64)
-        weights = seed_weights(data, np.maximum(users, 0), p["half_life_days"],
+        weights = seed_weights(data, np.maximum(users, 0),
+                               half_life(data, p["half_life_days"], p["half_life_share"]),
                                p["recent_items"], p["recent_weight"], p["long_weight"])
         vecs = normalise_rows(np.asarray(weights @ self.item_vecs))
         vecs[users < 0] = 0

@@ -3,9 +3,14 @@
 ``prune_rows`` keeps each row's best entries (co-occurrence neighbours, preference's
 attributes and items, the inverted index's profile terms). ``seed_weights`` says how much
 each of a user's fitted items counts as a seed: every item ``long_weight``, decayed by
-2^(-age / ``half_life_days``) when set, plus ``recent_weight`` for the latest
+2^(-age / half-life) when there is one, plus ``recent_weight`` for the latest
 ``recent_items`` (co-occurrence, preference, text embedding, the inverted index's decayed
 profiles).
+
+Half-lives are set per channel in days or, by default, as a share of the fitting log's
+own span (``half_life``): a fixed 30 days means nothing on a log of two decades (every
+old user's weights underflow to zero) or of two hours (no decay at all). With a share,
+the oldest event weighs 2^(-1 / share) at least, whatever the log's time scale.
 """
 
 from __future__ import annotations
@@ -60,7 +65,20 @@ def _prune_near_bound(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     return sp.csr_matrix((vals[chosen], (rows[chosen], cols[chosen])), shape=m.shape)
 
 
-def seed_weights(data: RecallData, users: np.ndarray, half_life_days: float,
+def half_life(data: RecallData, days: float | None, share: float) -> float:
+    """The half-life in seconds: ``days`` when set, else ``share`` of the log's span
+    (0: no decay)."""
+    return days * SECONDS_PER_DAY if days is not None else share * data.span
+
+
+def decay(data: RecallData, ts: np.ndarray, seconds: float) -> np.ndarray:
+    """2^(-age / half-life) of events at ``ts`` (float64; ones without a half-life)."""
+    if seconds <= 0:
+        return np.ones(len(ts))
+    return np.exp2(-(data.now - ts) / seconds)
+
+
+def seed_weights(data: RecallData, users: np.ndarray, half_life_seconds: float,
                  recent_items: int, recent_weight: float, long_weight: float) -> sp.csr_matrix:
     """Per user, the weight each of their fitted events gives its item (users x items;
     repeated events of one item add up)."""
@@ -72,10 +90,7 @@ def seed_weights(data: RecallData, users: np.ndarray, half_life_days: float,
     offsets = np.cumsum(lengths) - lengths
     pos = np.arange(lengths.sum()) - np.repeat(offsets - starts, lengths)
     ts = log["ts"].to_numpy()[pos]
-    weight = np.full(len(pos), long_weight, np.float32)
-    if half_life_days > 0:
-        weight *= np.exp2(-(data.now - ts) / (half_life_days * SECONDS_PER_DAY)).astype(
-            np.float32)
+    weight = (long_weight * decay(data, ts, half_life_seconds)).astype(np.float32)
     if recent_items > 0 and recent_weight > 0:
         from_end = np.repeat(ends, lengths) - 1 - pos  # log is sorted by (user, ts)
         weight += np.where(from_end < recent_items, recent_weight, 0.0).astype(np.float32)

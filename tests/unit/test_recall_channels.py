@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from models.base import NotFittedError, sparse_row_ranks, top_k, top_k_sparse
 from models.recall import CHANNELS, channel_class
 from models.recall.cooccurrence import CooccurrenceChannel
+from models.recall.ease import EaseChannel
 from models.recall.embedding import EmbeddingChannel
 from models.recall.geography import GeographyChannel
 from models.recall.inverted_index import InvertedIndexChannel
@@ -22,7 +23,13 @@ from models.recall.popularity import PopularityChannel, TrendingChannel
 from models.recall.preference import PreferenceChannel
 from models.recall.sequence import SequenceChannel
 from models.recall.text_embedding import TextEmbeddingChannel
-from models.recall.weights import _prune_near_bound, _prune_ranked, prune_rows, seed_weights
+from models.recall.weights import (
+    _prune_near_bound,
+    _prune_ranked,
+    half_life,
+    prune_rows,
+    seed_weights,
+)
 from tests.conftest import recall_data_from_matrix
 from tests.unit.recall_contract import RecallChannelContract, checkerboard, checkerboard_data
 
@@ -72,6 +79,15 @@ class TestEmbedding(RecallChannelContract):
     def check_refit(self, tuned, refit, choice) -> None:
         assert set(choice) == {"iterations"}
         np.testing.assert_array_equal(refit.item_vecs, tuned.item_vecs)  # the same iterations
+
+
+class TestEase(RecallChannelContract):
+    def make_channel(self) -> EaseChannel:
+        return EaseChannel(lambda_=2.0, grid=[0.5, 2.0, 8.0, 32.0])
+
+    def check_refit(self, tuned, refit, choice) -> None:
+        assert set(choice) == {"lambda_"}
+        np.testing.assert_array_equal(refit.weights, tuned.weights)  # the same lambda
 
 
 class TestSequence(RecallChannelContract):
@@ -185,12 +201,33 @@ def test_seed_weights_decay_by_age_add_recent_and_sum_repeats() -> None:
     ts = np.array([[20 * day, 0, 0], [0, 0, 0]])
     data = recall_data_from_matrix(dense, ts=ts)
     users = np.array([0, 1])
-    decayed = seed_weights(data, users, 10.0, recent_items=0, recent_weight=0.0,
+    decayed = seed_weights(data, users, 10.0 * day, recent_items=0, recent_weight=0.0,
                            long_weight=2.0).toarray()
     np.testing.assert_allclose(decayed, [[2.0, 2.0 * 0.25, 0], [0, 0, 0]], rtol=1e-6)
     recent = seed_weights(data, users, 0.0, recent_items=1, recent_weight=3.0,
                           long_weight=1.0).toarray()
     np.testing.assert_allclose(recent, [[4.0, 1.0, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("unit", [1, 86_400, 20 * 365 * 86_400 // 30])
+def test_half_lives_as_shares_of_the_span_look_the_same_on_any_time_scale(unit: int) -> None:
+    """A log of 30 units (seconds, days, or two decades): the default half-lives are
+    shares of its span, so the weights are the same and never underflow; days set by
+    hand still win."""
+    dense = np.array([[1, 1, 1, 0], [1, 0, 0, 1]])
+    ts = np.array([[0, 15 * unit, 30 * unit, 0], [0, 0, 0, 30 * unit]])
+    data = recall_data_from_matrix(dense, ts=ts)
+    assert data.span == 30 * unit
+    assert half_life(data, None, 0.1) == 3 * unit
+    assert half_life(data, 2.0, 0.1) == 2 * 86_400
+    weights = seed_weights(data, np.array([0, 1]), half_life(data, None, 0.1), 0, 0.0,
+                           1.0).toarray()
+    np.testing.assert_allclose(weights, [[2.0 ** -10, 2.0 ** -5, 1, 0], [2.0 ** -10, 0, 0, 1]],
+                               rtol=1e-6)
+    scores = PreferenceChannel().fit(data).score(data, np.array([0, 1]))
+    assert not np.isnan(scores).any()
+    trend = TrendingChannel().fit(data).counts
+    np.testing.assert_allclose(trend, [2 * 2.0 ** -20, 2.0 ** -10, 1, 1], rtol=1e-5)
 
 
 def test_popularity_ranks_by_user_count_and_skips_unused_items() -> None:
