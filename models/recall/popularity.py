@@ -49,11 +49,11 @@ class PopularityChannel(RecallChannel):
 
 
 class TrendingChannel(PopularityChannel):
-    """Recent popularity: the same counts with a half-life of 5% of the log's span by
-    default (three days of a two-month log)."""
+    """Recent popularity: the same counts with a half-life of 10% of the log's span by
+    default (six days of a two-month log)."""
 
     name = "trending"
 
-    def __init__(self, half_life_days: float | None = None, half_life_share: float = 0.05
+    def __init__(self, half_life_days: float | None = None, half_life_share: float = 0.1
                  ) -> None:
         super().__init__(half_life_days, half_life_share)

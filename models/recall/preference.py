@@ -2,7 +2,9 @@
 
 A user's affinity for attribute a is the decayed count of their fitted items carrying
 it, normalised to sum to one (decay 2^(-age / half-life): ``half_life_share`` of the
-log's span, or ``half_life_days`` when set; none when 0). An item's
+log's span, or ``half_life_days`` when set; none when 0; ages from the user's latest
+event, which the normalisation makes exact and keeps finite for long-gone users). An
+item's
 standing within a is its popularity divided by the most popular item of a. The score of
 item j is sum_a affinity(u, a) * carries(j, a) * standing(j, a): popular items of the
 categories and tags the user keeps coming back to.
@@ -27,7 +29,7 @@ class PreferenceChannel(SparseScoreChannel):
     name = "preference"
     state = ("attributes", "item_terms")
 
-    def __init__(self, half_life_days: float | None = None, half_life_share: float = 0.25,
+    def __init__(self, half_life_days: float | None = None, half_life_share: float = 0.1,
                  items_per_attribute: int = 300, top_attributes: int = 20) -> None:
         self.params = {"half_life_days": half_life_days, "half_life_share": half_life_share,
                        "items_per_attribute": items_per_attribute,
@@ -52,7 +54,8 @@ class PreferenceChannel(SparseScoreChannel):
         p = self.params
         seeds = seed_weights(data, users, half_life(data, p["half_life_days"],
                                                     p["half_life_share"]),
-                             recent_items=0, recent_weight=0.0, long_weight=1.0)
+                             recent_items=0, recent_weight=0.0, long_weight=1.0,
+                             from_latest=True)
         affinity = prune_rows(seeds @ self.attributes, self.params["top_attributes"])
         totals = np.asarray(affinity.sum(axis=1)).ravel()
         affinity = sp.diags(np.divide(1.0, totals, out=np.zeros_like(totals),

@@ -79,9 +79,12 @@ def decay(data: RecallData, ts: np.ndarray, seconds: float) -> np.ndarray:
 
 
 def seed_weights(data: RecallData, users: np.ndarray, half_life_seconds: float,
-                 recent_items: int, recent_weight: float, long_weight: float) -> sp.csr_matrix:
+                 recent_items: int, recent_weight: float, long_weight: float,
+                 from_latest: bool = False) -> sp.csr_matrix:
     """Per user, the weight each of their fitted events gives its item (users x items;
-    repeated events of one item add up)."""
+    repeated events of one item add up). ``from_latest`` measures ages from each user's
+    own latest event instead of ``now``: a per-user scale, exact where the weights are
+    normalised per user, and never all zero for a user whose events are all old."""
     log = data.log
     starts = np.searchsorted(log["user"].to_numpy(), users, side="left")
     ends = np.searchsorted(log["user"].to_numpy(), users, side="right")
@@ -90,6 +93,8 @@ def seed_weights(data: RecallData, users: np.ndarray, half_life_seconds: float,
     offsets = np.cumsum(lengths) - lengths
     pos = np.arange(lengths.sum()) - np.repeat(offsets - starts, lengths)
     ts = log["ts"].to_numpy()[pos]
+    if from_latest and len(pos):
+        ts = ts + (data.now - np.repeat(log["ts"].to_numpy()[np.maximum(ends - 1, 0)], lengths))
     weight = (long_weight * decay(data, ts, half_life_seconds)).astype(np.float32)
     if recent_items > 0 and recent_weight > 0:
         from_end = np.repeat(ends, lengths) - 1 - pos  # log is sorted by (user, ts)

@@ -214,9 +214,10 @@ def test_half_lives_as_shares_of_the_span_look_the_same_on_any_time_scale(unit: 
     """A log of 30 units (seconds, days, or two decades): the default half-lives are
     shares of its span, so the weights are the same and never underflow; days set by
     hand still win."""
-    dense = np.array([[1, 1, 1, 0], [1, 0, 0, 1]])
-    ts = np.array([[0, 15 * unit, 30 * unit, 0], [0, 0, 0, 30 * unit]])
-    data = recall_data_from_matrix(dense, ts=ts)
+    dense = np.array([[1, 1, 1, 0], [1, 0, 0, 1], [0, 1, 0, 0]])
+    ts = np.array([[0, 15 * unit, 30 * unit, 0], [0, 0, 0, 30 * unit], [0, 0, 0, 0]])
+    items = pd.DataFrame({"item_id": range(4), "title": list("abcd"), "category": list("xxyy")})
+    data = recall_data_from_matrix(dense, ts=ts, items=items)
     assert data.span == 30 * unit
     assert half_life(data, None, 0.1) == 3 * unit
     assert half_life(data, 2.0, 0.1) == 2 * 86_400
@@ -224,10 +225,12 @@ def test_half_lives_as_shares_of_the_span_look_the_same_on_any_time_scale(unit: 
                            1.0).toarray()
     np.testing.assert_allclose(weights, [[2.0 ** -10, 2.0 ** -5, 1, 0], [2.0 ** -10, 0, 0, 1]],
                                rtol=1e-6)
-    scores = PreferenceChannel().fit(data).score(data, np.array([0, 1]))
-    assert not np.isnan(scores).any()
+    for channel in (PreferenceChannel(), PreferenceChannel(half_life_days=1.0)):
+        scores = channel.fit(data).score(data, np.array([0, 1, 2]))  # user 2's are all old
+        assert not np.isnan(scores).any() and np.isfinite(scores[2, [0, 1]]).all()
+        channel.retrieve(data, np.array([0, 1, 2]), 4)  # the shared checks pass
     trend = TrendingChannel().fit(data).counts
-    np.testing.assert_allclose(trend, [2 * 2.0 ** -20, 2.0 ** -10, 1, 1], rtol=1e-5)
+    np.testing.assert_allclose(trend, [2 * 2.0 ** -10, 2.0 ** -5 + 2.0 ** -10, 1, 1], rtol=1e-5)
 
 
 def test_popularity_ranks_by_user_count_and_skips_unused_items() -> None:
