@@ -114,9 +114,13 @@ class IngestConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    strategy: Literal["ratio", "leave_last", "time"] = "ratio"
-    valid_fraction: float = Field(0.1, gt=0, lt=0.5, description="ratio: share per user")
-    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="ratio: share per user")
+    strategy: Literal["auto", "ratio", "leave_last", "time", "random"] = Field(
+        "auto", description="auto: random for a log without time, else ratio (see "
+        "pipeline.splitting)")
+    valid_fraction: float = Field(0.1, gt=0, lt=0.5, description="ratio, random: share per "
+                                  "user")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="ratio, random: share per "
+                                 "user")
     min_interactions: int = Field(3, ge=3, description="users with fewer stay wholly in train")
     valid_start: str | None = Field(None, description="time: first valid timestamp (ISO)")
     test_start: str | None = Field(None, description="time: first test timestamp (ISO)")

@@ -19,6 +19,7 @@ from pipeline.catalogue import STAGE_NAMES, StageIO, config_sections, get_stage,
 from pipeline.config import Config
 from pipeline.dependencies import code_hashes
 from pipeline.io import MANIFEST, atomic_folder, file_hash, library_versions, write_manifest
+from pipeline.ordering import order_free
 
 log = logging.getLogger("pipeline")
 
@@ -77,6 +78,17 @@ def up_to_date(cfg: Config, name: str) -> bool:
                                                                  default=str)))
 
 
+def stage_config(cfg: Config, name: str) -> Config:
+    """The config stage ``name`` runs with: after the split of a log without time (its
+    manifest says), the order-free one (``pipeline.ordering``), the same for every stage.
+    Dependencies are hashed on ``cfg`` itself: the split's output, an input, decides."""
+    split_manifest = stage_dir(cfg, "split") / MANIFEST
+    if STAGE_NAMES.index(name) <= STAGE_NAMES.index("split") or not split_manifest.is_file():
+        return cfg
+    timed = json.loads(split_manifest.read_text()).get("timed", True)
+    return cfg if timed else order_free(cfg)[0]
+
+
 def run_stage(cfg: Config, name: str) -> dict:
     """Run stage ``name`` and return its manifest."""
     stage = get_stage(name)
@@ -92,10 +104,11 @@ def run_stage(cfg: Config, name: str) -> dict:
     started = time.perf_counter()
     log.info("[%s] start -> %s", name, target)
     depends = dependencies(cfg, name)  # before the run: a log landing meanwhile is new
+    run_cfg = stage_config(cfg, name)
     with atomic_folder(target) as out:  # next time, never hashed as read and left unread
-        extra = module.run(cfg, StageIO(cfg, stage, out)) or {}
+        extra = module.run(run_cfg, StageIO(run_cfg, stage, out)) or {}
         seconds = round(time.perf_counter() - started, 3)
-        manifest = write_manifest(out, stage=name, config=cfg.to_dict(), inputs=inputs,
+        manifest = write_manifest(out, stage=name, config=run_cfg.to_dict(), inputs=inputs,
                                   depends=depends, seconds=seconds, **extra)
     log.info("[%s] done in %.1fs (%s)", name, seconds, extra.get("status", "ok"))
     return manifest

@@ -8,7 +8,13 @@ Every strategy first keeps one row per (user, item), the one with the latest ``t
 - ``leave_last``: the same with exactly one test and one valid row per user.
 - ``time``: global cut-offs: ts < valid_start is train, ts >= test_start is test
   (a cut-off with a time zone is compared as naive UTC, like every ``ts``).
-Per-user strategies keep each user's train strictly before (in that order) their valid
+- ``random``: the ``ratio`` counts, drawn per user in a seeded random order: the honest
+  holdout for a log without time, where any order (often the file's, sorted by user and
+  item id) would make each user's "latest" items simply their highest ids.
+- ``auto`` (the default): ``random`` when the log has no time (every event at one
+  timestamp, as the ``files`` source gives a log without a timestamp column), else
+  ``ratio``.
+The ordered strategies keep each user's train strictly before (in that order) their valid
 and test rows, which is what lets later stages fit on train and never see the future.
 """
 
@@ -41,18 +47,36 @@ def _cutoff(value: str | None) -> pd.Timestamp:
     return ts.tz_convert("UTC").tz_localize(None) if ts.tz is not None else ts
 
 
-def split(interactions: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:
+def is_timed(interactions: pd.DataFrame) -> bool:
+    """Whether the log orders anything: a single timestamp (or none) orders nothing."""
+    return interactions[S.TS].nunique() > 1
+
+
+def resolve_strategy(interactions: pd.DataFrame, cfg: SplitConfig) -> str:
+    """The strategy ``auto`` stands for on this log (others stand for themselves)."""
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    return "ratio" if is_timed(interactions) else "random"
+
+
+def split(interactions: pd.DataFrame, cfg: SplitConfig, seed: int = 0
+          ) -> dict[str, pd.DataFrame]:
     df = deduplicate(interactions)
-    if cfg.strategy == "time":
+    strategy = resolve_strategy(df, cfg)
+    if strategy == "time":
         valid_start, test_start = _cutoff(cfg.valid_start), _cutoff(cfg.test_start)
         if test_start < valid_start:
             raise ValueError("split.test_start must not precede split.valid_start")
         part = np.where(df[S.TS] >= test_start, 2, np.where(df[S.TS] >= valid_start, 1, 0))
     else:
-        df = df.sort_values([S.USER, S.TS, S.ITEM], kind="stable")
+        if strategy == "random":
+            df = df.assign(_order=np.random.default_rng(seed).random(len(df)))
+            df = df.sort_values([S.USER, "_order"], kind="stable").drop(columns="_order")
+        else:
+            df = df.sort_values([S.USER, S.TS, S.ITEM], kind="stable")
         n = df.groupby(S.USER, sort=False)[S.ITEM].transform("size").to_numpy()
         from_end = n - 1 - df.groupby(S.USER, sort=False).cumcount().to_numpy()
-        if cfg.strategy == "leave_last":
+        if strategy == "leave_last":
             n_test = n_valid = np.ones_like(n)
         else:
             n_test = np.maximum(1, _floor_share(cfg.test_fraction, n))

@@ -222,7 +222,9 @@ def run(cfg: Config, io: StageIO) -> dict:
     ranker = io.read_json("ranker_metrics")
     importance = {kind: io.read_json("importance", kind=kind) for kind in ranker
                   if io.has("importance", kind=kind)}
-    metrics = {"dataset": cfg.dataset, "split": cfg.split.strategy, "ks": ks,
+    split = io.upstream_manifests().get("split", {})
+    metrics = {"dataset": cfg.dataset, "split": split.get("strategy", cfg.split.strategy),
+               "ks": ks,
                "users": systems["final"]["users"], "catalogue": len(items),
                "systems": systems, f"lift_ndcg@{k_ci}": lifts,
                "candidate_recall": report[EVALUATED.name][RECOMMENDATION]["candidate_recall"],

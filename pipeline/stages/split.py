@@ -1,17 +1,33 @@
-"""split: deduplicate and split the ingested log by time (see ``pipeline.splitting``)."""
+"""split: deduplicate and split the ingested log (see ``pipeline.splitting``); a log
+without time gets a seeded random holdout, said in the log and the manifest (the report
+shows it)."""
 
 from __future__ import annotations
+
+import logging
 
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
 from pipeline.io import write_table
-from pipeline.splitting import PARTS, split
+from pipeline.ordering import order_free
+from pipeline.splitting import PARTS, is_timed, resolve_strategy, split
+
+log = logging.getLogger("pipeline")
 
 
 def run(cfg: Config, io: StageIO) -> dict:
-    parts = split(io.read("interactions"), cfg.split)
+    interactions = io.read("interactions")
+    strategy, timed = resolve_strategy(interactions, cfg.split), is_timed(interactions)
+    status = f"split {strategy}"
+    if not timed:
+        held = ("a seeded random holdout per user" if strategy == "random" else
+                "which orders each user's events by item id")
+        status = "; ".join([f"the log has no time (one timestamp for every event): split "
+                            f"{strategy}, {held}", *order_free(cfg)[1]])
+        log.warning("[split] %s", status)
+    parts = split(interactions, cfg.split, cfg.seed)
     for name in PARTS:
         write_table(parts[name], io.output("split", part=name))
     counts = {name: len(parts[name]) for name in PARTS}
     users = {f"{name}_users": int(parts[name]["user_id"].nunique()) for name in PARTS}
-    return {"counts": counts, **users}
+    return {"status": status, "strategy": strategy, "timed": timed, "counts": counts, **users}

@@ -148,9 +148,10 @@ def test_min_interactions_is_configurable() -> None:
 
 
 def test_equal_ts_ordered_by_item_id() -> None:
-    """Same timestamp everywhere: order is item_id, whatever the log order."""
+    """Same timestamp everywhere, ``ratio`` chosen by hand: order is item_id, whatever the
+    log order."""
     df = log([(1, item, 0.0) for item in (7, 3, 9, 1, 5)])
-    parts = split(df, SplitConfig())
+    parts = split(df, SplitConfig(strategy="ratio"))
     assert parts["train"][S.ITEM].tolist() == [1, 3, 5]
     assert parts["valid"][S.ITEM].tolist() == [7]
     assert parts["test"][S.ITEM].tolist() == [9]
@@ -169,10 +170,48 @@ def test_string_ids_tie_break_lexicographically() -> None:
     df = log([("u", item, 0.0) for item in ("b", "c", "a", "d")])
     df[S.USER] = df[S.USER].astype("string[pyarrow]")
     df[S.ITEM] = df[S.ITEM].astype("string[pyarrow]")
-    parts = split(df, SplitConfig())
+    parts = split(df, SplitConfig(strategy="ratio"))
     assert parts["train"][S.ITEM].tolist() == ["a", "b"]
     assert parts["valid"][S.ITEM].tolist() == ["c"]
     assert parts["test"][S.ITEM].tolist() == ["d"]
+
+
+# ---------------------------------------------------------------- random, auto
+def untimed_log(n_users: int = 50, n_items: int = 40, seed: int = 0) -> pd.DataFrame:
+    """A count log as the files source gives it without a timestamp column: sorted by
+    user and item id, every event at one timestamp."""
+    rng = np.random.default_rng(seed)
+    rows = [(u, int(i), 0.0) for u in range(n_users)
+            for i in np.sort(rng.choice(n_items, rng.integers(1, 30), replace=False))]
+    return log(rows)
+
+
+def test_a_log_without_time_gets_a_seeded_random_holdout_with_the_ratio_counts() -> None:
+    df = untimed_log()
+    auto = split(df, SplitConfig(), seed=7)
+    assert_frames = pd.testing.assert_frame_equal
+    for name in PARTS:  # auto is random here, and the seed fixes it
+        assert_frames(auto[name], split(df, SplitConfig(strategy="random"), seed=7)[name])
+        assert_frames(auto[name], split(df, SplitConfig(), seed=7)[name])
+    ratio = split(df, SplitConfig(strategy="ratio"))
+    for user in df[S.USER].unique():  # the same counts per user as ratio
+        assert counts(auto, user) == counts(ratio, user)
+    # not the file's order: the held-out items are not each user's highest ids
+    held = pd.concat([auto["valid"], auto["test"]])
+    highest = pd.concat([ratio["valid"], ratio["test"]])
+    assert len(held) == len(highest) > 50
+    assert held[S.ITEM].mean() < highest[S.ITEM].mean() - 3
+    other = split(df, SplitConfig(), seed=8)
+    assert not other["test"].equals(auto["test"])
+    # every row lands in exactly one part
+    together = pd.concat([auto[p] for p in PARTS])
+    assert len(together) == len(deduplicate(df))
+
+
+def test_auto_keeps_ratio_on_a_timed_log() -> None:
+    df = random_log(3)
+    for name, part in split(df, SplitConfig(), seed=5).items():
+        pd.testing.assert_frame_equal(part, split(df, SplitConfig(strategy="ratio"))[name])
 
 
 # ---------------------------------------------------------------- leave_last
