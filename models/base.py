@@ -4,7 +4,8 @@ A channel is fitted on a ``RecallData`` (the encoded fitting interactions with i
 user tables), optionally watching held-out pairs to choose epochs or other settings,
 then scores batches of users against the whole catalogue. ``retrieve`` is shared: it
 scores users in memory-bounded chunks, removes what each user already has, and keeps
-only the top-k per user, so no users x items matrix is ever held whole.
+only the top-k per user, so no users x items matrix is ever held whole. Each chunk's
+lists are checked against the ``TopK`` contract (``check_top_k``) as they are made.
 
 Saving is written once, here: a channel keeps its constructor keywords in ``params`` and
 names its fitted attributes in ``state``; ``save`` writes ``params.json``, one file per
@@ -51,25 +52,32 @@ def top_k(scores: np.ndarray, k: int) -> TopK:
     """Best ``k`` entries of each row, by score then lower item index; -inf is dropped.
 
     Ties at the cut-off go to the lower item indices too (argpartition alone would pick
-    among them arbitrarily), so results do not depend on how users were chunked.
+    among them arbitrarily), so results do not depend on how users were chunked. A NaN
+    ranks first, as +inf would (``top_k_sparse`` does the same), and stays NaN: the
+    partition would otherwise drop it unseen, and ``check_top_k`` is to find it.
     """
     n_rows, n_cols = scores.shape
     k_eff = min(k, n_cols)
+    nan = np.isnan(scores)
+    key = np.where(nan, np.inf, scores) if nan.any() else scores
     if k_eff < n_cols:
-        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
-        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
-        above = scores > kth
-        tied = scores == kth
+        part = np.argpartition(-key, k_eff - 1, axis=1)[:, :k_eff]
+        kth = np.take_along_axis(key, part, axis=1).min(axis=1, keepdims=True)
+        above = key > kth
+        tied = key == kth
         room = k_eff - above.sum(axis=1, keepdims=True)
         chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
         part = np.nonzero(chosen)[1].reshape(n_rows, k_eff)
     else:
         part = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
-    vals = np.take_along_axis(scores, part, axis=1)
+    vals = np.take_along_axis(key, part, axis=1)
     order = np.lexsort((part, -vals), axis=1)
     idx = np.take_along_axis(part, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)
     idx = np.where(np.isneginf(vals), -1, idx)
+    if key is not scores:
+        vals = np.where(np.take_along_axis(nan, np.maximum(idx, 0), axis=1) & (idx >= 0),
+                        np.nan, vals)
     if k_eff < k:
         pad = ((0, 0), (0, k - k_eff))
         idx = np.pad(idx, pad, constant_values=-1)
@@ -85,12 +93,16 @@ def user_chunks(n_users: int, n_items: int, chunk: int = 0) -> Iterator[slice]:
 
 
 def seen_mask(data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """True where ``items[r, c]`` is in the fitted history of ``users[r]``."""
-    history = data.history[users]
+    """True where ``items[r, c]`` is in the fitted history of ``users[r]`` (a user code
+    below 0, unknown, has none). A lookup table over the (row, item) keys while it fits
+    in CHUNK_CELLS bytes (5-10x faster than the sort numpy may otherwise choose)."""
+    users = np.asarray(users)
+    history = data.history[np.maximum(users, 0)]
     seen = np.repeat(np.arange(len(users)), np.diff(history.indptr)) * data.n_items \
         + history.indices
     keys = np.arange(len(users))[:, None] * data.n_items + items
-    return np.isin(keys, seen) & (items >= 0)
+    kind = "table" if len(users) * data.n_items <= CHUNK_CELLS else None
+    return np.isin(keys, seen, kind=kind) & (items >= 0) & (users >= 0)[:, None]
 
 
 def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
@@ -112,8 +124,8 @@ def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
             drop = seen_mask(data, users[rows], items)
             items, scores = np.where(drop, -1, items), np.where(drop, -np.inf, scores)
         order = np.argsort(items < 0, axis=1, kind="stable")[:, :k]
-        parts.append(TopK(np.take_along_axis(items, order, 1),
-                          np.take_along_axis(scores, order, 1).astype(np.float32)))
+        parts.append(_padded(TopK(np.take_along_axis(items, order, 1),
+                                  np.take_along_axis(scores, order, 1).astype(np.float32)), k))
     return _stack(parts, k)
 
 
@@ -140,10 +152,17 @@ def _descending_bits(values: np.ndarray) -> np.ndarray:
 
 def top_k_sparse(scores: sp.csr_matrix, k: int) -> TopK:
     """Top-k of each row of a sparse score matrix (entries absent = not retrieved),
-    ordered like ``top_k``: by score, then item index. Linear in the stored entries."""
+    ordered like ``top_k``: by score, then item index, a NaN first whatever its sign bit
+    and dtype. Linear in the stored entries."""
     scores = scores.tocsr()
     scores.sum_duplicates()
-    rows, order, rank = sparse_row_ranks(scores)
+    scores.sort_indices()  # before the copy below, so both hold their entries alike
+    nan = np.isnan(scores.data)
+    ranked = scores
+    if nan.any():
+        ranked = scores.copy()
+        ranked.data[nan] = np.inf
+    rows, order, rank = sparse_row_ranks(ranked)
     chosen = order[rank < k]
     items = np.full((scores.shape[0], k), -1, np.int64)
     values = np.full((scores.shape[0], k), -np.inf, np.float32)
@@ -152,10 +171,76 @@ def top_k_sparse(scores: sp.csr_matrix, k: int) -> TopK:
     return TopK(items, values)
 
 
+def _padded(top: TopK, k: int) -> TopK:
+    """``top`` widened to ``k`` columns with -1 / -inf (a catalogue smaller than k)."""
+    if top.items.shape[1] == k:
+        return top
+    pad = ((0, 0), (0, k - top.items.shape[1]))
+    return TopK(np.pad(top.items, pad, constant_values=-1),
+                np.pad(top.scores, pad, constant_values=-np.inf))
+
+
 def _stack(parts: list[TopK], k: int) -> TopK:
     if not parts:
         return TopK(np.empty((0, k), np.int64), np.empty((0, k), np.float32))
     return TopK(np.vstack([p.items for p in parts]), np.vstack([p.scores for p in parts]))
+
+
+class InvalidTopKError(ValueError):
+    """A channel produced a top-k list that breaks the ``TopK`` contract."""
+
+
+def _bad_cells(top: TopK, data: RecallData | None, users: np.ndarray | None,
+               exclude_seen: bool, ordered: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per kind of fault, a rows x k mask of the cells that show it and the item codes
+    the mask is laid over: the lists as given, or each row's codes sorted for repeats (a
+    sort costs half an argsort, and the example's place is found once it is needed)."""
+    items, scores = top.items, top.scores
+    real = items >= 0
+    outside = (items < -1) | (items >= data.n_items if data is not None else False)
+    ranked = np.sort(items, axis=1)
+    repeat = np.pad((ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0), ((0, 0), (1, 0)))
+    bad = {"an item code outside the catalogue": (outside, items),
+           "-1 (nothing retrieved) with a score other than -inf": (
+               (items == -1) & ~np.isneginf(scores), items),
+           "a NaN or infinite score": (real & ~np.isfinite(scores), items),
+           "the same item twice": (repeat, ranked)}
+    if ordered:
+        after_pad = real & ~np.logical_and.accumulate(real, axis=1)
+        rises = real[:, 1:] & real[:, :-1] & (scores[:, 1:] > scores[:, :-1])
+        bad["a real item after -1 padding"] = (after_pad, items)
+        bad["scores not sorted best first"] = (np.pad(rises, ((0, 0), (1, 0))), items)
+    if exclude_seen and data is not None and users is not None:
+        bad["an item from the user's fitted history"] = (seen_mask(data, users, items), items)
+    return bad
+
+
+def check_top_k(top: TopK, data: RecallData | None, users: np.ndarray | None,
+                exclude_seen: bool, name: str, *, ordered: bool = True) -> None:
+    """Raise ``InvalidTopKError`` naming channel ``name`` unless every row of ``top``
+    holds distinct catalogue items with finite scores (best first and before any -1
+    padding when ``ordered``), -1 only with -inf, and none of its user's fitted items
+    when ``exclude_seen``. Vectorised, as it runs on every chunk a channel retrieves:
+    a bad channel then fails the recall stage at once, not a later stage after hours.
+    """
+    n_rows = top.items.shape[0] if users is None else len(users)
+    if top.items.shape != top.scores.shape or top.items.shape[0] != n_rows:
+        raise InvalidTopKError(f"{name} channel returned items {top.items.shape} and scores "
+                               f"{top.scores.shape} for {n_rows} rows")
+    faults = []
+    for what, (cells, codes) in _bad_cells(top, data, users, exclude_seen, ordered).items():
+        rows = np.flatnonzero(cells.any(axis=1))
+        if len(rows):
+            r, c = rows[0], int(np.argmax(cells[rows[0]]))
+            item = codes[r, c]
+            if codes is not top.items:  # a sorted row: where the item is in the list
+                c = int(np.argmax(top.items[r] == item))
+            who = f"row {r}" if users is None else f"user code {users[r]}"
+            faults.append(f"{len(rows)} of {n_rows} rows hold {what} (e.g. {who}: "
+                          f"item {item}, score {top.scores[r, c]})")
+    if faults:
+        raise InvalidTopKError(f"{name} channel returned invalid top-k lists: "
+                               + "; ".join(faults))
 
 
 class NotFittedError(RuntimeError):
@@ -202,7 +287,7 @@ class RecallChannel(ABC):
                  chunk: int = 0) -> TopK:
         """Top-k item codes for each user code; the user's fitted items removed when asked."""
         return chunked_top_k(lambda rows: self.score(data, users[rows]), data, users, k,
-                             exclude_seen, chunk)
+                             exclude_seen, chunk, name=self.name)
 
     def score_pairs(self, data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """The score of each (user, item) pair, float64, NaN where the channel gives none
@@ -268,8 +353,10 @@ def _read_json(path: Path) -> Any:
 
 
 def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
-                  users: np.ndarray, k: int, exclude_seen: bool, chunk: int = 0) -> TopK:
-    """Score ``users`` (one row each) in memory-bounded chunks and keep each row's top k."""
+                  users: np.ndarray, k: int, exclude_seen: bool, chunk: int = 0, *,
+                  name: str) -> TopK:
+    """Score ``users`` (one row each) in memory-bounded chunks and keep each row's top k,
+    each chunk checked (``check_top_k``) for channel ``name``."""
     parts = []
     for rows in user_chunks(len(users), data.n_items, chunk):
         scores = np.array(score_rows(rows), dtype=np.float32)
@@ -277,6 +364,7 @@ def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
             r, c = data.history[users[rows]].nonzero()
             scores[r, c] = -np.inf
         parts.append(top_k(scores, k))
+        check_top_k(parts[-1], data, users[rows], exclude_seen, name)
     return _stack(parts, k)
 
 
@@ -315,11 +403,14 @@ class SparseScoreChannel(RecallChannel):
             scores.data[scores.data <= 0] = 0
             scores.eliminate_zeros()
             parts.append(top_k_sparse(scores, k))
+            check_top_k(parts[-1], data, block, exclude_seen, self.name)
         return _stack(parts, k)
 
 
 class SearchChannel(ABC):
     """A channel that can also answer a text query (the search use case)."""
+
+    name: ClassVar[str]
 
     @abstractmethod
     def score_queries(self, data: RecallData, queries: list[str]) -> np.ndarray:
@@ -329,4 +420,4 @@ class SearchChannel(ABC):
                          k: int, exclude_seen: bool = True, chunk: int = 0) -> TopK:
         """Top-k per (query, user) case; the asking user's fitted items removed when asked."""
         return chunked_top_k(lambda rows: self.score_queries(data, queries[rows]), data, users,
-                             k, exclude_seen, chunk)
+                             k, exclude_seen, chunk, name=self.name)

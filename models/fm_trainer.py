@@ -306,7 +306,8 @@ def fit(model: nn.Module, train: Samples, valid: Samples | None, cfg: TrainConfi
     Early stopping watches ``evaluate(model)`` when given (``higher_is_better`` says its
     direction, default True), else ``cfg.metric`` on ``valid``; with neither, every epoch
     runs and the last is kept. ``optimizer`` replaces the one ``cfg`` names (the benchmark
-    trains reference models with torch's own).
+    trains reference models with torch's own). A NaN or infinite epoch loss raises
+    ``FloatingPointError`` naming the model and the epoch instead of training on.
     """
     if train.labels is None:
         raise ValueError("training samples need labels")
@@ -322,6 +323,9 @@ def fit(model: nn.Module, train: Samples, valid: Samples | None, cfg: TrainConfi
     for epoch in range(cfg.epochs):
         order = shard_order(len(train), epoch, cfg.seed, rank, world)
         row = _timed_epoch(steps, order, world, history, epoch)
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"{type(unwrap(model)).__name__}: loss is {row['loss']} "
+                                     f"at epoch {epoch}; lower lr or check the inputs")
         if watching:
             value = row[f"valid_{metric_name}"] = _validate(model, valid, cfg, device, evaluate)
             if stopper.update(epoch, value, keep):

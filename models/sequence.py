@@ -206,8 +206,11 @@ def trim(tokens: torch.Tensor) -> torch.Tensor:
 def _train_epoch(model: SASRec, data: torch.Tensor, optimizer: torch.optim.Optimizer,
                  generator: torch.Generator, batch_size: int,
                  device: str | torch.device) -> float:
-    """One pass in a seeded order; the mean loss per predicted position."""
+    """One pass in a seeded order; the mean loss per predicted position (0 with no
+    data: an empty batch's loss would be NaN)."""
     model.train()
+    if not len(data):
+        return 0.0
     total, count = 0.0, 0
     for batch in torch.randperm(len(data), generator=generator).split(batch_size):
         tokens = trim(data[batch]).to(device)
@@ -233,10 +236,15 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
     With ``evaluate`` (a held-out metric, higher is better) it runs every ``eval_every``
     epochs; training stops after ``patience`` evaluations without improvement and the
     best weights are restored. Without it, exactly ``max_epochs`` epochs are trained.
+    A NaN or infinite epoch loss raises ``FloatingPointError`` naming ``name`` and the
+    epoch: the weights are spent, and training on would only log ``loss=nan`` for hours.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     data = torch.as_tensor(sequences, dtype=torch.long)
+    if not len(data):
+        log.warning("[%s] no sequence of two or more items to learn from: the model keeps "
+                    "its initial weights", name)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     result = TrainResult(epochs=0)
     stopper = EarlyStopping(patience, higher_is_better=True)
@@ -248,6 +256,9 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
         started = time.perf_counter()
         entry = {"epoch": epoch,
                  "loss": _train_epoch(model, data, optimizer, generator, batch_size, device)}
+        if not math.isfinite(entry["loss"]):
+            raise FloatingPointError(f"{name}: loss is {entry['loss']} at epoch {epoch}; "
+                                     "lower lr or check the inputs")
         if evaluate is not None and epoch % eval_every == 0:
             entry["held_out"] = float(evaluate(model))
             if stopper.update(epoch, entry["held_out"], snapshot):

@@ -96,12 +96,13 @@ class EaseChannel(RecallChannel):
     want less). max_items: items in the solve; fitting holds about 16 x max_items^2 bytes
     (20 when tuning) and the fitted B 4 x max_items^2, and the solve takes about
     max_items^3 flops: the default 5000 is 0.4 GB and about 4 s a solve on one core here
-    (10k items: 1.6 GB and 29 s, which a tuning grid and three phases multiply). Tuning (only when ``fit``
-    gets held-out pairs): lambdas from ``grid`` in ascending order, on NDCG@``eval_k`` of
-    at most ``tune_users`` held-out users sampled with ``seed``; an empty grid keeps
-    ``lambda_``. On ML-100K (each user's last 10% by time held out, the 10% before it as
-    valid) the grid stopped at 100 (valid NDCG@10 0.140; 0.131 on the held-out part after
-    the refit, level with the ALS embedding channel's 0.132).
+    (10k items: 1.6 GB and 29 s, which a tuning grid and three phases multiply).
+    Tuning (only when ``fit`` gets held-out pairs): lambdas from ``grid`` in ascending
+    order, on NDCG@``eval_k`` of at most ``tune_users`` held-out users sampled with
+    ``seed``; an empty grid keeps ``lambda_``. On ML-100K (each user's last 10% by time
+    held out, the 10% before it as valid) the grid stopped at 100 (valid NDCG@10 0.140;
+    0.131 on the held-out part after the refit, level with the ALS embedding channel's
+    0.132).
     """
 
     name = "ease"

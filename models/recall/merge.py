@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from models.base import TopK
+from models.base import TopK, check_top_k
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,14 @@ def _long(lists: list[ChannelList]) -> dict[str, np.ndarray]:
 
 
 def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
-    """Columns: row, item, merge_rank, source, n_channels, <channel>_score, <channel>_rank."""
+    """Columns: row, item, merge_rank, source, n_channels, <channel>_score, <channel>_rank.
+
+    A list holding an item code below -1, -1 with a score, a NaN or infinite score or an
+    item twice in a row raises ``InvalidTopKError`` naming its channel: the merge would
+    otherwise pass it on as a candidate for the later stages to trip over.
+    """
+    for cl in lists:
+        check_top_k(cl.top, None, None, False, cl.name, ordered=False)
     names = [cl.name for cl in lists]
     long = _long(lists)
     quotas = np.array([cl.quota for cl in lists])

@@ -28,14 +28,14 @@ import numpy as np
 import pandas as pd
 
 from features.recall_data import RecallData
-from models.base import HeldOut, RecallChannel, SearchChannel, TopK
+from models.base import HeldOut, RecallChannel, SearchChannel, TopK, check_top_k
 from models.recall import channel_class
 from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import ChannelConfig, Config, ConfigError
 from pipeline.io import ChunkedParquetWriter, write_table
-from pipeline.phases import phase_data, phase_inputs
+from pipeline.phases import item_catalogue, phase_data, phase_inputs
 from pipeline.progress import progress
 from pipeline.protocol import CASE, PHASES, RECOMMENDATION, SEARCH, Phase, is_search
 
@@ -87,15 +87,30 @@ def build_channel(name: str, settings: ChannelConfig, seed: int,
 
 
 def retrieve(channel: RecallChannel, data: RecallData, req: Requests, k: int) -> TopK:
-    """Search channels answer the query text when there is one; others answer the user."""
+    """Search channels answer the query text when there is one; others answer the user.
+    The lists are checked here whatever way the channel retrieves (``check_top_k``), so a
+    faulty one stops the stage instead of passing on NaN scores or seen items."""
     if req.queries is not None and isinstance(channel, SearchChannel):
-        return channel.retrieve_queries(data, req.queries, req.users, k)
-    return channel.retrieve(data, req.users, k)
+        top = channel.retrieve_queries(data, req.queries, req.users, k)
+    else:
+        top = channel.retrieve(data, req.users, k)
+    check_top_k(top, data, req.users, True, channel.name)
+    return top
+
+
+def effective_budget(budget: int, n_items: int) -> int:
+    """Candidates per request and each channel's k: no more than the catalogue holds."""
+    if budget <= n_items:
+        return budget
+    log.info("[recall] recall.budget %d is larger than the catalogue (%d items): each "
+             "channel retrieves, and the merge keeps, at most %d per request", budget, n_items,
+             n_items)
+    return n_items
 
 
 def tuned_quotas(cfg: Config, data: RecallData, channels: dict[str, RecallChannel],
-                 req: Requests, relevant_rows: np.ndarray, relevant_items: np.ndarray
-                 ) -> dict[str, int]:
+                 req: Requests, relevant_rows: np.ndarray, relevant_items: np.ndarray,
+                 budget: int) -> dict[str, int]:
     """Quotas from a seeded sample of held-out requests (see ``tune_quotas``)."""
     rc = cfg.recall
     rng = np.random.default_rng(cfg.seed)
@@ -107,11 +122,11 @@ def tuned_quotas(cfg: Config, data: RecallData, channels: dict[str, RecallChanne
                       None if req.queries is None else req.queries[sample])
     lists, hits = {}, {}
     for name, channel in channels.items():
-        top = retrieve(channel, data, picked, rc.budget)
-        keys = pd.MultiIndex.from_arrays([np.repeat(sample, rc.budget), top.items.ravel()])
+        top = retrieve(channel, data, picked, budget)
+        keys = pd.MultiIndex.from_arrays([np.repeat(sample, budget), top.items.ravel()])
         lists[name] = top.items
         hits[name] = pair_keys.get_indexer(keys).reshape(top.items.shape)
-    return tune_quotas(lists, hits, rc.budget, rc.quota_step)
+    return tune_quotas(lists, hits, budget, rc.quota_step)
 
 
 def list_sample(cfg: Config, n: int) -> np.ndarray:
@@ -137,11 +152,11 @@ def channel_rows(data: RecallData, part: Requests, top: TopK, listed: np.ndarray
 
 
 def stream_candidates(io: StageIO, data: RecallData, channels: dict[str, RecallChannel],
-                      quotas: dict[str, int], req: Requests, phase: Phase, kind: str) -> dict:
-    """Write the merged candidates for every request and, on the phases that are
-    evaluated against held-out targets, each channel's own list."""
+                      quotas: dict[str, int], req: Requests, phase: Phase, kind: str,
+                      budget: int) -> dict:
+    """Write the merged candidates (``budget`` per request) for every request and, on the
+    phases that are evaluated against held-out targets, each channel's own list."""
     cfg = io.cfg
-    budget = cfg.recall.budget
     listed_rows = list_sample(cfg, len(req.users))
     writers = {name: ChunkedParquetWriter(io.output("channel_list", phase=phase.name,
                                                     kind=kind, channel=name))
@@ -200,6 +215,7 @@ def run(cfg: Config, io: StageIO) -> dict:
     quotas = {name: ch.quota for name, ch in rc.channels.items()}
     search_quotas = {name: ch.quota for name, ch in rc.search_channels.items()}
     report: dict[str, dict] = {}
+    budget = effective_budget(rc.budget, len(item_catalogue(io)))
     for phase in PHASES:
         fit, targets = fits[phase.name]
         data = phase_data(io, fit, targets)
@@ -213,18 +229,18 @@ def run(cfg: Config, io: StageIO) -> dict:
             plain = targets[~is_search(targets)]
             quotas = tuned_quotas(cfg, data, rec_channels, recs,
                                   pd.Index(recs.keys[S.USER]).get_indexer(plain[S.USER]),
-                                  data.item_index.encode(plain[S.ITEM]))
+                                  data.item_index.encode(plain[S.ITEM]), budget)
             log.info("[recall] recommendation quotas tuned on valid: %s", quotas)
             if len(cases) and search_channels:
                 search_quotas = tuned_quotas(cfg, data, search_channels, searches,
                                              cases[CASE].to_numpy(),
-                                             data.item_index.encode(cases[S.ITEM]))
+                                             data.item_index.encode(cases[S.ITEM]), budget)
                 log.info("[recall] search quotas tuned on valid: %s", search_quotas)
         report[phase.name] = {"fit_seconds": fit_seconds, RECOMMENDATION: stream_candidates(
-            io, data, rec_channels, quotas, recs, phase, RECOMMENDATION)}
+            io, data, rec_channels, quotas, recs, phase, RECOMMENDATION, budget)}
         if len(cases) and search_channels:
             write_table(cases, io.output("cases", phase=phase.name))
             report[phase.name][SEARCH] = stream_candidates(
-                io, data, search_channels, search_quotas, searches, phase, SEARCH)
+                io, data, search_channels, search_quotas, searches, phase, SEARCH, budget)
     io.write_json("tuned", {"channels": tuned, "quotas": quotas, "search_quotas": search_quotas})
     return {"phases": report, "tuned": tuned, "quotas": quotas, "search_quotas": search_quotas}

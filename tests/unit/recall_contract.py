@@ -12,7 +12,12 @@ pytest runs every check below on it:
 - ``score_pairs`` gathers ``score`` (NaN where there is none);
 - what ``tuned()`` chose on held-out pairs, passed back as constructor keywords, fits
   again without them (``check_refit`` adds each channel's own check);
-- an unfitted channel says so instead of failing somewhere inside.
+- an unfitted channel says so instead of failing somewhere inside;
+- on random logs of awkward shapes (twenty years of timestamps with users last seen
+  decades ago, a catalogue of 1, 2 or 4 items, users with one event, a user who has every
+  item, one timestamp for all) it fits and retrieves with k beyond the catalogue, and
+  every list is valid: real items first, then -1 padding; finite scores, best first; no
+  item twice; none of the user's fitted items.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.recall_data import RecallData
+from features.recall_data import RecallData, build_recall_data
 from models.base import HeldOut, NotFittedError, RecallChannel, SearchChannel, TopK
 from tests.conftest import recall_data_from_matrix
 
@@ -89,6 +94,67 @@ def assert_no_seen(top: TopK, seen: np.ndarray, users: np.ndarray) -> None:
         assert not seen[u, got].any(), f"user {u} got a seen item"
         assert np.all(np.diff(top.scores[row][top.items[row] >= 0]) <= 0), "not sorted"
         assert (top.items[row][len(got):] == -1).all(), "a gap inside a list"
+
+
+YEAR = 365 * 86_400
+JAN_2004 = 1_072_915_200  # unix seconds
+
+
+def random_log(n_users: int, n_items: int, per_user: tuple[int, int], seed: int, *,
+               start: int = JAN_2004, span: int = 30 * 86_400, old_users: int = 0,
+               full_user: bool = False) -> RecallData:
+    """Each user picks ``per_user`` (low, high inclusive) distinct items at random times
+    in [start, start + span), except the first ``old_users``: user u is active in year u
+    only, so their events are up to 20 years older than the last one (a 30-day half-life
+    takes weights into float32's subnormals after 10 years, to zero after 12); with
+    ``full_user`` user 0 has every item. Side tables as in the checkerboard (two
+    categories, tags, two regions, titles), so every channel has something to use."""
+    rng = np.random.default_rng(seed)
+    users, items, seconds = [], [], []
+    for u in range(n_users):
+        n = n_items if full_user and u == 0 else int(rng.integers(per_user[0], per_user[1] + 1))
+        n = min(n, n_items)
+        first, window = (start + u * YEAR, YEAR) if u < old_users else (start, span)
+        users += [u] * n
+        items += rng.choice(n_items, n, replace=False).tolist()
+        seconds += (first + rng.integers(0, max(window, 1), n)).tolist()
+    fit = pd.DataFrame({"user_id": users, "item_id": items, "weight": 1.0,
+                        "ts": pd.to_datetime(np.array(seconds, np.int64), unit="s")})
+    block = np.where(np.arange(n_items) % 2, "a", "b")
+    item_table = pd.DataFrame({"item_id": np.arange(n_items),
+                               "title": [f"t{j} film {block[j]}" for j in range(n_items)],
+                               "category": block, "tags": [[f"{b}1", f"{b}2"] for b in block]})
+    user_table = pd.DataFrame({"user_id": np.arange(n_users),
+                               "region": np.where(np.arange(n_users) % 2, "a", "b")})
+    return build_recall_data(fit, item_table, user_table, extra_users=np.arange(n_users))
+
+
+AWKWARD_LOGS = {
+    "twenty_years": lambda: random_log(30, 15, (2, 8), 1, span=20 * YEAR, old_users=20),
+    "one_item": lambda: random_log(6, 1, (0, 1), 2),
+    "two_items": lambda: random_log(8, 2, (0, 2), 3),
+    "four_items": lambda: random_log(12, 4, (1, 4), 4, full_user=True),
+    "one_event_each": lambda: random_log(25, 12, (1, 1), 5),
+    "user_with_every_item": lambda: random_log(20, 10, (2, 6), 6, full_user=True),
+    "constant_timestamp": lambda: random_log(25, 12, (2, 6), 7, span=0),
+}
+
+
+def assert_valid_lists(top: TopK, data: RecallData, users: np.ndarray, k: int) -> None:
+    """Every row: distinct unseen catalogue items with finite scores, best first, then
+    only -1 with -inf; written out row by row, independently of ``check_top_k``."""
+    assert top.items.shape == top.scores.shape == (len(users), k)
+    for row, u in enumerate(users):
+        items, scores = top.items[row], top.scores[row]
+        n = int((items >= 0).sum())
+        assert (items[:n] >= 0).all() and (items[n:] == -1).all(), f"user {u}: a gap {items}"
+        assert (items[:n] < data.n_items).all(), f"user {u}: not an item {items}"
+        assert np.isfinite(scores[:n]).all(), f"user {u}: scores {scores[:n]}"
+        assert np.isneginf(scores[n:]).all(), f"user {u}: padding scores {scores[n:]}"
+        assert len(set(items[:n].tolist())) == n, f"user {u}: an item twice {items}"
+        assert (np.diff(scores[:n]) <= 0).all(), f"user {u}: not sorted {scores[:n]}"
+        seen = data.history[u].indices
+        assert not np.isin(items[:n], seen).any(), f"user {u}: seen {items[:n]} of {seen}"
 
 
 class RecallChannelContract:
@@ -209,3 +275,16 @@ class RecallChannelContract:
             with pytest.raises(NotFittedError, match=f"{channel.name} channel is not fitted"):
                 call()
         assert not (tmp_path / "channel").exists()
+
+    @pytest.mark.parametrize("shape", list(AWKWARD_LOGS))
+    def test_awkward_logs_give_valid_lists(self, shape: str) -> None:
+        data = AWKWARD_LOGS[shape]()
+        channel = self.make_channel().fit(data)
+        users = np.arange(data.n_users)
+        k = data.n_items + 3  # more than the catalogue holds
+        assert_valid_lists(channel.retrieve(data, users, k), data, users, k)
+        assert_valid_lists(channel.retrieve(data, users, k, chunk=2), data, users, k)
+        if isinstance(channel, SearchChannel):
+            queries = [f"t{u % data.n_items} film" for u in users]
+            assert_valid_lists(channel.retrieve_queries(data, queries, users, k), data, users,
+                               k)

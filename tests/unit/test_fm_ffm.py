@@ -344,6 +344,28 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     assert hist2.best_metric == min(e["valid_logloss"] for e in hist2.epochs)
 
 
+@pytest.mark.parametrize("cls", [FM, FFM])
+def test_a_nan_loss_stops_training_naming_the_model_and_the_epoch(cls: type) -> None:
+    data, enc = planted(800, seed=1)
+    model = cls(enc.n_features, enc.slot_field, k=2, sparse=True)
+    with pytest.raises(FloatingPointError, match=rf"^{cls.__name__}: loss is nan at epoch 0; "
+                                                 "lower lr or check the inputs"):
+        fit(model, data, None, TrainConfig(lr=1e30, epochs=3, threads=1))
+    evaluations = []
+
+    def poison_after_two(m: torch.nn.Module) -> float:  # inf weights from epoch 2 on
+        evaluations.append(1)
+        if len(evaluations) == 2:
+            with torch.no_grad():
+                next(m.parameters()).fill_(float("inf"))
+        return 0.5
+
+    model = cls(enc.n_features, enc.slot_field, k=2, sparse=True)
+    with pytest.raises(FloatingPointError, match=rf"^{cls.__name__}: loss is nan at epoch 2;"):
+        fit(model, data, None, TrainConfig(epochs=5, patience=5, threads=1),
+            evaluate=poison_after_two)
+
+
 def test_without_restore_best_it_still_stops_but_keeps_the_last_epoch() -> None:
     data, enc = planted(800, seed=1)
     model = FM(enc.n_features, enc.slot_field, k=2)

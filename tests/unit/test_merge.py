@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.base import TopK
+from models.base import InvalidTopKError, TopK
 from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 
 
@@ -94,9 +94,10 @@ def test_merge_matches_the_rule_written_as_a_loop() -> None:
     lists = []
     for name, quota in (("a", 5), ("b", 3), ("c", 0), ("d", 8)):
         items = np.stack([rng.choice(30, size=12, replace=False) for _ in range(6)])
-        items[rng.random(items.shape) < 0.15] = -1  # short lists
-        lists.append(ChannelList(name, TopK(items, rng.random(items.shape).astype(np.float32)),
-                                 quota))
+        scores = rng.random(items.shape).astype(np.float32)
+        gaps = rng.random(items.shape) < 0.15  # short lists
+        items[gaps], scores[gaps] = -1, -np.inf
+        lists.append(ChannelList(name, TopK(items, scores), quota))
     merged = merge_candidates(lists, budget=15)
     expected = naive_merge(lists, 15)
     for row, group in merged.groupby("row"):
@@ -114,3 +115,18 @@ def test_merge_matches_the_rule_written_as_a_loop() -> None:
                 assert pd.isna(r) and np.isnan(sc)
     n = sum(merged[f"{cl.name}_rank"].notna().astype(int) for cl in lists)
     assert (merged["n_channels"] == n).all()
+
+
+@pytest.mark.parametrize(("items", "scores", "fault"), [
+    ([[5, -2, 7]], [[3, 2, 1]], "an item code outside the catalogue"),
+    ([[5, -1, 7]], [[3, 2, 1]], "-1 .nothing retrieved. with a score other than -inf"),
+    ([[0, 5, 7]], [[np.nan, 2, 1]], r"a NaN or infinite score \(e.g. row 1: item 0, score nan"),
+    ([[5, 7, 5]], [[3, 2, 1]], "the same item twice"),
+])
+def test_an_invalid_channel_row_is_rejected_with_the_channel_named(items, scores,
+                                                                     fault) -> None:
+    good = TopK(np.array([[1, 2, 3], [1, 2, 3]]), np.ones((2, 3), np.float32))
+    bad = TopK(np.array([[1, 2, 3], *items]), np.array([[3, 2, 1], *scores], np.float32))
+    with pytest.raises(InvalidTopKError, match=f"^bad channel returned invalid top-k lists: "
+                                               f"1 of 2 rows hold {fault}"):
+        merge_candidates([ChannelList("good", good, 2), ChannelList("bad", bad, 2)], budget=4)

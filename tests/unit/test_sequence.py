@@ -136,6 +136,39 @@ def test_train_stops_on_stale_evaluations_and_restores_the_best_weights() -> Non
     torch.testing.assert_close(model.item_emb.weight.detach(), snapshots[1], rtol=0, atol=0)
 
 
+def test_a_nan_loss_stops_training_naming_the_model_and_the_epoch() -> None:
+    data, _, _ = cycle_data()
+    windows = training_windows(data.log, max_len=8)
+    with pytest.raises(FloatingPointError,
+                       match=r"^sequence: loss is nan at epoch 1; lower lr or check the inputs"):
+        train(tiny_model(), windows, lr=1e30, batch_size=16, max_epochs=4)
+    evaluations = []
+
+    def poison_after_two(model: SASRec) -> float:  # an inf weight from epoch 3 on
+        evaluations.append(1)
+        if len(evaluations) == 2:
+            with torch.no_grad():
+                model.item_emb.weight[3, 0] = float("inf")
+        return 0.5
+
+    with pytest.raises(FloatingPointError, match=r"^next-item: loss is nan at epoch 3;"):
+        train(tiny_model(), windows, lr=1e-2, batch_size=16, max_epochs=6,
+              evaluate=poison_after_two, name="next-item")
+    assert len(evaluations) == 2
+
+
+def test_no_sequence_to_learn_from_trains_nothing_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        result = train(model, np.zeros((0, 9), np.int64), max_epochs=2, name="seq")
+    assert [h["loss"] for h in result.history] == [0.0, 0.0]  # not nan, so no error
+    assert "[seq] no sequence of two or more items to learn from" in caplog.text
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- sequences from the log
 
 

@@ -1,0 +1,164 @@
+"""``check_top_k``: every fault a channel's lists can carry is named with its channel, a
+count and an example, on each shared retrieve path; valid lists pass untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from features.recall_data import RecallData
+from models.base import (
+    HeldOut,
+    InvalidTopKError,
+    RecallChannel,
+    SearchChannel,
+    SparseScoreChannel,
+    TopK,
+    check_top_k,
+    seen_mask,
+    top_k,
+    top_k_sparse,
+)
+from tests.conftest import recall_data_from_matrix
+
+# user 0 has items 0 and 1, user 1 has item 2, user 2 has nothing
+DENSE = np.array([[1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]])
+
+
+@pytest.fixture(scope="module")
+def data() -> RecallData:
+    return recall_data_from_matrix(DENSE)
+
+
+def lists(items: list[list[int]], scores: list[list[float]]) -> TopK:
+    return TopK(np.array(items), np.array(scores, np.float32))
+
+
+GOOD = ([[2, 3, -1], [0, 4, 1], [-1, -1, -1]], [[5, 5, -np.inf], [3, 2, 1], [-np.inf] * 3])
+
+
+def test_valid_lists_pass(data: RecallData) -> None:
+    check_top_k(lists(*GOOD), data, np.arange(3), True, "fine")
+    check_top_k(lists(*GOOD), None, None, False, "fine", ordered=False)
+
+
+@pytest.mark.parametrize(("row", "scores", "fault"), [
+    ([4, 5, -1], [3, 2, -np.inf], r"an item code outside the catalogue \(e\.g\. user code 2: "
+                                  r"item 5, score 2\.0\)"),
+    ([4, -2, -1], [3, 2, -np.inf], "an item code outside the catalogue"),
+    ([4, -1, -1], [3, 2, -np.inf], "-1 .nothing retrieved. with a score other than -inf"),
+    ([4, 3, -1], [np.nan, 2, -np.inf], r"a NaN or infinite score \(e\.g\. user code 2: item 4, "
+                                       r"score nan\)"),
+    ([4, 3, -1], [np.inf, 2, -np.inf], "a NaN or infinite score"),
+    ([3, 4, 3], [3, 2, 1], r"the same item twice \(e\.g\. user code 2: item 3, score 3\.0\)"),
+    ([4, -1, 3], [3, -np.inf, 2], "a real item after -1 padding"),
+    ([4, 3, -1], [1, 2, -np.inf], r"scores not sorted best first \(e\.g\. user code 2: item 3"),
+])
+def test_each_fault_is_named_with_a_count_and_an_example(data: RecallData, row, scores,
+                                                         fault: str) -> None:
+    items, values = GOOD
+    bad = lists([*items[:2], row], [*values[:2], scores])
+    with pytest.raises(InvalidTopKError, match=f"^bad channel returned invalid top-k lists: "
+                                               f"1 of 3 rows hold {fault}"):
+        check_top_k(bad, data, np.arange(3), True, "bad")
+
+
+def test_a_seen_item_is_named_only_when_seen_items_are_excluded(data: RecallData) -> None:
+    top = lists([[1, 3], [2, 0], [0, 1]], [[2, 1], [2, 1], [2, 1]])
+    with pytest.raises(InvalidTopKError, match=r"2 of 3 rows hold an item from the user's "
+                                               r"fitted history \(e\.g\. user code 0: item 1"):
+        check_top_k(top, data, np.arange(3), True, "bad")
+    check_top_k(top, data, np.arange(3), False, "fine")
+
+
+def test_every_fault_of_a_list_is_reported_at_once(data: RecallData) -> None:
+    top = lists([[0, 3], [2, 2], [1, 4]], [[np.nan, 1], [2, 1], [2, 1]])
+    with pytest.raises(InvalidTopKError) as caught:
+        check_top_k(top, data, np.arange(3), True, "bad")
+    message = str(caught.value)
+    assert "NaN or infinite score" in message and "the same item twice" in message
+    assert "2 of 3 rows hold an item from the user's fitted history" in message
+
+
+def test_lists_of_the_wrong_shape_are_refused(data: RecallData) -> None:
+    with pytest.raises(InvalidTopKError, match=r"items \(3, 3\) and scores \(3, 2\) for 3"):
+        check_top_k(TopK(np.full((3, 3), -1), np.full((3, 2), -np.inf, np.float32)), data,
+                    np.arange(3), True, "bad")
+    with pytest.raises(InvalidTopKError, match="for 2 rows"):
+        check_top_k(lists(*GOOD), data, np.arange(2), True, "bad")
+
+
+@pytest.mark.parametrize("k", [2, 6])
+@pytest.mark.parametrize("nan", [np.nan, -np.nan])  # x86 makes 0 * inf a negative NaN
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_k_ranks_a_nan_first_and_keeps_it_for_the_check_to_see(k: int, nan: float,
+                                                                    dtype: type) -> None:
+    scores = np.array([[1.0, nan, 3.0, -np.inf, 2.0]], dtype)
+    stored = sp.csr_matrix((np.array([1.0, nan, 3.0, 2.0], dtype), [0, 1, 2, 4], [0, 4]),
+                           shape=(1, 5))
+    for top in (top_k(scores, k), top_k_sparse(stored, k)):
+        assert top.items[0].tolist() == [1, 2, 4, 0, -1, -1][:k]
+        np.testing.assert_array_equal(top.scores[0], [np.nan, 3, 2, 1, -np.inf, -np.inf][:k])
+
+
+def test_seen_mask_gives_an_unknown_user_no_history() -> None:
+    data = recall_data_from_matrix(np.array([[0, 0, 1], [1, 1, 0]]))  # code -1 is not 1
+    items = np.array([[0, 1, 2], [0, 1, 2]])
+    np.testing.assert_array_equal(seen_mask(data, np.array([-1, 1]), items),
+                                  [[False, False, False], [True, True, False]])
+
+
+class NanScores(RecallChannel, SearchChannel):
+    """Dense scores with a NaN for item 3, for users and queries alike."""
+
+    name = "nan_dense"
+
+    def __init__(self) -> None:
+        self.params = {}
+
+    def fit(self, data: RecallData, held_out: HeldOut | None = None) -> NanScores:
+        return self
+
+    def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        scores = np.tile(np.arange(data.n_items, dtype=np.float32), (len(users), 1))
+        scores[:, 3] = np.nan
+        return scores
+
+    def score_queries(self, data: RecallData, queries: list[str]) -> np.ndarray:
+        return self.score(data, np.arange(len(queries)))
+
+
+class NanOnSeen(SparseScoreChannel):
+    """Sparse scores NaN on the user's own items: the preference channel's old fault
+    (a seen item, score NaN, ranked first)."""
+
+    name = "nan_sparse"
+
+    def __init__(self) -> None:
+        self.params = {}
+
+    def fit(self, data: RecallData, held_out: HeldOut | None = None) -> NanOnSeen:
+        return self
+
+    def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
+        scores = sp.csr_matrix(np.ones((len(users), data.n_items), np.float32))
+        return scores + data.history[users] * np.float32(np.nan)
+
+
+@pytest.mark.parametrize("retrieve", [
+    lambda data: NanScores().retrieve(data, np.arange(3), 4),
+    lambda data: NanScores().retrieve(data, np.arange(3), 2, chunk=1),
+    lambda data: NanScores().retrieve_queries(data, ["a", "b", "c"], np.arange(3), 4),
+])
+def test_the_dense_paths_stop_on_a_nan_score(data: RecallData, retrieve) -> None:
+    with pytest.raises(InvalidTopKError, match=r"^nan_dense channel returned invalid top-k "
+                                               r"lists: .*rows hold a NaN or infinite score"):
+        retrieve(data)
+
+
+def test_the_sparse_path_stops_on_a_nan_score_for_a_seen_item(data: RecallData) -> None:
+    with pytest.raises(InvalidTopKError, match=r"^nan_sparse channel returned invalid top-k "
+                       r"lists: 2 of 3 rows hold a NaN or infinite score \(e\.g\. user code 0: "
+                       r"item 0, score nan\).*2 of 3 rows hold an item from the user's fitted"):
+        NanOnSeen().retrieve(data, np.arange(3), 4)
