@@ -33,10 +33,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_model() -> str:
+    """The CPU's model name (what ``lscpu`` prints): a ratio is a claim only with it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def record(name: str, command: str, summary: dict[str, Any], table: str) -> None:
     """Replace this benchmark's section of RESULTS.md and print the JSON summary last."""
     section = (f"## {name}\n\nCommand: `{command}`  \nMachine: {platform.machine()}, "
-               f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}\n\n"
+               f"{cpu_model()}, Python {platform.python_version()}, "
+               f"{time.strftime('%Y-%m-%d')}\n\n"
                f"{table}\n\n```json\n{json.dumps(summary, indent=2)}\n```\n")
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
