@@ -35,8 +35,11 @@ def candidate_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                    k: int = 10) -> float:
     """Mean ``models.metrics.ndcg_at_k`` over the groups with a positive label (a group
     without one has nothing to find and is left out), each group's rows ranked by score
-    (NaN last, ties in row order). Gain is binary (a positive label is relevant) and the
-    ideal ranking is that of the group's own rows: only the candidates can be ranked."""
+    (ties in row order). A NaN score is a row the system did not rank (a channel that did
+    not retrieve the candidate): it goes last and is never a hit, so a channel that ranks
+    nothing is not credited with the merge order its rows came in. Gain is binary (a
+    positive label is relevant) and the ideal ranking is that of the group's own rows:
+    only the candidates can be ranked."""
     relevant = labels > 0
     _, group = np.unique(groups, return_inverse=True)
     group = group.ravel()
@@ -51,7 +54,7 @@ def candidate_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray,
     evaluated, row_of = np.unique(sorted_group, return_inverse=True)
     top = position < k
     hits = np.zeros((len(evaluated), k), bool)
-    hits[row_of[top], position[top]] = relevant[rows[top]]
+    hits[row_of[top], position[top]] = relevant[rows[top]] & ~np.isnan(scores[rows[top]])
     return float(ndcg_at_k(hits, n_relevant[evaluated].astype(np.int64), k).mean())
 
 

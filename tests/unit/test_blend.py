@@ -46,15 +46,18 @@ def test_candidate_ndcg_matches_a_hand_value_and_sklearn() -> None:
 def reference_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                    k: int = 10) -> float:
     """The formula ``candidate_ndcg`` had before it went through ``ndcg_at_k``, kept as an
-    independent implementation: pandas sorts and group sums of gain / log2(position + 2)."""
+    independent implementation: pandas sorts and group sums of gain / log2(position + 2);
+    an unranked (NaN) row sorts last and gains nothing, but counts in the ideal."""
     frame = pd.DataFrame({"g": groups, "s": np.nan_to_num(scores, nan=-np.inf),
-                          "y": labels.astype(np.float64), "row": np.arange(len(groups))})
+                          "y": labels.astype(np.float64), "row": np.arange(len(groups)),
+                          "ranked": ~np.isnan(scores)})
     frame = frame[frame.groupby("g")["y"].transform("max") > 0]
     if frame.empty:
         return 0.0
     ordered = frame.sort_values(["g", "s", "row"], ascending=[True, False, True])
     position = ordered.groupby("g", sort=False).cumcount().to_numpy()
-    gain = np.where(position < k, ordered["y"].to_numpy() / np.log2(position + 2.0), 0.0)
+    earned = ordered["y"].to_numpy() * ordered["ranked"].to_numpy()
+    gain = np.where(position < k, earned / np.log2(position + 2.0), 0.0)
     dcg = pd.Series(gain).groupby(ordered["g"].to_numpy(), sort=False).sum()
     ideal = frame.sort_values(["g", "y"], ascending=[True, False])
     ipos = ideal.groupby("g", sort=False).cumcount().to_numpy()
@@ -84,6 +87,17 @@ def test_candidate_ndcg_equals_the_reference_formula(seed: int) -> None:
         got, expected = candidate_ndcg(groups, scores, labels, k), reference_ndcg(
             groups, scores, labels, k)
         assert np.isclose(got, expected, rtol=0, atol=1e-12), (k, got, expected)
+
+
+def test_a_system_that_ranks_nothing_gets_no_credit_for_the_row_order() -> None:
+    """A channel that retrieved none of the candidates (NaN ranks: e.g. geography on a log
+    without regions) once scored the merge order's NDCG, since its rows tie in row order,
+    and the blend picked it as the strongest channel."""
+    groups, labels = np.zeros(4), np.array([1, 0, 0, 1])
+    assert candidate_ndcg(groups, np.full(4, np.nan), labels) == 0.0
+    # ranked the second positive only, at its rank 1 (the other rows are unranked)
+    partial = candidate_ndcg(groups, np.array([np.nan, np.nan, np.nan, 1.0]), labels)
+    assert partial == pytest.approx(1.0 / (1.0 + 1.0 / np.log2(3.0)))
 
 
 def test_candidate_ndcg_without_any_positive_is_zero() -> None:
