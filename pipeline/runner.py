@@ -94,17 +94,17 @@ def run_stage(cfg: Config, name: str) -> dict:
     stage = get_stage(name)
     inputs = _input_hashes(cfg, stage.inputs)
     module = stage.load()
+    run_cfg = stage_config(cfg, name)
     if int(os.environ.get("RANK", "0")) > 0:
         # A DDP worker under torchrun: it trains alongside rank 0, which alone writes the
         # stage's output; whatever this rank writes goes to a scratch folder.
         with tempfile.TemporaryDirectory() as scratch:
-            module.run(cfg, StageIO(cfg, stage, Path(scratch)))
+            module.run(run_cfg, StageIO(run_cfg, stage, Path(scratch)))
         return {}
     target = stage_dir(cfg, name)
     started = time.perf_counter()
     log.info("[%s] start -> %s", name, target)
     depends = dependencies(cfg, name)  # before the run: a log landing meanwhile is new
-    run_cfg = stage_config(cfg, name)
     with atomic_folder(target) as out:  # next time, never hashed as read and left unread
         extra = module.run(run_cfg, StageIO(run_cfg, stage, out)) or {}
         seconds = round(time.perf_counter() - started, 3)
