@@ -231,10 +231,10 @@ class Ranker:
         self.booster = booster
         self.history = [float(x) for x in evals.get("valid", {}).get(f"ndcg@{EVAL_AT}", [])]
         self.best_iteration = int(booster.best_iteration or booster.current_iteration())
-        best = self.history[self.best_iteration - 1] if self.history else float("nan")
-        log.info("[ranker] %s: %d rounds run, best_iteration=%d valid ndcg@%d=%.4f",
-                 self.objective, len(self.history) or self.best_iteration,
-                 self.best_iteration, EVAL_AT, best)
+        watched = (f", valid ndcg@{EVAL_AT}={self.history[self.best_iteration - 1]:.4f}"
+                   if self.history else "")  # a refit on all labelled requests has no valid
+        log.info("[ranker] %s: %d rounds run, best_iteration=%d%s", self.objective,
+                 len(self.history) or self.best_iteration, self.best_iteration, watched)
         return self
 
     def _fitted(self) -> lgb.Booster:
