@@ -111,7 +111,7 @@ class Stage:
 _FITTING = ("split", "items", "users")
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "raw", "ingest", (), ("source", "ingest", "seed"), external=True),
-    Stage("split", "split", "split", ("interactions",), ("split", "seed")),
+    Stage("split", "split", "split", ("interactions", "items"), ("split", "seed")),
     Stage("recall", "recall", "recall", _FITTING, ("recall", "publish", "seed", "threads")),
     Stage("train-fm", "models/fm", "train_fm", (*_FITTING, "candidates"),
           ("fm", "seed", "threads")),

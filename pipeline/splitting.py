@@ -25,6 +25,7 @@ import pandas as pd
 
 from pipeline import schema as S
 from pipeline.config import SplitConfig
+from pipeline.schema import DataError
 
 PARTS = ("train", "valid", "test")
 
@@ -57,6 +58,24 @@ def resolve_strategy(interactions: pd.DataFrame, cfg: SplitConfig) -> str:
     if cfg.strategy != "auto":
         return cfg.strategy
     return "ratio" if is_timed(interactions) else "random"
+
+
+def require_held_out(parts: dict[str, pd.DataFrame], cfg: SplitConfig, n_items: int) -> None:
+    """Stop with a clear error when the split leaves nothing to tune or evaluate on: a
+    catalogue of one item (a user who has it has everything), or no user with enough
+    events for a valid and a test part (every later stage would fail somewhere inside)."""
+    if n_items < 2:
+        raise DataError(f"the catalogue holds {n_items} item(s): there is nothing to "
+                        "recommend that a user does not already have")
+    empty = [name for name in PARTS[1:] if parts[name].empty]
+    if empty:
+        train = parts["train"]
+        most = int(train.groupby(S.USER).size().max()) if len(train) else 0
+        raise DataError(f"split {cfg.strategy}: the {' and '.join(empty)} part(s) are empty "
+                        f"(users with fewer than split.min_interactions="
+                        f"{cfg.min_interactions} events stay in train; the most any user "
+                        f"has is {most}); the pipeline needs held-out events to tune and to "
+                        "evaluate on")
 
 
 def split(interactions: pd.DataFrame, cfg: SplitConfig, seed: int = 0

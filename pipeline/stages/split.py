@@ -10,7 +10,7 @@ from pipeline.catalogue import StageIO
 from pipeline.config import Config
 from pipeline.io import write_table
 from pipeline.ordering import order_free
-from pipeline.splitting import PARTS, is_timed, resolve_strategy, split
+from pipeline.splitting import PARTS, is_timed, require_held_out, resolve_strategy, split
 
 log = logging.getLogger("pipeline")
 
@@ -26,6 +26,7 @@ def run(cfg: Config, io: StageIO) -> dict:
                             f"{strategy}, {held}", *order_free(cfg)[1]])
         log.warning("[split] %s", status)
     parts = split(interactions, cfg.split, cfg.seed)
+    require_held_out(parts, cfg.split, len(io.read("items", columns=["item_id"])))
     for name in PARTS:
         write_table(parts[name], io.output("split", part=name))
     counts = {name: len(parts[name]) for name in PARTS}

@@ -355,3 +355,18 @@ def test_split_does_not_modify_its_input() -> None:
     before = df.copy()
     split(df, SplitConfig())
     pd.testing.assert_frame_equal(df, before)
+
+
+def test_a_split_with_nothing_held_out_stops_with_a_clear_error() -> None:
+    """One item, or no user with enough events: a DataError saying why at the split,
+    not a numpy error deep inside recall (as a one-item log gave)."""
+    from pipeline.schema import DataError
+    from pipeline.splitting import require_held_out
+
+    parts = split(log([(u, 1, float(u)) for u in range(5)]), SplitConfig())
+    with pytest.raises(DataError, match="catalogue holds 1 item"):
+        require_held_out(parts, SplitConfig(), 1)
+    with pytest.raises(DataError, match=r"valid and test part\(s\) are empty.*most any user "
+                                        r"has is 1"):
+        require_held_out(parts, SplitConfig(), 3)
+    require_held_out(split(user_log(10), SplitConfig()), SplitConfig(), 10)  # fine
