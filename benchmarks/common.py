@@ -10,6 +10,7 @@ import json
 import platform
 import re
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,14 +35,18 @@ def peak_rss_mb() -> float:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (what ``lscpu`` prints): a ratio is a claim only with it."""
+    """The CPU as ``lscpu`` names it (model name, family, model; cores): a ratio is a
+    claim only with its machine, and a bare "AMD EPYC" names a generation of chips."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    return (f"{fields.get('Model name', '?')} (lscpu: family {fields.get('CPU family', '?')}, "
+            f"model {fields.get('Model', '?')}, {fields.get('CPU(s)', '?')} CPUs)")
 
 
 def record(name: str, command: str, summary: dict[str, Any], table: str) -> None:
