@@ -4,8 +4,9 @@ A channel is fitted on a ``RecallData`` (the encoded fitting interactions with i
 user tables), optionally watching held-out pairs to choose epochs or other settings,
 then scores batches of users against the whole catalogue. ``retrieve`` is shared: it
 scores users in memory-bounded chunks, removes what each user already has, and keeps
-only the top-k per user, so no users x items matrix is ever held whole. Each chunk's
-lists are checked against the ``TopK`` contract (``check_top_k``) as they are made.
+only the top-k per user, so no users x items matrix is ever held whole. The recall
+stage checks every channel's lists against the ``TopK`` contract (``check_top_k``), on
+the one path they all take, whatever way a channel retrieves.
 
 Saving is written once, here: a channel keeps its constructor keywords in ``params`` and
 names its fitted attributes in ``state``; ``save`` writes ``params.json``, one file per
@@ -220,8 +221,8 @@ def check_top_k(top: TopK, data: RecallData | None, users: np.ndarray | None,
     """Raise ``InvalidTopKError`` naming channel ``name`` unless every row of ``top``
     holds distinct catalogue items with finite scores (best first and before any -1
     padding when ``ordered``), -1 only with -inf, and none of its user's fitted items
-    when ``exclude_seen``. Vectorised, as it runs on every chunk a channel retrieves:
-    a bad channel then fails the recall stage at once, not a later stage after hours.
+    when ``exclude_seen``. Vectorised, as it runs on every list the recall stage
+    retrieves: a bad channel then fails that stage at once, not a later one after hours.
     """
     n_rows = top.items.shape[0] if users is None else len(users)
     if top.items.shape != top.scores.shape or top.items.shape[0] != n_rows:
@@ -287,7 +288,7 @@ class RecallChannel(ABC):
                  chunk: int = 0) -> TopK:
         """Top-k item codes for each user code; the user's fitted items removed when asked."""
         return chunked_top_k(lambda rows: self.score(data, users[rows]), data, users, k,
-                             exclude_seen, chunk, name=self.name)
+                             exclude_seen, chunk)
 
     def score_pairs(self, data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """The score of each (user, item) pair, float64, NaN where the channel gives none
@@ -353,10 +354,8 @@ def _read_json(path: Path) -> Any:
 
 
 def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
-                  users: np.ndarray, k: int, exclude_seen: bool, chunk: int = 0, *,
-                  name: str) -> TopK:
-    """Score ``users`` (one row each) in memory-bounded chunks and keep each row's top k,
-    each chunk checked (``check_top_k``) for channel ``name``."""
+                  users: np.ndarray, k: int, exclude_seen: bool, chunk: int = 0) -> TopK:
+    """Score ``users`` (one row each) in memory-bounded chunks and keep each row's top k."""
     parts = []
     for rows in user_chunks(len(users), data.n_items, chunk):
         scores = np.array(score_rows(rows), dtype=np.float32)
@@ -364,7 +363,6 @@ def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
             r, c = data.history[users[rows]].nonzero()
             scores[r, c] = -np.inf
         parts.append(top_k(scores, k))
-        check_top_k(parts[-1], data, users[rows], exclude_seen, name)
     return _stack(parts, k)
 
 
@@ -403,14 +401,11 @@ class SparseScoreChannel(RecallChannel):
             scores.data[scores.data <= 0] = 0
             scores.eliminate_zeros()
             parts.append(top_k_sparse(scores, k))
-            check_top_k(parts[-1], data, block, exclude_seen, self.name)
         return _stack(parts, k)
 
 
 class SearchChannel(ABC):
     """A channel that can also answer a text query (the search use case)."""
-
-    name: ClassVar[str]
 
     @abstractmethod
     def score_queries(self, data: RecallData, queries: list[str]) -> np.ndarray:
@@ -420,4 +415,4 @@ class SearchChannel(ABC):
                          k: int, exclude_seen: bool = True, chunk: int = 0) -> TopK:
         """Top-k per (query, user) case; the asking user's fitted items removed when asked."""
         return chunked_top_k(lambda rows: self.score_queries(data, queries[rows]), data, users,
-                             k, exclude_seen, chunk, name=self.name)
+                             k, exclude_seen, chunk)

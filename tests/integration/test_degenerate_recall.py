@@ -59,8 +59,7 @@ def test_a_budget_larger_than_the_catalogue_is_clamped_to_it(
 
 class NanChannel(PopularityChannel):
     """Popularity whose own ``retrieve`` puts the user's first fitted item first with a
-    NaN score: the fault the preference channel once had, on a path the base class's
-    checks do not see."""
+    NaN score: the fault the preference channel once had, on a channel's own path."""
 
     name = "nan_channel"
 

@@ -1,9 +1,11 @@
 """``check_top_k``: every fault a channel's lists can carry is named with its channel, a
-count and an example, on each shared retrieve path; valid lists pass untouched."""
+count and an example, where the recall stage retrieves (dense, chunked, search and
+sparse channels alike); valid lists pass untouched."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -20,6 +22,7 @@ from models.base import (
     top_k,
     top_k_sparse,
 )
+from pipeline.stages.recall import Requests, retrieve
 from tests.conftest import recall_data_from_matrix
 
 # user 0 has items 0 and 1, user 1 has item 2, user 2 has nothing
@@ -146,19 +149,23 @@ class NanOnSeen(SparseScoreChannel):
         return scores + data.history[users] * np.float32(np.nan)
 
 
-@pytest.mark.parametrize("retrieve", [
-    lambda data: NanScores().retrieve(data, np.arange(3), 4),
-    lambda data: NanScores().retrieve(data, np.arange(3), 2, chunk=1),
-    lambda data: NanScores().retrieve_queries(data, ["a", "b", "c"], np.arange(3), 4),
-])
-def test_the_dense_paths_stop_on_a_nan_score(data: RecallData, retrieve) -> None:
+def requests(queries: list[str] | None = None) -> Requests:
+    return Requests(pd.DataFrame({"user_id": range(3)}), np.arange(3),
+                    None if queries is None else np.array(queries, dtype=object))
+
+
+@pytest.mark.parametrize(("queries", "k"), [(None, 4), (None, 2), (["a", "b", "c"], 4)])
+def test_the_stage_stops_a_dense_channel_on_a_nan_score(data: RecallData,
+                                                        queries: list[str] | None,
+                                                        k: int) -> None:
     with pytest.raises(InvalidTopKError, match=r"^nan_dense channel returned invalid top-k "
                                                r"lists: .*rows hold a NaN or infinite score"):
-        retrieve(data)
+        retrieve(NanScores(), data, requests(queries), k)
 
 
-def test_the_sparse_path_stops_on_a_nan_score_for_a_seen_item(data: RecallData) -> None:
+def test_the_stage_stops_a_sparse_channel_on_a_nan_score_for_a_seen_item(
+        data: RecallData) -> None:
     with pytest.raises(InvalidTopKError, match=r"^nan_sparse channel returned invalid top-k "
                        r"lists: 2 of 3 rows hold a NaN or infinite score \(e\.g\. user code 0: "
                        r"item 0, score nan\).*2 of 3 rows hold an item from the user's fitted"):
-        NanOnSeen().retrieve(data, np.arange(3), 4)
+        retrieve(NanOnSeen(), data, requests(), 4)
