@@ -53,11 +53,12 @@ def is_timed(interactions: pd.DataFrame) -> bool:
     return interactions[S.TS].nunique() > 1
 
 
-def resolve_strategy(interactions: pd.DataFrame, cfg: SplitConfig) -> str:
-    """The strategy ``auto`` stands for on this log (others stand for themselves)."""
+def resolve_strategy(cfg: SplitConfig, timed: bool) -> str:
+    """The strategy ``auto`` stands for on a log with or without time (others stand for
+    themselves)."""
     if cfg.strategy != "auto":
         return cfg.strategy
-    return "ratio" if is_timed(interactions) else "random"
+    return "ratio" if timed else "random"
 
 
 def require_held_out(parts: dict[str, pd.DataFrame], cfg: SplitConfig, n_items: int) -> None:
@@ -78,10 +79,11 @@ def require_held_out(parts: dict[str, pd.DataFrame], cfg: SplitConfig, n_items: 
                         "evaluate on")
 
 
-def split(interactions: pd.DataFrame, cfg: SplitConfig, seed: int = 0
-          ) -> dict[str, pd.DataFrame]:
+def split(interactions: pd.DataFrame, cfg: SplitConfig, seed: int = 0,
+          strategy: str | None = None) -> dict[str, pd.DataFrame]:
+    """The three parts by ``strategy`` (default: what ``cfg`` resolves to on this log)."""
     df = deduplicate(interactions)
-    strategy = resolve_strategy(df, cfg)
+    strategy = strategy or resolve_strategy(cfg, is_timed(df))
     if strategy == "time":
         valid_start, test_start = _cutoff(cfg.valid_start), _cutoff(cfg.test_start)
         if test_start < valid_start:

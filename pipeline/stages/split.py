@@ -17,7 +17,8 @@ log = logging.getLogger("pipeline")
 
 def run(cfg: Config, io: StageIO) -> dict:
     interactions = io.read("interactions")
-    strategy, timed = resolve_strategy(interactions, cfg.split), is_timed(interactions)
+    timed = is_timed(interactions)
+    strategy = resolve_strategy(cfg.split, timed)
     status = f"split {strategy}"
     if not timed:
         held = ("a seeded random holdout per user" if strategy == "random" else
@@ -25,7 +26,7 @@ def run(cfg: Config, io: StageIO) -> dict:
         status = "; ".join([f"the log has no time (one timestamp for every event): split "
                             f"{strategy}, {held}", *order_free(cfg)[1]])
         log.warning("[split] %s", status)
-    parts = split(interactions, cfg.split, cfg.seed)
+    parts = split(interactions, cfg.split, cfg.seed, strategy)
     require_held_out(parts, cfg.split, len(io.read("items", columns=["item_id"])))
     for name in PARTS:
         write_table(parts[name], io.output("split", part=name))
