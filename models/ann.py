@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from models.arrays import sorted_unique
+
 # faiss logs every optimised build it fails to find (avx512, avx2) at import: noise in a
 # batch log, since the generic build it falls back to is the one pip ships here.
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -201,7 +203,7 @@ def search_excluding(index: AnnIndex, queries: np.ndarray, k: int,
         found, found_scores = index.search(queries[lo:hi], want)
         if exclude is not None and excluded[lo:hi].any():
             rows = exclude[lo:hi].tocoo()
-            banned = np.unique(rows.row.astype(np.int64) * width + rows.col)
+            banned = sorted_unique(rows.row.astype(np.int64) * width + rows.col)
             keys = np.arange(hi - lo)[:, None] * width + found
             found = np.where((found >= 0) & np.isin(keys, banned), -1, found)
         if vectors is not None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from models.arrays import sorted_unique
 from models.base import TopK
 
 _EPS = 1e-5  # relative slack on every pruning comparison (float32 sums in other orders)
@@ -282,7 +283,7 @@ class _Search:
         if len(self.h_row) and n_seeds:
             s_rows = np.repeat(self.h_row, n_seeds)
             s_docs = self.ix.seeds[self.h_pos, :n_seeds].reshape(-1)
-            keys = np.unique(_keys(s_rows, s_docs, self.ix.n_docs))
+            keys = sorted_unique(_keys(s_rows, s_docs, self.ix.n_docs))
             keys = keys[~_member(keys, self.ex_keys)]
             s_rows, s_docs = keys // self.ix.n_docs, keys % self.ix.n_docs
             head_only = self.head_sum(s_rows, s_docs).astype(np.float32)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.arrays import sorted_unique
+
 
 def _discounts(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, k + 2))
@@ -102,4 +104,4 @@ def coverage_at_k(item_lists: np.ndarray, k: int, n_catalogue: int) -> float:
     ``item_lists`` holds item codes per user and rank, -1 where the list is shorter.
     """
     top = item_lists[:, :k]
-    return float(np.unique(top[top >= 0]).size / max(n_catalogue, 1))
+    return float(sorted_unique(top[top >= 0]).size / max(n_catalogue, 1))

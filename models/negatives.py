@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.arrays import sorted_unique
+
 
 def sample_negatives(pos_users: np.ndarray, pos_items: np.ndarray, n_items: int, ratio: int,
                      rng: np.random.Generator, *, popularity: np.ndarray | None = None,
@@ -28,7 +30,7 @@ def sample_negatives(pos_users: np.ndarray, pos_items: np.ndarray, n_items: int,
     p = np.asarray(popularity, np.float64)[:n_items] ** alpha
     cdf = np.cumsum(p)
     cdf /= cdf[-1]
-    pos_keys = np.unique(pos_users * n_items + pos_items)
+    pos_keys = sorted_unique(pos_users * n_items + pos_items)
 
     def is_pos(u: np.ndarray, i: np.ndarray) -> np.ndarray:
         keys = u * n_items + i

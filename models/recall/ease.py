@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from features.recall_data import RecallData
+from models.arrays import sorted_unique
 from models.base import HeldOut, RecallChannel
 from models.early_stopping import EarlyStopping
 from models.metrics import hits_from_keys, ndcg_at_k
@@ -152,9 +153,9 @@ class EaseChannel(RecallChannel):
         """Sampled held-out users, their relevant (row * n_items + item) keys sorted, and
         their relevant counts; None when no pair is usable."""
         ok = (held_out.users >= 0) & (held_out.items >= 0)
-        pairs = np.unique(held_out.users[ok].astype(np.int64) * data.n_items
+        pairs = sorted_unique(held_out.users[ok].astype(np.int64) * data.n_items
                           + held_out.items[ok])
-        users = np.unique(pairs // data.n_items)
+        users = sorted_unique(pairs // data.n_items)
         if not len(users):
             return None
         if len(users) > self.params["tune_users"]:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from features.recall_data import RecallData
+from models.arrays import sorted_unique
 from models.base import HeldOut, RecallChannel, top_k, user_chunks
 from models.metrics import hits_from_keys, ndcg_at_k
 from models.sequence import SASRec, last_tokens, next_item_scores, train, training_windows
@@ -81,7 +82,7 @@ class SequenceChannel(RecallChannel):
     def _held_out_metric(self, data: RecallData, held_out: HeldOut):
         """Mean held-out NDCG@eval_k over the held-out users (full ranking, seen removed)."""
         keep = (held_out.users >= 0) & (held_out.items >= 0)
-        pairs = np.unique(held_out.users[keep] * data.n_items + held_out.items[keep])
+        pairs = sorted_unique(held_out.users[keep] * data.n_items + held_out.items[keep])
         users, n_relevant = np.unique(pairs // data.n_items, return_counts=True)
         k, max_len = self.params["eval_k"], self.params["max_len"]
 

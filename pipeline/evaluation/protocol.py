@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from features.interactions import IdIndex
+from models.arrays import sorted_unique
 from models.metrics import METRICS, coverage_at_k
 from pipeline import schema as S
 
@@ -38,7 +39,7 @@ def hit_matrix(ranked: np.ndarray, relevant: pd.DataFrame, users: IdIndex,
     rel_items = items.encode(relevant[S.ITEM])
     n_relevant = np.bincount(rel_users, minlength=len(users))
     known = rel_items >= 0  # an item outside the catalogue counts as relevant, never as a hit
-    rel_keys = np.unique(rel_users[known] * len(items) + rel_items[known])
+    rel_keys = sorted_unique(rel_users[known] * len(items) + rel_items[known])
     keys = np.arange(len(users))[:, None] * len(items) + ranked
     hits = np.isin(keys, rel_keys) & (ranked >= 0)
     return hits, n_relevant
