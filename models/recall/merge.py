@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from models.arrays import sorted_unique
 from models.base import TopK, check_top_k
 
 
@@ -54,33 +55,43 @@ def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
     names = [cl.name for cl in lists]
     long = _long(lists)
     quotas = np.array([cl.quota for cl in lists])
-    ch, rank = long["channel"], long["rank"]
+    ch, rank, row = long["channel"], long["rank"], long["row"]
     width = int(long["item"].max()) + 1 if len(ch) else 1
-    pair = long["row"].astype(np.int64) * width + long["item"]
+    pair = row.astype(np.int64) * width + long["item"]
     # placement key: quota stage first, then rank relative to quota, then channel order
     # (distinct rank/quota values differ by at least 1/(q1*q2) > 1e-6 >> 1e-8 * channel)
     key = (rank > quotas[ch]) * 1e6 + rank / np.maximum(quotas[ch], 1) + ch * 1e-8
-    order = np.lexsort((key, long["row"]))
-    _, first = np.unique(pair[order], return_index=True)  # first placement of each pair
-    placed = order[np.sort(first)]
-    rows = long["row"][placed]
+    # one sort groups each pair's retrievals, earliest placement first; the rest is O(n)
+    by_pair = np.lexsort((key, pair))
+    head = np.ones(len(by_pair), bool)
+    np.not_equal(pair[by_pair[1:]], pair[by_pair[:-1]], out=head[1:])
+    group = np.empty(len(by_pair), np.int64)
+    group[by_pair] = np.cumsum(head) - 1  # the pair of each retrieval, numbered
+    first = by_pair[head]  # each pair's first placement
+    placed = first[np.lexsort((key[first], row[first]))]  # in placement order per row
+    rows = row[placed]
     merge_rank = np.arange(len(placed)) - np.searchsorted(rows, rows, side="left") + 1
     placed, merge_rank = placed[merge_rank <= budget], merge_rank[merge_rank <= budget]
 
-    out = pd.DataFrame({"row": long["row"][placed], "item": long["item"][placed],
+    out = pd.DataFrame({"row": row[placed], "item": long["item"][placed],
                         "merge_rank": merge_rank})
     out["source"] = pd.Categorical.from_codes(ch[placed], categories=names)
+    out_row = np.full(int(head.sum()), -1)
+    out_row[group[placed]] = np.arange(len(placed))
+    target = out_row[group]  # each retrieval's candidate row, -1 where not placed
     n_channels = np.zeros(len(placed), np.int8)
+    bounds = np.searchsorted(ch, np.arange(len(names) + 1))  # _long: channel by channel
     for pos, name in enumerate(names):
-        mine = np.flatnonzero(ch == pos)
-        by_pair = mine[np.argsort(pair[mine])]
-        at = np.minimum(np.searchsorted(pair[by_pair], pair[placed]), len(by_pair) - 1)
-        found = pair[by_pair[at]] == pair[placed] if len(by_pair) else np.zeros(len(placed),
-                                                                                   bool)
-        hit = by_pair[at] if len(by_pair) else np.zeros(len(placed), np.int64)
-        scores = np.where(found, long["score"][hit] if len(by_pair) else np.nan, np.nan)
-        ranks = np.where(found, rank[hit] if len(by_pair) else 0, 0).astype(np.int32)
-        out[f"{name}_score"] = scores.astype(np.float32)
+        span = slice(bounds[pos], bounds[pos + 1])
+        mine = target[span]
+        hit = mine >= 0
+        scores = np.full(len(placed), np.nan, np.float32)
+        scores[mine[hit]] = long["score"][span][hit]
+        ranks = np.zeros(len(placed), np.int32)
+        ranks[mine[hit]] = rank[span][hit]
+        found = np.zeros(len(placed), bool)
+        found[mine[hit]] = True
+        out[f"{name}_score"] = scores
         out[f"{name}_rank"] = pd.arrays.IntegerArray(ranks, ~found)
         n_channels += found
     out["n_channels"] = n_channels
@@ -107,7 +118,7 @@ def tune_quotas(lists: dict[str, np.ndarray], hits: dict[str, np.ndarray], budge
     # boolean lookup and each step touches only its own window (-1: no item)
     keys = {n: np.where(a >= 0, np.arange(n_rows)[:, None] * width + a, -1)
             for n, a in lists.items()}
-    vocab = np.unique(np.concatenate([k[k >= 0] for k in keys.values()]))
+    vocab = sorted_unique(np.concatenate([k[k >= 0] for k in keys.values()]))
     ids = {n: np.where(k >= 0, np.searchsorted(vocab, k), -1) for n, k in keys.items()}
     placed = np.zeros(len(vocab), bool)
     n_pairs = 1 + max((int(h.max()) for h in hits.values() if h.size), default=0)
@@ -120,8 +131,8 @@ def tune_quotas(lists: dict[str, np.ndarray], hits: dict[str, np.ndarray], budge
         cells = ids[name][:, q: q + step]
         cells = cells[cells >= 0]
         pairs = hits[name][:, q: q + step]
-        pairs = np.unique(pairs[pairs >= 0])
-        return len(cells), np.unique(cells[~placed[cells]]), pairs[~found_pairs[pairs]]
+        pairs = sorted_unique(pairs[pairs >= 0])
+        return len(cells), sorted_unique(cells[~placed[cells]]), pairs[~found_pairs[pairs]]
 
     while n_placed / max(n_rows, 1) < budget:
         best, best_rate, best_window = None, 0.0, None
