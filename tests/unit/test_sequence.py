@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from models.base import HeldOut
 from models.recall.sequence import SequenceChannel
 from models.sequence import (
+    BitsDropout,
     SASRec,
     last_tokens,
     next_item_loss,
@@ -56,6 +57,27 @@ def tiny_model(n_items: int = 12, max_len: int = 8, seed: int = 0, blocks: int =
 
 
 # ---------------------------------------------------------------- the module
+
+
+def test_bits_dropout_drops_at_its_rate_and_keeps_the_expectation() -> None:
+    x = (torch.rand(64, 50, 64) + 1.0).requires_grad_()
+    drop = BitsDropout(0.2)
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.2) < 0.005  # 204,800 draws: sd 0.0009
+    scale = 1 / (1 - 6554 / 32768)  # p rounded to 1/32768: the expectation stays exact
+    torch.testing.assert_close(y[kept], x[kept] * scale)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() * scale)
+    for lane in range(4):  # every 16-bit lane of a random word is used, none always kept
+        assert abs(1 - kept.flatten()[lane::4].float().mean().item() - 0.2) < 0.01
+    torch.manual_seed(3)
+    torch.testing.assert_close(drop(x), y)  # the seed decides the mask
+    assert drop.eval()(x) is x
+    assert BitsDropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match="dropout"):
+        BitsDropout(1.0)
 
 
 def test_outputs_at_earlier_positions_ignore_later_items() -> None:
