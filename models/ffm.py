@@ -170,6 +170,27 @@ class FactorTable(nn.Module):
     def table(self) -> nn.Parameter:
         return self.rows.weight
 
+    def side_terms(self, ids: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
+                   other_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One side of a pair (e.g. the user's slots ``slots`` of a full row whose other
+        slots are ``other_slots``): its terms with no partner from the other side (its
+        linear and within-side pairwise terms, bias left out) [N], and cross vectors
+        [N, own fields, other fields, k] such that a pair's logit is ``bias + c_a + c_b +
+        <X_a, X_b transposed in its two field axes>``. Each user and item is then worked
+        out once, not once per candidate."""
+        n = len(ids)
+        full_ids = torch.zeros(n, len(slots) + len(other_slots), dtype=torch.long,
+                               device=ids.device)
+        full_w = torch.zeros(full_ids.shape, dtype=self.table.dtype, device=ids.device)
+        full_ids[:, slots], full_w[:, slots] = ids.long(), weights.to(self.table.dtype)
+        alone = self(full_ids, full_w) - self.bias
+        return alone, self._cross_vectors(ids.long(), weights.to(self.table.dtype), slots,
+                                          other_slots)
+
+    def _cross_vectors(self, ids: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
+                       other_slots: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def config(self) -> dict[str, Any]:
         """Constructor arguments, enough for ``build_model`` to make the same model."""
         slots = self.slot_field
@@ -202,6 +223,19 @@ class FFM(FactorTable):
         partner, same = partner_index(self.slot_field, n_fields)
         self.register_buffer("partner", partner, persistent=False)
         self.register_buffer("same", same, persistent=False)
+
+    def _cross_vectors(self, ids: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
+                       other_slots: torch.Tensor) -> torch.Tensor:
+        """``X[n, a, b] = sum of w_s V[i_s, towards b]`` over the slots s of own field a."""
+        own = self.slot_field[slots]
+        own_fields, own_pos = torch.unique(own, sorted=True, return_inverse=True)
+        other = torch.unique(self.slot_field[other_slots], sorted=True)
+        n, k = len(ids), self.k
+        latent = self.table[ids][:, :, : self.n_fields * k].view(n, len(slots), self.n_fields, k)
+        weighted = latent[:, :, other, :] * weights[:, :, None, None]
+        out = torch.zeros(n, len(own_fields), len(other), k, dtype=weighted.dtype,
+                          device=weighted.device)
+        return out.index_add_(1, own_pos, weighted)
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
         """Logits; ``l2`` adds ``l2 * sum of squares of each sample's gathered rows`` (mean

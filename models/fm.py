@@ -80,6 +80,12 @@ class FM(FactorTable):
         self.slot_field = None if slot_field is None else [int(f) for f in slot_field]
         self._init_table(n_features, k + 1, sparse, init_std, seed)
 
+    def _cross_vectors(self, ids: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor,
+                       other_slots: torch.Tensor) -> torch.Tensor:
+        """``sum_s w_s v_s`` over the side's slots, as [N, 1, 1, k] (an FM has no fields)."""
+        v = self.table[ids][:, :, : self.k]
+        return torch.linalg.vecdot(v.transpose(1, 2), weights[:, None, :])[:, None, None, :]
+
     def forward(self, ids: torch.Tensor, weights: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
         """Logits; ``l2`` as in ``FFM.forward`` (gradient-only, per-sample lazy L2)."""
         out = FMFunction.apply(self.table, ids.long(), weights.to(self.table.dtype),

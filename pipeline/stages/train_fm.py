@@ -18,6 +18,7 @@ train-fm`` the training is data-parallel (gloo on CPU); only rank 0 writes.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 
 from features.fields import FieldEncoder
 from features.interactions import IdIndex
-from features.pairs import default_fields, encode_pairs, pair_frame, side_tables
+from features.pairs import default_fields, encode_pairs, encode_sides, pair_frame, side_tables
 from models.distributed import init_distributed, is_main_process
 from models.fm_trainer import (
     History,
@@ -36,6 +37,7 @@ from models.fm_trainer import (
     build_model,
     fit,
     predict,
+    predict_pairs,
     save_model,
 )
 from models.negatives import sample_negatives
@@ -71,13 +73,23 @@ def labelled(pos: pd.DataFrame, users: IdIndex, items: IdIndex, fm: FMConfig,
 
 def score_candidates(source: Path, target: Path, models: dict, encoder: FieldEncoder,
                      user_side: pd.DataFrame, item_side: pd.DataFrame, device: str) -> None:
-    """Append ``<model>_score`` to every candidate, streaming the file in chunks."""
+    """Append ``<model>_score`` to every candidate, streaming the file in chunks; each
+    distinct user and item is worked out once (``predict_pairs``) where the fields allow."""
     writer = ChunkedParquetWriter(target)
     for batch in pq.ParquetFile(source).iter_batches(batch_size=SCORE_CHUNK):
         cands = batch.to_pandas()
-        samples = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
+        sides = encode_sides(encoder, cands, user_side, item_side)
+        if sides is None:
+            rows = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
+            score = partial(predict, samples=rows, batch_size=65_536, device=device)
+        else:
+            user, item = sides
+            score = partial(predict_pairs, first=Samples.from_encoded(user.encoded),
+                            first_slots=user.slots, second=Samples.from_encoded(item.encoded),
+                            second_slots=item.slots, first_of=user.of, second_of=item.of,
+                            device=device)
         for kind, model in models.items():
-            cands[f"{kind}_score"] = predict(model, samples, batch_size=65_536, device=device)
+            cands[f"{kind}_score"] = score(model)
         writer.write(cands)
     writer.close(pq.read_schema(source).empty_table().to_pandas())
 

@@ -27,6 +27,7 @@ from models.fm_trainer import (
     fit,
     load_model,
     predict,
+    predict_pairs,
     save_model,
 )
 from models.negatives import sample_negatives
@@ -192,6 +193,36 @@ def test_gradient_flows_to_used_rows_only(cls: type) -> None:
     unused[used] = False
     assert unused[0]  # padding
     assert torch.all(grad[unused] == 0)
+
+
+@pytest.mark.parametrize("cls", [FM, FFM])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pairs_scored_side_by_side_equal_whole_rows(cls: type, layout: str) -> None:
+    sf = LAYOUTS[layout]
+    # the two sides interleave in the row: fields 0 and 2 on one, 1 and 3 on the other
+    first_slots = np.flatnonzero(np.isin(sf, [0, 2]))
+    second_slots = np.flatnonzero(~np.isin(sf, [0, 2]))
+    model = randomised(cls(30, sf, k=3)).float()
+    ids, w = random_batch(sf, 30, b=12, seed=4)
+    first = Samples(ids[:5, first_slots].numpy().astype(np.int32),
+                    w[:5, first_slots].numpy().astype(np.float32))
+    second = Samples(ids[5:, second_slots].numpy().astype(np.int32),
+                     w[5:, second_slots].numpy().astype(np.float32))
+    rng = np.random.default_rng(0)
+    first_of, second_of = rng.integers(0, 5, 40), rng.integers(0, 7, 40)
+    rows = Samples(np.zeros((40, len(sf)), np.int32), np.zeros((40, len(sf)), np.float32))
+    rows.ids[:, first_slots], rows.weights[:, first_slots] = (first.ids[first_of],
+                                                              first.weights[first_of])
+    rows.ids[:, second_slots], rows.weights[:, second_slots] = (second.ids[second_of],
+                                                                second.weights[second_of])
+    whole = predict(model, rows, logits=True)
+    paired = predict_pairs(model, first, first_slots, second, second_slots, first_of,
+                           second_of, batch_size=16, logits=True)
+    assert whole.std() > 0.1  # the pairs differ, so a wrong cross term would show
+    np.testing.assert_allclose(paired, whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        predict_pairs(model, second, second_slots, first, first_slots, second_of, first_of),
+        predict(model, rows), rtol=1e-5, atol=1e-6)  # either side may come first
 
 
 def test_ffm_rejects_unordered_slot_fields() -> None:
