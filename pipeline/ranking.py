@@ -44,8 +44,9 @@ def system_file(name: str) -> str:
 def proposing_channels(frame: pd.DataFrame, channels: list[str]) -> np.ndarray:
     """Per candidate, the channels that retrieved it, comma-separated in channel order
     (the merge keeps each channel's rank, null where it did not retrieve the item)."""
-    names = np.full(len(frame), "", dtype=object)
-    for name in channels:
-        found = frame[f"{name}_rank"].notna().to_numpy()
-        names[found] = names[found] + f"{name},"
-    return np.char.rstrip(names.astype(str), ",").astype(object)
+    proposed = np.zeros(len(frame), np.int64)  # one bit per channel
+    for bit, name in enumerate(channels):
+        proposed |= frame[f"{name}_rank"].notna().to_numpy().astype(np.int64) << bit
+    codes, sets = pd.factorize(proposed)  # a few dozen distinct sets: name each once
+    names = [",".join(n for bit, n in enumerate(channels) if s >> bit & 1) for s in sets]
+    return np.array(names, dtype=object)[codes]
