@@ -325,6 +325,8 @@ class EvaluateConfig(_Strict):
     )
     bootstrap_resamples: int = Field(1000, ge=10, description="resamples of users for the "
                                      "NDCG confidence intervals")
+    head_min_searches: int = Field(10, ge=1, description="a search query is 'head' when the "
+                                   "fitting data holds it this many times, else 'tail'")
 
     @field_validator("ks")
     @classmethod

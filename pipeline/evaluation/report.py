@@ -111,6 +111,27 @@ def _lifts(metrics: dict[str, Any], key: str) -> str:
     return f"<ul>{''.join(items)}</ul>"
 
 
+def _search(metrics: dict[str, Any], key: str) -> str:
+    """Zero-result rate and head / tail NDCG of each search system, if the run had search."""
+    search = metrics.get("search")
+    if not search:
+        return ""
+    cases = search["cases"]
+    rows = []
+    for name, rate in search["zero_result_rate"].items():
+        cells = []
+        for segment in ("head", "tail"):
+            value = search[key][segment].get(name)
+            cells.append(f"<td>{value[0]:.4f} [{value[1]:.4f}, {value[2]:.4f}]</td>" if value
+                         else "<td>-</td>")
+        rows.append(f"<tr><th>{html.escape(name)}</th><td>{rate:.4f}</td>{''.join(cells)}</tr>")
+    return (f"<h2>Search: head and tail queries</h2><p>{cases['head']} head cases (a query "
+            f"typed at least {search['head_min_searches']} times in the fitting data) and "
+            f"{cases['tail']} tail cases.</p><table><tr><th>system</th><th>no result</th>"
+            f"<th>head {html.escape(key)}</th><th>tail {html.escape(key)}</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
 def _table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["system", *columns])
     body = []
@@ -148,6 +169,7 @@ th:first-child{{text-align:left}}
 <h2>Final ranking</h2>{cards}
 <h2>Which stage earns what: {key_ci} with 95% intervals</h2>{_lifts(metrics, key_ci)}
 <img src="data:image/png;base64,{_intervals(metrics, key_ci)}">
+{_search(metrics, key_ci)}
 <h2>What the ranker looks at</h2>{_importance(metrics)}
 <h2>Metrics by k</h2><img src="data:image/png;base64,{_curves(metrics)}">
 <h2>Candidate recall</h2><img src="data:image/png;base64,{_candidate_bars(metrics)}">

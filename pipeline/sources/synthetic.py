@@ -5,7 +5,9 @@ Every draw is vectorised and comes from one seeded generator. What is planted:
   from the topic's vocabulary; a share of items is sold in one region only;
 - users have sparse (Dirichlet) topic tastes that drift over the log, and a home region;
 - events come in sessions that mostly stay on one topic, so items of a session co-occur;
-- a share of events are searches whose query is drawn from the clicked item's title.
+- a share of events are searches for the clicked item, typed as people type: its title
+  words, a word's first syllables, a misspelled word, a tag, or the topic's synonyms
+  that no item text contains (shared by every item of the topic: the head queries).
 Popularity alone ignores all of it, so models that use the structure beat it widely.
 """
 
@@ -80,6 +82,7 @@ class _Catalogue:
     region: np.ndarray  # -1 = sold everywhere
     created: np.ndarray  # seconds from _START
     title_words: np.ndarray  # items x 3, the words search queries are drawn from
+    tags: list[list[str]]  # each item's tags
 
 
 @dataclass
@@ -148,7 +151,8 @@ def _items(rng: np.random.Generator, src: SyntheticSource, span: int
                                      None), dtype="string"),
         S.CREATED_TS: _START + created,
     })
-    return items, _Catalogue(item_topic, pop_weight, item_region, created, title_words)
+    return items, _Catalogue(item_topic, pop_weight, item_region, created, title_words,
+                             items[S.TAGS].tolist())
 
 
 def _users(rng: np.random.Generator, src: SyntheticSource) -> tuple[pd.DataFrame, _Tastes]:
@@ -220,18 +224,56 @@ def _draw_items(rng: np.random.Generator, catalogue: _Catalogue, user_region: np
     return user[keep], item[keep], ts[keep]
 
 
-def _interactions(rng: np.random.Generator, src: SyntheticSource, title_words: np.ndarray,
+# What a search event's query is, by share: the title words the old generator used alone
+# (BM25 then found the clicked item every time), a title word's first two syllables, a
+# title word with a letter dropped, one of the item's tags (shared by its topic), and one
+# of the topic's synonyms (words of four syllables: never an item word, nor equal to a
+# prefix or a misspelling of one), alone or with a tag: words only the queries that led
+# to an item's clicks can teach.
+QUERY_KINDS = {"title": 0.3, "prefix": 0.15, "misspelled": 0.15, "tag": 0.1, "synonym": 0.3}
+_SYNONYMS_PER_TOPIC = 3
+
+
+def _queries(rng: np.random.Generator, catalogue: _Catalogue, n_topics: int,
+             item: np.ndarray) -> list[str]:
+    """A query for each searched item (``QUERY_KINDS``)."""
+    n = n_topics * _SYNONYMS_PER_TOPIC  # distinct stems of three syllables, one more added
+    synonyms = np.char.add(_words(rng, n), _SYLLABLES[rng.integers(len(_SYLLABLES), size=n)])
+    synonyms = synonyms.reshape(n_topics, _SYNONYMS_PER_TOPIC)
+    kind = rng.choice(list(QUERY_KINDS), size=len(item), p=list(QUERY_KINDS.values()))
+    pick = rng.integers(3, size=(len(item), 2))
+    title = catalogue.title_words[item[:, None], pick].tolist()
+    synonym = synonyms[catalogue.topic[item], rng.integers(_SYNONYMS_PER_TOPIC, size=len(item))]
+    tag_at, drop_at, with_tag = rng.random(len(item)), rng.integers(6, size=len(item)), \
+        rng.random(len(item)) < 0.5
+    queries = []
+    for i, q in enumerate(kind.tolist()):
+        tags = catalogue.tags[item[i]]
+        tag = tags[int(tag_at[i] * len(tags))]
+        if q == "title":
+            queries.append(" ".join(dict.fromkeys(title[i])))
+        elif q == "prefix":
+            queries.append(title[i][0][:4])
+        elif q == "misspelled":
+            word = title[i][0]
+            queries.append(word[: drop_at[i]] + word[drop_at[i] + 1:])
+        elif q == "tag":
+            queries.append(tag)
+        else:
+            queries.append(f"{synonym[i]} {tag}" if with_tag[i] else str(synonym[i]))
+    return queries
+
+
+def _interactions(rng: np.random.Generator, src: SyntheticSource, catalogue: _Catalogue,
                   user_region: np.ndarray, user: np.ndarray, item: np.ndarray,
                   ts: np.ndarray) -> pd.DataFrame:
-    """The interaction table: event kinds (searches with a query from the item's title,
-    a few purchases, clicks), sorted by time."""
+    """The interaction table: event kinds (searches with a query for the clicked item, a
+    few purchases, clicks), sorted by time."""
     search = rng.random(len(item)) < src.search_share
     purchase = ~search & (rng.random(len(item)) < 0.05)
     event = np.where(search, "search", np.where(purchase, "purchase", "click"))
-    pick = rng.integers(3, size=(int(search.sum()), 2))
-    qwords = title_words[item[search][:, None], pick]
     query = np.full(len(item), None, dtype=object)
-    query[search] = [" ".join(dict.fromkeys(row)) for row in qwords.tolist()]
+    query[search] = _queries(rng, catalogue, src.n_topics, item[search])
     return pd.DataFrame({
         S.USER: user + 1,
         S.ITEM: item + 1,
@@ -254,7 +296,7 @@ def generate(src: SyntheticSource, seed: int) -> RawTables:
     topic = _event_topics(rng, src, tastes, sessions, span)
     user, item, ts = _draw_items(rng, catalogue, tastes.region, sessions.user, topic,
                                  sessions.ts, src.n_topics)
-    interactions = _interactions(rng, src, catalogue.title_words, tastes.region, user, item, ts)
+    interactions = _interactions(rng, src, catalogue, tastes.region, user, item, ts)
     origin = "synthetic generator"
     return RawTables(interactions=[(origin, interactions)], items=(origin, items),
                      users=(origin, users))

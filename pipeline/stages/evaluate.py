@@ -17,6 +17,7 @@ from pipeline.catalogue import StageIO, artifact_path
 from pipeline.config import Config
 from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci
 from pipeline.evaluation.protocol import evaluate_lists, per_user_metric
+from pipeline.evaluation.search import HEAD, TAIL, search_report
 from pipeline.phases import item_catalogue
 from pipeline.protocol import (
     BACKTEST,
@@ -181,6 +182,19 @@ def score_systems(found: list[tuple[dict[str, pd.DataFrame], pd.DataFrame]], ite
     return systems, per_user
 
 
+def print_search(search: dict, k: int) -> None:
+    cases = search["cases"]
+    print(f"\n== search: {cases[HEAD]} head cases (a query typed at least "
+          f"{search['head_min_searches']} times in the fitting data) and {cases[TAIL]} tail ==")
+    print(f"{'system':40s} {'no result':>10s} {f'head ndcg@{k}':>26s} {f'tail ndcg@{k}':>26s}")
+    for name, rate in search["zero_result_rate"].items():
+        cells = []
+        for segment in (HEAD, TAIL):
+            value = search[f"ndcg@{k}"][segment].get(name)
+            cells.append(f"{value[0]:.4f} [{value[1]:.4f}, {value[2]:.4f}]" if value else "-")
+        print(f"{name:40s} {rate:10.4f} {cells[0]:>26s} {cells[1]:>26s}")
+
+
 def print_summary(cfg: Config, metrics: dict, items: IdIndex, k_ci: int, ns: list[int]) -> None:
     systems, lifts = metrics["systems"], metrics[f"lift_ndcg@{k_ci}"]
     print(f"\n== {cfg.dataset}: test metrics, {metrics['users']} users with recommendation "
@@ -195,6 +209,8 @@ def print_summary(cfg: Config, metrics: dict, items: IdIndex, k_ci: int, ns: lis
         print(f"{kind} lift of {lift['system']} over {lift['baseline']}: {lift['mean']:+.4f} "
               f"[{lift['low']:+.4f}, {lift['high']:+.4f}]"
               f"{'' if lift['excludes_zero'] else ' (interval includes zero: no lift claimed)'}")
+    if "search" in metrics:
+        print_search(metrics["search"], k_ci)
     for phase in BACKTEST:
         for kind, block in metrics["phases"][phase.name].items():
             print_candidates(f"{kind} candidate recall on {phase.name}", block, ns)
@@ -210,6 +226,13 @@ def run(cfg: Config, io: StageIO) -> dict:
     if SEARCH in relevant:
         found.append((search_lists(io), relevant[SEARCH]))
     systems, per_user = score_systems(found, items, ks, k_ci)
+    search = {}
+    if SEARCH in relevant:
+        lists = found[1][0]
+        fitting = pd.concat([io.read("split", part=p) for p in EVALUATED.fit], ignore_index=True)
+        search = search_report(lists, {n: per_user[n] for n in lists}, relevant[SEARCH],
+                               fitting, cfg.evaluate.head_min_searches, k_ci,
+                               cfg.evaluate.bootstrap_resamples, cfg.seed)
     resamples, seed = cfg.evaluate.bootstrap_resamples, cfg.seed
     with_interval(systems, per_user, k_ci, resamples, seed)
     singles = [n for n in systems if n.startswith("channel:") or "(reranks" in n]
@@ -228,7 +251,8 @@ def run(cfg: Config, io: StageIO) -> dict:
                "users": systems["final"]["users"], "catalogue": len(items),
                "systems": systems, f"lift_ndcg@{k_ci}": lifts,
                "candidate_recall": report[EVALUATED.name][RECOMMENDATION]["candidate_recall"],
-               "ranker": ranker, "importance": importance, "phases": report}
+               "ranker": ranker, "importance": importance, "phases": report,
+               **({"search": search} if search else {})}
     io.write_json("metrics", metrics)
     print_summary(cfg, metrics, items, k_ci, ns)
     return {"headline": {k: systems["final"][k] for k in HEADLINE}}

@@ -69,6 +69,16 @@ def test_rankers_are_lightgbm_text_models_and_every_system_is_evaluated(finished
     lift = metrics["lift_ndcg@10"]["recommendation"]
     assert lift["system"] == "final" and lift["baseline"].startswith(("channel:", "f"))
     assert metrics["importance"]["recommendation"]["lambdarank"]
+    search = metrics["search"]  # zero-result rate and head / tail NDCG per search system
+    assert sum(search["cases"].values()) == systems["search:final"]["users"]
+    assert set(search["zero_result_rate"]) == {n for n in systems if n.startswith("search:")}
+    assert search["zero_result_rate"]["search:final"] == 0.0
+    for segment in ("head", "tail"):
+        if search["cases"][segment]:
+            mean, low, high = search["ndcg@10"][segment]["search:final"]
+            assert 0 <= low <= mean <= high <= 1
+    report = (stage_dir(finished, "report") / "index.html").read_text()
+    assert "Search: head and tail queries" in report
 
 
 def test_recommendations_are_top_k_unseen_items_for_every_test_user(finished) -> None:

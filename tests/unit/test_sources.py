@@ -3,6 +3,7 @@ MovieLens 100K loader (skipped when the data set is absent) and the synthetic ge
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -260,15 +261,36 @@ def test_synthetic_passes_validation(synthetic) -> None:
     assert (created <= interactions["ts"]).all()  # no event before its item exists
 
 
-def test_synthetic_search_queries_come_from_clicked_title(synthetic) -> None:
+def test_synthetic_search_queries_are_typed_as_people_type(synthetic) -> None:
     interactions, items, _, _ = synthetic
     search = interactions[interactions["event"] == "search"]
     assert len(search) > 0.05 * len(interactions)
     assert search["query"].notna().all()
     assert interactions.loc[interactions["event"] != "search", "query"].isna().all()
-    titles = items.set_index("item_id")["title"]
+    table = items.set_index("item_id")
+    item_words = {w for text in items["text"] for w in text.split()}
+    kinds, synonym_items = Counter(), defaultdict(set)
     for query, item in zip(search["query"], search["item_id"], strict=True):
-        assert set(query.split()) <= set(titles[item].split()), (query, titles[item])
+        words, title, tags = query.split(), table.at[item, "title"].split(), \
+            list(table.at[item, "tags"])
+        if set(words) <= set(title):
+            kinds["title"] += 1
+        elif len(words) == 1 and any(len(query) == 4 and t.startswith(query) for t in title):
+            kinds["prefix"] += 1
+        elif len(words) == 1 and any(len(query) == 5 and any(
+                t[:i] + t[i + 1:] == query for i in range(6)) for t in title):
+            kinds["misspelled"] += 1
+        elif query in tags:
+            kinds["tag"] += 1
+        else:  # a synonym of the item's topic, never in any item's text, maybe with a tag
+            assert len(words[0]) == 8 and words[0] not in item_words, (query, title)
+            assert len(words) == 1 or (len(words) == 2 and words[1] in tags), (query, tags)
+            kinds["synonym"] += 1
+            synonym_items[words[0]].add(item)
+    assert set(kinds) == {"title", "prefix", "misspelled", "tag", "synonym"}
+    assert kinds["title"] < 0.4 * len(search)  # a title index alone no longer finds most
+    # a synonym names its whole topic: the same query leads to many different items
+    assert sum(map(len, synonym_items.values())) > 2 * len(synonym_items)
 
 
 def test_synthetic_popularity_is_skewed(synthetic) -> None:
