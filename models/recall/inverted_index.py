@@ -1,8 +1,13 @@
 """Inverted index over item text and attributes, scored with BM25, for recall and search.
 
-Terms. Each item is two fields: its text (title, text and tags, through the configured
-analyser, see ``analysers.py``) and its attribute terms (``category:x``, ``tag:y``,
-``region:z``; values case-folded, inner spaces as ``_``). One term dictionary holds both;
+Terms. Each item is three fields: its text (title, text and tags, through the configured
+analyser, see ``analysers.py``), its attribute terms (``category:x``, ``tag:y``,
+``region:z``; values case-folded, inner spaces as ``_``), and the queries that led to its
+clicks in the fitting data (each search event adds its analysed query; terms kept as
+``q:word``, weighted ``query_weight``): the words people type for an item that its own
+text lacks (synonyms, tags in their own words), fitted per phase so nothing from an
+evaluated window is indexed. A query word matches both ``word`` and ``q:word``; user
+profiles (below) leave the query field out. One term dictionary holds all three;
 the weight matrix (terms x items, CSR: row t is t's posting list, so it doubles as the
 attribute value -> items index) holds the BM25 weight of every (term, item) pair, each
 field weighted on its own (``models.bm25.bm25_weights``: Lucene's BM25, lengths and
@@ -42,12 +47,13 @@ import scipy.sparse as sp
 from features.recall_data import RecallData
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK
 from models.bm25 import BM25Index, bm25_weights
-from models.recall.analysers import fold, get_analyser
+from models.recall.analysers import Analyser, fold, get_analyser
 from models.recall.weights import half_life, prune_rows, seed_weights
 
 # item column -> attribute term prefix
 ATTRIBUTES = {"category": "category", "tags": "tag", "region": "region"}
 _ATTRIBUTE_QUERY = re.compile(r"(category|tag|region):(\S+)", re.IGNORECASE)
+QUERY_FIELD = "q:"  # the prefix of the terms of queries that led to an item's clicks
 
 
 def _values(value: Any) -> list[str]:
@@ -74,6 +80,8 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     - ``text_fields``: item columns analysed into text terms (lists are joined).
     - ``attributes``: item columns indexed as whole-value ``prefix:value`` terms
       (category -> ``category:``, tags -> ``tag:``, region -> ``region:``).
+    - ``query_weight``: weight of the field of queries that led to each item's clicks
+      (0: the field is left out).
     - ``profile_terms``: terms and attributes kept in a user's profile.
     - ``half_life_days`` (or else ``half_life_share`` of the log's span): 0 weighs every
       fitted item alike in the profile; > 0 weighs each event 2^(-age / half-life), so
@@ -89,6 +97,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     def __init__(self, k1: float = 1.2, b: float = 0.75, analyser: str = "standard",
                  text_fields: Iterable[str] = ("title", "text", "tags"),
                  attributes: Iterable[str] = ("category", "tags", "region"),
+                 query_weight: float = 1.0,
                  profile_terms: int = 30, half_life_days: float | None = None,
                  half_life_share: float = 0.0,
                  dense_df: float = 0.03, max_dense_terms: int = 192, batch: int = 512) -> None:
@@ -97,7 +106,8 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         if unknown:
             raise KeyError(f"unknown attribute column(s) {unknown}; known: {sorted(ATTRIBUTES)}")
         self.params = {"k1": k1, "b": b, "analyser": analyser, "text_fields": list(text_fields),
-                       "attributes": list(attributes), "profile_terms": profile_terms,
+                       "attributes": list(attributes), "query_weight": query_weight,
+                       "profile_terms": profile_terms,
                        "half_life_days": half_life_days, "half_life_share": half_life_share,
                        "dense_df": dense_df,
                        "max_dense_terms": max_dense_terms, "batch": batch}
@@ -132,15 +142,38 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
                         a_terms.append(attr_vocab.setdefault(term, len(attr_vocab)))
                         a_docs.append(doc)
         k1, b = p["k1"], p["b"]
+        q_vocab, q_terms, q_docs = self._query_field(data, analyse)
         weights = sp.vstack([
             bm25_weights(np.array(t_terms, np.int64), np.array(t_docs, np.int64),
                          len(text_vocab), n, k1, b),
             bm25_weights(np.array(a_terms, np.int64), np.array(a_docs, np.int64),
                          len(attr_vocab), n, k1, b),
+            bm25_weights(q_terms, q_docs, len(q_vocab), n, k1, b) * np.float32(
+                p["query_weight"]),
         ]).tocsr()
-        self.vocab = {**text_vocab, **{t: i + len(text_vocab) for t, i in attr_vocab.items()}}
+        self.vocab = text_vocab
+        for field in (attr_vocab, q_vocab):
+            offset = len(self.vocab)
+            self.vocab = {**self.vocab, **{t: i + offset for t, i in field.items()}}
         self._set_index(weights)
         return self
+
+    def _query_field(self, data: RecallData, analyse: Analyser
+                     ) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+        """The ``q:`` terms of the queries that led to each item's clicks, as token
+        occurrences (one per analysed word of each search event)."""
+        vocab: dict[str, int] = {}
+        terms: list[int] = []
+        docs: list[int] = []
+        if self.params["query_weight"] > 0 and "query" in data.log.columns:
+            searched = data.log[data.log["query"].notna()]
+            pairs = searched.groupby(["item", "query"], sort=True).size()
+            for (item, query), count in pairs.items():
+                for word in analyse(str(query)):
+                    term = vocab.setdefault(f"{QUERY_FIELD}{word}", len(vocab))
+                    terms.extend([term] * int(count))
+                    docs.extend([int(item)] * int(count))
+        return vocab, np.array(terms, np.int64), np.array(docs, np.int64)
 
     def _set_index(self, weights: sp.csr_matrix) -> None:
         self.index = BM25Index(weights, self.params["dense_df"], self.params["max_dense_terms"])
@@ -159,14 +192,16 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         return get_analyser(self.params["analyser"])(" ".join(words)) + terms
 
     def query_matrix(self, queries: list[str]) -> sp.csr_matrix:
-        """Queries x terms, each known term weighted by its count in the query."""
+        """Queries x terms, each known term weighted by its count in the query; a word
+        counts in the item text and in the field of queries that led to clicks."""
         rows, cols = [], []
         for r, text in enumerate(queries):
             for term in self.query_terms(text):
-                col = self.vocab.get(term)
-                if col is not None:
-                    rows.append(r)
-                    cols.append(col)
+                for key in (term, f"{QUERY_FIELD}{term}"):
+                    col = self.vocab.get(key)
+                    if col is not None:
+                        rows.append(r)
+                        cols.append(col)
         m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
                           shape=(len(queries), len(self.vocab)))
         m.sum_duplicates()
@@ -175,8 +210,9 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     def profiles(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         """Users x terms: the most weighted terms of each user's fitted items, sum 1."""
         index = self._ready(data)
-        if self._item_terms is None:
-            self._item_terms = index.weights.T.tocsr()
+        if self._item_terms is None:  # the items' own terms: the query field comes last and
+            own = sum(not t.startswith(QUERY_FIELD) for t in self.vocab)  # stays out of
+            self._item_terms = index.weights[:own].T.tocsr()  # profiles (tested)
         users = np.asarray(users, np.int64)
         hl = half_life(data, self.params["half_life_days"], self.params["half_life_share"])
         if hl > 0:
@@ -187,7 +223,9 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         profile = prune_rows(seen @ self._item_terms, self.params["profile_terms"])
         total = np.asarray(profile.sum(axis=1)).ravel()
         scale = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
-        return sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ profile)
+        profile = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ profile)
+        profile.resize((len(users), len(self.vocab)))
+        return profile
 
     def _ready(self, data: RecallData) -> BM25Index:
         self._require_fitted()

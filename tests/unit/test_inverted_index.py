@@ -245,3 +245,50 @@ def test_search_splits_large_batches_without_changing_results() -> None:
     brute[brute <= 0] = -np.inf
     np.testing.assert_allclose(got.scores, top_k(brute, 5).scores, rtol=1e-5)
     np.testing.assert_array_equal(index.search(queries[1100:1110], 5).items, got.items[1100:1110])
+
+
+def searched_data(items: pd.DataFrame, searches: list[tuple[int, str]]):
+    """Fitting data whose log holds one search event per (item, query) of ``searches``."""
+    from features.recall_data import build_recall_data
+
+    fit = pd.DataFrame({"user_id": np.arange(len(searches)) % 2,
+                        "item_id": [item for item, _ in searches], "weight": 1.0,
+                        "ts": pd.to_datetime(np.arange(len(searches)), unit="s"),
+                        "query": pd.Series([q for _, q in searches], dtype="string")})
+    users = pd.DataFrame({"user_id": [0, 1]})
+    return build_recall_data(fit, items, users, np.array([0, 1]))
+
+
+def test_queries_that_led_to_clicks_find_items_their_text_lacks() -> None:
+    items = titled(["red running shoe", "blue running shoe", "green hat"])
+    data = searched_data(items, [(1, "Sneakers"), (1, "sneakers blue"), (2, "cap")])
+    channel = InvertedIndexChannel(attributes=()).fit(data)
+    got = channel.score_queries(data, ["sneakers", "cap", "running", "sneakers red"])
+    assert np.isfinite(got[0]).tolist() == [False, True, False]  # only through its queries
+    assert np.isfinite(got[1]).tolist() == [False, False, True]
+    np.testing.assert_array_equal(got[2], channel_without_queries(data)[0])  # text as before
+    assert got[3, 1] > 0 and got[3, 0] > 0  # one word from queries, one from the title
+    assert "q:sneakers" in channel.vocab and "q:red" not in channel.vocab
+    off = InvertedIndexChannel(attributes=(), query_weight=0).fit(data)
+    assert not np.isfinite(off.score_queries(data, ["sneakers"])).any()
+    half = InvertedIndexChannel(attributes=(), query_weight=0.5).fit(data)
+    np.testing.assert_allclose(half.score_queries(data, ["cap"])[0, 2], 0.5 * got[1, 2],
+                               rtol=1e-6)
+
+
+def channel_without_queries(data) -> np.ndarray:
+    return InvertedIndexChannel(attributes=(), query_weight=0).fit(data).score_queries(
+        data, ["running"])
+
+
+def test_user_profiles_leave_the_query_field_out() -> None:
+    items = titled(["red running shoe", "blue running shoe", "green hat"])
+    data = searched_data(items, [(1, "sneakers"), (1, "sneakers"), (2, "cap")])
+    with_queries = InvertedIndexChannel(attributes=()).fit(data)
+    without = InvertedIndexChannel(attributes=(), query_weight=0).fit(data)
+    users = np.array([0, 1])
+    got, plain = with_queries.profiles(data, users), without.profiles(data, users)
+    assert got.shape == (2, len(with_queries.vocab))
+    own = [with_queries.vocab[t] for t in without.vocab]
+    np.testing.assert_allclose(got[:, own].toarray(), plain.toarray(), rtol=1e-6)
+    assert got.sum() == pytest.approx(plain.sum())  # nothing on q: terms
