@@ -223,14 +223,14 @@ def run(cfg: Config, io: StageIO) -> dict:
     k_ci = 10 if 10 in ks else ks[0]
     report, relevant = recall_reports(io, items, ks, ns)
     found = [(recommendation_lists(io, max(ks)), relevant[RECOMMENDATION])]
-    if SEARCH in relevant:
-        found.append((search_lists(io), relevant[SEARCH]))
+    searched = search_lists(io) if SEARCH in relevant else {}
+    if searched:
+        found.append((searched, relevant[SEARCH]))
     systems, per_user = score_systems(found, items, ks, k_ci)
     search = {}
-    if SEARCH in relevant:
-        lists = found[1][0]
+    if searched:
         fitting = pd.concat([io.read("split", part=p) for p in EVALUATED.fit], ignore_index=True)
-        search = search_report(lists, {n: per_user[n] for n in lists}, relevant[SEARCH],
+        search = search_report(searched, {n: per_user[n] for n in searched}, relevant[SEARCH],
                                fitting, cfg.evaluate.head_min_searches, k_ci,
                                cfg.evaluate.bootstrap_resamples, cfg.seed)
     resamples, seed = cfg.evaluate.bootstrap_resamples, cfg.seed
