@@ -16,10 +16,14 @@ s(q, d) = sum_t q_t w(t, d); for the text field this is Lucene's BM25 as ``bm25s
 computes it (``method="lucene"``), and a test checks the two agree.
 
 Queries. For search, the analysed query text; ``field:value`` pieces of it (e.g.
-``category:drama``) are matched as attribute terms. For recommendation, the user's
-profile: sum over their fitted items i of a_ui * w(t, i), with a_ui = 1 or, when
-``half_life_days`` > 0, 2^(-age / half-life) summed over their events with i; the
-``profile_terms`` largest terms and attributes are kept and normalised to sum 1. Profiles
+``category:drama``) are matched as attribute terms. A query word that is no indexed term
+(of at least ``expand_min_chars`` characters) stands for the indexed words it may be
+typed for: those it equals with one letter dropped (a typo), else those it begins (a
+partial word), at most ``max_expansions``, sharing its weight equally. For
+recommendation, the user's profile: sum over their fitted items i of a_ui * w(t, i),
+with a_ui = 1 or, when ``half_life_days`` > 0, 2^(-age / half-life) summed over their
+events with i; the ``profile_terms`` largest terms and attributes are kept and
+normalised to sum 1. Profiles
 for a batch of users are one sparse product (users x items @ items x terms), scores a
 second one (profiles @ terms x items).
 
@@ -35,6 +39,7 @@ Artefacts: ``weights.npz`` (scipy), ``params.json`` and the term dictionary in
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -71,6 +76,27 @@ def attribute_value(value: str) -> str:
     return "_".join(fold(value).split())
 
 
+class WordExpander:
+    """The indexed words a query word may have been typed for: those it equals with one
+    letter dropped (each word's deletions are kept, so a lookup is a dict get), else
+    those it begins (a binary search in the sorted words)."""
+
+    def __init__(self, words: Iterable[str]) -> None:
+        self.sorted = sorted(set(words))
+        self.dropped: dict[str, list[str]] = {}
+        for word in self.sorted:
+            for i in range(len(word)):
+                self.dropped.setdefault(word[:i] + word[i + 1:], []).append(word)
+
+    def expand(self, word: str, limit: int) -> list[str]:
+        typo = list(dict.fromkeys(self.dropped.get(word, ())))
+        if typo:
+            return typo[:limit]
+        lo = bisect.bisect_left(self.sorted, word)
+        hi = bisect.bisect_left(self.sorted, word + "\U0010ffff", lo)
+        return [w for w in self.sorted[lo:hi] if w != word][:limit]
+
+
 class InvertedIndexChannel(RecallChannel, SearchChannel):
     """BM25 over item text and attributes; users are queried by their profile terms.
 
@@ -82,6 +108,9 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
       (category -> ``category:``, tags -> ``tag:``, region -> ``region:``).
     - ``query_weight``: weight of the field of queries that led to each item's clicks
       (0: the field is left out).
+    - ``expand_min_chars``, ``max_expansions``: a query word of at least this many
+      characters that matches no term is expanded to the indexed words it misspells by
+      one dropped letter, else to those it begins (at most this many; 0 chars: off).
     - ``profile_terms``: terms and attributes kept in a user's profile.
     - ``half_life_days`` (or else ``half_life_share`` of the log's span): 0 weighs every
       fitted item alike in the profile; > 0 weighs each event 2^(-age / half-life), so
@@ -97,7 +126,8 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     def __init__(self, k1: float = 1.2, b: float = 0.75, analyser: str = "standard",
                  text_fields: Iterable[str] = ("title", "text", "tags"),
                  attributes: Iterable[str] = ("category", "tags", "region"),
-                 query_weight: float = 1.0,
+                 query_weight: float = 1.0, expand_min_chars: int = 3,
+                 max_expansions: int = 20,
                  profile_terms: int = 30, half_life_days: float | None = None,
                  half_life_share: float = 0.0,
                  dense_df: float = 0.03, max_dense_terms: int = 192, batch: int = 512) -> None:
@@ -107,6 +137,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
             raise KeyError(f"unknown attribute column(s) {unknown}; known: {sorted(ATTRIBUTES)}")
         self.params = {"k1": k1, "b": b, "analyser": analyser, "text_fields": list(text_fields),
                        "attributes": list(attributes), "query_weight": query_weight,
+                       "expand_min_chars": expand_min_chars, "max_expansions": max_expansions,
                        "profile_terms": profile_terms,
                        "half_life_days": half_life_days, "half_life_share": half_life_share,
                        "dense_df": dense_df,
@@ -114,6 +145,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         self.vocab: dict[str, int] | None = None
         self.index: BM25Index | None = None
         self._item_terms: sp.csr_matrix | None = None
+        self._words: WordExpander | None = None
 
     # --- fitting -------------------------------------------------------------------
     def fit(self, data: RecallData, held_out: HeldOut | None = None) -> InvertedIndexChannel:
@@ -178,6 +210,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     def _set_index(self, weights: sp.csr_matrix) -> None:
         self.index = BM25Index(weights, self.params["dense_df"], self.params["max_dense_terms"])
         self._item_terms = None
+        self._words = None
 
     # --- queries -------------------------------------------------------------------
     def query_terms(self, text: str) -> list[str]:
@@ -193,19 +226,35 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
 
     def query_matrix(self, queries: list[str]) -> sp.csr_matrix:
         """Queries x terms, each known term weighted by its count in the query; a word
-        counts in the item text and in the field of queries that led to clicks."""
-        rows, cols = [], []
+        counts in the item text and in the field of queries that led to clicks, and an
+        unknown word through the words it may be typed for (shares summing to one)."""
+        rows, cols, values = [], [], []
         for r, text in enumerate(queries):
             for term in self.query_terms(text):
-                for key in (term, f"{QUERY_FIELD}{term}"):
-                    col = self.vocab.get(key)
-                    if col is not None:
-                        rows.append(r)
-                        cols.append(col)
-        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                for key, weight in self._keys(term):
+                    rows.append(r)
+                    cols.append(self.vocab[key])
+                    values.append(weight)
+        m = sp.csr_matrix((np.array(values, np.float32), (rows, cols)),
                           shape=(len(queries), len(self.vocab)))
         m.sum_duplicates()
         return m
+
+    def _keys(self, term: str) -> list[tuple[str, float]]:
+        """The vocabulary keys a query term counts for, with its share of each."""
+        def keys(word: str) -> list[str]:
+            return [k for k in (word, f"{QUERY_FIELD}{word}") if k in self.vocab]
+
+        found = keys(term)
+        if found or ":" in term or len(term) < max(self.params["expand_min_chars"], 1) \
+                or not self.params["expand_min_chars"]:
+            return [(k, 1.0) for k in found]
+        if self._words is None:
+            self._words = WordExpander(
+                t.removeprefix(QUERY_FIELD) for t in self.vocab
+                if ":" not in t.removeprefix(QUERY_FIELD))
+        words = self._words.expand(term, self.params["max_expansions"])
+        return [(k, 1.0 / len(words)) for w in words for k in keys(w)]
 
     def profiles(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         """Users x terms: the most weighted terms of each user's fitted items, sum 1."""

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from models.base import top_k
 from models.bm25 import BM25Index, bm25_weights
 from models.recall.analysers import get_analyser
-from models.recall.inverted_index import InvertedIndexChannel
+from models.recall.inverted_index import InvertedIndexChannel, WordExpander
 from tests.conftest import recall_data_from_matrix
 
 
@@ -292,3 +292,26 @@ def test_user_profiles_leave_the_query_field_out() -> None:
     own = [with_queries.vocab[t] for t in without.vocab]
     np.testing.assert_allclose(got[:, own].toarray(), plain.toarray(), rtol=1e-6)
     assert got.sum() == pytest.approx(plain.sum())  # nothing on q: terms
+
+
+def test_word_expander_finds_typos_before_prefixes() -> None:
+    words = WordExpander(["kalomi", "kalosa", "kalomo", "tovine"])
+    assert words.expand("kaomi", 20) == ["kalomi"]  # "kalomi" with its "l" dropped
+    assert words.expand("kalo", 20) == ["kalomi", "kalomo", "kalosa"]  # a partial word
+    assert words.expand("kalo", 2) == ["kalomi", "kalomo"]
+    assert words.expand("zzz", 20) == []
+    assert words.expand("kalomi", 20) == []  # no prefix match of itself (typo: none)
+
+
+def test_unknown_query_words_count_for_the_words_they_may_be_typed_for() -> None:
+    items = titled(["kalomi shoe", "kalosa hat", "tovine coat"])
+    data = searched_data(items, [(2, "warm")])
+    channel = InvertedIndexChannel(attributes=()).fit(data)
+    got = channel.score_queries(data, ["kaomi", "kalo", "ka", "wam", "kalomi"])
+    assert np.isfinite(got[0]).tolist() == [True, False, False]  # a typo of kalomi
+    assert np.isfinite(got[1]).tolist() == [True, True, False]  # both words it begins
+    np.testing.assert_allclose(got[1, :2], got[4, 0] / 2, rtol=1e-6)  # one share each
+    assert not np.isfinite(got[2]).any()  # shorter than expand_min_chars
+    assert np.isfinite(got[3]).tolist() == [False, False, True]  # via the query field
+    off = InvertedIndexChannel(attributes=(), expand_min_chars=0).fit(data)
+    assert not np.isfinite(off.score_queries(data, ["kaomi", "kalo"])).any()
