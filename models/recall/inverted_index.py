@@ -83,13 +83,13 @@ class WordExpander:
 
     def __init__(self, words: Iterable[str]) -> None:
         self.sorted = sorted(set(words))
-        self.dropped: dict[str, list[str]] = {}
+        self.dropped: dict[str, dict[str, None]] = {}  # deletion -> words, in sorted order
         for word in self.sorted:
             for i in range(len(word)):
-                self.dropped.setdefault(word[:i] + word[i + 1:], []).append(word)
+                self.dropped.setdefault(word[:i] + word[i + 1:], {})[word] = None
 
     def expand(self, word: str, limit: int) -> list[str]:
-        typo = list(dict.fromkeys(self.dropped.get(word, ())))
+        typo = list(self.dropped.get(word, ()))
         if typo:
             return typo[:limit]
         lo = bisect.bisect_left(self.sorted, word)
@@ -193,19 +193,25 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     def _query_field(self, data: RecallData, analyse: Analyser
                      ) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
         """The ``q:`` terms of the queries that led to each item's clicks, as token
-        occurrences (one per analysed word of each search event)."""
+        occurrences (each search event adds its analysed query); each distinct query is
+        analysed once and its words repeated for its events by array arithmetic."""
         vocab: dict[str, int] = {}
-        terms: list[int] = []
-        docs: list[int] = []
-        if self.params["query_weight"] > 0 and "query" in data.log.columns:
-            searched = data.log[data.log["query"].notna()]
-            pairs = searched.groupby(["item", "query"], sort=True).size()
-            for (item, query), count in pairs.items():
-                for word in analyse(str(query)):
-                    term = vocab.setdefault(f"{QUERY_FIELD}{word}", len(vocab))
-                    terms.extend([term] * int(count))
-                    docs.extend([int(item)] * int(count))
-        return vocab, np.array(terms, np.int64), np.array(docs, np.int64)
+        empty = np.zeros(0, np.int64)
+        if self.params["query_weight"] <= 0 or "query" not in data.log.columns:
+            return vocab, empty, empty
+        searched = data.log[data.log["query"].notna()]
+        of, distinct = pd.factorize(searched["query"])
+        words = [[vocab.setdefault(f"{QUERY_FIELD}{w}", len(vocab)) for w in analyse(str(q))]
+                 for q in distinct]
+        lengths = np.array([len(w) for w in words], np.int64)
+        flat = np.fromiter((t for w in words for t in w), np.int64, int(lengths.sum()))
+        per_event = lengths[of]
+        within = np.arange(per_event.sum()) - np.repeat(np.cumsum(per_event) - per_event,
+                                                         per_event)
+        starts = np.cumsum(lengths) - lengths
+        terms = flat[np.repeat(starts[of], per_event) + within]
+        docs = np.repeat(searched["item"].to_numpy(np.int64), per_event)
+        return vocab, terms, docs
 
     def _set_index(self, weights: sp.csr_matrix) -> None:
         self.index = BM25Index(weights, self.params["dense_df"], self.params["max_dense_terms"])
@@ -245,23 +251,22 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         def keys(word: str) -> list[str]:
             return [k for k in (word, f"{QUERY_FIELD}{word}") if k in self.vocab]
 
-        found = keys(term)
-        if found or ":" in term or len(term) < max(self.params["expand_min_chars"], 1) \
-                or not self.params["expand_min_chars"]:
+        found, min_chars = keys(term), self.params["expand_min_chars"]
+        if found or not min_chars or len(term) < min_chars or ":" in term:
             return [(k, 1.0) for k in found]
-        if self._words is None:
-            self._words = WordExpander(
-                t.removeprefix(QUERY_FIELD) for t in self.vocab
-                if ":" not in t.removeprefix(QUERY_FIELD))
+        if self._words is None:  # the indexed words: text and query terms, no attributes
+            bare = (t.removeprefix(QUERY_FIELD) for t in self.vocab)
+            self._words = WordExpander(w for w in bare if ":" not in w)
         words = self._words.expand(term, self.params["max_expansions"])
         return [(k, 1.0 / len(words)) for w in words for k in keys(w)]
 
     def profiles(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         """Users x terms: the most weighted terms of each user's fitted items, sum 1."""
         index = self._ready(data)
-        if self._item_terms is None:  # the items' own terms: the query field comes last and
-            own = sum(not t.startswith(QUERY_FIELD) for t in self.vocab)  # stays out of
-            self._item_terms = index.weights[:own].T.tocsr()  # profiles (tested)
+        if self._item_terms is None:
+            # the items' own terms only: the query field's rows come last and stay out
+            own = sum(not t.startswith(QUERY_FIELD) for t in self.vocab)
+            self._item_terms = index.weights[:own].T.tocsr()
         users = np.asarray(users, np.int64)
         hl = half_life(data, self.params["half_life_days"], self.params["half_life_share"])
         if hl > 0:
