@@ -82,7 +82,8 @@ class _Catalogue:
     region: np.ndarray  # -1 = sold everywhere
     created: np.ndarray  # seconds from _START
     title_words: np.ndarray  # items x 3, the words search queries are drawn from
-    tags: list[list[str]]  # each item's tags
+    tags: np.ndarray  # items x 4, each item's tags first
+    n_tags: np.ndarray  # how many of them it has
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _items(rng: np.random.Generator, src: SyntheticSource, span: int
         S.CREATED_TS: _START + created,
     })
     return items, _Catalogue(item_topic, pop_weight, item_region, created, title_words,
-                             items[S.TAGS].tolist())
+                             tags_all, n_tags)
 
 
 def _users(rng: np.random.Generator, src: SyntheticSource) -> tuple[pd.DataFrame, _Tastes]:
@@ -242,26 +243,24 @@ def _queries(rng: np.random.Generator, catalogue: _Catalogue, n_topics: int,
     synonyms = synonyms.reshape(n_topics, _SYNONYMS_PER_TOPIC)
     kind = rng.choice(list(QUERY_KINDS), size=len(item), p=list(QUERY_KINDS.values()))
     pick = rng.integers(3, size=(len(item), 2))
-    title = catalogue.title_words[item[:, None], pick].tolist()
+    first, second = catalogue.title_words[item[:, None], pick].T
     synonym = synonyms[catalogue.topic[item], rng.integers(_SYNONYMS_PER_TOPIC, size=len(item))]
     tag_at, drop_at, with_tag = rng.random(len(item)), rng.integers(6, size=len(item)), \
         rng.random(len(item)) < 0.5
-    queries = []
-    for i, q in enumerate(kind.tolist()):
-        tags = catalogue.tags[item[i]]
-        tag = tags[int(tag_at[i] * len(tags))]
-        if q == "title":
-            queries.append(" ".join(dict.fromkeys(title[i])))
-        elif q == "prefix":
-            queries.append(title[i][0][:4])
-        elif q == "misspelled":
-            word = title[i][0]
-            queries.append(word[: drop_at[i]] + word[drop_at[i] + 1:])
-        elif q == "tag":
-            queries.append(tag)
-        else:
-            queries.append(f"{synonym[i]} {tag}" if with_tag[i] else str(synonym[i]))
-    return queries
+    tag = catalogue.tags[item, (tag_at * catalogue.n_tags[item]).astype(np.int64)]
+    queries = {
+        "title": np.where(first == second, first, _joined(first, second)),
+        "prefix": np.strings.slice(first, 0, 4),
+        "misspelled": np.char.add(np.strings.slice(first, 0, drop_at), np.strings.slice(
+            first, drop_at + 1, np.strings.str_len(first))),
+        "tag": tag,
+        "synonym": np.where(with_tag, _joined(synonym, tag), synonym),
+    }
+    return np.select([kind == k for k in queries], list(queries.values()), "").tolist()
+
+
+def _joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.char.add(np.char.add(a, " "), b)
 
 
 def _interactions(rng: np.random.Generator, src: SyntheticSource, catalogue: _Catalogue,
