@@ -1,22 +1,26 @@
 """Inverted index over item text and attributes, scored with BM25, for recall and search.
 
 Terms. Each item is three fields: its text (title, text and tags, through the configured
-analyser, see ``analysers.py``), its attribute terms (``category:x``, ``tag:y``,
-``region:z``; values case-folded, inner spaces as ``_``), and the queries that led to its
-clicks in the fitting data (each search event adds its analysed query; terms kept as
-``q:word``, weighted ``query_weight``): the words people type for an item that its own
-text lacks (synonyms, tags in their own words), fitted per phase so nothing from an
-evaluated window is indexed. A query word matches both ``word`` and ``q:word``; user
-profiles (below) leave the query field out. One term dictionary holds all three;
-the weight matrix (terms x items, CSR: row t is t's posting list, so it doubles as the
-attribute value -> items index) holds the BM25 weight of every (term, item) pair, each
-field weighted on its own (``models.bm25.bm25_weights``: Lucene's BM25, lengths and
-average length measured per field). A query q (term weights q_t >= 0) scores
-s(q, d) = sum_t q_t w(t, d); for the text field this is Lucene's BM25 as ``bm25s``
-computes it (``method="lucene"``), and a test checks the two agree.
+analyser, see ``analysers.py``: English stemming and stop words by default), its
+attribute terms (``category:x``, ``tag:y``, ``region:z``; values case-folded, inner
+spaces as ``_``), and the queries that led to its clicks in the fitting data (each
+search event adds its query, through ``query_analyser``; terms kept as ``q:term``,
+weighted ``query_weight``): the words people type for an item that its own text lacks
+(synonyms, tags in their own words), fitted per phase so nothing from an evaluated
+window is indexed. A query word matches both ``term`` and ``q:term``, each as its
+field's analyser makes it; user profiles (below) leave the query field out. The index
+also keeps each indexed word as it was written (``surface``: word -> its terms), so that
+partial and misspelt words are matched against what people typed, not against stems. One
+term dictionary holds all three; the weight matrix (terms x items, CSR: row t is t's
+posting list, so it doubles as the attribute value -> items index) holds the BM25 weight
+of every (term, item) pair, each field weighted on its own
+(``models.bm25.bm25_weights``: Lucene's BM25, lengths and average length measured per
+field). A query q (term weights q_t >= 0) scores s(q, d) = sum_t q_t w(t, d); for the
+text field this is Lucene's BM25 as ``bm25s`` computes it (``method="lucene"``), and a
+test checks the two agree.
 
 Queries. For search, the analysed query text; ``field:value`` pieces of it (e.g.
-``category:drama``) are matched as attribute terms. A query word that is no indexed term
+``category:drama``) are matched as attribute terms. A query word that no field knows
 (of at least ``expand_min_chars`` characters) stands for the indexed words it may be
 typed for: those it equals with one letter dropped (a typo), else those it begins (a
 partial word), at most ``max_expansions``, sharing its weight equally. For
@@ -52,13 +56,14 @@ import scipy.sparse as sp
 from features.recall_data import RecallData
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK
 from models.bm25 import BM25Index, bm25_weights
-from models.recall.analysers import Analyser, fold, get_analyser
+from models.recall.analysers import fold, get_analyser
 from models.recall.weights import half_life, prune_rows, seed_weights
 
 # item column -> attribute term prefix
 ATTRIBUTES = {"category": "category", "tags": "tag", "region": "region"}
 _ATTRIBUTE_QUERY = re.compile(r"(category|tag|region):(\S+)", re.IGNORECASE)
 QUERY_FIELD = "q:"  # the prefix of the terms of queries that led to an item's clicks
+FIELDS = ("text", "attributes", "queries")  # the index's fields, in term order
 
 
 def _values(value: Any) -> list[str]:
@@ -102,7 +107,9 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
 
     Parameters:
     - ``k1``, ``b``: BM25 term-frequency saturation and length normalisation.
-    - ``analyser``: name in ``models.recall.analysers`` ("standard", "jieba", ...).
+    - ``analyser``: name in ``models.recall.analysers`` ("english", "standard", "jieba",
+      ...) of the text field; ``query_analyser`` that of the field of queries (None: the
+      same). A query is analysed as each field analyses its documents.
     - ``text_fields``: item columns analysed into text terms (lists are joined).
     - ``attributes``: item columns indexed as whole-value ``prefix:value`` terms
       (category -> ``category:``, tags -> ``tag:``, region -> ``region:``).
@@ -121,9 +128,10 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     """
 
     name = "inverted_index"
-    state = ("vocab",)
+    state = ("vocab", "surface")
 
-    def __init__(self, k1: float = 1.2, b: float = 0.75, analyser: str = "standard",
+    def __init__(self, k1: float = 1.2, b: float = 0.75, analyser: str = "english",
+                 query_analyser: str | None = None,
                  text_fields: Iterable[str] = ("title", "text", "tags"),
                  attributes: Iterable[str] = ("category", "tags", "region"),
                  query_weight: float = 1.0, expand_min_chars: int = 3,
@@ -131,11 +139,13 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
                  profile_terms: int = 30, half_life_days: float | None = None,
                  half_life_share: float = 0.0,
                  dense_df: float = 0.03, max_dense_terms: int = 192, batch: int = 512) -> None:
-        get_analyser(analyser)  # fail early on an unknown name
+        for name in (analyser, query_analyser or analyser):
+            get_analyser(name)  # fail early on an unknown name
         unknown = sorted(set(attributes) - set(ATTRIBUTES))
         if unknown:
             raise KeyError(f"unknown attribute column(s) {unknown}; known: {sorted(ATTRIBUTES)}")
-        self.params = {"k1": k1, "b": b, "analyser": analyser, "text_fields": list(text_fields),
+        self.params = {"k1": k1, "b": b, "analyser": analyser,
+                       "query_analyser": query_analyser, "text_fields": list(text_fields),
                        "attributes": list(attributes), "query_weight": query_weight,
                        "expand_min_chars": expand_min_chars, "max_expansions": max_expansions,
                        "profile_terms": profile_terms,
@@ -143,6 +153,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
                        "dense_df": dense_df,
                        "max_dense_terms": max_dense_terms, "batch": batch}
         self.vocab: dict[str, int] | None = None
+        self.surface: dict[str, list[int]] | None = None  # word as typed -> its terms
         self.index: BM25Index | None = None
         self._item_terms: sp.csr_matrix | None = None
         self._words: WordExpander | None = None
@@ -162,11 +173,13 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         attr_cols = [c for c in p["attributes"] if c in items.columns]
         attr_cells = zip(*(items[c].tolist() for c in attr_cols), strict=True) if attr_cols \
             else ([] for _ in range(n))
+        surface: dict[str, set[str]] = {}
         for doc, (texts, attrs) in enumerate(zip(text_cells, attr_cells, strict=True)):
             text = " ".join(v for cell in texts for v in _values(cell))
-            for term in analyse(text):
+            for word, term in analyse.pairs(text):
                 t_terms.append(text_vocab.setdefault(term, len(text_vocab)))
                 t_docs.append(doc)
+                surface.setdefault(word, set()).add(term)
             for col, cell in zip(attr_cols, attrs, strict=True):
                 for value in dict.fromkeys(attribute_value(v) for v in _values(cell)):
                     if value:
@@ -174,7 +187,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
                         a_terms.append(attr_vocab.setdefault(term, len(attr_vocab)))
                         a_docs.append(doc)
         k1, b = p["k1"], p["b"]
-        q_vocab, q_terms, q_docs = self._query_field(data, analyse)
+        q_vocab, q_terms, q_docs = self._query_field(data, surface)
         weights = sp.vstack([
             bm25_weights(np.array(t_terms, np.int64), np.array(t_docs, np.int64),
                          len(text_vocab), n, k1, b),
@@ -187,22 +200,32 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         for field in (attr_vocab, q_vocab):
             offset = len(self.vocab)
             self.vocab = {**self.vocab, **{t: i + offset for t, i in field.items()}}
+        self.surface = {word: sorted(self.vocab[t] for t in terms)
+                        for word, terms in sorted(surface.items())}
         self._set_index(weights)
         return self
 
-    def _query_field(self, data: RecallData, analyse: Analyser
+    def _query_field(self, data: RecallData, surface: dict[str, set[str]]
                      ) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
         """The ``q:`` terms of the queries that led to each item's clicks, as token
-        occurrences (each search event adds its analysed query); each distinct query is
-        analysed once and its words repeated for its events by array arithmetic."""
+        occurrences (each search event adds its analysed query), their surface words
+        added to ``surface``; each distinct query is analysed once and its words repeated
+        for its events by array arithmetic."""
         vocab: dict[str, int] = {}
         empty = np.zeros(0, np.int64)
         if self.params["query_weight"] <= 0 or "query" not in data.log.columns:
             return vocab, empty, empty
+        analyse = get_analyser(self.params["query_analyser"] or self.params["analyser"])
         searched = data.log[data.log["query"].notna()]
         of, distinct = pd.factorize(searched["query"])
-        words = [[vocab.setdefault(f"{QUERY_FIELD}{w}", len(vocab)) for w in analyse(str(q))]
-                 for q in distinct]
+        words = []
+        for q in distinct:
+            terms = []
+            for word, term in analyse.pairs(str(q)):
+                key = f"{QUERY_FIELD}{term}"
+                terms.append(vocab.setdefault(key, len(vocab)))
+                surface.setdefault(word, set()).add(key)
+            words.append(terms)
         lengths = np.array([len(w) for w in words], np.int64)
         flat = np.fromiter((t for w in words for t in w), np.int64, int(lengths.sum()))
         per_event = lengths[of]
@@ -219,46 +242,83 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         self._words = None
 
     # --- queries -------------------------------------------------------------------
-    def query_terms(self, text: str) -> list[str]:
-        """Index terms of a query text: analysed words plus ``field:value`` attributes."""
-        words, terms = [], []
+    def _analysers(self) -> dict[str, list[str]]:
+        """Each analyser name in use and the term prefixes of the fields it analyses."""
+        p = self.params
+        fields = {p["analyser"]: [""]}
+        fields.setdefault(p["query_analyser"] or p["analyser"], []).append(QUERY_FIELD)
+        return fields
+
+    def query_keys(self, text: str) -> list[tuple[int, float]]:
+        """(term index, weight) pairs of a query text: ``field:value`` pieces as attribute
+        terms; each word analysed as each field analyses its documents, counting in the
+        item text and in the field of queries that led to clicks; a word no field knows
+        through the indexed words it may be typed for (shares summing to one)."""
+        words, keys = [], []
         for piece in text.split():
             m = _ATTRIBUTE_QUERY.fullmatch(piece)
-            if m:
-                terms.append(f"{m.group(1).lower()}:{attribute_value(m.group(2))}")
-            else:
+            if m is None:
                 words.append(piece)
-        return get_analyser(self.params["analyser"])(" ".join(words)) + terms
+            elif (key := f"{m.group(1).lower()}:{attribute_value(m.group(2))}") in self.vocab:
+                keys.append((self.vocab[key], 1.0))
+        text = " ".join(words)
+        found: set[str] = set()
+        missing: dict[str, int] = {}  # word -> occurrences in the analysis that has most
+        for name, prefixes in self._analysers().items():
+            unknown: dict[str, int] = {}
+            for word, term in get_analyser(name).pairs(text):
+                hits = [self.vocab[k] for prefix in prefixes if (k := prefix + term) in self.vocab]
+                keys.extend((hit, 1.0) for hit in hits)
+                if hits:
+                    found.add(word)
+                else:
+                    unknown[word] = unknown.get(word, 0) + 1
+            for word, count in unknown.items():
+                missing[word] = max(missing.get(word, 0), count)
+        min_chars = self.params["expand_min_chars"]
+        for word, count in missing.items():
+            if word in found or not min_chars or len(word) < min_chars:
+                continue
+            if self._words is None:
+                self._words = WordExpander(self.surface)
+            typed_for = self._words.expand(word, self.params["max_expansions"])
+            keys.extend((key, count / len(typed_for))
+                        for w in typed_for for key in self.surface[w])
+        return keys
 
     def query_matrix(self, queries: list[str]) -> sp.csr_matrix:
-        """Queries x terms, each known term weighted by its count in the query; a word
-        counts in the item text and in the field of queries that led to clicks, and an
-        unknown word through the words it may be typed for (shares summing to one)."""
+        """Queries x terms, each term weighted by its count in the query (``query_keys``)."""
         rows, cols, values = [], [], []
         for r, text in enumerate(queries):
-            for term in self.query_terms(text):
-                for key, weight in self._keys(term):
-                    rows.append(r)
-                    cols.append(self.vocab[key])
-                    values.append(weight)
+            for key, weight in self.query_keys(text):
+                rows.append(r)
+                cols.append(key)
+                values.append(weight)
         m = sp.csr_matrix((np.array(values, np.float32), (rows, cols)),
                           shape=(len(queries), len(self.vocab)))
         m.sum_duplicates()
         return m
 
-    def _keys(self, term: str) -> list[tuple[str, float]]:
-        """The vocabulary keys a query term counts for, with its share of each."""
-        def keys(word: str) -> list[str]:
-            return [k for k in (word, f"{QUERY_FIELD}{word}") if k in self.vocab]
+    def term_fields(self) -> np.ndarray:
+        """Each term's field, as an index into ``FIELDS``."""
+        field = {**dict.fromkeys(ATTRIBUTES.values(), 1), QUERY_FIELD[:-1]: 2}
+        return np.array([field.get(t.split(":", 1)[0], 0) if ":" in t else 0
+                         for t in self.vocab], np.int64)
 
-        found, min_chars = keys(term), self.params["expand_min_chars"]
-        if found or not min_chars or len(term) < min_chars or ":" in term:
-            return [(k, 1.0) for k in found]
-        if self._words is None:  # the indexed words: text and query terms, no attributes
-            bare = (t.removeprefix(QUERY_FIELD) for t in self.vocab)
-            self._words = WordExpander(w for w in bare if ":" not in w)
-        words = self._words.expand(term, self.params["max_expansions"])
-        return [(k, 1.0 / len(words)) for w in words for k in keys(w)]
+    def field_scores(self, queries: list[str], items: np.ndarray) -> dict[str, np.ndarray]:
+        """BM25 of each (query, item) pair in each of ``FIELDS`` (they sum to the channel's
+        score), each distinct query analysed once; no items x queries matrix."""
+        self._require_fitted()
+        codes, distinct = pd.factorize(pd.Series(queries, dtype=object))
+        matched = self.query_matrix(list(distinct))[codes]
+        weights = self.index.weights.T.tocsr()[np.asarray(items, np.int64)]
+        per_term = sp.csr_matrix(matched.multiply(weights))
+        per_term.sum_duplicates()
+        field = self.term_fields()[per_term.indices]
+        rows = np.repeat(np.arange(per_term.shape[0]), np.diff(per_term.indptr))
+        return {name: np.bincount(rows[field == f], per_term.data[field == f],
+                                  minlength=per_term.shape[0])
+                for f, name in enumerate(FIELDS)}
 
     def profiles(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         """Users x terms: the most weighted terms of each user's fitted items, sum 1."""

@@ -268,7 +268,7 @@ def test_queries_that_led_to_clicks_find_items_their_text_lacks() -> None:
     assert np.isfinite(got[1]).tolist() == [False, False, True]
     np.testing.assert_array_equal(got[2], channel_without_queries(data)[0])  # text as before
     assert got[3, 1] > 0 and got[3, 0] > 0  # one word from queries, one from the title
-    assert "q:sneakers" in channel.vocab and "q:red" not in channel.vocab
+    assert "q:sneaker" in channel.vocab and "q:red" not in channel.vocab  # stemmed
     off = InvertedIndexChannel(attributes=(), query_weight=0).fit(data)
     assert not np.isfinite(off.score_queries(data, ["sneakers"])).any()
     half = InvertedIndexChannel(attributes=(), query_weight=0.5).fit(data)
@@ -315,3 +315,51 @@ def test_unknown_query_words_count_for_the_words_they_may_be_typed_for() -> None
     assert np.isfinite(got[3]).tolist() == [False, False, True]  # via the query field
     off = InvertedIndexChannel(attributes=(), expand_min_chars=0).fit(data)
     assert not np.isfinite(off.score_queries(data, ["kaomi", "kalo"])).any()
+
+
+def test_english_analyser_stems_and_drops_stop_words() -> None:
+    english = get_analyser("english")
+    assert english("The Runner runs, RUNNING to the cafés") == ["runner", "run", "run", "cafe"]
+    assert english.pairs("the runs") == [("runs", "run")]  # the word as written is kept
+    assert english("the and of") == []
+    assert get_analyser("standard")("The runs") == ["the", "runs"]
+
+
+def test_documents_and_queries_meet_through_the_same_stemmer() -> None:
+    items = titled(["Running Shoes", "A Shoe Rack", "The Runner"])
+    data = text_data(items)
+    channel = InvertedIndexChannel(attributes=()).fit(data)
+    got = channel.score_queries(data, ["runs", "shoe", "the a", "runner"])
+    assert np.isfinite(got[0]).tolist() == [True, False, False]  # runs ~ running, not runner
+    assert np.isfinite(got[1]).tolist() == [True, True, False]  # shoes ~ shoe
+    assert not np.isfinite(got[2]).any()  # stop words find nothing
+    assert np.isfinite(got[3]).tolist() == [False, False, True]
+    plain = InvertedIndexChannel(attributes=(), analyser="standard").fit(data)
+    assert not np.isfinite(plain.score_queries(data, ["runs"])).any()  # no stemming
+
+
+def test_partial_and_misspelt_words_match_what_was_written_not_the_stem() -> None:
+    items = titled(["Running Shoes", "Rusty Nails"])
+    channel = InvertedIndexChannel(attributes=()).fit(text_data(items))
+    assert channel.surface["running"] == [channel.vocab["run"]]
+    got = channel.score_queries(text_data(items), ["runni", "runnng", "rust"])
+    assert np.isfinite(got[0]).tolist() == [True, False]  # "runni" begins "running"
+    assert np.isfinite(got[1]).tolist() == [True, False]  # "running" less one letter
+    assert np.isfinite(got[2]).tolist() == [False, True]  # "rusty" less one letter
+
+
+def test_each_field_analyses_queries_as_it_analysed_its_documents(tmp_path: Path) -> None:
+    items = titled(["Running Shoes", "Green Hat"])
+    data = searched_data(items, [(1, "runs")])
+    channel = InvertedIndexChannel(attributes=(), query_analyser="standard").fit(data)
+    assert "q:runs" in channel.vocab and "q:run" not in channel.vocab
+    got = channel.score_queries(data, ["runs", "running"])
+    assert np.isfinite(got[0]).tolist() == [True, True]  # title by stem, queries as typed
+    assert np.isfinite(got[1]).tolist() == [True, False]
+    channel.save(tmp_path / "ix")
+    loaded = InvertedIndexChannel.load(tmp_path / "ix")
+    assert loaded.surface == channel.surface
+    np.testing.assert_array_equal(loaded.score_queries(data, ["runs", "runnin"]),
+                                  channel.score_queries(data, ["runs", "runnin"]))
+    with pytest.raises(KeyError, match="klingon"):
+        InvertedIndexChannel(query_analyser="klingon")
