@@ -7,7 +7,9 @@ the tuning phase (valid) get a ``label`` (the user clicked the item in valid; fo
 search, the case's clicked item); other phases' rows never do (train-rank labels the
 test rows itself for the publish ranker). Writes ``features`` per phase and kind
 (search where search cases exist) and ``feature_columns`` (the feature columns and what
-each means). Requests are processed in chunks and streamed to disk.
+each means). Search candidates also get the query features of
+``features.search_features`` (click shares, query frequency, title match, per-field
+BM25). Requests are processed in chunks and streamed to disk.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from features.candidate_features import (
     request_ranks,
 )
 from features.recall_data import RecallData
+from features.search_features import SEARCH_FEATURES, SearchContext
 from models.base import RecallChannel
 from models.recall import channel_class
+from models.recall.inverted_index import InvertedIndexChannel
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
@@ -61,16 +65,20 @@ def load_models(io: StageIO, phase: str) -> dict[str, RecallChannel]:
 
 
 def add_features(cands: pd.DataFrame, key: str, context: FeatureContext, data: RecallData,
-                 models: dict[str, RecallChannel]) -> pd.DataFrame:
-    """The candidates with every feature column appended."""
+                 models: dict[str, RecallChannel], search: SearchContext | None = None
+                 ) -> pd.DataFrame:
+    """The candidates with every feature column appended (and the query features, for
+    search candidates given a ``search`` context)."""
     users = data.user_index.encode(cands[S.USER])
     items = data.item_index.encode(cands[S.ITEM])
     if (users < 0).any() or (items < 0).any():
         raise ValueError("candidates name users or items the phase's fitting data does not "
                          "index; rerun recall")
-    stats = context.compute(users, items)
+    parts = [cands.reset_index(drop=True), context.compute(users, items)]
+    if search is not None:
+        parts.append(search.compute(cands[S.QUERY].to_numpy(object), items))
     scores = model_scores(models, data, users, items)
-    frame = pd.concat([cands.reset_index(drop=True), stats, scores], axis=1)
+    frame = pd.concat([*parts, scores], axis=1)
     ranked = [*scores.columns, *(c for c in ("fm_score", "ffm_score") if c in frame.columns)]
     return pd.concat([frame, request_ranks(frame, key, ranked)], axis=1)
 
@@ -96,9 +104,19 @@ def sources(io: StageIO, phase: str) -> dict[str, Path]:
     return found
 
 
+def search_context(io: StageIO, phase: str, data: RecallData) -> SearchContext:
+    """The phase's query statistics, with its fitted inverted index where it has one."""
+    index = None
+    if InvertedIndexChannel.name in io.cfg.recall.channels:
+        index = InvertedIndexChannel.load(io.input("recall_model", phase=phase,
+                                                   channel=InvertedIndexChannel.name))
+    return SearchContext(data, index)
+
+
 def featurise(io: StageIO, source: Path, key: str, context: FeatureContext, data: RecallData,
               models: dict[str, RecallChannel], labels: pd.DataFrame | None, target: Path,
-              label: str) -> tuple[ChunkedParquetWriter, int, pd.DataFrame | None]:
+              label: str, search: SearchContext | None = None
+              ) -> tuple[ChunkedParquetWriter, int, pd.DataFrame | None]:
     """Stream one kind's candidates into ``target`` with their features (and labels);
     returns the writer, the positives written and the last chunk (None: no candidates)."""
     writer = ChunkedParquetWriter(target)
@@ -107,7 +125,7 @@ def featurise(io: StageIO, source: Path, key: str, context: FeatureContext, data
     rows = io.cfg.features.request_chunk * io.cfg.recall.budget
     chunks = -(-pq.ParquetFile(source).metadata.num_rows // rows)
     for cands in progress(iter_requests(source, key, rows), label, total=chunks):
-        frame = add_features(cands, key, context, data, models)
+        frame = add_features(cands, key, context, data, models, search)
         if labels is not None:
             frame[LABEL] = click_labels(frame, key, labels)
             positives += int(frame[LABEL].sum())
@@ -132,7 +150,8 @@ def run(cfg: Config, io: StageIO) -> dict:
             writer, positives, last = featurise(
                 io, source, request_key(kind), context, data, models, labels,
                 io.output("features", phase=phase.name, kind=kind),
-                f"features {phase.name} {kind}")
+                f"features {phase.name} {kind}",
+                search_context(io, phase.name, data) if kind == SEARCH else None)
             if last is None:
                 log.info("[features] %s %s: no candidates", phase.name, kind)
                 continue
@@ -147,5 +166,6 @@ def run(cfg: Config, io: StageIO) -> dict:
             log.info("[features] %s %s: %d rows, %d features%s", phase.name, kind, writer.rows,
                      len(columns[kind]), "" if labels is None else f", {positives} positives")
     io.write_json("feature_columns", {
-        "columns": columns, "definitions": {f.name: f.meaning for f in FEATURES}})
+        "columns": columns,
+        "definitions": {**{f.name: f.meaning for f in FEATURES}, **SEARCH_FEATURES}})
     return {"phases": report, "features": {k: len(v) for k, v in columns.items()}}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from features.search_features import SEARCH_FEATURES
 from models.fm_trainer import load_model
 from pipeline.catalogue import STAGE_NAMES, STAGES, artifact_path, get_stage, stage_dir
 from pipeline.cli import main
@@ -45,6 +46,10 @@ def test_features_label_valid_rows_only_and_cover_every_candidate(finished) -> N
                                                          phase=phase)))
     assert "label" not in test.columns and "label" not in columns
     assert {"fm_score", "sequence_model_score", "item_popularity", "tag_affinity"} <= set(columns)
+    search = json.loads((folder / "features.json").read_text())["columns"]["search"]
+    assert set(SEARCH_FEATURES) <= set(search) and not set(SEARCH_FEATURES) & set(columns)
+    searched = read_table(folder / "valid" / "search.parquet")
+    assert searched["bm25_text"].notna().all() and (searched["query_frequency"] >= 0).all()
     clicked = read_table(stage_dir(finished, "split") / "valid.parquet")
     clicked = clicked[clicked["query"].isna()][["user_id", "item_id"]].drop_duplicates()
     hits = valid[valid["label"] == 1][["user_id", "item_id"]]
