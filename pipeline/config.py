@@ -327,6 +327,17 @@ class EvaluateConfig(_Strict):
                                      "NDCG confidence intervals")
     head_min_searches: int = Field(10, ge=1, description="a search query is 'head' when the "
                                    "fitting data holds it this many times, else 'tail'")
+    cold_max_events: int = Field(5, ge=0, description="a user with at most this many fitted "
+                                 "events is 'cold' in the report's segments")
+    heavy_min_events: int = Field(100, ge=1, description="a user with at least this many "
+                                  "fitted events is 'heavy' (between the two: 'middle')")
+
+    @model_validator(mode="after")
+    def _segments_ordered(self) -> EvaluateConfig:
+        if self.heavy_min_events <= self.cold_max_events:
+            raise ValueError(f"heavy_min_events ({self.heavy_min_events}) must be above "
+                             f"cold_max_events ({self.cold_max_events})")
+        return self
 
     @field_validator("ks")
     @classmethod
@@ -359,6 +370,14 @@ class GateConfig(_Strict):
                                 "bootstrap interval of the lift entirely below zero)")
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking of scheduled runs (the optional ``tracking`` extra)."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (a server, or "
+                                   "file:///path for a local store); None: off")
+    experiment: str | None = Field(None, description="MLflow experiment (None: the dataset)")
+
+
 class Config(_Strict):
     dataset: str = Field(description="name of the folder under data_dir")
     data_dir: Path = Field(Path("data"), description="root of stage outputs")
@@ -376,6 +395,7 @@ class Config(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     publish: PublishConfig = PublishConfig()
     gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def root(self) -> Path:
@@ -392,6 +412,30 @@ class Config(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to leaf values (lists are leaves; an empty mapping has none)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_diff(cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value, default) of every setting that differs from the defaults for
+    the same dataset and source; paths and thread counts left out (they describe the
+    machine, not the run)."""
+    default = flatten(Config(dataset=cfg.dataset, source=cfg.source).to_dict())
+    given = flatten(cfg.to_dict())
+    missing = object()
+    return [(key, given.get(key), None if default.get(key, missing) is missing
+             else default[key])
+            for key in sorted(set(given) | set(default))
+            if key not in ("data_dir", "threads") and given.get(key, missing) != default.get(
+                key, missing)]
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -13,6 +13,8 @@ continue the same stream, so the result does not depend on the chunk size.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 # Largest number of index entries drawn at once (about 160 MB of int64).
@@ -33,16 +35,20 @@ def _check(values: np.ndarray, resamples: int, level: float) -> np.ndarray:
     return values
 
 
-def _resampled_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """Mean of each bootstrap resample of ``values``, drawn in row chunks of one stream."""
-    n = values.size
+def _draws(n: int, resamples: int, seed: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """The (resamples x n) user index matrix, in row chunks of one stream."""
     rng = np.random.default_rng(seed)
     rows = max(1, _MAX_DRAW // n)
-    means = np.empty(resamples)
     for start in range(0, resamples, rows):
         stop = min(start + rows, resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = values[idx].mean(axis=1)
+        yield slice(start, stop), rng.integers(0, n, size=(stop - start, n))
+
+
+def _resampled_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Mean of each bootstrap resample of ``values``."""
+    means = np.empty(resamples)
+    for rows, idx in _draws(values.size, resamples, seed):
+        means[rows] = values[idx].mean(axis=1)
     return means
 
 
@@ -76,3 +82,24 @@ def paired_lift_ci(system: np.ndarray, baseline: np.ndarray, resamples: int = 10
     result: dict[str, float] = _interval(system - baseline, resamples, seed, level)
     result["excludes_zero"] = bool(result["low"] > 0.0 or result["high"] < 0.0)
     return result
+
+
+def ratio_ci(numerator: np.ndarray, denominator: np.ndarray, resamples: int = 1000,
+             seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """sum(numerator) / sum(denominator) over users and its percentile bootstrap interval
+    (both sums taken over the same draw): a pooled rate such as the recall of the
+    long-tail items, where users hold different numbers of them. Only users with a
+    positive denominator are resampled: the rate is about them, and a draw of none of
+    them would have no rate."""
+    numerator = _check(numerator, resamples, level)
+    denominator = _check(denominator, resamples, level)
+    if numerator.shape != denominator.shape or denominator.sum() <= 0:
+        raise ValueError("need one numerator and denominator per user, with a positive total")
+    numerator, denominator = numerator[denominator > 0], denominator[denominator > 0]
+    ratios = np.empty(resamples)
+    for rows, idx in _draws(numerator.size, resamples, seed):
+        ratios[rows] = numerator[idx].sum(axis=1) / denominator[idx].sum(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return {"mean": float(numerator.sum() / denominator.sum()), "low": float(low),
+            "high": float(high)}

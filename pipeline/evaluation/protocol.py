@@ -6,6 +6,8 @@ removed, so a list here is compared against every held-out item of the user.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -45,39 +47,57 @@ def hit_matrix(ranked: np.ndarray, relevant: pd.DataFrame, users: IdIndex,
     return hits, n_relevant
 
 
-def _evaluated_hits(lists: pd.DataFrame, relevant: pd.DataFrame, items: IdIndex, depth: int,
-                    rank_col: str) -> tuple[IdIndex, np.ndarray, np.ndarray, np.ndarray]:
-    """Evaluated users (those with relevant items, sorted), their ranked item codes, hits
-    and relevant counts; shared so per-user values and their means cannot drift apart."""
+@dataclass(frozen=True)
+class UserHits:
+    """One system's top lists against the relevant items: the evaluated users (those with
+    relevant items, sorted), their ranked item codes and hits per rank, and each one's
+    number of relevant items. Every metric, mean or per user, comes from this one value,
+    so per-user values and their means cannot drift apart."""
+
+    users: IdIndex
+    ranked: np.ndarray
+    hits: np.ndarray
+    n_relevant: np.ndarray
+
+
+def user_hits(lists: pd.DataFrame, relevant: pd.DataFrame, items: IdIndex, depth: int,
+              rank_col: str = S.RANK) -> UserHits:
     relevant = relevant.drop_duplicates([S.USER, S.ITEM])
     users = IdIndex(np.sort(relevant[S.USER].unique()))
     ranked = ranked_matrix(lists, users, items, depth, rank_col)
     hits, n_relevant = hit_matrix(ranked, relevant, users, items)
-    return users, ranked, hits, n_relevant
+    return UserHits(users, ranked, hits, n_relevant)
+
+
+def mean_metrics(found: UserHits, ks: list[int], n_items: int) -> dict[str, float]:
+    """Every metric at every k, averaged over the evaluated users, and coverage."""
+    result: dict[str, float] = {"users": len(found.users)}
+    for k in ks:
+        for name, metric in METRICS.items():
+            result[f"{name}@{k}"] = float(metric.fn(found.hits, found.n_relevant, k).mean())
+        result[f"coverage@{k}"] = coverage_at_k(found.ranked, k, n_items)
+    return result
 
 
 def evaluate_lists(lists: pd.DataFrame, relevant: pd.DataFrame, items: IdIndex,
                    ks: list[int], rank_col: str = S.RANK) -> dict[str, float]:
     """Every metric at every k, averaged over the users that have relevant items."""
-    users, ranked, hits, n_relevant = _evaluated_hits(lists, relevant, items, max(ks), rank_col)
-    result: dict[str, float] = {"users": len(users)}
-    for k in ks:
-        for name, metric in METRICS.items():
-            result[f"{name}@{k}"] = float(metric.fn(hits, n_relevant, k).mean())
-        result[f"coverage@{k}"] = coverage_at_k(ranked, k, len(items))
-    return result
+    return mean_metrics(user_hits(lists, relevant, items, max(ks), rank_col), ks, len(items))
+
+
+def per_user_metrics(found: UserHits, k: int) -> pd.DataFrame:
+    """Every metric at ``k`` per evaluated user (index: the users, named S.USER): the
+    values whose means ``mean_metrics`` reports, kept so that intervals and paired
+    comparisons (``bootstrap.py``) can resample users and any slice is a ``groupby``."""
+    return pd.DataFrame({f"{name}@{k}": metric.fn(found.hits, found.n_relevant, k)
+                         for name, metric in METRICS.items()},
+                        index=pd.Index(found.users.ids, name=S.USER))
 
 
 def per_user_metric(lists: pd.DataFrame, relevant: pd.DataFrame, items: IdIndex, metric: str,
                     k: int, rank_col: str = S.RANK) -> pd.Series:
-    """One metric's value per evaluated user (index: the users with relevant items, sorted,
-    named S.USER), the values whose mean ``evaluate_lists`` reports.
-
-    Kept per user so that intervals and paired comparisons (``bootstrap.py``) can resample
-    users instead of trusting a single mean.
-    """
+    """One metric's value per evaluated user (see ``per_user_metrics``)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
-    users, _, hits, n_relevant = _evaluated_hits(lists, relevant, items, k, rank_col)
-    values = METRICS[metric].fn(hits, n_relevant, k)
-    return pd.Series(values, index=pd.Index(users.ids, name=S.USER), name=f"{metric}@{k}")
+    found = user_hits(lists, relevant, items, k, rank_col)
+    return per_user_metrics(found, k)[f"{metric}@{k}"]

@@ -9,6 +9,7 @@ tuning; test, the honest figure). The final ranking is a recommendation ranking.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from features.interactions import IdIndex
@@ -16,8 +17,16 @@ from pipeline import schema as S
 from pipeline.catalogue import StageIO, artifact_path
 from pipeline.config import Config
 from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci
-from pipeline.evaluation.protocol import evaluate_lists, per_user_metric
+from pipeline.evaluation.protocol import (
+    UserHits,
+    evaluate_lists,
+    mean_metrics,
+    per_user_metrics,
+    user_hits,
+)
 from pipeline.evaluation.search import HEAD, TAIL, search_report
+from pipeline.evaluation.segments import segment_report
+from pipeline.io import write_table
 from pipeline.phases import item_catalogue
 from pipeline.protocol import (
     BACKTEST,
@@ -171,15 +180,48 @@ def search_lists(io: StageIO) -> dict[str, pd.DataFrame]:
 
 
 def score_systems(found: list[tuple[dict[str, pd.DataFrame], pd.DataFrame]], items: IdIndex,
-                  ks: list[int], k_ci: int) -> tuple[dict[str, dict], dict[str, pd.Series]]:
-    """Every metric of every system, and its per-user NDCG@k_ci for the intervals."""
+                  ks: list[int]) -> tuple[dict[str, dict], dict[str, UserHits]]:
+    """Every metric of every system, and its hits (for per-user values and segments)."""
     systems: dict[str, dict] = {}
-    per_user: dict[str, pd.Series] = {}
+    hits: dict[str, UserHits] = {}
     for lists, wanted in found:
         for name, df in lists.items():
-            systems[name] = evaluate_lists(df, wanted, items, ks)
-            per_user[name] = per_user_metric(df, wanted, items, "ndcg", k_ci)
-    return systems, per_user
+            hits[name] = user_hits(df, wanted, items, max(ks))
+            systems[name] = mean_metrics(hits[name], ks, len(items))
+    return systems, hits
+
+
+def per_user_frame(hits: dict[str, UserHits], k: int, fitting: pd.DataFrame) -> pd.DataFrame:
+    """Every system's metrics@k per evaluated request (``eval/per_user.parquet``): ``kind``,
+    ``system``, ``request`` (a user id, or a search case id) and, for recommendation, the
+    user's fitted events, so that any slice of the reported means is one ``groupby``."""
+    events = fitting[S.USER].value_counts()
+    frames = []
+    for name, found in hits.items():
+        kind = SEARCH if name.startswith("search:") else RECOMMENDATION
+        frame = per_user_metrics(found, k).reset_index(names="request")
+        frame.insert(0, "system", name)
+        frame.insert(0, "kind", kind)
+        frame["fitted_events"] = (frame["request"].map(events).fillna(0).to_numpy(np.float64)
+                                  if kind == RECOMMENDATION else np.nan)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def data_summary(io: StageIO) -> dict:
+    """Per split part: events, searches, users, items and the time range; and the search
+    cases of each backtest phase (the report's data header)."""
+    parts = {}
+    for part in ("train", "valid", "test"):
+        df = io.read("split", part=part)
+        ts = df[S.TS]
+        parts[part] = {"events": len(df), "searches": int(is_search(df).sum()),
+                       "users": int(df[S.USER].nunique()), "items": int(df[S.ITEM].nunique()),
+                       "first": str(ts.min()) if len(df) else None,
+                       "last": str(ts.max()) if len(df) else None}
+    cases = {phase.name: len(io.read("cases", [CASE], phase=phase.name))
+             for phase in BACKTEST if io.has("cases", phase=phase.name)}
+    return {"parts": parts, "search_cases": cases}
 
 
 def print_search(search: dict, k: int) -> None:
@@ -226,10 +268,14 @@ def run(cfg: Config, io: StageIO) -> dict:
     searched = search_lists(io) if SEARCH in relevant else {}
     if searched:
         found.append((searched, relevant[SEARCH]))
-    systems, per_user = score_systems(found, items, ks, k_ci)
+    systems, hits = score_systems(found, items, ks)
+    fitting = pd.concat([io.read("split", part=p) for p in EVALUATED.fit], ignore_index=True)
+    table = per_user_frame(hits, k_ci, fitting)
+    write_table(table, io.output("per_user"))
+    per_user = {name: rows.set_index("request")[f"ndcg@{k_ci}"].rename_axis(S.USER)
+                for name, rows in table.groupby("system", sort=False)}
     search = {}
     if searched:
-        fitting = pd.concat([io.read("split", part=p) for p in EVALUATED.fit], ignore_index=True)
         search = search_report(searched, {n: per_user[n] for n in searched}, relevant[SEARCH],
                                fitting, cfg.evaluate.head_min_searches, k_ci,
                                cfg.evaluate.bootstrap_resamples, cfg.seed)
@@ -242,6 +288,11 @@ def run(cfg: Config, io: StageIO) -> dict:
     if "search:final" in systems and search_singles:
         lifts[SEARCH] = lift_over_best("search:final", search_singles, systems, per_user,
                                        k_ci, resamples, seed)
+    evaluate = cfg.evaluate
+    segments = segment_report(
+        hits, relevant[RECOMMENDATION], fitting, items, "final",
+        lifts[RECOMMENDATION]["baseline"], k_ci, evaluate.cold_max_events,
+        evaluate.heavy_min_events, resamples, seed)
     ranker = io.read_json("ranker_metrics")
     importance = {kind: io.read_json("importance", kind=kind) for kind in ranker
                   if io.has("importance", kind=kind)}
@@ -252,6 +303,7 @@ def run(cfg: Config, io: StageIO) -> dict:
                "systems": systems, f"lift_ndcg@{k_ci}": lifts,
                "candidate_recall": report[EVALUATED.name][RECOMMENDATION]["candidate_recall"],
                "ranker": ranker, "importance": importance, "phases": report,
+               "segments": segments, "data": data_summary(io),
                **({"search": search} if search else {})}
     io.write_json("metrics", metrics)
     print_summary(cfg, metrics, items, k_ci, ns)

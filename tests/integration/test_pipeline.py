@@ -174,9 +174,10 @@ def test_config_stamps_change_only_for_stages_reading_the_changed_section(tmp_pa
     assert write_stamps(cfg) == list(STAGE_NAMES)
     assert write_stamps(cfg) == []
     changed = tiny_config(tmp_path, rank={"params": {"rounds": 41}})
-    assert write_stamps(changed) == ["train-rank", "rank", "evaluate", "publish"]
+    # the report shows the config's difference from the defaults: every section is its input
+    assert write_stamps(changed) == ["train-rank", "rank", "evaluate", "report", "publish"]
     fewer = tiny_config(tmp_path, rank={"params": {"rounds": 41}}, publish={"active_days": 7})
-    assert write_stamps(fewer) == ["recall", "features", "rank", "publish"]
+    assert write_stamps(fewer) == ["recall", "features", "rank", "report", "publish"]
 
 
 def test_train_fm_is_roll_forward_and_scores_every_candidate(finished) -> None:
@@ -213,6 +214,21 @@ def test_a_search_only_channel_serves_search_and_not_recommendation(tmp_path: Pa
                          channel="text_embedding").is_file()
     candidates = artifact_path(cfg, "candidates", phase="test", kind="recommendation")
     assert "text_embedding_rank" not in read_table(candidates).columns
+
+
+def test_per_user_values_average_to_the_reported_metrics(finished) -> None:
+    metrics = json.loads((stage_dir(finished, "evaluate") / "metrics.json").read_text())
+    per_user = read_table(stage_dir(finished, "evaluate") / "per_user.parquet")
+    assert set(per_user["system"]) == set(metrics["systems"])
+    means = per_user.groupby("system")[["ndcg@10", "recall@10", "mrr@10"]].mean()
+    for system, row in metrics["systems"].items():
+        for metric in ("ndcg@10", "recall@10", "mrr@10"):
+            assert means.loc[system, metric] == pytest.approx(row[metric], abs=1e-12)
+    rec = per_user[per_user["kind"] == "recommendation"]
+    assert rec["fitted_events"].notna().all() and (rec["fitted_events"] >= 0).all()
+    segments = metrics["segments"]
+    assert sum(segments["users"]["counts"].values()) == metrics["users"]
+    assert sum(segments["item_popularity"]["relevant"].values()) > 0
 
 
 def test_a_planted_future_interaction_changes_nothing_computed_before_it(
