@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,16 @@ def file_hash(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The commit of the code that runs (the repository this module lives in)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False, cwd=Path(__file__).resolve().parent)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 def library_versions() -> dict[str, str]:

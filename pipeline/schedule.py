@@ -21,15 +21,14 @@ import json
 import logging
 import platform
 import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from pipeline.catalogue import STAGE_NAMES, artifact_path, stage_dir
 from pipeline.config import Config, ConfigError
-from pipeline.io import RunLockedError, StageLockedError, read_manifest, run_lock
+from pipeline.history import run_page, write_pages
+from pipeline.io import RunLockedError, StageLockedError, git_commit, read_manifest, run_lock
 from pipeline.release import (
     append_ledger,
     as_of_time,
@@ -44,19 +43,10 @@ from pipeline.release import (
 )
 from pipeline.runner import MissingInputError, run_stage, up_to_date
 from pipeline.schema import DataError
+from pipeline.tracking import log_run
 
 log = logging.getLogger("pipeline")
 OK, CRASHED, BAD_INPUT, REFUSED, LOCKED = 0, 1, 2, 3, 75
-
-
-def git_commit() -> str | None:
-    """The commit of the code that runs (the repository this module lives in)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=False, cwd=Path(__file__).resolve().parent)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 def run_stages(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -85,8 +75,12 @@ def headline(cfg: Config) -> dict[str, Any]:
     """The evaluation's metrics and the final ranking's headline numbers."""
     metrics = json.loads(artifact_path(cfg, "metrics").read_text())
     final = metrics["systems"]["final"]
+    lift = metrics["lift_ndcg@10"]["recommendation"]
     return {"metrics": metrics, "ndcg@10": final["ndcg@10"],
-            "ndcg@10_ci": final.get("ndcg@10_ci"), "recall@10": final.get("recall@10")}
+            "ndcg@10_ci": final.get("ndcg@10_ci"), "recall@10": final.get("recall@10"),
+            "baseline": lift["baseline"],
+            "baseline_ndcg@10": metrics["systems"][lift["baseline"]]["ndcg@10"],
+            "lift": [lift["mean"], lift["low"], lift["high"]]}
 
 
 def schedule(cfg: Config, force: bool = False) -> int:
@@ -116,11 +110,34 @@ def schedule(cfg: Config, force: bool = False) -> int:
                 entry["seconds"] = round(time.perf_counter() - started, 3)
                 entry["peak_rss_mb"] = round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+                if entry.get("status") in (OK, REFUSED) and entry.get("run_id"):
+                    entry["report"] = str(run_page(cfg, entry).relative_to(cfg.root))
                 append_ledger(cfg, entry)
+                record_run(cfg, entry)
     except RunLockedError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return LOCKED
     return int(entry["status"])
+
+
+def record_run(cfg: Config, entry: dict[str, Any]) -> None:
+    """The run's report page and the history page, and the run in MLflow when
+    ``tracking.mlflow_uri`` is set. A failure here is logged, never the run's outcome:
+    the ledger line already holds the truth."""
+    try:
+        write_pages(cfg, entry)
+    except Exception:
+        log.exception("[schedule] the run's report pages could not be written")
+    if cfg.tracking.mlflow_uri:
+        try:
+            metrics = artifact_path(cfg, "metrics")
+            pages = [p for p in (cfg.root / entry["report"],) if "report" in entry]
+            log_run(cfg.tracking.mlflow_uri, cfg.tracking.experiment or cfg.dataset, entry,
+                    cfg.to_dict(), json.loads(metrics.read_text())
+                    if entry.get("status") in (OK, REFUSED) else None, pages)
+        except Exception:
+            log.exception("[schedule] the run could not be logged to MLflow at %s",
+                          cfg.tracking.mlflow_uri)
 
 
 def locked_run(cfg: Config, force: bool, entry: dict[str, Any]) -> int:
@@ -130,7 +147,8 @@ def locked_run(cfg: Config, force: bool, entry: dict[str, Any]) -> int:
     entry["as_of"] = as_of = str(as_of_time(cfg.ingest.as_of or entry["inputs"]["as_of"]))
     entry["run_id"] = run = run_id(as_of, cfg)
     top = headline(cfg)
-    entry.update({k: top[k] for k in ("ndcg@10", "ndcg@10_ci", "recall@10")})
+    entry.update({k: top[k] for k in ("ndcg@10", "ndcg@10_ci", "recall@10", "baseline",
+                                      "baseline_ndcg@10", "lift")})
     last = last_published(cfg)
     if live_matches(cfg):
         log.info("[schedule] %s is live and up to date", current(cfg))

@@ -1,7 +1,12 @@
-"""An HTML report of ``metrics.json``: headline numbers first, then curves and tables.
+"""An HTML report of ``metrics.json`` that people decide on: what was run on what, where
+it wins and loses, and (on a scheduled run's page) how it moves from run to run.
 
-One self-contained file (plots embedded as PNG) so it can be mailed or archived with a
-run; matplotlib draws off-screen.
+One self-contained file (plots embedded as PNG, no external assets) so it can be mailed
+or archived with a run; matplotlib draws off-screen. Images scale to the page, which
+never scrolls sideways from 1280 px up; figures are small multiples, one panel per
+system, rather than many lines sharing colours. The page starts with ``HISTORY_SLOT``,
+where a scheduled run puts its alarm and the history of earlier runs
+(``pipeline.history``).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from typing import Any
 
 import matplotlib
@@ -17,98 +23,187 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 _METRICS_SHOWN = ("ndcg", "recall", "hit_rate", "precision", "mrr", "map", "coverage")
+HISTORY_SLOT = "<!-- history -->"
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;color:#222;max-width:1180px;
+padding:0 1em}
+img{max-width:100%;height:auto}
+.card{display:inline-block;padding:.7em 1.2em;margin:.3em;border-radius:8px;background:#eef3fb}
+.v{font-size:1.5em;font-weight:600} table{border-collapse:collapse;margin:.6em 0}
+td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}
+th:first-child{text-align:left} .scroll{overflow-x:auto;max-width:100%}
+.alarm{border:2px solid #b00020;background:#fdecee;padding:.8em 1.2em;border-radius:8px}
+.ok{border:1px solid #2e7d32;background:#eef7ee;padding:.6em 1.2em;border-radius:8px}
+.cols{display:flex;flex-wrap:wrap;gap:1.5em} .cols>div{flex:1 1 420px;min-width:0}
+code{word-break:break-all} .muted{color:#666}"""
 
 
-def _png(fig: plt.Figure) -> str:
+def png(fig: plt.Figure) -> str:
+    """The figure as an ``<img>`` with its PNG inline (the page needs no other file)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _curves(metrics: dict[str, Any]) -> str:
-    """NDCG, recall and coverage against k: recommendation systems on one row, search
-    systems on another; past ten systems the line style changes so colours stay apart."""
-    ks = metrics["ks"]
-    groups = {"recommendation": {}, "search": {}}
-    for system, row in metrics["systems"].items():
-        groups["search" if system.startswith("search:") else "recommendation"][system] = row
-    groups = {name: rows for name, rows in groups.items() if rows}
-    fig, axes = plt.subplots(len(groups), 3, figsize=(15, 3.8 * len(groups)), squeeze=False)
-    for row_axes, (title, systems) in zip(axes, groups.items(), strict=True):
-        for ax, name in zip(row_axes, ("ndcg", "recall", "coverage"), strict=True):
-            for i, (system, row) in enumerate(systems.items()):
-                final = system == "final"
-                ax.plot(ks, [row[f"{name}@{k}"] for k in ks], marker="o",
-                        color="black" if final else f"C{i % 10}",
-                        linestyle=("-", "--", ":")[i // 10 % 3], linewidth=2.5 if final else 1.3,
-                        label=system.removeprefix("search:"))
-            ax.set_xscale("log")
-            ax.set_xticks(ks, [str(k) for k in ks])
-            ax.set_title(f"{title}: {name}@k")
-            ax.grid(alpha=0.3)
-        row_axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    return _png(fig)
+def _e(value: Any) -> str:
+    return html.escape(str(value))
 
 
-def _candidate_bars(metrics: dict[str, Any]) -> str:
-    rows = metrics["candidate_recall"]
-    ns = list(next(iter(rows.values())).keys())
-    fig, ax = plt.subplots(figsize=(10, 3.6))
-    width = 0.8 / len(rows)
-    for i, (name, row) in enumerate(rows.items()):
-        ax.bar([j + i * width for j in range(len(ns))], [row[n] for n in ns], width, label=name,
-               color="black" if name == "merged" else f"C{i % 10}")
-    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(ns))], ns)
-    ax.set_ylabel("share of test items")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+def _ci(value: list[float] | None) -> str:
+    return "-" if not value else f"{value[0]:.4f} [{value[1]:.4f}, {value[2]:.4f}]"
 
 
-def _intervals(metrics: dict[str, Any], key: str) -> str:
-    """Each system's NDCG with its bootstrap interval, best on top, final in black."""
-    rows = sorted(((name, row) for name, row in metrics["systems"].items()
-                   if f"{key}_ci" in row), key=lambda kv: kv[1][key])
-    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1))
-    for y, (name, row) in enumerate(rows):
-        low, high = row[f"{key}_ci"]
-        colour = "black" if name in ("final", "search:final") else "C0"
-        ax.errorbar(row[key], y, xerr=[[row[key] - low], [high - row[key]]], fmt="o",
-                    color=colour, capsize=3)
-    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
-    ax.set_xlabel(f"{key} (95% bootstrap interval over users)")
-    ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(
+        f"<th>{cells[0]}</th>" + "".join(f"<td>{c}</td>" for c in cells[1:])) + "</tr>"
+        for cells in rows)
+    return f'<div class=scroll><table><tr>{head}</tr>{body}</table></div>'
 
 
-def _importance(metrics: dict[str, Any], top: int = 20) -> str:
-    """Gain importance of the main recommendation ranker's strongest features."""
-    rankers = metrics.get("importance", {}).get("recommendation", {})
-    if not rankers:
-        return "<p>No ranker was trained.</p>"
-    name, gains = next(iter(rankers.items()))
-    shown = list(gains.items())[:top][::-1]
-    total = sum(gains.values()) or 1.0
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(shown) + 1))
-    ax.barh([k for k, _ in shown], [v / total for _, v in shown], color="C2")
-    ax.set_xlabel(f"share of total split gain ({name})")
-    ax.tick_params(axis="y", labelsize=8)
-    return f'<img src="data:image/png;base64,{_png(fig)}">'
+# --- header ------------------------------------------------------------------------
+def _header(metrics: dict[str, Any], run: dict[str, Any]) -> str:
+    facts = [("run", run.get("run_id")), ("as of", run.get("as_of")),
+             ("commit", (run.get("commit") or "unknown")[:12]), ("written", run.get("date")),
+             ("split", metrics["split"])]
+    line = " · ".join(f"{name} <code>{_e(value)}</code>" for name, value in facts if value)
+    data = metrics.get("data", {})
+    parts = data.get("parts", {})
+    rows = [[_e(part), f"{p['events']:,}", f"{p['searches']:,}", f"{p['users']:,}",
+             f"{p['items']:,}", _e(p["first"] or "-"), _e(p["last"] or "-")]
+            for part, p in parts.items()]
+    cases = data.get("search_cases", {})
+    case_text = ", ".join(f"{n:,} on {phase}" for phase, n in cases.items()) or "none"
+    stages = run.get("stages", {})
+    stage_rows = [[_e(name), f"{s.get('seconds', 0):.1f}", _e(s.get("status", "ok"))]
+                  for name, s in stages.items()]
+    total = sum(s.get("seconds", 0) for s in stages.values())
+    diff = run.get("config_diff", [])
+    diff_rows = [[f"<code>{_e(k)}</code>", f"<code>{_e(v)}</code>",
+                  f"<code>{_e('unset' if d is None else d)}</code>"] for k, v, d in diff]
+    return f"""<p>{line}</p>
+<div class=cols><div><h3>Data</h3>
+{_table(["part", "events", "searches", "users", "items", "first", "last"], rows)}
+<p>{metrics['users']:,} test users evaluated by full ranking over {metrics['catalogue']:,}
+items (their fitted items excluded); search cases: {case_text}.</p></div>
+<div><h3>Wall time per stage ({total:.0f} s)</h3>
+{_table(["stage", "seconds", "status"], stage_rows)}</div></div>
+<div class=cols><div><h3>Config: what differs from the defaults</h3>
+{_table(["setting", "value", "default"], diff_rows) if diff_rows
+ else "<p>Every setting is the default.</p>"}</div>
+<div><h3>Choices made on valid</h3>{_choices(run)}</div></div>"""
 
 
+def _choices(run: dict[str, Any]) -> str:
+    """Tuned quotas and blend weights, with a sentence when the blend is one ranker."""
+    out = []
+    for kind, blend in run.get("blend", {}).items():
+        weights = blend.get("weights", {})
+        if len(weights) == 1:
+            (name, _), = weights.items()
+            out.append(f"<p>{_e(kind)}: the blend is <b>{_e(name)}</b> alone (no other "
+                       "component lifted its out-of-fold NDCG@10), so <code>final</code>, "
+                       f"<code>blend</code> and <code>{_e(name)}</code> rank alike.</p>")
+        else:
+            parts = ", ".join(f"{_e(n)} × {w:g}" for n, w in weights.items())
+            out.append(f"<p>{_e(kind)} blend: {parts} (reciprocal ranks).</p>")
+    quotas = run.get("quotas", {})
+    for kind, shares in quotas.items():
+        shown = ", ".join(f"{_e(n)} {q}" for n, q in shares.items() if q)
+        out.append(f"<p>{_e(kind)} quotas (candidates per channel): {shown or 'none'}.</p>")
+    return "".join(out) or "<p class=muted>Nothing was tuned.</p>"
+
+
+# --- headline, lifts, intervals ------------------------------------------------------
 def _lifts(metrics: dict[str, Any], key: str) -> str:
     items = []
     for kind, lift in metrics.get(f"lift_{key}", {}).items():
         verdict = ("the interval excludes zero" if lift["excludes_zero"]
                    else "the interval includes zero: no lift is claimed")
-        items.append(f"<li>{kind}: <b>{html.escape(lift['system'])}</b> over its best single "
-                     f"component <b>{html.escape(lift['baseline'])}</b>: "
+        items.append(f"<li>{kind}: <b>{_e(lift['system'])}</b> over its best single "
+                     f"component <b>{_e(lift['baseline'])}</b>: "
                      f"{lift['mean']:+.4f} [{lift['low']:+.4f}, {lift['high']:+.4f}], "
                      f"{verdict}</li>")
     return f"<ul>{''.join(items)}</ul>"
+
+
+def _intervals(metrics: dict[str, Any], key: str) -> str:
+    """Each system's NDCG with its bootstrap interval, best on top, final in black:
+    recommendation and search side by side."""
+    groups = {"recommendation": [], "search": []}
+    for name, row in metrics["systems"].items():
+        if f"{key}_ci" in row:
+            groups["search" if name.startswith("search:") else "recommendation"].append(
+                (name, row))
+    groups = {g: sorted(rows, key=lambda kv: kv[1][key]) for g, rows in groups.items() if rows}
+    height = 0.26 * max(len(r) for r in groups.values()) + 1
+    fig, axes = plt.subplots(1, len(groups), figsize=(11.5, height), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], groups.items(), strict=True):
+        for y, (name, row) in enumerate(rows):
+            low, high = row[f"{key}_ci"]
+            colour = "black" if name in ("final", "search:final") else "C0"
+            ax.errorbar(row[key], y, xerr=[[row[key] - low], [high - row[key]]], fmt="o",
+                        color=colour, capsize=3)
+        ax.set_yticks(range(len(rows)), [n.removeprefix("search:") for n, _ in rows],
+                      fontsize=8)
+        ax.set_title(f"{title}: {key}, 95% interval over users", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return png(fig)
+
+
+# --- segments ----------------------------------------------------------------------
+def _segments(metrics: dict[str, Any]) -> str:
+    seg = metrics.get("segments")
+    if not seg:
+        return ""
+    final, baseline = seg["systems"]
+    k = seg["k"]
+    users = seg["users"]
+    rows = [[_e(s), f"{users['counts'].get(s, 0):,}",
+             _ci(users[f"ndcg@{k}"].get(s, {}).get(final)),
+             _ci(users[f"ndcg@{k}"].get(s, {}).get(baseline)),
+             _ci(users["lift"].get(s))] for s in ("cold", "middle", "heavy")]
+    user_table = _table(["users", "count", f"{final} NDCG@{k}", f"{baseline} NDCG@{k}",
+                         "lift (paired)"], rows)
+    pop = seg["item_popularity"]
+    deciles = list(pop["relevant"])
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.2))
+    for i, name in enumerate((final, baseline)):
+        values = [pop[f"recall@{k}"][d][name] for d in deciles]
+        xs = [int(d) + (i - 0.5) * 0.35 for d in deciles]
+        mean = [v[0] if v else math.nan for v in values]
+        err = [[v[0] - v[1] if v else 0 for v in values], [v[2] - v[0] if v else 0
+                                                          for v in values]]
+        axes[0].bar(xs, mean, 0.35, yerr=err, capsize=2, label=name,
+                    color="black" if i == 0 else "C0")
+        axes[1].bar(xs, [pop[f"coverage@{k}"][d][name] for d in deciles], 0.35,
+                    label=name, color="black" if i == 0 else "C0")
+    axes[0].set_title(f"recall@{k} of the relevant items in each decile", fontsize=10)
+    axes[1].set_title(f"share of each decile's items in anyone's top {k}", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("item popularity decile in the fitting data (1: most popular)")
+        ax.set_xticks([int(d) for d in deciles])
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    new = seg["new_items"]
+    new_text = (f"<p>Items new in the evaluated window (no fitting interaction): "
+                f"{new['relevant']:,} relevant; recall@{k} " + ", ".join(
+                    f"{_e(n)} {_ci(v)}" for n, v in new[f"recall@{k}"].items()) + ".</p>"
+                if new["relevant"] else
+                "<p>No relevant item is new in the evaluated window.</p>")
+    kinds = [(n, metrics["systems"][n]) for n in ("final", "search:final")
+             if n in metrics["systems"]]
+    kind_text = "; ".join(f"{_e(n)} NDCG@{k} {row[f'ndcg@{k}']:.4f} "
+                          f"[{row[f'ndcg@{k}_ci'][0]:.4f}, {row[f'ndcg@{k}_ci'][1]:.4f}]"
+                          for n, row in kinds if f"ndcg@{k}_ci" in row)
+    return f"""<h2>Where it wins and loses</h2>
+<p>Users by fitted history: cold at most {users['cold_max_events']} events, heavy at least
+{users['heavy_min_events']}; the final ranking against its best single component,
+<b>{_e(baseline)}</b>. Per-user values of every system are in
+<code>eval/per_user.parquet</code>.</p>{user_table}
+{png(fig)}{new_text}<p>Recommendation against search: {kind_text}.</p>"""
 
 
 def _search(metrics: dict[str, Any], key: str) -> str:
@@ -117,64 +212,114 @@ def _search(metrics: dict[str, Any], key: str) -> str:
     if not search:
         return ""
     cases = search["cases"]
-    rows = []
-    for name, rate in search["zero_result_rate"].items():
-        cells = []
-        for segment in ("head", "tail"):
-            value = search[key][segment].get(name)
-            cells.append(f"<td>{value[0]:.4f} [{value[1]:.4f}, {value[2]:.4f}]</td>" if value
-                         else "<td>-</td>")
-        rows.append(f"<tr><th>{html.escape(name)}</th><td>{rate:.4f}</td>{''.join(cells)}</tr>")
+    rows = [[_e(name), f"{rate:.4f}", _ci(search[key]["head"].get(name)),
+             _ci(search[key]["tail"].get(name))]
+            for name, rate in search["zero_result_rate"].items()]
     return (f"<h2>Search: head and tail queries</h2><p>{cases['head']} head cases (a query "
             f"typed at least {search['head_min_searches']} times in the fitting data) and "
-            f"{cases['tail']} tail cases.</p><table><tr><th>system</th><th>no result</th>"
-            f"<th>head {html.escape(key)}</th><th>tail {html.escape(key)}</th></tr>"
-            f"{''.join(rows)}</table>")
+            f"{cases['tail']} tail cases.</p>"
+            + _table(["system", "no result", f"head {key}", f"tail {key}"], rows))
 
 
-def _table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["system", *columns])
-    body = []
-    for name, row in rows.items():
-        best = "".join(f"<td>{row[c]:.4f}</td>" for c in columns)
-        body.append(f"<tr><th>{html.escape(name)}</th>{best}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+# --- candidates, importance, curves ----------------------------------------------------
+def _candidates(metrics: dict[str, Any]) -> str:
+    """Candidate recall@N and unique hits per channel, for both phases and both kinds."""
+    blocks = []
+    for phase, kinds in metrics.get("phases", {}).items():
+        for kind, block in kinds.items():
+            recall = block["candidate_recall"]
+            ns = list(next(iter(recall.values())))
+            unique = block.get("unique_hits", {})
+            rows = [[_e(name), *(f"{row[n]:.3f}" for n in ns),
+                     f"{unique[name]:.3f}" if name in unique else "-"]
+                    for name, row in recall.items()]
+            blocks.append(f"<div><h3>{_e(kind)}, {_e(phase)} phase</h3>"
+                          + _table(["channel", *ns, "unique"], rows) + "</div>")
+    return ("<h2>Candidate recall</h2><p>Share of the relevant items among each channel's "
+            "first N candidates, and the share that no other channel found (unique).</p>"
+            f"<div class=cols>{''.join(blocks)}</div>")
 
 
-def render(metrics: dict[str, Any], notes: list[str]) -> str:
+def _importance(metrics: dict[str, Any], top: int = 15) -> str:
+    """Gain importance of the main ranker's strongest features, per request kind."""
+    kinds = {kind: rankers for kind, rankers in metrics.get("importance", {}).items()
+             if rankers}
+    if not kinds:
+        return "<p>No ranker was trained.</p>"
+    fig, axes = plt.subplots(1, len(kinds), figsize=(11.5, 0.25 * top + 1), squeeze=False)
+    for ax, (kind, rankers) in zip(axes[0], kinds.items(), strict=True):
+        name, gains = next(iter(rankers.items()))
+        shown = list(gains.items())[:top][::-1]
+        total = sum(gains.values()) or 1.0
+        ax.barh([k for k, _ in shown], [v / total for _, v in shown], color="C2")
+        ax.set_title(f"{kind}: share of split gain ({name})", fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
+def _curves(metrics: dict[str, Any]) -> str:
+    """Small multiples: one panel per system with its NDCG and recall against k, the
+    final ranking's NDCG in grey behind each for reference."""
+    ks = metrics["ks"]
+    systems = list(metrics["systems"].items())
+    cols = 6
+    rows = -(-len(systems) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(11.5, 1.9 * rows), sharex=True,
+                             sharey=True, squeeze=False)
+    reference = {kind: metrics["systems"][name] for kind, name in
+                 (("", "final"), ("search:", "search:final")) if name in metrics["systems"]}
+    for ax, (name, row) in zip(axes.flat, systems, strict=False):
+        ref = reference.get("search:" if name.startswith("search:") else "")
+        if ref is not None:
+            ax.plot(ks, [ref[f"ndcg@{k}"] for k in ks], color="0.8", linewidth=3)
+        ax.plot(ks, [row[f"ndcg@{k}"] for k in ks], color="black", marker="o", markersize=3)
+        ax.plot(ks, [row[f"recall@{k}"] for k in ks], color="C0", linestyle="--")
+        ax.set_title(name, fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(systems):]:
+        ax.axis("off")
+    fig.suptitle("NDCG@k (black), recall@k (blue, dashed); grey: the final ranking's NDCG@k",
+                 fontsize=9)
+    fig.tight_layout()
+    return png(fig)
+
+
+def render(metrics: dict[str, Any], run: dict[str, Any], notes: list[str]) -> str:
+    """The page. ``run``: what the report stage knows of the run (``run_id``, ``as_of``,
+    ``commit``, ``date``, ``stages``, ``config_diff``, ``quotas``, ``blend``)."""
     ks = metrics["ks"]
     final = metrics["systems"]["final"]
     k0 = ks[0]
     cards = "".join(
         f"<div class=card><div class=v>{final[f'{m}@{k0}']:.4f}</div><div>{m}@{k0}</div></div>"
         for m in ("ndcg", "recall", "hit_rate", "mrr", "coverage"))
-    sections = [_table(metrics["systems"], [f"{m}@{k}" for k in ks for m in ("ndcg", "recall")])]
-    for k in ks:
-        sections.append(f"<h3>@{k}</h3>" + _table(
-            metrics["systems"], [f"{m}@{k}" for m in _METRICS_SHOWN]))
+    tables = [_table(["system", *(f"{m}@{k}" for m in _METRICS_SHOWN)],
+                     [[_e(name), *(f"{row[f'{m}@{k}']:.4f}" for m in _METRICS_SHOWN)]
+                      for name, row in metrics["systems"].items()]) for k in ks]
     key_ci = next((k.removeprefix("lift_") for k in metrics if k.startswith("lift_")),
                   f"ndcg@{k0}")
-    note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    note_items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    all_metrics = "".join(f"<h3>@{k}</h3>{t}" for k, t in zip(ks, tables, strict=True))
     return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>Offline evaluation: {html.escape(metrics['dataset'])}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}}
-.card{{display:inline-block;padding:.8em 1.4em;margin:.3em;border-radius:8px;background:#eef3fb}}
-.v{{font-size:1.6em;font-weight:600}} table{{border-collapse:collapse;margin:.6em 0}}
-td,th{{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:right}}
-th:first-child{{text-align:left}}
-</style></head><body>
-<h1>Offline evaluation: {html.escape(metrics['dataset'])}</h1>
-<p>{metrics['users']} test users, full ranking over {metrics['catalogue']} items
-(fitted items excluded), split <code>{html.escape(metrics['split'])}</code>.</p>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Offline evaluation: {_e(metrics['dataset'])}</title>
+<style>{STYLE}</style></head><body>
+{HISTORY_SLOT}
+<h1>Offline evaluation: {_e(metrics['dataset'])}</h1>
+{_header(metrics, run)}
 <h2>Final ranking</h2>{cards}
 <h2>Which stage earns what: {key_ci} with 95% intervals</h2>{_lifts(metrics, key_ci)}
-<img src="data:image/png;base64,{_intervals(metrics, key_ci)}">
+{_intervals(metrics, key_ci)}
+{_segments(metrics)}
 {_search(metrics, key_ci)}
-<h2>What the ranker looks at</h2>{_importance(metrics)}
-<h2>Metrics by k</h2><img src="data:image/png;base64,{_curves(metrics)}">
-<h2>Candidate recall</h2><img src="data:image/png;base64,{_candidate_bars(metrics)}">
-{_table(metrics['candidate_recall'], list(next(iter(metrics['candidate_recall'].values()))))}
-<h2>All metrics</h2>{''.join(sections)}
+{_candidates(metrics)}
+<h2>What the rankers look at</h2>{_importance(metrics)}
+<h2>Metrics by k</h2>{_curves(metrics)}
+<h2>All metrics</h2>{all_metrics}
 <h2>Notes from the run</h2><ul>{note_items}</ul>
 </body></html>
 """

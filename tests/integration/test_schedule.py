@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from pipeline.catalogue import artifact_path
-from pipeline.config import Config, load_config
+from pipeline.config import Config, TrackingConfig, load_config
 from pipeline.io import read_table, run_lock
 from pipeline.release import current, ledger
-from pipeline.schedule import LOCKED, OK, REFUSED, schedule
+from pipeline.schedule import LOCKED, OK, REFUSED, record_run, schedule
 from pipeline.simulate import simulate
 from tests.conftest import REPO, only_channels, tiny_config
 
@@ -53,6 +53,14 @@ def test_a_first_run_publishes_and_records_itself(first: Config) -> None:
     recs = read_table(live / "recommendations.parquet")
     assert set(recs["user_id"]) == set(read_table(artifact_path(first, "users"))["user_id"])
     assert (live / "manifest.json").is_file() and (live / "cold_start.parquet").is_file()
+    page = (first.root / entry["report"]).read_text()
+    assert page.index("class=ok") < page.index("<h1>")  # all clear, above everything
+    assert entry["run_id"] in page and "Wall time per stage" in page and "History" in page
+    assert entry["run_id"] in (first.root / "reports" / "index.html").read_text()
+
+
+def page_of(cfg: Config) -> str:
+    return (cfg.root / ledger(cfg)[-1]["report"]).read_text()
 
 
 def test_a_rerun_with_nothing_new_reuses_everything(first: Config) -> None:
@@ -72,6 +80,9 @@ def test_a_regression_is_refused_and_the_last_publication_stays_live(first: Conf
     assert entry["status"] == REFUSED and not entry["published"]
     assert "below" in entry["decision"]["reason"]
     assert current(first) == live
+    page = page_of(weaker)
+    assert page.index("class=alarm") < page.index("<h1>")  # the alarm comes first
+    assert "refused" in page[:page.index("<h1>")] and live in page
     assert schedule(weaker, force=True) == OK  # --force publishes anyway, and says so
     assert ledger(weaker)[-1]["forced"] and current(weaker) != live
 
@@ -91,6 +102,11 @@ def test_a_later_as_of_publishes_a_new_run(tmp_path: Path) -> None:
     cfg = cheap_config(tmp_path)
     assert schedule(cfg) == OK
     assert current(cfg) != first_run and current(cfg) > first_run
+    page = page_of(cfg)
+    assert "Change in final NDCG@10 against the last published run" in page
+    history = page[page.index("<h2>History</h2>"):page.index("<h1>")]
+    assert first_run in history and current(cfg) in history  # both runs, newest first
+    assert history.index(current(cfg)) < history.index(first_run)
     assert read_table(artifact_path(cfg, "interactions"))["ts"].max() > seen_early
     kept = sorted(p.name for p in (tmp_path / "tiny" / "publish").iterdir()
                   if not p.name.startswith("."))
@@ -202,3 +218,19 @@ def test_a_run_killed_midway_and_rerun_ends_as_an_uninterrupted_one(
     a, b = _outputs(clean / "daily"), _outputs(killed / "daily")
     assert sorted(a) == sorted(b)
     assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_a_run_goes_to_mlflow_when_a_tracking_uri_is_set(first: Config, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    tracked = first.model_copy(update={"tracking": TrackingConfig(mlflow_uri=uri)})
+    entry = ledger(first)[0]
+    record_run(tracked, entry)
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(first.dataset).experiment_id])
+    assert run.info.run_name == entry["run_id"]
+    assert run.data.metrics["final.ndcg_at_10"] == pytest.approx(entry["ndcg@10"])
+    assert run.data.params["rank.folds"] == "2"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"ledger_entry.json"}
