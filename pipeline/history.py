@@ -4,10 +4,11 @@ After a scheduled run writes its ledger line, ``write_pages`` copies the run's r
 (``report/index.html``) to ``reports/<run id>.html`` with, at the top, an alarm box when
 something needs a person (the gate refused or was forced, the run failed, or the final
 NDCG@10 fell more than ``gate.max_drop`` below the last published run's even with the
-gate off) and the history: the final NDCG@10 with its interval run by run, the best
-single component beside it, the gate's decisions, and the change against the last
-published run. ``reports/index.html`` is the history page across runs. Both are written
-to a temporary file and renamed into place, so a reader never sees half a page.
+gate off) and, after the headline, the history: the final NDCG@10 with its interval run
+by run, the best single component beside it, the gate's decisions, and the change
+against the last published run. ``reports/index.html`` is the history page across runs.
+Both are written to a temporary file and renamed into place, so a reader never sees half
+a page.
 
 The change against the last published run is the difference of two runs' means over
 different users (each run evaluates its own window), so its interval is the normal
@@ -30,7 +31,7 @@ import matplotlib.pyplot as plt
 
 from pipeline.catalogue import artifact_path
 from pipeline.config import Config
-from pipeline.evaluation.report import HISTORY_SLOT, STYLE, png
+from pipeline.evaluation.report import ALARM_SLOT, HISTORY_SLOT, STYLE, png
 from pipeline.release import ledger
 
 REPORTS = "reports"
@@ -114,28 +115,28 @@ def _ci(value: list[float] | None, sign: bool = False) -> str:
     return f"{f.format(value[0])} [{f.format(value[1])}, {f.format(value[2])}]"
 
 
-def history_html(cfg: Config, entries: list[dict[str, Any]], entry: dict[str, Any] | None
-                 ) -> str:
-    """The alarm (or an all-clear line) for ``entry``, the change against the last
-    published run, and the runs so far, newest first."""
-    parts = []
-    if entry is not None:
-        last = previous_published(entries, entry)
-        found = alarms(cfg, entry, last)
-        if found:
-            parts.append("<div class=alarm><b>Needs attention</b><ul>" + "".join(
-                f"<li>{html.escape(a)}</li>" for a in found) + "</ul></div>")
-        else:
-            parts.append(f"<div class=ok>Run {html.escape(str(entry.get('run_id')))}: "
-                         f"{html.escape(STATUS.get(entry.get('status'), '?'))}, "
-                         f"{'published' if entry.get('published') else 'not published'}."
-                         "</div>")
-        delta = change(entry, last) if last else None
-        if delta:
-            parts.append(f"<p>Change in final NDCG@10 against the last published run "
-                         f"({html.escape(str(last.get('publication')))}): "
-                         f"{_ci(delta, sign=True)} (approximate: the runs evaluate "
-                         "different windows).</p>")
+def alarm_html(cfg: Config, entries: list[dict[str, Any]], entry: dict[str, Any]) -> str:
+    """The alarm box for ``entry``, or an all-clear line."""
+    found = alarms(cfg, entry, previous_published(entries, entry))
+    if found:
+        return "<div class=alarm><b>Needs attention</b><ul>" + "".join(
+            f"<li>{html.escape(a)}</li>" for a in found) + "</ul></div>"
+    return (f"<div class=ok>Run {html.escape(str(entry.get('run_id')))}: "
+            f"{html.escape(STATUS.get(entry.get('status'), '?'))}, "
+            f"{'published' if entry.get('published') else 'not published'}.</div>")
+
+
+def history_html(entries: list[dict[str, Any]], entry: dict[str, Any] | None) -> str:
+    """The change of ``entry`` against the last published run, and the runs so far,
+    newest first."""
+    parts = ["<h2>History</h2>"]
+    last = previous_published(entries, entry) if entry is not None else None
+    delta = change(entry, last) if last else None
+    if delta:
+        parts.append(f"<p>Change in final NDCG@10 against the last published run "
+                     f"({html.escape(str(last.get('publication')))}): "
+                     f"{_ci(delta, sign=True)} (approximate: the runs evaluate "
+                     "different windows).</p>")
     rows = []
     for e in reversed(entries):
         run = html.escape(str(e.get("run_id", "-")))
@@ -152,7 +153,7 @@ def history_html(cfg: Config, entries: list[dict[str, Any]], entry: dict[str, An
         link = f'<a href="{html.escape(Path(page).name)}">{run}</a>' if page else run
         rows.append(f"<tr><th>{link}</th>" + "".join(f"<td>{c}</td>" for c in cells)
                     + "</tr>")
-    parts.append("<h2>History</h2>" + _chart(entries) + "<div class=scroll><table><tr>"
+    parts.append(_chart(entries) + "<div class=scroll><table><tr>"
                  "<th>run</th><th>as of</th><th>status</th><th>published</th>"
                  "<th>final NDCG@10</th><th>best single</th><th>lift</th><th>gate</th>"
                  "<th>seconds</th></tr>" + "".join(rows) + "</table></div>")
@@ -180,13 +181,15 @@ def write_pages(cfg: Config, entry: dict[str, Any]) -> Path | None:
     if entry.get("run_id") and report.is_file():
         page = run_page(cfg, entry)
         text = report.read_text(encoding="utf-8")
-        _write(page, text.replace(HISTORY_SLOT, history_html(cfg, entries, entry), 1))
+        text = text.replace(ALARM_SLOT, alarm_html(cfg, entries, entry), 1)
+        _write(page, text.replace(HISTORY_SLOT, history_html(entries, entry), 1))
     latest = entries[-1] if entries else None
     _write(cfg.root / REPORTS / "index.html", f"""<!doctype html><html><head>
 <meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Runs: {html.escape(cfg.dataset)}</title><style>{STYLE}</style></head><body>
+{alarm_html(cfg, entries, latest) if latest else ""}
 <h1>Runs: {html.escape(cfg.dataset)}</h1>
-{history_html(cfg, entries, latest)}
+{history_html(entries, latest)}
 </body></html>
 """)
     return page

@@ -4,9 +4,9 @@ it wins and loses, and (on a scheduled run's page) how it moves from run to run.
 One self-contained file (plots embedded as PNG, no external assets) so it can be mailed
 or archived with a run; matplotlib draws off-screen. Images scale to the page, which
 never scrolls sideways from 1280 px up; figures are small multiples, one panel per
-system, rather than many lines sharing colours. The page starts with ``HISTORY_SLOT``,
-where a scheduled run puts its alarm and the history of earlier runs
-(``pipeline.history``).
+system, rather than many lines sharing colours. A scheduled run fills the page's two
+slots (``pipeline.history``): ``ALARM_SLOT``, first on the page, with what needs a person,
+and ``HISTORY_SLOT``, after the headline, with the runs so far.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 _METRICS_SHOWN = ("ndcg", "recall", "hit_rate", "precision", "mrr", "map", "coverage")
+ALARM_SLOT = "<!-- alarm -->"
 HISTORY_SLOT = "<!-- history -->"
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;color:#222;max-width:1180px;
 padding:0 1em}
@@ -34,6 +35,7 @@ th:first-child{text-align:left} .scroll{overflow-x:auto;max-width:100%}
 .alarm{border:2px solid #b00020;background:#fdecee;padding:.8em 1.2em;border-radius:8px}
 .ok{border:1px solid #2e7d32;background:#eef7ee;padding:.6em 1.2em;border-radius:8px}
 .cols{display:flex;flex-wrap:wrap;gap:1.5em} .cols>div{flex:1 1 420px;min-width:0}
+.cols table{font-size:.85em} .cols td,.cols th{padding:.2em .45em}
 code{word-break:break-all} .muted{color:#666}"""
 
 
@@ -308,12 +310,13 @@ def render(metrics: dict[str, Any], run: dict[str, Any], notes: list[str]) -> st
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Offline evaluation: {_e(metrics['dataset'])}</title>
 <style>{STYLE}</style></head><body>
-{HISTORY_SLOT}
+{ALARM_SLOT}
 <h1>Offline evaluation: {_e(metrics['dataset'])}</h1>
 {_header(metrics, run)}
 <h2>Final ranking</h2>{cards}
 <h2>Which stage earns what: {key_ci} with 95% intervals</h2>{_lifts(metrics, key_ci)}
 {_intervals(metrics, key_ci)}
+{HISTORY_SLOT}
 {_segments(metrics)}
 {_search(metrics, key_ci)}
 {_candidates(metrics)}

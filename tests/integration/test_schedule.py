@@ -104,7 +104,8 @@ def test_a_later_as_of_publishes_a_new_run(tmp_path: Path) -> None:
     assert current(cfg) != first_run and current(cfg) > first_run
     page = page_of(cfg)
     assert "Change in final NDCG@10 against the last published run" in page
-    history = page[page.index("<h2>History</h2>"):page.index("<h1>")]
+    history = page[page.index("<h2>History</h2>"):page.index("<h2>Where it wins")]
+    history = history[history.index("<table"):]  # the runs, after the change line
     assert first_run in history and current(cfg) in history  # both runs, newest first
     assert history.index(current(cfg)) < history.index(first_run)
     assert read_table(artifact_path(cfg, "interactions"))["ts"].max() > seen_early
@@ -226,7 +227,7 @@ def test_a_run_goes_to_mlflow_when_a_tracking_uri_is_set(first: Config, tmp_path
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = (tmp_path / "mlruns").as_uri()
     tracked = first.model_copy(update={"tracking": TrackingConfig(mlflow_uri=uri)})
-    entry = ledger(first)[0]
+    entry = ledger(first)[-1]  # the run whose metrics.json is on disk
     record_run(tracked, entry)
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(first.dataset).experiment_id])

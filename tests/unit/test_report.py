@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.evaluation.report import HISTORY_SLOT, render
+from pipeline.evaluation.report import ALARM_SLOT, HISTORY_SLOT, render
 
 
 def system(ndcg: float, ci: tuple[float, float] | None = None) -> dict:
@@ -74,7 +74,7 @@ def text(fragment: str) -> str:
 
 def test_the_header_says_what_ran_on_what() -> None:
     page = render(METRICS, RUN, ["recall: ok"])
-    assert page.index(HISTORY_SLOT) < page.index("<h1>")
+    assert page.index(ALARM_SLOT) < page.index("<h1>") < page.index(HISTORY_SLOT)
     head = text(page[page.index("<h1>"):page.index("<h2>Final ranking")])
     assert "20260201T000000-abcd1234" in head and "0123456789ab" in head
     assert "0123456789abcdef" not in head  # the short commit
