@@ -263,6 +263,19 @@ def test_top_k_breaks_ties_at_the_cut_off_by_lower_index() -> None:
     assert top_k(np.full((3, 100), 1.0, np.float32), 3).items.tolist() == [[0, 1, 2]] * 3
 
 
+def test_top_k_equals_a_full_sort_by_score_then_index() -> None:
+    """Rows with ties inside and across the cut-off, short rows, and plain ones: the fast
+    path (all ties inside the partition) and the redone rows agree with sorting."""
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, (40, 200)).astype(np.float32)  # many ties
+    scores[::3] = rng.standard_normal((14, 200))  # no ties
+    scores[5, 7:] = -np.inf  # fewer than k scores
+    columns = np.broadcast_to(np.arange(200), scores.shape)
+    order = np.lexsort((columns, -scores), axis=1)[:, :20]
+    expected = np.where(np.isneginf(np.take_along_axis(scores, order, 1)), -1, order)
+    np.testing.assert_array_equal(top_k(scores, 20).items, expected)
+
+
 def test_unknown_channel_name_fails_loudly() -> None:
     with pytest.raises(KeyError, match="known"):
         channel_class("bogus")
