@@ -139,14 +139,13 @@ def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
 
 def sparse_row_ranks(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stored entries ordered by (row, value descending, column): returns each entry's
-    row, the ordering, and the rank within its row of each ordered entry."""
+    row, the ordering, and the rank within its row of each ordered entry. Values are
+    compared as float32, the precision scores are kept in (``TopK``, dense ``score``):
+    one uint64 key sorts 4x faster than a lexsort (measured, 8M entries)."""
     m.sort_indices()
     rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-    if m.data.dtype.itemsize > 4:
-        order = np.lexsort((-m.data, rows))  # stable: sorted columns break ties
-    else:  # one uint64 key sorts 4x faster than a lexsort (measured, 8M entries)
-        key = rows.astype(np.uint64) << np.uint64(32) | _descending_bits(m.data)
-        order = np.argsort(key, kind="stable")
+    key = rows.astype(np.uint64) << np.uint64(32) | _descending_bits(m.data)
+    order = np.argsort(key, kind="stable")  # stable: sorted columns break ties
     return rows, order, np.arange(len(order)) - m.indptr[rows[order]]
 
 
