@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
+from models import base
 from models.base import (
     HeldOut,
     InvalidTopKError,
@@ -110,6 +111,17 @@ def test_seen_mask_gives_an_unknown_user_no_history() -> None:
     items = np.array([[0, 1, 2], [0, 1, 2]])
     np.testing.assert_array_equal(seen_mask(data, np.array([-1, 1]), items),
                                   [[False, False, False], [True, True, False]])
+
+
+def test_seen_mask_binary_search_equals_the_lookup_table(monkeypatch) -> None:
+    rng = np.random.default_rng(5)
+    data = recall_data_from_matrix((rng.random((30, 50)) < 0.2).astype(float))
+    users = np.r_[rng.integers(0, 30, 40), -1]
+    items = np.where(rng.random((41, 12)) < 0.1, -1, rng.integers(0, 50, (41, 12)))
+    table = seen_mask(data, users, items)  # 41 x 50 cells fit the table
+    monkeypatch.setattr(base, "CHUNK_CELLS", 10)
+    np.testing.assert_array_equal(seen_mask(data, users, items), table)
+    assert table.any() and not table[-1].any()
 
 
 class NanScores(RecallChannel, SearchChannel):
