@@ -54,8 +54,13 @@ SCORE_CHUNK = 262_144  # candidate rows encoded at once (their slots: tens of MB
 
 def labelled(pos: pd.DataFrame, users: IdIndex, items: IdIndex, fm: FMConfig,
              rng: np.random.Generator, hard: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Positives (label 1) and ``fm.negatives`` sampled negatives each (label 0)."""
+    """Positives (label 1), a seeded sample of ``fm.max_positives`` of them on a larger
+    log, and ``fm.negatives`` sampled negatives each (label 0)."""
     pos = pos.drop_duplicates([S.USER, S.ITEM])
+    if fm.max_positives and len(pos) > fm.max_positives:
+        log.info("[train-fm] training on %d of %d positives (fm.max_positives)",
+                 fm.max_positives, len(pos))
+        pos = pos.iloc[np.sort(rng.choice(len(pos), fm.max_positives, replace=False))]
     pu, pi = users.encode(pos[S.USER]), items.encode(pos[S.ITEM])
     ok = (pu >= 0) & (pi >= 0)
     pu, pi = pu[ok], pi[ok]
