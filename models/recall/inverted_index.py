@@ -355,6 +355,19 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
         return self._dense(self._ready(data).scores(self.profiles(data, users)))
 
+    def score_pairs(self, data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``score`` at the given pairs only: each user's profile terms against the
+        item's weights (pairs x profile terms work) instead of a users x catalogue block;
+        NaN where ``score`` has none."""
+        self._ready(data)
+        unique, rows = np.unique(np.asarray(users, np.int64), return_inverse=True)
+        profiles = self.profiles(data, unique).tocsr()
+        own = self._item_terms.shape[1]  # profiles hold the items' own terms only
+        matched = profiles[:, :own][rows].multiply(self._item_terms[np.asarray(items)])
+        values = np.asarray(matched.sum(axis=1), np.float64).ravel()
+        values[values <= 0] = np.nan
+        return values
+
     def score_queries(self, data: RecallData, queries: list[str]) -> np.ndarray:
         return self._dense(self._ready(data).scores(self.query_matrix(list(queries))))
 
