@@ -263,7 +263,7 @@ class FMConfig(_Strict):
     models: list[Literal["fm", "ffm"]] = Field(default_factory=lambda: ["fm", "ffm"])
     k: int = Field(4, ge=1, description="latent factors per feature (per field for FFM)")
     negatives: int = Field(4, ge=1, description="sampled negatives per positive")
-    max_positives: int = Field(2_000_000, ge=0, description="train on a seeded sample of this "
+    max_positives: int = Field(1_000_000, ge=0, description="train on a seeded sample of this "
                                "many fitting positives (0: all), so an epoch stays bounded on "
                                "a large log (FM trains about 200k samples/s on 2 cores)")
     hard_share: float = Field(0.5, ge=0, le=1, description="share of negatives drawn from "
