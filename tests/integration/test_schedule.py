@@ -175,13 +175,14 @@ def _kill_when(proc: subprocess.Popen, root: Path, pattern: str, limit: float = 
 
 
 def _outputs(root: Path) -> dict[str, bytes]:
-    """Every file a run leaves, manifests and the ledger (timings) aside; the run id
-    (whose config hash covers the source paths, which differ here) as ``RUN``."""
+    """Every file a run leaves, manifests, the ledger and the report pages (timings, and
+    the killed run's own line in the history) aside; the run id (whose config hash covers
+    the source paths, which differ here) as ``RUN``."""
     live = current_run(root)
     return {str(p.relative_to(root)).replace(live, "RUN"): _untimed(p)
             for p in sorted(root.rglob("*"))
             if p.is_file() and p.name not in ("manifest.json", "runs.jsonl", "index.html")
-            and not p.name.endswith(".lock")}
+            and not p.name.endswith(".lock") and p.parent.name != "reports"}
 
 
 def _untimed(path: Path) -> bytes | str:
@@ -218,6 +219,8 @@ def test_a_run_killed_midway_and_rerun_ends_as_an_uninterrupted_one(
     assert not [p for p in (killed / "daily").rglob(".*.tmp-*")]
     a, b = _outputs(clean / "daily"), _outputs(killed / "daily")
     assert sorted(a) == sorted(b)
+    page = killed / "daily" / "reports" / f"{current_run(killed / 'daily')}.html"
+    assert "class=alarm" not in page.read_text()  # the rerun succeeded: all clear
     assert [k for k in a if a[k] != b[k]] == []
 
 
