@@ -32,10 +32,15 @@ def run_size(users: int, data_dir: Path) -> dict:
     done = [json.loads(line) for line in ledger.read_text().splitlines()] \
         if ledger.is_file() else []
     if not any(e.get("status") == 0 for e in done):
-        subprocess.run([sys.executable, "-m", "pipeline", "schedule", "--config", str(CONFIG),
-                        "--set", f"dataset={dataset}", "--set", f"data_dir={data_dir}",
-                        "--set", f"source.n_users={users}"], check=False, cwd=REPO)
-        done = [json.loads(line) for line in ledger.read_text().splitlines()]
+        status = subprocess.run([sys.executable, "-m", "pipeline", "schedule", "--config",
+                                 str(CONFIG), "--set", f"dataset={dataset}", "--set",
+                                 f"data_dir={data_dir}", "--set", f"source.n_users={users}"],
+                                check=False, cwd=REPO).returncode
+        done = [json.loads(line) for line in ledger.read_text().splitlines()] \
+            if ledger.is_file() else []
+        if not any(e.get("status") == 0 for e in done):  # killed (OOM) leaves no line
+            raise RuntimeError(f"the {users:,}-user run exited {status} without a successful "
+                               f"ledger line ({ledger}); rerun to resume it")
     return next(e for e in reversed(done) if e.get("status") == 0)
 
 

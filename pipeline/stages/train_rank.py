@@ -20,14 +20,17 @@ report) and ``ranker_metrics``.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from models.blend import candidate_ndcg, fit_blend
 from models.ranker import FoldEnsemble, Ranker, cross_fit
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
+from pipeline.io import iter_requests, read_table
 from pipeline.protocol import (
     EVALUATED,
     KINDS,
@@ -111,12 +114,28 @@ def strongest_channels(frame: pd.DataFrame, key: str, n: int) -> list[str]:
     return sorted(quality, key=lambda name: (-quality[name], name))[:n]
 
 
+def sampled_requests(path: Path, key: str, n: int, seed: int, rows: int) -> pd.DataFrame:
+    """Every row of a seeded sample of ``n`` requests (all of them when ``n`` is 0 or
+    covers them), read request chunk by request chunk so that memory holds the sample,
+    not the file."""
+    requests = pq.read_table(path, columns=[key]).column(key).unique().to_numpy()
+    if not n or len(requests) <= n:
+        return read_table(path)
+    picked = np.random.default_rng(seed).choice(np.sort(requests), n, replace=False)
+    return pd.concat([chunk[chunk[key].isin(picked)] for chunk in iter_requests(path, key, rows)],
+                     ignore_index=True)
+
+
 def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -> dict:
     """Rankers for the published phase, roll-forward: trained on the evaluated phase's
     recommendation candidates (models fitted on train + valid) labelled by its own
-    interactions, the latest labelled window, for the rounds cross-fitting chose."""
+    interactions, the latest labelled window, for the rounds cross-fitting chose; on as
+    many sampled requests as the valid phase had (``recall.valid_users``), since the
+    test phase has every user (at 100k users its 30M feature rows outgrew 24 GB)."""
     cfg, key = io.cfg, request_key(RECOMMENDATION)
-    frame = io.read("features", phase=EVALUATED.name, kind=RECOMMENDATION)
+    frame = sampled_requests(io.input("features", phase=EVALUATED.name, kind=RECOMMENDATION),
+                             key, cfg.recall.valid_users, cfg.seed,
+                             cfg.features.request_chunk * cfg.recall.budget)
     frame[LABEL] = click_labels(frame, key, clicks(io.read("split", part=EVALUATED.target)))
     frame = with_positives(frame, key)
     report = {"requests": int(frame[key].nunique()), "rows": len(frame), "rounds": rounds}
