@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 
 from pipeline.catalogue import artifact_path
 from pipeline.config import Config
-from pipeline.evaluation.report import ALARM_SLOT, HISTORY_SLOT, STYLE, png
+from pipeline.evaluation.report import ALARM_SLOT, HISTORY_SLOT, STYLE, interval, png
 from pipeline.release import ledger
 
 REPORTS = "reports"
@@ -108,13 +108,6 @@ def _chart(entries: list[dict[str, Any]]) -> str:
     return png(fig)
 
 
-def _ci(value: list[float] | None, sign: bool = False) -> str:
-    if not value:
-        return "-"
-    f = "{:+.4f}" if sign else "{:.4f}"
-    return f"{f.format(value[0])} [{f.format(value[1])}, {f.format(value[2])}]"
-
-
 def alarm_html(cfg: Config, entries: list[dict[str, Any]], entry: dict[str, Any]) -> str:
     """The alarm box for ``entry``, or an all-clear line."""
     found = alarms(cfg, entry, previous_published(entries, entry))
@@ -135,7 +128,7 @@ def history_html(entries: list[dict[str, Any]], entry: dict[str, Any] | None) ->
     if delta:
         parts.append(f"<p>Change in final NDCG@10 against the last published run "
                      f"({html.escape(str(last.get('publication')))}): "
-                     f"{_ci(delta, sign=True)} (approximate: the runs evaluate "
+                     f"{interval(delta, sign=True)} (approximate: the runs evaluate "
                      "different windows).</p>")
     rows = []
     for e in reversed(entries):
@@ -146,8 +139,8 @@ def history_html(entries: list[dict[str, Any]], entry: dict[str, Any] | None) ->
         final = [e["ndcg@10"], *e["ndcg@10_ci"]] if e.get("ndcg@10_ci") else None
         cells = [html.escape(str(e.get("as_of", "-"))),
                  html.escape(STATUS.get(e.get("status"), str(e.get("status")))),
-                 "yes" if e.get("published") else "no", _ci(final), best,
-                 _ci(e.get("lift"), sign=True),
+                 "yes" if e.get("published") else "no", interval(final), best,
+                 interval(e.get("lift"), sign=True),
                  html.escape(str(e.get("decision", {}).get("reason", e.get("error", "")))),
                  f"{e.get('seconds', 0):.0f}"]
         link = f'<a href="{html.escape(Path(page).name)}">{run}</a>' if page else run

@@ -51,8 +51,12 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _ci(value: list[float] | None) -> str:
-    return "-" if not value else f"{value[0]:.4f} [{value[1]:.4f}, {value[2]:.4f}]"
+def interval(value: list[float] | None, sign: bool = False) -> str:
+    """``[mean, low, high]`` as text (``-`` for none); ``sign`` for a change or lift."""
+    if not value:
+        return "-"
+    f = "{:+.4f}" if sign else "{:.4f}"
+    return f"{f.format(value[0])} [{f.format(value[1])}, {f.format(value[2])}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -163,9 +167,9 @@ def _segments(metrics: dict[str, Any]) -> str:
     k = seg["k"]
     users = seg["users"]
     rows = [[_e(s), f"{users['counts'].get(s, 0):,}",
-             _ci(users[f"ndcg@{k}"].get(s, {}).get(final)),
-             _ci(users[f"ndcg@{k}"].get(s, {}).get(baseline)),
-             _ci(users["lift"].get(s))] for s in ("cold", "middle", "heavy")]
+             interval(users[f"ndcg@{k}"].get(s, {}).get(final)),
+             interval(users[f"ndcg@{k}"].get(s, {}).get(baseline)),
+             interval(users["lift"].get(s))] for s in ("cold", "middle", "heavy")]
     user_table = _table(["users", "count", f"{final} NDCG@{k}", f"{baseline} NDCG@{k}",
                          "lift (paired)"], rows)
     pop = seg["item_popularity"]
@@ -192,7 +196,7 @@ def _segments(metrics: dict[str, Any]) -> str:
     new = seg["new_items"]
     new_text = (f"<p>Items new in the evaluated window (no fitting interaction): "
                 f"{new['relevant']:,} relevant; recall@{k} " + ", ".join(
-                    f"{_e(n)} {_ci(v)}" for n, v in new[f"recall@{k}"].items()) + ".</p>"
+                    f"{_e(n)} {interval(v)}" for n, v in new[f"recall@{k}"].items()) + ".</p>"
                 if new["relevant"] else
                 "<p>No relevant item is new in the evaluated window.</p>")
     kinds = [(n, metrics["systems"][n]) for n in ("final", "search:final")
@@ -214,8 +218,8 @@ def _search(metrics: dict[str, Any], key: str) -> str:
     if not search:
         return ""
     cases = search["cases"]
-    rows = [[_e(name), f"{rate:.4f}", _ci(search[key]["head"].get(name)),
-             _ci(search[key]["tail"].get(name))]
+    rows = [[_e(name), f"{rate:.4f}", interval(search[key]["head"].get(name)),
+             interval(search[key]["tail"].get(name))]
             for name, rate in search["zero_result_rate"].items()]
     return (f"<h2>Search: head and tail queries</h2><p>{cases['head']} head cases (a query "
             f"typed at least {search['head_min_searches']} times in the fitting data) and "

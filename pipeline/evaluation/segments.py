@@ -50,12 +50,12 @@ def _interval(ci: dict[str, float]) -> list[float]:
     return [ci["mean"], ci["low"], ci["high"]]
 
 
-def _pooled_recall(found: UserHits, relevant: pd.DataFrame, items: IdIndex, k: int,
+def _pooled_recall(found: UserHits, codes: np.ndarray, users: np.ndarray, k: int,
                    wanted: np.ndarray, resamples: int, seed: int) -> list[float] | None:
-    """Hits in the top k among the relevant items with ``wanted[code]``, pooled over
-    users, with its interval; None when no relevant item is wanted."""
-    codes = items.encode(relevant[S.ITEM])
-    rows = found.users.encode(relevant[S.USER])
+    """Hits in the top k among the relevant items (item ``codes`` of ``users``) with
+    ``wanted[code]``, pooled over users, with its interval; None when no relevant item
+    is wanted."""
+    rows = found.users.encode(users)
     keep = (codes >= 0) & (rows >= 0)
     keep[keep] = wanted[codes[keep]]
     if not keep.any():
@@ -95,7 +95,7 @@ def segment_report(found: dict[str, UserHits], relevant: pd.DataFrame, fitting: 
         lift = paired_lift_ci(values[final], values[baseline], resamples, seed)
         report["users"]["lift"][segment] = _interval(lift)
     decile = popularity_deciles(fitting, items)
-    codes = items.encode(relevant[S.ITEM])
+    codes, users_of = items.encode(relevant[S.ITEM]), relevant[S.USER].to_numpy()
     report["item_popularity"] = {
         "relevant": {str(d): int(((codes >= 0) & (decile[np.maximum(codes, 0)] == d)).sum())
                      for d in range(1, DECILES + 1)},
@@ -103,7 +103,7 @@ def segment_report(found: dict[str, UserHits], relevant: pd.DataFrame, fitting: 
     for d in range(1, DECILES + 1):
         wanted = decile == d
         report["item_popularity"][f"recall@{k}"][str(d)] = {
-            name: _pooled_recall(found[name], relevant, items, k, wanted, resamples, seed)
+            name: _pooled_recall(found[name], codes, users_of, k, wanted, resamples, seed)
             for name in systems}
         report["item_popularity"][f"coverage@{k}"][str(d)] = {
             name: _decile_coverage(found[name], k, wanted) for name in systems}
@@ -113,7 +113,7 @@ def segment_report(found: dict[str, UserHits], relevant: pd.DataFrame, fitting: 
     new = ~fitted
     report["new_items"] = {
         "relevant": int(((codes >= 0) & new[np.maximum(codes, 0)]).sum()),
-        f"recall@{k}": {name: _pooled_recall(found[name], relevant, items, k, new, resamples,
+        f"recall@{k}": {name: _pooled_recall(found[name], codes, users_of, k, new, resamples,
                                              seed) for name in systems}}
     return report
 
