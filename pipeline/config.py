@@ -381,6 +381,16 @@ class TrackingConfig(_Strict):
     experiment: str | None = Field(None, description="MLflow experiment (None: the dataset)")
 
 
+class DaskConfig(_Strict):
+    """Where ``engine: dask`` runs the per-shard work (``pipeline.engine``)."""
+
+    address: str | None = Field(None, description="scheduler of a running cluster "
+                                "(tcp://host:8786), whose workers see data_dir at the same "
+                                "path; none: a LocalCluster on this machine")
+    workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(1, ge=1, description="LocalCluster threads per worker")
+
+
 class Config(_Strict):
     dataset: str = Field(description="name of the folder under data_dir")
     data_dir: Path = Field(Path("data"), description="root of stage outputs")
@@ -388,6 +398,10 @@ class Config(_Strict):
     threads: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="BLAS/OpenMP threads"
     )
+    engine: Literal["local", "dask"] = Field(
+        "local", description="where per-shard work runs (retrieval, FM scoring, features, "
+        "ranking): this process, or tasks on a Dask cluster; the outputs are the same")
+    dask: DaskConfig = DaskConfig()
     source: Source
     ingest: IngestConfig = IngestConfig()
     split: SplitConfig = SplitConfig()

@@ -19,7 +19,8 @@ import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -130,52 +131,89 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
     pq.write_table(table, path, use_dictionary=dictionary_columns(table.schema))
 
 
+PART = "part-{:05d}.parquet"
+
+
+def table_parts(path: Path) -> list[Path]:
+    """The files of a table: itself, or the parts of a partitioned one in shard order."""
+    return sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+
+
 def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read Parquet through Arrow (pandas' reader chokes on list columns, pandas #57411)."""
-    return pq.read_table(path, columns=columns).to_pandas()
+    """Read a Parquet file or partitioned table through Arrow (pandas' reader chokes on
+    list columns, pandas #57411); parts are read in shard order."""
+    tables = [pq.read_table(part, columns=columns) for part in table_parts(path)]
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
-class ChunkedParquetWriter:
-    """Append DataFrames with one schema to a Parquet file, so no stage holds all rows."""
+def table_rows(path: Path) -> int:
+    return sum(pq.ParquetFile(part).metadata.num_rows for part in table_parts(path))
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._writer: pq.ParquetWriter | None = None
-        self.rows = 0
 
-    def write(self, df: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema,
-                                            use_dictionary=dictionary_columns(table.schema))
-        self._writer.write_table(table.cast(self._writer.schema))
-        self.rows += len(df)
+def write_part(folder: Path, index: int, frames: pd.DataFrame | Iterable[pd.DataFrame]
+               ) -> int:
+    """Write shard ``index`` of the partitioned table ``folder`` from one frame or a stream
+    of frames with one schema (so no shard is held whole): under a temporary name, then
+    renamed, so a task killed or retried mid-write (on any machine that shares the folder)
+    leaves the whole part or none of it. Returns the rows written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PART.format(index)
+    tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    writer, rows = None, 0
+    try:
+        for df in [frames] if isinstance(frames, pd.DataFrame) else frames:
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema,
+                                          use_dictionary=dictionary_columns(table.schema))
+            writer.write_table(table.cast(writer.schema))
+            rows += len(df)
+        if writer is None:
+            raise ValueError(f"no frame to write as {path}")
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows
 
-    def close(self, empty_like: pd.DataFrame) -> None:
-        """Finish the file; with no chunks written, write an empty table of that shape."""
-        if self._writer is None:
-            write_table(empty_like.iloc[:0], self.path)
-        else:
-            self._writer.close()
+
+def finish_parts(folder: Path, empty_like: pd.DataFrame) -> None:
+    """Close a partitioned table: remove what killed writers left and, where no shard
+    wrote a part, write one empty part of ``empty_like``'s columns, so a reader always
+    finds the table and its schema."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".part-*"):
+        stale.unlink()
+    if not table_parts(folder):
+        write_part(folder, 0, empty_like.iloc[:0])
 
 
 def iter_requests(path: Path, key: str, rows: int) -> Iterator[pd.DataFrame]:
-    """Read a Parquet file in pieces of about ``rows`` rows without splitting a run of
-    equal ``key`` values, so a request's candidates always arrive together."""
-    carry: pd.DataFrame | None = None
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-        df = batch.to_pandas()
-        if carry is not None:
-            df = pd.concat([carry, df], ignore_index=True)
-        keys = df[key].to_numpy()
-        tail = len(keys) - 1
-        while tail > 0 and keys[tail - 1] == keys[-1]:
-            tail -= 1
-        if tail:
-            yield df.iloc[:tail].reset_index(drop=True)
-        carry = df.iloc[tail:].reset_index(drop=True)
-    if carry is not None and len(carry):
-        yield carry
+    """Read a table in pieces of about ``rows`` rows (however its parts and row groups
+    fall) without splitting a run of equal ``key`` values, so a request's candidates
+    always arrive together."""
+    held: list[pd.DataFrame] = []
+    count = 0
+    for part in table_parts(path):
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=rows):
+            held.append(batch.to_pandas())
+            count += batch.num_rows
+            if count < rows:
+                continue
+            df = pd.concat(held, ignore_index=True)
+            keys = df[key].to_numpy()
+            tail = len(keys) - 1
+            while tail > 0 and keys[tail - 1] == keys[-1]:
+                tail -= 1
+            if tail:
+                yield df.iloc[:tail].reset_index(drop=True)
+            held = [df.iloc[tail:].reset_index(drop=True)]
+            count = len(held[0])
+    if count:
+        yield pd.concat(held, ignore_index=True)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

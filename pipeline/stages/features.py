@@ -15,10 +15,10 @@ BM25). Requests are processed in chunks and streamed to disk.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from features.candidate_features import (
     FEATURES,
@@ -34,7 +34,8 @@ from models.recall.inverted_index import InvertedIndexChannel
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
-from pipeline.io import ChunkedParquetWriter, iter_requests
+from pipeline.engine import engine_for
+from pipeline.io import finish_parts, iter_requests, table_parts, table_rows, write_part
 from pipeline.phases import phase_data, phase_inputs
 from pipeline.progress import progress
 from pipeline.protocol import (
@@ -113,27 +114,52 @@ def search_context(io: StageIO, phase: str, data: RecallData) -> SearchContext:
     return SearchContext(data, index)
 
 
+def featurise_part(shard: tuple[int, Path], key: str, context: FeatureContext,
+                   data: RecallData, models: dict[str, RecallChannel],
+                   labels: pd.DataFrame | None, target: Path, rows: int,
+                   search: SearchContext | None = None) -> dict:
+    """Part ``index`` of one kind's candidates with their features (and labels), written
+    as part ``index`` of ``target`` in pieces of about ``rows`` rows; a part without
+    candidates writes nothing. Returns the rows, positives and feature columns."""
+    index, source = shard
+    found: dict = {"rows": 0, "positives": 0, "columns": None}
+    if not table_rows(source):
+        return found
+
+    def frames() -> Iterator[pd.DataFrame]:
+        for cands in iter_requests(source, key, rows):
+            frame = add_features(cands, key, context, data, models, search)
+            if labels is not None:
+                frame[LABEL] = click_labels(frame, key, labels)
+                found["positives"] += int(frame[LABEL].sum())
+            found["columns"] = feature_columns(frame)
+            yield frame
+
+    found["rows"] = write_part(target, index, frames())
+    return found
+
+
 def featurise(io: StageIO, source: Path, key: str, context: FeatureContext, data: RecallData,
               models: dict[str, RecallChannel], labels: pd.DataFrame | None, target: Path,
-              label: str, search: SearchContext | None = None
-              ) -> tuple[ChunkedParquetWriter, int, pd.DataFrame | None]:
-    """Stream one kind's candidates into ``target`` with their features (and labels);
-    returns the writer, the positives written and the last chunk (None: no candidates)."""
-    writer = ChunkedParquetWriter(target)
-    positives = 0
-    last = None
-    rows = io.cfg.features.request_chunk * io.cfg.recall.budget
-    chunks = -(-pq.ParquetFile(source).metadata.num_rows // rows)
-    for cands in progress(iter_requests(source, key, rows), label, total=chunks):
-        frame = add_features(cands, key, context, data, models, search)
-        if labels is not None:
-            frame[LABEL] = click_labels(frame, key, labels)
-            positives += int(frame[LABEL].sum())
-        writer.write(frame)
-        last = frame
-    if last is not None:
-        writer.close(last)
-    return writer, positives, last
+              label: str, search: SearchContext | None = None) -> dict:
+    """Every part of one kind's candidates into the same part of ``target``
+    (``featurise_part``) on the configured engine; returns the rows, the positives and
+    the feature columns (None: no candidates, and no table written)."""
+    shards = list(enumerate(table_parts(source)))
+    done = engine_for(io.cfg).map(featurise_part, shards, key=key, context=context,
+                                  data=data, models=models, labels=labels, target=target,
+                                  rows=io.cfg.features.request_chunk * io.cfg.recall.budget,
+                                  search=search)
+    total: dict = {"rows": 0, "positives": 0, "columns": None}
+    for part in progress(done, label, total=len(shards)):
+        total["rows"] += part["rows"]
+        total["positives"] += part["positives"]
+        if part["columns"] is not None and total["columns"] not in (None, part["columns"]):
+            raise AssertionError(f"{label}: parts differ in feature columns")
+        total["columns"] = total["columns"] or part["columns"]
+    if total["rows"]:
+        finish_parts(target, pd.DataFrame())
+    return total
 
 
 def run(cfg: Config, io: StageIO) -> dict:
@@ -147,23 +173,23 @@ def run(cfg: Config, io: StageIO) -> dict:
         report[phase.name] = {}
         for kind, source in sources(io, phase.name).items():
             labels = labels_for(io, phase, kind, fits[phase.name][1])
-            writer, positives, last = featurise(
+            written = featurise(
                 io, source, request_key(kind), context, data, models, labels,
                 io.output("features", phase=phase.name, kind=kind),
                 f"features {phase.name} {kind}",
                 search_context(io, phase.name, data) if kind == SEARCH else None)
-            if last is None:
+            found, positives = written["columns"], written["positives"]
+            if found is None:
                 log.info("[features] %s %s: no candidates", phase.name, kind)
                 continue
-            found = feature_columns(last)
             if columns.setdefault(kind, found) != found:
                 raise AssertionError(f"{phase.name} {kind} features differ from the "
                                      f"{PHASES[0].name} phase's: "
                                      f"{sorted(set(found) ^ set(columns[kind]))}")
-            report[phase.name][kind] = {"rows": writer.rows}
+            report[phase.name][kind] = {"rows": written["rows"]}
             if labels is not None:
                 report[phase.name][kind]["positives"] = positives
-            log.info("[features] %s %s: %d rows, %d features%s", phase.name, kind, writer.rows,
+            log.info("[features] %s %s: %d rows, %d features%s", phase.name, kind, written["rows"],
                      len(columns[kind]), "" if labels is None else f", {positives} positives")
     io.write_json("feature_columns", {
         "columns": columns,

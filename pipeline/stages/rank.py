@@ -13,6 +13,8 @@ leak here would inflate every metric or publish what a user already has.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -21,13 +23,16 @@ from models.ranker import FoldEnsemble
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
+from pipeline.engine import engine_for
 from pipeline.io import (
-    ChunkedParquetWriter,
+    finish_parts,
     iter_requests,
-    link_or_copy,
     read_table,
+    table_parts,
+    write_part,
     write_table,
 )
+from pipeline.progress import progress
 from pipeline.protocol import EVALUATED, KINDS, PUBLISHED, RECOMMENDATION, Phase, request_key
 from pipeline.ranking import blend_components, proposing_channels, system_file, top_k
 
@@ -41,46 +46,67 @@ def assert_unseen(recs: pd.DataFrame, fitted: pd.DataFrame) -> None:
                              f"e.g. {seen.head(3).to_dict('records')}")
 
 
-def rank_phase(io: StageIO, phase: Phase, kind: str, k: int) -> dict[str, int]:
-    """Rank one phase's candidates of one kind with every ranker and the blend; returns
-    the rows written per system. The published lists carry the proposing channels."""
-    cfg = io.cfg
-    rankers = {name: FoldEnsemble.load(io.input("ranker", phase=phase.name, kind=kind,
-                                                objective=name))
-               for name in cfg.rank.objectives}
-    blend = io.read_json("blend", kind=kind)
-    key = request_key(kind)
-    final = "blend" if cfg.rank.blend else f"ltr:{cfg.rank.objective}"
-    names = [*(f"ltr:{n}" for n in rankers), "blend"]
-    writers = {n: ChunkedParquetWriter(io.output("system_ranking", phase=phase.name, kind=kind,
-                                                 system=system_file(n))) for n in names}
-    channels = [n for n, c in cfg.recall.channels.items() if c.recommend]
-    extra = ("channels",) if phase is PUBLISHED else ()
-    source = io.input("features", phase=phase.name, kind=kind)
-    for frame in iter_requests(source, key, cfg.features.request_chunk * cfg.recall.budget):
-        if extra:
+def rank_part(shard: tuple[int, Path], key: str, rows: int, rankers: dict[str, FoldEnsemble],
+              blend: dict, channels: list[str] | None, k: int, targets: dict[str, Path]
+              ) -> dict[str, int]:
+    """Part ``index`` of a phase's features ranked by every ranker and the blend, each
+    system's top ``k`` per request written as part ``index`` of ``targets[system]``, in
+    pieces of about ``rows`` rows; the published lists (``channels`` given) carry the
+    channels that proposed each item. Returns the rows written per system."""
+    index, source = shard
+    extra = ("channels",) if channels is not None else ()
+    pieces: dict[str, list[pd.DataFrame]] = {name: [] for name in targets}
+    for frame in iter_requests(source, key, rows):
+        if channels is not None:
             frame["channels"] = proposing_channels(frame, channels)
         scores = {name: ranker.predict(frame) for name, ranker in rankers.items()}
         systems = {f"ltr:{name}": s for name, s in scores.items()}
         systems["blend"] = blend_scores(
             blend_components(frame, key, scores, blend["channels"]), blend["weights"])
         for name, values in systems.items():
-            writers[name].write(top_k(frame, key, values, k, extra))
+            pieces[name].append(top_k(frame, key, values, k, extra))
+    return {name: write_part(targets[name], index, frames)
+            for name, frames in pieces.items() if frames}
+
+
+def rank_phase(io: StageIO, phase: Phase, kind: str, k: int) -> dict[str, int]:
+    """Rank one phase's candidates of one kind with every ranker and the blend, a part
+    at a time (``rank_part``) on the configured engine; returns the rows written per
+    system."""
+    cfg = io.cfg
+    rankers = {name: FoldEnsemble.load(io.input("ranker", phase=phase.name, kind=kind,
+                                                objective=name))
+               for name in cfg.rank.objectives}
+    key = request_key(kind)
+    final = "blend" if cfg.rank.blend else f"ltr:{cfg.rank.objective}"
+    names = [*(f"ltr:{n}" for n in rankers), "blend"]
+    targets = {n: io.output("system_ranking", phase=phase.name, kind=kind,
+                            system=system_file(n)) for n in names}
+    channels = [n for n, c in cfg.recall.channels.items() if c.recommend]
+    extra = ("channels",) if phase is PUBLISHED else ()
+    source = io.input("features", phase=phase.name, kind=kind)
+    shards = list(enumerate(table_parts(source)))
+    done = engine_for(cfg).map(rank_part, shards, key=key,
+                               rows=cfg.features.request_chunk * cfg.recall.budget,
+                               rankers=rankers, blend=io.read_json("blend", kind=kind),
+                               channels=channels if extra else None, k=k, targets=targets)
+    rows = dict.fromkeys(names, 0)
+    for written in progress(done, f"rank {phase.name} {kind}", total=len(shards)):
+        for name, n in written.items():
+            rows[name] += n
     empty = pd.DataFrame(columns=[*dict.fromkeys([key, S.USER]), S.ITEM, *extra, S.SCORE,
                                   S.RANK])
-    for writer in writers.values():
-        writer.close(empty)
+    for folder in targets.values():
+        finish_parts(folder, empty)
     final_path = io.output("ranking", phase=phase.name, kind=kind)
-    chosen = io.output("system_ranking", phase=phase.name, kind=kind, system=system_file(final))
     fitted = pd.concat([io.read("split", columns=[S.USER, S.ITEM], part=p)
                         for p in phase.fit], ignore_index=True)
+    chosen = read_table(targets[final])
     if phase is PUBLISHED:
-        write_table(padded(read_table(chosen), fitted, io.read("items", columns=[S.ITEM]), k),
-                    final_path)
-    else:
-        link_or_copy(chosen, final_path)
-    assert_unseen(read_table(final_path), fitted)
-    return {name: writer.rows for name, writer in writers.items()}
+        chosen = padded(chosen, fitted, io.read("items", columns=[S.ITEM]), k)
+    write_table(chosen, final_path)
+    assert_unseen(chosen, fitted)
+    return rows
 
 
 def padded(lists: pd.DataFrame, fitted: pd.DataFrame, items: pd.DataFrame, k: int

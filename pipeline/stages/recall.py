@@ -23,6 +23,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,8 @@ from models.recall.merge import ChannelList, merge_candidates, tune_quotas
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import ChannelConfig, Config, ConfigError
-from pipeline.io import ChunkedParquetWriter, write_table
+from pipeline.engine import engine_for
+from pipeline.io import finish_parts, write_part, write_table
 from pipeline.phases import item_catalogue, phase_data, phase_inputs
 from pipeline.progress import progress
 from pipeline.protocol import CASE, PHASES, RECOMMENDATION, SEARCH, Phase, is_search
@@ -151,40 +153,59 @@ def channel_rows(data: RecallData, part: Requests, top: TopK, listed: np.ndarray
     return rows
 
 
+def retrieve_shard(shard: tuple[int, Requests, np.ndarray], data: RecallData,
+                   channels: dict[str, RecallChannel], quotas: dict[str, int], budget: int,
+                   candidates: Path, lists: dict[str, Path]) -> dict:
+    """One chunk of requests (index, requests, which of them keep their channel lists):
+    every channel's list, written as part ``index`` of ``lists[channel]`` where kept, and
+    the merged candidates as part ``index`` of ``candidates``. Returns rows and seconds
+    per channel."""
+    index, part, listed = shard
+    kept, seconds = [], {}
+    for name, channel in channels.items():
+        started = time.perf_counter()
+        top = retrieve(channel, data, part, budget)
+        seconds[name] = time.perf_counter() - started
+        if name in lists:
+            write_part(lists[name], index, channel_rows(data, part, top, listed))
+        kept.append(ChannelList(name, top, quotas[name]))
+    merged = merge_candidates(kept, budget=budget)
+    keys = part.keys.iloc[merged.pop("row").to_numpy()].reset_index(drop=True)
+    merged.insert(0, S.ITEM, data.item_index.decode(merged.pop("item").to_numpy()))
+    merged["source"] = merged["source"].astype("string")
+    return {"rows": write_part(candidates, index, pd.concat([keys, merged], axis=1)),
+            "seconds": seconds}
+
+
 def stream_candidates(io: StageIO, data: RecallData, channels: dict[str, RecallChannel],
                       quotas: dict[str, int], req: Requests, phase: Phase, kind: str,
                       budget: int) -> dict:
     """Write the merged candidates (``budget`` per request) for every request and, on the
-    phases that are evaluated against held-out targets, each channel's own list."""
+    phases that are evaluated against held-out targets, each channel's own list: one part
+    per chunk of requests, each retrieved by ``retrieve_shard`` on the configured engine."""
     cfg = io.cfg
     listed_rows = list_sample(cfg, len(req.users))
-    writers = {name: ChunkedParquetWriter(io.output("channel_list", phase=phase.name,
-                                                    kind=kind, channel=name))
-               for name in channels if phase.target is not None}
-    candidates = ChunkedParquetWriter(io.output("candidates", phase=phase.name, kind=kind))
+    lists = {name: io.output("channel_list", phase=phase.name, kind=kind, channel=name)
+             for name in channels if phase.target is not None}
+    candidates = io.output("candidates", phase=phase.name, kind=kind)
+    step = cfg.recall.request_chunk
+    shards = [(i, req.take(slice(lo, lo + step)), listed_rows[lo: lo + step])
+              for i, lo in enumerate(range(0, len(req.users), step))]
     seconds = dict.fromkeys(channels, 0.0)
-    chunks = [slice(lo, min(lo + cfg.recall.request_chunk, len(req.users)))
-              for lo in range(0, len(req.users), cfg.recall.request_chunk)]
-    for rows in progress(chunks, f"recall {phase.name} {kind}"):
-        part = req.take(rows)
-        lists = []
-        for name, channel in channels.items():
-            started = time.perf_counter()
-            top = retrieve(channel, data, part, budget)
-            seconds[name] += time.perf_counter() - started
-            if name in writers:
-                writers[name].write(channel_rows(data, part, top, listed_rows[rows]))
-            lists.append(ChannelList(name, top, quotas[name]))
-        merged = merge_candidates(lists, budget=budget)
-        keys = part.keys.iloc[merged.pop("row").to_numpy()].reset_index(drop=True)
-        merged.insert(0, S.ITEM, data.item_index.decode(merged.pop("item").to_numpy()))
-        merged["source"] = merged["source"].astype("string")
-        candidates.write(pd.concat([keys, merged], axis=1))
-    for writer in (*writers.values(), candidates):
-        writer.close(req.keys.iloc[:0])
+    rows = 0
+    done = engine_for(cfg).map(retrieve_shard, shards, data=data, channels=channels,
+                               quotas=quotas, budget=budget, candidates=candidates,
+                               lists=lists)
+    for result in progress(done, f"recall {phase.name} {kind}", total=len(shards)):
+        rows += result["rows"]
+        for name, spent in result["seconds"].items():
+            seconds[name] += spent
+    empty = req.keys.iloc[:0]
+    for folder in (*lists.values(), candidates):
+        finish_parts(folder, empty)
     log.info("[recall] %s %s: %d requests, %.1f candidates each", phase.name, kind,
-             len(req.users), candidates.rows / max(len(req.users), 1))
-    return {"requests": int(len(req.users)), "candidates": candidates.rows,
+             len(req.users), rows / max(len(req.users), 1))
+    return {"requests": int(len(req.users)), "candidates": rows,
             "retrieve_seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
 

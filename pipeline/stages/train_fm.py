@@ -18,6 +18,7 @@ train-fm`` the training is data-parallel (gloo on CPU); only rank 0 writes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -44,8 +45,10 @@ from models.negatives import sample_negatives
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config, FMConfig
-from pipeline.io import ChunkedParquetWriter
+from pipeline.engine import engine_for
+from pipeline.io import finish_parts, table_parts, table_rows, write_part
 from pipeline.phases import fitting
+from pipeline.progress import progress
 from pipeline.protocol import PHASES, RECOMMENDATION, TUNING, Phase
 
 log = logging.getLogger("pipeline")
@@ -76,27 +79,48 @@ def labelled(pos: pd.DataFrame, users: IdIndex, items: IdIndex, fm: FMConfig,
                          "label": np.concatenate([np.ones(len(pu)), np.zeros(len(nu))])})
 
 
-def score_candidates(source: Path, target: Path, models: dict, encoder: FieldEncoder,
-                     user_side: pd.DataFrame, item_side: pd.DataFrame, device: str) -> None:
-    """Append ``<model>_score`` to every candidate, streaming the file in chunks; each
-    distinct user and item is worked out once (``predict_pairs``) where the fields allow."""
-    writer = ChunkedParquetWriter(target)
-    for batch in pq.ParquetFile(source).iter_batches(batch_size=SCORE_CHUNK):
-        cands = batch.to_pandas()
-        sides = encode_sides(encoder, cands, user_side, item_side)
-        if sides is None:
-            rows = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
-            score = partial(predict, samples=rows, batch_size=65_536, device=device)
-        else:
-            user, item = sides
-            score = partial(predict_pairs, first=Samples.from_encoded(user.encoded),
-                            first_slots=user.slots, second=Samples.from_encoded(item.encoded),
-                            second_slots=item.slots, first_of=user.of, second_of=item.of,
-                            device=device)
-        for kind, model in models.items():
-            cands[f"{kind}_score"] = score(model)
-        writer.write(cands)
-    writer.close(pq.read_schema(source).empty_table().to_pandas())
+def score_part(shard: tuple[int, Path], target: Path, models: dict, encoder: FieldEncoder,
+               user_side: pd.DataFrame, item_side: pd.DataFrame, device: str) -> int:
+    """Part ``index`` of the candidates with ``<model>_score`` appended, written as part
+    ``index`` of ``target`` and streamed in chunks; each distinct user and item is worked
+    out once (``predict_pairs``) where the fields allow. Returns the rows written."""
+    index, source = shard
+
+    def scored() -> Iterator[pd.DataFrame]:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=SCORE_CHUNK):
+            cands = batch.to_pandas()
+            sides = encode_sides(encoder, cands, user_side, item_side)
+            if sides is None:
+                rows = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
+                score = partial(predict, samples=rows, batch_size=65_536, device=device)
+            else:
+                user, item = sides
+                score = partial(predict_pairs, first=Samples.from_encoded(user.encoded),
+                                first_slots=user.slots,
+                                second=Samples.from_encoded(item.encoded),
+                                second_slots=item.slots, first_of=user.of,
+                                second_of=item.of, device=device)
+            for kind, model in models.items():
+                cands[f"{kind}_score"] = score(model)
+            yield cands
+
+    if not table_rows(source):  # an empty part is handed on with its columns
+        return write_part(target, index, pq.read_schema(source).empty_table().to_pandas())
+    return write_part(target, index, scored())
+
+
+def score_candidates(cfg: Config, source: Path, target: Path, models: dict,
+                     encoder: FieldEncoder, user_side: pd.DataFrame, item_side: pd.DataFrame
+                     ) -> None:
+    """Score every part of ``source`` into the same part of ``target`` (``score_part``)
+    on the configured engine."""
+    shards = list(enumerate(table_parts(source)))
+    done = engine_for(cfg).map(score_part, shards, target=target, models=models,
+                               encoder=encoder, user_side=user_side, item_side=item_side,
+                               device=cfg.fm.device)
+    for _ in progress(done, "train-fm score", total=len(shards)):
+        pass
+    finish_parts(target, pd.DataFrame())
 
 
 def train_phase(io: StageIO, phase: str, fit_df: pd.DataFrame, valid: pd.DataFrame | None,
@@ -165,9 +189,9 @@ def fit_and_score(io: StageIO, phase: Phase, parts: dict[str, pd.DataFrame],
         log.info("[train-fm] %s %s: %d epochs, %.0f samples/s, valid AUC %s", phase.name,
                  kind, len(r["epochs"]), r["samples_per_second"], r.get("valid_auc", "-"))
     if is_main_process():
-        score_candidates(io.input("candidates", phase=phase.name, kind=RECOMMENDATION),
+        score_candidates(io.cfg, io.input("candidates", phase=phase.name, kind=RECOMMENDATION),
                          io.output("scored_candidates", phase=phase.name), models, encoder,
-                         user_side, item_side, io.cfg.fm.device)
+                         user_side, item_side)
     return reports
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from models.blend import candidate_ndcg, fit_blend
 from models.ranker import FoldEnsemble, Ranker, cross_fit
@@ -118,7 +117,7 @@ def sampled_requests(path: Path, key: str, n: int, seed: int, rows: int) -> pd.D
     """Every row of a seeded sample of ``n`` requests (all of them when ``n`` is 0 or
     covers them), read request chunk by request chunk so that memory holds the sample,
     not the file."""
-    requests = pq.read_table(path, columns=[key]).column(key).unique().to_numpy()
+    requests = read_table(path, [key])[key].unique()
     if not n or len(requests) <= n:
         return read_table(path)
     picked = np.random.default_rng(seed).choice(np.sort(requests), n, replace=False)

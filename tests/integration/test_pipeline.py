@@ -211,7 +211,7 @@ def test_a_search_only_channel_serves_search_and_not_recommendation(tmp_path: Pa
     listed = test / "recommendation" / "channels"
     assert sorted(p.stem for p in listed.iterdir()) == ["cooccurrence", "popularity"]
     assert artifact_path(cfg, "channel_list", phase="test", kind="search",
-                         channel="text_embedding").is_file()
+                         channel="text_embedding").exists()
     candidates = artifact_path(cfg, "candidates", phase="test", kind="recommendation")
     assert "text_embedding_rank" not in read_table(candidates).columns
 

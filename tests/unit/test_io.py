@@ -10,11 +10,15 @@ import pytest
 
 from pipeline.io import (
     MANIFEST,
-    ChunkedParquetWriter,
+    PART,
     StageLockedError,
     atomic_folder,
+    finish_parts,
+    iter_requests,
     read_table,
+    table_rows,
     write_manifest,
+    write_part,
 )
 
 
@@ -48,12 +52,33 @@ def test_second_writer_is_refused_while_first_holds_the_lock(tmp_path: Path) -> 
         pass
 
 
-def test_chunked_writer_appends_and_writes_empty_shape(tmp_path: Path) -> None:
-    writer = ChunkedParquetWriter(tmp_path / "c.parquet")
-    for lo in range(0, 6, 2):
-        writer.write(pd.DataFrame({"u": [lo, lo + 1], "s": [0.5, 1.5]}))
-    writer.close(pd.DataFrame({"u": [0]}))
-    assert read_table(tmp_path / "c.parquet")["u"].tolist() == [0, 1, 2, 3, 4, 5]
-    empty = ChunkedParquetWriter(tmp_path / "e.parquet")
-    empty.close(pd.DataFrame({"u": pd.Series([], dtype="int64")}))
-    assert list(read_table(tmp_path / "e.parquet").columns) == ["u"]
+def test_parts_are_read_in_shard_order_and_an_empty_table_keeps_its_shape(
+        tmp_path: Path) -> None:
+    table = tmp_path / "c.parquet"
+    for index in (2, 0, 1):  # written out of order, as tasks finish
+        frames = [pd.DataFrame({"u": [lo, lo + 1], "s": [0.5, 1.5]}) for lo in (4 * index,
+                                                                                 4 * index + 2)]
+        assert write_part(table, index, iter(frames)) == 4
+    (table / ".part-00003.parquet.tmp-dead").write_bytes(b"half")  # a killed task's
+    finish_parts(table, pd.DataFrame({"u": [0]}))
+    assert read_table(table)["u"].tolist() == list(range(12))
+    assert table_rows(table) == 12
+    assert sorted(p.name for p in table.iterdir()) == [PART.format(i) for i in range(3)]
+    requests = write_part(tmp_path / "r", 0, pd.DataFrame({"q": [1, 1, 2, 2, 2]})) + \
+        write_part(tmp_path / "r", 1, pd.DataFrame({"q": [2, 3, 3, 4]}))
+    pieces = list(iter_requests(tmp_path / "r", "q", 3))
+    assert sum(map(len, pieces)) == requests
+    assert [sorted(set(p["q"])) for p in pieces] == [[1], [2], [3], [4]]
+    empty = tmp_path / "e.parquet"
+    finish_parts(empty, pd.DataFrame({"u": pd.Series([], dtype="int64")}))
+    assert list(read_table(empty).columns) == ["u"]
+
+
+def test_a_failed_part_leaves_nothing(tmp_path: Path) -> None:
+    def frames():
+        yield pd.DataFrame({"u": [1]})
+        raise RuntimeError("task killed")
+
+    with pytest.raises(RuntimeError):
+        write_part(tmp_path / "t", 0, frames())
+    assert list((tmp_path / "t").iterdir()) == []
