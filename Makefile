@@ -40,7 +40,7 @@ help:
 $(ENV): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,tracking]'
+	$(VENV)/bin/pip install -q -e '.[dev,tracking,dask]'
 	touch $@
 
 ## venv: create .venv and install the project with pinned dependencies

@@ -121,7 +121,7 @@ STAGES: tuple[Stage, ...] = (
           (*_FITTING, "recall_model", "cases", "candidates", "scored_candidates"),
           ("features", "recall", "publish", "seed")),
     Stage("train-rank", "models/ranker", "train_rank", ("features", "feature_columns", "split"),
-          ("rank", "recall", "features", "seed", "threads")),
+          ("rank", "recall", "features", "seed", "threads", "dask")),
     Stage("rank", "rank", "rank", ("ranker", "blend", "features", "split", "items"),
           ("rank", "features", "recall", "publish")),
     Stage("evaluate", "eval", "evaluate",

@@ -314,6 +314,19 @@ class RankConfig(_Strict):
         description="final ranking: a rank blend of the rankers and the strongest "
         "channels, weights chosen on the held-out requests")
     blend_channels: int = Field(2, ge=0, description="strongest channels offered to the blend")
+    engine: Literal["local", "dask"] = Field(
+        "local", description="where the published rankers train: here on a sample of the "
+        "test requests as large as recall.valid_users, or with lightgbm.dask on the cluster "
+        "of the dask section over every test request with a click (for test features that "
+        "do not fit one machine)")
+
+    @model_validator(mode="after")
+    def _distributable(self) -> RankConfig:
+        if self.engine == "dask" and "pairwise" in self.objectives:
+            raise ValueError("rank.engine: dask trains LightGBM's own objectives; the "
+                             "pairwise (RankNet) one is a Python callback that lightgbm.dask "
+                             "cannot run: drop it from rank.objective/compare")
+        return self
 
     @property
     def objectives(self) -> list[str]:

@@ -26,10 +26,12 @@ import numpy as np
 import pandas as pd
 
 from models.blend import candidate_ndcg, fit_blend
-from models.ranker import FoldEnsemble, Ranker, cross_fit
+from models.ranker import FoldEnsemble, Ranker, cross_fit, group_sizes
+from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
-from pipeline.io import iter_requests, read_table
+from pipeline.engine import dask_client
+from pipeline.io import iter_requests, read_table, table_parts
 from pipeline.protocol import (
     EVALUATED,
     KINDS,
@@ -125,27 +127,77 @@ def sampled_requests(path: Path, key: str, n: int, seed: int, rows: int) -> pd.D
                      ignore_index=True)
 
 
+def labelled_part(path: Path, key: str, features: list[str], targets: pd.DataFrame
+                  ) -> pd.DataFrame:
+    """A features part's requests with a click among their candidates, labelled: a part
+    holds whole requests, so its groups stay whole in the Dask partition it becomes."""
+    frame = read_table(path, [*dict.fromkeys([key, S.USER, S.ITEM]), *features])
+    frame[LABEL] = click_labels(frame, key, targets)
+    return with_positives(frame, key)
+
+
+def fit_on_dask(io: StageIO, columns: list[str], objective: str, rounds: int,
+                key: str) -> tuple[Ranker, int, int]:
+    """A published ranker trained with ``lightgbm.dask`` on every test request with a
+    click: one Dask partition per features part, group sizes aligned partition by
+    partition (NOTES.md: a misaligned or cut group trains silently wrong). Returns the
+    ranker, the requests and the rows it learned from."""
+    import dask.dataframe as dd
+    from lightgbm.dask import DaskLGBMRanker
+
+    cfg = io.cfg
+    client = dask_client(cfg)
+    source = io.input("features", phase=EVALUATED.name, kind=RECOMMENDATION)
+    frame = dd.from_map(labelled_part, table_parts(source), key=key, features=columns,
+                        targets=clicks(io.read("split", part=EVALUATED.target)),
+                        enforce_metadata=False).persist()
+    lengths = frame.map_partitions(len).compute().to_numpy()
+    frame = frame.partitions[np.flatnonzero(lengths).tolist()]
+    sizes = frame[key].map_partitions(lambda s: pd.Series(group_sizes(s.to_numpy())))
+    if not (sizes.map_partitions(lambda s: pd.Series([s.sum()])).compute().to_numpy()
+            == lengths[lengths > 0]).all():
+        raise AssertionError("group sizes do not cover their partitions")
+    ranker = Ranker(objective, {**cfg.rank.params, "rounds": rounds, "early_stopping": 0},
+                    seed=cfg.seed, threads=cfg.dask.threads_per_worker)
+    params = {k: v for k, v in ranker.params.items()  # lightgbm.dask sets the threads
+              if k not in ("rounds", "early_stopping", "num_threads")}
+    model = DaskLGBMRanker(client=client, objective=objective, n_estimators=rounds, **params)
+    model.fit(frame[columns], frame[LABEL], group=sizes.to_dask_array(lengths=True))
+    ranker.booster, ranker.feature_names = model.booster_, list(columns)
+    ranker.best_iteration = rounds
+    return ranker, int(frame[key].nunique().compute()), int(lengths.sum())
+
+
 def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -> dict:
     """Rankers for the published phase, roll-forward: trained on the evaluated phase's
     recommendation candidates (models fitted on train + valid) labelled by its own
-    interactions, the latest labelled window, for the rounds cross-fitting chose; on as
-    many sampled requests as the valid phase had (``recall.valid_users``), since the
-    test phase has every user (at 100k users its 30M feature rows outgrew 24 GB)."""
+    interactions, the latest labelled window, for the rounds cross-fitting chose. On
+    one machine (``rank.engine: local``) on as many sampled requests as the valid phase
+    had (``recall.valid_users``), since the test phase has every user (at 100k users its
+    30M feature rows outgrew 24 GB); with ``rank.engine: dask`` on all of them."""
     cfg, key = io.cfg, request_key(RECOMMENDATION)
-    frame = sampled_requests(io.input("features", phase=EVALUATED.name, kind=RECOMMENDATION),
-                             key, cfg.recall.valid_users, cfg.seed,
-                             cfg.features.request_chunk * cfg.recall.budget)
-    frame[LABEL] = click_labels(frame, key, clicks(io.read("split", part=EVALUATED.target)))
-    frame = with_positives(frame, key)
-    report = {"requests": int(frame[key].nunique()), "rows": len(frame), "rounds": rounds}
+    report: dict = {"rounds": rounds, "engine": cfg.rank.engine}
+    if cfg.rank.engine == "local":
+        frame = sampled_requests(io.input("features", phase=EVALUATED.name,
+                                          kind=RECOMMENDATION),
+                                 key, cfg.recall.valid_users, cfg.seed,
+                                 cfg.features.request_chunk * cfg.recall.budget)
+        frame[LABEL] = click_labels(frame, key, clicks(io.read("split",
+                                                               part=EVALUATED.target)))
+        frame = with_positives(frame, key)
+        report.update(requests=int(frame[key].nunique()), rows=len(frame))
     for objective, n in rounds.items():
-        ranker = Ranker(objective, {**cfg.rank.params, "rounds": n, "early_stopping": 0},
-                        seed=cfg.seed, threads=cfg.threads)
-        ranker.fit(frame[columns], frame[LABEL].to_numpy(), frame[key].to_numpy())
+        if cfg.rank.engine == "dask":
+            ranker, requests, rows = fit_on_dask(io, columns, objective, n, key)
+            report.update(requests=requests, rows=rows)
+        else:
+            ranker = Ranker(objective, {**cfg.rank.params, "rounds": n, "early_stopping": 0},
+                            seed=cfg.seed, threads=cfg.threads)
+            ranker.fit(frame[columns], frame[LABEL].to_numpy(), frame[key].to_numpy())
         FoldEnsemble([ranker]).save(io.output("ranker", phase=PUBLISHED.name,
                                               kind=RECOMMENDATION, objective=objective))
-    log.info("[train-rank] publish: %d rankers on %d %s requests", len(rounds),
-             report["requests"], EVALUATED.name)
+    log.info("[train-rank] publish: %d rankers on %d %s requests (%s)", len(rounds),
+             report["requests"], EVALUATED.name, cfg.rank.engine)
     return report
 
 

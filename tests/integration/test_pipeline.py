@@ -164,7 +164,8 @@ def test_a_stage_depends_on_its_own_code_only() -> None:
 
 def test_manifest_records_config_sections_and_code(finished) -> None:
     manifest = json.loads((stage_dir(finished, "train-rank") / MANIFEST).read_text())
-    assert set(manifest["depends"]["config"]) == {"rank", "recall", "features", "seed", "threads"}
+    assert set(manifest["depends"]["config"]) == {"rank", "recall", "features", "seed", "threads",
+                                                  "dask"}  # rank.engine: dask trains there
     assert "models/ranker.py" in manifest["depends"]["code"]
     assert "models/recall/sequence.py" not in manifest["depends"]["code"]
 
