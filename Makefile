@@ -18,7 +18,7 @@ BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
 .PHONY: ALWAYS all help venv ingest split recall features train-fm train-rank rank evaluate report publish \
-        scheduled test lint bench bench-recall bench-rank bench-scale bench-fm clean
+        scheduled recommend test lint bench bench-recall bench-rank bench-scale bench-fm clean
 
 ## all: run every stage on DATASET (default: the embedded synthetic data), publish if the gate passes
 # A scheduled run in one process (one start-up instead of a dozen: 182 s -> 148 s on the
@@ -32,6 +32,10 @@ all: $(ENV)
 ## scheduled: a scheduled run (lock, reuse, gate, publish, ledger); AS_OF=<time> FORCE=1
 scheduled: $(ENV)
 	$(RUN) schedule --config $(CONFIG) $(if $(AS_OF),--as-of $(AS_OF)) $(if $(FORCE),--force)
+
+## recommend: one user's list from the live publication as JSON; USER_ID=<id> [K=<n>]
+recommend: $(ENV)
+	$(RUN) recommend --config $(CONFIG) --user $(USER_ID) $(if $(K),-k $(K))
 
 ## help: list the targets
 help:
@@ -60,7 +64,7 @@ $(STAGE_RULES): $(CODE) | $(ENV)
 ALWAYS:
 
 # The generated rules are only needed (and only built) for the stage targets.
-NO_STAGES := all help venv clean scheduled test lint bench bench-recall bench-rank bench-scale bench-fm
+NO_STAGES := all help venv clean scheduled recommend test lint bench bench-recall bench-rank bench-scale bench-fm
 ifneq ($(filter-out $(NO_STAGES),$(or $(MAKECMDGOALS),all)),)
 include $(STAGE_RULES)
 endif

@@ -1,8 +1,9 @@
-"""Command line: ``python -m pipeline <stage|run|schedule> --config configs/<name>.yaml``.
+"""Command line: ``python -m pipeline <command> --config configs/<name>.yaml``.
 
 A thin wrapper: it parses arguments, loads and validates the config, pins thread pools,
-and hands over to the runner. Bad config or bad data end with a one-paragraph error and
-exit code 2, not a traceback. ``schedule`` is a whole scheduled run (``pipeline.schedule``
+and hands over to the runner, or for ``recommend`` to the live publication
+(``pipeline.serving``). Bad config or bad data end with a one-paragraph error and exit
+code 2, not a traceback. ``schedule`` is a whole scheduled run (``pipeline.schedule``
 lists its exit statuses). Two helpers serve the Makefile: ``makefile`` prints the stage
 rules it includes, ``stamps`` records the config sections each stage reads.
 """
@@ -25,10 +26,11 @@ TOOLS = ("makefile", "stamps", "simulate")  # Makefile helpers, and the partitio
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("command", choices=[*STAGE_NAMES, "run", "schedule", *TOOLS],
+    parser.add_argument("command",
+                        choices=[*STAGE_NAMES, "run", "schedule", "recommend", *TOOLS],
                         help="a stage to run alone, 'run' for every stage in order, "
-                        "'schedule' for a gated, published, ledgered run, or a Makefile "
-                        "helper")
+                        "'schedule' for a gated, published, ledgered run, 'recommend' for "
+                        "one user's list from the live publication, or a Makefile helper")
     parser.add_argument("--config", help="YAML config, e.g. configs/synthetic.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="with 'simulate': folder for the daily partitions")
     parser.add_argument("--through", metavar="DATE",
                         help="with 'simulate': last day written (default: every day)")
+    parser.add_argument("--user", help="with 'recommend': the user id")
+    parser.add_argument("-k", type=int, help="with 'recommend': how many items (default and "
+                        "most: publish.top_k)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                                                ", ".join(changed) or "no stage")
             return 0
         set_threads(cfg.threads)
+        if args.command == "recommend":
+            return recommend_command(cfg, args.user, args.k)
         if args.command == "schedule":
             from pipeline.schedule import schedule
 
@@ -81,6 +88,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, MissingInputError, StageLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def recommend_command(cfg: Config, user: str | None, k: int | None) -> int:
+    """Print one user's list from the live publication as JSON."""
+    import json
+
+    from pipeline.release import PUBLISH, current
+    from pipeline.serving import Recommender, response
+
+    if user is None:
+        raise ConfigError("recommend needs --user")
+    live = current(cfg)
+    if live is None:
+        raise ConfigError(f"no live publication under {cfg.root / PUBLISH}: run `python -m "
+                          "pipeline schedule` (or `make scheduled`) first")
+    try:
+        lists = Recommender.load(cfg.root / PUBLISH / live).recommend(user, k)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(json.dumps({"user_id": user, "publication": live, "items": response(lists)}))
     return 0
 
 

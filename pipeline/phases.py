@@ -42,12 +42,15 @@ def phase_inputs(io: StageIO) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
 def publish_targets(io: StageIO, fit: pd.DataFrame) -> pd.DataFrame:
     """The users a publication is for: every user of the users table, or those with an
     event within ``publish.active_days`` of the last one in the data."""
-    users = io.read("users", columns=[S.USER])
-    days = io.cfg.publish.active_days
+    return active_users(io.read("users", columns=[S.USER]), fit, io.cfg.publish.active_days)
+
+
+def active_users(users: pd.DataFrame, fit: pd.DataFrame, days: int | None) -> pd.DataFrame:
+    """``users`` with an event within ``days`` of the last one in ``fit`` (all: None)."""
     if days is not None and len(fit):
         since = fit[S.TS].max() - pd.Timedelta(days=days)
         users = users[users[S.USER].isin(fit.loc[fit[S.TS] >= since, S.USER])]
-    return users.reset_index(drop=True)
+    return users[[S.USER]].reset_index(drop=True)
 
 
 def fitting(parts: dict[str, pd.DataFrame], phase: Phase) -> pd.DataFrame:

@@ -46,6 +46,17 @@ def assert_unseen(recs: pd.DataFrame, fitted: pd.DataFrame) -> None:
                              f"e.g. {seen.head(3).to_dict('records')}")
 
 
+def system_scores(frame: pd.DataFrame, key: str, rankers: dict[str, FoldEnsemble],
+                  blend: dict) -> dict[str, np.ndarray]:
+    """Every ranker's scores (``ltr:<objective>``) and the blend's, for featurised
+    candidates: what the batch ranks and a served request ranks, by the same code."""
+    scores = {name: ranker.predict(frame) for name, ranker in rankers.items()}
+    systems = {f"ltr:{name}": s for name, s in scores.items()}
+    systems["blend"] = blend_scores(blend_components(frame, key, scores, blend["channels"]),
+                                    blend["weights"])
+    return systems
+
+
 def rank_part(shard: tuple[int, Path], key: str, rows: int, rankers: dict[str, FoldEnsemble],
               blend: dict, channels: list[str] | None, k: int, targets: dict[str, Path]
               ) -> dict[str, int]:
@@ -59,11 +70,7 @@ def rank_part(shard: tuple[int, Path], key: str, rows: int, rankers: dict[str, F
     for frame in iter_requests(source, key, rows):
         if channels is not None:
             frame["channels"] = proposing_channels(frame, channels)
-        scores = {name: ranker.predict(frame) for name, ranker in rankers.items()}
-        systems = {f"ltr:{name}": s for name, s in scores.items()}
-        systems["blend"] = blend_scores(
-            blend_components(frame, key, scores, blend["channels"]), blend["weights"])
-        for name, values in systems.items():
+        for name, values in system_scores(frame, key, rankers, blend).items():
             pieces[name].append(top_k(frame, key, values, k, extra))
     return {name: write_part(targets[name], index, frames)
             for name, frames in pieces.items() if frames}
@@ -103,30 +110,36 @@ def rank_phase(io: StageIO, phase: Phase, kind: str, k: int) -> dict[str, int]:
                         for p in phase.fit], ignore_index=True)
     chosen = read_table(targets[final])
     if phase is PUBLISHED:
-        chosen = padded(chosen, fitted, io.read("items", columns=[S.ITEM]), k)
+        chosen = padded(chosen, fitted, fill_order(fitted, io.read("items", columns=[S.ITEM])),
+                        k)
     write_table(chosen, final_path)
     assert_unseen(chosen, fitted)
     return rows
 
 
-def padded(lists: pd.DataFrame, fitted: pd.DataFrame, items: pd.DataFrame, k: int
+def fill_order(fitted: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
+    """The items a short list is filled from, in order: the most used (by distinct
+    users), then the rest of the catalogue in table order."""
+    order = fitted.drop_duplicates([S.USER, S.ITEM])[S.ITEM].value_counts()
+    return pd.concat([pd.Series(order.index), items[S.ITEM][~items[S.ITEM].isin(
+        order.index)]], ignore_index=True).to_numpy()
+
+
+def padded(lists: pd.DataFrame, fitted: pd.DataFrame, order: np.ndarray, k: int
            ) -> pd.DataFrame:
-    """Published lists filled up to ``k`` where the candidates ran short: the most used
-    items (then the rest of the catalogue) the user neither has nor was given, scored
-    below every ranked item, with ``channels`` "popularity-fill". A list stays shorter
-    only where the catalogue minus the user's history is smaller than ``k``."""
+    """Published lists filled up to ``k`` where the candidates ran short: the items of
+    ``order`` (``fill_order``) the user neither has (``fitted``: at least the short
+    users' rows) nor was given, scored below every ranked item, with ``channels``
+    "popularity-fill". A list stays shorter only where the catalogue minus the user's
+    history is smaller than ``k``."""
     counts = lists.groupby(S.USER).size()
     short = counts[counts < k].index
     if not len(short):
         return lists
-    used = fitted.drop_duplicates([S.USER, S.ITEM])
-    order = used[S.ITEM].value_counts()
-    catalogue = pd.concat([pd.Series(order.index), items[S.ITEM][~items[S.ITEM].isin(
-        order.index)]], ignore_index=True)
-    taken = pd.concat([used[used[S.USER].isin(short)][[S.USER, S.ITEM]],
-                       lists[lists[S.USER].isin(short)][[S.USER, S.ITEM]]])
+    taken = pd.concat([fitted[fitted[S.USER].isin(short)][[S.USER, S.ITEM]],
+                       lists[lists[S.USER].isin(short)][[S.USER, S.ITEM]]]).drop_duplicates()
     # a user's fill lies within the first k + |taken| items: bound the pairs built
-    catalogue = catalogue.iloc[: k + int(taken.groupby(S.USER).size().max())].to_numpy()
+    catalogue = order[: k + int(taken.groupby(S.USER).size().max())]
     floor = float(lists[S.SCORE].min()) if len(lists) else 0.0
     fills = []
     block = max(1, FILL_PAIRS // len(catalogue))

@@ -153,6 +153,25 @@ def channel_rows(data: RecallData, part: Requests, top: TopK, listed: np.ndarray
     return rows
 
 
+def merged_candidates(data: RecallData, channels: dict[str, RecallChannel],
+                      quotas: dict[str, int], budget: int, part: Requests
+                      ) -> tuple[pd.DataFrame, dict[str, TopK], dict[str, float]]:
+    """The merged candidates of some requests (their keys, then item, source, ...), with
+    every channel's own list and its seconds: what the batch writes and a served request
+    ranks, by the same code."""
+    tops, seconds = {}, {}
+    for name, channel in channels.items():
+        started = time.perf_counter()
+        tops[name] = retrieve(channel, data, part, budget)
+        seconds[name] = time.perf_counter() - started
+    merged = merge_candidates([ChannelList(name, top, quotas[name]) for name, top in
+                               tops.items()], budget=budget)
+    keys = part.keys.iloc[merged.pop("row").to_numpy()].reset_index(drop=True)
+    merged.insert(0, S.ITEM, data.item_index.decode(merged.pop("item").to_numpy()))
+    merged["source"] = merged["source"].astype("string")
+    return pd.concat([keys, merged], axis=1), tops, seconds
+
+
 def retrieve_shard(shard: tuple[int, Requests, np.ndarray], data: RecallData,
                    channels: dict[str, RecallChannel], quotas: dict[str, int], budget: int,
                    candidates: Path, lists: dict[str, Path]) -> dict:
@@ -161,20 +180,10 @@ def retrieve_shard(shard: tuple[int, Requests, np.ndarray], data: RecallData,
     the merged candidates as part ``index`` of ``candidates``. Returns rows and seconds
     per channel."""
     index, part, listed = shard
-    kept, seconds = [], {}
-    for name, channel in channels.items():
-        started = time.perf_counter()
-        top = retrieve(channel, data, part, budget)
-        seconds[name] = time.perf_counter() - started
-        if name in lists:
-            write_part(lists[name], index, channel_rows(data, part, top, listed))
-        kept.append(ChannelList(name, top, quotas[name]))
-    merged = merge_candidates(kept, budget=budget)
-    keys = part.keys.iloc[merged.pop("row").to_numpy()].reset_index(drop=True)
-    merged.insert(0, S.ITEM, data.item_index.decode(merged.pop("item").to_numpy()))
-    merged["source"] = merged["source"].astype("string")
-    return {"rows": write_part(candidates, index, pd.concat([keys, merged], axis=1)),
-            "seconds": seconds}
+    merged, tops, seconds = merged_candidates(data, channels, quotas, budget, part)
+    for name, folder in lists.items():
+        write_part(folder, index, channel_rows(data, part, tops[name], listed))
+    return {"rows": write_part(candidates, index, merged), "seconds": seconds}
 
 
 def stream_candidates(io: StageIO, data: RecallData, channels: dict[str, RecallChannel],

@@ -18,7 +18,6 @@ train-fm`` the training is data-parallel (gloo on CPU); only rank 0 writes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -79,34 +78,36 @@ def labelled(pos: pd.DataFrame, users: IdIndex, items: IdIndex, fm: FMConfig,
                          "label": np.concatenate([np.ones(len(pu)), np.zeros(len(nu))])})
 
 
+def with_fm_scores(cands: pd.DataFrame, models: dict, encoder: FieldEncoder,
+                   user_side: pd.DataFrame, item_side: pd.DataFrame, device: str
+                   ) -> pd.DataFrame:
+    """``cands`` with ``<model>_score`` appended; each distinct user and item is worked
+    out once (``predict_pairs``) where the fields allow."""
+    sides = encode_sides(encoder, cands, user_side, item_side)
+    if sides is None:
+        rows = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
+        score = partial(predict, samples=rows, batch_size=65_536, device=device)
+    else:
+        user, item = sides
+        score = partial(predict_pairs, first=Samples.from_encoded(user.encoded),
+                        first_slots=user.slots, second=Samples.from_encoded(item.encoded),
+                        second_slots=item.slots, first_of=user.of, second_of=item.of,
+                        device=device)
+    for kind, model in models.items():
+        cands[f"{kind}_score"] = score(model)
+    return cands
+
+
 def score_part(shard: tuple[int, Path], target: Path, models: dict, encoder: FieldEncoder,
                user_side: pd.DataFrame, item_side: pd.DataFrame, device: str) -> int:
-    """Part ``index`` of the candidates with ``<model>_score`` appended, written as part
-    ``index`` of ``target`` and streamed in chunks; each distinct user and item is worked
-    out once (``predict_pairs``) where the fields allow. Returns the rows written."""
+    """Part ``index`` of the candidates scored (``with_fm_scores``), written as part
+    ``index`` of ``target`` and streamed in chunks. Returns the rows written."""
     index, source = shard
-
-    def scored() -> Iterator[pd.DataFrame]:
-        for batch in pq.ParquetFile(source).iter_batches(batch_size=SCORE_CHUNK):
-            cands = batch.to_pandas()
-            sides = encode_sides(encoder, cands, user_side, item_side)
-            if sides is None:
-                rows = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
-                score = partial(predict, samples=rows, batch_size=65_536, device=device)
-            else:
-                user, item = sides
-                score = partial(predict_pairs, first=Samples.from_encoded(user.encoded),
-                                first_slots=user.slots,
-                                second=Samples.from_encoded(item.encoded),
-                                second_slots=item.slots, first_of=user.of,
-                                second_of=item.of, device=device)
-            for kind, model in models.items():
-                cands[f"{kind}_score"] = score(model)
-            yield cands
-
     if not table_rows(source):  # an empty part is handed on with its columns
         return write_part(target, index, pq.read_schema(source).empty_table().to_pandas())
-    return write_part(target, index, scored())
+    return write_part(target, index, (
+        with_fm_scores(batch.to_pandas(), models, encoder, user_side, item_side, device)
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=SCORE_CHUNK)))
 
 
 def score_candidates(cfg: Config, source: Path, target: Path, models: dict,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.stages.rank import padded
+from pipeline.stages.rank import fill_order, padded
 
 
 def test_a_short_list_is_filled_with_popular_unseen_items_below_the_ranked_ones() -> None:
@@ -14,7 +14,7 @@ def test_a_short_list_is_filled_with_popular_unseen_items_below_the_ranked_ones(
     # popularity: 14 (3 users) > 15 (2) > 10 (1); 16, 17 never used (catalogue order)
     fitted = pd.DataFrame({"user_id": [2, 3, 4, 3, 4, 5], "item_id": [14, 14, 14, 15, 15, 10]})
     items = pd.DataFrame({"item_id": [10, 11, 12, 13, 14, 15, 16, 17]})
-    out = padded(lists, fitted, items, 3)
+    out = padded(lists, fitted, fill_order(fitted, items), 3)
     user2 = out[out["user_id"] == 2]
     # user 2 has 14 and was given 13: the fill is 15 then 10, ranked 2 and 3
     assert user2["item_id"].tolist() == [13, 15, 10]
@@ -29,5 +29,5 @@ def test_a_list_stays_short_only_where_the_catalogue_runs_out() -> None:
                           "rank": [1]})
     fitted = pd.DataFrame({"user_id": [1, 1], "item_id": [11, 12]})
     items = pd.DataFrame({"item_id": [10, 11, 12, 13]})
-    out = padded(lists, fitted, items, 5)
+    out = padded(lists, fitted, fill_order(fitted, items), 5)
     assert out["item_id"].tolist() == [10, 13] and out["rank"].tolist() == [1, 2]
