@@ -18,7 +18,7 @@ BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
 .PHONY: ALWAYS all help venv ingest split recall features train-fm train-rank rank evaluate report publish \
-        scheduled recommend test lint bench bench-recall bench-rank bench-scale bench-fm clean
+        scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-fm clean
 
 ## all: run every stage on DATASET (default: the embedded synthetic data), publish if the gate passes
 # A scheduled run in one process (one start-up instead of a dozen: 182 s -> 148 s on the
@@ -37,6 +37,10 @@ scheduled: $(ENV)
 recommend: $(ENV)
 	$(RUN) recommend --config $(CONFIG) --user $(USER_ID) $(if $(K),-k $(K))
 
+## serve: the HTTP service on the live publication (127.0.0.1:PORT, default 8000)
+serve: $(ENV)
+	$(RUN) serve --config $(CONFIG) $(if $(PORT),--port $(PORT))
+
 ## help: list the targets
 help:
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
@@ -44,7 +48,7 @@ help:
 $(ENV): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,tracking,dask]'
+	$(VENV)/bin/pip install -q -e '.[dev,tracking,dask,serve]'
 	touch $@
 
 ## venv: create .venv and install the project with pinned dependencies
@@ -64,7 +68,7 @@ $(STAGE_RULES): $(CODE) | $(ENV)
 ALWAYS:
 
 # The generated rules are only needed (and only built) for the stage targets.
-NO_STAGES := all help venv clean scheduled recommend test lint bench bench-recall bench-rank bench-scale bench-fm
+NO_STAGES := all help venv clean scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-fm
 ifneq ($(filter-out $(NO_STAGES),$(or $(MAKECMDGOALS),all)),)
 include $(STAGE_RULES)
 endif

@@ -1,11 +1,12 @@
 """Command line: ``python -m pipeline <command> --config configs/<name>.yaml``.
 
 A thin wrapper: it parses arguments, loads and validates the config, pins thread pools,
-and hands over to the runner, or for ``recommend`` to the live publication
-(``pipeline.serving``). Bad config or bad data end with a one-paragraph error and exit
-code 2, not a traceback. ``schedule`` is a whole scheduled run (``pipeline.schedule``
-lists its exit statuses). Two helpers serve the Makefile: ``makefile`` prints the stage
-rules it includes, ``stamps`` records the config sections each stage reads.
+and hands over to the runner, or for ``recommend`` and ``serve`` to the live
+publication (``pipeline.serving``, ``pipeline.service``). Bad config or bad data end
+with a one-paragraph error and exit code 2, not a traceback. ``schedule`` is a whole
+scheduled run (``pipeline.schedule`` lists its exit statuses). Two helpers serve the
+Makefile: ``makefile`` prints the stage rules it includes, ``stamps`` records the
+config sections each stage reads.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ TOOLS = ("makefile", "stamps", "simulate")  # Makefile helpers, and the partitio
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("command",
-                        choices=[*STAGE_NAMES, "run", "schedule", "recommend", *TOOLS],
+                        choices=[*STAGE_NAMES, "run", "schedule", "recommend", "serve", *TOOLS],
                         help="a stage to run alone, 'run' for every stage in order, "
                         "'schedule' for a gated, published, ledgered run, 'recommend' for "
-                        "one user's list from the live publication, or a Makefile helper")
+                        "one user's list from the live publication, 'serve' for the HTTP "
+                        "service on it, or a Makefile helper")
     parser.add_argument("--config", help="YAML config, e.g. configs/synthetic.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", help="with 'recommend': the user id")
     parser.add_argument("-k", type=int, help="with 'recommend': how many items (default and "
                         "most: publish.top_k)")
+    parser.add_argument("--host", default="127.0.0.1", help="with 'serve': the address to "
+                        "bind (default loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="with 'serve': the port")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -77,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(cfg.threads)
         if args.command == "recommend":
             return recommend_command(cfg, args.user, args.k)
+        if args.command == "serve":
+            from pipeline.service import serve
+
+            serve(cfg, args.host, args.port)
+            return 0
         if args.command == "schedule":
             from pipeline.schedule import schedule
 

@@ -157,8 +157,8 @@ class Recommender:
 
 def response(lists: pd.DataFrame) -> list[dict[str, Any]]:
     """A list as JSON-ready records: item, score, rank and the proposing channels."""
-    return [{"item_id": item.item() if isinstance(item, np.generic) else item, "score": float(score), "rank": int(rank),
-             "channels": channels.split(",")}
+    return [{"item_id": item.item() if isinstance(item, np.generic) else item,
+             "score": float(score), "rank": int(rank), "channels": channels.split(",")}
             for item, score, rank, channels in zip(
                 lists[S.ITEM].to_numpy(), lists[S.SCORE], lists[S.RANK], lists["channels"],
                 strict=True)]

@@ -1,16 +1,25 @@
-"""One request answered from the live publication gives the batch's published list."""
+"""One request, answered from the live publication by the API, the CLI or the HTTP
+service, gives the batch's published list; the service validates and swaps."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+import urllib.error
+import urllib.request
 
 import numpy as np
+import pandas as pd
 import pytest
+import uvicorn
 
+from pipeline.catalogue import artifact_path
 from pipeline.cli import main
 from pipeline.io import read_table
 from pipeline.release import PUBLISH, current
 from pipeline.schedule import schedule
+from pipeline.service import create_app
 from pipeline.serving import COLD_START, Recommender, response
 from tests.conftest import tiny_config
 
@@ -65,3 +74,86 @@ def test_the_cli_answers_from_the_live_publication(live, capsys) -> None:
     assert printed["items"] == response(recommender.recommend(user, 4))
     assert main(["recommend", "--config", str(config), "--user", str(user), "-k", "0"]) == 2
     assert all(isinstance(item["channels"], list) for item in printed["items"])
+
+
+class Server:
+    """The service on a free loopback port, in a thread."""
+
+    def __init__(self, app) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join()
+
+    def call(self, path: str, body: bytes | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + path, data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def recommend(self, **fields) -> tuple[int, dict]:
+        return self.call("/recommend", json.dumps(fields).encode())
+
+
+def test_the_service_answers_validates_and_swaps_publications_without_a_failure(live) -> None:
+    cfg, folder, recommender = live
+    user = recommender.models.data.user_index.ids[5]
+    with Server(create_app(cfg, poll_seconds=0.1)) as service:
+        status, health = service.call("/health")
+        assert status == 200 and health["publication"] == folder.name
+        status, answer = service.recommend(user_id=user.item(), k=6)
+        assert status == 200 and answer["items"] == response(recommender.recommend(user, 6))
+        assert service.recommend(user_id="nobody", k=3)[1]["items"][0]["channels"] == [
+            COLD_START]
+        bad = {"missing user": {"k": 3}, "unknown field": {"user_id": 1, "path": "/etc"},
+               "k zero": {"user_id": 1, "k": 0}, "user as list": {"user_id": [1]},
+               "k as text": {"user_id": 1, "k": "many"}}
+        for why, fields in bad.items():
+            status, reply = service.recommend(**fields)
+            assert status == 422 and reply["detail"], why
+        status, reply = service.recommend(user_id=1, k=cfg.publish.top_k + 1)
+        assert status == 400 and "publish.top_k" in reply["detail"]
+        assert service.call("/recommend", b"{not json")[0] == 422
+        assert service.call("/recommend", b" " * 20_000)[0] == 413
+
+        replies, stop = [], threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                replies.append(service.recommend(user_id=user.item(), k=10))
+
+        sender = threading.Thread(target=client)
+        sender.start()
+        last = read_table(artifact_path(cfg, "split", part="test"))["ts"].max()
+        earlier = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
+            update={"as_of": str(last - pd.Timedelta(days=4))})})
+        assert schedule(earlier, force=True) == 0
+        released = current(cfg)
+        assert released != folder.name
+        deadline = time.time() + 60
+        while service.call("/health")[1]["publication"] != released and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # a few requests on the new publication
+        stop.set()
+        sender.join()
+    assert replies and all(status == 200 for status, _ in replies)
+    served = [reply["publication"] for _, reply in replies]
+    assert served[0] == folder.name and served[-1] == released
+    assert served == sorted(served, key=[folder.name, released].index)  # one switch, no flapping
+    published = read_table(cfg.root / PUBLISH / released / "recommendations.parquet")
+    assert [i["item_id"] for i in replies[-1][1]["items"]] == published[
+        published["user_id"] == user]["item_id"].head(10).tolist()

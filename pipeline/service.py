@@ -1,0 +1,129 @@
+"""HTTP service over the live publication: ``POST /recommend``, ``GET /health``.
+
+``python -m pipeline serve --config C [--host 127.0.0.1] [--port 8000]``. JSON in and
+out; every field is validated (unknown fields, wrong types, a ``k`` out of range and a
+body over ``MAX_BODY`` bytes get a 4xx with a message); a request names a user, never a
+file. An unknown user is not an error: it gets the cold-start list of its region.
+
+A thread watches ``publish/current``; when a scheduled run releases a new publication
+it loads it beside the one serving and then swaps one reference, so a request is
+answered whole by either the old or the new publication and none is dropped. Requests
+are computed one at a time (the loaded models are shared, and two cores gain nothing
+from more).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+from pipeline.config import Config
+from pipeline.release import PUBLISH, current
+from pipeline.serving import Recommender, response
+
+log = logging.getLogger("pipeline")
+MAX_BODY = 16_384  # bytes: a request is a user id and a few numbers
+UserId = StrictInt | Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    k: int = Field(10, ge=1, le=1000, description="items wanted (at most publish.top_k)")
+
+
+@dataclass(frozen=True)
+class Live:
+    """The publication serving now: its name and its loaded models."""
+
+    name: str
+    recommender: Recommender
+
+
+class LivePublication:
+    """Follows ``publish/current``: ``refresh`` loads a newly released publication and
+    swaps it in with one assignment."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        name = current(cfg)
+        if name is None:
+            raise FileNotFoundError(f"no live publication under {cfg.root / PUBLISH}: run "
+                                    "`python -m pipeline schedule` first")
+        self.live = Live(name, Recommender.load(cfg.root / PUBLISH / name))
+
+    def refresh(self) -> bool:
+        """Swap in the publication ``current`` points to, if it changed."""
+        name = current(self.cfg)
+        if name is None or name == self.live.name:
+            return False
+        loaded = Recommender.load(self.cfg.root / PUBLISH / name)  # the old one serves on
+        self.live = Live(name, loaded)
+        log.info("[serve] now serving %s", name)
+        return True
+
+
+def watch(publication: LivePublication, stop: threading.Event, seconds: float) -> None:
+    while not stop.wait(seconds):
+        try:
+            publication.refresh()
+        except Exception:  # a broken release must not take down the one serving
+            log.exception("[serve] could not load the new publication; serving %s still",
+                          publication.live.name)
+
+
+def create_app(cfg: Config, poll_seconds: float = 2.0) -> FastAPI:
+    publication = LivePublication(cfg)
+    compute = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch, args=(publication, stop, poll_seconds),
+                                   daemon=True, name="publication-watcher")
+        watcher.start()
+        yield
+        stop.set()
+        watcher.join()
+
+    app = FastAPI(title="recsys-pipeline", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next: Any) -> Any:
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
+            return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, 413)
+        return await call_next(request)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        live = publication.live
+        return {"status": "ok", "publication": live.name,
+                "users": live.recommender.models.data.n_users}
+
+    @app.post("/recommend")
+    def recommend(body: RecommendRequest) -> dict[str, Any]:
+        live = publication.live  # one publication answers the whole request
+        try:
+            with compute:
+                lists = live.recommender.recommend(body.user_id, body.k)
+        except ValueError as err:
+            raise HTTPException(400, str(err)) from None
+        return {"user_id": body.user_id, "publication": live.name, "items": response(lists)}
+
+    return app
+
+
+def serve(cfg: Config, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(cfg), host=host, port=port, workers=1, log_level="warning")
