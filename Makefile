@@ -18,7 +18,7 @@ BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
 .PHONY: ALWAYS all help venv ingest split recall features train-fm train-rank rank evaluate report publish \
-        scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-fm clean
+        scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-serve bench-fm clean
 
 ## all: run every stage on DATASET (default: the embedded synthetic data), publish if the gate passes
 # A scheduled run in one process (one start-up instead of a dozen: 182 s -> 148 s on the
@@ -68,7 +68,7 @@ $(STAGE_RULES): $(CODE) | $(ENV)
 ALWAYS:
 
 # The generated rules are only needed (and only built) for the stage targets.
-NO_STAGES := all help venv clean scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-fm
+NO_STAGES := all help venv clean scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-serve bench-fm
 ifneq ($(filter-out $(NO_STAGES),$(or $(MAKECMDGOALS),all)),)
 include $(STAGE_RULES)
 endif
@@ -108,6 +108,10 @@ bench-rank: $(ENV)
 ## bench-scale: the large profile through every stage at SIZES users (default 100k,300k,1M; hours)
 bench-scale: $(ENV)
 	SIZES=$(or $(SIZES),100000,300000,1000000) $(PY) -m benchmarks.bench_scale
+
+## bench-serve: the HTTP service's latency (steady 100/s and saturated) and memory, loopback only
+bench-serve: $(ENV)
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.bench_serve
 
 ## bench-fm: FM/FFM throughput and AUC vs torchfm and xlearn; last line is one JSON object
 bench-fm: $(BENCH_ENV)

@@ -6,7 +6,7 @@ labels), so a channel fitted on it cannot see the period it is evaluated on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -49,6 +49,27 @@ class RecallData:
         """Seconds from the first fitting event to ``now``: the scale half-lives given as
         shares of the log are measured in (0 for a log without time)."""
         return int(self.now - self.log["ts"].min()) if len(self.log) else 0
+
+    def with_events(self, user: int, items: np.ndarray, ts: np.ndarray) -> RecallData:
+        """This data with events of ``user`` (item codes, unix seconds) that it does not
+        hold yet: what a served request sees of clicks made after the fit. The fitted
+        models stay as they are; histories, sequences, seen items and ``now`` move on.
+        Costs a copy of the history and the log (linear in the data)."""
+        log = self.log
+        users = log["user"].to_numpy()
+        lo, hi = np.searchsorted(users, user, "left"), np.searchsorted(users, user, "right")
+        added = pd.DataFrame({"user": np.full(len(items), user, np.int64),
+                              "item": np.asarray(items, np.int64),
+                              "ts": np.asarray(ts, np.int64),
+                              "weight": np.ones(len(items), np.float32)})
+        block = pd.concat([log.iloc[lo:hi], added], ignore_index=True).sort_values(
+            ["ts", "item"], kind="stable")
+        log = pd.concat([log.iloc[:lo], block, log.iloc[hi:]], ignore_index=True)
+        extra = sp.csr_matrix((np.ones(len(items), np.float32), (added["user"], added["item"])),
+                              shape=self.history.shape)
+        history = ((self.history + extra) > 0).astype(self.history.dtype).tocsr()
+        return replace(self, history=history, log=log,
+                       now=max(self.now, int(added["ts"].max()) if len(added) else 0))
 
 
 def to_seconds(ts: pd.Series) -> np.ndarray:

@@ -1,8 +1,11 @@
 """HTTP service over the live publication: ``POST /recommend``, ``GET /health``.
 
 ``python -m pipeline serve --config C [--host 127.0.0.1] [--port 8000]``. JSON in and
-out; every field is validated (unknown fields, wrong types, a ``k`` out of range and a
-body over ``MAX_BODY`` bytes get a 4xx with a message); a request names a user, never a
+out: ``{"user_id": 17, "k": 10, "recent": [{"item_id": 5, "ts": "2026-03-02T10:00"}]}``
+(``recent``: clicks newer than the publication, see ``Recommender.recommend``; items
+it does not know come back under ``ignored_items``). Every field is validated (unknown
+fields, wrong types, a ``k`` out of range, more than ``MAX_RECENT`` events and a body
+over ``MAX_BODY`` bytes get a 4xx with a message); a request names a user, never a
 file. An unknown user is not an error: it gets the cold-start list of its region.
 
 A thread watches ``publish/current``; when a scheduled run releases a new publication
@@ -19,26 +22,39 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
+import pandas as pd
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
+from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.release import PUBLISH, current
 from pipeline.serving import Recommender, response
 
 log = logging.getLogger("pipeline")
 MAX_BODY = 16_384  # bytes: a request is a user id and a few numbers
-UserId = StrictInt | Annotated[str, StringConstraints(min_length=1, max_length=256)]
+MAX_RECENT = 100  # recent events per request: a session's worth
+Id = StrictInt | Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class RecentEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: Id
+    ts: datetime | None = Field(None, description="when (ISO 8601); none: just now")
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: UserId
+    user_id: Id
     k: int = Field(10, ge=1, le=1000, description="items wanted (at most publish.top_k)")
+    recent: list[RecentEvent] = Field(default_factory=list, max_length=MAX_RECENT,
+                                      description="events newer than the publication")
 
 
 @dataclass(frozen=True)
@@ -113,12 +129,17 @@ def create_app(cfg: Config, poll_seconds: float = 2.0) -> FastAPI:
     @app.post("/recommend")
     def recommend(body: RecommendRequest) -> dict[str, Any]:
         live = publication.live  # one publication answers the whole request
+        recent = pd.DataFrame({S.ITEM: pd.Series([e.item_id for e in body.recent],
+                                                 dtype=object),
+                               S.TS: pd.Series([e.ts for e in body.recent], dtype=object)})
         try:
             with compute:
-                lists = live.recommender.recommend(body.user_id, body.k)
+                lists = live.recommender.recommend(body.user_id, body.k, recent)
+                ignored = live.recommender.known_events(recent)[2]
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
-        return {"user_id": body.user_id, "publication": live.name, "items": response(lists)}
+        return {"user_id": body.user_id, "publication": live.name, "items": response(lists),
+                "ignored_items": ignored}
 
     return app
 

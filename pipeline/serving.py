@@ -24,7 +24,7 @@ import pyarrow as pa
 from features.candidate_features import FeatureContext
 from features.fields import FieldEncoder
 from features.pairs import side_tables
-from features.recall_data import RecallData, build_recall_data
+from features.recall_data import RecallData, build_recall_data, to_seconds
 from models.base import RecallChannel
 from models.fm_trainer import load_model
 from models.ranker import FoldEnsemble
@@ -113,10 +113,36 @@ class Recommender:
             return user_id, -1
         return typed, int(self.models.data.user_index.encode(np.array([typed]))[0])
 
-    def recommend(self, user_id: Any, k: int | None = None) -> pd.DataFrame:
+    def known_events(self, recent: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray, list]:
+        """Recent events (``item_id`` and optional ``ts``) as item codes and unix seconds,
+        and the item ids the publication does not know (ignored). An event without a
+        time counts as just after the publication's last one, in the order given."""
+        if recent is None or not len(recent):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), []
+        m = self.models
+        ids = pd.Index(recent[S.ITEM])
+        try:
+            ids = ids.astype(m.data.item_index.ids.dtype)
+        except (TypeError, ValueError):
+            pass  # ids of another type match nothing: each is reported as unknown
+        codes = m.data.item_index.encode(ids)
+        after = m.data.now + 1 + np.arange(len(recent), dtype=np.int64)
+        if S.TS in recent.columns:
+            given = pd.to_datetime(recent[S.TS], utc=True).dt.tz_localize(None)
+            ts = np.where(given.notna(), to_seconds(given.fillna(pd.Timestamp(0))), after)
+        else:
+            ts = after
+        known = codes >= 0
+        return codes[known], ts[known].astype(np.int64), list(recent[S.ITEM][~known])
+
+    def recommend(self, user_id: Any, k: int | None = None,
+                  recent: pd.DataFrame | None = None) -> pd.DataFrame:
         """The user's top ``k`` (default ``publish.top_k``): ``user_id, item_id,
-        channels, score, rank``. A user the publication does not know gets the cold-start
-        list of their region (``channels`` "cold-start")."""
+        channels, score, rank``. ``recent``: events the publication has not seen
+        (``item_id``, optional ``ts``); the behaviour channels, the seen items and the
+        features read them, so a click a second ago changes the answer (unknown items are
+        ignored: ``known_events``). A user the publication does not know gets the
+        cold-start list of their region (``channels`` "cold-start")."""
         m = self.models
         k = m.cfg.publish.top_k if k is None else k
         if not 1 <= k <= m.cfg.publish.top_k:
@@ -124,21 +150,26 @@ class Recommender:
         user_id, code = self.user_code(user_id)
         if code < 0:
             return self.cold_start(user_id, k)
+        data, context = m.data, m.context
+        items, ts, _ = self.known_events(recent)
+        if len(items):
+            data = data.with_events(code, items, ts)
+            context = FeatureContext(data, m.cfg.features.recent_share)
         request = Requests(pd.DataFrame({S.USER: pd.Series([user_id],
-                                                           dtype=m.data.user_index.ids.dtype)}),
+                                                           dtype=data.user_index.ids.dtype)}),
                            np.array([code]))
         served = {n: c for n, c in m.channels.items() if m.cfg.recall.channels[n].recommend}
-        budget = effective_budget(m.cfg.recall.budget, m.data.n_items)
-        cands, _, _ = merged_candidates(m.data, served, m.quotas, budget, request)
+        budget = effective_budget(m.cfg.recall.budget, data.n_items)
+        cands, _, _ = merged_candidates(data, served, m.quotas, budget, request)
         cands = through_arrow(with_fm_scores(through_arrow(cands), m.fm, m.encoder,
                                              m.user_side, m.item_side, m.cfg.fm.device))
         scorers = {n: m.channels[n] for n in m.cfg.features.model_scores if n in m.channels}
-        frame = through_arrow(add_features(cands, S.USER, m.context, m.data, scorers))
+        frame = through_arrow(add_features(cands, S.USER, context, data, scorers))
         frame["channels"] = proposing_channels(frame, list(served))
         final = "blend" if m.cfg.rank.blend else f"ltr:{m.cfg.rank.objective}"
         scores = system_scores(frame, S.USER, m.rankers, m.blend)[final]
         lists = top_k(frame, S.USER, scores, m.cfg.publish.top_k, ("channels",))
-        history = m.data.item_index.decode(m.data.history[code].indices)
+        history = data.item_index.decode(data.history[code].indices)
         lists = padded(lists, pd.DataFrame({S.USER: user_id, S.ITEM: history}), m.fill,
                        m.cfg.publish.top_k)
         return lists.iloc[:k].reset_index(drop=True)

@@ -63,6 +63,22 @@ def test_an_unknown_user_gets_the_global_cold_start_list(live) -> None:
     assert set(got["channels"]) == {COLD_START}
 
 
+def test_a_click_changes_the_next_answer_and_unknown_items_are_reported(live) -> None:
+    _, _, recommender = live
+    changed = 0
+    for user in recommender.models.data.user_index.ids[10:20]:
+        before = recommender.recommend(user, 20)
+        clicked = before["item_id"].iloc[0]
+        recent = pd.DataFrame({"item_id": [clicked, -7]})
+        after = recommender.recommend(user, 20, recent)
+        assert clicked not in after["item_id"].tolist()  # now seen: never shown again
+        rest = before["item_id"].tolist()[1:]
+        changed += after["item_id"].tolist()[: len(rest)] != rest
+        assert recommender.known_events(recent)[2] == [-7]
+    # beyond the clicked item leaving: co-occurrence, the sequence and the features read it
+    assert changed >= 5
+
+
 def test_the_cli_answers_from_the_live_publication(live, capsys) -> None:
     cfg, folder, recommender = live
     user = recommender.models.data.user_index.ids[3]
@@ -119,9 +135,16 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
         assert status == 200 and answer["items"] == response(recommender.recommend(user, 6))
         assert service.recommend(user_id="nobody", k=3)[1]["items"][0]["channels"] == [
             COLD_START]
+        first = answer["items"][0]["item_id"]
+        status, clicked = service.recommend(user_id=user.item(), k=6, recent=[
+            {"item_id": first, "ts": "2030-01-01T00:00:00"}, {"item_id": "no-such-item"}])
+        assert status == 200 and clicked["ignored_items"] == ["no-such-item"]
+        assert first not in [i["item_id"] for i in clicked["items"]]
         bad = {"missing user": {"k": 3}, "unknown field": {"user_id": 1, "path": "/etc"},
                "k zero": {"user_id": 1, "k": 0}, "user as list": {"user_id": [1]},
-               "k as text": {"user_id": 1, "k": "many"}}
+               "k as text": {"user_id": 1, "k": "many"},
+               "bad time": {"user_id": 1, "recent": [{"item_id": 1, "ts": "yesterday"}]},
+               "too many events": {"user_id": 1, "recent": [{"item_id": 1}] * 101}}
         for why, fields in bad.items():
             status, reply = service.recommend(**fields)
             assert status == 422 and reply["detail"], why
