@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--through", metavar="DATE",
                         help="with 'simulate': last day written (default: every day)")
     parser.add_argument("--user", help="with 'recommend': the user id")
+    parser.add_argument("--query", help="with 'recommend': search text (a search request)")
     parser.add_argument("-k", type=int, help="with 'recommend': how many items (default and "
                         "most: publish.top_k)")
     parser.add_argument("--host", default="127.0.0.1", help="with 'serve': the address to "
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         set_threads(cfg.threads)
         if args.command == "recommend":
-            return recommend_command(cfg, args.user, args.k)
+            return recommend_command(cfg, args.user, args.k, args.query)
         if args.command == "serve":
             from pipeline.service import serve
 
@@ -101,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def recommend_command(cfg: Config, user: str | None, k: int | None) -> int:
-    """Print one user's list from the live publication as JSON."""
+def recommend_command(cfg: Config, user: str | None, k: int | None,
+                      query: str | None = None) -> int:
+    """Print one user's list (or search results for ``query``) from the live
+    publication as JSON."""
     import json
 
     from pipeline.release import PUBLISH, current
@@ -115,10 +118,13 @@ def recommend_command(cfg: Config, user: str | None, k: int | None) -> int:
         raise ConfigError(f"no live publication under {cfg.root / PUBLISH}: run `python -m "
                           "pipeline schedule` (or `make scheduled`) first")
     try:
-        lists = Recommender.load(cfg.root / PUBLISH / live).recommend(user, k)
+        recommender = Recommender.load(cfg.root / PUBLISH / live)
+        lists = (recommender.recommend(user, k) if query is None
+                 else recommender.search(user, query, k))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    print(json.dumps({"user_id": user, "publication": live, "items": response(lists)}))
+    print(json.dumps({"user_id": user, "query": query, "publication": live,
+                      "items": response(lists)}))
     return 0
 
 

@@ -1,7 +1,8 @@
 """HTTP service over the live publication: ``POST /recommend``, ``GET /health``.
 
 ``python -m pipeline serve --config C [--host 127.0.0.1] [--port 8000]``. JSON in and
-out: ``{"user_id": 17, "k": 10, "recent": [{"item_id": 5, "ts": "2026-03-02T10:00"}]}``
+out: ``{"user_id": 17, "k": 10, "query": "red shoes", "recent": [{"item_id": 5, "ts":
+"2026-03-02T10:00"}]}`` (``query`` makes it a search request)
 (``recent``: clicks newer than the publication, see ``Recommender.recommend``; items
 it does not know come back under ``ignored_items``). Every field is validated (unknown
 fields, wrong types, a ``k`` out of range, more than ``MAX_RECENT`` events and a body
@@ -53,6 +54,8 @@ class RecommendRequest(BaseModel):
 
     user_id: Id
     k: int = Field(10, ge=1, le=1000, description="items wanted (at most publish.top_k)")
+    query: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
+        None, description="search text: a search request instead of a recommendation")
     recent: list[RecentEvent] = Field(default_factory=list, max_length=MAX_RECENT,
                                       description="events newer than the publication")
 
@@ -134,7 +137,9 @@ def create_app(cfg: Config, poll_seconds: float = 2.0) -> FastAPI:
                                S.TS: pd.Series([e.ts for e in body.recent], dtype=object)})
         try:
             with compute:
-                lists = live.recommender.recommend(body.user_id, body.k, recent)
+                lists = (live.recommender.recommend(body.user_id, body.k, recent)
+                         if body.query is None else
+                         live.recommender.search(body.user_id, body.query, body.k, recent))
                 ignored = live.recommender.known_events(recent)[2]
         except ValueError as err:
             raise HTTPException(400, str(err)) from None

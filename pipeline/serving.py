@@ -13,7 +13,9 @@ the answer is the published list, items and order (``tests/integration/test_serv
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +27,20 @@ from features.candidate_features import FeatureContext
 from features.fields import FieldEncoder
 from features.pairs import side_tables
 from features.recall_data import RecallData, build_recall_data, to_seconds
+from features.search_features import SearchContext
 from models.base import RecallChannel
 from models.fm_trainer import load_model
 from models.ranker import FoldEnsemble
 from models.recall import channel_class
+from models.recall.inverted_index import InvertedIndexChannel
 from pipeline import schema as S
+from pipeline.catalogue import artifact_path
 from pipeline.config import Config, load_config
 from pipeline.io import MANIFEST, read_manifest, read_table
 from pipeline.phases import active_users, fitting
-from pipeline.protocol import PUBLISHED
+from pipeline.protocol import CASE, EVALUATED, PUBLISHED, RECOMMENDATION, SEARCH, Phase, request_key
 from pipeline.ranking import proposing_channels, top_k
+from pipeline.runner import stage_config
 from pipeline.stages.features import add_features
 from pipeline.stages.rank import fill_order, padded, system_scores
 from pipeline.stages.recall import Requests, effective_budget, merged_candidates
@@ -49,59 +55,124 @@ def through_arrow(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @dataclass
+class Ranking:
+    """What orders one kind of request: the channels answering it and their quotas, the
+    rankers and the blend."""
+
+    channels: dict[str, RecallChannel]
+    quotas: dict[str, int]
+    rankers: dict[str, FoldEnsemble]
+    blend: dict
+
+
+@dataclass
 class Models:
-    """Everything a publication serves with, loaded once."""
+    """Everything one phase's requests are answered with, loaded once."""
 
     cfg: Config
     data: RecallData
     channels: dict[str, RecallChannel]
-    quotas: dict[str, int]
+    kinds: dict[str, Ranking]  # recommendation, and search where its rankers were trained
     fm: dict[str, Any]
     encoder: FieldEncoder
     user_side: pd.DataFrame
     item_side: pd.DataFrame
     context: FeatureContext
-    rankers: dict[str, FoldEnsemble]
-    blend: dict
     fill: np.ndarray
-    cold_start: pd.DataFrame
+    cold_start: pd.DataFrame | None
     regions: pd.Series  # user_id -> region, for the cold-start list of unknown users
+
+    @cached_property
+    def search_context(self) -> SearchContext:
+        index = self.channels.get(InvertedIndexChannel.name)
+        return SearchContext(self.data, index if isinstance(index, InvertedIndexChannel)
+                             else None)
+
+
+@dataclass
+class Where:
+    """Where one phase's fitted models lie: a publication, or the stages' outputs."""
+
+    channel: Callable[[str], Path]
+    fm: Callable[[str], Path]
+    ranker: Callable[[str, str], Path]  # kind, objective
+    blend: Callable[[str], Path]
+    tuned: Path
+
+
+def load_models(cfg: Config, fit: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame,
+                targets: np.ndarray, where: Where, cold_start: pd.DataFrame | None) -> Models:
+    """A phase's models, its data encoded as its stages encoded it (``targets``: the
+    users it answers, given an index row even without history)."""
+    data = build_recall_data(fit, items, users, targets)
+    channels = {name: channel_class(name).load(where.channel(name))
+                for name in cfg.recall.channels}
+    tuned = json.loads(where.tuned.read_text())
+    answering = {RECOMMENDATION: ([n for n, c in cfg.recall.channels.items() if c.recommend],
+                                  tuned["quotas"]),
+                 SEARCH: (list(cfg.recall.search_channels), tuned["search_quotas"])}
+    kinds = {kind: Ranking({n: channels[n] for n in names}, quotas,
+                           {o: FoldEnsemble.load(where.ranker(kind, o))
+                            for o in cfg.rank.objectives},
+                           json.loads(where.blend(kind).read_text()))
+             for kind, (names, quotas) in answering.items() if where.blend(kind).is_file()}
+    user_side, item_side = side_tables(users, items, fit)
+    return Models(
+        cfg=cfg, data=data, channels=channels, kinds=kinds,
+        fm={kind: load_model(where.fm(kind))[0] for kind in cfg.fm.models},
+        encoder=FieldEncoder.load(where.fm(cfg.fm.models[0]) / "encoder"),
+        user_side=user_side, item_side=item_side,
+        context=FeatureContext(data, cfg.features.recent_share),
+        fill=fill_order(fit, items), cold_start=cold_start,
+        regions=(users.set_index(S.USER)[S.REGION].dropna().astype(str)
+                 if S.REGION in users.columns else pd.Series(dtype=str)))
 
 
 class Recommender:
     """Answers one request at a time from a loaded publication (see the module doc)."""
 
-    def __init__(self, models: Models, folder: Path) -> None:
-        self.models, self.folder = models, folder
+    def __init__(self, models: Models) -> None:
+        self.models = models
 
     @classmethod
     def load(cls, folder: Path) -> Recommender:
+        """From a publication (what ``publish`` gathered): the published phase's models."""
         folder = Path(folder)
         if not (folder / MANIFEST).is_file():
             raise FileNotFoundError(f"{folder} is not a publication (no {MANIFEST})")
         cfg = load_config(None, base=read_manifest(folder)["config"])
-        served = folder  # what publish gathered as "served" lies at its top
-        items, users = read_table(served / "items.parquet"), read_table(served / "users.parquet")
-        fit = fitting({p: read_table(served / "fitting" / f"{p}.parquet")
+        items, users = read_table(folder / "items.parquet"), read_table(folder / "users.parquet")
+        fit = fitting({p: read_table(folder / "fitting" / f"{p}.parquet")
                        for p in PUBLISHED.fit}, PUBLISHED)
-        targets = active_users(users, fit, cfg.publish.active_days)
-        data = build_recall_data(fit, items, users, targets[S.USER].unique())
-        channels = {name: channel_class(name).load(served / "channels" / name)
-                    for name in cfg.recall.channels}
-        fm = {kind: load_model(served / "fm" / kind)[0] for kind in cfg.fm.models}
-        user_side, item_side = side_tables(users, items, fit)
-        models = Models(
-            cfg=cfg, data=data, channels=channels,
-            quotas=json.loads((served / "tuned.json").read_text())["quotas"], fm=fm,
-            encoder=FieldEncoder.load(served / "fm" / cfg.fm.models[0] / "encoder"),
-            user_side=user_side, item_side=item_side,
-            context=FeatureContext(data, cfg.features.recent_share),
-            rankers={o: FoldEnsemble.load(served / "rankers" / o) for o in cfg.rank.objectives},
-            blend=json.loads((served / "blend.json").read_text()),
-            fill=fill_order(fit, items), cold_start=read_table(folder / "cold_start.parquet"),
-            regions=(users.set_index(S.USER)[S.REGION].dropna().astype(str)
-                     if S.REGION in users.columns else pd.Series(dtype=str)))
-        return cls(models, folder)
+        kind_folder = {RECOMMENDATION: folder, SEARCH: folder / SEARCH}
+        where = Where(channel=lambda n: folder / "channels" / n, fm=lambda m: folder / "fm" / m,
+                      ranker=lambda kind, o: kind_folder[kind] / "rankers" / o,
+                      blend=lambda kind: kind_folder[kind] / "blend.json",
+                      tuned=folder / "tuned.json")
+        targets = active_users(users, fit, cfg.publish.active_days)[S.USER].unique()
+        return cls(load_models(cfg, fit, items, users, targets, where,
+                               read_table(folder / "cold_start.parquet")))
+
+    @classmethod
+    def from_stages(cls, cfg: Config, phase: Phase = EVALUATED) -> Recommender:
+        """From the stages' outputs: the evaluated phase's models, whose batch answers
+        are ``rank``'s lists for the test requests."""
+        cfg = stage_config(cfg, "rank")  # as the stages ran (order-free for untimed logs)
+
+        def split(part: str) -> pd.DataFrame:
+            return read_table(artifact_path(cfg, "split", part=part))
+
+        where = Where(
+            channel=lambda n: artifact_path(cfg, "recall_model", phase=phase.name, channel=n),
+            fm=lambda m: artifact_path(cfg, "fm_model", phase=phase.name, model=m),
+            ranker=lambda kind, o: artifact_path(cfg, "ranker", phase=phase.name, kind=kind,
+                                                 objective=o),
+            blend=lambda kind: artifact_path(cfg, "blend", kind=kind),
+            tuned=artifact_path(cfg, "tuned"))
+        return cls(load_models(cfg, fitting({p: split(p) for p in phase.fit}, phase),
+                               read_table(artifact_path(cfg, "items")),
+                               read_table(artifact_path(cfg, "users")),
+                               split(phase.target)[S.USER].unique(), where, None))
 
     def user_code(self, user_id: Any) -> tuple[Any, int]:
         """The user's id as the data types it (a CLI gives strings) and its code (-1:
@@ -144,35 +215,81 @@ class Recommender:
         ignored: ``known_events``). A user the publication does not know gets the
         cold-start list of their region (``channels`` "cold-start")."""
         m = self.models
-        k = m.cfg.publish.top_k if k is None else k
-        if not 1 <= k <= m.cfg.publish.top_k:
-            raise ValueError(f"k must be between 1 and {m.cfg.publish.top_k} (publish.top_k)")
+        k = self.checked_k(k)
         user_id, code = self.user_code(user_id)
         if code < 0:
             return self.cold_start(user_id, k)
-        data, context = m.data, m.context
-        items, ts, _ = self.known_events(recent)
-        if len(items):
-            data = data.with_events(code, items, ts)
-            context = FeatureContext(data, m.cfg.features.recent_share)
-        request = Requests(pd.DataFrame({S.USER: pd.Series([user_id],
-                                                           dtype=data.user_index.ids.dtype)}),
-                           np.array([code]))
-        served = {n: c for n, c in m.channels.items() if m.cfg.recall.channels[n].recommend}
-        budget = effective_budget(m.cfg.recall.budget, data.n_items)
-        cands, _, _ = merged_candidates(data, served, m.quotas, budget, request)
+        data, context = self.with_recent(code, recent)
+        keys = pd.DataFrame({S.USER: pd.Series([user_id], dtype=data.user_index.ids.dtype)})
+        cands = merged_candidates(data, m.kinds[RECOMMENDATION].channels,
+                                  m.kinds[RECOMMENDATION].quotas,
+                                  effective_budget(m.cfg.recall.budget, data.n_items),
+                                  Requests(keys, np.array([code])))[0]
         cands = through_arrow(with_fm_scores(through_arrow(cands), m.fm, m.encoder,
                                              m.user_side, m.item_side, m.cfg.fm.device))
-        scorers = {n: m.channels[n] for n in m.cfg.features.model_scores if n in m.channels}
-        frame = through_arrow(add_features(cands, S.USER, context, data, scorers))
-        frame["channels"] = proposing_channels(frame, list(served))
-        final = "blend" if m.cfg.rank.blend else f"ltr:{m.cfg.rank.objective}"
-        scores = system_scores(frame, S.USER, m.rankers, m.blend)[final]
-        lists = top_k(frame, S.USER, scores, m.cfg.publish.top_k, ("channels",))
+        lists = self.ranked(RECOMMENDATION, cands, data, context, ("channels",))
         history = data.item_index.decode(data.history[code].indices)
         lists = padded(lists, pd.DataFrame({S.USER: user_id, S.ITEM: history}), m.fill,
                        m.cfg.publish.top_k)
         return lists.iloc[:k].reset_index(drop=True)
+
+    def search(self, user_id: Any, query: str, k: int | None = None,
+               recent: pd.DataFrame | None = None, case: int = 0) -> pd.DataFrame:
+        """The top ``k`` for ``query`` asked by the user: ``case_id, user_id, item_id,
+        score, rank`` (``case``: the id the row carries, as the batch's cases do). The
+        search channels answer the query, the personalised ones the user; the search
+        rankers order them."""
+        m = self.models
+        if SEARCH not in m.kinds:
+            raise ValueError("this publication has no search ranker (its log had too few "
+                             "searches with a click)")
+        k = self.checked_k(k)
+        user_id, code = self.user_code(user_id)
+        if code < 0:
+            raise ValueError(f"user {user_id!r} is not in the publication: search answers "
+                             "known users")
+        data, context = self.with_recent(code, recent)
+        keys = pd.DataFrame({CASE: np.array([case], np.int64),
+                             S.USER: pd.Series([user_id], dtype=data.user_index.ids.dtype),
+                             S.QUERY: np.array([str(query)], dtype=object)})
+        cands = merged_candidates(data, m.kinds[SEARCH].channels, m.kinds[SEARCH].quotas,
+                                  effective_budget(m.cfg.recall.budget, data.n_items),
+                                  Requests(keys, np.array([code]),
+                                           keys[S.QUERY].to_numpy(object)))[0]
+        search = m.search_context if data is m.data else SearchContext(
+            data, m.search_context.index)
+        return self.ranked(SEARCH, through_arrow(cands), data, context, (), search).iloc[:k]
+
+    def ranked(self, kind: str, cands: pd.DataFrame, data: RecallData,
+               context: FeatureContext, extra: tuple[str, ...],
+               search: SearchContext | None = None) -> pd.DataFrame:
+        """Candidates featurised and ordered by the kind's final system, ``publish.top_k``
+        of them (``extra``: "channels" adds the proposing channels)."""
+        m, key = self.models, request_key(kind)
+        scorers = {n: m.channels[n] for n in m.cfg.features.model_scores if n in m.channels}
+        frame = through_arrow(add_features(cands, key, context, data, scorers, search))
+        if extra:
+            frame["channels"] = proposing_channels(frame, list(m.kinds[kind].channels))
+        final = "blend" if m.cfg.rank.blend else f"ltr:{m.cfg.rank.objective}"
+        scores = system_scores(frame, key, m.kinds[kind].rankers, m.kinds[kind].blend)[final]
+        return top_k(frame, key, scores, m.cfg.publish.top_k, extra)
+
+    def checked_k(self, k: int | None) -> int:
+        top = self.models.cfg.publish.top_k
+        if k is not None and not 1 <= k <= top:
+            raise ValueError(f"k must be between 1 and {top} (publish.top_k)")
+        return top if k is None else k
+
+    def with_recent(self, code: int, recent: pd.DataFrame | None
+                    ) -> tuple[RecallData, FeatureContext]:
+        """The data and feature statistics a request sees: the publication's, or with the
+        user's recent events added (the statistics refitted on them)."""
+        m = self.models
+        items, ts, _ = self.known_events(recent)
+        if not len(items):
+            return m.data, m.context
+        data = m.data.with_events(code, items, ts)
+        return data, FeatureContext(data, m.cfg.features.recent_share)
 
     def cold_start(self, user_id: Any, k: int) -> pd.DataFrame:
         """The cold-start list of the user's region (from the users table), else the
@@ -187,9 +304,11 @@ class Recommender:
 
 
 def response(lists: pd.DataFrame) -> list[dict[str, Any]]:
-    """A list as JSON-ready records: item, score, rank and the proposing channels."""
+    """A list as JSON-ready records: item, score, rank and (recommendations) the
+    proposing channels."""
+    channels = lists["channels"] if "channels" in lists.columns else [None] * len(lists)
     return [{"item_id": item.item() if isinstance(item, np.generic) else item,
-             "score": float(score), "rank": int(rank), "channels": channels.split(",")}
-            for item, score, rank, channels in zip(
-                lists[S.ITEM].to_numpy(), lists[S.SCORE], lists[S.RANK], lists["channels"],
-                strict=True)]
+             "score": float(score), "rank": int(rank),
+             **({} if names is None else {"channels": names.split(",")})}
+            for item, score, rank, names in zip(
+                lists[S.ITEM].to_numpy(), lists[S.SCORE], lists[S.RANK], channels, strict=True)]

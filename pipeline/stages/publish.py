@@ -5,10 +5,11 @@ for users the data has never seen (``cold_start``: the items most users of the r
 used over all the data, and a global list under region ``*``; such a user has no
 history to exclude), and, under ``served``, everything a later request needs: the
 published phase's fitted channels, FM/FFM models and encoders, the rankers and blend,
-the feature columns, the choices made on valid, the item and user id tables and the
-fitting log itself (``fitting/``: the histories seen items are excluded by, and what
-the feature statistics are computed from). Files
-are hard links where the filesystem allows. Whether it goes live is the release step's
+the feature columns, the choices made on valid, the search rankers and blend (those
+evaluated on test: no later window has search clicks to train on), the item and user
+id tables and the fitting log itself (``fitting/``: the histories seen items are
+excluded by, and what the feature statistics are computed from). Files are hard links
+where the filesystem allows. Whether it goes live is the release step's
 decision (``pipeline.release``), not this stage's.
 """
 
@@ -22,7 +23,7 @@ from pipeline.catalogue import StageIO
 from pipeline.config import Config
 from pipeline.io import link_tree, read_table, write_table
 from pipeline.phases import fitting
-from pipeline.protocol import PUBLISHED, RECOMMENDATION
+from pipeline.protocol import EVALUATED, PUBLISHED, RECOMMENDATION, SEARCH
 
 ANY_REGION = "*"
 
@@ -60,6 +61,13 @@ def run(cfg: Config, io: StageIO) -> dict:
     for objective in cfg.rank.objectives:
         link_tree(io.input("ranker", phase=phase, kind=RECOMMENDATION, objective=objective),
                   io.output("served", component=f"rankers/{objective}"))
+    if io.has("blend", kind=SEARCH):  # the search rankers evaluated on test serve search
+        for objective in cfg.rank.objectives:
+            link_tree(io.input("ranker", phase=EVALUATED.name, kind=SEARCH,
+                               objective=objective),
+                      io.output("served", component=f"{SEARCH}/rankers/{objective}"))
+        link_tree(io.input("blend", kind=SEARCH),
+                  io.output("served", component=f"{SEARCH}/blend.json"))
     for part in PUBLISHED.fit:  # the fitting log: user histories and feature statistics
         link_tree(io.input("split", part=part),
                   io.output("served", component=f"fitting/{part}.parquet"))

@@ -45,6 +45,37 @@ def test_a_served_list_is_the_published_list(live) -> None:
     assert (published.groupby("user_id").size() == cfg.publish.top_k).all()
 
 
+def test_the_test_phase_served_by_the_same_code_gives_the_batchs_test_lists(live) -> None:
+    cfg, _, _ = live
+    tested = Recommender.from_stages(cfg)
+    batch = read_table(artifact_path(cfg, "ranking", phase="test", kind="recommendation"))
+    for user in batch["user_id"].unique()[:15]:
+        want = batch[batch["user_id"] == user].reset_index(drop=True)
+        got = tested.recommend(user).head(len(want))
+        assert got["item_id"].tolist() == want["item_id"].tolist(), user
+        np.testing.assert_array_equal(got["score"].to_numpy(), want["score"].to_numpy())
+    searched = read_table(artifact_path(cfg, "ranking", phase="test", kind="search"))
+    cases = read_table(artifact_path(cfg, "cases", phase="test")).set_index("case_id")
+    for case in searched["case_id"].unique()[:15]:
+        want = searched[searched["case_id"] == case].reset_index(drop=True)
+        got = tested.search(cases.loc[case, "user_id"], cases.loc[case, "query"],
+                            case=int(case)).head(len(want))
+        assert got["item_id"].tolist() == want["item_id"].tolist(), case
+        np.testing.assert_array_equal(got["score"].to_numpy(), want["score"].to_numpy())
+
+
+def test_the_publication_answers_search_with_its_search_rankers(live) -> None:
+    _, folder, recommender = live
+    assert (folder / "search" / "blend.json").is_file()
+    cases = read_table(artifact_path(live[0], "cases", phase="test"))
+    user, query = cases.loc[0, "user_id"], cases.loc[0, "query"]
+    got = recommender.search(user, query, 5)
+    assert len(got) == 5 and got["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert got["case_id"].eq(0).all() and got["user_id"].eq(user).all()
+    with pytest.raises(ValueError, match="known users"):
+        recommender.search("nobody", query, 5)
+
+
 def test_k_cuts_the_list_and_is_bounded(live) -> None:
     cfg, _, recommender = live
     user = recommender.models.data.user_index.ids[0]
@@ -140,11 +171,16 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
             {"item_id": first, "ts": "2030-01-01T00:00:00"}, {"item_id": "no-such-item"}])
         assert status == 200 and clicked["ignored_items"] == ["no-such-item"]
         assert first not in [i["item_id"] for i in clicked["items"]]
+        cases = read_table(artifact_path(cfg, "cases", phase="test"))
+        asker, query = cases.loc[0, "user_id"].item(), cases.loc[0, "query"]
+        status, found = service.recommend(user_id=asker, query=query, k=4)
+        assert status == 200 and found["items"] == response(recommender.search(asker, query, 4))
         bad = {"missing user": {"k": 3}, "unknown field": {"user_id": 1, "path": "/etc"},
                "k zero": {"user_id": 1, "k": 0}, "user as list": {"user_id": [1]},
                "k as text": {"user_id": 1, "k": "many"},
                "bad time": {"user_id": 1, "recent": [{"item_id": 1, "ts": "yesterday"}]},
-               "too many events": {"user_id": 1, "recent": [{"item_id": 1}] * 101}}
+               "too many events": {"user_id": 1, "recent": [{"item_id": 1}] * 101},
+               "empty query": {"user_id": 1, "query": ""}}
         for why, fields in bad.items():
             status, reply = service.recommend(**fields)
             assert status == 422 and reply["detail"], why
