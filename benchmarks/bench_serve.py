@@ -6,11 +6,13 @@ process (``python -m pipeline serve``) and takes, from this process:
 
 - a **steady** load: ``RATE`` requests per second (default 100) sent on schedule,
   whatever the replies' pace (open loop, so a slow reply delays no later send and
-  queueing shows in the latency), for ``REQUESTS`` requests (default 1,000);
-- **saturation**: ``CLIENTS`` (default 8) clients each sending its next request when the
-  last one answers, for ``SECONDS`` (default 10): the most the service answers a second.
+  queueing shows in the latency), for ``REQUESTS`` requests (default 300);
+- **saturation**: ``CLIENTS`` (default 4) clients each sending its next request when the
+  last one answers, for ``SECONDS`` (default 10): the most the service answers a second;
 
-Users are drawn with a fixed seed from the published ones. Per phase: p50 and p99 of
+for each kind of request: a recommendation, a search (a user and a query from the
+fitting log) and a recommendation carrying one recent click (a random item). Users,
+queries and items are drawn with a fixed seed. Per phase: p50 and p99 of
 the request latency (send to full reply), requests answered a second, and failures;
 the service's peak resident memory (VmHWM) at the end. Everything stays on 127.0.0.1,
 bounded in count and time.
@@ -28,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.common import record
 from pipeline.config import load_config
@@ -49,9 +52,9 @@ def publication(config: Path, data_dir: Path) -> Path:
     return cfg.root / PUBLISH / current(cfg)
 
 
-def ask(user: object, k: int = 10) -> float:
+def ask(fields: dict) -> float:
     """Seconds for one /recommend request (raises on a failed one)."""
-    body = json.dumps({"user_id": user, "k": k}).encode()
+    body = json.dumps(fields).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{PORT}/recommend", data=body,
                                      headers={"Content-Type": "application/json"})
     started = time.perf_counter()
@@ -60,29 +63,29 @@ def ask(user: object, k: int = 10) -> float:
     return time.perf_counter() - started
 
 
-def steady(users: np.ndarray, rate: float) -> dict:
+def steady(requests: list[dict], rate: float) -> dict:
     """Open loop: request i is sent at i / rate seconds, on its own thread."""
     latencies: list[float] = []
     failures = [0]
 
-    def one(user: object) -> None:
+    def one(fields: dict) -> None:
         try:
-            latencies.append(ask(user))
+            latencies.append(ask(fields))
         except Exception:
             failures[0] += 1
 
     started = time.perf_counter()
     threads = []
-    for i, user in enumerate(users):
+    for i, fields in enumerate(requests):
         time.sleep(max(0.0, started + i / rate - time.perf_counter()))
-        threads.append(threading.Thread(target=one, args=(user,)))
+        threads.append(threading.Thread(target=one, args=(fields,)))
         threads[-1].start()
     for t in threads:
         t.join()
     return summary(latencies, failures[0], time.perf_counter() - started)
 
 
-def saturated(users: np.ndarray, clients: int, seconds: float) -> dict:
+def saturated(requests: list[dict], clients: int, seconds: float) -> dict:
     """Closed loop: ``clients`` threads, each asking again as soon as it is answered."""
     latencies: list[float] = []
     failures = [0]
@@ -92,7 +95,7 @@ def saturated(users: np.ndarray, clients: int, seconds: float) -> dict:
         i = offset
         while time.perf_counter() < stop:
             try:
-                latencies.append(ask(users[i % len(users)]))
+                latencies.append(ask(requests[i % len(requests)]))
             except Exception:
                 failures[0] += 1
             i += clients
@@ -114,10 +117,34 @@ def summary(latencies: list[float], failures: int, seconds: float) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None}
 
 
+def plain(value: object) -> object:
+    """A numpy scalar as the Python value JSON takes."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def kinds_of_request(folder: Path, n: int) -> dict[str, list[dict]]:
+    """``n`` seeded requests of each kind from a publication's users, queries and items."""
+    rng = np.random.default_rng(0)
+    users = read_table(folder / "recommendations.parquet", ["user_id"])["user_id"].unique()
+    items = read_table(folder / "items.parquet", ["item_id"])["item_id"].to_numpy()
+    fit = pd.concat([read_table(p) for p in sorted((folder / "fitting").glob("*.parquet"))])
+    asked = fit[fit["query"].notna()] if "query" in fit.columns else fit.iloc[:0]
+    picked = rng.choice(users, n)
+    found = {"recommendation": [{"user_id": plain(u), "k": 10} for u in picked],
+             "with recent click": [{"user_id": plain(u), "k": 10,
+                                    "recent": [{"item_id": plain(rng.choice(items))}]}
+                                   for u in picked]}
+    if (folder / "search" / "blend.json").is_file() and len(asked):
+        rows = asked.iloc[rng.choice(len(asked), n)]
+        found["search"] = [{"user_id": plain(u), "query": str(q), "k": 10}
+                           for u, q in zip(rows["user_id"].to_numpy(), rows["query"],
+                                           strict=True)]
+    return found
+
+
 def measure(name: str, config: Path, data_dir: Path) -> dict:
     folder = publication(config, data_dir)
-    users = read_table(folder / "recommendations.parquet", ["user_id"])["user_id"].unique()
-    rng = np.random.default_rng(0)
+    requests = kinds_of_request(folder, int(os.environ.get("REQUESTS", 300)))
     service = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--config",
                                 str(config), "--set", f"data_dir={data_dir}", "--port",
                                 str(PORT)], cwd=REPO)
@@ -131,14 +158,14 @@ def measure(name: str, config: Path, data_dir: Path) -> dict:
                 if time.time() > deadline or service.poll() is not None:
                     raise RuntimeError(f"the {name} service did not start") from None
                 time.sleep(0.5)
-        for user in rng.choice(users, 20):  # warm-up
-            ask(user.item())
-        picked = [u.item() for u in rng.choice(users, int(os.environ.get("REQUESTS", 1000)))]
-        result = {"steady": steady(np.array(picked, dtype=object),
-                                   float(os.environ.get("RATE", 100))),
-                  "saturated": saturated(np.array(picked, dtype=object),
-                                         int(os.environ.get("CLIENTS", 8)),
-                                         float(os.environ.get("SECONDS", 10)))}
+        result: dict = {}
+        for kind, bodies in requests.items():
+            for fields in bodies[:10]:  # warm-up
+                ask(fields)
+            result[kind] = {
+                "steady": steady(bodies, float(os.environ.get("RATE", 100))),
+                "saturated": saturated(bodies, int(os.environ.get("CLIENTS", 4)),
+                                       float(os.environ.get("SECONDS", 10)))}
         status = Path(f"/proc/{service.pid}/status").read_text()
         result["peak_rss_mb"] = round(int(next(line.split()[1] for line in status.splitlines()
                                                 if line.startswith("VmHWM"))) / 1024, 1)
@@ -154,18 +181,22 @@ def main() -> dict:
     if (ML100K / "u.data").is_file():
         runs["ml100k"] = measure("ml100k", REPO / "configs" / "movielens-100k.yaml", data_dir)
     rate = os.environ.get("RATE", "100")
-    lines = ["| publication | load | requests | failures | answered/s | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| publication | request | load | requests | failures | answered/s | p50 ms | "
+             "p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
-        for phase, label in (("steady", f"{rate}/s open loop"),
-                             ("saturated", f"{os.environ.get('CLIENTS', 8)} clients")):
-            p = r[phase]
-            lines.append(f"| {name} | {label} | {p['requests']} | {p['failures']} | "
-                         f"{p['per_second']} | {p['p50_ms']} | {p['p99_ms']} |")
+        for kind, phases in r.items():
+            if kind == "peak_rss_mb":
+                continue
+            for phase, label in (("steady", f"{rate}/s open loop"),
+                                 ("saturated", f"{os.environ.get('CLIENTS', 4)} clients")):
+                p = phases[phase]
+                lines.append(f"| {name} | {kind} | {label} | {p['requests']} | "
+                             f"{p['failures']} | {p['per_second']} | {p['p50_ms']} | "
+                             f"{p['p99_ms']} |")
     lines.append("")
     lines.append("Service peak memory (VmHWM): " + ", ".join(
-        f"{name} {r['peak_rss_mb']:.0f} MB" for name, r in runs.items()) + ". Recommendation "
-        "requests only: search and recent-event requests are not served yet (issue 18).")
+        f"{name} {r['peak_rss_mb']:.0f} MB" for name, r in runs.items()) + ". The load "
+        "generator runs on the same 2 cores as the service.")
     record("serving latency", "make bench-serve", runs, "\n".join(lines))
     return runs
 
