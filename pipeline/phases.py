@@ -30,13 +30,20 @@ def phase_inputs(io: StageIO) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
             found[phase.name] = (fit, publish_targets(io, fit))
             continue
         targets = parts[phase.target]
-        wanted = cfg.recall.valid_users
-        if phase.tunes and wanted and targets[S.USER].nunique() > wanted:
-            rng = np.random.default_rng(cfg.seed)
-            picked = rng.choice(np.sort(targets[S.USER].unique()), size=wanted, replace=False)
-            targets = targets[targets[S.USER].isin(picked)]
+        if phase.tunes:
+            targets = sampled(targets, cfg.recall.valid_users, cfg.seed)
         found[phase.name] = (fit, targets)
     return found
+
+
+def sampled(targets: pd.DataFrame, users: int, seed: int) -> pd.DataFrame:
+    """The rows of a seeded sample of ``users`` users (all rows when 0 or no fewer):
+    recall answers these, and evaluate judges these, not the users left out."""
+    if not users or targets[S.USER].nunique() <= users:
+        return targets
+    picked = np.random.default_rng(seed).choice(np.sort(targets[S.USER].unique()),
+                                                size=users, replace=False)
+    return targets[targets[S.USER].isin(picked)]
 
 
 def publish_targets(io: StageIO, fit: pd.DataFrame) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from pipeline.evaluation.protocol import (
 from pipeline.evaluation.search import HEAD, TAIL, search_report
 from pipeline.evaluation.segments import segment_report
 from pipeline.io import write_table
-from pipeline.phases import item_catalogue
+from pipeline.phases import item_catalogue, sampled
 from pipeline.protocol import (
     BACKTEST,
     CASE,
@@ -129,6 +129,8 @@ def recall_reports(io: StageIO, items: IdIndex, ks: list[int], ns: list[int]
     relevant: dict[str, pd.DataFrame] = {}
     for phase in BACKTEST:
         part = io.read("split", part=phase.target)
+        if phase.tunes:  # recall answered a sample of them (recall.valid_users)
+            part = sampled(part, cfg.recall.valid_users, cfg.seed)
         plain = part[~is_search(part)]
         report[phase.name] = {RECOMMENDATION: candidate_report(
             io, phase.name, RECOMMENDATION, channels, plain, items, ks, ns)}
