@@ -215,6 +215,10 @@ class RecallConfig(_Strict):
     valid_users: int = Field(0, ge=0, description="retrieve the valid phase for a seeded "
                              "sample of this many users (0: all); enough to tune and to "
                              "train a ranker on, at a fraction of the cost for large logs")
+    test_users: int = Field(0, ge=0, description="backtest the test phase on a seeded "
+                            "sample of this many users (0: all); its metrics and intervals "
+                            "are then the sample's, and the publication still covers every "
+                            "user")
     request_chunk: int = Field(4096, ge=1, description="requests merged and written per "
                                "chunk (channels score in smaller memory-bounded blocks)")
     channel_list_users: int = Field(0, ge=0, description="write each channel's own list for "

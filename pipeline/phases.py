@@ -13,13 +13,14 @@ from features.interactions import IdIndex
 from features.recall_data import RecallData, build_recall_data
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
+from pipeline.config import Config
 from pipeline.protocol import PHASES, Phase
 
 
 def phase_inputs(io: StageIO) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """Per phase, the fitting interactions and the target ones it answers (the tuning
-    phase: a seeded sample of users when ``recall.valid_users`` asks for one; the
-    published phase: one row per active user, see ``publish_targets``)."""
+    """Per phase, the fitting interactions and the target ones it answers (a backtest
+    phase: a seeded sample of users where ``recall.valid_users`` or ``test_users`` asks
+    for one; the published phase: one row per active user, see ``publish_targets``)."""
     cfg = io.cfg
     wanted_parts = (p for phase in PHASES for p in (*phase.fit, phase.target) if p)
     parts = {part: io.read("split", part=part) for part in dict.fromkeys(wanted_parts)}
@@ -29,11 +30,14 @@ def phase_inputs(io: StageIO) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
         if phase.target is None:
             found[phase.name] = (fit, publish_targets(io, fit))
             continue
-        targets = parts[phase.target]
-        if phase.tunes:
-            targets = sampled(targets, cfg.recall.valid_users, cfg.seed)
-        found[phase.name] = (fit, targets)
+        found[phase.name] = (fit, sampled(parts[phase.target], sample_size(cfg, phase),
+                                          cfg.seed))
     return found
+
+
+def sample_size(cfg: Config, phase: Phase) -> int:
+    """How many of a backtest phase's users recall answers (0: all of them)."""
+    return cfg.recall.valid_users if phase.tunes else cfg.recall.test_users
 
 
 def sampled(targets: pd.DataFrame, users: int, seed: int) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from pipeline.evaluation.protocol import (
 from pipeline.evaluation.search import HEAD, TAIL, search_report
 from pipeline.evaluation.segments import segment_report
 from pipeline.io import write_table
-from pipeline.phases import item_catalogue, sampled
+from pipeline.phases import item_catalogue, sample_size, sampled
 from pipeline.protocol import (
     BACKTEST,
     CASE,
@@ -129,8 +129,7 @@ def recall_reports(io: StageIO, items: IdIndex, ks: list[int], ns: list[int]
     relevant: dict[str, pd.DataFrame] = {}
     for phase in BACKTEST:
         part = io.read("split", part=phase.target)
-        if phase.tunes:  # recall answered a sample of them (recall.valid_users)
-            part = sampled(part, cfg.recall.valid_users, cfg.seed)
+        part = sampled(part, sample_size(cfg, phase), cfg.seed)  # those recall answered
         plain = part[~is_search(part)]
         report[phase.name] = {RECOMMENDATION: candidate_report(
             io, phase.name, RECOMMENDATION, channels, plain, items, ks, ns)}
