@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("pipeline").info("config changed for: %s",
                                                ", ".join(changed) or "no stage")
             return 0
-        set_threads(cfg.threads)
+        # a served request is a few hundred rows: more threads only spin at barriers
+        set_threads(1 if args.command in ("recommend", "serve") else cfg.threads)
         if args.command == "recommend":
             return recommend_command(cfg, args.user, args.k, args.query)
         if args.command == "serve":
