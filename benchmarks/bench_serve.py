@@ -4,18 +4,21 @@ For each dataset (the synthetic default; ML-100K where ``../shared`` has it) a s
 run makes a live publication if there is none, then the service starts in its own
 process (``python -m pipeline serve``) and takes, from this process:
 
+- **one client** sending its next request when the last one answers, for 5 s: the
+  time one request costs, without queueing;
+- **saturation**: ``CLIENTS`` (default 4) clients each sending its next request when the
+  last one answers, for ``SECONDS`` (default 10): the most the service answers a second;
 - a **steady** load: ``RATE`` requests per second (default 100) sent on schedule,
   whatever the replies' pace (open loop, so a slow reply delays no later send and
   queueing shows in the latency), for ``REQUESTS`` requests (default 300);
-- **saturation**: ``CLIENTS`` (default 4) clients each sending its next request when the
-  last one answers, for ``SECONDS`` (default 10): the most the service answers a second;
 
 for each kind of request: a recommendation, a search (a user and a query from the
 fitting log) and a recommendation carrying one recent click (a random item). Users,
 queries and items are drawn with a fixed seed. Per phase: p50 and p99 of
 the request latency (send to full reply), requests answered a second, and failures;
-the service's peak resident memory (VmHWM) at the end. Everything stays on 127.0.0.1,
-bounded in count and time.
+the service's peak resident memory (VmHWM) at the end. Between phases the service
+drains what the last one queued (a timed-out request is still computed). Everything
+stays on 127.0.0.1, bounded in count and time.
 """
 
 from __future__ import annotations
@@ -52,13 +55,13 @@ def publication(config: Path, data_dir: Path) -> Path:
     return cfg.root / PUBLISH / current(cfg)
 
 
-def ask(fields: dict) -> float:
+def ask(fields: dict, timeout: float = 30) -> float:
     """Seconds for one /recommend request (raises on a failed one)."""
     body = json.dumps(fields).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{PORT}/recommend", data=body,
                                      headers={"Content-Type": "application/json"})
     started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=30) as reply:
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
         reply.read()
     return time.perf_counter() - started
 
@@ -162,10 +165,13 @@ def measure(name: str, config: Path, data_dir: Path) -> dict:
         for kind, bodies in requests.items():
             for fields in bodies[:10]:  # warm-up
                 ask(fields)
-            result[kind] = {
-                "steady": steady(bodies, float(os.environ.get("RATE", 100))),
-                "saturated": saturated(bodies, int(os.environ.get("CLIENTS", 4)),
-                                       float(os.environ.get("SECONDS", 10)))}
+            result[kind] = {"one client": saturated(bodies[:50], 1, 5.0)}
+            ask(bodies[0], timeout=600)  # drained: computed after everything queued
+            result[kind]["saturated"] = saturated(bodies, int(os.environ.get("CLIENTS", 4)),
+                                                  float(os.environ.get("SECONDS", 10)))
+            ask(bodies[0], timeout=600)
+            result[kind]["steady"] = steady(bodies, float(os.environ.get("RATE", 100)))
+            ask(bodies[0], timeout=600)
         status = Path(f"/proc/{service.pid}/status").read_text()
         result["peak_rss_mb"] = round(int(next(line.split()[1] for line in status.splitlines()
                                                 if line.startswith("VmHWM"))) / 1024, 1)
@@ -187,8 +193,9 @@ def main() -> dict:
         for kind, phases in r.items():
             if kind == "peak_rss_mb":
                 continue
-            for phase, label in (("steady", f"{rate}/s open loop"),
-                                 ("saturated", f"{os.environ.get('CLIENTS', 4)} clients")):
+            for phase, label in (("one client", "one client"),
+                                 ("saturated", f"{os.environ.get('CLIENTS', 4)} clients"),
+                                 ("steady", f"{rate}/s open loop")):
                 p = phases[phase]
                 lines.append(f"| {name} | {kind} | {label} | {p['requests']} | "
                              f"{p['failures']} | {p['per_second']} | {p['p50_ms']} | "
