@@ -44,6 +44,13 @@ def run_size(users: int, data_dir: Path) -> dict:
     return next(e for e in reversed(done) if e.get("status") == 0)
 
 
+def peak_stage(entry: dict) -> str:
+    """The first stage after which the run's peak memory had been reached."""
+    peaks = {name: entry["stages"][name].get("peak_rss_mb") for name in STAGE_NAMES}
+    top = max((p for p in peaks.values() if p is not None), default=None)
+    return next((name for name, p in peaks.items() if p == top), "not recorded")
+
+
 def main() -> dict:
     sizes = [int(s) for s in os.environ.get("SIZES", "100000,300000,1000000").split(",")]
     data_dir = Path(os.environ.get("DATA_DIR", REPO / "data")).resolve()
@@ -56,8 +63,8 @@ def main() -> dict:
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     lines.append("| **wall** | " + " | ".join(f"**{e['seconds']:.0f}**" for e in runs.values())
                  + " |")
-    lines.append("| peak RSS (GB) | " + " | ".join(f"{e['peak_rss_mb'] / 1024:.2f}"
-                                                    for e in runs.values()) + " |")
+    lines.append("| peak RSS (GB), reached in | " + " | ".join(
+        f"{e['peak_rss_mb'] / 1024:.2f} ({peak_stage(e)})" for e in runs.values()) + " |")
     lines.append("| final NDCG@10 | " + " | ".join(
         f"{e['ndcg@10']:.4f} [{e['ndcg@10_ci'][0]:.4f}, {e['ndcg@10_ci'][1]:.4f}]"
         for e in runs.values()) + " |")

@@ -50,8 +50,9 @@ OK, CRASHED, BAD_INPUT, REFUSED, LOCKED = 0, 1, 2, 3, 75
 
 
 def run_stages(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Every stage in order, reused where up to date; per stage its seconds and whether
-    it was reused."""
+    """Every stage in order, reused where up to date; per stage its seconds, whether it
+    was reused, and the run's peak resident memory so far (the first stage to reach the
+    run's peak is the one that holds it)."""
     done: dict[str, dict[str, Any]] = {}
     for name in STAGE_NAMES:
         started = time.perf_counter()
@@ -60,8 +61,13 @@ def run_stages(cfg: Config) -> dict[str, dict[str, Any]]:
             log.info("[%s] up to date: reused", name)
         else:
             run_stage(cfg, name)
-        done[name] = {"reused": reused, "seconds": round(time.perf_counter() - started, 3)}
+        done[name] = {"reused": reused, "seconds": round(time.perf_counter() - started, 3),
+                      "peak_rss_mb": peak_rss_mb()}
     return done
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def inputs_record(cfg: Config) -> dict[str, Any]:
@@ -108,8 +114,7 @@ def schedule(cfg: Config, force: bool = False) -> int:
             finally:
                 entry["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 entry["seconds"] = round(time.perf_counter() - started, 3)
-                entry["peak_rss_mb"] = round(
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+                entry["peak_rss_mb"] = peak_rss_mb()
                 if entry.get("status") in (OK, REFUSED) and entry.get("run_id"):
                     entry["report"] = str(run_page(cfg, entry).relative_to(cfg.root))
                 append_ledger(cfg, entry)

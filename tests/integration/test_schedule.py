@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.catalogue import artifact_path
+from pipeline.catalogue import STAGE_NAMES, artifact_path
 from pipeline.config import Config, TrackingConfig, load_config
 from pipeline.io import read_table, run_lock
 from pipeline.release import current, ledger
@@ -49,6 +49,8 @@ def test_a_first_run_publishes_and_records_itself(first: Config) -> None:
     assert not any(s["reused"] for s in entry["stages"].values())
     assert {"ndcg@10", "ndcg@10_ci", "inputs", "decision", "config_hash", "seconds",
             "peak_rss_mb"} <= set(entry)
+    peaks = [entry["stages"][name]["peak_rss_mb"] for name in STAGE_NAMES]
+    assert peaks == sorted(peaks) and 0 < peaks[-1] <= entry["peak_rss_mb"]
     live = first.root / "publish" / "current"
     recs = read_table(live / "recommendations.parquet")
     assert set(recs["user_id"]) == set(read_table(artifact_path(first, "users"))["user_id"])
