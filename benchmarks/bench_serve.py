@@ -156,11 +156,14 @@ def measure(name: str, config: Path, data_dir: Path) -> dict:
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=5).read()
-                break
             except OSError:
                 if time.time() > deadline or service.poll() is not None:
                     raise RuntimeError(f"the {name} service did not start") from None
                 time.sleep(0.5)
+                continue
+            if service.poll() is not None:  # an older service holds the port
+                raise RuntimeError(f"port {PORT} is taken: the {name} service exited")
+            break
         result: dict = {}
         for kind, bodies in requests.items():
             for fields in bodies[:10]:  # warm-up

@@ -321,7 +321,8 @@ class RankConfig(_Strict):
     engine: Literal["local", "dask"] = Field(
         "local", description="where the published rankers train: here on a sample of the "
         "test requests as large as recall.valid_users, or with lightgbm.dask on the cluster "
-        "of the dask section over every test request with a click (for test features that "
+        "of the dask section over every test request with a click (of the recall.test_users "
+        "sample, if set; for test features that "
         "do not fit one machine)")
 
     @model_validator(mode="after")

@@ -64,6 +64,13 @@ class DaskEngine:
         try:
             for future in futures:
                 yield future.result()
+        except BaseException:
+            # cancel does not stop a task already running: let every task end, so none
+            # writes into the stage's folder after the stage has given it up
+            from dask.distributed import wait
+
+            wait(futures)
+            raise
         finally:
             self.client.cancel([*futures, *sent.values()])
 

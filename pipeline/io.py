@@ -186,7 +186,7 @@ def finish_parts(folder: Path, empty_like: pd.DataFrame) -> None:
     finds the table and its schema."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".part-*"):
-        stale.unlink()
+        stale.unlink(missing_ok=True)
     if not table_parts(folder):
         write_part(folder, 0, empty_like.iloc[:0])
 

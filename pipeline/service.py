@@ -2,12 +2,13 @@
 
 ``python -m pipeline serve --config C [--host 127.0.0.1] [--port 8000]``. JSON in and
 out: ``{"user_id": 17, "k": 10, "query": "red shoes", "recent": [{"item_id": 5, "ts":
-"2026-03-02T10:00"}]}`` (``query`` makes it a search request)
-(``recent``: clicks newer than the publication, see ``Recommender.recommend``; items
-it does not know come back under ``ignored_items``). Every field is validated (unknown
-fields, wrong types, a ``k`` out of range, more than ``MAX_RECENT`` events and a body
-over ``MAX_BODY`` bytes get a 4xx with a message); a request names a user, never a
-file. An unknown user is not an error: it gets the cold-start list of its region.
+"2026-03-02T10:00"}]}`` (``query`` makes it a search request; ``recent``: clicks newer
+than the publication, see ``Recommender.recommend``, and items it does not know come
+back under ``ignored_items``). Every field is validated: unknown fields, wrong types
+(ids are strings or 64-bit integers, ``k`` an integer), a ``k`` out of range, more than
+``MAX_RECENT`` events and a body over ``MAX_BODY`` bytes, declared or streamed, get a
+4xx with a message; a request names a user, never a file. An unknown user is not an
+error: it gets the cold-start list of its region.
 
 A thread watches ``publish/current``; when a scheduled run releases a new publication
 it loads it beside the one serving and then swaps one reference, so a request is
@@ -18,6 +19,7 @@ from more).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -27,9 +29,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from pipeline import schema as S
 from pipeline.config import Config
@@ -39,7 +40,8 @@ from pipeline.serving import Recommender, response
 log = logging.getLogger("pipeline")
 MAX_BODY = 16_384  # bytes: a request is a user id and a few numbers
 MAX_RECENT = 100  # recent events per request: a session's worth
-Id = StrictInt | Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Id = (Annotated[int, Field(strict=True, ge=-2**63, le=2**63 - 1)]
+      | Annotated[str, StringConstraints(min_length=1, max_length=256)])
 
 
 class RecentEvent(BaseModel):
@@ -53,7 +55,8 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: Id
-    k: int = Field(10, ge=1, le=1000, description="items wanted (at most publish.top_k)")
+    k: int = Field(10, strict=True, ge=1, le=1000,
+                   description="items wanted (at most publish.top_k)")
     query: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
         None, description="search text: a search request instead of a recommendation")
     recent: list[RecentEvent] = Field(default_factory=list, max_length=MAX_RECENT,
@@ -79,13 +82,17 @@ class LivePublication:
             raise FileNotFoundError(f"no live publication under {cfg.root / PUBLISH}: run "
                                     "`python -m pipeline schedule` first")
         self.live = Live(name, Recommender.load(cfg.root / PUBLISH / name))
+        self.failed: str | None = None
 
     def refresh(self) -> bool:
-        """Swap in the publication ``current`` points to, if it changed."""
+        """Swap in the publication ``current`` points to, if it changed (a release that
+        failed to load is not tried again until ``current`` moves on)."""
         name = current(self.cfg)
-        if name is None or name == self.live.name:
+        if name is None or name in (self.live.name, self.failed):
             return False
+        self.failed = name  # until it loads
         loaded = Recommender.load(self.cfg.root / PUBLISH / name)  # the old one serves on
+        self.failed = None
         self.live = Live(name, loaded)
         log.info("[serve] now serving %s", name)
         return True
@@ -96,11 +103,11 @@ def watch(publication: LivePublication, stop: threading.Event, seconds: float) -
         try:
             publication.refresh()
         except Exception:  # a broken release must not take down the one serving
-            log.exception("[serve] could not load the new publication; serving %s still",
+            log.exception("[serve] could not load %s; serving %s still", publication.failed,
                           publication.live.name)
 
 
-def create_app(cfg: Config, poll_seconds: float = 2.0) -> FastAPI:
+def create_app(cfg: Config, poll_seconds: float = 2.0) -> BoundedBody:
     publication = LivePublication(cfg)
     compute = threading.Lock()
 
@@ -116,15 +123,8 @@ def create_app(cfg: Config, poll_seconds: float = 2.0) -> FastAPI:
 
     app = FastAPI(title="recsys-pipeline", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def bounded_body(request: Request, call_next: Any) -> Any:
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-            return JSONResponse({"detail": f"request body over {MAX_BODY} bytes"}, 413)
-        return await call_next(request)
-
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # on the event loop: never queued behind work
         live = publication.live
         return {"status": "ok", "publication": live.name,
                 "users": live.recommender.models.data.n_users}
@@ -146,7 +146,52 @@ def create_app(cfg: Config, poll_seconds: float = 2.0) -> FastAPI:
         return {"user_id": body.user_id, "publication": live.name, "items": response(lists),
                 "ignored_items": ignored}
 
-    return app
+    return BoundedBody(app, MAX_BODY)
+
+
+class BoundedBody:
+    """ASGI wrapper refusing a request body over ``limit`` bytes with 413, whether the
+    client declares its length or streams it in chunks: the body is counted as it
+    arrives, and once over the limit the app sees a disconnect and its reply is
+    replaced by the 413."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await self.refuse(send)
+        received, over = 0, False
+
+        async def counted() -> dict:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                over = over or received > self.limit
+            return {"type": "http.disconnect"} if over else message
+
+        async def unless_over(message: dict) -> None:
+            if not over:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_over)
+        except Exception:
+            if not over:  # the app's own error; over the limit, it only saw the cut-off
+                raise
+        if over:
+            await self.refuse(send)
+
+    async def refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body over {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def serve(cfg: Config, host: str = "127.0.0.1", port: int = 8000) -> None:

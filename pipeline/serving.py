@@ -37,7 +37,7 @@ from pipeline import schema as S
 from pipeline.catalogue import artifact_path
 from pipeline.config import Config, load_config
 from pipeline.io import MANIFEST, read_manifest, read_table
-from pipeline.phases import active_users, fitting
+from pipeline.phases import active_users, fitting, sample_size, sampled
 from pipeline.protocol import CASE, EVALUATED, PUBLISHED, RECOMMENDATION, SEARCH, Phase, request_key
 from pipeline.ranking import proposing_channels, top_k
 from pipeline.runner import stage_config
@@ -79,7 +79,7 @@ class Models:
     item_side: pd.DataFrame
     context: FeatureContext
     fill: np.ndarray
-    cold_start: pd.DataFrame | None
+    cold_start: pd.DataFrame  # empty for a backtest phase: nobody there is unknown
     regions: pd.Series  # user_id -> region, for the cold-start list of unknown users
 
     @cached_property
@@ -101,7 +101,7 @@ class Where:
 
 
 def load_models(cfg: Config, fit: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame,
-                targets: np.ndarray, where: Where, cold_start: pd.DataFrame | None) -> Models:
+                targets: np.ndarray, where: Where, cold_start: pd.DataFrame) -> Models:
     """A phase's models, its data encoded as its stages encoded it (``targets``: the
     users it answers, given an index row even without history)."""
     data = build_recall_data(fit, items, users, targets)
@@ -172,7 +172,9 @@ class Recommender:
         return cls(load_models(cfg, fitting({p: split(p) for p in phase.fit}, phase),
                                read_table(artifact_path(cfg, "items")),
                                read_table(artifact_path(cfg, "users")),
-                               split(phase.target)[S.USER].unique(), where, None))
+                               sampled(split(phase.target), sample_size(cfg, phase),
+                                       cfg.seed)[S.USER].unique(), where,
+                               pd.DataFrame(columns=[S.REGION, S.ITEM, S.SCORE, S.RANK])))
 
     def user_code(self, user_id: Any) -> tuple[Any, int]:
         """The user's id as the data types it (a CLI gives strings) and its code (-1:
@@ -180,7 +182,7 @@ class Recommender:
         ids = self.models.data.user_index.ids
         try:
             typed = pd.Index([user_id]).astype(ids.dtype)[0]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return user_id, -1
         return typed, int(self.models.data.user_index.encode(np.array([typed]))[0])
 
@@ -194,7 +196,7 @@ class Recommender:
         ids = pd.Index(recent[S.ITEM])
         try:
             ids = ids.astype(m.data.item_index.ids.dtype)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass  # ids of another type match nothing: each is reported as unknown
         codes = m.data.item_index.encode(ids)
         after = m.data.now + 1 + np.arange(len(recent), dtype=np.int64)

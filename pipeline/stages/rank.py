@@ -129,7 +129,7 @@ def padded(lists: pd.DataFrame, fitted: pd.DataFrame, order: np.ndarray, k: int
            ) -> pd.DataFrame:
     """Published lists filled up to ``k`` where the candidates ran short: the items of
     ``order`` (``fill_order``) the user neither has (``fitted``: at least the short
-    users' rows) nor was given, scored below every ranked item, with ``channels``
+    users' rows) nor was given, scored below the user's ranked items, with ``channels``
     "popularity-fill". A list stays shorter only where the catalogue minus the user's
     history is smaller than ``k``."""
     counts = lists.groupby(S.USER).size()
@@ -140,7 +140,7 @@ def padded(lists: pd.DataFrame, fitted: pd.DataFrame, order: np.ndarray, k: int
                        lists[lists[S.USER].isin(short)][[S.USER, S.ITEM]]]).drop_duplicates()
     # a user's fill lies within the first k + |taken| items: bound the pairs built
     catalogue = order[: k + int(taken.groupby(S.USER).size().max())]
-    floor = float(lists[S.SCORE].min()) if len(lists) else 0.0
+    floors = lists.groupby(S.USER)[S.SCORE].min()  # per user: served alone, the same
     fills = []
     block = max(1, FILL_PAIRS // len(catalogue))
     for lo in range(0, len(short), block):
@@ -153,6 +153,7 @@ def padded(lists: pd.DataFrame, fitted: pd.DataFrame, order: np.ndarray, k: int
                          + counts.reindex(pairs[S.USER]).to_numpy() + 1).astype(np.int32)
         fills.append(pairs[pairs[S.RANK] <= k])
     fill = pd.concat(fills, ignore_index=True)
+    floor = floors.reindex(fill[S.USER]).fillna(0.0).to_numpy(np.float64)
     fill = fill.assign(channels="popularity-fill",
                        **{S.SCORE: floor - fill[S.RANK].to_numpy(np.float64)})
     out = pd.concat([lists, fill[lists.columns]], ignore_index=True)

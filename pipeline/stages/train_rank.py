@@ -138,10 +138,11 @@ def labelled_part(path: Path, key: str, features: list[str], targets: pd.DataFra
 
 def fit_on_dask(io: StageIO, columns: list[str], objective: str, rounds: int,
                 key: str) -> tuple[Ranker, int, int]:
-    """A published ranker trained with ``lightgbm.dask`` on every test request with a
-    click: one Dask partition per features part, group sizes aligned partition by
-    partition (NOTES.md: a misaligned or cut group trains silently wrong). Returns the
-    ranker, the requests and the rows it learned from."""
+    """A published ranker trained with ``lightgbm.dask`` on every test request (of the
+    ``recall.test_users`` sample, if set) with a click: one Dask partition per features
+    part, group sizes aligned partition by partition (NOTES.md: a misaligned or cut
+    group trains silently wrong). Returns the ranker, the requests and the rows it
+    learned from."""
     import dask.dataframe as dd
     from lightgbm.dask import DaskLGBMRanker
 
@@ -173,7 +174,7 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
     recommendation candidates (models fitted on train + valid) labelled by its own
     interactions, the latest labelled window, for the rounds cross-fitting chose. On
     one machine (``rank.engine: local``) on as many sampled requests as the valid phase
-    had (``recall.valid_users``), since the test phase has every user (at 100k users its
+    had (``recall.valid_users``), since the test phase may have every user (at 100k users its
     30M feature rows outgrew 24 GB); with ``rank.engine: dask`` on all of them."""
     cfg, key = io.cfg, request_key(RECOMMENDATION)
     report: dict = {"rounds": rounds, "engine": cfg.rank.engine}

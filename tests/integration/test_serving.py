@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -143,7 +144,7 @@ class Server:
         self.server.should_exit = True
         self.thread.join()
 
-    def call(self, path: str, body: bytes | None = None) -> tuple[int, dict]:
+    def call(self, path: str, body: bytes | Iterator[bytes] | None = None) -> tuple[int, dict]:
         request = urllib.request.Request(self.url + path, data=body,
                                          headers={"Content-Type": "application/json"})
         try:
@@ -180,7 +181,8 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
                "k as text": {"user_id": 1, "k": "many"},
                "bad time": {"user_id": 1, "recent": [{"item_id": 1, "ts": "yesterday"}]},
                "too many events": {"user_id": 1, "recent": [{"item_id": 1}] * 101},
-               "empty query": {"user_id": 1, "query": ""}}
+               "empty query": {"user_id": 1, "query": ""},
+               "id past int64": {"user_id": 10**20}, "k as a string": {"user_id": 1, "k": "5"}}
         for why, fields in bad.items():
             status, reply = service.recommend(**fields)
             assert status == 422 and reply["detail"], why
@@ -188,6 +190,9 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
         assert status == 400 and "publish.top_k" in reply["detail"]
         assert service.call("/recommend", b"{not json")[0] == 422
         assert service.call("/recommend", b" " * 20_000)[0] == 413
+        streamed = iter([b'{"user_id": 1, "k": 3' + b" " * 10_000, b" " * 10_000 + b"}"])
+        assert service.call("/recommend", streamed)[0] == 413  # chunked: no length given
+        assert recommender.recommend(10**20, 3)["channels"].eq(COLD_START).all()
 
         replies, stop = [], threading.Event()
 

@@ -31,3 +31,18 @@ def test_a_list_stays_short_only_where_the_catalogue_runs_out() -> None:
     items = pd.DataFrame({"item_id": [10, 11, 12, 13]})
     out = padded(lists, fitted, fill_order(fitted, items), 5)
     assert out["item_id"].tolist() == [10, 13] and out["rank"].tolist() == [1, 2]
+
+
+def test_a_user_served_alone_is_filled_as_in_the_batch() -> None:
+    lists = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [10, 11, 13],
+                          "channels": ["a", "a", "a"], "score": [0.9, 0.8, 0.5],
+                          "rank": [1, 2, 1]})
+    fitted = pd.DataFrame({"user_id": [2, 3, 4, 3], "item_id": [14, 14, 14, 15]})
+    order = fill_order(fitted, pd.DataFrame({"item_id": range(10, 18)}))
+    batch = padded(lists, fitted, order, 4)
+    for user in (1, 2):
+        alone = padded(lists[lists["user_id"] == user], fitted[fitted["user_id"] == user],
+                       order, 4)
+        assert alone.equals(batch[batch["user_id"] == user].reset_index(drop=True))
+    first = batch[batch["user_id"] == 1]
+    assert (first["score"].iloc[2:] < 0.8).all()  # below the user's own ranked items
