@@ -14,7 +14,8 @@ A thread watches ``publish/current``; when a scheduled run releases a new public
 it loads it beside the one serving and then swaps one reference, so a request is
 answered whole by either the old or the new publication and none is dropped. Requests
 are computed one at a time (the loaded models are shared, and two cores gain nothing
-from more).
+from more); past ``MAX_WAITING`` admitted, a request gets 503 at once rather than a
+place in a queue that only grows.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pipeline.serving import Recommender, response
 log = logging.getLogger("pipeline")
 MAX_BODY = 16_384  # bytes: a request is a user id and a few numbers
 MAX_RECENT = 100  # recent events per request: a session's worth
+MAX_WAITING = 32  # requests admitted at once; more get 503 at once instead of a queue
 Id = (Annotated[int, Field(strict=True, ge=-2**63, le=2**63 - 1)]
       | Annotated[str, StringConstraints(min_length=1, max_length=256)])
 
@@ -107,9 +109,11 @@ def watch(publication: LivePublication, stop: threading.Event, seconds: float) -
                           publication.live.name)
 
 
-def create_app(cfg: Config, poll_seconds: float = 2.0) -> BoundedBody:
+def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WAITING
+               ) -> BoundedBody:
     publication = LivePublication(cfg)
     compute = threading.Lock()
+    waiting = threading.BoundedSemaphore(max_waiting)  # admitted: computing or queued
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +139,9 @@ def create_app(cfg: Config, poll_seconds: float = 2.0) -> BoundedBody:
         recent = pd.DataFrame({S.ITEM: pd.Series([e.item_id for e in body.recent],
                                                  dtype=object),
                                S.TS: pd.Series([e.ts for e in body.recent], dtype=object)})
+        if not waiting.acquire(blocking=False):
+            raise HTTPException(503, f"busy: {max_waiting} requests are waiting; retry",
+                                headers={"Retry-After": "1"})
         try:
             with compute:
                 lists = (live.recommender.recommend(body.user_id, body.k, recent)
@@ -143,6 +150,8 @@ def create_app(cfg: Config, poll_seconds: float = 2.0) -> BoundedBody:
                 ignored = live.recommender.known_events(recent)[2]
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
+        finally:
+            waiting.release()
         return {"user_id": body.user_id, "publication": live.name, "items": response(lists),
                 "ignored_items": ignored}
 

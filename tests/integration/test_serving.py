@@ -221,3 +221,19 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
     published = read_table(cfg.root / PUBLISH / released / "recommendations.parquet")
     assert [i["item_id"] for i in replies[-1][1]["items"]] == published[
         published["user_id"] == user]["item_id"].head(10).tolist()
+
+
+def test_past_its_admission_bound_the_service_answers_503_at_once(live) -> None:
+    cfg, _, recommender = live
+    users = [int(u) for u in recommender.models.data.user_index.ids[:8]]
+    with Server(create_app(cfg, max_waiting=1)) as service:
+        replies: list[tuple[int, dict]] = []
+        senders = [threading.Thread(target=lambda u=u: replies.append(
+            service.recommend(user_id=u, k=5))) for u in users]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+    statuses = sorted(status for status, _ in replies)
+    assert set(statuses) == {200, 503} and len(statuses) == 8
+    assert all("busy" in reply["detail"] for status, reply in replies if status == 503)
