@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -136,18 +137,14 @@ def labelled_part(path: Path, key: str, features: list[str], targets: pd.DataFra
     return with_positives(frame, key)
 
 
-def fit_on_dask(io: StageIO, columns: list[str], objective: str, rounds: int,
-                key: str) -> tuple[Ranker, int, int]:
-    """A published ranker trained with ``lightgbm.dask`` on every test request (of the
-    ``recall.test_users`` sample, if set) with a click: one Dask partition per features
-    part, group sizes aligned partition by partition (NOTES.md: a misaligned or cut
-    group trains silently wrong). Returns the ranker, the requests and the rows it
-    learned from."""
+def dask_training_frame(io: StageIO, columns: list[str], key: str) -> tuple[Any, Any, int]:
+    """The test requests (of the ``recall.test_users`` sample, if set) with a click, as a
+    Dask frame persisted on the cluster for every objective to train on: one partition
+    per features part, empty ones dropped, and the group sizes aligned partition by
+    partition (NOTES.md: a misaligned or cut group trains silently wrong). Returns the
+    frame, the group sizes and the rows."""
     import dask.dataframe as dd
-    from lightgbm.dask import DaskLGBMRanker
 
-    cfg = io.cfg
-    client = dask_client(cfg)
     source = io.input("features", phase=EVALUATED.name, kind=RECOMMENDATION)
     frame = dd.from_map(labelled_part, table_parts(source), key=key, features=columns,
                         targets=clicks(io.read("split", part=EVALUATED.target)),
@@ -158,15 +155,24 @@ def fit_on_dask(io: StageIO, columns: list[str], objective: str, rounds: int,
     if not (sizes.map_partitions(lambda s: pd.Series([s.sum()])).compute().to_numpy()
             == lengths[lengths > 0]).all():
         raise AssertionError("group sizes do not cover their partitions")
+    return frame, sizes.to_dask_array(lengths=True), int(lengths.sum())
+
+
+def fit_on_dask(cfg: Config, frame: Any, sizes: Any, columns: list[str], objective: str,
+                rounds: int) -> Ranker:
+    """A published ranker trained with ``lightgbm.dask`` on ``dask_training_frame``."""
+    from lightgbm.dask import DaskLGBMRanker
+
     ranker = Ranker(objective, {**cfg.rank.params, "rounds": rounds, "early_stopping": 0},
                     seed=cfg.seed, threads=cfg.dask.threads_per_worker)
     params = {k: v for k, v in ranker.params.items()  # lightgbm.dask sets the threads
               if k not in ("rounds", "early_stopping", "num_threads")}
-    model = DaskLGBMRanker(client=client, objective=objective, n_estimators=rounds, **params)
-    model.fit(frame[columns], frame[LABEL], group=sizes.to_dask_array(lengths=True))
+    model = DaskLGBMRanker(client=dask_client(cfg), objective=objective, n_estimators=rounds,
+                           **params)
+    model.fit(frame[columns], frame[LABEL], group=sizes)
     ranker.booster, ranker.feature_names = model.booster_, list(columns)
     ranker.best_iteration = rounds
-    return ranker, int(frame[key].nunique().compute()), int(lengths.sum())
+    return ranker
 
 
 def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -> dict:
@@ -178,7 +184,10 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
     30M feature rows outgrew 24 GB); with ``rank.engine: dask`` on all of them."""
     cfg, key = io.cfg, request_key(RECOMMENDATION)
     report: dict = {"rounds": rounds, "engine": cfg.rank.engine}
-    if cfg.rank.engine == "local":
+    if cfg.rank.engine == "dask":
+        frame, sizes, rows = dask_training_frame(io, columns, key)
+        report.update(requests=int(frame[key].nunique().compute()), rows=rows)
+    else:
         frame = sampled_requests(io.input("features", phase=EVALUATED.name,
                                           kind=RECOMMENDATION),
                                  key, cfg.recall.valid_users, cfg.seed,
@@ -189,8 +198,7 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
         report.update(requests=int(frame[key].nunique()), rows=len(frame))
     for objective, n in rounds.items():
         if cfg.rank.engine == "dask":
-            ranker, requests, rows = fit_on_dask(io, columns, objective, n, key)
-            report.update(requests=requests, rows=rows)
+            ranker = fit_on_dask(cfg, frame, sizes, columns, objective, n)
         else:
             ranker = Ranker(objective, {**cfg.rank.params, "rounds": n, "early_stopping": 0},
                             seed=cfg.seed, threads=cfg.threads)
