@@ -3,7 +3,8 @@
 SASRec-style: item embedding (code 0 is padding, item code c is token c + 1) plus a
 learned positional embedding, ``blocks`` causal self-attention blocks, and output logits
 ``hidden @ item_embedding.T`` over the whole catalogue (tied weights). Trained with
-full-softmax cross-entropy at every real position against the next item.
+cross-entropy at every real position against the next item, over the whole catalogue or
+a sampled share of it.
 
 Positions are counted from the right end of the sequence (the latest item is position
 0), as in SASRec's left-padded fixed-length input, so the amount of left padding never
@@ -219,9 +220,25 @@ class TiedSoftmaxCE(torch.autograd.Function):
         return g @ weight, g.T @ hidden, None
 
 
-def next_item_loss(model: SASRec, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Full-softmax cross-entropy of ``hidden`` (positions x d) against item codes."""
-    return TiedSoftmaxCE.apply(hidden, model.item_emb.weight[1:], targets)
+def next_item_loss(model: SASRec, hidden: torch.Tensor, targets: torch.Tensor,
+                   negatives: torch.Tensor | None = None,
+                   log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of ``hidden`` (positions x d) against item codes.
+
+    Over the whole catalogue, or with ``negatives`` (item codes drawn from a sampler whose
+    log-probabilities are ``log_q``, shared by the batch) over each target and those: a
+    sampled softmax whose cost does not grow with the catalogue. Every logit is corrected
+    by its item's log-probability (the log-Q correction that makes the sampled softmax
+    estimate the full one), and a negative equal to the row's target is masked out.
+    """
+    weight = model.item_emb.weight[1:]
+    if negatives is None:
+        return TiedSoftmaxCE.apply(hidden, weight, targets)
+    positive = (hidden * weight[targets]).sum(dim=1) - log_q[targets]
+    sampled = (hidden @ weight[negatives].T - log_q[negatives]).masked_fill(
+        negatives[None, :] == targets[:, None], -math.inf)
+    logits = torch.cat([positive[:, None], sampled], dim=1)
+    return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
 @dataclass
@@ -238,19 +255,30 @@ def trim(tokens: torch.Tensor) -> torch.Tensor:
 
 def _train_epoch(model: SASRec, data: torch.Tensor, optimizer: torch.optim.Optimizer,
                  generator: torch.Generator, batch_size: int,
-                 device: str | torch.device) -> float:
+                 device: str | torch.device, negatives: int = 0) -> float:
     """One pass in a seeded order; the mean loss per predicted position (0 with no
-    data: an empty batch's loss would be NaN)."""
+    data: an empty batch's loss would be NaN). ``negatives`` > 0 draws that many
+    negatives per batch, in proportion to each item's target count to the power 0.75
+    (plus one), for a sampled softmax."""
     model.train()
     if not len(data):
         return 0.0
     total, count = 0.0, 0
+    if negatives:
+        targets = data[:, 1:][data[:, 1:] != PAD] - 1
+        q = (torch.bincount(targets, minlength=model.n_items).double() + 1.0) ** 0.75
+        q /= q.sum()
+        log_q = (q * negatives).log().float().to(device)
     for batch in torch.randperm(len(data), generator=generator).split(batch_size):
         tokens = trim(data[batch]).to(device)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         used = (inputs != PAD) & (targets != PAD)
         hidden = model(inputs)[used]
-        loss = next_item_loss(model, hidden, targets[used] - 1)
+        if negatives:
+            drawn = torch.multinomial(q, negatives, replacement=True, generator=generator)
+            loss = next_item_loss(model, hidden, targets[used] - 1, drawn.to(device), log_q)
+        else:
+            loss = next_item_loss(model, hidden, targets[used] - 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -263,8 +291,9 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
           batch_size: int = 128, max_epochs: int = 200, patience: int = 5, eval_every: int = 1,
           seed: int = 42, device: str | torch.device = "cpu",
           evaluate: Callable[[SASRec], float] | None = None, name: str = "sequence",
-          ) -> TrainResult:
-    """Adam on full-softmax next-item cross-entropy, in a seeded order.
+          negatives: int = 0) -> TrainResult:
+    """Adam on next-item cross-entropy (full softmax, or sampled over ``negatives``
+    uniform items per batch when > 0), in a seeded order.
 
     With ``evaluate`` (a held-out metric, higher is better) it runs every ``eval_every``
     epochs; training stops after ``patience`` evaluations without improvement and the
@@ -288,7 +317,8 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
     for epoch in range(1, max_epochs + 1):
         started = time.perf_counter()
         entry = {"epoch": epoch,
-                 "loss": _train_epoch(model, data, optimizer, generator, batch_size, device)}
+                 "loss": _train_epoch(model, data, optimizer, generator, batch_size, device,
+                                      negatives)}
         if not math.isfinite(entry["loss"]):
             raise FloatingPointError(f"{name}: loss is {entry['loss']} at epoch {epoch}; "
                                      "lower lr or check the inputs")

@@ -17,6 +17,13 @@ epoch count through ``tuned()``. Fitting with ``epochs`` set (the refit on more 
 trains exactly that many epochs and looks at nothing held out; with neither, it trains
 ``max_epochs``.
 
+The full softmax over the catalogue costs most of an epoch on a large one (10k items:
+2.5x the time of an epoch with 1,024 sampled negatives). Past ``SAMPLED_FROM`` x
+``negatives`` items, training uses a sampled softmax over ``negatives`` items a batch
+(``negatives=0``: always the full one). On synthetic-10k valid it reached held-out
+NDCG@10 0.173 against 0.179 for the full softmax; ML-100K and the synthetic default
+(under 4,096 items) keep the full softmax.
+
 Seeded and deterministic on CPU for a given thread count; ``device="cuda"`` moves the
 model and batches to the GPU (asked for without one, it logs an error and uses the CPU).
 Saved as a torch state dict (``model.pt``, loaded with ``weights_only=True``) beside the
@@ -53,13 +60,14 @@ def resolve_device(device: str) -> str:
 class SequenceChannel(RecallChannel):
     name = "sequence"
     state = ("trained_epochs", "history")
+    SAMPLED_FROM = 4  # catalogues past this many times ``negatives`` use a sampled softmax
 
     def __init__(self, d: int = 64, blocks: int = 2, heads: int = 1, max_len: int = 50,
                  dropout: float = 0.2, norm_first: bool = True, windows: int = 0,
                  lr: float = 3e-3, weight_decay: float = 0.0, batch_size: int = 128,
                  max_epochs: int = 200, patience: int = 5, eval_every: int = 1,
                  eval_k: int = 10, epochs: int | None = None, device: str = "cpu",
-                 seed: int = 42, threads: int | None = None) -> None:
+                 seed: int = 42, threads: int | None = None, negatives: int = 1024) -> None:
         if threads is None:
             threads = int(os.environ.get("OMP_NUM_THREADS", 1))
         self.params: dict[str, Any] = {
@@ -67,7 +75,7 @@ class SequenceChannel(RecallChannel):
             "norm_first": norm_first, "windows": windows, "lr": lr,
             "weight_decay": weight_decay, "batch_size": batch_size, "max_epochs": max_epochs,
             "patience": patience, "eval_every": eval_every, "eval_k": eval_k, "epochs": epochs,
-            "device": device, "seed": seed, "threads": threads,
+            "device": device, "seed": seed, "threads": threads, "negatives": negatives,
         }
         self.device = resolve_device(device)
         self.model: SASRec | None = None
@@ -112,6 +120,10 @@ class SequenceChannel(RecallChannel):
         torch.manual_seed(p["seed"])
         self.model = self._new_model(data.n_items).to(self.device)
         sequences = training_windows(data.log, p["max_len"], p["windows"])
+        negatives = p["negatives"] if data.n_items > self.SAMPLED_FROM * p["negatives"] else 0
+        if negatives:
+            log.info("[sequence] %d items: sampled softmax over %d negatives a batch",
+                     data.n_items, negatives)
         look = held_out is not None and p["epochs"] is None
         result = train(self.model, sequences, lr=p["lr"], weight_decay=p["weight_decay"],
                        batch_size=p["batch_size"],
@@ -119,7 +131,7 @@ class SequenceChannel(RecallChannel):
                        patience=p["patience"], eval_every=p["eval_every"], seed=p["seed"],
                        device=self.device,
                        evaluate=self._held_out_metric(data, held_out) if look else None,
-                       name=self.name)
+                       name=self.name, negatives=negatives)
         self.trained_epochs, self.history = result.epochs, result.history
         return self
 

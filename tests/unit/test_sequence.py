@@ -123,6 +123,27 @@ def test_tied_softmax_loss_matches_cross_entropy_and_its_gradients() -> None:
     assert torch.all(grads[1][0] == 0), "the padding row gets no gradient"
 
 
+def test_sampled_softmax_over_every_item_once_is_the_full_softmax() -> None:
+    model = tiny_model(n_items=30)
+    hidden = torch.randn(20, 16, dtype=torch.float32)
+    targets = torch.randint(0, 30, (20,))
+    full = next_item_loss(model, hidden, targets)
+    # each item drawn once with equal probability: the correction is one constant, and
+    # the masked copy of each target is replaced by the target's own column
+    log_q = torch.full((30,), 3.0)
+    every = next_item_loss(model, hidden, targets, torch.randperm(30), log_q)
+    torch.testing.assert_close(every, full)
+    # by hand: the softmax over the target and the drawn items, each logit less its
+    # item's log-probability, the drawn copy of a target (item 6 on row 1) left out
+    log_q = torch.linspace(-2.0, 1.0, 30)
+    drawn = torch.tensor([0, 6, 2])
+    hidden, targets = hidden[:2], torch.tensor([5, 6])
+    logits = model.logits(hidden) - log_q
+    by_hand = torch.stack([torch.logsumexp(logits[0, [5, 0, 6, 2]], 0) - logits[0, 5],
+                           torch.logsumexp(logits[1, [6, 0, 2]], 0) - logits[1, 6]]).mean()
+    torch.testing.assert_close(next_item_loss(model, hidden, targets, drawn, log_q), by_hand)
+
+
 def test_loss_decreases_and_every_parameter_gets_a_gradient() -> None:
     data, _, _ = cycle_data()
     windows = training_windows(data.log, max_len=8)
@@ -236,6 +257,22 @@ def test_channel_learns_the_planted_next_item() -> None:
     top = channel.retrieve(data, users, k=1)
     expected = data.item_index.encode((starts + lens) % 12)
     assert (top.items[:, 0] == expected).mean() >= 0.9
+
+
+def test_a_large_catalogue_learns_with_a_sampled_softmax(caplog: pytest.LogCaptureFixture,
+                                                         ) -> None:
+    data, starts, lens = cycle_data()
+    users = data.user_index.encode(np.arange(40))
+    expected = data.item_index.encode((starts + lens) % 12)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        sampled = SequenceChannel(**TINY, epochs=40, negatives=2).fit(data)  # 12 > 4 x 2
+    assert "sampled softmax over 2 negatives" in caplog.text
+    assert (sampled.retrieve(data, users, k=1).items[:, 0] == expected).mean() >= 0.9
+    full = SequenceChannel(**TINY, epochs=3, negatives=3).fit(data)  # 12 = 4 x 3: full
+    again = SequenceChannel(**TINY, epochs=3, negatives=0).fit(data)
+    np.testing.assert_array_equal(full.score(data, users), again.score(data, users))
+    assert not np.array_equal(SequenceChannel(**TINY, epochs=3, negatives=2).fit(data)
+                              .score(data, users), full.score(data, users))
 
 
 def test_channel_contract(tmp_path: Path) -> None:
