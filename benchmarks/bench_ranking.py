@@ -11,6 +11,11 @@ shipped configs in a temp folder and reads ``eval/metrics.json``:
   is a seeded random holdout per user and the channels that read event order are left
   out (``pipeline.ordering``);
 - the embedded synthetic default (``make all``).
+
+The FM/FFM ablation (issue 19): ML-100K and synthetic run again with
+``features.exclude`` naming the FM and FFM scores, so the rankers and the blend learn
+without them and everything upstream is the same; ``<name>_fm_lift`` is the final
+ranking's paired NDCG@10 lift with those scores over without them, on the same users.
 Each must beat its own best single channel with a lift interval above zero, and so not
 fall below the single models of the learning-to-rank issue's anchor table that are
 channels here (EASE, ALS ``embedding``, ItemKNN-like ``cooccurrence``, SASRec-style
@@ -28,12 +33,16 @@ import pandas as pd
 
 from benchmarks.common import record
 from pipeline.catalogue import artifact_path
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
+from pipeline.evaluation.bootstrap import paired_lift_ci
+from pipeline.io import read_table
 from pipeline.runner import run_until, set_threads
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "datasets" / "ml-100k"
 ANCHORS = ("channel:ease", "channel:embedding", "channel:cooccurrence", "channel:sequence")
+FM_SCORES = "[fm_score,ffm_score]"
+ABLATED = ("ml100k", "synthetic")
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
           "Romance", "Sci-Fi", "Thriller", "War", "Western")
@@ -60,13 +69,32 @@ def count_log(folder: Path) -> dict:
 
 
 def run(config: Path | None, tmp: str, base: dict | None = None,
-        overrides: tuple[str, ...] = ()) -> tuple[dict, float]:
+        overrides: tuple[str, ...] = ()) -> tuple[Config, dict, float]:
     cfg = load_config(config, [f"data_dir={tmp}", *overrides], base=base)
     set_threads(cfg.threads)  # as the CLI does: the sequence model reads it from the env
     started = time.perf_counter()
     run_until(cfg, "report")
     seconds = time.perf_counter() - started
-    return json.loads(artifact_path(cfg, "metrics").read_text()), seconds
+    return cfg, json.loads(artifact_path(cfg, "metrics").read_text()), seconds
+
+
+def final_per_user(cfg: Config) -> pd.Series:
+    """The final ranking's NDCG@10 per test user, as evaluate wrote it."""
+    table = read_table(artifact_path(cfg, "per_user"))
+    return table[table["system"] == "final"].set_index("request")["ndcg@10"].sort_index()
+
+
+def fm_lift(cfg: Config, config: Path | None, tmp: str, base: dict | None,
+            overrides: tuple[str, ...]) -> dict:
+    """The final ranking with the FM/FFM scores against the same run without them."""
+    without, metrics, seconds = run(config, str(Path(tmp) / "without-fm"), base,
+                                    (*overrides, f"features.exclude={FM_SCORES}"))
+    with_fm, no_fm = final_per_user(cfg).align(final_per_user(without), join="inner")
+    lift = paired_lift_ci(with_fm.to_numpy(), no_fm.to_numpy(),
+                          cfg.evaluate.bootstrap_resamples, cfg.seed)
+    return {"without_ndcg_at_10": round(metrics["systems"]["final"]["ndcg@10"], 4),
+            "lift": [round(lift[k], 4) for k in ("mean", "low", "high")],
+            "users": len(with_fm), "seconds": round(seconds, 1)}
 
 
 def ablation(name: str, metrics: dict) -> str:
@@ -90,7 +118,7 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         runs["ml100k_counts_no_time"] = (None, count_log(Path(tmp)), ())
         for name, (config, base, overrides) in runs.items():
-            metrics, seconds = run(config, tmp, base, overrides)
+            cfg, metrics, seconds = run(config, tmp, base, overrides)
             final = metrics["systems"]["final"]
             lift = metrics["lift_ndcg@10"]["recommendation"]
             summary[f"{name}_ndcg_at_10"] = round(final["ndcg@10"], 4)
@@ -103,6 +131,15 @@ def main() -> dict:
             summary[f"{name}_anchor"] = [best, round(anchors[best], 4)]
             summary[f"{name}_seconds"] = round(seconds, 1)
             tables.append(ablation(f"{name}: every stage in {seconds:.0f} s", metrics))
+            if name in ABLATED:
+                fm = fm_lift(cfg, config, tmp, base, overrides)
+                summary[f"{name}_fm_lift"] = fm["lift"]
+                summary[f"{name}_without_fm_ndcg_at_10"] = fm["without_ndcg_at_10"]
+                low, high = fm["lift"][1:]
+                tables.append(f"{name}: final with the FM/FFM scores against without them "
+                              f"(NDCG@10 {fm['without_ndcg_at_10']:.4f}, {fm['users']} users, "
+                              f"{fm['seconds']:.0f} s): {fm['lift'][0]:+.4f} "
+                              f"[{low:+.4f}, {high:+.4f}]")
     record("ranking ablation", "make bench-rank", summary, "\n\n".join(tables))
     return summary
 

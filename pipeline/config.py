@@ -293,6 +293,9 @@ class FeaturesConfig(_Strict):
         description="recall channels whose fitted model scores every candidate (those not "
                     "configured under recall.channels are skipped)")
     request_chunk: int = Field(2048, ge=1, description="requests featurised per chunk")
+    exclude: list[str] = Field(default_factory=list, description="feature columns the rankers "
+                               "do not learn from (still computed): an ablation, or a feature "
+                               "that misleads on a log; each must name a feature")
 
 
 RankerObjective = Literal["lambdarank", "rank_xendcg", "binary", "pairwise"]

@@ -59,6 +59,18 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
             and pd.api.types.is_numeric_dtype(frame[c].dtype)]
 
 
+def without_excluded(columns: dict[str, list[str]], exclude: list[str]
+                     ) -> dict[str, list[str]]:
+    """Each kind's feature columns less ``features.exclude``; a name that is no feature
+    of any kind is refused, so a typo cannot leave an ablation silently unchanged."""
+    known = {c for found in columns.values() for c in found}
+    unknown = sorted(set(exclude) - known)
+    if unknown and known:
+        raise ValueError(f"features.exclude names {unknown}, which are not features; the "
+                         f"features are {sorted(known)}")
+    return {kind: [c for c in found if c not in exclude] for kind, found in columns.items()}
+
+
 def load_models(io: StageIO, phase: str) -> dict[str, RecallChannel]:
     wanted = [n for n in io.cfg.features.model_scores if n in io.cfg.recall.channels]
     return {name: channel_class(name).load(io.input("recall_model", phase=phase, channel=name))
@@ -192,6 +204,6 @@ def run(cfg: Config, io: StageIO) -> dict:
             log.info("[features] %s %s: %d rows, %d features%s", phase.name, kind, written["rows"],
                      len(columns[kind]), "" if labels is None else f", {positives} positives")
     io.write_json("feature_columns", {
-        "columns": columns,
+        "columns": without_excluded(columns, cfg.features.exclude),
         "definitions": {**{f.name: f.meaning for f in FEATURES}, **SEARCH_FEATURES}})
     return {"phases": report, "features": {k: len(v) for k, v in columns.items()}}

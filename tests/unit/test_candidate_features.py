@@ -126,3 +126,15 @@ def test_every_feature_is_defined_once_with_its_meaning(data) -> None:
     assert len(names) == len(set(names)) and all(f.meaning for f in FEATURES)
     computed = features_of(data, [(0, 0)]).columns
     assert set(computed) <= set(names), set(computed) - set(names)
+
+
+def test_excluded_features_leave_the_rankers_columns_and_a_typo_is_refused() -> None:
+    from pipeline.stages.features import without_excluded
+
+    columns = {"recommendation": ["fm_score", "ffm_score", "item_popularity"],
+               "search": ["fm_score", "query_match"]}
+    assert without_excluded(columns, ["fm_score", "query_match"]) == {
+        "recommendation": ["ffm_score", "item_popularity"], "search": []}
+    assert without_excluded(columns, []) == columns
+    with pytest.raises(ValueError, match=r"\['fm_scor'\], which are not features"):
+        without_excluded(columns, ["fm_scor", "ffm_score"])
