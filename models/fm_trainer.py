@@ -108,7 +108,8 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA only
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting
     # "native": models.fm_kernel's compiled Adagrad epochs, used on CPU for an FM or FFM
-    # with adagrad in one process; torch otherwise (CUDA, DDP, adam, a given optimizer)
+    # with adagrad in one process; torch otherwise (CUDA, DDP, adam, a given optimizer).
+    # The pipeline's fm.backend defaults to native; here torch stays the reference.
     backend: Literal["torch", "native"] = "torch"
     native_threads: int = 1  # native kernel threads; 1 is deterministic, more are Hogwild
     eval_batch_size: int = 16384
