@@ -18,6 +18,11 @@ libffm file); its whole fit, reading the text file included, is reported beside 
 AUC is sklearn's on the last 10% of ratings. The synthetic set
 (``benchmarks.ctr_data.synthetic_ctr``) is run with our FFM only.
 
+Native rows train the same FM and FFM modules with the same hyperparameters through the
+same trainer with ``backend="native"`` (``models.fm_kernel``): one numba thread
+(deterministic) and two (Hogwild); torch and torchfm keep one thread. torchfm and xlearn
+rows are skipped when they are not installed.
+
 Hyperparameters were chosen on validation AUC (never test) and are fixed below.
 """
 
@@ -29,6 +34,7 @@ import re
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +98,14 @@ class Contender:
 
 
 def run_ours(kind: str, enc: FieldEncoder, tr: Samples, va: Samples, te: Samples,
-             params: dict[str, float], sparse: bool | None = None
+             params: dict[str, float], sparse: bool | None = None, native_threads: int = 0
              ) -> tuple[dict[str, Any], Contender]:
+    """Our FM or FFM trained with torch, or with the native kernel on ``native_threads``."""
     cls = FFM if kind == "ffm" else FM
     model = cls(enc.n_features, enc.slot_field, k=K, sparse=sparse,
                 init_std=params["init_std"], seed=SEED)
-    cfg = train_cfg(lr=params["lr"], l2=params["l2"])
+    backend = {"backend": "native", "native_threads": native_threads} if native_threads else {}
+    cfg = train_cfg(lr=params["lr"], l2=params["l2"], **backend)
     h = fit(model, tr, va, cfg)
     result = {"test_auc": binary_metric("auc", te.labels, predict(model, te)),
               "valid_auc": h.best_metric, "epochs": len(h.epochs),
@@ -255,7 +263,7 @@ def run_xlearn(enc: FieldEncoder, tr: Samples, va: Samples, te: Samples) -> dict
 
 def table(rows: dict[str, dict[str, Any]], n_train: int) -> str:
     lines = [f"| ML-100K CTR, {n_train} fitting samples, k={K}, batch={BATCH}, {THREADS} thread "
-             "| training samples/s | test AUC | valid AUC | epochs run |",
+             "unless named | training samples/s | test AUC | valid AUC | epochs run |",
              "|---|---|---|---|---|"]
     for name, r in rows.items():
         auc, vauc = (f"{r[key]:.4f}" if r.get(key) is not None else "-"
@@ -271,11 +279,20 @@ def ml100k_rows() -> dict[str, dict[str, Any]]:
     tr, va, te = samples(enc, d.train), samples(enc, d.valid), samples(enc, d.test)
     rows: dict[str, dict[str, Any]] = {}
     contenders: dict[str, Contender] = {}
-    for name, run in (("ours FFM", lambda: run_ours("ffm", enc, tr, va, te, OURS_FFM)),
-                      ("torchfm FFM", lambda: run_torchfm("ffm", d)),
-                      ("ours FM", lambda: run_ours("fm", enc, tr, va, te, OURS_FM)),
-                      ("torchfm FM", lambda: run_torchfm("fm", d))):
-        rows[name], contenders[name] = run()
+    runs = []
+    for kind, params in (("ffm", OURS_FFM), ("fm", OURS_FM)):
+        name = kind.upper()
+        runs += [(f"ours {name}", partial(run_ours, kind, enc, tr, va, te, params)),
+                 *((f"native {name}, {n} thread{'s' * (n > 1)}",
+                    partial(run_ours, kind, enc, tr, va, te, params, native_threads=n))
+                   for n in (1, 2)),
+                 (f"torchfm {name}", partial(run_torchfm, kind, d))]
+    for name, run in runs:
+        try:
+            rows[name], contenders[name] = run()
+        except ImportError as err:
+            print(f"{name}: not installed ({err}); skipped", flush=True)
+            continue
         print(f"{name}: {rows[name]}", flush=True)
     # the same FFM with row-sparse gradients and optimiser, timed only (the default picks
     # dense gradients for a table this small)
@@ -294,6 +311,37 @@ def ml100k_rows() -> dict[str, dict[str, Any]]:
     return rows
 
 
+def ml100k_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Rates, AUCs and the ratios the targets are stated in, for the rows that ran."""
+    keys = {"ours FFM": "ffm", "ours FM": "fm", "torchfm FFM": "torchfm_ffm",
+            "torchfm FM": "torchfm_fm", "xlearn FFM": "xlearn_ffm",
+            "ours FFM, sparse gradients": "ffm_sparse_grad"}
+    keys.update({f"native {m}, {n} thread{'s' * (n > 1)}": f"native_{m.lower()}_{n}t"
+                 for m in ("FFM", "FM") for n in (1, 2)})
+    out: dict[str, Any] = {}
+    for name, key in keys.items():
+        if name in rows:
+            out[f"{key}_samples_per_s"] = round(rows[name]["samples_per_s"])
+            if rows[name].get("test_auc") is not None:
+                out[f"{key}_test_auc"] = round(rows[name]["test_auc"], 4)
+
+    def ratio(a: str, b: str) -> float | None:
+        if a not in rows or b not in rows:
+            return None
+        return round(rows[a]["samples_per_s"] / rows[b]["samples_per_s"], 2)
+
+    for m in ("FFM", "FM"):
+        low = m.lower()
+        out[f"native_{low}_speedup_vs_torch"] = ratio(f"native {m}, 1 thread", f"ours {m}")
+        out[f"native_{low}_2t_vs_1t"] = ratio(f"native {m}, 2 threads", f"native {m}, 1 thread")
+        out[f"{low}_speedup_vs_torchfm"] = ratio(f"ours {m}", f"torchfm {m}")
+    out["native_ffm_speedup_vs_xlearn"] = ratio("native FFM, 1 thread", "xlearn FFM")
+    out["ffm_speedup_vs_xlearn"] = ratio("ours FFM", "xlearn FFM")
+    if "xlearn FFM" in rows:
+        out["xlearn_fit_wall_samples_per_s"] = round(rows["xlearn FFM"]["fit_wall_samples_per_s"])
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def main() -> dict[str, Any]:
     torch.set_num_threads(THREADS)
     started = time.perf_counter()
@@ -303,30 +351,7 @@ def main() -> dict[str, Any]:
     if (Path(ML100K) / "u.data").is_file():
         rows = ml100k_rows()
         n_train = int(ml100k_ctr(ML100K).train.shape[0])
-        ours, ref = rows["ours FFM"], rows["torchfm FFM"]
-        summary.update({
-            "ffm_speedup_vs_torchfm": round(ours["samples_per_s"] / ref["samples_per_s"], 2),
-            "fm_speedup_vs_torchfm": round(rows["ours FM"]["samples_per_s"]
-                                           / rows["torchfm FM"]["samples_per_s"], 2),
-            "ffm_test_auc": round(ours["test_auc"], 4),
-            "torchfm_ffm_test_auc": round(ref["test_auc"], 4),
-            "fm_test_auc": round(rows["ours FM"]["test_auc"], 4),
-            "torchfm_fm_test_auc": round(rows["torchfm FM"]["test_auc"], 4),
-            "ffm_samples_per_s": round(ours["samples_per_s"]),
-            "torchfm_ffm_samples_per_s": round(ref["samples_per_s"]),
-            "ffm_sparse_grad_samples_per_s": round(
-                rows["ours FFM, sparse gradients"]["samples_per_s"]),
-        })
-        if "xlearn FFM" in rows:
-            xlr = rows["xlearn FFM"]
-            summary.update({
-                "ffm_speedup_vs_xlearn": round(ours["samples_per_s"] / xlr["samples_per_s"], 3),
-                "xlearn_speedup_vs_torchfm": round(xlr["samples_per_s"] / ref["samples_per_s"],
-                                                   2),
-                "xlearn_ffm_test_auc": round(xlr["test_auc"], 4),
-                "xlearn_ffm_samples_per_s": round(xlr["samples_per_s"]),
-                "xlearn_fit_wall_samples_per_s": round(xlr["fit_wall_samples_per_s"]),
-            })
+        summary.update(ml100k_summary(rows))
     else:
         print(f"MovieLens 100K not found at {ML100K}; ML-100K rows skipped", flush=True)
 

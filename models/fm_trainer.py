@@ -12,6 +12,9 @@ DistributedDataParallel, every rank takes its share of one seeded permutation
 (``models.distributed.shard_order``), each rank's batch is ``batch_size / world`` so one
 step sees the same global batch as a single process, and only rank 0 logs and writes.
 Optimisers live in ``models.optimizers``, negative sampling in ``models.negatives``.
+On CPU an FM or FFM can instead train in compiled Adagrad epochs (``backend="native"``,
+``models.fm_kernel``) on the module's own parameters; everything around the steps
+(shuffling, validation, early stopping, files) stays the same.
 
 Files: ``save_model`` writes ``model.json`` and ``model.pt`` into a folder (the caller
 makes that atomic); ``load_model`` reads the state dict with ``weights_only=True``.
@@ -104,6 +107,11 @@ class TrainConfig:
     device: str = "cpu"  # "cuda" trains under bf16 autocast
     bf16: bool = True  # autocast on CUDA only
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting
+    # "native": models.fm_kernel's compiled Adagrad epochs, used on CPU for an FM or FFM
+    # with adagrad in one process; torch otherwise (CUDA, DDP, adam, a given optimizer).
+    # The pipeline's fm.backend defaults to native; here torch stays the reference.
+    backend: Literal["torch", "native"] = "torch"
+    native_threads: int = 1  # native kernel threads; 1 is deterministic, more are Hogwild
     eval_batch_size: int = 16384
     restore_best: bool = True
 
@@ -152,10 +160,17 @@ def _autocast(device: torch.device, bf16: bool):
 
 def predict(model: nn.Module, samples: Samples, batch_size: int = 16384,
             device: str | torch.device = "cpu", logits: bool = False,
-            bf16: bool = True) -> np.ndarray:
-    """Scores (probabilities, or logits) of ``samples`` in batches; float32 [N]."""
+            bf16: bool = True, backend: str = "torch") -> np.ndarray:
+    """Scores (probabilities, or logits) of ``samples`` in batches; float32 [N].
+    ``backend="native"`` scores with ``models.fm_kernel`` where it can (CPU FM/FFM)."""
     model = unwrap(model)
     dev = torch.device(device)
+    if backend == "native" and dev.type == "cpu":
+        from models import fm_kernel
+
+        if fm_kernel.supports(model):
+            z = torch.from_numpy(fm_kernel.predict_logits(model, samples.ids, samples.weights))
+            return (z if logits else torch.sigmoid(z)).numpy()
     was_training = model.training
     model.eval()
     out = np.empty(len(samples), np.float32)
@@ -278,8 +293,40 @@ class _Steps:
         return loss_sum, seen
 
 
-def _timed_epoch(steps: _Steps, order: torch.Tensor, world: int, history: History,
-                 epoch: int) -> dict[str, float]:
+@dataclass
+class _NativeSteps:
+    """``_Steps`` for the native backend: each epoch is one call of the compiled kernel,
+    which updates the module's own parameters in place."""
+
+    kernel: Any  # models.fm_kernel.AdagradKernel
+    data: tuple[np.ndarray, np.ndarray, np.ndarray]  # ids, weights, labels
+    batch: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def epoch(self, order: torch.Tensor) -> tuple[float, int]:
+        return self.kernel.epoch(*self.data, order.numpy(), self.batch), len(order)
+
+
+def _steps(model: nn.Module, train: Samples, cfg: TrainConfig, world: int,
+           optimizer: torch.optim.Optimizer | None) -> _Steps | _NativeSteps:
+    """The native kernel's steps where ``cfg.backend`` asks for them and they apply (CPU,
+    one process, Adagrad, no optimiser given, a float32 FM or FFM), else torch's."""
+    if cfg.backend == "native":
+        from models import fm_kernel
+
+        if (torch.device(cfg.device).type == "cpu" and world == 1 and optimizer is None
+                and cfg.optimizer == "adagrad" and fm_kernel.supports(model)):
+            assert train.labels is not None
+            kernel = fm_kernel.AdagradKernel(model, cfg.lr, cfg.l2, cfg.native_threads)
+            return _NativeSteps(kernel, (train.ids, train.weights, train.labels),
+                                cfg.batch_size)
+        log.info("[train-fm] native backend does not apply (device %s, %d ranks, %s); "
+                 "training with torch", cfg.device, world, cfg.optimizer)
+    return _Steps.placed(model, train, cfg, world, optimizer)
+
+
+def _timed_epoch(steps: _Steps | _NativeSteps, order: torch.Tensor, world: int,
+                 history: History, epoch: int) -> dict[str, float]:
     """Train one epoch, add its time and samples to ``history``; the epoch's log row."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
     loss_sum, seen = steps.epoch(order)
@@ -289,7 +336,7 @@ def _timed_epoch(steps: _Steps, order: torch.Tensor, world: int, history: Histor
     history.train_seconds += wall
     history.train_cpu_seconds += cpu
     history.train_samples += seen * world
-    return {"epoch": epoch, "loss": float(loss_sum.item()) / max(seen, 1),
+    return {"epoch": epoch, "loss": float(loss_sum) / max(seen, 1),
             "samples_per_s": seen * world / max(wall, 1e-12)}
 
 
@@ -310,7 +357,8 @@ def _validate(model: nn.Module, valid: Samples | None, cfg: TrainConfig, device:
         value = float(evaluate(model))
     else:
         assert valid is not None and valid.labels is not None
-        probs = predict(model, valid, cfg.eval_batch_size, device, bf16=cfg.bf16)
+        probs = predict(model, valid, cfg.eval_batch_size, device, bf16=cfg.bf16,
+                        backend=cfg.backend)
         value = binary_metric(cfg.metric, valid.labels, probs)
     return broadcast_value(value)
 
@@ -343,7 +391,8 @@ def fit(model: nn.Module, train: Samples, valid: Samples | None, cfg: TrainConfi
     Early stopping watches ``evaluate(model)`` when given (``higher_is_better`` says its
     direction, default True), else ``cfg.metric`` on ``valid``; with neither, every epoch
     runs and the last is kept. ``optimizer`` replaces the one ``cfg`` names (the benchmark
-    trains reference models with torch's own). A NaN or infinite epoch loss raises
+    trains reference models with torch's own). ``cfg.backend="native"`` runs the epochs in
+    ``models.fm_kernel`` where it applies (see ``_steps``). A NaN or infinite epoch loss raises
     ``FloatingPointError`` naming the model and the epoch instead of training on.
     """
     if train.labels is None:
@@ -351,7 +400,7 @@ def fit(model: nn.Module, train: Samples, valid: Samples | None, cfg: TrainConfi
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world = rank_and_world()
-    steps = _Steps.placed(model, train, cfg, world, optimizer)
+    steps = _steps(model, train, cfg, world, optimizer)
     device = steps.device
     metric_name, higher, watching = _watched_metric(cfg, valid, evaluate, higher_is_better)
     history = History(metric=metric_name, higher_is_better=higher)

@@ -154,7 +154,8 @@ def train_phase(io: StageIO, phase: str, fit_df: pd.DataFrame, valid: pd.DataFra
         train_cfg = TrainConfig(optimizer=fm.optimizer, lr=fm.lr, l2=fm.l2,
                                 batch_size=fm.batch_size, epochs=epochs.get(kind, fm.max_epochs),
                                 patience=fm.patience, seed=cfg.seed, device=fm.device,
-                                threads=cfg.threads)
+                                threads=cfg.threads, backend=fm.backend,
+                                native_threads=fm.native_threads)
         history: History = fit(model, train_samples, valid_samples, train_cfg)
         reports[kind] = history.to_dict()
         if valid_samples is not None:
