@@ -112,6 +112,9 @@ class TrainConfig:
     # The pipeline's fm.backend defaults to native; here torch stays the reference.
     backend: Literal["torch", "native"] = "torch"
     native_threads: int = 1  # native kernel threads; 1 is deterministic, more are Hogwild
+    # native steps: "batch" (each batch's mean loss, as torch) or "sample" (every sample
+    # alone, as libffm/xLearn; wants its own lr, see models.fm_kernel.AdagradKernel)
+    native_update: Literal["batch", "sample"] = "batch"
     eval_batch_size: int = 16384
     restore_best: bool = True
 
@@ -317,7 +320,8 @@ def _steps(model: nn.Module, train: Samples, cfg: TrainConfig, world: int,
         if (torch.device(cfg.device).type == "cpu" and world == 1 and optimizer is None
                 and cfg.optimizer == "adagrad" and fm_kernel.supports(model)):
             assert train.labels is not None
-            kernel = fm_kernel.AdagradKernel(model, cfg.lr, cfg.l2, cfg.native_threads)
+            kernel = fm_kernel.AdagradKernel(model, cfg.lr, cfg.l2, cfg.native_threads,
+                                            cfg.native_update)
             return _NativeSteps(kernel, (train.ids, train.weights, train.labels),
                                 cfg.batch_size)
         log.info("[train-fm] native backend does not apply (device %s, %d ranks, %s); "

@@ -43,9 +43,12 @@ def naive_step(
     y: np.ndarray,
     slot_field: list[int],
     kind: str,
+    sums: list | None = None,
 ) -> tuple[np.ndarray, float, np.ndarray]:
-    """Logits, then one Adagrad step from zero sums, in float64 over every slot pair:
-    ``d/dV[i_s, block(t)] = g w_s w_t V[i_t, block(s)]``; returns (table, bias, logits)."""
+    """Logits, then one Adagrad step, in float64 over every slot pair:
+    ``d/dV[i_s, block(t)] = g w_s w_t V[i_t, block(s)]``; returns (table, bias, logits).
+    ``sums``: ``[table sums, bias sum]`` to start from, updated in place; zero when not
+    given."""
     t = table.astype(np.float64)
     n_blocks = 1 if kind == "fm" else max(slot_field) + 1
     blk = [0 if kind == "fm" else f for f in slot_field]
@@ -75,10 +78,13 @@ def naive_step(
                     g * w[r, s] * w[r, u] * t[ids[r, u], blk[s] * K : (blk[s] + 1) * K]
                 )
 
-    def adagrad(p: np.ndarray | float, g: np.ndarray | float) -> np.ndarray | float:
-        return p - LR * g / (np.sqrt(g * g) + 1e-10)  # from zero sums: sum = g^2
-
-    return adagrad(t, grad), float(adagrad(bias, g_bias)), np.array(logits)
+    sums = sums if sums is not None else [np.zeros_like(t), 0.0]
+    sums[0] += grad * grad
+    sums[1] += g_bias * g_bias
+    table_sum, bias_sum = sums
+    new_t = t - LR * grad / (np.sqrt(table_sum) + 1e-10)
+    new_bias = bias - LR * g_bias / (np.sqrt(bias_sum) + 1e-10)
+    return new_t, float(new_bias), np.array(logits)
 
 
 def random_model(cls: type, slot_field: list[int]) -> torch.nn.Module:
@@ -145,6 +151,32 @@ def test_batches_follow_the_order_given() -> None:
     )
 
 
+def test_sample_updates_match_a_float64_loop_of_one_sample_steps() -> None:
+    """``update="sample"``: each sample an Adagrad step of its own, in the order given,
+    the sums carried from one to the next (distinct ids per sample, as encoders give)."""
+    slot_field = LAYOUTS["multi-valued fields"]
+    rng = np.random.default_rng(4)
+    ids = np.stack([rng.permutation(np.arange(1, N_FEATURES))[: len(slot_field)]
+                    for _ in range(6)]).astype(np.int32)
+    _, w_t = random_batch(slot_field, N_FEATURES, b=6, seed=4)
+    w = w_t.numpy().astype(np.float32)
+    ids[w == 0] = 0
+    y = np.array([1, 0, 0, 1, 1, 0], np.float32)
+    order = np.array([3, 0, 5, 1, 4, 2])
+    for cls in (FM, FFM):
+        native = random_model(cls, slot_field)
+        table, bias = native.table.detach().numpy().astype(np.float64), native.bias.item()
+        sums: list = [np.zeros_like(table), 0.0]
+        for r in order:
+            table, bias, _ = naive_step(table, bias, ids[r : r + 1], w[r : r + 1], y[r : r + 1],
+                                        slot_field, cls.kind, sums)
+        kernel = fm_kernel.AdagradKernel(native, LR, L2, update="sample")
+        kernel.epoch(ids, w, y, order, batch=4)  # the batch size does not matter here
+        np.testing.assert_allclose(native.table.detach().numpy(), table, atol=2e-5)
+        assert native.bias.item() == pytest.approx(bias, abs=1e-5)
+        np.testing.assert_allclose(kernel.accum, sums[0], rtol=1e-4, atol=1e-7)
+
+
 def native_cfg(**over: object) -> TrainConfig:
     base = {
         "lr": 0.1,
@@ -158,13 +190,14 @@ def native_cfg(**over: object) -> TrainConfig:
     return TrainConfig(**{**base, **over})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("update", ["batch", "sample"])
 @pytest.mark.parametrize("cls", [FM, FFM])
-def test_one_thread_is_deterministic(cls: type) -> None:
+def test_one_thread_is_deterministic(cls: type, update: str) -> None:
     data, enc = planted(1500, seed=2)
 
     def run(seed: int) -> torch.Tensor:
         model = cls(enc.n_features, enc.slot_field, k=K, seed=3)
-        fit(model, data, None, native_cfg(epochs=2, seed=seed))
+        fit(model, data, None, native_cfg(epochs=2, seed=seed, native_update=update))
         return model.table.detach().clone()
 
     first = run(7)
@@ -172,16 +205,18 @@ def test_one_thread_is_deterministic(cls: type) -> None:
     assert not torch.equal(run(8), first)
 
 
+@pytest.mark.parametrize("update", ["batch", "sample"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cls", [FM, FFM])
 def test_native_training_learns_a_planted_interaction(
-    cls: type, threads: int, caplog: pytest.LogCaptureFixture
+    cls: type, threads: int, update: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     data, enc = planted(6000, seed=0)
     train, valid = split(data, 5000)
     model = cls(enc.n_features, enc.slot_field, k=K, seed=0)
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        hist = fit(model, train, valid, native_cfg(native_threads=threads))
+        hist = fit(model, train, valid, native_cfg(native_threads=threads,
+                                                   native_update=update))
     assert "native backend does not apply" not in caplog.text
     auc = binary_metric("auc", valid.labels, predict(model, valid))  # torch's scores
     assert auc > 0.8
