@@ -20,8 +20,9 @@ AUC is sklearn's on the last 10% of ratings. The synthetic set
 
 Native rows train the same FM and FFM modules with the same hyperparameters through the
 same trainer with ``backend="native"`` (``models.fm_kernel``): one numba thread
-(deterministic) and two (Hogwild); torch and torchfm keep one thread. torchfm and xlearn
-rows are skipped when they are not installed.
+(deterministic) and two (Hogwild), with batch-mean steps and with per-sample steps
+("sample" rows, their own lr); torch and torchfm keep one thread. torchfm and xlearn
+rows (xlearn's FFM and FM) are skipped when they are not installed.
 
 Hyperparameters were chosen on validation AUC (never test) and are fixed below.
 """
@@ -60,6 +61,10 @@ SEED = 0
 OURS_FFM = {"lr": 0.03, "l2": 1e-2, "init_std": 0.001}
 OURS_FM = {"lr": 0.03, "l2": 1e-2, "init_std": 0.001}
 SYNTHETIC_FFM = {"lr": 0.1, "l2": 1e-2, "init_std": 0.001}  # 0.03 ran into the epoch cap
+# Native per-sample steps (native_update="sample"): lr on ML-100K valid AUC, l2 as above:
+# FFM 0.6967/0.6988/0.6992/0.6993/0.6952 and FM 0.6922/0.6959/0.6966/0.6945/0.6938 at lr
+# 0.003/0.01/0.03/0.1/0.3; 0.03 for both (FFM's 0.1 is level with it)
+SAMPLE_LR = {"ffm": 0.03, "fm": 0.03}
 # torchfm: torch.optim.Adagrad with weight decay, torchfm's own (xavier) initialisation.
 TORCHFM = {"ffm": {"lr": 0.05, "weight_decay": 1e-3}, "fm": {"lr": 0.05, "weight_decay": 1e-3}}
 # xlearn: its defaults (lr 0.2, lambda 2e-5, Adagrad, instance normalisation) but k, the
@@ -98,13 +103,15 @@ class Contender:
 
 
 def run_ours(kind: str, enc: FieldEncoder, tr: Samples, va: Samples, te: Samples,
-             params: dict[str, float], sparse: bool | None = None, native_threads: int = 0
-             ) -> tuple[dict[str, Any], Contender]:
-    """Our FM or FFM trained with torch, or with the native kernel on ``native_threads``."""
+             params: dict[str, float], sparse: bool | None = None, native_threads: int = 0,
+             native_update: str = "batch") -> tuple[dict[str, Any], Contender]:
+    """Our FM or FFM trained with torch, or with the native kernel on ``native_threads``
+    (batch-mean or per-sample steps)."""
     cls = FFM if kind == "ffm" else FM
     model = cls(enc.n_features, enc.slot_field, k=K, sparse=sparse,
                 init_std=params["init_std"], seed=SEED)
-    backend = {"backend": "native", "native_threads": native_threads} if native_threads else {}
+    backend = ({"backend": "native", "native_threads": native_threads,
+                "native_update": native_update} if native_threads else {})
     cfg = train_cfg(lr=params["lr"], l2=params["l2"], **backend)
     h = fit(model, tr, va, cfg)
     result = {"test_auc": binary_metric("auc", te.labels, predict(model, te)),
@@ -224,7 +231,9 @@ def epoch_times(log_text: str) -> list[float]:
     return times
 
 
-def run_xlearn(enc: FieldEncoder, tr: Samples, va: Samples, te: Samples) -> dict[str, Any]:
+def run_xlearn(kind: str, enc: FieldEncoder, tr: Samples, va: Samples, te: Samples
+               ) -> dict[str, Any]:
+    """xlearn's FFM or FM on the same libffm files (its FM ignores the fields)."""
     os.environ.setdefault("USER", "bench")  # xlearn aborts in fit() without it (NOTES.md)
     import xlearn as xl
 
@@ -233,7 +242,8 @@ def run_xlearn(enc: FieldEncoder, tr: Samples, va: Samples, te: Samples) -> dict
         for name, s in (("train", tr), ("valid", va), ("test", te)):
             write_libffm(t / f"{name}.ffm", s, enc.slot_field)
         base = {"task": "binary", "k": K, "metric": "auc", "nthread": THREADS, **XLEARN}
-        model = xl.create_ffm()
+        create = xl.create_ffm if kind == "ffm" else xl.create_fm
+        model = create()
         model.setTrain(str(t / "train.ffm"))
         model.setValidate(str(t / "valid.ffm"))
         with captured_fd1(t / "fit.log"):
@@ -246,7 +256,7 @@ def run_xlearn(enc: FieldEncoder, tr: Samples, va: Samples, te: Samples) -> dict
         auc = binary_metric("auc", te.labels, probs)  # type: ignore[arg-type]
         # Training time alone: a fit without a validation set, XLEARN_TIMING_EPOCHS epochs
         # (xlearn prints each epoch's seconds to two decimals, too coarse for one epoch).
-        timing = xl.create_ffm()
+        timing = create()
         timing.setTrain(str(t / "train.ffm"))
         started = time.perf_counter()
         with captured_fd1(t / "time.log"):
@@ -283,9 +293,11 @@ def ml100k_rows() -> dict[str, dict[str, Any]]:
     for kind, params in (("ffm", OURS_FFM), ("fm", OURS_FM)):
         name = kind.upper()
         runs += [(f"ours {name}", partial(run_ours, kind, enc, tr, va, te, params)),
-                 *((f"native {name}, {n} thread{'s' * (n > 1)}",
-                    partial(run_ours, kind, enc, tr, va, te, params, native_threads=n))
-                   for n in (1, 2)),
+                 *((f"native {name}{' sample' * (u == 'sample')}, {n} thread{'s' * (n > 1)}",
+                    partial(run_ours, kind, enc, tr, va, te,
+                            params if u == "batch" else {**params, "lr": SAMPLE_LR[kind]},
+                            native_threads=n, native_update=u))
+                   for u in ("batch", "sample") for n in (1, 2)),
                  (f"torchfm {name}", partial(run_torchfm, kind, d))]
     for name, run in runs:
         try:
@@ -304,10 +316,12 @@ def ml100k_rows() -> dict[str, dict[str, Any]]:
     rows["ours FFM, sparse gradients"] = {"epochs": None}
     for name, rate in timed(contenders).items():
         rows[name]["samples_per_s"] = rate
-    try:
-        rows["xlearn FFM"] = run_xlearn(enc, tr, va, te)
-    except ImportError as err:
-        print(f"xlearn not installed ({err}); skipping it", flush=True)
+    for kind in ("ffm", "fm"):
+        try:
+            rows[f"xlearn {kind.upper()}"] = run_xlearn(kind, enc, tr, va, te)
+        except ImportError as err:
+            print(f"xlearn not installed ({err}); skipping it", flush=True)
+            break
     return rows
 
 
@@ -315,9 +329,10 @@ def ml100k_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Rates, AUCs and the ratios the targets are stated in, for the rows that ran."""
     keys = {"ours FFM": "ffm", "ours FM": "fm", "torchfm FFM": "torchfm_ffm",
             "torchfm FM": "torchfm_fm", "xlearn FFM": "xlearn_ffm",
-            "ours FFM, sparse gradients": "ffm_sparse_grad"}
-    keys.update({f"native {m}, {n} thread{'s' * (n > 1)}": f"native_{m.lower()}_{n}t"
-                 for m in ("FFM", "FM") for n in (1, 2)})
+            "ours FFM, sparse gradients": "ffm_sparse_grad", "xlearn FM": "xlearn_fm"}
+    keys.update({f"native {m}{s}, {n} thread{'s' * (n > 1)}":
+                 f"native_{m.lower()}{s.replace(' ', '_')}_{n}t"
+                 for m in ("FFM", "FM") for s in ("", " sample") for n in (1, 2)})
     out: dict[str, Any] = {}
     for name, key in keys.items():
         if name in rows:
@@ -333,12 +348,16 @@ def ml100k_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for m in ("FFM", "FM"):
         low = m.lower()
         out[f"native_{low}_speedup_vs_torch"] = ratio(f"native {m}, 1 thread", f"ours {m}")
-        out[f"native_{low}_2t_vs_1t"] = ratio(f"native {m}, 2 threads", f"native {m}, 1 thread")
         out[f"{low}_speedup_vs_torchfm"] = ratio(f"ours {m}", f"torchfm {m}")
-    out["native_ffm_speedup_vs_xlearn"] = ratio("native FFM, 1 thread", "xlearn FFM")
+        for s in ("", " sample"):
+            key = f"native_{low}{s.replace(' ', '_')}"
+            out[f"{key}_2t_vs_1t"] = ratio(f"native {m}{s}, 2 threads", f"native {m}{s}, 1 thread")
+            out[f"{key}_speedup_vs_xlearn"] = ratio(f"native {m}{s}, 1 thread", f"xlearn {m}")
+        if f"xlearn {m}" in rows:
+            out[f"xlearn_{low}_fit_wall_samples_per_s"] = round(
+                rows[f"xlearn {m}"]["fit_wall_samples_per_s"])
     out["ffm_speedup_vs_xlearn"] = ratio("ours FFM", "xlearn FFM")
-    if "xlearn FFM" in rows:
-        out["xlearn_fit_wall_samples_per_s"] = round(rows["xlearn FFM"]["fit_wall_samples_per_s"])
+    out["load_average_1m"] = round(os.getloadavg()[0], 2)
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -115,6 +115,7 @@ class TrainConfig:
     # native steps: "batch" (each batch's mean loss, as torch) or "sample" (every sample
     # alone, as libffm/xLearn; wants its own lr, see models.fm_kernel.AdagradKernel)
     native_update: Literal["batch", "sample"] = "batch"
+    native_sample_lr: float | None = None  # lr of per-sample steps; None: lr
     eval_batch_size: int = 16384
     restore_best: bool = True
 
@@ -320,7 +321,9 @@ def _steps(model: nn.Module, train: Samples, cfg: TrainConfig, world: int,
         if (torch.device(cfg.device).type == "cpu" and world == 1 and optimizer is None
                 and cfg.optimizer == "adagrad" and fm_kernel.supports(model)):
             assert train.labels is not None
-            kernel = fm_kernel.AdagradKernel(model, cfg.lr, cfg.l2, cfg.native_threads,
+            per_sample = cfg.native_update == "sample" and cfg.native_sample_lr is not None
+            lr = cfg.native_sample_lr if per_sample else cfg.lr
+            kernel = fm_kernel.AdagradKernel(model, lr, cfg.l2, cfg.native_threads,
                                             cfg.native_update)
             return _NativeSteps(kernel, (train.ids, train.weights, train.labels),
                                 cfg.batch_size)

@@ -155,7 +155,9 @@ def train_phase(io: StageIO, phase: str, fit_df: pd.DataFrame, valid: pd.DataFra
                                 batch_size=fm.batch_size, epochs=epochs.get(kind, fm.max_epochs),
                                 patience=fm.patience, seed=cfg.seed, device=fm.device,
                                 threads=cfg.threads, backend=fm.backend,
-                                native_threads=fm.native_threads)
+                                native_threads=fm.native_threads,
+                                native_update=fm.native_update,
+                                native_sample_lr=fm.native_sample_lr)
         history: History = fit(model, train_samples, valid_samples, train_cfg)
         reports[kind] = history.to_dict()
         if valid_samples is not None:

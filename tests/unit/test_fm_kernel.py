@@ -256,6 +256,16 @@ def test_a_nan_loss_stops_native_training_as_it_stops_torch(cls: type) -> None:
         fit(model, data, None, native_cfg(epochs=5, patience=5), evaluate=poison_after_two)
 
 
+def test_sample_steps_take_their_own_lr() -> None:
+    """``native_sample_lr`` drives per-sample steps only; batch steps keep ``lr``."""
+    data, enc = planted(800, seed=1)
+    cfg = {"lr": 1e-3, "native_sample_lr": 1e30, "epochs": 1}
+    fit(FFM(enc.n_features, enc.slot_field, k=K), data, None, native_cfg(**cfg))
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        fit(FFM(enc.n_features, enc.slot_field, k=K), data, None,
+            native_cfg(**cfg, native_update="sample"))
+
+
 def test_natively_trained_models_save_and_load(tmp_path: Path) -> None:
     data, enc = planted(500, seed=3)
     for cls in (FM, FFM):
