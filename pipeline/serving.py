@@ -258,9 +258,9 @@ class Recommender:
                                   effective_budget(m.cfg.recall.budget, data.n_items),
                                   Requests(keys, np.array([code]),
                                            keys[S.QUERY].to_numpy(object)))[0]
-        search = m.search_context if data is m.data else SearchContext(
-            data, m.search_context.index)
-        return self.ranked(SEARCH, through_arrow(cands), data, context, (), search).iloc[:k]
+        # recent events carry no query: the query statistics stay the publication's
+        return self.ranked(SEARCH, through_arrow(cands), data, context, (),
+                           m.search_context).iloc[:k]
 
     def ranked(self, kind: str, cands: pd.DataFrame, data: RecallData,
                context: FeatureContext, extra: tuple[str, ...],
@@ -285,13 +285,14 @@ class Recommender:
     def with_recent(self, code: int, recent: pd.DataFrame | None
                     ) -> tuple[RecallData, FeatureContext]:
         """The data and feature statistics a request sees: the publication's, or with the
-        user's recent events added (the statistics refitted on them)."""
+        user's recent events added (the statistics updated as a refit on them would be:
+        ``FeatureContext.with_events``)."""
         m = self.models
         items, ts, _ = self.known_events(recent)
         if not len(items):
             return m.data, m.context
         data = m.data.with_events(code, items, ts)
-        return data, FeatureContext(data, m.cfg.features.recent_share)
+        return data, m.context.with_events(data, code, items, ts)
 
     def cold_start(self, user_id: Any, k: int) -> pd.DataFrame:
         """The cold-start list of the user's region (from the users table), else the
