@@ -49,8 +49,28 @@ from pipeline.stages.train_fm import with_fm_scores
 COLD_START = "cold-start"
 
 
+# dtypes a Parquet round trip hands back as they are, values and all
+KEPT_DTYPES = (pd.BooleanDtype, pd.Int8Dtype, pd.Int16Dtype, pd.Int32Dtype, pd.Int64Dtype,
+               pd.UInt8Dtype, pd.UInt16Dtype, pd.UInt32Dtype, pd.UInt64Dtype,
+               pd.Float32Dtype, pd.Float64Dtype)
+
+
+def kept_by_arrow(dtype: Any) -> bool:
+    """Whether a column of ``dtype`` comes back from Arrow unchanged: numpy numbers and
+    booleans, pandas' nullable ones, Arrow-backed strings."""
+    return ((isinstance(dtype, np.dtype) and dtype.kind in "biuf")
+            or isinstance(dtype, KEPT_DTYPES)
+            or (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"))
+
+
 def through_arrow(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame as a stage after this one reads it back from Parquet."""
+    """The frame as a stage after this one reads it back from Parquet. A frame whose
+    columns all come back unchanged (``kept_by_arrow``) on a plain row index is that
+    frame already and skips the trip (1.5-5 ms a trip for a request's 300 candidates)."""
+    index = frame.index
+    if (isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
+            and all(kept_by_arrow(dtype) for dtype in frame.dtypes)):
+        return frame
     return pa.Table.from_pandas(frame, preserve_index=False).to_pandas()
 
 
