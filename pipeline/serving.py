@@ -132,8 +132,8 @@ def load_models(cfg: Config, fit: pd.DataFrame, items: pd.DataFrame, users: pd.D
                                   tuned["quotas"]),
                  SEARCH: (list(cfg.recall.search_channels), tuned["search_quotas"])}
     kinds = {kind: Ranking({n: channels[n] for n in names}, quotas,
-                           {o: FoldEnsemble.load(where.ranker(kind, o))
-                            for o in cfg.rank.objectives},
+                           {o: FoldEnsemble.load(where.ranker(kind, o), threads=1)
+                            for o in cfg.rank.objectives},  # a request: a few hundred rows
                            json.loads(where.blend(kind).read_text()))
              for kind, (names, quotas) in answering.items() if where.blend(kind).is_file()}
     user_side, item_side = side_tables(users, items, fit)
