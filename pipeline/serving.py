@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from features.candidate_features import FeatureContext
 from features.fields import FieldEncoder
-from features.pairs import side_tables
+from features.pairs import EncodedTable, encode_tables, side_tables
 from features.recall_data import RecallData, build_recall_data, to_seconds
 from features.search_features import SearchContext
 from models.base import RecallChannel
@@ -97,6 +97,7 @@ class Models:
     encoder: FieldEncoder
     user_side: pd.DataFrame
     item_side: pd.DataFrame
+    sides: dict[str, EncodedTable]  # both side tables encoded once, for the FM scores
     context: FeatureContext
     fill: np.ndarray
     cold_start: pd.DataFrame  # empty for a backtest phase: nobody there is unknown
@@ -137,11 +138,12 @@ def load_models(cfg: Config, fit: pd.DataFrame, items: pd.DataFrame, users: pd.D
                            json.loads(where.blend(kind).read_text()))
              for kind, (names, quotas) in answering.items() if where.blend(kind).is_file()}
     user_side, item_side = side_tables(users, items, fit)
+    encoder = FieldEncoder.load(where.fm(cfg.fm.models[0]) / "encoder")
     return Models(
         cfg=cfg, data=data, channels=channels, kinds=kinds,
         fm={kind: load_model(where.fm(kind))[0] for kind in cfg.fm.models},
-        encoder=FieldEncoder.load(where.fm(cfg.fm.models[0]) / "encoder"),
-        user_side=user_side, item_side=item_side,
+        encoder=encoder, user_side=user_side, item_side=item_side,
+        sides=encode_tables(encoder, user_side, item_side),
         context=FeatureContext(data, cfg.features.recent_share),
         fill=fill_order(fit, items), cold_start=cold_start,
         regions=(users.set_index(S.USER)[S.REGION].dropna().astype(str)
@@ -248,7 +250,8 @@ class Recommender:
                                   effective_budget(m.cfg.recall.budget, data.n_items),
                                   Requests(keys, np.array([code])))[0]
         cands = through_arrow(with_fm_scores(through_arrow(cands), m.fm, m.encoder,
-                                             m.user_side, m.item_side, m.cfg.fm.device))
+                                             m.user_side, m.item_side, m.cfg.fm.device,
+                                             m.sides))
         lists = self.ranked(RECOMMENDATION, cands, data, context, ("channels",))
         history = data.item_index.decode(data.history[code].indices)
         lists = padded(lists, pd.DataFrame({S.USER: user_id, S.ITEM: history}), m.fill,
