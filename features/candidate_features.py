@@ -268,7 +268,24 @@ def model_scores(models: Mapping[str, PairScorer], data: RecallData, users: np.n
 
 
 def request_ranks(frame: pd.DataFrame, key: str, columns: list[str]) -> pd.DataFrame:
-    """``<column>_request_rank``: 1 for the request's highest score, NaN where missing."""
-    grouped = frame.groupby(key, sort=False)
-    return pd.DataFrame({f"{c}_request_rank": grouped[c].rank(ascending=False, method="min")
-                         for c in columns}, index=frame.index)
+    """``<column>_request_rank`` of float score columns: 1 for the request's highest
+    score, NaN where missing, ties sharing the lowest rank; pandas' grouped
+    ``rank(method="min")`` by one numpy sort per column."""
+    groups = pd.factorize(frame[key])[0]
+    return pd.DataFrame({f"{c}_request_rank": _min_ranks(
+        groups, frame[c].to_numpy(np.float64, na_value=np.nan)) for c in columns},
+        index=frame.index)
+
+
+def _min_ranks(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's rank within its group, highest first, ties at their lowest rank."""
+    found = np.flatnonzero(~np.isnan(values))
+    order = found[np.lexsort((-values[found], groups[found]))]
+    g, v = groups[order], values[order]
+    position = np.arange(len(order))
+    new_group = np.concatenate([[True], g[1:] != g[:-1]])
+    new_value = new_group | np.concatenate([[True], v[1:] != v[:-1]])
+    ranks = np.full(len(values), np.nan)
+    ranks[order] = (np.maximum.accumulate(np.where(new_value, position, 0))
+                    - np.maximum.accumulate(np.where(new_group, position, 0)) + 1)
+    return ranks

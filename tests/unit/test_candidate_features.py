@@ -169,3 +169,20 @@ def test_a_users_new_events_update_the_statistics_as_a_refit_would(data, case) -
     pd.testing.assert_frame_equal(updated.compute(users, pairs), refit.compute(users, pairs),
                                   check_exact=True)
     same_statistics(context, FeatureContext(data, 0.5))  # the publication's is untouched
+
+
+def test_request_ranks_equal_pandas_grouped_min_ranks() -> None:
+    rng = np.random.default_rng(8)
+    n = 3000
+    frame = pd.DataFrame({
+        "case_id": rng.integers(0, 80, n),
+        "ties": rng.integers(0, 6, n).astype(np.float64),
+        "holes": np.where(rng.random(n) < 0.2, np.nan, rng.choice([0.0, -0.0, 1.0, np.inf], n)),
+        "fm": rng.random(n).astype(np.float32)})  # model scores float64, FM's float32
+    columns = ["ties", "holes", "fm"]
+    grouped = frame.groupby("case_id", sort=False)
+    want = pd.DataFrame({f"{c}_request_rank": grouped[c].rank(ascending=False, method="min")
+                         for c in columns}, index=frame.index)
+    pd.testing.assert_frame_equal(request_ranks(frame, "case_id", columns), want,
+                                  check_exact=True)
+    assert request_ranks(frame.iloc[:0], "case_id", columns).shape == (0, 3)
