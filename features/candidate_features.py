@@ -13,6 +13,7 @@ source that has them, an item without a category or a user without history gets 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -79,16 +80,33 @@ def _per_code(codes: np.ndarray, values: np.ndarray, n: int, how: str) -> np.nda
     return out
 
 
-def _modal_share(user_codes: np.ndarray, item_codes: np.ndarray, slots: np.ndarray,
-                 n_users: int, n_items: int, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's most frequent slot (-1 if none) and each item's share of events per slot."""
-    per_user = np.bincount(user_codes * n_slots + slots, minlength=n_users * n_slots)
-    per_user = per_user.reshape(n_users, n_slots)
-    modal = np.where(per_user.sum(axis=1) > 0, per_user.argmax(axis=1), -1)
-    per_item = np.bincount(item_codes * n_slots + slots, minlength=n_items * n_slots)
-    per_item = per_item.reshape(n_items, n_slots).astype(np.float64)
-    per_item /= np.maximum(per_item.sum(axis=1, keepdims=True), 1.0)
-    return modal, per_item
+def _hour_slot(ts: np.ndarray) -> np.ndarray:
+    return (ts // 3600 % 24) * HOUR_BUCKETS // 24
+
+
+def _weekday_slot(ts: np.ndarray) -> np.ndarray:
+    return (ts // SECONDS_PER_DAY + 3) % 7  # 1970-01-01 was a Thursday (3)
+
+
+def _modal(per_user: np.ndarray) -> np.ndarray:
+    """Each row's most frequent slot, -1 for a row without events."""
+    return np.where(per_user.sum(axis=1) > 0, per_user.argmax(axis=1), -1)
+
+
+def _shares(per_item: np.ndarray) -> np.ndarray:
+    """Each row's events per slot as shares of the row's events."""
+    return per_item / np.maximum(per_item.sum(axis=1, keepdims=True), 1.0)
+
+
+def _slot_counts(codes: np.ndarray, slots: np.ndarray, n: int, n_slots: int) -> np.ndarray:
+    return np.bincount(codes * n_slots + slots, minlength=n * n_slots).reshape(n, n_slots)
+
+
+def _recent_counts(items: np.ndarray, ts: np.ndarray, n_items: int,
+                   recent_share: float) -> np.ndarray:
+    """Per item, its events among the latest ``recent_share`` of all events."""
+    recent = ts >= np.quantile(ts, 1.0 - recent_share) if len(ts) else np.zeros(0, bool)
+    return np.bincount(items[recent], minlength=n_items).astype(np.float64)
 
 
 def _row_normalised(m: sp.csr_matrix) -> sp.csr_matrix:
@@ -104,31 +122,81 @@ class FeatureContext:
         u, i = log["user"].to_numpy(), log["item"].to_numpy()
         ts = log["ts"].to_numpy(np.int64)
         nu, ni = data.n_users, data.n_items
-        self.data, self.now = data, float(data.now)
+        self.data, self.now, self.recent_share = data, float(data.now), recent_share
         self.user_events = np.bincount(u, minlength=nu).astype(np.float64)
         self.user_first = _per_code(u, ts, nu, "min")
         self.user_last = _per_code(u, ts, nu, "max")
         self.item_events = np.bincount(i, minlength=ni).astype(np.float64)
-        recent = ts >= np.quantile(ts, 1.0 - recent_share) if len(ts) else np.zeros(0, bool)
-        self.item_recent = np.bincount(i[recent], minlength=ni).astype(np.float64)
+        self.item_recent = _recent_counts(i, ts, ni, recent_share)
         self.item_last = _per_code(i, ts, ni, "max")
-        self.item_born = _per_code(i, ts, ni, "min")
+        self.item_first = _per_code(i, ts, ni, "min")
+        self.item_created = np.full(ni, np.nan)  # NaN: no creation date, first sight counts
         if "created_ts" in data.items.columns:
             created = data.items["created_ts"]
             known = created.notna().to_numpy()
-            born = np.full(ni, np.nan)
-            born[known] = to_seconds(created[known])
-            self.item_born = np.where(known, born, self.item_born)
+            self.item_created[known] = to_seconds(created[known])
+        self.item_born = np.where(np.isnan(self.item_created), self.item_first,
+                                  self.item_created)
         self.user_region, self.region_items = self._regions(data, u, i)
         if self.region_items is not None:
             self.region_events = np.asarray(self.region_items.sum(axis=1)).ravel()
         self.category, _ = attribute_matrix(data.items, ("category",))
         self.tags, _ = attribute_matrix(data.items, ("tags",))
         self.history_share = _row_normalised(data.history.astype(np.float64))
-        self.user_hour, self.item_hour = _modal_share(
-            u, i, (ts // 3600 % 24) * HOUR_BUCKETS // 24, nu, ni, HOUR_BUCKETS)
-        self.user_weekday, self.item_weekday = _modal_share(
-            u, i, (ts // SECONDS_PER_DAY + 3) % 7, nu, ni, 7)  # 1970-01-01 was a Thursday (3)
+        self.user_hour = _modal(_slot_counts(u, _hour_slot(ts), nu, HOUR_BUCKETS))
+        self.item_hour_events = _slot_counts(i, _hour_slot(ts), ni, HOUR_BUCKETS)
+        self.item_hour = _shares(self.item_hour_events)
+        self.user_weekday = _modal(_slot_counts(u, _weekday_slot(ts), nu, 7))
+        self.item_weekday_events = _slot_counts(i, _weekday_slot(ts), ni, 7)
+        self.item_weekday = _shares(self.item_weekday_events)
+
+    def with_events(self, data: RecallData, user: int, items: np.ndarray, ts: np.ndarray
+                    ) -> FeatureContext:
+        """The statistics of ``data``, this context's data with ``user``'s events (item
+        codes, unix seconds) added by ``RecallData.with_events``: equal to a refit on it,
+        but only the user's and the items' entries are worked out again (and the recent
+        cut, a quantile of every event time), so a served request carrying a click does
+        not pay for refitting the whole log."""
+        items, ts = np.asarray(items, np.int64), np.asarray(ts, np.int64)
+        new = copy.copy(self)
+        new.data, new.now = data, float(data.now)
+        new.user_events = self.user_events.copy()
+        new.user_events[user] += len(items)
+        if len(items):
+            new.user_first, new.user_last = self.user_first.copy(), self.user_last.copy()
+            new.user_first[user] = np.fmin(self.user_first[user], ts.min())
+            new.user_last[user] = np.fmax(self.user_last[user], ts.max())
+        new.item_events = self.item_events + np.bincount(items, minlength=data.n_items)
+        log = data.log
+        new.item_recent = _recent_counts(log["item"].to_numpy(), log["ts"].to_numpy(np.int64),
+                                         data.n_items, self.recent_share)
+        new.item_last, new.item_first = self.item_last.copy(), self.item_first.copy()
+        np.fmax.at(new.item_last, items, ts.astype(np.float64))
+        np.fmin.at(new.item_first, items, ts.astype(np.float64))
+        new.item_born = np.where(np.isnan(self.item_created), new.item_first,
+                                 self.item_created)
+        if self.region_items is not None and self.user_region[user] >= 0:
+            new.region_items = self.region_items + interaction_matrix(
+                np.full(len(items), self.user_region[user]), items, *self.region_items.shape)
+            new.region_events = np.asarray(new.region_items.sum(axis=1)).ravel()
+        share = _row_normalised(data.history[user].astype(np.float64))
+        new.history_share = sp.vstack([self.history_share[:user], share,
+                                       self.history_share[user + 1:]], format="csr")
+        lo, hi = np.searchsorted(log["user"].to_numpy(), [user, user + 1])
+        mine = log["ts"].to_numpy(np.int64)[lo:hi]  # the user's events, old and new
+        for slot, n_slots, modal, events, shares in (
+                (_hour_slot, HOUR_BUCKETS, "user_hour", "item_hour_events", "item_hour"),
+                (_weekday_slot, 7, "user_weekday", "item_weekday_events", "item_weekday")):
+            setattr(new, modal, getattr(self, modal).copy())
+            getattr(new, modal)[user] = _modal(_slot_counts(np.zeros(len(mine), np.int64),
+                                                            slot(mine), 1, n_slots))[0]
+            counts = getattr(self, events).copy()
+            np.add.at(counts, (items, slot(ts)), 1)
+            setattr(new, events, counts)
+            changed = np.unique(items)
+            setattr(new, shares, getattr(self, shares).copy())
+            getattr(new, shares)[changed] = _shares(counts[changed])
+        return new
 
     @staticmethod
     def _regions(data: RecallData, u: np.ndarray, i: np.ndarray
@@ -200,7 +268,24 @@ def model_scores(models: Mapping[str, PairScorer], data: RecallData, users: np.n
 
 
 def request_ranks(frame: pd.DataFrame, key: str, columns: list[str]) -> pd.DataFrame:
-    """``<column>_request_rank``: 1 for the request's highest score, NaN where missing."""
-    grouped = frame.groupby(key, sort=False)
-    return pd.DataFrame({f"{c}_request_rank": grouped[c].rank(ascending=False, method="min")
-                         for c in columns}, index=frame.index)
+    """``<column>_request_rank`` of float score columns: 1 for the request's highest
+    score, NaN where missing, ties sharing the lowest rank; pandas' grouped
+    ``rank(method="min")`` by one numpy sort per column."""
+    groups = pd.factorize(frame[key])[0]
+    return pd.DataFrame({f"{c}_request_rank": _min_ranks(
+        groups, frame[c].to_numpy(np.float64, na_value=np.nan)) for c in columns},
+        index=frame.index)
+
+
+def _min_ranks(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's rank within its group, highest first, ties at their lowest rank."""
+    found = np.flatnonzero(~np.isnan(values))
+    order = found[np.lexsort((-values[found], groups[found]))]
+    g, v = groups[order], values[order]
+    position = np.arange(len(order))
+    new_group = np.concatenate([[True], g[1:] != g[:-1]])
+    new_value = new_group | np.concatenate([[True], v[1:] != v[:-1]])
+    ranks = np.full(len(values), np.nan)
+    ranks[order] = (np.maximum.accumulate(np.where(new_value, position, 0))
+                    - np.maximum.accumulate(np.where(new_group, position, 0)) + 1)
+    return ranks

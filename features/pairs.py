@@ -55,19 +55,70 @@ class EncodedSide:
     of: np.ndarray
 
 
-def encode_sides(encoder: FieldEncoder, pairs: pd.DataFrame, user_side: pd.DataFrame,
-                 item_side: pd.DataFrame) -> tuple[EncodedSide, EncodedSide] | None:
-    """The user and the item side of ``pairs``, each distinct user and item encoded once;
-    None when a field reads anything but the two sides."""
+@dataclass(frozen=True)
+class EncodedTable:
+    """Every row of one side table encoded once (its fields' slots), by id: a request's
+    ids are then gathered instead of joined and encoded again (a served request's 300
+    candidates: the join and encoding were most of its FM scoring)."""
+
+    index: pd.Index
+    encoded: EncodedFields
+
+    def gather(self, ids: pd.Index) -> EncodedFields | None:
+        """The rows of ``ids``; None unless the table holds every one, typed alike (an
+        id it lacks is encoded from its join, missing values and all)."""
+        if ids.dtype != self.index.dtype:
+            return None
+        rows = self.index.get_indexer(ids)
+        if (rows < 0).any():
+            return None
+        return EncodedFields(self.encoded.ids[rows], self.encoded.weights[rows])
+
+
+def _side_fields(encoder: FieldEncoder, user_side: pd.DataFrame, item_side: pd.DataFrame
+                 ) -> dict[str, list[str]] | None:
+    """The fields each side's columns feed; None when a field reads anything else."""
     sides = {"user_id": user_side, "item_id": item_side}
     names = {key: [f.name for f in encoder.fields if f.source in {key, *side.columns}]
              for key, side in sides.items()}
-    if sum(map(len, names.values())) != encoder.n_fields:
+    return names if sum(map(len, names.values())) == encoder.n_fields else None
+
+
+def _encode_ids(encoder: FieldEncoder, ids: pd.Index, side: pd.DataFrame, key: str,
+                names: list[str]) -> EncodedFields:
+    return encoder.transform(_attach(pd.DataFrame({key: ids}), side, key), names)
+
+
+def encode_tables(encoder: FieldEncoder, user_side: pd.DataFrame, item_side: pd.DataFrame
+                  ) -> dict[str, EncodedTable]:
+    """Both side tables encoded whole, for ``encode_sides`` to gather from (empty when
+    a field reads anything but the two sides, or a table repeats an id)."""
+    names = _side_fields(encoder, user_side, item_side)
+    sides = {"user_id": user_side, "item_id": item_side}
+    if names is None or not all(side.index.is_unique for side in sides.values()):
+        return {}
+    return {key: EncodedTable(side.index, _encode_ids(encoder, side.index, side, key,
+                                                      names[key]))
+            for key, side in sides.items()}
+
+
+def encode_sides(encoder: FieldEncoder, pairs: pd.DataFrame, user_side: pd.DataFrame,
+                 item_side: pd.DataFrame, tables: dict[str, EncodedTable] | None = None
+                 ) -> tuple[EncodedSide, EncodedSide] | None:
+    """The user and the item side of ``pairs``, each distinct user and item encoded once
+    (or gathered from ``tables``, ``encode_tables``: the same slots); None when a field
+    reads anything but the two sides."""
+    names = _side_fields(encoder, user_side, item_side)
+    if names is None:
         return None
     out = []
-    for key, side in sides.items():
+    for key, side in {"user_id": user_side, "item_id": item_side}.items():
         codes, distinct = pd.factorize(pairs[key], use_na_sentinel=False)
-        part = encoder.transform(_attach(pd.DataFrame({key: distinct}), side, key), names[key])
+        distinct = pd.Index(distinct)
+        table = (tables or {}).get(key)
+        part = table.gather(distinct) if table is not None else None
+        if part is None:
+            part = _encode_ids(encoder, distinct, side, key, names[key])
         out.append(EncodedSide(part, encoder.slot_positions(names[key]), codes))
     return out[0], out[1]
 

@@ -100,6 +100,18 @@ def user_chunks(n_users: int, n_items: int, chunk: int = 0) -> Iterator[slice]:
         yield slice(lo, min(lo + size, n_users))
 
 
+def stored_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the stored entries of ``matrix[rows]`` lie: each one's position in ``rows``
+    and in ``matrix.indices`` / ``matrix.data``, in ``matrix[rows]``'s order. Read from the
+    CSR arrays: scipy's row indexing cost ~0.1 ms a call, and every channel of a served
+    request made one or two for its user's history."""
+    starts = matrix.indptr[rows]
+    lengths = matrix.indptr[rows + 1] - starts
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    return owner, np.arange(len(owner)) + np.repeat(starts - np.cumsum(lengths) + lengths,
+                                                    lengths)
+
+
 def seen_mask(data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """True where ``items[r, c]`` is in the fitted history of ``users[r]`` (a user code
     below 0, unknown, has none). A lookup table over the (row, item) keys while it fits
@@ -107,9 +119,8 @@ def seen_mask(data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndar
     that, a binary search of each key among the few seen keys, sorted (5.4x faster than
     ``np.isin``'s sort of all keys: 25k users x 649 items, 20 seen each, measured)."""
     users = np.asarray(users)
-    history = data.history[np.maximum(users, 0)]
-    seen = np.repeat(np.arange(len(users)), np.diff(history.indptr)) * data.n_items \
-        + history.indices
+    owner, at = stored_rows(data.history, np.maximum(users, 0))
+    seen = owner * data.n_items + data.history.indices[at]
     keys = np.arange(len(users))[:, None] * data.n_items + items
     valid = (items >= 0) & (users >= 0)[:, None]
     if len(users) * data.n_items <= CHUNK_CELLS or not seen.size:
@@ -372,8 +383,9 @@ def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
     for rows in user_chunks(len(users), data.n_items, chunk):
         scores = np.array(score_rows(rows), dtype=np.float32)
         if exclude_seen:
-            r, c = data.history[users[rows]].nonzero()
-            scores[r, c] = -np.inf
+            owner, at = stored_rows(data.history, users[rows])
+            held = data.history.data[at] != 0  # as ``nonzero`` reads the rows
+            scores[owner[held], data.history.indices[at[held]]] = -np.inf
         parts.append(top_k(scores, k))
     return _stack(parts, k)
 

@@ -17,6 +17,7 @@ epoch count through ``tuned()``. Fitting with ``epochs`` set (the refit on more 
 trains exactly that many epochs and looks at nothing held out; with neither, it trains
 ``max_epochs``.
 
+<<<<<<< HEAD
 The full softmax over the catalogue costs most of an epoch on a large one (10k items:
 2.5x the time of an epoch with 1,024 sampled negatives). Past ``SAMPLED_FROM`` x
 ``negatives`` items, training uses a sampled softmax over ``negatives`` items a batch
@@ -25,6 +26,10 @@ NDCG@10 0.173 against 0.179 for the full softmax; ML-100K and the synthetic defa
 (under 4,096 items) keep the full softmax.
 
 Seeded and deterministic on CPU for a given thread count; ``device="cuda"`` moves the
+=======
+Seeded and deterministic on CPU for a given thread count (``threads``: training's;
+scoring runs on the process's); ``device="cuda"`` moves the
+>>>>>>> ece0da5712c5a43ed671fcc2a4f99da7492e7478
 model and batches to the GPU (asked for without one, it logs an error and uses the CPU).
 Saved as a torch state dict (``model.pt``, loaded with ``weights_only=True``) beside the
 settings, the trained epoch count and the per-epoch history.
@@ -143,8 +148,10 @@ class SequenceChannel(RecallChannel):
         return self.model is not None
 
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        """On the process's threads, not ``threads`` (the fit's): the CLI pins them, and
+        a served request of one user on two threads spun at OpenMP barriers (8 -> 300 ms
+        on two busy cores). The thread count leaves the scores' bits as they are."""
         self._require_fitted()
-        torch.set_num_threads(self.params["threads"])
         tokens = last_tokens(data.log, np.asarray(users), self.params["max_len"])
         scores = next_item_scores(self.model, tokens, device=self.device)
         scores[~(tokens != 0).any(axis=1)] = -np.inf

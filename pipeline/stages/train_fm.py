@@ -27,7 +27,14 @@ import pyarrow.parquet as pq
 
 from features.fields import FieldEncoder
 from features.interactions import IdIndex
-from features.pairs import default_fields, encode_pairs, encode_sides, pair_frame, side_tables
+from features.pairs import (
+    EncodedTable,
+    default_fields,
+    encode_pairs,
+    encode_sides,
+    pair_frame,
+    side_tables,
+)
 from models.distributed import init_distributed, is_main_process
 from models.fm_trainer import (
     History,
@@ -79,11 +86,12 @@ def labelled(pos: pd.DataFrame, users: IdIndex, items: IdIndex, fm: FMConfig,
 
 
 def with_fm_scores(cands: pd.DataFrame, models: dict, encoder: FieldEncoder,
-                   user_side: pd.DataFrame, item_side: pd.DataFrame, device: str
-                   ) -> pd.DataFrame:
+                   user_side: pd.DataFrame, item_side: pd.DataFrame, device: str,
+                   tables: dict[str, EncodedTable] | None = None) -> pd.DataFrame:
     """``cands`` with ``<model>_score`` appended; each distinct user and item is worked
-    out once (``predict_pairs``) where the fields allow."""
-    sides = encode_sides(encoder, cands, user_side, item_side)
+    out once (``predict_pairs``) where the fields allow, its slots gathered from
+    ``tables`` (``encode_tables``) where given."""
+    sides = encode_sides(encoder, cands, user_side, item_side, tables)
     if sides is None:
         rows = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
         score = partial(predict, samples=rows, batch_size=65_536, device=device)

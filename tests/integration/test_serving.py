@@ -44,6 +44,9 @@ def test_a_served_list_is_the_published_list(live) -> None:
         assert got["channels"].tolist() == want["channels"].tolist(), user
         np.testing.assert_array_equal(got["score"].to_numpy(), want["score"].to_numpy())
     assert (published.groupby("user_id").size() == cfg.publish.top_k).all()
+    rankers = [ranker for kind in recommender.models.kinds.values()
+               for ensemble in kind.rankers.values() for ranker in ensemble.rankers]
+    assert rankers and all(ranker.threads == 1 for ranker in rankers)  # a few hundred rows
 
 
 def test_the_test_phase_served_by_the_same_code_gives_the_batchs_test_lists(live) -> None:

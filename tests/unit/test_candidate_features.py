@@ -138,3 +138,63 @@ def test_excluded_features_leave_the_rankers_columns_and_a_typo_is_refused() -> 
     assert without_excluded(columns, []) == columns
     with pytest.raises(ValueError, match=r"\['fm_scor'\], which are not features"):
         without_excluded(columns, ["fm_scor", "ffm_score"])
+
+
+def same_statistics(got: FeatureContext, want: FeatureContext) -> None:
+    """Every statistic of two contexts equal, bit for bit (sparse ones as dense)."""
+    assert vars(got).keys() == vars(want).keys()
+    for name, value in vars(want).items():
+        if sp.issparse(value):
+            np.testing.assert_array_equal(getattr(got, name).toarray(), value.toarray(), name)
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(getattr(got, name), value, name)
+        elif name != "data":
+            assert getattr(got, name) == value, name
+
+
+@pytest.mark.parametrize("case", ["held and new items", "a cold user", "older than the log",
+                                  "a random log"])
+def test_a_users_new_events_update_the_statistics_as_a_refit_would(data, case) -> None:
+    if case == "a random log":  # enough events for the recent cut to move
+        rng = np.random.default_rng(5)
+        dense = rng.random((30, 20)) < 0.3
+        regions = rng.choice(["n", "s", None], 30).tolist()
+        data = recall_data_from_matrix(
+            dense, ts=rng.integers(0, 40 * DAY, dense.shape),
+            users=pd.DataFrame({"user_id": range(30), "region": regions}))
+    user, items, ts = {
+        "held and new items": (0, [1, 3, 3, 2], [data.now + 5, data.now + 7 * 3600,
+                                                 data.now + 9, 1 * DAY]),
+        "a cold user": (2, [0, 3], [data.now + DAY // 2, data.now + DAY // 3]),
+        "older than the log": (1, [0], [0]),
+        "a random log": (7, [4, 11, 4, 19, 0], [data.now + 1, 3 * DAY, 17 * DAY,
+                                                 data.now + 100_000, 0]),
+    }[case]
+    items, ts = np.array(items), np.array(ts)
+    context = FeatureContext(data, 0.5)
+    newer = data.with_events(user, items, ts)
+    updated = context.with_events(newer, user, items, ts)
+    refit = FeatureContext(newer, 0.5)
+    same_statistics(updated, refit)
+    users = np.repeat(np.arange(data.n_users), data.n_items)
+    pairs = np.tile(np.arange(data.n_items), data.n_users)
+    pd.testing.assert_frame_equal(updated.compute(users, pairs), refit.compute(users, pairs),
+                                  check_exact=True)
+    same_statistics(context, FeatureContext(data, 0.5))  # the publication's is untouched
+
+
+def test_request_ranks_equal_pandas_grouped_min_ranks() -> None:
+    rng = np.random.default_rng(8)
+    n = 3000
+    frame = pd.DataFrame({
+        "case_id": rng.integers(0, 80, n),
+        "ties": rng.integers(0, 6, n).astype(np.float64),
+        "holes": np.where(rng.random(n) < 0.2, np.nan, rng.choice([0.0, -0.0, 1.0, np.inf], n)),
+        "fm": rng.random(n).astype(np.float32)})  # model scores float64, FM's float32
+    columns = ["ties", "holes", "fm"]
+    grouped = frame.groupby("case_id", sort=False)
+    want = pd.DataFrame({f"{c}_request_rank": grouped[c].rank(ascending=False, method="min")
+                         for c in columns}, index=frame.index)
+    pd.testing.assert_frame_equal(request_ranks(frame, "case_id", columns), want,
+                                  check_exact=True)
+    assert request_ranks(frame.iloc[:0], "case_id", columns).shape == (0, 3)

@@ -152,7 +152,14 @@ def test_encode_pairs_equals_the_row_wise_encoding() -> None:
     """Distinct users and items encoded once, gathered per row: the same slots as
     encoding the joined frame row by row, unknown users and items and a field that reads
     the pairs themselves (the row-wise fallback) included."""
-    from features.pairs import default_fields, encode_pairs, pair_frame, side_tables
+    from features.pairs import (
+        default_fields,
+        encode_pairs,
+        encode_sides,
+        encode_tables,
+        pair_frame,
+        side_tables,
+    )
 
     rng = np.random.default_rng(3)
     users = pd.DataFrame({"user_id": [f"u{i}" for i in range(6)],
@@ -171,6 +178,18 @@ def test_encode_pairs_equals_the_row_wise_encoding() -> None:
     gathered = encode_pairs(encoder, pairs, user_side, item_side)
     np.testing.assert_array_equal(gathered.ids, whole.ids)
     np.testing.assert_array_equal(gathered.weights, whole.weights)
+    tables = encode_tables(encoder, user_side, item_side)
+    for some in (pairs, pairs.iloc[:-1]):  # the unknown user and item, then none
+        joined = encode_sides(encoder, some, user_side, item_side)
+        for side, table, key in zip(joined, encode_sides(encoder, some, user_side, item_side,
+                                                         tables), ("user_id", "item_id"),
+                                    strict=True):
+            np.testing.assert_array_equal(table.encoded.ids, side.encoded.ids, key)
+            np.testing.assert_array_equal(table.encoded.weights, side.encoded.weights, key)
+            np.testing.assert_array_equal(table.of, side.of, key)
+    table = tables["item_id"]
+    assert table.gather(pd.Index([7, 0])) is not None and table.gather(pd.Index([7, 99])) is None
+    assert table.gather(pd.Index(["7"])) is None  # another id type: joined, not gathered
 
     pairs["hour"] = rng.integers(0, 24, len(pairs))
     fields = {**default_fields(user_side, item_side), "hour": "categorical"}

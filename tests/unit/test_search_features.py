@@ -4,6 +4,7 @@ worked out by hand on a small search log, and per-field BM25 against the index's
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from features.search_features import SEARCH_FEATURES, SearchContext
@@ -58,3 +59,15 @@ def test_without_searches_or_an_index_features_are_missing_not_zero() -> None:
     assert got.loc[0, "query_frequency"] == 0
     assert all(np.isnan(got.loc[0, f"bm25_{field}"]) for field in FIELDS)
     assert got.loc[0, "title_word_coverage"] == 1.0
+
+
+def test_a_requests_recent_clicks_carry_no_query_and_leave_the_query_features(fitted) -> None:
+    data, index = fitted
+    user = int(data.log["user"].iloc[0])
+    newer = data.with_events(user, np.array([2, 1]), np.array([data.now + 5, 0]))
+    queries = np.array(["godfather", "green hats", "hat", "zzz", "godfather"], object)
+    items = np.array([0, 2, 2, 1, 1])
+    assert len(newer.log) == len(data.log) + 2
+    pd.testing.assert_frame_equal(SearchContext(newer, index).compute(queries, items),
+                                  SearchContext(data, index).compute(queries, items),
+                                  check_exact=True)

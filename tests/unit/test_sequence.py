@@ -345,3 +345,18 @@ def test_cuda_asked_but_absent_falls_back_to_cpu(caplog: pytest.LogCaptureFixtur
         channel = SequenceChannel(device="cuda")
     assert channel.device == "cpu"
     assert "CUDA is not available" in caplog.text
+
+
+def test_scoring_keeps_the_process_threads_and_the_thread_count_keeps_the_scores() -> None:
+    data, _, _ = cycle_data(n_users=30)
+    users = data.user_index.encode(np.arange(30))
+    channel = SequenceChannel(**{**TINY, "threads": 2}, epochs=2).fit(data)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # a served request's pin: the fit's 2 must not come back
+        one = channel.score(data, users)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        np.testing.assert_array_equal(channel.score(data, users), one)
+    finally:
+        torch.set_num_threads(before)

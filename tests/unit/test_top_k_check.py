@@ -20,6 +20,7 @@ from models.base import (
     TopK,
     check_top_k,
     seen_mask,
+    stored_rows,
     top_k,
     top_k_sparse,
 )
@@ -122,6 +123,20 @@ def test_seen_mask_binary_search_equals_the_lookup_table(monkeypatch) -> None:
     monkeypatch.setattr(base, "CHUNK_CELLS", 10)
     np.testing.assert_array_equal(seen_mask(data, users, items), table)
     assert table.any() and not table[-1].any()
+
+
+def test_stored_rows_read_the_entries_row_indexing_gives() -> None:
+    rng = np.random.default_rng(6)
+    matrix = sp.random(40, 30, density=0.2, format="csr", rng=rng)
+    matrix.data[::7] = 0  # explicit zeros stay stored, as indexing keeps them
+    for rows in (rng.integers(0, 40, 25), np.array([3]), np.zeros(0, np.int64),
+                 np.array([5, 5, 0])):
+        owner, at = stored_rows(matrix, rows)
+        picked = matrix[rows]
+        np.testing.assert_array_equal(owner, np.repeat(np.arange(len(rows)),
+                                                       np.diff(picked.indptr)))
+        np.testing.assert_array_equal(matrix.indices[at], picked.indices)
+        np.testing.assert_array_equal(matrix.data[at], picked.data)
 
 
 class NanScores(RecallChannel, SearchChannel):
