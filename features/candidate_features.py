@@ -184,6 +184,7 @@ class FeatureContext:
                                        self.history_share[user + 1:]], format="csr")
         lo, hi = np.searchsorted(log["user"].to_numpy(), [user, user + 1])
         mine = log["ts"].to_numpy(np.int64)[lo:hi]  # the user's events, old and new
+        changed = np.unique(items)
         for slot, n_slots, modal, events, shares in (
                 (_hour_slot, HOUR_BUCKETS, "user_hour", "item_hour_events", "item_hour"),
                 (_weekday_slot, 7, "user_weekday", "item_weekday_events", "item_weekday")):
@@ -193,7 +194,6 @@ class FeatureContext:
             counts = getattr(self, events).copy()
             np.add.at(counts, (items, slot(ts)), 1)
             setattr(new, events, counts)
-            changed = np.unique(items)
             setattr(new, shares, getattr(self, shares).copy())
             getattr(new, shares)[changed] = _shares(counts[changed])
         return new

@@ -253,32 +253,49 @@ def trim(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, int(real[0]):] if len(real) else tokens[:, -1:]
 
 
+@dataclass
+class NegativeSampler:
+    """Negatives for a sampled softmax, set once per training: ``count`` items a batch,
+    drawn in proportion to each item's target count plus one, to the power 0.75;
+    ``log_q`` is log(count x that probability), the log-Q correction."""
+
+    q: torch.Tensor
+    log_q: torch.Tensor
+    count: int
+
+    @classmethod
+    def of(cls, data: torch.Tensor, n_items: int, count: int,
+           device: str | torch.device) -> NegativeSampler:
+        targets = data[:, 1:][data[:, 1:] != PAD] - 1
+        q = (torch.bincount(targets, minlength=n_items).double() + 1.0) ** 0.75
+        q /= q.sum()
+        return cls(q, (q * count).log().float().to(device), count)
+
+    def draw(self, generator: torch.Generator, device: str | torch.device) -> torch.Tensor:
+        return torch.multinomial(self.q, self.count, replacement=True,
+                                 generator=generator).to(device)
+
+
 def _train_epoch(model: SASRec, data: torch.Tensor, optimizer: torch.optim.Optimizer,
                  generator: torch.Generator, batch_size: int,
-                 device: str | torch.device, negatives: int = 0) -> float:
+                 device: str | torch.device, sampler: NegativeSampler | None = None) -> float:
     """One pass in a seeded order; the mean loss per predicted position (0 with no
-    data: an empty batch's loss would be NaN). ``negatives`` > 0 draws that many
-    negatives per batch, in proportion to each item's target count to the power 0.75
-    (plus one), for a sampled softmax."""
+    data: an empty batch's loss would be NaN). With ``sampler``, a sampled softmax over
+    its negatives, drawn anew each batch."""
     model.train()
     if not len(data):
         return 0.0
     total, count = 0.0, 0
-    if negatives:
-        targets = data[:, 1:][data[:, 1:] != PAD] - 1
-        q = (torch.bincount(targets, minlength=model.n_items).double() + 1.0) ** 0.75
-        q /= q.sum()
-        log_q = (q * negatives).log().float().to(device)
     for batch in torch.randperm(len(data), generator=generator).split(batch_size):
         tokens = trim(data[batch]).to(device)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         used = (inputs != PAD) & (targets != PAD)
         hidden = model(inputs)[used]
-        if negatives:
-            drawn = torch.multinomial(q, negatives, replacement=True, generator=generator)
-            loss = next_item_loss(model, hidden, targets[used] - 1, drawn.to(device), log_q)
-        else:
+        if sampler is None:
             loss = next_item_loss(model, hidden, targets[used] - 1)
+        else:
+            loss = next_item_loss(model, hidden, targets[used] - 1,
+                                  sampler.draw(generator, device), sampler.log_q)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -293,7 +310,7 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
           evaluate: Callable[[SASRec], float] | None = None, name: str = "sequence",
           negatives: int = 0) -> TrainResult:
     """Adam on next-item cross-entropy (full softmax, or sampled over ``negatives``
-    uniform items per batch when > 0), in a seeded order.
+    items per batch when > 0, see ``NegativeSampler``), in a seeded order.
 
     With ``evaluate`` (a held-out metric, higher is better) it runs every ``eval_every``
     epochs; training stops after ``patience`` evaluations without improvement and the
@@ -307,6 +324,7 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
     if not len(data):
         log.warning("[%s] no sequence of two or more items to learn from: the model keeps "
                     "its initial weights", name)
+    sampler = NegativeSampler.of(data, model.n_items, negatives, device) if negatives else None
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     result = TrainResult(epochs=0)
     stopper = EarlyStopping(patience, higher_is_better=True)
@@ -318,7 +336,7 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
         started = time.perf_counter()
         entry = {"epoch": epoch,
                  "loss": _train_epoch(model, data, optimizer, generator, batch_size, device,
-                                      negatives)}
+                                      sampler)}
         if not math.isfinite(entry["loss"]):
             raise FloatingPointError(f"{name}: loss is {entry['loss']} at epoch {epoch}; "
                                      "lower lr or check the inputs")

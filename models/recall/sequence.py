@@ -19,7 +19,7 @@ trains exactly that many epochs and looks at nothing held out; with neither, it 
 
 <<<<<<< HEAD
 The full softmax over the catalogue costs most of an epoch on a large one (10k items:
-2.5x the time of an epoch with 1,024 sampled negatives). Past ``SAMPLED_FROM`` x
+2.7-2.8x the time of an epoch with 1,024 sampled negatives). Past ``SAMPLED_FROM`` x
 ``negatives`` items, training uses a sampled softmax over ``negatives`` items a batch
 (``negatives=0``: always the full one). On synthetic-10k valid it reached held-out
 NDCG@10 0.173 against 0.179 for the full softmax; ML-100K and the synthetic default

@@ -27,7 +27,7 @@ from models.fm_trainer import (
     predict,
     save_model,
 )
-from tests.unit.test_fm_ffm import LAYOUTS, planted, random_batch, split
+from tests.unit.test_fm_ffm import LAYOUTS, planted, random_batch, randomised, split
 
 torch.set_num_threads(1)
 K = 2  # one k for every test: each k is compiled once
@@ -88,12 +88,8 @@ def naive_step(
 
 
 def random_model(cls: type, slot_field: list[int]) -> torch.nn.Module:
-    model = cls(N_FEATURES, slot_field, k=K, seed=0)
-    with torch.no_grad():
-        model.table.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-        model.table[0] = 0
-        model.bias.fill_(0.3)
-    return model
+    """A float32 model with non-trivial weights, as the kernel trains."""
+    return randomised(cls(N_FEATURES, slot_field, k=K, seed=0)).float()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
