@@ -65,6 +65,12 @@ SYNTHETIC_FFM = {"lr": 0.1, "l2": 1e-2, "init_std": 0.001}  # 0.03 ran into the 
 # FFM 0.6967/0.6988/0.6992/0.6993/0.6952 and FM 0.6922/0.6959/0.6966/0.6945/0.6938 at lr
 # 0.003/0.01/0.03/0.1/0.3; 0.03 for both (FFM's 0.1 is level with it)
 SAMPLE_LR = {"ffm": 0.03, "fm": 0.03}
+
+
+def native_row(model: str, update: str, threads: int) -> str:
+    """A native row's name: ``native FFM, 1 thread``, ``native FM sample, 2 threads``."""
+    return f"native {model}{' sample' * (update == 'sample')}, {threads} " \
+           f"thread{'s' * (threads > 1)}"
 # torchfm: torch.optim.Adagrad with weight decay, torchfm's own (xavier) initialisation.
 TORCHFM = {"ffm": {"lr": 0.05, "weight_decay": 1e-3}, "fm": {"lr": 0.05, "weight_decay": 1e-3}}
 # xlearn: its defaults (lr 0.2, lambda 2e-5, Adagrad, instance normalisation) but k, the
@@ -293,7 +299,7 @@ def ml100k_rows() -> dict[str, dict[str, Any]]:
     for kind, params in (("ffm", OURS_FFM), ("fm", OURS_FM)):
         name = kind.upper()
         runs += [(f"ours {name}", partial(run_ours, kind, enc, tr, va, te, params)),
-                 *((f"native {name}{' sample' * (u == 'sample')}, {n} thread{'s' * (n > 1)}",
+                 *((native_row(name, u, n),
                     partial(run_ours, kind, enc, tr, va, te,
                             params if u == "batch" else {**params, "lr": SAMPLE_LR[kind]},
                             native_threads=n, native_update=u))
@@ -330,9 +336,8 @@ def ml100k_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     keys = {"ours FFM": "ffm", "ours FM": "fm", "torchfm FFM": "torchfm_ffm",
             "torchfm FM": "torchfm_fm", "xlearn FFM": "xlearn_ffm",
             "ours FFM, sparse gradients": "ffm_sparse_grad", "xlearn FM": "xlearn_fm"}
-    keys.update({f"native {m}{s}, {n} thread{'s' * (n > 1)}":
-                 f"native_{m.lower()}{s.replace(' ', '_')}_{n}t"
-                 for m in ("FFM", "FM") for s in ("", " sample") for n in (1, 2)})
+    keys.update({native_row(m, u, n): f"native_{m.lower()}{'_sample' * (u == 'sample')}_{n}t"
+                 for m in ("FFM", "FM") for u in ("batch", "sample") for n in (1, 2)})
     out: dict[str, Any] = {}
     for name, key in keys.items():
         if name in rows:
@@ -347,12 +352,12 @@ def ml100k_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     for m in ("FFM", "FM"):
         low = m.lower()
-        out[f"native_{low}_speedup_vs_torch"] = ratio(f"native {m}, 1 thread", f"ours {m}")
+        out[f"native_{low}_speedup_vs_torch"] = ratio(native_row(m, "batch", 1), f"ours {m}")
         out[f"{low}_speedup_vs_torchfm"] = ratio(f"ours {m}", f"torchfm {m}")
-        for s in ("", " sample"):
-            key = f"native_{low}{s.replace(' ', '_')}"
-            out[f"{key}_2t_vs_1t"] = ratio(f"native {m}{s}, 2 threads", f"native {m}{s}, 1 thread")
-            out[f"{key}_speedup_vs_xlearn"] = ratio(f"native {m}{s}, 1 thread", f"xlearn {m}")
+        for u in ("batch", "sample"):
+            key = f"native_{low}{'_sample' * (u == 'sample')}"
+            out[f"{key}_2t_vs_1t"] = ratio(native_row(m, u, 2), native_row(m, u, 1))
+            out[f"{key}_speedup_vs_xlearn"] = ratio(native_row(m, u, 1), f"xlearn {m}")
         if f"xlearn {m}" in rows:
             out[f"xlearn_{low}_fit_wall_samples_per_s"] = round(
                 rows[f"xlearn {m}"]["fit_wall_samples_per_s"])
