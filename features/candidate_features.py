@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from features.attributes import attribute_matrix
 from features.interactions import interaction_matrix
 from features.recall_data import SECONDS_PER_DAY, RecallData, to_seconds
+from models.arrays import sparse_values
 
 HOUR_BUCKETS = 6  # four-hour slots of the day
 
@@ -228,7 +229,7 @@ class FeatureContext:
         if self.user_region is not None:
             r = self.user_region[users]
             known = r >= 0
-            region[known] = (np.asarray(self.region_items[r[known], items[known]]).ravel()
+            region[known] = (sparse_values(self.region_items, r[known], items[known])
                              / np.maximum(self.region_events[r[known]], 1.0))
 
         def match(modal: np.ndarray, share: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
+from models.arrays import sparse_values
 
 CHUNK_CELLS = 1 << 24  # scores held at once: 16M float32 = 64 MB
 
@@ -410,7 +411,7 @@ class SparseScoreChannel(RecallChannel):
         entries > 0 are evidence) without a dense users x items block."""
         unique, rows = np.unique(users, return_inverse=True)
         scores = self.score_sparse(data, unique).tocsr()
-        values = np.asarray(scores[rows, items]).ravel().astype(np.float64)
+        values = sparse_values(scores, rows, items).astype(np.float64)
         values[values <= 0] = np.nan
         return values
 
