@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
+from models.arrays import sparse_values
 from models.recall.analysers import get_analyser, words
 from models.recall.inverted_index import FIELDS, InvertedIndexChannel
 
@@ -95,14 +96,15 @@ class SearchContext:
 
     def compute(self, queries: np.ndarray, items: np.ndarray) -> pd.DataFrame:
         """Every search feature for pairs of query text and item code."""
-        codes, distinct = pd.factorize(pd.Series(queries, dtype=object).map(normalised))
-        distinct = list(distinct)
+        typed, raw = pd.factorize(pd.Series(queries, dtype=object), use_na_sentinel=False)
+        codes, distinct = pd.factorize(pd.Series([normalised(q) for q in raw], dtype=object))
+        codes, distinct = codes[typed], list(distinct)  # each typed text normalised once
         seen = self.queries.get_indexer(distinct)
         known = seen[codes] >= 0
         count, total = np.zeros(len(items)), np.zeros(len(items))
         if known.any():
             qrow = seen[codes][known]
-            count[known] = np.asarray(self.query_items[qrow, items[known]]).ravel()
+            count[known] = sparse_values(self.query_items, qrow, items[known])
             total[known] = self.query_events[qrow]
         query_share = np.where(known, count / np.maximum(total, 1.0), np.nan)
         terms = incidence(distinct, self.analyse, self.terms)
