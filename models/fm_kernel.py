@@ -44,54 +44,69 @@ from torch import nn
 # fast-math without nnan/ninf: a NaN or infinite loss must reach the trainer's check
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 EPS = 1e-10  # torch.optim.Adagrad's default
+CHUNK = 256  # samples gathered at a time for scoring
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _partners(table, ids, w, r, block, first, k, same_block, part):
-    """Fill ``part[b]``, the partner vector of a slot of block b in sample ``r``:
-    ``part[b, h*k:(h+1)*k] = A[h, b]``, its own block zero (FFM) or still holding the slot
-    itself (FM: the callers take it out). Returns the linear term. ``k`` is a compile-time
-    constant (``literally``), so a k-block is one vector operation; the first slot of each
-    block assigns instead of adding, so nothing is zeroed per sample."""
-    literally(k)
-    n_blocks = part.shape[0]
+def _gather(ids, w, order, lo, hi, block, cid, cw, cblk, nact):
+    """Copy samples ``order[lo:hi]`` into the chunk ``cid``/``cw``/``cblk``: the row, weight
+    and block of each non-padding slot, ``nact`` of them per sample. The samples lie
+    scattered over ``ids``; one loop of independent loads overlaps their cache misses,
+    where the compute loop would wait for each in turn."""
+    for n in range(lo, hi):
+        r, q, m = order[n], n - lo, 0
+        for s in range(ids.shape[1]):
+            i = ids[r, s]
+            if i != 0:
+                cid[q, m], cw[q, m], cblk[q, m] = i, w[r, s], block[s]
+                m += 1
+        nact[q] = m
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _field_sums(table, cid, cw, cblk, nact, q, sums):
+    """``sums[g] = sum_{s in block g} w_s V[i_s]`` over chunk sample ``q``'s slots (latent
+    columns only); returns the linear term. Rows are added whole: one contiguous loop."""
+    n_blocks, width = sums.shape
+    for b in range(n_blocks):
+        for c in range(width):
+            sums[b, c] = 0
     lin = np.float32(0)
-    for s in range(ids.shape[1]):
-        i, ws, g = ids[r, s], w[r, s], block[s]
-        if first[s]:  # padding included: row 0 is zero
-            for h in range(n_blocks):
-                for j in range(k):
-                    part[h, g * k + j] = ws * table[i, h * k + j]
-        elif i != 0:
-            for h in range(n_blocks):
-                for j in range(k):
-                    part[h, g * k + j] += ws * table[i, h * k + j]
-        lin += ws * table[i, n_blocks * k]
-    if not same_block:
-        for b in range(n_blocks):
-            for j in range(k):
-                part[b, b * k + j] = 0
+    for a in range(nact[q]):
+        i, ws, g = cid[q, a], cw[q, a], cblk[q, a]
+        for c in range(width):
+            sums[g, c] += ws * table[i, c]
+        lin += ws * table[i, width]
     return lin
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _logit(table, ids, w, r, block, first, k, same_block, part):
-    """Linear plus pairwise terms of sample ``r`` (no bias); leaves its partner vectors
-    in ``part`` for the backward pass."""
+def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part):
+    """Linear plus pairwise terms of chunk sample ``q`` (no bias). Leaves its partner
+    vectors in ``part`` for the backward pass: ``part[b, h*k:(h+1)*k] = A[h, b]`` with
+    ``A[h, b] = sums[h, b*k:(b+1)*k]``, the own block zero (FFM), or the sum ``S`` of the
+    FM's one block (the callers take each slot out of it). ``k`` is a compile-time
+    constant (``literally``): a k-block is one unrolled run."""
     literally(k)
-    lin = _partners(table, ids, w, r, block, first, k, same_block, part)
+    lin = _field_sums(table, cid, cw, cblk, nact, q, sums)
+    n_blocks, width = sums.shape
     pair = np.float32(0)
-    for s in range(ids.shape[1]):
-        i, ws, b = ids[r, s], w[r, s], block[s]
-        if i == 0:
-            continue
-        dot = np.float32(0)
-        for c in range(part.shape[1]):
-            dot += table[i, c] * part[b, c]
-        if same_block:  # an FM slot is no partner of itself
-            for c in range(b * k, b * k + k):
-                dot -= ws * table[i, c] * table[i, c]
-        pair += ws * dot
+    if same_block:  # FM: 0.5 * (<S, S> - sum_s w_s^2 <v_s, v_s>)
+        for a in range(nact[q]):
+            i, ws = cid[q, a], cw[q, a]
+            for c in range(width):
+                pair -= ws * ws * table[i, c] * table[i, c]
+        for c in range(width):
+            part[0, c] = sums[0, c]
+            pair += sums[0, c] * sums[0, c]
+        return lin + np.float32(0.5) * pair
+    for b in range(n_blocks):  # FFM: part[b] is column b of the sums; own block zero
+        for h in range(n_blocks):
+            for j in range(k):
+                part[b, h * k + j] = sums[h, b * k + j] if h != b else 0
+    for b in range(n_blocks):  # sum_{b != h} <A[b, h], A[h, b]> = 2 * pair
+        for c in range(width):
+            pair += sums[b, c] * part[b, c]
     return lin + np.float32(0.5) * pair
 
 
@@ -103,31 +118,6 @@ def _loss_grad(z, y):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _slot_grad(table, i, ws, gz, part, b, l2c, k, same_block, g):
-    """Into ``g[0]``: the gradient of row ``i`` from a slot of block ``b`` and weight
-    ``ws`` (its partner vector ``part[b]``) when the loss has slope ``gz`` in the logit,
-    plus lazy L2. Rows are indexed, never sliced: a slice is a reference-counted view."""
-    literally(k)
-    n = part.shape[1]
-    gw = gz * ws
-    for c in range(n):
-        g[0, c] = gw * part[b, c] + l2c * table[i, c]
-    if same_block:  # an FM slot is no partner of itself
-        for c in range(b * k, b * k + k):
-            g[0, c] -= gw * ws * table[i, c]
-    g[0, n] = gw + l2c * table[i, n]
-
-
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _adagrad(table, accum, i, grad, t, lr):
-    """torch's Adagrad step (no decay) on row ``i`` with gradient ``grad[t]``."""
-    for c in range(grad.shape[1]):
-        a = accum[i, c] + grad[t, c] * grad[t, c]
-        accum[i, c] = a
-        table[i, c] -= lr * grad[t, c] / (np.sqrt(a) + np.float32(EPS))
-
-
-@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _bias_step(bias, bias_accum, g, lr):
     a = bias_accum[0] + g * g
     bias_accum[0] = a
@@ -135,101 +125,142 @@ def _bias_step(bias, bias_accum, g, lr):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _sample_step(table, bias, accum, bias_accum, ids, w, y, r, block, first, k, same_block,
-                 lr, l2c, part, g):
-    """One Adagrad step on sample ``r`` alone (a batch of one, the mode of libffm and
+def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block,
+                  lr, l2c, sums, part):
+    """An Adagrad step on each chunk sample alone (a batch of one, the mode of libffm and
     xLearn), each row updated as soon as its gradient is known: no gather, no scatter.
-    Returns its loss. A row in two slots of the sample is updated twice."""
+    Returns their summed loss. A row in two slots of a sample is updated twice.
+
+    Row ``i`` of a slot of block ``b`` and weight ``w`` gets ``gz w part[b] + l2c V_i``,
+    less ``gz w^2 V_i`` in an FM, whose one block is the slot's own (no self-pair); the
+    own block of an FFM slot has partner zero."""
     literally(k)
-    z = bias[0] + _logit(table, ids, w, r, block, first, k, same_block, part)
-    loss, gz = _loss_grad(z, y[r])
-    for s in range(ids.shape[1]):
-        i, b = ids[r, s], block[s]
-        if i != 0:
-            _slot_grad(table, i, w[r, s], gz, part, b, l2c, k, same_block, g)
-            _adagrad(table, accum, i, g, 0, lr)
-    _bias_step(bias, bias_accum, gz, lr)
+    width = part.shape[1]
+    loss = 0.0
+    for q in range(len(y)):
+        z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part)
+        sample_loss, gz = _loss_grad(z, y[q])
+        loss += sample_loss
+        for a in range(nact[q]):
+            i, b = cid[q, a], cblk[q, a]
+            gw = gz * cw[q, a]
+            shrink = l2c - gw * cw[q, a] if same_block else l2c
+            for c in range(width):
+                g = gw * part[b, c] + shrink * table[i, c]
+                s = accum[i, c] + g * g
+                accum[i, c] = s
+                table[i, c] -= lr * g / (np.sqrt(s) + np.float32(EPS))
+            g = gw + l2c * table[i, width]
+            s = accum[i, width] + g * g
+            accum[i, width] = s
+            table[i, width] -= lr * g / (np.sqrt(s) + np.float32(EPS))
+        _bias_step(bias, bias_accum, gz, lr)
     return loss
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _batch_step(table, bias, accum, bias_accum, ids, w, y, order, lo, hi, block, first, k,
-                same_block, lr, l2, where, touched, grad, part, g):
-    """One Adagrad step on the samples ``order[lo:hi]``; returns their summed loss.
+def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block, lr,
+                l2, where, touched, count, grad, sums, part):
+    """One Adagrad step on the chunk's samples; returns their summed loss.
 
     Gradients go to ``grad``, one row per distinct table row the batch touched
-    (``where`` maps a table row to it, -1 for none), so the update costs the rows used."""
+    (``where`` maps a table row to it, -1 for none), so the update costs the rows used.
+    The lazy L2 term, the same for every use of a row in a batch, is added once per row
+    at the update, times ``count``, its number of uses."""
     literally(k)
-    inv_b = np.float32(1.0 / (hi - lo))
-    l2c = np.float32(2.0 * l2 / (hi - lo))
+    n_samples, width = len(y), part.shape[1]
+    inv_b = np.float32(1.0 / n_samples)
+    l2c = np.float32(2.0 * l2 / n_samples)
     n_touched = 0
     g_bias = np.float32(0)
     loss = 0.0
-    for n in range(lo, hi):
-        r = order[n]
-        z = bias[0] + _logit(table, ids, w, r, block, first, k, same_block, part)
-        sample_loss, gz = _loss_grad(z, y[r])
+    for q in range(n_samples):
+        z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part)
+        sample_loss, gz = _loss_grad(z, y[q])
         loss += sample_loss
         gz *= inv_b
         g_bias += gz
-        for s in range(ids.shape[1]):
-            i = ids[r, s]
-            if i == 0:
-                continue
-            if where[i] < 0:
-                where[i] = n_touched
-                touched[n_touched] = i
-                for c in range(grad.shape[1]):
-                    grad[n_touched, c] = 0
-                n_touched += 1
-            _slot_grad(table, i, w[r, s], gz, part, block[s], l2c, k, same_block, g)
+        for a in range(nact[q]):
+            i, b, ws = cid[q, a], cblk[q, a], cw[q, a]
             t = where[i]
-            for c in range(g.shape[1]):
-                grad[t, c] += g[0, c]
+            if t < 0:
+                t = where[i] = n_touched
+                touched[t], count[t] = i, 0
+                for c in range(width + 1):
+                    grad[t, c] = 0
+                n_touched += 1
+            count[t] += 1
+            gw = gz * ws
+            for c in range(width):
+                grad[t, c] += gw * part[b, c]
+            if same_block:  # an FM slot is no partner of itself
+                for c in range(width):
+                    grad[t, c] -= gw * ws * table[i, c]
+            grad[t, width] += gw
     for t in range(n_touched):
         i = touched[t]
-        _adagrad(table, accum, i, grad, t, lr)
+        shrink = l2c * count[t]
+        for c in range(width + 1):
+            g = grad[t, c] + shrink * table[i, c]
+            s = accum[i, c] + g * g
+            accum[i, c] = s
+            table[i, c] -= lr * g / (np.sqrt(s) + np.float32(EPS))
         where[i] = -1
     _bias_step(bias, bias_accum, g_bias, lr)
     return loss
 
 
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
-def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, first, k,
-                 same_block, batch, per_sample, lr, l2, where, touched, grad, part, g,
-                 part_loss):
-    """Every sample of ``order``, in batches of ``batch`` or one by one (``per_sample``);
-    part p of ``len(part_loss)`` contiguous parts on its own scratch (``where[p]``...),
-    the parts in parallel. Returns the summed loss."""
+def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, k, same_block,
+                 batch, per_sample, lr, l2, where, touched, count, grad, sums, part, cid, cw,
+                 cblk, nact, cy, part_loss):
+    """Every sample of ``order``, in batches of ``batch`` or one by one (``per_sample``,
+    gathered in chunks of ``batch``); part p of ``len(part_loss)`` contiguous parts on its
+    own scratch (``where[p]``...), the parts in parallel. Returns the summed loss."""
     literally(k)
     n_parts = len(part_loss)
-    step = 1 if per_sample else batch
-    per = -(-len(order) // (n_parts * step)) * step  # whole batches per part
+    per = -(-len(order) // (n_parts * batch)) * batch  # whole batches per part
     lr32, l2_32, l2c = np.float32(lr), np.float32(l2), np.float32(2.0 * l2)
     for p in prange(n_parts):
         loss = 0.0
         end = min(len(order), (p + 1) * per)
-        if per_sample:
-            for n in range(p * per, end):
-                loss += _sample_step(table, bias, accum, bias_accum, ids, w, y, order[n],
-                                     block, first, k, same_block, lr32, l2c, part[p], g[p])
-        else:
-            for lo in range(p * per, end, batch):
-                loss += _batch_step(table, bias, accum, bias_accum, ids, w, y, order, lo,
-                                    min(lo + batch, end), block, first, k, same_block, lr32,
-                                    l2_32, where[p], touched[p], grad[p], part[p], g[p])
+        for lo in range(p * per, end, batch):
+            hi = min(lo + batch, end)
+            _gather(ids, w, order, lo, hi, block, cid[p], cw[p], cblk[p], nact[p])
+            for n in range(lo, hi):
+                cy[p, n - lo] = y[order[n]]
+            if per_sample:
+                loss += _sample_steps(table, bias, accum, bias_accum, cid[p], cw[p],
+                                      cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
+                                      lr32, l2c, sums[p], part[p])
+            else:
+                loss += _batch_step(table, bias, accum, bias_accum, cid[p], cw[p], cblk[p],
+                                    nact[p], cy[p, :hi - lo], k, same_block, lr32, l2_32,
+                                    where[p], touched[p], count[p], grad[p], sums[p],
+                                    part[p])
         part_loss[p] = loss
     return part_loss.sum()
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _logits(table, bias, ids, w, block, first, k, same_block, n_blocks):
-    """Logits of every sample (serial: safe to call from any thread)."""
+def _logits(table, bias, ids, w, block, k, same_block, n_blocks, chunk):
+    """Logits of every sample, gathered in chunks (serial: safe from any thread)."""
     literally(k)
-    out = np.empty(len(ids), np.float32)
+    n, n_slots = ids.shape
+    out = np.empty(n, np.float32)
     part = np.empty((n_blocks, n_blocks * k), np.float32)
-    for r in range(len(ids)):
-        out[r] = bias[0] + _logit(table, ids, w, r, block, first, k, same_block, part)
+    sums = np.empty((n_blocks, n_blocks * k), np.float32)
+    cid = np.empty((chunk, n_slots), np.int32)
+    cw = np.empty((chunk, n_slots), np.float32)
+    cblk = np.empty((chunk, n_slots), np.int64)
+    nact = np.empty(chunk, np.int64)
+    order = np.arange(n)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        _gather(ids, w, order, lo, hi, block, cid, cw, cblk, nact)
+        for r in range(lo, hi):
+            out[r] = bias[0] + _logit(table, cid, cw, cblk, nact, r - lo, k, same_block,
+                                      sums, part)
     return out
 
 
@@ -248,7 +279,6 @@ class Layout(NamedTuple):
     """How a model's slots map onto its latent blocks (see the module docstring)."""
 
     block: np.ndarray  # [S] each slot's block: its field (FFM), 0 (FM)
-    first: np.ndarray  # [S] whether a slot is the first of its block's run of slots
     n_blocks: int
     k: int
     same_block: bool  # FM: pairs within a block count; FFM: they do not
@@ -261,9 +291,7 @@ def _layout(model: nn.Module, n_slots: int) -> Layout:
         block = model.slot_field.cpu().numpy().astype(np.int64)
         if len(block) != n_slots:
             raise ValueError(f"{n_slots} slots for an FFM built for {len(block)}")
-    first = np.ones(n_slots, np.bool_)
-    first[1:] = block[1:] != block[:-1]
-    return Layout(block, first, int(block.max()) + 1, model.k, model.kind == "fm")
+    return Layout(block, int(block.max()) + 1, model.k, model.kind == "fm")
 
 
 def _inputs(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -282,7 +310,7 @@ def predict_logits(model: nn.Module, ids: np.ndarray, weights: np.ndarray) -> np
     lay = _layout(model, ids.shape[1])
     table, bias = _views(model)
     return _logits(
-        table, bias, ids, weights, lay.block, lay.first, lay.k, lay.same_block, lay.n_blocks
+        table, bias, ids, weights, lay.block, lay.k, lay.same_block, lay.n_blocks, CHUNK
     )
 
 
@@ -321,8 +349,8 @@ class AdagradKernel:
         ids, weights = _inputs(ids, weights)
         lay = _layout(self.model, ids.shape[1])
         table, bias = _views(self.model)
-        parts, width = self.threads, table.shape[1]
-        rows = 0 if self.per_sample else batch * ids.shape[1]  # batch mode's gather buffer
+        parts, width, n_slots = self.threads, table.shape[1], ids.shape[1]
+        rows = 0 if self.per_sample else batch * n_slots  # batch mode's gradient rows
         numba.set_num_threads(parts)
         return float(
             _train_epoch(
@@ -335,7 +363,6 @@ class AdagradKernel:
                 np.require(labels, np.float32, ["C"]),
                 np.require(order, np.int64, ["C"]),
                 lay.block,
-                lay.first,
                 lay.k,
                 lay.same_block,
                 batch,
@@ -344,9 +371,15 @@ class AdagradKernel:
                 self.l2,
                 self.where,
                 np.empty((parts, rows), np.int32),
+                np.empty((parts, rows), np.int32),
                 np.empty((parts, rows, width), np.float32),
                 np.empty((parts, lay.n_blocks, lay.n_blocks * lay.k), np.float32),
-                np.empty((parts, 1, width), np.float32),
+                np.empty((parts, lay.n_blocks, lay.n_blocks * lay.k), np.float32),
+                np.empty((parts, batch, n_slots), np.int32),
+                np.empty((parts, batch, n_slots), np.float32),
+                np.empty((parts, batch, n_slots), np.int32),
+                np.empty((parts, batch), np.int64),
+                np.empty((parts, batch), np.float32),
                 np.zeros(parts),
             )
         )
