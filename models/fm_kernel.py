@@ -38,7 +38,10 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import torch
-from numba import literally, njit, prange
+from llvmlite import ir
+from numba import literally, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from torch import nn
 
 # fast-math without nnan/ninf: a NaN or infinite loss must reach the trainer's check
@@ -47,20 +50,51 @@ EPS = 1e-10  # torch.optim.Adagrad's default
 CHUNK = 256  # samples gathered at a time for scoring
 
 
+@intrinsic
+def _prefetch(typingctx, arr, row, col):
+    """Ask the CPU to bring ``arr[row, col]`` (a 2-D array) into cache; no other effect."""
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        inds = [context.cast(builder, v, t, types.intp)
+                for v, t in zip(args[1:], sig.args[1:], strict=True)]
+        ptr = cgutils.get_item_pointer2(
+            context, builder, data=ary.data, shape=cgutils.unpack_tuple(builder, ary.shape),
+            strides=cgutils.unpack_tuple(builder, ary.strides), layout=aryty.layout,
+            inds=inds, wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch")
+        # read, keep in every cache level, data
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, row, col), codegen
+
+
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _gather(ids, w, order, lo, hi, block, cid, cw, cblk, nact):
+def _gather(ids, w, y, order, lo, hi, ahead, block, cid, cw, cblk, nact, cy):
     """Copy samples ``order[lo:hi]`` into the chunk ``cid``/``cw``/``cblk``: the row, weight
-    and block of each non-padding slot, ``nact`` of them per sample. The samples lie
-    scattered over ``ids``; one loop of independent loads overlaps their cache misses,
-    where the compute loop would wait for each in turn."""
+    and block of each non-padding slot, ``nact`` of them per sample, and labels ``cy``.
+    The samples lie scattered over ``ids`` and ``w``, so each step also prefetches the
+    sample ``ahead`` places on: the next chunk's gather then finds it in cache."""
+    last = ids.shape[1] - 1
     for n in range(lo, hi):
+        if n + ahead < len(order):
+            nxt = order[n + ahead]
+            _prefetch(ids, nxt, 0)
+            _prefetch(ids, nxt, last)
+            _prefetch(w, nxt, 0)
+            _prefetch(w, nxt, last)
         r, q, m = order[n], n - lo, 0
-        for s in range(ids.shape[1]):
+        for s in range(ids.shape[1]):  # no branch: a mispredicted one stalls the loads
             i = ids[r, s]
-            if i != 0:
-                cid[q, m], cw[q, m], cblk[q, m] = i, w[r, s], block[s]
-                m += 1
+            cid[q, m], cw[q, m], cblk[q, m] = i, w[r, s], block[s]
+            m += i != 0
         nact[q] = m
+        cy[q] = y[r]
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
@@ -199,7 +233,7 @@ def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_
             grad[t, width] += gw
     for t in range(n_touched):
         i = touched[t]
-        shrink = l2c * count[t]
+        shrink = l2c * np.float32(count[t])
         for c in range(width + 1):
             g = grad[t, c] + shrink * table[i, c]
             s = accum[i, c] + g * g
@@ -226,9 +260,8 @@ def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, k, sam
         end = min(len(order), (p + 1) * per)
         for lo in range(p * per, end, batch):
             hi = min(lo + batch, end)
-            _gather(ids, w, order, lo, hi, block, cid[p], cw[p], cblk[p], nact[p])
-            for n in range(lo, hi):
-                cy[p, n - lo] = y[order[n]]
+            _gather(ids, w, y, order, lo, hi, batch, block, cid[p], cw[p], cblk[p], nact[p],
+                    cy[p])
             if per_sample:
                 loss += _sample_steps(table, bias, accum, bias_accum, cid[p], cw[p],
                                       cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
@@ -254,10 +287,11 @@ def _logits(table, bias, ids, w, block, k, same_block, n_blocks, chunk):
     cw = np.empty((chunk, n_slots), np.float32)
     cblk = np.empty((chunk, n_slots), np.int64)
     nact = np.empty(chunk, np.int64)
+    no_labels, cy = np.zeros(n, np.float32), np.empty(chunk, np.float32)
     order = np.arange(n)
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
-        _gather(ids, w, order, lo, hi, block, cid, cw, cblk, nact)
+        _gather(ids, w, no_labels, order, lo, hi, chunk, block, cid, cw, cblk, nact, cy)
         for r in range(lo, hi):
             out[r] = bias[0] + _logit(table, cid, cw, cblk, nact, r - lo, k, same_block,
                                       sums, part)
