@@ -75,19 +75,23 @@ def _prefetch(typingctx, arr, row, col):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _gather(ids, w, y, order, lo, hi, ahead, block, cid, cw, cblk, nact, cy):
+def _prefetch_sample(ids, w, order, n):
+    """Prefetch the ids and weights of sample ``order[n]``, if there is one. The steps
+    prefetch the next chunk's samples one per sample they compute, so that chunk's gather
+    finds them in cache: the shuffled samples lie scattered over ``ids`` and ``w``."""
+    if n < len(order):
+        r, last = order[n], ids.shape[1] - 1
+        _prefetch(ids, r, 0)
+        _prefetch(ids, r, last)
+        _prefetch(w, r, 0)
+        _prefetch(w, r, last)
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _gather(ids, w, y, order, lo, hi, block, cid, cw, cblk, nact, cy):
     """Copy samples ``order[lo:hi]`` into the chunk ``cid``/``cw``/``cblk``: the row, weight
-    and block of each non-padding slot, ``nact`` of them per sample, and labels ``cy``.
-    The samples lie scattered over ``ids`` and ``w``, so each step also prefetches the
-    sample ``ahead`` places on: the next chunk's gather then finds it in cache."""
-    last = ids.shape[1] - 1
+    and block of each non-padding slot, ``nact`` of them per sample, and labels ``cy``."""
     for n in range(lo, hi):
-        if n + ahead < len(order):
-            nxt = order[n + ahead]
-            _prefetch(ids, nxt, 0)
-            _prefetch(ids, nxt, last)
-            _prefetch(w, nxt, 0)
-            _prefetch(w, nxt, last)
         r, q, m = order[n], n - lo, 0
         for s in range(ids.shape[1]):  # no branch: a mispredicted one stalls the loads
             i = ids[r, s]
@@ -160,7 +164,7 @@ def _bias_step(bias, bias_accum, g, lr):
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
 def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block,
-                  lr, l2c, sums, part):
+                  lr, l2c, sums, part, ids, w, order, ahead):
     """An Adagrad step on each chunk sample alone (a batch of one, the mode of libffm and
     xLearn), each row updated as soon as its gradient is known: no gather, no scatter.
     Returns their summed loss. A row in two slots of a sample is updated twice.
@@ -172,6 +176,7 @@ def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, sam
     width = part.shape[1]
     loss = 0.0
     for q in range(len(y)):
+        _prefetch_sample(ids, w, order, ahead + q)
         z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part)
         sample_loss, gz = _loss_grad(z, y[q])
         loss += sample_loss
@@ -194,7 +199,7 @@ def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, sam
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
 def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block, lr,
-                l2, where, touched, count, grad, sums, part):
+                l2, where, touched, count, grad, sums, part, ids, w, order, ahead):
     """One Adagrad step on the chunk's samples; returns their summed loss.
 
     Gradients go to ``grad``, one row per distinct table row the batch touched
@@ -209,6 +214,7 @@ def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_
     g_bias = np.float32(0)
     loss = 0.0
     for q in range(n_samples):
+        _prefetch_sample(ids, w, order, ahead + q)
         z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part)
         sample_loss, gz = _loss_grad(z, y[q])
         loss += sample_loss
@@ -260,17 +266,16 @@ def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, k, sam
         end = min(len(order), (p + 1) * per)
         for lo in range(p * per, end, batch):
             hi = min(lo + batch, end)
-            _gather(ids, w, y, order, lo, hi, batch, block, cid[p], cw[p], cblk[p], nact[p],
-                    cy[p])
+            _gather(ids, w, y, order, lo, hi, block, cid[p], cw[p], cblk[p], nact[p], cy[p])
             if per_sample:
                 loss += _sample_steps(table, bias, accum, bias_accum, cid[p], cw[p],
                                       cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
-                                      lr32, l2c, sums[p], part[p])
+                                      lr32, l2c, sums[p], part[p], ids, w, order, hi)
             else:
                 loss += _batch_step(table, bias, accum, bias_accum, cid[p], cw[p], cblk[p],
                                     nact[p], cy[p, :hi - lo], k, same_block, lr32, l2_32,
                                     where[p], touched[p], count[p], grad[p], sums[p],
-                                    part[p])
+                                    part[p], ids, w, order, hi)
         part_loss[p] = loss
     return part_loss.sum()
 
@@ -291,7 +296,7 @@ def _logits(table, bias, ids, w, block, k, same_block, n_blocks, chunk):
     order = np.arange(n)
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
-        _gather(ids, w, no_labels, order, lo, hi, chunk, block, cid, cw, cblk, nact, cy)
+        _gather(ids, w, no_labels, order, lo, hi, block, cid, cw, cblk, nact, cy)
         for r in range(lo, hi):
             out[r] = bias[0] + _logit(table, cid, cw, cblk, nact, r - lo, k, same_block,
                                       sums, part)
