@@ -74,7 +74,7 @@ def _prefetch(typingctx, arr, row, col):
     return types.void(arr, row, col), codegen
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _prefetch_sample(ids, w, order, n):
     """Prefetch the ids and weights of sample ``order[n]``, if there is one. The steps
     prefetch the next chunk's samples one per sample they compute, so that chunk's gather
@@ -101,11 +101,12 @@ def _gather(ids, w, y, order, lo, hi, block, cid, cw, cblk, nact, cy):
         cy[q] = y[r]
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _field_sums(table, cid, cw, cblk, nact, q, sums):
-    """``sums[g] = sum_{s in block g} w_s V[i_s]`` over chunk sample ``q``'s slots (latent
-    columns only); returns the linear term. Rows are added whole: one contiguous loop."""
-    n_blocks, width = sums.shape
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _field_sums(table, cid, cw, cblk, nact, q, sums, width):
+    """``sums[g] = sum_{s in block g} w_s V[i_s]`` over chunk sample ``q``'s slots (the
+    ``width`` latent columns); returns the linear term. Rows are added whole: one
+    contiguous loop."""
+    n_blocks = sums.shape[0]
     for b in range(n_blocks):
         for c in range(width):
             sums[b, c] = 0
@@ -118,16 +119,16 @@ def _field_sums(table, cid, cw, cblk, nact, q, sums):
     return lin
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part):
     """Linear plus pairwise terms of chunk sample ``q`` (no bias). Leaves its partner
     vectors in ``part`` for the backward pass: ``part[b, h*k:(h+1)*k] = A[h, b]`` with
     ``A[h, b] = sums[h, b*k:(b+1)*k]``, the own block zero (FFM), or the sum ``S`` of the
-    FM's one block (the callers take each slot out of it). ``k`` is a compile-time
-    constant (``literally``): a k-block is one unrolled run."""
-    literally(k)
-    lin = _field_sums(table, cid, cw, cblk, nact, q, sums)
-    n_blocks, width = sums.shape
+    FM's one block (the callers take each slot out of it). ``k`` and ``same_block`` are
+    compile-time constants (``literally``): a k-block is one unrolled run, and an FM's
+    rows are k wide."""
+    n_blocks, width = sums.shape[0], k if same_block else sums.shape[1]
+    lin = _field_sums(table, cid, cw, cblk, nact, q, sums, width)
     pair = np.float32(0)
     if same_block:  # FM: 0.5 * (<S, S> - sum_s w_s^2 <v_s, v_s>)
         for a in range(nact[q]):
@@ -148,14 +149,14 @@ def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part):
     return lin + np.float32(0.5) * pair
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _loss_grad(z, y):
     """Logistic loss of logit ``z`` against label ``y`` (float64) and its derivative."""
     loss = max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
     return loss, np.float32(1) / (np.float32(1) + np.exp(-z)) - y
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _bias_step(bias, bias_accum, g, lr):
     a = bias_accum[0] + g * g
     bias_accum[0] = a
@@ -173,7 +174,8 @@ def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, sam
     less ``gz w^2 V_i`` in an FM, whose one block is the slot's own (no self-pair); the
     own block of an FFM slot has partner zero."""
     literally(k)
-    width = part.shape[1]
+    literally(same_block)
+    width = k if same_block else part.shape[1]
     loss = 0.0
     for q in range(len(y)):
         _prefetch_sample(ids, w, order, ahead + q)
@@ -207,7 +209,8 @@ def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_
     The lazy L2 term, the same for every use of a row in a batch, is added once per row
     at the update, times ``count``, its number of uses."""
     literally(k)
-    n_samples, width = len(y), part.shape[1]
+    literally(same_block)
+    n_samples, width = len(y), k if same_block else part.shape[1]
     inv_b = np.float32(1.0 / n_samples)
     l2c = np.float32(2.0 * l2 / n_samples)
     n_touched = 0
@@ -258,6 +261,7 @@ def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, k, sam
     gathered in chunks of ``batch``); part p of ``len(part_loss)`` contiguous parts on its
     own scratch (``where[p]``...), the parts in parallel. Returns the summed loss."""
     literally(k)
+    literally(same_block)
     n_parts = len(part_loss)
     per = -(-len(order) // (n_parts * batch)) * batch  # whole batches per part
     lr32, l2_32, l2c = np.float32(lr), np.float32(l2), np.float32(2.0 * l2)
@@ -284,6 +288,7 @@ def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, k, sam
 def _logits(table, bias, ids, w, block, k, same_block, n_blocks, chunk):
     """Logits of every sample, gathered in chunks (serial: safe from any thread)."""
     literally(k)
+    literally(same_block)
     n, n_slots = ids.shape
     out = np.empty(n, np.float32)
     part = np.empty((n_blocks, n_blocks * k), np.float32)
