@@ -103,19 +103,27 @@ def _gather(ids, w, y, order, lo, hi, block, cid, cw, cblk, nact, cy):
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _field_sums(table, cid, cw, cblk, nact, q, sums, width):
-    """``sums[g] = sum_{s in block g} w_s V[i_s]`` over chunk sample ``q``'s slots (the
-    ``width`` latent columns); returns the linear term. Rows are added whole: one
-    contiguous loop."""
-    n_blocks = sums.shape[0]
-    for b in range(n_blocks):
-        for c in range(width):
-            sums[b, c] = 0
-    lin = np.float32(0)
-    for a in range(nact[q]):
-        i, ws, g = cid[q, a], cw[q, a], cblk[q, a]
-        for c in range(width):
-            sums[g, c] += ws * table[i, c]
-        lin += ws * table[i, width]
+    """``sums[b] = sum_{s in block b} w_s V[i_s]`` over chunk sample ``q``'s slots (the
+    ``width`` latent columns; the slots come in block order); returns the linear term.
+    Rows are added whole, one contiguous loop each; a block's first slot assigns and a
+    block without slots is zeroed, so no row is read back before it is written."""
+    a, n, lin = 0, nact[q], np.float32(0)
+    for b in range(sums.shape[0]):
+        if a < n and cblk[q, a] == b:
+            i, ws = cid[q, a], cw[q, a]
+            for c in range(width):
+                sums[b, c] = ws * table[i, c]
+            lin += ws * table[i, width]
+            a += 1
+            while a < n and cblk[q, a] == b:
+                i, ws = cid[q, a], cw[q, a]
+                for c in range(width):
+                    sums[b, c] += ws * table[i, c]
+                lin += ws * table[i, width]
+                a += 1
+        else:
+            for c in range(width):
+                sums[b, c] = 0
     return lin
 
 
