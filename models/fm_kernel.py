@@ -128,6 +128,16 @@ def _field_sums(table, cid, cw, cblk, nact, q, sums, width):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _transpose(sums, part, k):
+    """``part[b, h*k:(h+1)*k] = sums[h, b*k:(b+1)*k]``, zero where ``h == b``."""
+    n_blocks = sums.shape[0]
+    for b in range(n_blocks):
+        for h in range(n_blocks):
+            for j in range(k):
+                part[b, h * k + j] = sums[h, b * k + j] if h != b else 0
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part, flat_sums, flat_part):
     """Linear plus pairwise terms of chunk sample ``q`` (no bias). Leaves its partner
     vectors in ``part`` for the backward pass: ``part[b, h*k:(h+1)*k] = A[h, b]`` with
@@ -135,7 +145,7 @@ def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part, flat_sums, 
     FM's one block (the callers take each slot out of it). ``k`` and ``same_block`` are
     compile-time constants (``literally``): a k-block is one unrolled run, and an FM's
     rows are k wide."""
-    n_blocks, width = sums.shape[0], k if same_block else sums.shape[1]
+    width = k if same_block else sums.shape[1]
     lin = _field_sums(table, cid, cw, cblk, nact, q, sums, width)
     pair = np.float32(0)
     if same_block:  # FM: 0.5 * (<S, S> - sum_s w_s^2 <v_s, v_s>)
@@ -147,10 +157,10 @@ def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part, flat_sums, 
             part[0, c] = sums[0, c]
             pair += sums[0, c] * sums[0, c]
         return lin + np.float32(0.5) * pair
-    for b in range(n_blocks):  # FFM: part[b] is column b of the sums; own block zero
-        for h in range(n_blocks):
-            for j in range(k):
-                part[b, h * k + j] = sums[h, b * k + j] if h != b else 0
+    if k % 4 == 0:  # FFM: part[b] is column b of the sums, moved in 16-byte lanes
+        _transpose(sums.view(np.complex128), part.view(np.complex128), k // 4)
+    else:
+        _transpose(sums, part, k)
     for c in range(len(flat_sums)):  # sum_{b != h} <A[b, h], A[h, b]> = 2 * pair
         pair += flat_sums[c] * flat_part[c]  # one long loop (flat views): one reduction
     return lin + np.float32(0.5) * pair
