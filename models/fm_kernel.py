@@ -104,9 +104,10 @@ def _gather(ids, w, y, order, lo, hi, block, cid, cw, cblk, nact, cy):
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _field_sums(table, cid, cw, cblk, nact, q, sums, width):
     """``sums[b] = sum_{s in block b} w_s V[i_s]`` over chunk sample ``q``'s slots (the
-    ``width`` latent columns; the slots come in block order); returns the linear term.
-    Rows are added whole, one contiguous loop each; a block's first slot assigns and a
-    block without slots is zeroed, so no row is read back before it is written."""
+    ``width`` latent columns); returns the linear term. The slots come in block order
+    (``models.ffm.FFM`` requires its fields in order). Rows are added whole, one
+    contiguous loop each; a block's first slot assigns and a block without slots is
+    zeroed, so no row is read back before it is written."""
     a, n, lin = 0, nact[q], np.float32(0)
     for b in range(sums.shape[0]):
         if a < n and cblk[q, a] == b:
