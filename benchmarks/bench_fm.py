@@ -14,7 +14,8 @@ trains three more single epochs, the models taking turns, and keeps its best: ev
 epoch repeats the same work, so the best is the least disturbed by other load, and taking
 turns spreads a change in that load over all of them. xlearn's rate comes from its own
 per-epoch timing (summed over 30 epochs of a fit without a validation set, on the same
-libffm file); its whole fit, reading the text file included, is reported beside it. Test
+libffm file), the best of three such fits; its whole fit, reading the text file
+included, is reported beside it. Test
 AUC is sklearn's on the last 10% of ratings. The synthetic set
 (``benchmarks.ctr_data.synthetic_ctr``) is run with our FFM only.
 
@@ -77,6 +78,7 @@ TORCHFM = {"ffm": {"lr": 0.05, "weight_decay": 1e-3}, "fm": {"lr": 0.05, "weight
 # epoch cap and early stopping as above.
 XLEARN = {"lr": 0.2, "lambda": 0.00002}
 XLEARN_TIMING_EPOCHS = 30
+XLEARN_TIMING_FITS = 3
 
 
 # --------------------------------------------------------------------------- helpers
@@ -260,18 +262,21 @@ def run_xlearn(kind: str, enc: FieldEncoder, tr: Samples, va: Samples, te: Sampl
         n_epochs = len(epoch_times((t / "fit.log").read_text()))
         probs = np.loadtxt(t / "pred.txt", dtype=np.float64)
         auc = binary_metric("auc", te.labels, probs)  # type: ignore[arg-type]
-        # Training time alone: a fit without a validation set, XLEARN_TIMING_EPOCHS epochs
-        # (xlearn prints each epoch's seconds to two decimals, too coarse for one epoch).
-        timing = create()
-        timing.setTrain(str(t / "train.ffm"))
-        started = time.perf_counter()
-        with captured_fd1(t / "time.log"):
-            timing.fit({**base, "epoch": XLEARN_TIMING_EPOCHS}, str(t / "m2.out"))
-        fit_wall = time.perf_counter() - started
-        times = epoch_times((t / "time.log").read_text())
-    return {"samples_per_s": len(tr) * len(times) / max(sum(times), 1e-9), "test_auc": auc,
-            "valid_auc": None, "epochs": n_epochs,
-            "fit_wall_samples_per_s": len(tr) * XLEARN_TIMING_EPOCHS / fit_wall}
+        # Training time alone: fits without a validation set, XLEARN_TIMING_EPOCHS epochs
+        # each (xlearn prints each epoch's seconds to two decimals, too coarse for one
+        # epoch); the best of XLEARN_TIMING_FITS, as ours are the best of their rounds.
+        rates, wall_rates = [], []
+        for _ in range(XLEARN_TIMING_FITS):
+            timing = create()
+            timing.setTrain(str(t / "train.ffm"))
+            started = time.perf_counter()
+            with captured_fd1(t / "time.log"):
+                timing.fit({**base, "epoch": XLEARN_TIMING_EPOCHS}, str(t / "m2.out"))
+            wall_rates.append(len(tr) * XLEARN_TIMING_EPOCHS / (time.perf_counter() - started))
+            times = epoch_times((t / "time.log").read_text())
+            rates.append(len(tr) * len(times) / max(sum(times), 1e-9))
+    return {"samples_per_s": max(rates), "test_auc": auc, "valid_auc": None,
+            "epochs": n_epochs, "fit_wall_samples_per_s": max(wall_rates)}
 
 
 # --------------------------------------------------------------------------- main
