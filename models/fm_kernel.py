@@ -17,6 +17,13 @@ towards block h as ``A[h, b(s)]``; then ``pair = 0.5 * sum_s w_s <V[i_s], partne
 and ``d pair / d V[i_s, h] = w_s partner(s, h)``. An FFM has a block per field and
 leaves out the own-field block (no pairs inside a field); an FM has one block shared by
 every slot, and the own block minus the slot itself is exactly ``sum_{t != s} w_t v_t``.
+The FFM's pair term is then ``sum_{g < h} <A[g, h], A[h, g]>``, one dot of the sums with
+their block transpose.
+
+Where the time goes (perf on the ML-100K bench set, one thread): the shuffled samples'
+ids are cache misses, so each chunk of samples is first gathered into compact lists
+while the next chunk is prefetched; the field sums are whole contiguous rows; the
+transpose into partner vectors is the one strided step (16-byte lanes when k % 4 == 0).
 
 Updates: ``"batch"`` (above, the torch trainer's steps) or ``"sample"``: an Adagrad step
 per sample, as libffm and xLearn take, with no gather/scatter buffers (a batch of one).
@@ -38,96 +45,143 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import torch
-from numba import literally, njit, prange
+from llvmlite import ir
+from numba import literally, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from torch import nn
 
 # fast-math without nnan/ninf: a NaN or infinite loss must reach the trainer's check
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 EPS = 1e-10  # torch.optim.Adagrad's default
+CHUNK = 256  # samples gathered at a time for scoring
+
+
+@intrinsic
+def _prefetch(typingctx, arr, row, col):
+    """Ask the CPU to bring ``arr[row, col]`` (a 2-D array) into cache; no other effect."""
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        inds = [context.cast(builder, v, t, types.intp)
+                for v, t in zip(args[1:], sig.args[1:], strict=True)]
+        ptr = cgutils.get_item_pointer2(
+            context, builder, data=ary.data, shape=cgutils.unpack_tuple(builder, ary.shape),
+            strides=cgutils.unpack_tuple(builder, ary.strides), layout=aryty.layout,
+            inds=inds, wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch")
+        # read, keep in every cache level, data
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, row, col), codegen
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _prefetch_sample(ids, w, order, n):
+    """Prefetch the ids and weights of sample ``order[n]``, if there is one. The steps
+    prefetch the next chunk's samples one per sample they compute, so that chunk's gather
+    finds them in cache: the shuffled samples lie scattered over ``ids`` and ``w``."""
+    if n < len(order):
+        r, last = order[n], ids.shape[1] - 1
+        _prefetch(ids, r, 0)
+        _prefetch(ids, r, last)
+        _prefetch(w, r, 0)
+        _prefetch(w, r, last)
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _partners(table, ids, w, r, block, first, k, same_block, part):
-    """Fill ``part[b]``, the partner vector of a slot of block b in sample ``r``:
-    ``part[b, h*k:(h+1)*k] = A[h, b]``, its own block zero (FFM) or still holding the slot
-    itself (FM: the callers take it out). Returns the linear term. ``k`` is a compile-time
-    constant (``literally``), so a k-block is one vector operation; the first slot of each
-    block assigns instead of adding, so nothing is zeroed per sample."""
-    literally(k)
-    n_blocks = part.shape[0]
-    lin = np.float32(0)
-    for s in range(ids.shape[1]):
-        i, ws, g = ids[r, s], w[r, s], block[s]
-        if first[s]:  # padding included: row 0 is zero
-            for h in range(n_blocks):
-                for j in range(k):
-                    part[h, g * k + j] = ws * table[i, h * k + j]
-        elif i != 0:
-            for h in range(n_blocks):
-                for j in range(k):
-                    part[h, g * k + j] += ws * table[i, h * k + j]
-        lin += ws * table[i, n_blocks * k]
-    if not same_block:
-        for b in range(n_blocks):
-            for j in range(k):
-                part[b, b * k + j] = 0
+def _gather(ids, w, y, order, lo, hi, block, cid, cw, cblk, nact, cy):
+    """Copy samples ``order[lo:hi]`` into the chunk ``cid``/``cw``/``cblk``: the row, weight
+    and block of each non-padding slot, ``nact`` of them per sample, and labels ``cy``."""
+    for n in range(lo, hi):
+        r, q, m = order[n], n - lo, 0
+        for s in range(ids.shape[1]):  # no branch: a mispredicted one stalls the loads
+            i = ids[r, s]
+            cid[q, m], cw[q, m], cblk[q, m] = i, w[r, s], block[s]
+            m += i != 0
+        nact[q] = m
+        cy[q] = y[r]
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _field_sums(table, cid, cw, cblk, nact, q, sums, width):
+    """``sums[b] = sum_{s in block b} w_s V[i_s]`` over chunk sample ``q``'s slots (the
+    ``width`` latent columns); returns the linear term. The slots come in block order
+    (``models.ffm.FFM`` requires its fields in order). Rows are added whole, one
+    contiguous loop each; a block's first slot assigns and a block without slots is
+    zeroed, so no row is read back before it is written."""
+    a, n, lin = 0, nact[q], np.float32(0)
+    for b in range(sums.shape[0]):
+        if a < n and cblk[q, a] == b:
+            i, ws = cid[q, a], cw[q, a]
+            for c in range(width):
+                sums[b, c] = ws * table[i, c]
+            lin += ws * table[i, width]
+            a += 1
+            while a < n and cblk[q, a] == b:
+                i, ws = cid[q, a], cw[q, a]
+                for c in range(width):
+                    sums[b, c] += ws * table[i, c]
+                lin += ws * table[i, width]
+                a += 1
+        else:
+            for c in range(width):
+                sums[b, c] = 0
     return lin
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _logit(table, ids, w, r, block, first, k, same_block, part):
-    """Linear plus pairwise terms of sample ``r`` (no bias); leaves its partner vectors
-    in ``part`` for the backward pass."""
-    literally(k)
-    lin = _partners(table, ids, w, r, block, first, k, same_block, part)
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _transpose(sums, part, k):
+    """``part[b, h*k:(h+1)*k] = sums[h, b*k:(b+1)*k]``, zero where ``h == b``."""
+    n_blocks = sums.shape[0]
+    for b in range(n_blocks):
+        for h in range(n_blocks):
+            for j in range(k):
+                part[b, h * k + j] = sums[h, b * k + j] if h != b else 0
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part, flat_sums, flat_part):
+    """Linear plus pairwise terms of chunk sample ``q`` (no bias). Leaves its partner
+    vectors in ``part`` for the backward pass: ``part[b, h*k:(h+1)*k] = A[h, b]`` with
+    ``A[h, b] = sums[h, b*k:(b+1)*k]``, the own block zero (FFM), or the sum ``S`` of the
+    FM's one block (the callers take each slot out of it). ``k`` and ``same_block`` are
+    compile-time constants (``literally``): a k-block is one unrolled run, and an FM's
+    rows are k wide."""
+    width = k if same_block else sums.shape[1]
+    lin = _field_sums(table, cid, cw, cblk, nact, q, sums, width)
     pair = np.float32(0)
-    for s in range(ids.shape[1]):
-        i, ws, b = ids[r, s], w[r, s], block[s]
-        if i == 0:
-            continue
-        dot = np.float32(0)
-        for c in range(part.shape[1]):
-            dot += table[i, c] * part[b, c]
-        if same_block:  # an FM slot is no partner of itself
-            for c in range(b * k, b * k + k):
-                dot -= ws * table[i, c] * table[i, c]
-        pair += ws * dot
+    if same_block:  # FM: 0.5 * (<S, S> - sum_s w_s^2 <v_s, v_s>)
+        for a in range(nact[q]):
+            i, ws = cid[q, a], cw[q, a]
+            for c in range(width):
+                pair -= ws * ws * table[i, c] * table[i, c]
+        for c in range(width):
+            part[0, c] = sums[0, c]
+            pair += sums[0, c] * sums[0, c]
+        return lin + np.float32(0.5) * pair
+    if k % 4 == 0:  # FFM: part[b] is column b of the sums, moved in 16-byte lanes
+        _transpose(sums.view(np.complex128), part.view(np.complex128), k // 4)
+    else:
+        _transpose(sums, part, k)
+    for c in range(len(flat_sums)):  # sum_{b != h} <A[b, h], A[h, b]> = 2 * pair
+        pair += flat_sums[c] * flat_part[c]  # one long loop (flat views): one reduction
     return lin + np.float32(0.5) * pair
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _loss_grad(z, y):
     """Logistic loss of logit ``z`` against label ``y`` (float64) and its derivative."""
     loss = max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
     return loss, np.float32(1) / (np.float32(1) + np.exp(-z)) - y
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _slot_grad(table, i, ws, gz, part, b, l2c, k, same_block, g):
-    """Into ``g[0]``: the gradient of row ``i`` from a slot of block ``b`` and weight
-    ``ws`` (its partner vector ``part[b]``) when the loss has slope ``gz`` in the logit,
-    plus lazy L2. Rows are indexed, never sliced: a slice is a reference-counted view."""
-    literally(k)
-    n = part.shape[1]
-    gw = gz * ws
-    for c in range(n):
-        g[0, c] = gw * part[b, c] + l2c * table[i, c]
-    if same_block:  # an FM slot is no partner of itself
-        for c in range(b * k, b * k + k):
-            g[0, c] -= gw * ws * table[i, c]
-    g[0, n] = gw + l2c * table[i, n]
-
-
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _adagrad(table, accum, i, grad, t, lr):
-    """torch's Adagrad step (no decay) on row ``i`` with gradient ``grad[t]``."""
-    for c in range(grad.shape[1]):
-        a = accum[i, c] + grad[t, c] * grad[t, c]
-        accum[i, c] = a
-        table[i, c] -= lr * grad[t, c] / (np.sqrt(a) + np.float32(EPS))
-
-
-@njit(cache=True, fastmath=FAST, error_model="numpy")
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _bias_step(bias, bias_accum, g, lr):
     a = bias_accum[0] + g * g
     bias_accum[0] = a
@@ -135,101 +189,152 @@ def _bias_step(bias, bias_accum, g, lr):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _sample_step(table, bias, accum, bias_accum, ids, w, y, r, block, first, k, same_block,
-                 lr, l2c, part, g):
-    """One Adagrad step on sample ``r`` alone (a batch of one, the mode of libffm and
+def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block,
+                  lr, l2c, sums, part, ids, w, order, ahead):
+    """An Adagrad step on each chunk sample alone (a batch of one, the mode of libffm and
     xLearn), each row updated as soon as its gradient is known: no gather, no scatter.
-    Returns its loss. A row in two slots of the sample is updated twice."""
+    Returns their summed loss. A row in two slots of a sample is updated twice.
+
+    Row ``i`` of a slot of block ``b`` and weight ``w`` gets ``gz w part[b] + l2c V_i``,
+    less ``gz w^2 V_i`` in an FM, whose one block is the slot's own (no self-pair); the
+    own block of an FFM slot has partner zero."""
     literally(k)
-    z = bias[0] + _logit(table, ids, w, r, block, first, k, same_block, part)
-    loss, gz = _loss_grad(z, y[r])
-    for s in range(ids.shape[1]):
-        i, b = ids[r, s], block[s]
-        if i != 0:
-            _slot_grad(table, i, w[r, s], gz, part, b, l2c, k, same_block, g)
-            _adagrad(table, accum, i, g, 0, lr)
-    _bias_step(bias, bias_accum, gz, lr)
+    literally(same_block)
+    width = k if same_block else part.shape[1]
+    flat_sums, flat_part = sums.reshape(sums.size), part.reshape(part.size)
+    loss = 0.0
+    for q in range(len(y)):
+        _prefetch_sample(ids, w, order, ahead + q)
+        z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part,
+                             flat_sums, flat_part)
+        sample_loss, gz = _loss_grad(z, y[q])
+        loss += sample_loss
+        for a in range(nact[q]):
+            i, b = cid[q, a], cblk[q, a]
+            gw = gz * cw[q, a]
+            shrink = l2c - gw * cw[q, a] if same_block else l2c
+            for c in range(width):
+                g = gw * part[b, c] + shrink * table[i, c]
+                s = accum[i, c] + g * g
+                accum[i, c] = s
+                table[i, c] -= lr * g / (np.sqrt(s) + np.float32(EPS))
+            g = gw + l2c * table[i, width]
+            s = accum[i, width] + g * g
+            accum[i, width] = s
+            table[i, width] -= lr * g / (np.sqrt(s) + np.float32(EPS))
+        _bias_step(bias, bias_accum, gz, lr)
     return loss
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _batch_step(table, bias, accum, bias_accum, ids, w, y, order, lo, hi, block, first, k,
-                same_block, lr, l2, where, touched, grad, part, g):
-    """One Adagrad step on the samples ``order[lo:hi]``; returns their summed loss.
+def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block, lr,
+                l2, where, touched, count, grad, sums, part, ids, w, order, ahead):
+    """One Adagrad step on the chunk's samples; returns their summed loss.
 
     Gradients go to ``grad``, one row per distinct table row the batch touched
-    (``where`` maps a table row to it, -1 for none), so the update costs the rows used."""
+    (``where`` maps a table row to it, -1 for none), so the update costs the rows used.
+    The lazy L2 term, the same for every use of a row in a batch, is added once per row
+    at the update, times ``count``, its number of uses."""
     literally(k)
-    inv_b = np.float32(1.0 / (hi - lo))
-    l2c = np.float32(2.0 * l2 / (hi - lo))
+    literally(same_block)
+    n_samples, width = len(y), k if same_block else part.shape[1]
+    flat_sums, flat_part = sums.reshape(sums.size), part.reshape(part.size)
+    inv_b = np.float32(1.0 / n_samples)
+    l2c = np.float32(2.0 * l2 / n_samples)
     n_touched = 0
     g_bias = np.float32(0)
     loss = 0.0
-    for n in range(lo, hi):
-        r = order[n]
-        z = bias[0] + _logit(table, ids, w, r, block, first, k, same_block, part)
-        sample_loss, gz = _loss_grad(z, y[r])
+    for q in range(n_samples):
+        _prefetch_sample(ids, w, order, ahead + q)
+        z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part,
+                             flat_sums, flat_part)
+        sample_loss, gz = _loss_grad(z, y[q])
         loss += sample_loss
         gz *= inv_b
         g_bias += gz
-        for s in range(ids.shape[1]):
-            i = ids[r, s]
-            if i == 0:
-                continue
-            if where[i] < 0:
-                where[i] = n_touched
-                touched[n_touched] = i
-                for c in range(grad.shape[1]):
-                    grad[n_touched, c] = 0
-                n_touched += 1
-            _slot_grad(table, i, w[r, s], gz, part, block[s], l2c, k, same_block, g)
+        for a in range(nact[q]):
+            i, b, ws = cid[q, a], cblk[q, a], cw[q, a]
             t = where[i]
-            for c in range(g.shape[1]):
-                grad[t, c] += g[0, c]
+            if t < 0:
+                t = where[i] = n_touched
+                touched[t], count[t] = i, 0
+                for c in range(width + 1):
+                    grad[t, c] = 0
+                n_touched += 1
+            count[t] += 1
+            gw = gz * ws
+            for c in range(width):
+                grad[t, c] += gw * part[b, c]
+            if same_block:  # an FM slot is no partner of itself
+                for c in range(width):
+                    grad[t, c] -= gw * ws * table[i, c]
+            grad[t, width] += gw
     for t in range(n_touched):
         i = touched[t]
-        _adagrad(table, accum, i, grad, t, lr)
+        shrink = l2c * np.float32(count[t])
+        for c in range(width + 1):
+            g = grad[t, c] + shrink * table[i, c]
+            s = accum[i, c] + g * g
+            accum[i, c] = s
+            table[i, c] -= lr * g / (np.sqrt(s) + np.float32(EPS))
         where[i] = -1
     _bias_step(bias, bias_accum, g_bias, lr)
     return loss
 
 
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
-def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, first, k,
-                 same_block, batch, per_sample, lr, l2, where, touched, grad, part, g,
-                 part_loss):
-    """Every sample of ``order``, in batches of ``batch`` or one by one (``per_sample``);
-    part p of ``len(part_loss)`` contiguous parts on its own scratch (``where[p]``...),
-    the parts in parallel. Returns the summed loss."""
+def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, k, same_block,
+                 batch, per_sample, lr, l2, where, touched, count, grad, sums, part, cid, cw,
+                 cblk, nact, cy, part_loss):
+    """Every sample of ``order``, in batches of ``batch`` or one by one (``per_sample``,
+    gathered in chunks of ``batch``); part p of ``len(part_loss)`` contiguous parts on its
+    own scratch (``where[p]``...), the parts in parallel. Returns the summed loss."""
     literally(k)
+    literally(same_block)
     n_parts = len(part_loss)
-    step = 1 if per_sample else batch
-    per = -(-len(order) // (n_parts * step)) * step  # whole batches per part
+    per = -(-len(order) // (n_parts * batch)) * batch  # whole batches per part
     lr32, l2_32, l2c = np.float32(lr), np.float32(l2), np.float32(2.0 * l2)
     for p in prange(n_parts):
         loss = 0.0
         end = min(len(order), (p + 1) * per)
-        if per_sample:
-            for n in range(p * per, end):
-                loss += _sample_step(table, bias, accum, bias_accum, ids, w, y, order[n],
-                                     block, first, k, same_block, lr32, l2c, part[p], g[p])
-        else:
-            for lo in range(p * per, end, batch):
-                loss += _batch_step(table, bias, accum, bias_accum, ids, w, y, order, lo,
-                                    min(lo + batch, end), block, first, k, same_block, lr32,
-                                    l2_32, where[p], touched[p], grad[p], part[p], g[p])
+        for lo in range(p * per, end, batch):
+            hi = min(lo + batch, end)
+            _gather(ids, w, y, order, lo, hi, block, cid[p], cw[p], cblk[p], nact[p], cy[p])
+            if per_sample:
+                loss += _sample_steps(table, bias, accum, bias_accum, cid[p], cw[p],
+                                      cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
+                                      lr32, l2c, sums[p], part[p], ids, w, order, hi)
+            else:
+                loss += _batch_step(table, bias, accum, bias_accum, cid[p], cw[p], cblk[p],
+                                    nact[p], cy[p, :hi - lo], k, same_block, lr32, l2_32,
+                                    where[p], touched[p], count[p], grad[p], sums[p],
+                                    part[p], ids, w, order, hi)
         part_loss[p] = loss
     return part_loss.sum()
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _logits(table, bias, ids, w, block, first, k, same_block, n_blocks):
-    """Logits of every sample (serial: safe to call from any thread)."""
+def _logits(table, bias, ids, w, block, k, same_block, n_blocks, chunk):
+    """Logits of every sample, gathered in chunks (serial: safe from any thread)."""
     literally(k)
-    out = np.empty(len(ids), np.float32)
+    literally(same_block)
+    n, n_slots = ids.shape
+    out = np.empty(n, np.float32)
     part = np.empty((n_blocks, n_blocks * k), np.float32)
-    for r in range(len(ids)):
-        out[r] = bias[0] + _logit(table, ids, w, r, block, first, k, same_block, part)
+    sums = np.empty((n_blocks, n_blocks * k), np.float32)
+    flat_sums, flat_part = sums.reshape(sums.size), part.reshape(part.size)
+    cid = np.empty((chunk, n_slots), np.int32)
+    cw = np.empty((chunk, n_slots), np.float32)
+    cblk = np.empty((chunk, n_slots), np.int64)
+    nact = np.empty(chunk, np.int64)
+    no_labels, cy = np.zeros(n, np.float32), np.empty(chunk, np.float32)
+    order = np.arange(n)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        _gather(ids, w, no_labels, order, lo, hi, block, cid, cw, cblk, nact, cy)
+        for r in range(lo, hi):
+            out[r] = bias[0] + _logit(table, cid, cw, cblk, nact, r - lo, k, same_block,
+                                      sums, part, flat_sums, flat_part)
     return out
 
 
@@ -248,7 +353,6 @@ class Layout(NamedTuple):
     """How a model's slots map onto its latent blocks (see the module docstring)."""
 
     block: np.ndarray  # [S] each slot's block: its field (FFM), 0 (FM)
-    first: np.ndarray  # [S] whether a slot is the first of its block's run of slots
     n_blocks: int
     k: int
     same_block: bool  # FM: pairs within a block count; FFM: they do not
@@ -261,9 +365,7 @@ def _layout(model: nn.Module, n_slots: int) -> Layout:
         block = model.slot_field.cpu().numpy().astype(np.int64)
         if len(block) != n_slots:
             raise ValueError(f"{n_slots} slots for an FFM built for {len(block)}")
-    first = np.ones(n_slots, np.bool_)
-    first[1:] = block[1:] != block[:-1]
-    return Layout(block, first, int(block.max()) + 1, model.k, model.kind == "fm")
+    return Layout(block, int(block.max()) + 1, model.k, model.kind == "fm")
 
 
 def _inputs(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -282,7 +384,7 @@ def predict_logits(model: nn.Module, ids: np.ndarray, weights: np.ndarray) -> np
     lay = _layout(model, ids.shape[1])
     table, bias = _views(model)
     return _logits(
-        table, bias, ids, weights, lay.block, lay.first, lay.k, lay.same_block, lay.n_blocks
+        table, bias, ids, weights, lay.block, lay.k, lay.same_block, lay.n_blocks, CHUNK
     )
 
 
@@ -321,8 +423,8 @@ class AdagradKernel:
         ids, weights = _inputs(ids, weights)
         lay = _layout(self.model, ids.shape[1])
         table, bias = _views(self.model)
-        parts, width = self.threads, table.shape[1]
-        rows = 0 if self.per_sample else batch * ids.shape[1]  # batch mode's gather buffer
+        parts, width, n_slots = self.threads, table.shape[1], ids.shape[1]
+        rows = 0 if self.per_sample else batch * n_slots  # batch mode's gradient rows
         numba.set_num_threads(parts)
         return float(
             _train_epoch(
@@ -335,7 +437,6 @@ class AdagradKernel:
                 np.require(labels, np.float32, ["C"]),
                 np.require(order, np.int64, ["C"]),
                 lay.block,
-                lay.first,
                 lay.k,
                 lay.same_block,
                 batch,
@@ -344,9 +445,15 @@ class AdagradKernel:
                 self.l2,
                 self.where,
                 np.empty((parts, rows), np.int32),
+                np.empty((parts, rows), np.int32),
                 np.empty((parts, rows, width), np.float32),
                 np.empty((parts, lay.n_blocks, lay.n_blocks * lay.k), np.float32),
-                np.empty((parts, 1, width), np.float32),
+                np.empty((parts, lay.n_blocks, lay.n_blocks * lay.k), np.float32),
+                np.empty((parts, batch, n_slots), np.int32),
+                np.empty((parts, batch, n_slots), np.float32),
+                np.empty((parts, batch, n_slots), np.int32),
+                np.empty((parts, batch), np.int64),
+                np.empty((parts, batch), np.float32),
                 np.zeros(parts),
             )
         )

@@ -30,7 +30,8 @@ from models.fm_trainer import (
 from tests.unit.test_fm_ffm import LAYOUTS, planted, random_batch, randomised, split
 
 torch.set_num_threads(1)
-K = 2  # one k for every test: each k is compiled once
+K = 2  # one k for the tests but the next: each k is compiled once
+LANE_K = 8  # a k the kernel moves in 16-byte lanes (k % 4 == 0)
 N_FEATURES = 12
 LR, L2 = 0.1, 0.05
 
@@ -51,31 +52,32 @@ def naive_step(
     given."""
     t = table.astype(np.float64)
     n_blocks = 1 if kind == "fm" else max(slot_field) + 1
+    k = (t.shape[1] - 1) // n_blocks
     blk = [0 if kind == "fm" else f for f in slot_field]
     grad, g_bias, logits = np.zeros_like(t), 0.0, []
     b = len(ids)
     for r in range(b):
         z = bias
         for s in range(ids.shape[1]):
-            z += w[r, s] * t[ids[r, s], n_blocks * K]
+            z += w[r, s] * t[ids[r, s], n_blocks * k]
             for u in range(s + 1, ids.shape[1]):
                 if kind == "ffm" and slot_field[s] == slot_field[u]:
                     continue
-                vs = t[ids[r, s], blk[u] * K : (blk[u] + 1) * K]
-                vu = t[ids[r, u], blk[s] * K : (blk[s] + 1) * K]
+                vs = t[ids[r, s], blk[u] * k : (blk[u] + 1) * k]
+                vu = t[ids[r, u], blk[s] * k : (blk[s] + 1) * k]
                 z += w[r, s] * w[r, u] * vs @ vu
         logits.append(z)
         g = (1 / (1 + np.exp(-z)) - y[r]) / b
         g_bias += g
         for s in range(ids.shape[1]):
             i = ids[r, s]
-            grad[i, n_blocks * K] += g * w[r, s]
+            grad[i, n_blocks * k] += g * w[r, s]
             grad[i] += 2 * L2 / b * t[i]
             for u in range(ids.shape[1]):
                 if u == s or (kind == "ffm" and slot_field[s] == slot_field[u]):
                     continue
-                grad[i, blk[u] * K : (blk[u] + 1) * K] += (
-                    g * w[r, s] * w[r, u] * t[ids[r, u], blk[s] * K : (blk[s] + 1) * K]
+                grad[i, blk[u] * k : (blk[u] + 1) * k] += (
+                    g * w[r, s] * w[r, u] * t[ids[r, u], blk[s] * k : (blk[s] + 1) * k]
                 )
 
     sums = sums if sums is not None else [np.zeros_like(t), 0.0]
@@ -87,9 +89,9 @@ def naive_step(
     return new_t, float(new_bias), np.array(logits)
 
 
-def random_model(cls: type, slot_field: list[int]) -> torch.nn.Module:
+def random_model(cls: type, slot_field: list[int], k: int = K) -> torch.nn.Module:
     """A float32 model with non-trivial weights, as the kernel trains."""
-    return randomised(cls(N_FEATURES, slot_field, k=K, seed=0)).float()
+    return randomised(cls(N_FEATURES, slot_field, k=k, seed=0)).float()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -124,6 +126,23 @@ def test_one_step_matches_torch_and_a_float64_loop(cls: type, layout: str) -> No
     np.testing.assert_allclose(table, torch_model.table.detach().numpy(), atol=2e-6)
     assert native.bias.item() == pytest.approx(want_bias, abs=1e-6)
     assert not table[0].any()  # padding row untouched
+
+
+def test_a_k_moved_in_lanes_matches_a_float64_loop() -> None:
+    """k a multiple of 4 takes the FFM's 16-byte-lane transpose: same step as the loop."""
+    slot_field = LAYOUTS["multi-valued fields"]
+    ids_t, w_t = random_batch(slot_field, N_FEATURES, b=8, seed=5)
+    ids, w = ids_t.numpy().astype(np.int32), w_t.numpy().astype(np.float32)
+    y = (np.arange(8) % 2).astype(np.float32)
+    native = random_model(FFM, slot_field, k=LANE_K)
+    want_table, want_bias, want_logits = naive_step(
+        native.table.detach().numpy(), native.bias.item(), ids, w, y, slot_field, "ffm"
+    )
+    np.testing.assert_allclose(fm_kernel.predict_logits(native, ids, w), want_logits,
+                               rtol=1e-5, atol=1e-5)
+    fm_kernel.AdagradKernel(native, LR, L2).epoch(ids, w, y, np.arange(8), batch=8)
+    np.testing.assert_allclose(native.table.detach().numpy(), want_table, atol=2e-5)
+    assert native.bias.item() == pytest.approx(want_bias, abs=1e-6)
 
 
 def test_batches_follow_the_order_given() -> None:
