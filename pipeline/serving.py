@@ -276,12 +276,13 @@ class Recommender:
         user_id, code = self.user_code(user_id)
         if code < 0:
             return self.cold_start(user_id, k)
+        items, ts, _ = self.known_events(recent)
         published = self.models.published
-        if published is not None and not len(self.known_events(recent)[0]):
+        if published is not None and not len(items):
             found = published.lists(user_id, k)
             if found is not None:
                 return found
-        return self.computed(user_id, code, k, recent)
+        return self.computed(user_id, code, k, items, ts)
 
     def compute(self, user_id: Any, k: int | None = None,
                 recent: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -290,14 +291,15 @@ class Recommender:
         user_id, code = self.user_code(user_id)
         if code < 0:
             return self.cold_start(user_id, k)
-        return self.computed(user_id, code, k, recent)
+        return self.computed(user_id, code, k, *self.known_events(recent)[:2])
 
-    def computed(self, user_id: Any, code: int, k: int, recent: pd.DataFrame | None
+    def computed(self, user_id: Any, code: int, k: int, items: np.ndarray, ts: np.ndarray
                  ) -> pd.DataFrame:
-        """A known user's (``code``) top ``k``, computed: retrieval, FM scores,
-        features, rankers and the fill, as the batch runs them."""
+        """A known user's (``code``) top ``k`` after their recent events (``items``,
+        ``ts``: ``known_events``), computed: retrieval, FM scores, features, rankers and
+        the fill, as the batch runs them."""
         m = self.models
-        data, context = self.with_recent(code, recent)
+        data, context = self.with_recent(code, items, ts)
         keys = pd.DataFrame({S.USER: pd.Series([user_id], dtype=data.user_index.ids.dtype)})
         cands = merged_candidates(data, m.kinds[RECOMMENDATION].channels,
                                   m.kinds[RECOMMENDATION].quotas,
@@ -307,9 +309,10 @@ class Recommender:
                                              m.user_side, m.item_side, m.cfg.fm.device,
                                              m.sides))
         lists = self.ranked(RECOMMENDATION, cands, data, context, ("channels",))
-        history = data.item_index.decode(data.history[code].indices)
-        lists = padded(lists, pd.DataFrame({S.USER: user_id, S.ITEM: history}), m.fill,
-                       m.cfg.publish.top_k)
+        if len(lists) < m.cfg.publish.top_k:  # a full list is what ``padded`` hands back
+            history = data.item_index.decode(data.history[code].indices)
+            lists = padded(lists, pd.DataFrame({S.USER: user_id, S.ITEM: history}), m.fill,
+                           m.cfg.publish.top_k)
         return lists.iloc[:k].reset_index(drop=True)
 
     def search(self, user_id: Any, query: str, k: int | None = None,
@@ -327,7 +330,7 @@ class Recommender:
         if code < 0:
             raise ValueError(f"user {user_id!r} is not in the publication: search answers "
                              "known users")
-        data, context = self.with_recent(code, recent)
+        data, context = self.with_recent(code, *self.known_events(recent)[:2])
         keys = pd.DataFrame({CASE: np.array([case], np.int64),
                              S.USER: pd.Series([user_id], dtype=data.user_index.ids.dtype),
                              S.QUERY: np.array([str(query)], dtype=object)})
@@ -359,13 +362,12 @@ class Recommender:
             raise ValueError(f"k must be between 1 and {top} (publish.top_k)")
         return top if k is None else k
 
-    def with_recent(self, code: int, recent: pd.DataFrame | None
+    def with_recent(self, code: int, items: np.ndarray, ts: np.ndarray
                     ) -> tuple[RecallData, FeatureContext]:
         """The data and feature statistics a request sees: the publication's, or with the
-        user's recent events added (the statistics updated as a refit on them would be:
-        ``FeatureContext.with_events``)."""
+        user's recent events (item codes, unix seconds) added (the statistics updated as a
+        refit on them would be: ``FeatureContext.with_events``)."""
         m = self.models
-        items, ts, _ = self.known_events(recent)
         if not len(items):
             return m.data, m.context
         data = m.data.with_events(code, items, ts)

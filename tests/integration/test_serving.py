@@ -256,10 +256,11 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
 def test_past_its_admission_bound_the_service_answers_503_at_once(live) -> None:
     cfg, _, recommender = live
     users = [int(u) for u in recommender.models.data.user_index.ids[:8]]
+    clicked = [{"item_id": recommender.models.data.item_index.ids[0].item()}]
     with Server(create_app(cfg, max_waiting=1)) as service:
         replies: list[tuple[int, dict]] = []
-        senders = [threading.Thread(target=lambda u=u: replies.append(
-            service.recommend(user_id=u, k=5))) for u in users]
+        senders = [threading.Thread(target=lambda u=u: replies.append(  # computed: slow
+            service.recommend(user_id=u, k=5, recent=clicked))) for u in users]
         for sender in senders:
             sender.start()
         for sender in senders:
