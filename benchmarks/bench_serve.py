@@ -18,7 +18,13 @@ queries and items are drawn with a fixed seed. Per phase: p50 and p99 of
 the request latency (send to full reply), requests answered a second, and failures;
 the service's peak resident memory (VmHWM) at the end. Between phases the service
 drains what the last one queued (a timed-out request is still computed). Everything
-stays on 127.0.0.1, bounded in count and time.
+stays on 127.0.0.1 (port ``PORT``, default 8765), bounded in count and time.
+
+Before the service starts, the same publication is loaded in this process and the
+first 100 requests of each kind are answered by the service's own ``answer``: the
+median CPU milliseconds of one request (``cpu_ms``), which other work on the cores
+inflates far less than the latencies. The 1-minute load average before and after
+each publication's run is recorded beside it (``load_average``).
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ from benchmarks.common import record
 from pipeline.config import load_config
 from pipeline.io import read_table
 from pipeline.release import PUBLISH, current
+from pipeline.service import RecommendRequest, answer
+from pipeline.serving import Recommender
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("ML100K_PATH", REPO.parent / "shared" / "datasets" / "ml-100k"))
-PORT = 8765
+PORT = int(os.environ.get("PORT", 8765))
 
 
 def publication(config: Path, data_dir: Path) -> Path:
@@ -145,9 +153,30 @@ def kinds_of_request(folder: Path, n: int) -> dict[str, list[dict]]:
     return found
 
 
+def cpu_per_request(folder: Path, requests: dict[str, list[dict]]) -> dict[str, float]:
+    """Per kind, the median CPU milliseconds of one request computed in this process by
+    the service's own ``answer`` (no HTTP, no queue): the service time that load on
+    other processes does not inflate as much as it does wall time."""
+    recommender = Recommender.load(folder)
+    found = {}
+    for kind, bodies in requests.items():
+        asked = [RecommendRequest(**fields) for fields in bodies[:100]]
+        for body in asked[:10]:  # warm-up
+            answer(recommender, body)
+        spent = []
+        for body in asked:
+            started = time.process_time()
+            answer(recommender, body)
+            spent.append(time.process_time() - started)
+        found[kind] = round(float(np.median(spent)) * 1000, 2)
+    return found
+
+
 def measure(name: str, config: Path, data_dir: Path) -> dict:
     folder = publication(config, data_dir)
     requests = kinds_of_request(folder, int(os.environ.get("REQUESTS", 300)))
+    load_before = os.getloadavg()[0]
+    cpu_ms = cpu_per_request(folder, requests)
     service = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--config",
                                 str(config), "--set", f"data_dir={data_dir}", "--port",
                                 str(PORT)], cwd=REPO)
@@ -176,6 +205,8 @@ def measure(name: str, config: Path, data_dir: Path) -> dict:
             result[kind]["steady"] = steady(bodies, float(os.environ.get("RATE", 100)))
             ask(bodies[0], timeout=600)
         status = Path(f"/proc/{service.pid}/status").read_text()
+        result["cpu_ms"] = cpu_ms
+        result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         result["peak_rss_mb"] = round(int(next(line.split()[1] for line in status.splitlines()
                                                 if line.startswith("VmHWM"))) / 1024, 1)
     finally:
@@ -194,7 +225,7 @@ def main() -> dict:
              "p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         for kind, phases in r.items():
-            if kind == "peak_rss_mb":
+            if kind in ("peak_rss_mb", "cpu_ms", "load_average"):
                 continue
             for phase, label in (("one client", "one client"),
                                  ("saturated", f"{os.environ.get('CLIENTS', 4)} clients"),
@@ -203,6 +234,12 @@ def main() -> dict:
                 lines.append(f"| {name} | {kind} | {label} | {p['requests']} | "
                              f"{p['failures']} | {p['per_second']} | {p['p50_ms']} | "
                              f"{p['p99_ms']} |")
+    lines.append("")
+    lines.append("CPU per request in process (median ms): " + "; ".join(
+        f"{name} " + ", ".join(f"{kind} {ms}" for kind, ms in r["cpu_ms"].items())
+        for name, r in runs.items()) + ". Load average (1 min) before and after each "
+        "publication's run: " + ", ".join(f"{name} {r['load_average']}"
+                                          for name, r in runs.items()) + ".")
     lines.append("")
     lines.append("Service peak memory (VmHWM): " + ", ".join(
         f"{name} {r['peak_rss_mb']:.0f} MB" for name, r in runs.items()) + ". The load "

@@ -137,10 +137,14 @@ def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
 
     Each group's list is ranked once, k + (most items any user has) deep, and each user
     keeps the first k of their group's list that they do not have: O(users x that depth)
-    instead of O(users x catalogue). ``groups[r] = -1`` gives nothing.
+    instead of O(users x catalogue). ``groups[r] = -1`` gives nothing. Only the groups
+    some user belongs to are ranked (``top_k`` ranks each row alone): a served request's
+    one region, not all of them (ML-100K's 19: 4.6 ms -> 0.5 ms).
     """
     depth = k + (int(np.diff(data.history.indptr).max()) if exclude_seen and data.n_users else 0)
-    ranked = top_k(group_scores, min(depth, data.n_items))
+    present = np.unique(groups[groups >= 0])
+    ranked = top_k(group_scores[present], min(depth, data.n_items))
+    groups = np.where(groups >= 0, np.searchsorted(present, groups), -1)
     parts = []
     for rows in user_chunks(len(users), ranked.items.shape[1]):
         g = groups[rows]

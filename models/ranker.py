@@ -162,6 +162,29 @@ def _select(features: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     return features[names]
 
 
+def feature_matrix(features: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The saved features in the saved order as the matrix LightGBM makes of a frame
+    itself: the columns' common type with float32 (float64 unless all are float32),
+    missing values NaN. Built once, it serves every ranker trained on those features
+    instead of each converting the frame again (1.7 ms a request's 300 rows)."""
+    x = _select(features, names)
+    return x.to_numpy(np.result_type(*(d.type for d in x.dtypes), np.float32),
+                      na_value=np.nan)
+
+
+def ensemble_scores(features: pd.DataFrame, ensembles: dict[str, FoldEnsemble]
+                    ) -> dict[str, np.ndarray]:
+    """Each ensemble's ``predict``, the frame converted once per distinct feature list."""
+    matrices: dict[tuple[str, ...], np.ndarray] = {}
+    scores = {}
+    for name, ensemble in ensembles.items():
+        names = tuple(ensemble.feature_names)
+        if names not in matrices:
+            matrices[names] = feature_matrix(features, list(names))
+        scores[name] = ensemble.predict_matrix(matrices[names])
+    return scores
+
+
 class Ranker:
     """Gradient-boosted ranker over candidate groups; see the module docstring."""
 
@@ -244,9 +267,12 @@ class Ranker:
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
         """Raw float64 scores at the best iteration; columns picked by name, extras ignored."""
+        return self.predict_matrix(feature_matrix(features, self.feature_names))
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """``predict`` of the features as ``feature_matrix`` gives them."""
         booster = self._fitted()
-        x = _select(features, self.feature_names)
-        if len(x) == 0:  # LightGBM refuses an empty frame
+        if len(x) == 0:  # LightGBM refuses an empty matrix
             return np.zeros(0, np.float64)
         return np.asarray(booster.predict(x, num_iteration=self.best_iteration, raw_score=True,
                                           num_threads=self.threads), np.float64)
@@ -290,10 +316,20 @@ class FoldEnsemble:
     def __init__(self, rankers: list[Ranker]) -> None:
         if not rankers:
             raise ValueError("a fold ensemble needs at least one ranker")
+        if any(r.feature_names != rankers[0].feature_names for r in rankers):
+            raise ValueError("a fold ensemble's rankers must share their feature columns")
         self.rankers = rankers
 
+    @property
+    def feature_names(self) -> list[str]:
+        return self.rankers[0].feature_names
+
     def predict(self, features: pd.DataFrame) -> np.ndarray:
-        return np.mean([r.predict(features) for r in self.rankers], axis=0)
+        return self.predict_matrix(feature_matrix(features, self.feature_names))
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """``predict`` of the features as ``feature_matrix`` gives them."""
+        return np.mean([r.predict_matrix(x) for r in self.rankers], axis=0)
 
     def importance(self) -> dict[str, float]:
         """Mean gain per feature over the folds, largest first."""

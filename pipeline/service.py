@@ -109,6 +109,17 @@ def watch(publication: LivePublication, stop: threading.Event, seconds: float) -
                           publication.live.name)
 
 
+def answer(recommender: Recommender, body: RecommendRequest) -> tuple[pd.DataFrame, list]:
+    """One validated request's list (a recommendation, or a search where it has a query)
+    and the recent items the publication does not know."""
+    recent = pd.DataFrame({S.ITEM: pd.Series([e.item_id for e in body.recent], dtype=object),
+                           S.TS: pd.Series([e.ts for e in body.recent], dtype=object)}
+                          ) if body.recent else None
+    lists = (recommender.recommend(body.user_id, body.k, recent) if body.query is None else
+             recommender.search(body.user_id, body.query, body.k, recent))
+    return lists, recommender.known_events(recent)[2]
+
+
 def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WAITING
                ) -> BoundedBody:
     publication = LivePublication(cfg)
@@ -136,18 +147,12 @@ def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WA
     @app.post("/recommend")
     def recommend(body: RecommendRequest) -> dict[str, Any]:
         live = publication.live  # one publication answers the whole request
-        recent = pd.DataFrame({S.ITEM: pd.Series([e.item_id for e in body.recent],
-                                                 dtype=object),
-                               S.TS: pd.Series([e.ts for e in body.recent], dtype=object)})
         if not waiting.acquire(blocking=False):
             raise HTTPException(503, f"busy: {max_waiting} requests are waiting; retry",
                                 headers={"Retry-After": "1"})
         try:
             with compute:
-                lists = (live.recommender.recommend(body.user_id, body.k, recent)
-                         if body.query is None else
-                         live.recommender.search(body.user_id, body.query, body.k, recent))
-                ignored = live.recommender.known_events(recent)[2]
+                lists, ignored = answer(live.recommender, body)
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
         finally:

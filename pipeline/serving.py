@@ -7,7 +7,10 @@ the batch stages run on each shard: retrieval and merge (``recall``), FM scores
 (``train-fm``), ranker features (``features``), the rankers and blend and the fill of a
 short list (``rank``). Between steps the frames pass through Arrow as the batch's
 Parquet files do, so the columns keep the batch's types. For a user without new events
-the answer is the published list, items and order (``tests/integration/test_serving.py``).
+the answer is the published list, items and order (``tests/integration/test_serving.py``):
+such a plain request is answered from that list (``Published``, as production systems
+serve precomputed lists), and only requests carrying recent events or a query, or from a
+user the publication has no list for, are computed.
 """
 
 from __future__ import annotations
@@ -74,6 +77,31 @@ def through_arrow(frame: pd.DataFrame) -> pd.DataFrame:
     return pa.Table.from_pandas(frame, preserve_index=False).to_pandas()
 
 
+@dataclass(frozen=True)
+class Published:
+    """A publication's lists (``recommendations.parquet``) by user: by contract the
+    answer to a plain request, looked up instead of computed."""
+
+    users: pd.Index  # each listed user once, in the table's order
+    bounds: np.ndarray  # the i-th user's rows: bounds[i] to bounds[i + 1]
+    table: pd.DataFrame  # user_id, item_id, channels, score, rank; a user's rows together
+
+    @classmethod
+    def of(cls, lists: pd.DataFrame) -> Published:
+        table = lists.sort_values([S.USER, S.RANK], kind="stable")
+        codes, users = pd.factorize(table[S.USER])
+        bounds = np.searchsorted(codes, np.arange(len(users) + 1))
+        return cls(pd.Index(users), bounds, table.reset_index(drop=True))
+
+    def lists(self, user_id: Any, k: int) -> pd.DataFrame | None:
+        """The user's first ``k`` published items; None for a user without a list."""
+        i = self.users.get_indexer([user_id])[0]
+        if i < 0:
+            return None
+        lo = self.bounds[i]
+        return self.table.iloc[lo: min(self.bounds[i + 1], lo + k)].reset_index(drop=True)
+
+
 @dataclass
 class Ranking:
     """What orders one kind of request: the channels answering it and their quotas, the
@@ -102,6 +130,7 @@ class Models:
     fill: np.ndarray
     cold_start: pd.DataFrame  # empty for a backtest phase: nobody there is unknown
     regions: pd.Series  # user_id -> region, for the cold-start list of unknown users
+    published: Published | None  # a publication's lists; None for a backtest phase
 
     @cached_property
     def search_context(self) -> SearchContext:
@@ -122,7 +151,8 @@ class Where:
 
 
 def load_models(cfg: Config, fit: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame,
-                targets: np.ndarray, where: Where, cold_start: pd.DataFrame) -> Models:
+                targets: np.ndarray, where: Where, cold_start: pd.DataFrame,
+                published: Published | None = None) -> Models:
     """A phase's models, its data encoded as its stages encoded it (``targets``: the
     users it answers, given an index row even without history)."""
     data = build_recall_data(fit, items, users, targets)
@@ -147,7 +177,8 @@ def load_models(cfg: Config, fit: pd.DataFrame, items: pd.DataFrame, users: pd.D
         context=FeatureContext(data, cfg.features.recent_share),
         fill=fill_order(fit, items), cold_start=cold_start,
         regions=(users.set_index(S.USER)[S.REGION].dropna().astype(str)
-                 if S.REGION in users.columns else pd.Series(dtype=str)))
+                 if S.REGION in users.columns else pd.Series(dtype=str)),
+        published=published)
 
 
 class Recommender:
@@ -173,7 +204,8 @@ class Recommender:
                       tuned=folder / "tuned.json")
         targets = active_users(users, fit, cfg.publish.active_days)[S.USER].unique()
         return cls(load_models(cfg, fit, items, users, targets, where,
-                               read_table(folder / "cold_start.parquet")))
+                               read_table(folder / "cold_start.parquet"),
+                               Published.of(read_table(folder / "recommendations.parquet"))))
 
     @classmethod
     def from_stages(cls, cfg: Config, phase: Phase = EVALUATED) -> Recommender:
@@ -237,13 +269,37 @@ class Recommender:
         (``item_id``, optional ``ts``); the behaviour channels, the seen items and the
         features read them, so a click a second ago changes the answer (unknown items are
         ignored: ``known_events``). A user the publication does not know gets the
-        cold-start list of their region (``channels`` "cold-start")."""
-        m = self.models
+        cold-start list of their region (``channels`` "cold-start"). Without recent events
+        a listed user's answer is the publication's list (``Published``), which the
+        computed one equals (``compute``)."""
         k = self.checked_k(k)
         user_id, code = self.user_code(user_id)
         if code < 0:
             return self.cold_start(user_id, k)
-        data, context = self.with_recent(code, recent)
+        items, ts, _ = self.known_events(recent)
+        published = self.models.published
+        if published is not None and not len(items):
+            found = published.lists(user_id, k)
+            if found is not None:
+                return found
+        return self.computed(user_id, code, k, items, ts)
+
+    def compute(self, user_id: Any, k: int | None = None,
+                recent: pd.DataFrame | None = None) -> pd.DataFrame:
+        """``recommend`` computed by the batch code whatever the request, never looked up."""
+        k = self.checked_k(k)
+        user_id, code = self.user_code(user_id)
+        if code < 0:
+            return self.cold_start(user_id, k)
+        return self.computed(user_id, code, k, *self.known_events(recent)[:2])
+
+    def computed(self, user_id: Any, code: int, k: int, items: np.ndarray, ts: np.ndarray
+                 ) -> pd.DataFrame:
+        """A known user's (``code``) top ``k`` after their recent events (``items``,
+        ``ts``: ``known_events``), computed: retrieval, FM scores, features, rankers and
+        the fill, as the batch runs them."""
+        m = self.models
+        data, context = self.with_recent(code, items, ts)
         keys = pd.DataFrame({S.USER: pd.Series([user_id], dtype=data.user_index.ids.dtype)})
         cands = merged_candidates(data, m.kinds[RECOMMENDATION].channels,
                                   m.kinds[RECOMMENDATION].quotas,
@@ -253,9 +309,10 @@ class Recommender:
                                              m.user_side, m.item_side, m.cfg.fm.device,
                                              m.sides))
         lists = self.ranked(RECOMMENDATION, cands, data, context, ("channels",))
-        history = data.item_index.decode(data.history[code].indices)
-        lists = padded(lists, pd.DataFrame({S.USER: user_id, S.ITEM: history}), m.fill,
-                       m.cfg.publish.top_k)
+        if len(lists) < m.cfg.publish.top_k:  # a full list is what ``padded`` hands back
+            history = data.item_index.decode(data.history[code].indices)
+            lists = padded(lists, pd.DataFrame({S.USER: user_id, S.ITEM: history}), m.fill,
+                           m.cfg.publish.top_k)
         return lists.iloc[:k].reset_index(drop=True)
 
     def search(self, user_id: Any, query: str, k: int | None = None,
@@ -273,7 +330,7 @@ class Recommender:
         if code < 0:
             raise ValueError(f"user {user_id!r} is not in the publication: search answers "
                              "known users")
-        data, context = self.with_recent(code, recent)
+        data, context = self.with_recent(code, *self.known_events(recent)[:2])
         keys = pd.DataFrame({CASE: np.array([case], np.int64),
                              S.USER: pd.Series([user_id], dtype=data.user_index.ids.dtype),
                              S.QUERY: np.array([str(query)], dtype=object)})
@@ -305,13 +362,12 @@ class Recommender:
             raise ValueError(f"k must be between 1 and {top} (publish.top_k)")
         return top if k is None else k
 
-    def with_recent(self, code: int, recent: pd.DataFrame | None
+    def with_recent(self, code: int, items: np.ndarray, ts: np.ndarray
                     ) -> tuple[RecallData, FeatureContext]:
         """The data and feature statistics a request sees: the publication's, or with the
-        user's recent events added (the statistics updated as a refit on them would be:
-        ``FeatureContext.with_events``)."""
+        user's recent events (item codes, unix seconds) added (the statistics updated as a
+        refit on them would be: ``FeatureContext.with_events``)."""
         m = self.models
-        items, ts, _ = self.known_events(recent)
         if not len(items):
             return m.data, m.context
         data = m.data.with_events(code, items, ts)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from models.blend import blend_scores
-from models.ranker import FoldEnsemble
+from models.ranker import FoldEnsemble, ensemble_scores
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
@@ -50,7 +50,7 @@ def system_scores(frame: pd.DataFrame, key: str, rankers: dict[str, FoldEnsemble
                   blend: dict) -> dict[str, np.ndarray]:
     """Every ranker's scores (``ltr:<objective>``) and the blend's, for featurised
     candidates: what the batch ranks and a served request ranks, by the same code."""
-    scores = {name: ranker.predict(frame) for name, ranker in rankers.items()}
+    scores = ensemble_scores(frame, rankers)
     systems = {f"ltr:{name}": s for name, s in scores.items()}
     systems["blend"] = blend_scores(blend_components(frame, key, scores, blend["channels"]),
                                     blend["weights"])

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from pipeline.io import read_table
 from pipeline.release import PUBLISH, current
 from pipeline.schedule import schedule
 from pipeline.service import create_app
-from pipeline.serving import COLD_START, Recommender, response
+from pipeline.serving import COLD_START, Published, Recommender, response
 from tests.conftest import tiny_config
 
 
@@ -33,13 +34,13 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     return cfg, folder, Recommender.load(folder)
 
 
-def test_a_served_list_is_the_published_list(live) -> None:
+def test_a_computed_list_is_the_published_list(live) -> None:
     cfg, folder, recommender = live
     published = read_table(folder / "recommendations.parquet")
     users = published["user_id"].unique()
     for user in users[:: max(1, len(users) // 40)]:  # every 7th or so: 40 users
         want = published[published["user_id"] == user].reset_index(drop=True)
-        got = recommender.recommend(user)
+        got = recommender.compute(user)
         assert got["item_id"].tolist() == want["item_id"].tolist(), user
         assert got["channels"].tolist() == want["channels"].tolist(), user
         np.testing.assert_array_equal(got["score"].to_numpy(), want["score"].to_numpy())
@@ -47,6 +48,32 @@ def test_a_served_list_is_the_published_list(live) -> None:
     rankers = [ranker for kind in recommender.models.kinds.values()
                for ensemble in kind.rankers.values() for ranker in ensemble.rankers]
     assert rankers and all(ranker.threads == 1 for ranker in rankers)  # a few hundred rows
+
+
+def test_a_plain_request_is_looked_up_and_equals_the_computed_answer(live, monkeypatch
+                                                                     ) -> None:
+    _, _, recommender = live
+    published = recommender.models.published
+    users = published.users[:: max(1, len(published.users) // 40)]
+    computed = {(user, k): recommender.compute(user, k) for user in users for k in (3, None)}
+    unknown_only = pd.DataFrame({"item_id": [-7]})  # ignored: still a plain request
+
+    def not_computed(*args: object) -> None:
+        raise AssertionError("a plain request was computed")
+
+    monkeypatch.setattr(recommender, "computed", not_computed)
+    for (user, k), want in computed.items():
+        pd.testing.assert_frame_equal(recommender.recommend(user, k), want)
+        pd.testing.assert_frame_equal(recommender.recommend(user, k, unknown_only), want)
+
+
+def test_a_known_user_without_a_published_list_is_computed(live) -> None:
+    _, folder, recommender = live
+    lists = read_table(folder / "recommendations.parquet")
+    user = lists["user_id"].iloc[0]
+    unlisted = Recommender(replace(recommender.models, published=Published.of(
+        lists[lists["user_id"] != user])))  # as a user active too long ago to be listed
+    pd.testing.assert_frame_equal(unlisted.recommend(user), recommender.compute(user))
 
 
 def test_the_test_phase_served_by_the_same_code_gives_the_batchs_test_lists(live) -> None:
@@ -229,10 +256,11 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
 def test_past_its_admission_bound_the_service_answers_503_at_once(live) -> None:
     cfg, _, recommender = live
     users = [int(u) for u in recommender.models.data.user_index.ids[:8]]
+    clicked = [{"item_id": recommender.models.data.item_index.ids[0].item()}]
     with Server(create_app(cfg, max_waiting=1)) as service:
         replies: list[tuple[int, dict]] = []
-        senders = [threading.Thread(target=lambda u=u: replies.append(
-            service.recommend(user_id=u, k=5))) for u in users]
+        senders = [threading.Thread(target=lambda u=u: replies.append(  # computed: slow
+            service.recommend(user_id=u, k=5, recent=clicked))) for u in users]
         for sender in senders:
             sender.start()
         for sender in senders:
