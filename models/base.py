@@ -143,6 +143,9 @@ def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
     """
     depth = k + (int(np.diff(data.history.indptr).max()) if exclude_seen and data.n_users else 0)
     present = np.unique(groups[groups >= 0])
+    if not present.size:  # nobody is in a group (no user has a region): nothing to rank
+        return TopK(np.full((len(users), k), -1, np.int64),
+                    np.full((len(users), k), -np.inf, np.float32))
     ranked = top_k(group_scores[present], min(depth, data.n_items))
     groups = np.where(groups >= 0, np.searchsorted(present, groups), -1)
     parts = []

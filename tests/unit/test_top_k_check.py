@@ -22,6 +22,7 @@ from models.base import (
     seen_mask,
     stored_rows,
     top_k,
+    top_k_shared,
     top_k_sparse,
 )
 from pipeline.stages.recall import Requests, retrieve
@@ -123,6 +124,18 @@ def test_seen_mask_binary_search_equals_the_lookup_table(monkeypatch) -> None:
     monkeypatch.setattr(base, "CHUNK_CELLS", 10)
     np.testing.assert_array_equal(seen_mask(data, users, items), table)
     assert table.any() and not table[-1].any()
+
+
+def test_top_k_shared_ranks_each_users_group_and_gives_the_groupless_nothing(
+        data: RecallData) -> None:
+    scores = np.array([[5.0, 4, 3, 2, 1], [1, 2, 3, 4, 5]], np.float32)  # two groups
+    users = np.array([0, 1, 2])
+    got = top_k_shared(scores, np.array([1, 0, -1]), data, users, 2, exclude_seen=True)
+    np.testing.assert_array_equal(got.items, [[4, 3], [0, 1], [-1, -1]])  # seen left out
+    np.testing.assert_array_equal(got.scores, [[5, 4], [5, 4], [-np.inf, -np.inf]])
+    nobody = top_k_shared(scores, np.array([-1, -1, -1]), data, users, 2, exclude_seen=True)
+    np.testing.assert_array_equal(nobody.items, np.full((3, 2), -1))
+    assert np.isneginf(nobody.scores).all()
 
 
 def test_stored_rows_read_the_entries_row_indexing_gives() -> None:
