@@ -17,7 +17,6 @@ epoch count through ``tuned()``. Fitting with ``epochs`` set (the refit on more 
 trains exactly that many epochs and looks at nothing held out; with neither, it trains
 ``max_epochs``.
 
-<<<<<<< HEAD
 The full softmax over the catalogue costs most of an epoch on a large one (10k items:
 2.7-2.8x the time of an epoch with 1,024 sampled negatives). Past ``SAMPLED_FROM`` x
 ``negatives`` items, training uses a sampled softmax over ``negatives`` items a batch
@@ -25,11 +24,8 @@ The full softmax over the catalogue costs most of an epoch on a large one (10k i
 NDCG@10 0.173 against 0.179 for the full softmax; ML-100K and the synthetic default
 (under 4,096 items) keep the full softmax.
 
-Seeded and deterministic on CPU for a given thread count; ``device="cuda"`` moves the
-=======
 Seeded and deterministic on CPU for a given thread count (``threads``: training's;
 scoring runs on the process's); ``device="cuda"`` moves the
->>>>>>> ece0da5712c5a43ed671fcc2a4f99da7492e7478
 model and batches to the GPU (asked for without one, it logs an error and uses the CPU).
 Saved as a torch state dict (``model.pt``, loaded with ``weights_only=True``) beside the
 settings, the trained epoch count and the per-epoch history.
