@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,21 @@ def group_sizes(groups: np.ndarray) -> np.ndarray:
         raise ValueError(f"group id {gid!r} reappears at row {row} after other "
                          "groups; rows of a group must be contiguous (sort by group first)")
     return np.diff(np.r_[starts, len(groups)])
+
+
+def training_rows(labels: np.ndarray, negatives: float, seed: int | Sequence[int]
+                  ) -> np.ndarray:
+    """The rows a ranker learns from: every positive and a seeded ``negatives`` share of
+    the others (all rows when ``negatives`` is 1). A request's unclicked candidates are
+    most of its rows and most of them are easy; on the valid folds of four logs a third
+    of them trained rankers as good as all of them at about a third of the boosting
+    cost (benchmarks/RESULTS.md, "ranker training")."""
+    labels = np.asarray(labels)
+    if not 0 < negatives <= 1:
+        raise ValueError(f"negatives must be a share in (0, 1], got {negatives}")
+    if negatives == 1:
+        return np.ones(len(labels), bool)
+    return (labels > 0) | (np.random.default_rng(seed).random(len(labels)) < negatives)
 
 
 def ranknet_pairs(labels: np.ndarray, sizes: np.ndarray,
@@ -365,14 +380,16 @@ def _pairwise_per_dataset() -> Callable[[np.ndarray, Any], tuple[np.ndarray, np.
 
 
 def cross_fit(objective: str, features: pd.DataFrame, labels: np.ndarray, groups: np.ndarray,
-              fold: np.ndarray, params: dict | None = None, seed: int = 0, threads: int = 1
-              ) -> tuple[FoldEnsemble, np.ndarray]:
+              fold: np.ndarray, params: dict | None = None, seed: int = 0, threads: int = 1,
+              train_rows: np.ndarray | None = None) -> tuple[FoldEnsemble, np.ndarray]:
     """One ranker per fold number in ``fold`` (one per row, shared by a group's rows),
-    each trained on the other folds; returns the ensemble and every row's out-of-fold
-    score. ``lgb.cv`` trains the folds in step and stops them together when the *mean*
-    held-out NDCG@10 over folds stops rising: one fold's curve is too noisy to stop on
-    (on ML-100K single folds stopped anywhere between round 1 and 83). The features are
-    binned once; each fold trains on subsets of that one Dataset."""
+    each trained on the other folds' ``train_rows`` (a boolean mask; all rows when
+    None, see ``training_rows``); returns the ensemble and every row's out-of-fold
+    score. Held-out folds are scored, and stopped on, with all their rows. ``lgb.cv``
+    trains the folds in step and stops them together when the *mean* held-out NDCG@10
+    over folds stops rising: one fold's curve is too noisy to stop on (on ML-100K single
+    folds stopped anywhere between round 1 and 83). The features are binned once; each
+    fold trains on subsets of that one Dataset."""
     names = _feature_names(features)
     labels = np.asarray(labels)
     ranker = Ranker(objective, params, seed=seed, threads=threads)
@@ -381,7 +398,9 @@ def cross_fit(objective: str, features: pd.DataFrame, labels: np.ndarray, groups
         _pairwise_per_dataset() if objective == "pairwise" else objective))
     full = lgb.Dataset(features, label=labels, group=group_sizes(groups), feature_name=names,
                        free_raw_data=False)
-    splits = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in np.unique(fold)]
+    trainable = np.ones(len(labels), bool) if train_rows is None else np.asarray(train_rows)
+    splits = [(np.flatnonzero((fold != f) & trainable), np.flatnonzero(fold == f))
+              for f in np.unique(fold)]
     patience = int(ranker.params["early_stopping"])
     callbacks = [lgb.early_stopping(patience, verbose=False)] if patience > 0 else []
     curves = lgb.cv(settings, full, num_boost_round=int(ranker.params["rounds"]),

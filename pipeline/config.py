@@ -329,6 +329,11 @@ class RankConfig(_Strict):
         description="valid requests are cross-fitted in this many folds, stopped together "
         "on the left-out folds' mean NDCG@10; test scores are the folds' mean, the blend "
         "is weighted out of fold")
+    negatives: float = Field(
+        0.33, gt=0, le=1,
+        description="share of each training request's unclicked candidates the rankers "
+        "learn from (seeded; every clicked one is kept; 1: all). Held-out folds, early "
+        "stopping and the blend see every candidate")
     blend: bool = Field(
         True,
         description="final ranking: a rank blend of the rankers and the strongest "

@@ -5,10 +5,11 @@ and are labelled by the valid interactions, a later window than anything behind 
 features: that is the roll-forward protocol that keeps the ranker from peeking. Per kind
 of request (recommendation; search where there are search cases), requests with a
 positive are dealt into ``rank.folds`` seeded folds; each objective gets one ranker per
-fold, trained on the other folds, all stopped together on the mean NDCG@10 of the
-left-out folds, and the blend weights (``models.blend``) are chosen on the out-of-fold
-scores of every valid request (slightly optimistic: the stopping round was chosen on
-those same folds). Search is skipped, with a warning, when too few cases have a click.
+fold, trained on the other folds (every clicked candidate and a seeded
+``rank.negatives`` share of the others), all stopped together on the mean NDCG@10 of
+every row of the left-out folds, and the blend weights (``models.blend``) are chosen on
+the out-of-fold scores of every valid request (slightly optimistic: the stopping round
+was chosen on those same folds). Search is skipped, with a warning, when too few cases have a click.
 For the published phase, one ranker per objective is then trained on the test-phase
 recommendation candidates labelled by the test interactions (the latest labelled
 window: their features come from models fitted on train + valid) for the rounds the
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from models.blend import candidate_ndcg, fit_blend
-from models.ranker import FoldEnsemble, Ranker, cross_fit, group_sizes
+from models.ranker import FoldEnsemble, Ranker, cross_fit, group_sizes, training_rows
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
@@ -81,11 +82,14 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
     groups, labels = frame[key].to_numpy(), frame[LABEL].to_numpy()
     report: dict = {"requests": int(frame[key].nunique()), "rows": len(frame),
                     "folds": cfg.rank.folds, "rankers": {}}
+    trained_on = training_rows(labels, cfg.rank.negatives, cfg.seed)
+    report["trained_rows"] = int(trained_on.sum())
     oof: dict[str, np.ndarray] = {}
     importance: dict[str, dict[str, float]] = {}
     for objective in cfg.rank.objectives:
         ensemble, oof[objective] = cross_fit(objective, frame[columns], labels, groups, fold,
-                                             cfg.rank.params, cfg.seed, cfg.threads)
+                                             cfg.rank.params, cfg.seed, cfg.threads,
+                                             trained_on)
         ensemble.save(io.output("ranker", phase=EVALUATED.name, kind=kind,
                                 objective=objective))
         importance[objective] = ensemble.importance()
@@ -128,13 +132,22 @@ def sampled_requests(path: Path, key: str, n: int, seed: int, rows: int) -> pd.D
                      ignore_index=True)
 
 
-def labelled_part(path: Path, key: str, features: list[str], targets: pd.DataFrame
-                  ) -> pd.DataFrame:
-    """A features part's requests with a click among their candidates, labelled: a part
+def labelled_part(path: Path, part: int, key: str, features: list[str], targets: pd.DataFrame,
+                  negatives: float, seed: int) -> pd.DataFrame:
+    """A features part's requests with a click among their candidates, labelled, with
+    the ``rank.negatives`` share of their unclicked rows (seeded by part number): a part
     holds whole requests, so its groups stay whole in the Dask partition it becomes."""
     frame = read_table(path, [*dict.fromkeys([key, S.USER, S.ITEM]), *features])
     frame[LABEL] = click_labels(frame, key, targets)
-    return with_positives(frame, key)
+    frame = with_positives(frame, key)
+    return trained_rows(frame, negatives, [seed, part])
+
+
+def trained_rows(frame: pd.DataFrame, negatives: float, seed: int | list[int]
+                 ) -> pd.DataFrame:
+    """``frame``'s rows a ranker learns from (``models.ranker.training_rows``)."""
+    keep = training_rows(frame[LABEL].to_numpy(), negatives, seed)
+    return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
 def dask_training_frame(io: StageIO, columns: list[str], key: str) -> tuple[Any, Any, int]:
@@ -146,8 +159,10 @@ def dask_training_frame(io: StageIO, columns: list[str], key: str) -> tuple[Any,
     import dask.dataframe as dd
 
     source = io.input("features", phase=EVALUATED.name, kind=RECOMMENDATION)
-    frame = dd.from_map(labelled_part, table_parts(source), key=key, features=columns,
+    parts = table_parts(source)
+    frame = dd.from_map(labelled_part, parts, range(len(parts)), key=key, features=columns,
                         targets=clicks(io.read("split", part=EVALUATED.target)),
+                        negatives=io.cfg.rank.negatives, seed=io.cfg.seed,
                         enforce_metadata=False).persist()
     lengths = frame.map_partitions(len).compute().to_numpy()
     frame = frame.partitions[np.flatnonzero(lengths).tolist()]
@@ -178,7 +193,8 @@ def fit_on_dask(cfg: Config, frame: Any, sizes: Any, columns: list[str], objecti
 def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -> dict:
     """Rankers for the published phase, roll-forward: trained on the evaluated phase's
     recommendation candidates (models fitted on train + valid) labelled by its own
-    interactions, the latest labelled window, for the rounds cross-fitting chose. On
+    interactions, the latest labelled window, for the rounds cross-fitting chose, on
+    the same ``rank.negatives`` share of unclicked rows. On
     one machine (``rank.engine: local``) on as many sampled requests as the valid phase
     had (``recall.valid_users``), since the test phase may have every user (at 100k users its
     30M feature rows outgrew 24 GB); with ``rank.engine: dask`` on all of them."""
@@ -194,7 +210,7 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
                                  cfg.features.request_chunk * cfg.recall.budget)
         frame[LABEL] = click_labels(frame, key, clicks(io.read("split",
                                                                part=EVALUATED.target)))
-        frame = with_positives(frame, key)
+        frame = trained_rows(with_positives(frame, key), cfg.rank.negatives, cfg.seed)
         report.update(requests=int(frame[key].nunique()), rows=len(frame))
     for objective, n in rounds.items():
         if cfg.rank.engine == "dask":

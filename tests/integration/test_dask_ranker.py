@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from models.ranker import FoldEnsemble, Ranker
+from models.ranker import FoldEnsemble, Ranker, training_rows
 from pipeline.catalogue import artifact_path
 from pipeline.config import ConfigError, load_config
-from pipeline.io import read_table
+from pipeline.io import read_table, table_parts
 from pipeline.protocol import LABEL, click_labels, clicks
 from pipeline.runner import run_stage, run_until
 from pipeline.stages.train_rank import with_positives
@@ -27,14 +28,21 @@ def test_published_rankers_learn_every_test_request_on_the_cluster(tmp_path: Pat
     run_until(local, "train-rank")
     dask = local.model_copy(update={"rank": local.rank.model_copy(update={"engine": "dask"})})
     run_stage(dask, "train-rank")
-    features = read_table(artifact_path(dask, "features", phase="test", kind="recommendation"))
-    features[LABEL] = click_labels(features, "user_id",
-                                   clicks(read_table(artifact_path(dask, "split", part="test"))))
-    learned = with_positives(features, "user_id")
+    source = artifact_path(dask, "features", phase="test", kind="recommendation")
+    targets = clicks(read_table(artifact_path(dask, "split", part="test")))
+    parts = []
+    for i, path in enumerate(table_parts(source)):  # each part samples its negatives
+        part = with_positives(read_table(path).assign(**{LABEL: lambda f: click_labels(
+            f, "user_id", targets)}), "user_id")
+        parts.append(part[training_rows(part[LABEL].to_numpy(), dask.rank.negatives,
+                                        [dask.seed, i])])
+    learned = pd.concat(parts, ignore_index=True)
+    features = read_table(source)
     report = json.loads(artifact_path(dask, "ranker_metrics").read_text())["publish"]
     # every test request with a click, not the valid-sized sample the local engine takes
     assert report["requests"] == learned["user_id"].nunique() > local.recall.valid_users
     assert report["rows"] == len(learned)
+    assert (learned[LABEL] > 0).sum() < len(learned) < 0.5 * len(features)
     published = FoldEnsemble.load(artifact_path(dask, "ranker", phase="publish",
                                                 kind="recommendation", objective="lambdarank"))
     rounds = report["rounds"]["lambdarank"]

@@ -24,6 +24,7 @@ from models.ranker import (
     group_sizes,
     pairwise_objective,
     ranknet_pairs,
+    training_rows,
 )
 
 SIGNAL = ["s0", "s1", "s2"]
@@ -191,3 +192,25 @@ def test_cross_fit_scores_each_row_with_the_fold_that_never_saw_it(objective: st
     np.testing.assert_array_equal(FoldEnsemble.load(tmp_path / "e").predict(x),
                                   ensemble.predict(x))
     assert list(ensemble.importance())[0] in SIGNAL
+
+
+def test_training_rows_keep_every_positive_and_a_seeded_share_of_the_rest() -> None:
+    labels = (np.random.default_rng(0).random(30_000) < 0.1).astype(float)
+    keep = training_rows(labels, 0.25, seed=3)
+    assert keep[labels > 0].all()
+    assert abs(keep[labels == 0].mean() - 0.25) < 0.01
+    np.testing.assert_array_equal(keep, training_rows(labels, 0.25, seed=3))
+    assert not np.array_equal(keep, training_rows(labels, 0.25, seed=4))
+    assert training_rows(labels, 1.0, seed=3).all()
+    with pytest.raises(ValueError, match="share"):
+        training_rows(labels, 0.0, seed=3)
+
+
+def test_cross_fit_learns_only_from_train_rows_and_scores_every_row() -> None:
+    x, y, g = planted(90, seed=4)
+    fold = np.unique(g, return_inverse=True)[1] % 3
+    _, oof = cross_fit("lambdarank", x, y, g, fold, FAST, seed=1,
+                       train_rows=training_rows(y, 0.3, seed=1))
+    assert mean_ndcg(y, oof, g) > 0.8  # a third of the negatives still learn the ranking
+    _, blind = cross_fit("lambdarank", x, y, g, fold, FAST, seed=1, train_rows=y == 0)
+    assert np.ptp(blind) == 0  # no positive to learn from: every held-out row scores alike
