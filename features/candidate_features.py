@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.attributes import attribute_matrix
-from features.interactions import interaction_matrix
+from features.interactions import interaction_matrix, with_row
 from features.recall_data import SECONDS_PER_DAY, RecallData, to_seconds
 from models.arrays import sparse_values
 
@@ -103,11 +103,35 @@ def _slot_counts(codes: np.ndarray, slots: np.ndarray, n: int, n_slots: int) -> 
     return np.bincount(codes * n_slots + slots, minlength=n * n_slots).reshape(n, n_slots)
 
 
-def _recent_counts(items: np.ndarray, ts: np.ndarray, n_items: int,
-                   recent_share: float) -> np.ndarray:
-    """Per item, its events among the latest ``recent_share`` of all events."""
-    recent = ts >= np.quantile(ts, 1.0 - recent_share) if len(ts) else np.zeros(0, bool)
-    return np.bincount(items[recent], minlength=n_items).astype(np.float64)
+def _event_keys(items: np.ndarray, ts: np.ndarray, n_items: int) -> np.ndarray:
+    """Events as one sortable number each, time first then item: ``ts * n_items + item``."""
+    return ts.astype(np.int64) * n_items + items
+
+
+def _recent_cut(keys: np.ndarray, n_items: int, q: float) -> float:
+    """``np.quantile`` (its linear method, bit for bit) at ``q`` of the times of the
+    sorted event ``keys``: read at the two neighbours of numpy's virtual index instead of
+    partitioning every time again (0.4 ms for a served click on ML-100K's log)."""
+    n = len(keys)
+    virtual = n * q + (1 - q) - 1  # numpy's, with alpha = beta = 1
+    if virtual >= n - 1 or virtual < 0:
+        return float(keys[-1 if virtual >= 0 else 0] // n_items)
+    below = int(np.floor(virtual))
+    gamma = virtual - below
+    a, b = keys[below] // n_items, keys[below + 1] // n_items
+    diff = b - a
+    return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
+
+
+def _recent_counts(keys: np.ndarray, n_items: int, recent_share: float) -> np.ndarray:
+    """Per item, its events among the latest ``recent_share`` of all events (those at or
+    after the ``1 - recent_share`` quantile of their times); ``keys``: every event's
+    ``_event_keys``, sorted, so the cut is found by search, not by a pass over them."""
+    if not len(keys):
+        return np.zeros(n_items)
+    cut = _recent_cut(keys, n_items, 1.0 - recent_share)
+    start = np.searchsorted(keys, int(np.ceil(cut)) * n_items, "left")  # times are whole
+    return np.bincount(keys[start:] % n_items, minlength=n_items).astype(np.float64)
 
 
 def _row_normalised(m: sp.csr_matrix) -> sp.csr_matrix:
@@ -128,7 +152,8 @@ class FeatureContext:
         self.user_first = _per_code(u, ts, nu, "min")
         self.user_last = _per_code(u, ts, nu, "max")
         self.item_events = np.bincount(i, minlength=ni).astype(np.float64)
-        self.item_recent = _recent_counts(i, ts, ni, recent_share)
+        self.event_keys = np.sort(_event_keys(i, ts, ni))  # for the recent cut
+        self.item_recent = _recent_counts(self.event_keys, ni, recent_share)
         self.item_last = _per_code(i, ts, ni, "max")
         self.item_first = _per_code(i, ts, ni, "min")
         self.item_created = np.full(ni, np.nan)  # NaN: no creation date, first sight counts
@@ -168,23 +193,25 @@ class FeatureContext:
             new.user_first[user] = np.fmin(self.user_first[user], ts.min())
             new.user_last[user] = np.fmax(self.user_last[user], ts.max())
         new.item_events = self.item_events + np.bincount(items, minlength=data.n_items)
-        log = data.log
-        new.item_recent = _recent_counts(log["item"].to_numpy(), log["ts"].to_numpy(np.int64),
-                                         data.n_items, self.recent_share)
+        keys = np.sort(_event_keys(items, ts, data.n_items))
+        new.event_keys = np.insert(self.event_keys, np.searchsorted(self.event_keys, keys), keys)
+        new.item_recent = _recent_counts(new.event_keys, data.n_items, self.recent_share)
         new.item_last, new.item_first = self.item_last.copy(), self.item_first.copy()
         np.fmax.at(new.item_last, items, ts.astype(np.float64))
         np.fmin.at(new.item_first, items, ts.astype(np.float64))
         new.item_born = np.where(np.isnan(self.item_created), new.item_first,
                                  self.item_created)
         if self.region_items is not None and self.user_region[user] >= 0:
-            new.region_items = self.region_items + interaction_matrix(
-                np.full(len(items), self.user_region[user]), items, *self.region_items.shape)
-            new.region_events = np.asarray(new.region_items.sum(axis=1)).ravel()
+            region = self.user_region[user]
+            counts = self.region_items[region] + interaction_matrix(
+                np.zeros(len(items), np.int64), items, 1, data.n_items)
+            new.region_items = with_row(self.region_items, region, counts.indices, counts.data)
+            new.region_events = self.region_events.copy()
+            new.region_events[region] = np.asarray(counts.sum(axis=1)).ravel()[0]
         share = _row_normalised(data.history[user].astype(np.float64))
-        new.history_share = sp.vstack([self.history_share[:user], share,
-                                       self.history_share[user + 1:]], format="csr")
-        lo, hi = np.searchsorted(log["user"].to_numpy(), [user, user + 1])
-        mine = log["ts"].to_numpy(np.int64)[lo:hi]  # the user's events, old and new
+        new.history_share = with_row(self.history_share, user, share.indices, share.data)
+        lo, hi = np.searchsorted(data.log["user"].to_numpy(), [user, user + 1])
+        mine = data.log["ts"].to_numpy(np.int64)[lo:hi]  # the user's events, old and new
         changed = np.unique(items)
         for slot, n_slots, modal, events, shares in (
                 (_hour_slot, HOUR_BUCKETS, "user_hour", "item_hour_events", "item_hour"),

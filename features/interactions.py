@@ -40,3 +40,17 @@ def interaction_matrix(user_codes: np.ndarray, item_codes: np.ndarray, n_users: 
                       shape=(n_users, n_items))
     m.sum_duplicates()
     return m
+
+
+def with_row(matrix: sp.csr_matrix, row: int, indices: np.ndarray, values: np.ndarray
+             ) -> sp.csr_matrix:
+    """``matrix`` with row ``row`` holding ``indices`` and ``values`` instead: the other
+    rows' CSR arrays copied around it, not a sparse sum or stack (a served request's
+    click changes one user's row of a matrix over every user)."""
+    lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+    indptr = matrix.indptr.astype(np.int64)
+    indptr[row + 1:] += len(indices) - (hi - lo)
+    return sp.csr_matrix(
+        (np.concatenate([matrix.data[:lo], np.asarray(values, matrix.dtype), matrix.data[hi:]]),
+         np.concatenate([matrix.indices[:lo], np.asarray(indices, matrix.indices.dtype),
+                         matrix.indices[hi:]]), indptr), shape=matrix.shape)

@@ -53,6 +53,7 @@ class EncodedSide:
     encoded: EncodedFields
     slots: np.ndarray
     of: np.ndarray
+    rows: np.ndarray | None = None  # each distinct id's row in the table it came from
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,15 @@ class EncodedTable:
 
     index: pd.Index
     encoded: EncodedFields
+    slots: np.ndarray  # where its fields' slots lie in a full row
 
-    def gather(self, ids: pd.Index) -> EncodedFields | None:
-        """The rows of ``ids``; None unless the table holds every one, typed alike (an
-        id it lacks is encoded from its join, missing values and all)."""
+    def rows(self, ids: pd.Index) -> np.ndarray | None:
+        """The table rows of ``ids``; None unless it holds every one, typed alike (an id
+        it lacks is encoded from its join, missing values and all)."""
         if ids.dtype != self.index.dtype:
             return None
         rows = self.index.get_indexer(ids)
-        if (rows < 0).any():
-            return None
-        return EncodedFields(self.encoded.ids[rows], self.encoded.weights[rows])
+        return None if (rows < 0).any() else rows
 
 
 def _side_fields(encoder: FieldEncoder, user_side: pd.DataFrame, item_side: pd.DataFrame
@@ -98,7 +98,8 @@ def encode_tables(encoder: FieldEncoder, user_side: pd.DataFrame, item_side: pd.
     if names is None or not all(side.index.is_unique for side in sides.values()):
         return {}
     return {key: EncodedTable(side.index, _encode_ids(encoder, side.index, side, key,
-                                                      names[key]))
+                                                      names[key]),
+                              encoder.slot_positions(names[key]))
             for key, side in sides.items()}
 
 
@@ -116,10 +117,10 @@ def encode_sides(encoder: FieldEncoder, pairs: pd.DataFrame, user_side: pd.DataF
         codes, distinct = pd.factorize(pairs[key], use_na_sentinel=False)
         distinct = pd.Index(distinct)
         table = (tables or {}).get(key)
-        part = table.gather(distinct) if table is not None else None
-        if part is None:
-            part = _encode_ids(encoder, distinct, side, key, names[key])
-        out.append(EncodedSide(part, encoder.slot_positions(names[key]), codes))
+        rows = table.rows(distinct) if table is not None else None
+        part = (_encode_ids(encoder, distinct, side, key, names[key]) if rows is None else
+                EncodedFields(table.encoded.ids[rows], table.encoded.weights[rows]))
+        out.append(EncodedSide(part, encoder.slot_positions(names[key]), codes, rows))
     return out[0], out[1]
 
 

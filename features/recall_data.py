@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.interactions import IdIndex, interaction_matrix
+from features.interactions import IdIndex, interaction_matrix, with_row
 
 SECONDS_PER_DAY = 86_400  # timestamps are unix seconds; half-lives set in days
 _SECOND = np.timedelta64(1, "s")
@@ -54,22 +54,35 @@ class RecallData:
         """This data with events of ``user`` (item codes, unix seconds) that it does not
         hold yet: what a served request sees of clicks made after the fit. The fitted
         models stay as they are; histories, sequences, seen items and ``now`` move on.
-        Costs a copy of the history and the log (linear in the data)."""
+        The user's rows of the log and history are rebuilt and the rest copied around
+        them as arrays (ML-100K: 2.4 -> 0.9 ms a request, from pandas concatenation and
+        a sparse sum), still a copy linear in the log; the log's columns other than the
+        event's own (a query) are missing for the new rows."""
+        items, ts = np.asarray(items, np.int64), np.asarray(ts, np.int64)
         log = self.log
-        users = log["user"].to_numpy()
-        lo, hi = np.searchsorted(users, user, "left"), np.searchsorted(users, user, "right")
-        added = pd.DataFrame({"user": np.full(len(items), user, np.int64),
-                              "item": np.asarray(items, np.int64),
-                              "ts": np.asarray(ts, np.int64),
-                              "weight": np.ones(len(items), np.float32)})
-        block = pd.concat([log.iloc[lo:hi], added], ignore_index=True).sort_values(
-            ["ts", "item"], kind="stable")
-        log = pd.concat([log.iloc[:lo], block, log.iloc[hi:]], ignore_index=True)
-        extra = sp.csr_matrix((np.ones(len(items), np.float32), (added["user"], added["item"])),
-                              shape=self.history.shape)
-        history = ((self.history + extra) > 0).astype(self.history.dtype).tocsr()
-        return replace(self, history=history, log=log,
-                       now=max(self.now, int(added["ts"].max()) if len(added) else 0))
+        lo, hi = np.searchsorted(log["user"].to_numpy(), [user, user + 1])
+        block_ts = np.concatenate([log["ts"].to_numpy()[lo:hi], ts])
+        block_items = np.concatenate([log["item"].to_numpy()[lo:hi], items])
+        order = np.lexsort((block_items, block_ts))  # stable: by time, then item
+        new = {"user": np.full(len(items), user, np.int64), "item": items, "ts": ts,
+               "weight": np.ones(len(items), np.float32)}
+        columns = {}
+        for name in log.columns:
+            if name in new:
+                values = log[name].to_numpy()
+                block = np.concatenate([values[lo:hi], new[name].astype(values.dtype)])
+                columns[name] = np.concatenate([values[:lo], block[order], values[hi:]])
+            else:  # missing for the new rows, as a concat of frames without it leaves it
+                values = log[name].array
+                rows = np.concatenate([np.arange(lo, hi), np.full(len(items), -1)])[order]
+                columns[name] = type(values)._concat_same_type(
+                    [values[:lo], values.take(rows, allow_fill=True), values[hi:]])
+        row = self.history.indices[self.history.indptr[user]: self.history.indptr[user + 1]]
+        held = np.union1d(row, items)
+        return replace(self, history=with_row(self.history, user, held,
+                                              np.ones(len(held), self.history.dtype)),
+                       log=pd.DataFrame(columns, copy=False),  # new arrays
+                       now=max(self.now, int(ts.max()) if len(ts) else 0))
 
 
 def to_seconds(ts: pd.Series) -> np.ndarray:

@@ -124,8 +124,14 @@ def seen_mask(data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndar
     seen = owner * data.n_items + data.history.indices[at]
     keys = np.arange(len(users))[:, None] * data.n_items + items
     valid = (items >= 0) & (users >= 0)[:, None]
-    if len(users) * data.n_items <= CHUNK_CELLS or not seen.size:
-        return np.isin(keys, seen, kind="table" if seen.size else None) & valid
+    if not seen.size:
+        return np.zeros(keys.shape, bool)
+    if len(users) * data.n_items <= CHUNK_CELLS:
+        # filled by hand: ``np.isin``'s own table cost 0.2 ms for a served request's row
+        table = np.zeros(len(users) * data.n_items, bool)
+        table[seen] = True
+        inside = valid & (items < data.n_items)  # a code past the catalogue is seen nowhere
+        return table[np.where(inside, keys, 0)] & inside
     seen = np.sort(seen)
     found = seen[np.minimum(np.searchsorted(seen, keys), seen.size - 1)] == keys
     return found & valid

@@ -189,6 +189,54 @@ def predict(model: nn.Module, samples: Samples, batch_size: int = 16384,
     return out
 
 
+@dataclass(frozen=True)
+class SideTerms:
+    """One side of scored pairs, per row of its samples (``FactorTable.side_terms``):
+    the terms that need no partner [N] and the cross vectors, flattened so that a pair's
+    cross term is one dot product [N, own fields x other fields x k]."""
+
+    alone: torch.Tensor
+    cross: torch.Tensor
+
+
+def side_terms(model: nn.Module, side: Samples, slots: np.ndarray, other_slots: np.ndarray,
+               *, second: bool = False, device: str | torch.device = "cpu") -> SideTerms:
+    """``side``'s terms against a partner whose slots are ``other_slots`` (``slots``:
+    its own, of a full row); ``second``: laid out for the second side of ``pair_scores``.
+    Worked out once per distinct user or item; a table's every item can be worked out
+    ahead of the requests that pair it (a served request's 300 candidates: 2 ms)."""
+    model = unwrap(model)
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        alone, cross = model.side_terms(_tensor(side.ids, side.ids.dtype).to(dev),
+                                        _tensor(side.weights, np.float32).to(dev),
+                                        torch.as_tensor(slots, device=dev),
+                                        torch.as_tensor(other_slots, device=dev))
+    model.train(was_training)
+    # the second side's [N, own, first's fields, k] meets the first's [N, own, its, k]
+    return SideTerms(alone, cross.transpose(1, 2).flatten(1) if second else cross.flatten(1))
+
+
+def pair_scores(model: nn.Module, first: SideTerms, second: SideTerms, first_of: np.ndarray,
+                second_of: np.ndarray, batch_size: int = 65_536,
+                device: str | torch.device = "cpu", logits: bool = False) -> np.ndarray:
+    """The score of each pair ``(first row first_of[j], second row second_of[j])``:
+    ``bias + alone_a + alone_b + <cross_a, cross_b>``, a sigmoid unless ``logits``."""
+    model = unwrap(model)
+    dev = torch.device(device)
+    out = np.empty(len(first_of), np.float32)
+    with torch.no_grad():
+        at_a, at_b = torch.as_tensor(first_of), torch.as_tensor(second_of)
+        for lo in range(0, len(out), batch_size):
+            a, b = at_a[lo: lo + batch_size].to(dev), at_b[lo: lo + batch_size].to(dev)
+            z = (model.bias + first.alone[a] + second.alone[b]
+                 + torch.linalg.vecdot(first.cross[a], second.cross[b])).float()
+            out[lo: lo + len(a)] = (z if logits else torch.sigmoid(z)).cpu().numpy()
+    return out
+
+
 def predict_pairs(model: nn.Module, first: Samples, first_slots: np.ndarray,
                   second: Samples, second_slots: np.ndarray, first_of: np.ndarray,
                   second_of: np.ndarray, batch_size: int = 65_536,
@@ -196,34 +244,16 @@ def predict_pairs(model: nn.Module, first: Samples, first_slots: np.ndarray,
     """``predict`` of the rows pairing ``first[first_of[j]]`` with ``second[second_of[j]]``
     (each side's slots at ``*_slots`` of a full row), equal up to float rounding.
 
-    Each side's own terms and cross vectors (``FactorTable.side_terms``) are worked out
-    once per distinct user or item; a pair then costs one dot product. Candidates repeat
-    each user about 300 times, and scoring them row by row was a third of train-fm.
+    Each side's own terms and cross vectors (``side_terms``) are worked out once per
+    distinct user or item; a pair then costs one dot product (``pair_scores``).
+    Candidates repeat each user about 300 times, and scoring them row by row was a
+    third of train-fm.
     """
-    model = unwrap(model)
-    dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    slots_a = torch.as_tensor(first_slots, device=dev)
-    slots_b = torch.as_tensor(second_slots, device=dev)
-    out = np.empty(len(first_of), np.float32)
-    with torch.no_grad():
-        alone_a, cross_a = model.side_terms(_tensor(first.ids, first.ids.dtype).to(dev),
-                                            _tensor(first.weights, np.float32).to(dev),
-                                            slots_a, slots_b)
-        alone_b, cross_b = model.side_terms(_tensor(second.ids, second.ids.dtype).to(dev),
-                                            _tensor(second.weights, np.float32).to(dev),
-                                            slots_b, slots_a)
-        cross_a = cross_a.flatten(1)
-        cross_b = cross_b.transpose(1, 2).flatten(1)  # [N, first's fields, own fields, k]
-        at_a, at_b = torch.as_tensor(first_of), torch.as_tensor(second_of)
-        for lo in range(0, len(out), batch_size):
-            a, b = at_a[lo: lo + batch_size].to(dev), at_b[lo: lo + batch_size].to(dev)
-            z = (model.bias + alone_a[a] + alone_b[b]
-                 + torch.linalg.vecdot(cross_a[a], cross_b[b])).float()
-            out[lo: lo + len(a)] = (z if logits else torch.sigmoid(z)).cpu().numpy()
-    model.train(was_training)
-    return out
+    return pair_scores(model, side_terms(model, first, first_slots, second_slots,
+                                         device=device),
+                       side_terms(model, second, second_slots, first_slots, second=True,
+                                  device=device),
+                       first_of, second_of, batch_size, device, logits)
 
 
 def binary_metric(name: str, labels: np.ndarray, probs: np.ndarray) -> float:

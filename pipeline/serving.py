@@ -32,7 +32,7 @@ from features.pairs import EncodedTable, encode_tables, side_tables
 from features.recall_data import RecallData, build_recall_data, to_seconds
 from features.search_features import SearchContext
 from models.base import RecallChannel
-from models.fm_trainer import load_model
+from models.fm_trainer import Samples, SideTerms, load_model, side_terms
 from models.ranker import FoldEnsemble
 from models.recall import channel_class
 from models.recall.inverted_index import InvertedIndexChannel
@@ -126,6 +126,7 @@ class Models:
     user_side: pd.DataFrame
     item_side: pd.DataFrame
     sides: dict[str, EncodedTable]  # both side tables encoded once, for the FM scores
+    item_terms: dict[str, SideTerms]  # per FM model, every item's side of a pair score
     context: FeatureContext
     fill: np.ndarray
     cold_start: pd.DataFrame  # empty for a backtest phase: nobody there is unknown
@@ -169,11 +170,15 @@ def load_models(cfg: Config, fit: pd.DataFrame, items: pd.DataFrame, users: pd.D
              for kind, (names, quotas) in answering.items() if where.blend(kind).is_file()}
     user_side, item_side = side_tables(users, items, fit)
     encoder = FieldEncoder.load(where.fm(cfg.fm.models[0]) / "encoder")
+    fm = {kind: load_model(where.fm(kind))[0] for kind in cfg.fm.models}
+    sides = encode_tables(encoder, user_side, item_side)
     return Models(
-        cfg=cfg, data=data, channels=channels, kinds=kinds,
-        fm={kind: load_model(where.fm(kind))[0] for kind in cfg.fm.models},
-        encoder=encoder, user_side=user_side, item_side=item_side,
-        sides=encode_tables(encoder, user_side, item_side),
+        cfg=cfg, data=data, channels=channels, kinds=kinds, fm=fm,
+        encoder=encoder, user_side=user_side, item_side=item_side, sides=sides,
+        item_terms={kind: side_terms(model, Samples.from_encoded(sides[S.ITEM].encoded),
+                                     sides[S.ITEM].slots, sides[S.USER].slots, second=True,
+                                     device=cfg.fm.device)
+                    for kind, model in fm.items()} if sides else {},
         context=FeatureContext(data, cfg.features.recent_share),
         fill=fill_order(fit, items), cold_start=cold_start,
         regions=(users.set_index(S.USER)[S.REGION].dropna().astype(str)
@@ -254,7 +259,7 @@ class Recommender:
             pass  # ids of another type match nothing: each is reported as unknown
         codes = m.data.item_index.encode(ids)
         after = m.data.now + 1 + np.arange(len(recent), dtype=np.int64)
-        if S.TS in recent.columns:
+        if S.TS in recent.columns and recent[S.TS].notna().any():  # else 0.5 ms for nothing
             given = pd.to_datetime(recent[S.TS], utc=True).dt.tz_localize(None)
             ts = np.where(given.notna(), to_seconds(given.fillna(pd.Timestamp(0))), after)
         else:
@@ -307,7 +312,7 @@ class Recommender:
                                   Requests(keys, np.array([code])))[0]
         cands = through_arrow(with_fm_scores(through_arrow(cands), m.fm, m.encoder,
                                              m.user_side, m.item_side, m.cfg.fm.device,
-                                             m.sides))
+                                             m.sides, m.item_terms))
         lists = self.ranked(RECOMMENDATION, cands, data, context, ("channels",))
         if len(lists) < m.cfg.publish.top_k:  # a full list is what ``padded`` hands back
             history = data.item_index.decode(data.history[code].indices)

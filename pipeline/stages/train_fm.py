@@ -18,7 +18,6 @@ train-fm`` the training is data-parallel (gloo on CPU); only rank 0 writes.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,16 @@ from models.distributed import init_distributed, is_main_process
 from models.fm_trainer import (
     History,
     Samples,
+    SideTerms,
     TrainConfig,
     binary_metric,
     build_model,
     fit,
+    pair_scores,
     predict,
     predict_pairs,
     save_model,
+    side_terms,
 )
 from models.negatives import sample_negatives
 from pipeline import schema as S
@@ -87,22 +89,27 @@ def labelled(pos: pd.DataFrame, users: IdIndex, items: IdIndex, fm: FMConfig,
 
 def with_fm_scores(cands: pd.DataFrame, models: dict, encoder: FieldEncoder,
                    user_side: pd.DataFrame, item_side: pd.DataFrame, device: str,
-                   tables: dict[str, EncodedTable] | None = None) -> pd.DataFrame:
+                   tables: dict[str, EncodedTable] | None = None,
+                   item_terms: dict[str, SideTerms] | None = None) -> pd.DataFrame:
     """``cands`` with ``<model>_score`` appended; each distinct user and item is worked
     out once (``predict_pairs``) where the fields allow, its slots gathered from
-    ``tables`` (``encode_tables``) where given."""
+    ``tables`` (``encode_tables``) where given, and its terms taken from ``item_terms``
+    (per model, ``side_terms`` of every row of ``tables``' item table) where given."""
     sides = encode_sides(encoder, cands, user_side, item_side, tables)
     if sides is None:
         rows = Samples.from_encoded(encode_pairs(encoder, cands, user_side, item_side))
-        score = partial(predict, samples=rows, batch_size=65_536, device=device)
-    else:
-        user, item = sides
-        score = partial(predict_pairs, first=Samples.from_encoded(user.encoded),
-                        first_slots=user.slots, second=Samples.from_encoded(item.encoded),
-                        second_slots=item.slots, first_of=user.of, second_of=item.of,
-                        device=device)
+        for kind, model in models.items():
+            cands[f"{kind}_score"] = predict(model, rows, batch_size=65_536, device=device)
+        return cands
+    user, item = sides
+    first = Samples.from_encoded(user.encoded)
     for kind, model in models.items():
-        cands[f"{kind}_score"] = score(model)
+        terms = (item_terms or {}).get(kind) if item.rows is not None else None
+        cands[f"{kind}_score"] = (
+            predict_pairs(model, first, user.slots, Samples.from_encoded(item.encoded),
+                          item.slots, user.of, item.of, device=device) if terms is None else
+            pair_scores(model, side_terms(model, first, user.slots, item.slots, device=device),
+                        terms, user.of, item.rows[item.of], device=device))
     return cands
 
 

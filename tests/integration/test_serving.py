@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import uvicorn
 
+from features.candidate_features import FeatureContext
+from features.recall_data import build_recall_data
 from pipeline.catalogue import artifact_path
 from pipeline.cli import main
 from pipeline.io import read_table
@@ -139,6 +141,41 @@ def test_a_click_changes_the_next_answer_and_unknown_items_are_reported(live) ->
         assert recommender.known_events(recent)[2] == [-7]
     # beyond the clicked item leaving: co-occurrence, the sequence and the features read it
     assert changed >= 5
+
+
+def test_a_click_is_answered_as_data_rebuilt_with_it_answers(live) -> None:
+    """A click's served answer (the log, history and statistics spliced for its user:
+    ``with_events``) is the one computed from the fitting data rebuilt with the click
+    appended and the statistics refitted on it, for clicks on held and new items,
+    with and without a time, search included."""
+    _, folder, recommender = live
+    m = recommender.models
+    log = m.data.log
+    fit = pd.DataFrame({"user_id": m.data.user_index.decode(log["user"].to_numpy()),
+                        "item_id": m.data.item_index.decode(log["item"].to_numpy()),
+                        "ts": pd.to_datetime(log["ts"].to_numpy(), unit="s"),
+                        "weight": log["weight"].to_numpy(), "query": log["query"]})
+    cases = read_table(artifact_path(live[0], "cases", phase="test"))
+    for n, user in enumerate(m.data.user_index.ids[30:36]):
+        code = int(m.data.user_index.encode(np.array([user]))[0])
+        held = m.data.history[code].indices
+        items = m.data.item_index.ids[[held[0] if n % 2 and len(held) else (n * 37) % 200,
+                                       (n * 11 + 5) % 200]]
+        ts = [None, None] if n % 3 else [pd.Timestamp(m.data.now, unit="s"),
+                                         pd.Timestamp(m.data.now - 5000, unit="s")]
+        recent = pd.DataFrame({"item_id": items, "ts": ts})
+        codes, seconds, _ = recommender.known_events(recent)
+        clicked = pd.DataFrame({"user_id": user, "item_id": items, "weight": np.float32(1.0),
+                                "ts": pd.to_datetime(seconds, unit="s")})
+        data = build_recall_data(pd.concat([fit, clicked], ignore_index=True), m.data.items,
+                                 m.data.users, m.data.user_index.ids)
+        rebuilt = Recommender(replace(m, data=data, context=FeatureContext(
+            data, m.cfg.features.recent_share)))
+        pd.testing.assert_frame_equal(recommender.recommend(user, recent=recent),
+                                      rebuilt.compute(user), check_exact=True)
+        query = cases["query"].iloc[n]
+        pd.testing.assert_frame_equal(recommender.search(user, query, recent=recent),
+                                      rebuilt.search(user, query), check_exact=True)
 
 
 def test_the_cli_answers_from_the_live_publication(live, capsys) -> None:

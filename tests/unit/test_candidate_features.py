@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from features.candidate_features import FEATURES, FeatureContext, model_scores, request_ranks
+from features.candidate_features import (
+    FEATURES,
+    FeatureContext,
+    _recent_cut,
+    model_scores,
+    request_ranks,
+)
 from models.base import RecallChannel, SparseScoreChannel
 from tests.conftest import recall_data_from_matrix
 
@@ -198,3 +204,13 @@ def test_request_ranks_equal_pandas_grouped_min_ranks() -> None:
     pd.testing.assert_frame_equal(request_ranks(frame, "case_id", columns), want,
                                   check_exact=True)
     assert request_ranks(frame.iloc[:0], "case_id", columns).shape == (0, 3)
+
+
+def test_the_recent_cut_is_numpys_quantile_of_the_event_times_bit_for_bit() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(3000):
+        n, n_items = int(rng.integers(1, 60)), int(rng.integers(1, 40))
+        times = np.sort(rng.integers(1_700_000_000, 1_700_000_000 + rng.integers(1, 10**6), n))
+        keys = np.sort(times * n_items + rng.integers(0, n_items, n))
+        q = float(rng.choice([0.9, 0.5, 0.0, 1.0, 0.95, 0.999, rng.random()]))
+        assert _recent_cut(keys, n_items, q) == np.quantile(times, q), (n, q)

@@ -188,8 +188,9 @@ def test_encode_pairs_equals_the_row_wise_encoding() -> None:
             np.testing.assert_array_equal(table.encoded.weights, side.encoded.weights, key)
             np.testing.assert_array_equal(table.of, side.of, key)
     table = tables["item_id"]
-    assert table.gather(pd.Index([7, 0])) is not None and table.gather(pd.Index([7, 99])) is None
-    assert table.gather(pd.Index(["7"])) is None  # another id type: joined, not gathered
+    np.testing.assert_array_equal(table.rows(pd.Index([7, 0])), [7, 0])
+    assert table.rows(pd.Index([7, 99])) is None
+    assert table.rows(pd.Index(["7"])) is None  # another id type: joined, not gathered
 
     pairs["hour"] = rng.integers(0, 24, len(pairs))
     fields = {**default_fields(user_side, item_side), "hour": "categorical"}

@@ -26,9 +26,11 @@ from models.fm_trainer import (
     binary_metric,
     fit,
     load_model,
+    pair_scores,
     predict,
     predict_pairs,
     save_model,
+    side_terms,
 )
 from models.negatives import sample_negatives
 from models.optimizers import RowSparseAdagrad, RowSparseAdam, make_optimizer
@@ -223,6 +225,30 @@ def test_pairs_scored_side_by_side_equal_whole_rows(cls: type, layout: str) -> N
     np.testing.assert_allclose(
         predict_pairs(model, second, second_slots, first, first_slots, second_of, first_of),
         predict(model, rows), rtol=1e-5, atol=1e-6)  # either side may come first
+
+
+@pytest.mark.parametrize("cls", [FM, FFM])
+def test_a_tables_terms_worked_out_ahead_give_the_pairs_scores_bit_for_bit(cls: type) -> None:
+    """A served request pairs one user with a few of the catalogue's items: the items'
+    side terms worked out once for the whole table and gathered score as those worked
+    out for just the items asked about (``predict_pairs``), to the last bit."""
+    sf = LAYOUTS["multi-valued fields"]
+    first_slots = np.flatnonzero(np.isin(sf, [0, 2]))
+    second_slots = np.flatnonzero(~np.isin(sf, [0, 2]))
+    model = randomised(cls(30, sf, k=3)).float()
+    ids, w = random_batch(sf, 30, b=300, seed=6)
+    user = Samples(ids[:1, first_slots].numpy().astype(np.int32),
+                   w[:1, first_slots].numpy().astype(np.float32))
+    table = Samples(ids[:, second_slots].numpy().astype(np.int32),
+                    w[:, second_slots].numpy().astype(np.float32))
+    ahead = side_terms(model, table, second_slots, first_slots, second=True)
+    asked = np.random.default_rng(1).choice(300, 40, replace=False)
+    of = np.random.default_rng(2).integers(0, 40, 90)
+    want = predict_pairs(model, user, first_slots, table.take(asked), second_slots,
+                         np.zeros(90, np.int64), of)
+    got = pair_scores(model, side_terms(model, user, first_slots, second_slots), ahead,
+                      np.zeros(90, np.int64), asked[of])
+    np.testing.assert_array_equal(got, want)
 
 
 def test_ffm_rejects_unordered_slot_fields() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
+from features.recall_data import build_recall_data
 from tests.conftest import recall_data_from_matrix
 
 
@@ -21,3 +23,30 @@ def test_events_join_one_users_history_in_time_order() -> None:
     assert data.history[1].nnz == 1 and len(data.log) == 5  # the original is untouched
     again = newer.with_events(1, np.array([1]), np.array([now + 30]))
     assert again.history[1].nnz == 3 and again.history.max() == 1  # stays binary
+
+
+def test_events_give_the_data_a_rebuild_on_the_longer_log_gives() -> None:
+    """Spliced into the log and history, the events leave what ``build_recall_data``
+    makes of the fitting log with them appended: a query column missing for them, ties
+    in time broken by item, then old events before new."""
+    rng = np.random.default_rng(3)
+    n = 60
+    fit = pd.DataFrame({"user_id": rng.integers(0, 6, n), "item_id": rng.integers(0, 9, n),
+                        "weight": np.float32(1.0),
+                        "ts": pd.to_datetime(rng.integers(0, 50, n), unit="s"),
+                        "query": pd.Series(rng.choice(["red", "blue", None], n), dtype="str")})
+    fit = fit.drop_duplicates(["user_id", "item_id"])
+    items, users = pd.DataFrame({"item_id": range(9)}), pd.DataFrame({"user_id": range(7)})
+    data = build_recall_data(fit, items, users, np.arange(7))
+    for user, new_items, new_ts in ((2, [4, 8, 4], [10, 60, 10]), (6, [1], [70]),
+                                    (0, [3, 5], [0, 49])):
+        events = pd.DataFrame({"user_id": user, "item_id": new_items, "weight": np.float32(1.0),
+                               "ts": pd.to_datetime(new_ts, unit="s")})
+        rebuilt = build_recall_data(pd.concat([fit, events], ignore_index=True), items, users,
+                                    np.arange(7))
+        code = data.user_index.encode(np.array([user]))[0]
+        got = data.with_events(code, data.item_index.encode(np.array(new_items)),
+                               np.array(new_ts))
+        pd.testing.assert_frame_equal(got.log, rebuilt.log)
+        np.testing.assert_array_equal(got.history.toarray(), rebuilt.history.toarray())
+        assert got.now == rebuilt.now
