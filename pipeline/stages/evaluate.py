@@ -16,7 +16,7 @@ from features.interactions import IdIndex
 from pipeline import schema as S
 from pipeline.catalogue import StageIO, artifact_path
 from pipeline.config import Config
-from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci
+from pipeline.evaluation.bootstrap import bootstrap_cis, paired_lift_ci
 from pipeline.evaluation.protocol import (
     UserHits,
     evaluate_lists,
@@ -94,9 +94,10 @@ def print_candidates(title: str, block: dict, ns: list[int]) -> None:
 
 def with_interval(systems: dict[str, dict], per_user: dict[str, pd.Series], k: int,
                   resamples: int, seed: int) -> None:
-    """Add each system's NDCG@k bootstrap interval over users (same resamples for all)."""
-    for name, values in per_user.items():
-        ci = bootstrap_ci(values.to_numpy(), resamples, seed)
+    """Add each system's NDCG@k bootstrap interval over users (same resamples for all:
+    the systems of a kind, scored on the same users, share one draw)."""
+    cis = bootstrap_cis([values.to_numpy() for values in per_user.values()], resamples, seed)
+    for name, ci in zip(per_user, cis, strict=True):
         systems[name][f"ndcg@{k}_ci"] = [ci["low"], ci["high"]]
 
 
