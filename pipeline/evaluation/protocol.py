@@ -13,7 +13,7 @@ import pandas as pd
 
 from features.interactions import IdIndex
 from models.arrays import sorted_unique
-from models.metrics import METRICS, coverage_at_k
+from models.metrics import METRICS, coverage_at_k, hits_from_keys
 from pipeline import schema as S
 
 
@@ -42,9 +42,7 @@ def hit_matrix(ranked: np.ndarray, relevant: pd.DataFrame, users: IdIndex,
     n_relevant = np.bincount(rel_users, minlength=len(users))
     known = rel_items >= 0  # an item outside the catalogue counts as relevant, never as a hit
     rel_keys = sorted_unique(rel_users[known] * len(items) + rel_items[known])
-    keys = np.arange(len(users))[:, None] * len(items) + ranked
-    hits = np.isin(keys, rel_keys) & (ranked >= 0)
-    return hits, n_relevant
+    return hits_from_keys(ranked, rel_keys, len(items)), n_relevant
 
 
 @dataclass(frozen=True)
