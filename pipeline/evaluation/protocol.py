@@ -26,11 +26,12 @@ def ranked_matrix(lists: pd.DataFrame, users: IdIndex, items: IdIndex, depth: in
     if (ranks < 1).any():
         raise ValueError(f"ranks in column '{rank_col}' start at 1; found {ranks.min()}")
     ok = (rows >= 0) & (ranks <= depth)
-    codes = items.encode(lists[S.ITEM])
     cells = rows[ok] * depth + ranks[ok] - 1
-    if cells.size and np.bincount(cells, minlength=len(users) * depth).max() > 1:
+    filled = np.zeros(out.size, bool)
+    filled[cells] = True
+    if np.count_nonzero(filled) < cells.size:  # two rows landed in one cell
         raise ValueError(f"duplicate ranks per user in column '{rank_col}'")
-    out[rows[ok], ranks[ok] - 1] = codes[ok]
+    out.ravel()[cells] = items.encode(lists[S.ITEM].to_numpy()[ok])  # only the rows kept
     return out
 
 
