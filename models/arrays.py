@@ -21,6 +21,16 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return ordered[keep]
 
 
+def sorted_contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.isin(keys, sorted_keys)`` for a sorted ``sorted_keys``, by one binary search
+    per key: numpy sorts all of ``keys`` with them instead, 3-5x slower when ``keys``
+    (every ranked cell) far outnumber ``sorted_keys`` (the relevant pairs)."""
+    if not sorted_keys.size:
+        return np.zeros(np.shape(keys), bool)
+    return sorted_keys[np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)] \
+        == keys
+
+
 def gathered_sums(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``values[v][idx].sum(axis=1)`` for every row v of ``values`` (vectors x n) at once,
     bit for bit, as a (vectors x rows of ``idx``) float64 array.

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.arrays import sorted_contains
+
 
 def _discounts(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, k + 2))
@@ -95,10 +97,7 @@ def hits_from_keys(top: np.ndarray, relevant_keys: np.ndarray, n_items: int) -> 
     cell never hits.
     """
     keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * n_items + top
-    if not relevant_keys.size:
-        return np.zeros(keys.shape, bool)
-    at = np.minimum(np.searchsorted(relevant_keys, keys), relevant_keys.size - 1)
-    return (relevant_keys[at] == keys) & (top >= 0)
+    return sorted_contains(relevant_keys, keys) & (top >= 0)
 
 
 def coverage_at_k(item_lists: np.ndarray, k: int, n_catalogue: int) -> float:

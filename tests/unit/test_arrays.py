@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models.arrays import gathered_sums, sorted_unique, sparse_values
+from models.arrays import gathered_sums, sorted_contains, sorted_unique, sparse_values
 
 
 @pytest.mark.parametrize("shape, high", [((0,), 5), ((1,), 5), ((1000,), 7), ((5000,), 10**12),
@@ -61,3 +61,11 @@ def test_gathered_sums_by_hand_and_out_of_range() -> None:
                                   [[6.0, 10.0], [100.0, 210.0]])
     with pytest.raises(IndexError):
         gathered_sums(values, np.array([[3]]))
+
+
+@pytest.mark.parametrize("n_sorted", [0, 1, 50])
+def test_sorted_contains_is_numpys_isin(n_sorted: int) -> None:
+    rng = np.random.default_rng(n_sorted)
+    sorted_keys = np.unique(rng.integers(0, 100, n_sorted))
+    keys = rng.integers(-5, 110, size=(7, 9))  # past both ends too
+    np.testing.assert_array_equal(sorted_contains(sorted_keys, keys), np.isin(keys, sorted_keys))
