@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.arrays import sparse_values
+from models.arrays import sorted_contains, sparse_values
 
 CHUNK_CELLS = 1 << 24  # scores held at once: 16M float32 = 64 MB
 
@@ -132,9 +132,7 @@ def seen_mask(data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndar
         table[seen] = True
         inside = valid & (items < data.n_items)  # a code past the catalogue is seen nowhere
         return table[np.where(inside, keys, 0)] & inside
-    seen = np.sort(seen)
-    found = seen[np.minimum(np.searchsorted(seen, keys), seen.size - 1)] == keys
-    return found & valid
+    return sorted_contains(np.sort(seen), keys) & valid
 
 
 def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,

@@ -13,7 +13,7 @@ import pandas as pd
 
 from features.interactions import IdIndex
 from models.arrays import sorted_unique
-from models.metrics import METRICS, coverage_at_k
+from models.metrics import METRICS, coverage_at_k, hits_from_keys
 from pipeline import schema as S
 
 
@@ -26,11 +26,12 @@ def ranked_matrix(lists: pd.DataFrame, users: IdIndex, items: IdIndex, depth: in
     if (ranks < 1).any():
         raise ValueError(f"ranks in column '{rank_col}' start at 1; found {ranks.min()}")
     ok = (rows >= 0) & (ranks <= depth)
-    codes = items.encode(lists[S.ITEM])
     cells = rows[ok] * depth + ranks[ok] - 1
-    if cells.size and np.bincount(cells, minlength=len(users) * depth).max() > 1:
+    filled = np.zeros(out.size, bool)
+    filled[cells] = True
+    if np.count_nonzero(filled) < cells.size:  # two rows landed in one cell
         raise ValueError(f"duplicate ranks per user in column '{rank_col}'")
-    out[rows[ok], ranks[ok] - 1] = codes[ok]
+    out.ravel()[cells] = items.encode(lists[S.ITEM].to_numpy()[ok])  # only the rows kept
     return out
 
 
@@ -42,9 +43,7 @@ def hit_matrix(ranked: np.ndarray, relevant: pd.DataFrame, users: IdIndex,
     n_relevant = np.bincount(rel_users, minlength=len(users))
     known = rel_items >= 0  # an item outside the catalogue counts as relevant, never as a hit
     rel_keys = sorted_unique(rel_users[known] * len(items) + rel_items[known])
-    keys = np.arange(len(users))[:, None] * len(items) + ranked
-    hits = np.isin(keys, rel_keys) & (ranked >= 0)
-    return hits, n_relevant
+    return hits_from_keys(ranked, rel_keys, len(items)), n_relevant
 
 
 @dataclass(frozen=True)

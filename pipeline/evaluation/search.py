@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schema as S
-from pipeline.evaluation.bootstrap import bootstrap_ci
+from pipeline.evaluation.bootstrap import bootstrap_cis
 from pipeline.protocol import is_search
 
 HEAD, TAIL = "head", "tail"
@@ -48,6 +48,7 @@ def search_report(lists: dict[str, pd.DataFrame], per_case: dict[str, pd.Series]
     report: dict = {"head_min_searches": head_min_searches,
                     "cases": {s: int(counts.get(s, 0)) for s in (HEAD, TAIL)},
                     "zero_result_rate": {}, f"ndcg@{k}": {HEAD: {}, TAIL: {}}}
+    slices = {}  # (segment, system): its cases' values, all bootstrapped together
     for name, df in lists.items():
         report["zero_result_rate"][name] = zero_result_rate(df, cases)
         values = per_case[name]
@@ -55,6 +56,8 @@ def search_report(lists: dict[str, pd.DataFrame], per_case: dict[str, pd.Series]
         for segment in (HEAD, TAIL):
             mine = values.to_numpy()[of == segment]
             if len(mine):
-                ci = bootstrap_ci(mine, resamples, seed)
-                report[f"ndcg@{k}"][segment][name] = [ci["mean"], ci["low"], ci["high"]]
+                slices[segment, name] = mine
+    for (segment, name), ci in zip(slices, bootstrap_cis(list(slices.values()), resamples,
+                                                         seed), strict=True):
+        report[f"ndcg@{k}"][segment][name] = [ci["mean"], ci["low"], ci["high"]]
     return report

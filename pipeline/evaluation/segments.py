@@ -21,7 +21,7 @@ import pandas as pd
 from features.interactions import IdIndex
 from models.metrics import ndcg_at_k
 from pipeline import schema as S
-from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci, ratio_ci
+from pipeline.evaluation.bootstrap import bootstrap_cis, ratio_cis
 from pipeline.evaluation.protocol import UserHits
 
 COLD, MIDDLE, HEAVY = "cold", "middle", "heavy"
@@ -50,23 +50,24 @@ def _interval(ci: dict[str, float]) -> list[float]:
     return [ci["mean"], ci["low"], ci["high"]]
 
 
-def _pooled_recall(found: UserHits, codes: np.ndarray, users: np.ndarray, k: int,
-                   wanted: np.ndarray, resamples: int, seed: int) -> list[float] | None:
-    """Hits in the top k among the relevant items (item ``codes`` of ``users``) with
-    ``wanted[code]``, pooled over users, with its interval; None when no relevant item
-    is wanted."""
-    rows = found.users.encode(users)
+def _pooled_recall(found: list[UserHits], codes: np.ndarray, users: np.ndarray, k: int,
+                   wanted: np.ndarray, resamples: int, seed: int) -> list[list[float] | None]:
+    """Per system (each scored on the same users): hits in the top k among the relevant
+    items (item ``codes`` of ``users``) with ``wanted[code]``, pooled over users, with its
+    interval (one draw of users for all); None when no relevant item is wanted."""
+    rows = found[0].users.encode(users)
     keep = (codes >= 0) & (rows >= 0)
     keep[keep] = wanted[codes[keep]]
     if not keep.any():
-        return None
-    n = len(found.users)
-    denominator = np.bincount(rows[keep], minlength=n).astype(np.float64)
-    top = found.ranked[:, :k]
-    hit = found.hits[:, :k] & (top >= 0)
-    hit[hit] = wanted[top[hit]]
-    numerator = hit.sum(axis=1).astype(np.float64)
-    return _interval(ratio_ci(numerator, denominator, resamples, seed))
+        return [None] * len(found)
+    denominator = np.bincount(rows[keep], minlength=len(found[0].users)).astype(np.float64)
+    numerators = []
+    for system in found:
+        top = system.ranked[:, :k]
+        hit = system.hits[:, :k] & (top >= 0)
+        hit[hit] = wanted[top[hit]]
+        numerators.append(hit.sum(axis=1).astype(np.float64))
+    return [_interval(ci) for ci in ratio_cis(numerators, denominator, resamples, seed)]
 
 
 def segment_report(found: dict[str, UserHits], relevant: pd.DataFrame, fitting: pd.DataFrame,
@@ -77,6 +78,8 @@ def segment_report(found: dict[str, UserHits], relevant: pd.DataFrame, fitting: 
     relevant = relevant.drop_duplicates([S.USER, S.ITEM])
     systems = [final, baseline]
     users = found[final].users.ids
+    if not found[baseline].users.ids.equals(users):
+        raise ValueError(f"{final!r} and {baseline!r} must be scored on the same users")
     of_user = user_segments(users, fitting, cold_max, heavy_min)
     per_user = {name: pd.Series(ndcg_at_k(found[name].hits, found[name].n_relevant, k),
                                        index=found[name].users.ids)
@@ -89,22 +92,23 @@ def segment_report(found: dict[str, UserHits], relevant: pd.DataFrame, fitting: 
         report["users"]["counts"][segment] = len(mine)
         if not len(mine):
             continue
-        values = {name: per_user[name].reindex(mine).fillna(0.0).to_numpy() for name in systems}
-        report["users"][f"ndcg@{k}"][segment] = {
-            name: _interval(bootstrap_ci(v, resamples, seed)) for name, v in values.items()}
-        lift = paired_lift_ci(values[final], values[baseline], resamples, seed)
-        report["users"]["lift"][segment] = _interval(lift)
+        ours, theirs = (per_user[name].reindex(mine).fillna(0.0).to_numpy() for name in systems)
+        # each system's NDCG and the paired lift (paired_lift_ci's interval), one draw
+        cis = [_interval(ci) for ci in bootstrap_cis([ours, theirs, ours - theirs], resamples,
+                                                     seed)]
+        report["users"][f"ndcg@{k}"][segment] = dict(zip(systems, cis[:2], strict=True))
+        report["users"]["lift"][segment] = cis[2]
     decile = popularity_deciles(fitting, items)
     codes, users_of = items.encode(relevant[S.ITEM]), relevant[S.USER].to_numpy()
     report["item_popularity"] = {
         "relevant": {str(d): int(((codes >= 0) & (decile[np.maximum(codes, 0)] == d)).sum())
                      for d in range(1, DECILES + 1)},
         f"recall@{k}": {}, f"coverage@{k}": {}}
+    scored = [found[name] for name in systems]
     for d in range(1, DECILES + 1):
         wanted = decile == d
-        report["item_popularity"][f"recall@{k}"][str(d)] = {
-            name: _pooled_recall(found[name], codes, users_of, k, wanted, resamples, seed)
-            for name in systems}
+        report["item_popularity"][f"recall@{k}"][str(d)] = dict(zip(systems, _pooled_recall(
+            scored, codes, users_of, k, wanted, resamples, seed), strict=True))
         report["item_popularity"][f"coverage@{k}"][str(d)] = {
             name: _decile_coverage(found[name], k, wanted) for name in systems}
     fitted = np.zeros(len(items), bool)
@@ -113,8 +117,8 @@ def segment_report(found: dict[str, UserHits], relevant: pd.DataFrame, fitting: 
     new = ~fitted
     report["new_items"] = {
         "relevant": int(((codes >= 0) & new[np.maximum(codes, 0)]).sum()),
-        f"recall@{k}": {name: _pooled_recall(found[name], codes, users_of, k, new, resamples,
-                                             seed) for name in systems}}
+        f"recall@{k}": dict(zip(systems, _pooled_recall(scored, codes, users_of, k, new,
+                                                        resamples, seed), strict=True))}
     return report
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models.arrays import sorted_unique, sparse_values
+from models.arrays import gathered_sums, sorted_contains, sorted_unique, sparse_values
 
 
 @pytest.mark.parametrize("shape, high", [((0,), 5), ((1,), 5), ((1000,), 7), ((5000,), 10**12),
@@ -43,3 +43,29 @@ def test_sparse_values_sum_duplicates_and_read_unsorted_rows() -> None:
     np.testing.assert_array_equal(got, [3.0, 5.0, 4.0, 0.0, 0.0, 0.0])
     assert not m.has_canonical_format  # the caller's matrix is left as it was
     assert sparse_values(m, np.zeros(0, int), np.zeros(0, int)).shape == (0,)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 127, 128, 129, 136, 257, 1000, 4097, 20_011])
+def test_gathered_sums_are_numpys_sums_bit_for_bit(n: int) -> None:
+    # lengths on each side of numpy's pairwise thresholds (8 running sums, blocks of 128)
+    rng = np.random.default_rng(n)
+    values = rng.random((3, max(n, 1))) * rng.choice([1e-3, 1.0, 1e6], size=(3, 1))
+    idx = rng.integers(0, max(n, 1), size=(4, n))
+    expected = np.stack([v[idx].sum(axis=1) for v in values])
+    np.testing.assert_array_equal(gathered_sums(values, idx), expected)
+
+
+def test_gathered_sums_by_hand_and_out_of_range() -> None:
+    values = np.array([[1.0, 2.0, 4.0], [0.0, 10.0, 100.0]])
+    np.testing.assert_array_equal(gathered_sums(values, np.array([[0, 0, 2], [1, 2, 2]])),
+                                  [[6.0, 10.0], [100.0, 210.0]])
+    with pytest.raises(IndexError):
+        gathered_sums(values, np.array([[3]]))
+
+
+@pytest.mark.parametrize("n_sorted", [0, 1, 50])
+def test_sorted_contains_is_numpys_isin(n_sorted: int) -> None:
+    rng = np.random.default_rng(n_sorted)
+    sorted_keys = np.unique(rng.integers(0, 100, n_sorted))
+    keys = rng.integers(-5, 110, size=(7, 9))  # past both ends too
+    np.testing.assert_array_equal(sorted_contains(sorted_keys, keys), np.isin(keys, sorted_keys))

@@ -16,7 +16,13 @@ from features.interactions import IdIndex
 from models.metrics import METRICS
 from pipeline import schema as S
 from pipeline.evaluation import bootstrap
-from pipeline.evaluation.bootstrap import bootstrap_ci, paired_lift_ci
+from pipeline.evaluation.bootstrap import (
+    bootstrap_ci,
+    bootstrap_cis,
+    paired_lift_ci,
+    ratio_ci,
+    ratio_cis,
+)
 from pipeline.evaluation.protocol import evaluate_lists, per_user_metric
 
 log2 = np.log2
@@ -96,10 +102,43 @@ def test_seed_reproducible() -> None:
 def test_chunking_does_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
     x = np.random.default_rng(4).uniform(size=13)
     whole_means = bootstrap._resampled_means(x, 101, seed=7)
+    assert whole_means.shape == (1, 101)
     whole = bootstrap_ci(x, resamples=101, seed=7)
     monkeypatch.setattr(bootstrap, "_MAX_DRAW", 30)  # 2 rows per chunk, last chunk 1 row
     np.testing.assert_array_equal(bootstrap._resampled_means(x, 101, seed=7), whole_means)
     assert bootstrap_ci(x, resamples=101, seed=7) == whole
+
+
+def test_means_are_numpys_means_of_the_drawn_users() -> None:
+    # the resampled means are exactly values[idx].mean(axis=1) over the drawn indices
+    x = np.random.default_rng(8).uniform(size=(2, 300))
+    idx = np.random.default_rng(9).integers(0, 300, size=(50, 300))
+    np.testing.assert_array_equal(bootstrap._resampled_means(x, 50, seed=9),
+                                  np.stack([v[idx].mean(axis=1) for v in x]))
+
+
+def test_batched_intervals_equal_one_call_each() -> None:
+    # vectors of one length share a draw; each interval is still what its own call gives
+    rng = np.random.default_rng(10)
+    vectors = [rng.uniform(size=40), rng.normal(size=40), rng.uniform(size=25),
+               rng.uniform(size=40)]
+    assert bootstrap_cis(vectors, resamples=200, seed=3) == [
+        bootstrap_ci(v, resamples=200, seed=3) for v in vectors]
+    a, b = vectors[0], vectors[3]
+    lift = paired_lift_ci(a, b, resamples=200, seed=3)
+    assert bootstrap_cis([a - b], resamples=200, seed=3)[0] == {
+        k: v for k, v in lift.items() if k != "excludes_zero"}
+    assert bootstrap_cis([], resamples=200) == []
+
+
+def test_batched_ratios_equal_one_call_each() -> None:
+    rng = np.random.default_rng(11)
+    denominator = rng.integers(0, 4, size=60).astype(float)
+    numerators = [np.minimum(rng.integers(0, 3, size=60), denominator) for _ in range(3)]
+    assert ratio_cis(numerators, denominator, resamples=300, seed=2) == [
+        ratio_ci(v, denominator, resamples=300, seed=2) for v in numerators]
+    with pytest.raises(ValueError, match="one numerator"):
+        ratio_cis([np.zeros(3)], np.ones(4))
 
 
 def test_invalid_input_raises() -> None:

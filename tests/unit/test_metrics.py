@@ -313,6 +313,17 @@ def test_hits_from_keys_never_hits_an_empty_cell() -> None:
     assert hits_from_keys(np.zeros((0, 3), np.int64), np.array([], np.int64), 5).shape == (0, 3)
 
 
+def test_hits_from_keys_is_numpys_isin() -> None:
+    # the binary search finds exactly the cells np.isin finds, keys past either end included
+    rng = np.random.default_rng(0)
+    top = rng.integers(-1, 50, size=(40, 30))
+    relevant = np.unique(rng.integers(0, 40 * 50, size=300))
+    keys = np.arange(40)[:, None] * 50 + top
+    np.testing.assert_array_equal(hits_from_keys(top, relevant, 50),
+                                  np.isin(keys, relevant) & (top >= 0))
+    assert not hits_from_keys(top, np.array([], np.int64), 50).any()
+
+
 def test_get_metric_fails_loudly_and_declares_direction() -> None:
     with pytest.raises(KeyError, match="unknown metric 'ndgc'"):
         get_metric("ndgc")
