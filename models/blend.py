@@ -9,6 +9,7 @@ NDCG@10 the most, so the blend is never worse there than its best component.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -39,23 +40,55 @@ def candidate_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray,
     not retrieve the candidate): it goes last and is never a hit, so a channel that ranks
     nothing is not credited with the merge order its rows came in. Gain is binary (a
     positive label is relevant) and the ideal ranking is that of the group's own rows:
-    only the candidates can be ranked."""
-    relevant = labels > 0
-    _, group = np.unique(groups, return_inverse=True)
-    group = group.ravel()
-    n_relevant = np.bincount(group, weights=relevant)
-    rows = np.flatnonzero(n_relevant[group] > 0)
-    if rows.size == 0:
+    only the candidates can be ranked.
+
+    Only the positives' places are needed, so each is counted (the rows of its group
+    that rank above it) instead of sorting every row: the blend's greedy search calls
+    this some sixty times over every held-out row, and the sort was 15 s of synthetic-10k's
+    train-rank."""
+    codes, ids = pd.factorize(np.asarray(groups), sort=False)
+    relevant = np.asarray(labels) > 0
+    n_relevant = np.bincount(codes, weights=relevant, minlength=len(ids)).astype(np.int64)
+    evaluated = np.flatnonzero(n_relevant > 0)
+    if evaluated.size == 0:
         return 0.0
-    filled = np.nan_to_num(scores, nan=-np.inf)
-    rows = rows[np.lexsort((rows, -filled[rows], group[rows]))]  # group, score desc, row
-    sorted_group = group[rows]
-    position = np.arange(len(rows)) - np.searchsorted(sorted_group, sorted_group)
-    evaluated, row_of = np.unique(sorted_group, return_inverse=True)
-    top = position < k
-    hits = np.zeros((len(evaluated), k), bool)
-    hits[row_of[top], position[top]] = relevant[rows[top]] & ~np.isnan(scores[rows[top]])
-    return float(ndcg_at_k(hits, n_relevant[evaluated].astype(np.int64), k).mean())
+    scores = np.asarray(scores, np.float64)
+    hits = _positive_places(codes.astype(np.int64), len(ids), np.nan_to_num(scores, nan=-np.inf),
+                            relevant & ~np.isnan(scores), k)
+    evaluated = evaluated[np.argsort(ids[evaluated], kind="stable")]  # groups by id, as before
+    return float(ndcg_at_k(hits[evaluated], n_relevant[evaluated], k).mean())
+
+
+@numba.njit(cache=True, nogil=True)
+def _positive_places(group: np.ndarray, n_groups: int, filled: np.ndarray,
+                     hit: np.ndarray, k: int) -> np.ndarray:
+    """(groups x k) hits: a ``hit`` row's place in its group is the rows scoring above it
+    plus the rows tied with it earlier in row order, the order a stable sort gives."""
+    starts = np.zeros(n_groups + 1, np.int64)
+    for g in group:
+        starts[g + 1] += 1
+    starts = np.cumsum(starts)
+    rows = np.empty(len(group), np.int64)
+    fill = starts[:-1].copy()
+    for r in range(len(group)):
+        rows[fill[group[r]]] = r
+        fill[group[r]] += 1
+    hits = np.zeros((n_groups, k), np.bool_)
+    for g in range(n_groups):
+        for a in range(starts[g], starts[g + 1]):
+            p = rows[a]
+            if not hit[p]:
+                continue
+            place = 0
+            for b in range(starts[g], starts[g + 1]):
+                r = rows[b]
+                if filled[r] > filled[p] or (filled[r] == filled[p] and r < p):
+                    place += 1
+                    if place >= k:
+                        break
+            if place < k:
+                hits[g, place] = True
+    return hits
 
 
 def blend_scores(components: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
