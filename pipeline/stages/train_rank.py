@@ -9,7 +9,8 @@ fold, trained on the other folds (every clicked candidate and a seeded
 ``rank.negatives`` share of the others), all stopped together on the mean NDCG@10 of
 every row of the left-out folds, and the blend weights (``models.blend``) are chosen on
 the out-of-fold scores of every valid request (slightly optimistic: the stopping round
-was chosen on those same folds). Search is skipped, with a warning, when too few cases have a click.
+was chosen on those same folds). Search is skipped, with a warning, when too few cases
+have a click.
 For the published phase, one ranker per objective is then trained on the test-phase
 recommendation candidates labelled by the test interactions (the latest labelled
 window: their features come from models fitted on train + valid) for the rounds the
@@ -140,10 +141,10 @@ def labelled_part(path: Path, part: int, key: str, features: list[str], targets:
     frame = read_table(path, [*dict.fromkeys([key, S.USER, S.ITEM]), *features])
     frame[LABEL] = click_labels(frame, key, targets)
     frame = with_positives(frame, key)
-    return trained_rows(frame, negatives, [seed, part])
+    return sampled_negatives(frame, negatives, [seed, part])
 
 
-def trained_rows(frame: pd.DataFrame, negatives: float, seed: int | list[int]
+def sampled_negatives(frame: pd.DataFrame, negatives: float, seed: int | list[int]
                  ) -> pd.DataFrame:
     """``frame``'s rows a ranker learns from (``models.ranker.training_rows``)."""
     keep = training_rows(frame[LABEL].to_numpy(), negatives, seed)
@@ -210,7 +211,7 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
                                  cfg.features.request_chunk * cfg.recall.budget)
         frame[LABEL] = click_labels(frame, key, clicks(io.read("split",
                                                                part=EVALUATED.target)))
-        frame = trained_rows(with_positives(frame, key), cfg.rank.negatives, cfg.seed)
+        frame = sampled_negatives(with_positives(frame, key), cfg.rank.negatives, cfg.seed)
         report.update(requests=int(frame[key].nunique()), rows=len(frame))
     for objective, n in rounds.items():
         if cfg.rank.engine == "dask":
