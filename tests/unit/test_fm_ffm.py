@@ -197,19 +197,28 @@ def test_gradient_flows_to_used_rows_only(cls: type) -> None:
     assert torch.all(grad[unused] == 0)
 
 
+def two_sides(slot_field: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A row's slots split into two interleaved sides: fields 0 and 2 on one, 1 and 3 on
+    the other (as a user's and an item's fields share a row)."""
+    first = np.isin(slot_field, [0, 2])
+    return np.flatnonzero(first), np.flatnonzero(~first)
+
+
+def side(ids: torch.Tensor, w: torch.Tensor, rows: slice, slots: np.ndarray) -> Samples:
+    """``rows`` of a random batch at one side's ``slots``, as samples."""
+    return Samples(ids[rows, slots].numpy().astype(np.int32),
+                   w[rows, slots].numpy().astype(np.float32))
+
+
 @pytest.mark.parametrize("cls", [FM, FFM])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_pairs_scored_side_by_side_equal_whole_rows(cls: type, layout: str) -> None:
     sf = LAYOUTS[layout]
-    # the two sides interleave in the row: fields 0 and 2 on one, 1 and 3 on the other
-    first_slots = np.flatnonzero(np.isin(sf, [0, 2]))
-    second_slots = np.flatnonzero(~np.isin(sf, [0, 2]))
+    first_slots, second_slots = two_sides(sf)
     model = randomised(cls(30, sf, k=3)).float()
     ids, w = random_batch(sf, 30, b=12, seed=4)
-    first = Samples(ids[:5, first_slots].numpy().astype(np.int32),
-                    w[:5, first_slots].numpy().astype(np.float32))
-    second = Samples(ids[5:, second_slots].numpy().astype(np.int32),
-                     w[5:, second_slots].numpy().astype(np.float32))
+    first = side(ids, w, slice(0, 5), first_slots)
+    second = side(ids, w, slice(5, None), second_slots)
     rng = np.random.default_rng(0)
     first_of, second_of = rng.integers(0, 5, 40), rng.integers(0, 7, 40)
     rows = Samples(np.zeros((40, len(sf)), np.int32), np.zeros((40, len(sf)), np.float32))
@@ -233,14 +242,11 @@ def test_a_tables_terms_worked_out_ahead_give_the_pairs_scores_bit_for_bit(cls: 
     side terms worked out once for the whole table and gathered score as those worked
     out for just the items asked about (``predict_pairs``), to the last bit."""
     sf = LAYOUTS["multi-valued fields"]
-    first_slots = np.flatnonzero(np.isin(sf, [0, 2]))
-    second_slots = np.flatnonzero(~np.isin(sf, [0, 2]))
+    first_slots, second_slots = two_sides(sf)
     model = randomised(cls(30, sf, k=3)).float()
     ids, w = random_batch(sf, 30, b=300, seed=6)
-    user = Samples(ids[:1, first_slots].numpy().astype(np.int32),
-                   w[:1, first_slots].numpy().astype(np.float32))
-    table = Samples(ids[:, second_slots].numpy().astype(np.int32),
-                    w[:, second_slots].numpy().astype(np.float32))
+    user = side(ids, w, slice(0, 1), first_slots)
+    table = side(ids, w, slice(None), second_slots)
     ahead = side_terms(model, table, second_slots, first_slots, second=True)
     asked = np.random.default_rng(1).choice(300, 40, replace=False)
     of = np.random.default_rng(2).integers(0, 40, 90)
