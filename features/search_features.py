@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.arrays import sparse_values
+from models.arrays import sparse_row_dots, sparse_values
 from models.recall.analysers import get_analyser, words
 from models.recall.inverted_index import FIELDS, InvertedIndexChannel
 
@@ -56,12 +56,6 @@ def incidence(texts: list[str], split: Callable[[str], list[str]], vocab: dict[s
                 rows.append(r)
                 cols.append(code)
     return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(texts), len(vocab)))
-
-
-def _pair_sum(left: sp.csr_matrix, rows: np.ndarray, right: sp.csr_matrix,
-              cols: np.ndarray) -> np.ndarray:
-    """sum_t left[rows[p], t] * right[cols[p], t] for every pair p."""
-    return np.asarray(left[rows].multiply(right[cols]).sum(axis=1)).ravel()
 
 
 class SearchContext:
@@ -110,13 +104,13 @@ class SearchContext:
         terms = incidence(distinct, self.analyse, self.terms)
         n_terms = np.asarray(terms.sum(axis=1)).ravel()
         mean_terms = sp.csr_matrix(sp.diags(1.0 / np.maximum(n_terms, 1.0)) @ terms)
-        term_share = _pair_sum(mean_terms, codes, self.term_share, items)
+        term_share = sparse_row_dots(mean_terms, codes, self.term_share, items)
         typed = np.array(distinct, dtype=np.str_)[codes] if distinct else np.zeros(0, np.str_)
         titles = self.titles[items]
         query_words = incidence(distinct, str.split, self.words)
         n_words = np.array([len(q.split()) for q in distinct], np.float64)
-        coverage = _pair_sum(sp.csr_matrix(sp.diags(1.0 / np.maximum(n_words, 1.0))
-                                           @ query_words), codes, self.title_words, items)
+        word_share = sp.csr_matrix(sp.diags(1.0 / np.maximum(n_words, 1.0)) @ query_words)
+        coverage = sparse_row_dots(word_share, codes, self.title_words, items)
         has_words = n_words[codes] > 0
         frame = pd.DataFrame({
             "query_frequency": np.where(known, total / self.events, 0.0),

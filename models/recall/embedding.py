@@ -36,6 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from features.recall_data import RecallData
 from models.ann import EXACT_BELOW, AnnIndex, thread_count
+from models.arrays import row_dots
 from models.base import HeldOut, RecallChannel, TopK, top_k, user_chunks
 from models.early_stopping import EarlyStopping
 from models.metrics import hits_from_keys, recall_at_k
@@ -264,8 +265,7 @@ class EmbeddingChannel(ItemVectorIndex, RecallChannel):
         users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
         ok = self._active_rows(users) & self.known[items]
         values = np.full(len(users), np.nan)
-        values[ok] = np.einsum("ij,ij->i", self.user_vecs[users[ok]],
-                               self.item_vecs[items[ok]], dtype=np.float64)
+        values[ok] = row_dots(self.user_vecs, users[ok], self.item_vecs, items[ok])
         return values
 
     def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,

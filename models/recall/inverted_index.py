@@ -54,6 +54,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
+from models.arrays import sparse_row_dots
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK
 from models.bm25 import BM25Index, bm25_weights
 from models.recall.analysers import fold, get_analyser
@@ -361,10 +362,8 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         NaN where ``score`` has none."""
         self._ready(data)
         unique, rows = np.unique(np.asarray(users, np.int64), return_inverse=True)
-        profiles = self.profiles(data, unique).tocsr()
-        own = self._item_terms.shape[1]  # profiles hold the items' own terms only
-        matched = profiles[:, :own][rows].multiply(self._item_terms[np.asarray(items)])
-        values = np.asarray(matched.sum(axis=1), np.float64).ravel()
+        profiles = self.profiles(data, unique)  # the items' own terms only
+        values = sparse_row_dots(profiles, rows, self._item_terms, np.asarray(items))
         values[values <= 0] = np.nan
         return values
 

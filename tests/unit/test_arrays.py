@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models.arrays import gathered_sums, sorted_contains, sorted_unique, sparse_values
+from models.arrays import (
+    gathered_sums,
+    row_dots,
+    sorted_contains,
+    sorted_unique,
+    sparse_row_dots,
+    sparse_values,
+)
 
 
 @pytest.mark.parametrize("shape, high", [((0,), 5), ((1,), 5), ((1000,), 7), ((5000,), 10**12),
@@ -69,3 +76,46 @@ def test_sorted_contains_is_numpys_isin(n_sorted: int) -> None:
     sorted_keys = np.unique(rng.integers(0, 100, n_sorted))
     keys = rng.integers(-5, 110, size=(7, 9))  # past both ends too
     np.testing.assert_array_equal(sorted_contains(sorted_keys, keys), np.isin(keys, sorted_keys))
+
+
+@pytest.mark.parametrize("n_cols,a_density,b_density", [
+    (40, 0.3, 0.05), (300, 0.9, 0.02), (7, 0.0, 0.5), (60, 0.5, 0.0), (25, 1.0, 1.0)])
+def test_sparse_row_dots_are_scipys_gathered_products(
+        n_cols: int, a_density: float, b_density: float) -> None:
+    rng = np.random.default_rng(n_cols)
+    a = sp.random(50, n_cols, density=a_density, format="csr", random_state=rng)  # float64
+    b = sp.random(80, n_cols, density=b_density, format="csr", random_state=rng,
+                  dtype=np.float32)  # the item attributes' dtype
+    rows, cols = rng.integers(0, 50, 4000), rng.integers(0, 80, 4000)
+    want = np.asarray(a[rows].multiply(b[cols]).sum(axis=1)).ravel()
+    got = sparse_row_dots(a, rows, b, cols)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)  # equal up to addition order
+    in_order = [sum(a[r, c] * np.float64(b[k, c]) for c in range(n_cols) if b[k, c])
+                for r, k in zip(rows[:200], cols[:200], strict=True)]
+    np.testing.assert_array_equal(got[:200], in_order)  # column order, bit for bit
+
+
+def test_sparse_row_dots_by_hand_with_unsorted_and_duplicate_entries() -> None:
+    # a's row 0 lists column 2 twice (3 + 1) and out of order; b's row 1 is empty
+    a = sp.csr_matrix((np.array([3.0, 5.0, 1.0]), np.array([2, 0, 2]), np.array([0, 3, 3])),
+                      shape=(2, 4))
+    b = sp.csr_matrix((np.array([0.5, 0.25]), np.array([2, 0]), np.array([0, 2, 2])),
+                      shape=(2, 4))
+    np.testing.assert_array_equal(sparse_row_dots(a, [0, 0, 1], b, [0, 1, 0]),
+                                  [4 * 0.5 + 5 * 0.25, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("width", [64, 7, 1, 0])
+def test_row_dots_are_numpys_gathered_dot_products(width: int) -> None:
+    rng = np.random.default_rng(width)
+    left = rng.normal(size=(30, width)).astype(np.float32)
+    right = rng.normal(size=(50, width)).astype(np.float32)
+    lrows, rrows = rng.integers(0, 30, 2000), rng.integers(0, 50, 2000)
+    want = np.einsum("ij,ij->i", left[lrows], right[rrows], dtype=np.float64)
+    got = row_dots(left, lrows, right, rrows)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)  # up to addition order
+    by_hand = [float(np.dot(left[i].astype(np.float64), right[j].astype(np.float64)))
+               for i, j in zip(lrows[:5], rrows[:5], strict=True)]
+    np.testing.assert_allclose(got[:5], by_hand, rtol=1e-12, atol=1e-12)
