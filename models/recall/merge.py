@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -29,72 +30,84 @@ class ChannelList:
     quota: int
 
 
-def _long(lists: list[ChannelList]) -> dict[str, np.ndarray]:
-    """Every retrieved (row, item) of every channel as flat arrays."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("row", "item", "channel", "rank",
-                                                          "score")}
-    for pos, cl in enumerate(lists):
-        rows, cols = np.nonzero(cl.top.items >= 0)
-        parts["row"].append(rows)
-        parts["item"].append(cl.top.items[rows, cols])
-        parts["channel"].append(np.full(len(rows), pos))
-        parts["rank"].append(cols + 1)
-        parts["score"].append(cl.top.scores[rows, cols])
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
 def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
     """Columns: row, item, merge_rank, source, n_channels, <channel>_score, <channel>_rank.
 
     A list holding an item code below -1, -1 with a score, a NaN or infinite score or an
     item twice in a row raises ``InvalidTopKError`` naming its channel: the merge would
     otherwise pass it on as a candidate for the later stages to trip over.
+
+    The placement key of a retrieval depends on its channel and rank only, so the
+    (channel, rank) slots are put in placement order once and each row walks them
+    (``_place``): a sort of every retrieval of a chunk by (pair, key) and (row, key) took
+    2.2 s per 4,096 users, 10% of the large profile's recall stage.
     """
     for cl in lists:
         check_top_k(cl.top, None, None, False, cl.name, ordered=False)
     names = [cl.name for cl in lists]
-    long = _long(lists)
-    quotas = np.array([cl.quota for cl in lists])
-    ch, rank, row = long["channel"], long["rank"], long["row"]
-    width = int(long["item"].max()) + 1 if len(ch) else 1
-    pair = row.astype(np.int64) * width + long["item"]
+    n_rows = lists[0].top.items.shape[0] if lists else 0
+    depth = max((cl.top.items.shape[1] for cl in lists), default=0)
+    items = np.full((len(lists), n_rows, depth), -1, np.int64)
+    scores = np.full((len(lists), n_rows, depth), np.nan, np.float32)
+    for pos, cl in enumerate(lists):
+        items[pos, :, :cl.top.items.shape[1]] = cl.top.items
+        scores[pos, :, :cl.top.items.shape[1]] = cl.top.scores
+    quota = np.array([max(cl.quota, 1) for cl in lists], np.float64)[:, None]
+    rank = np.arange(1, depth + 1)[None, :]
     # placement key: quota stage first, then rank relative to quota, then channel order
     # (distinct rank/quota values differ by at least 1/(q1*q2) > 1e-6 >> 1e-8 * channel)
-    key = (rank > quotas[ch]) * 1e6 + rank / np.maximum(quotas[ch], 1) + ch * 1e-8
-    # one sort groups each pair's retrievals, earliest placement first; the rest is O(n)
-    by_pair = np.lexsort((key, pair))
-    head = np.ones(len(by_pair), bool)
-    np.not_equal(pair[by_pair[1:]], pair[by_pair[:-1]], out=head[1:])
-    group = np.empty(len(by_pair), np.int64)
-    group[by_pair] = np.cumsum(head) - 1  # the pair of each retrieval, numbered
-    first = by_pair[head]  # each pair's first placement
-    placed = first[np.lexsort((key[first], row[first]))]  # in placement order per row
-    rows = row[placed]
-    merge_rank = np.arange(len(placed)) - np.searchsorted(rows, rows, side="left") + 1
-    placed, merge_rank = placed[merge_rank <= budget], merge_rank[merge_rank <= budget]
-
-    columns = {"row": row[placed], "item": long["item"][placed], "merge_rank": merge_rank,
-               "source": pd.Categorical.from_codes(ch[placed], categories=names)}
-    out_row = np.full(int(head.sum()), -1)
-    out_row[group[placed]] = np.arange(len(placed))
-    target = out_row[group]  # each retrieval's candidate row, -1 where not placed
-    n_channels = np.zeros(len(placed), np.int8)
-    bounds = np.searchsorted(ch, np.arange(len(names) + 1))  # _long: channel by channel
+    key = ((rank > np.array([cl.quota for cl in lists])[:, None]) * 1e6 + rank / quota
+           + np.arange(len(lists))[:, None] * 1e-8)
+    slots = np.argsort(key, axis=None, kind="stable")
+    width = int(items.max()) + 1 if items.size else 1
+    row, item, source, ranks, found, channel_scores = _place(
+        items, scores, slots // max(depth, 1), slots % max(depth, 1), budget, width)
+    starts = np.searchsorted(row, row, side="left")
+    columns = {"row": row, "item": item, "merge_rank": np.arange(len(row)) - starts + 1,
+               "source": pd.Categorical.from_codes(source, categories=names)}
     for pos, name in enumerate(names):
-        span = slice(bounds[pos], bounds[pos + 1])
-        mine = target[span]
-        hit = mine >= 0
-        scores = np.full(len(placed), np.nan, np.float32)
-        scores[mine[hit]] = long["score"][span][hit]
-        ranks = np.zeros(len(placed), np.int32)
-        ranks[mine[hit]] = rank[span][hit]
-        found = np.zeros(len(placed), bool)
-        found[mine[hit]] = True
-        columns[f"{name}_score"] = scores
-        columns[f"{name}_rank"] = pd.arrays.IntegerArray(ranks, ~found)
-        n_channels += found
-    columns["n_channels"] = n_channels
+        columns[f"{name}_score"] = channel_scores[pos]
+        columns[f"{name}_rank"] = pd.arrays.IntegerArray(ranks[pos], ~found[pos])
+    columns["n_channels"] = found.sum(axis=0).astype(np.int8)
     return pd.DataFrame(columns)  # built once: a column at a time cost 3x as much
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(items: np.ndarray, scores: np.ndarray, slot_channel: np.ndarray,
+           slot_rank: np.ndarray, budget: int, width: int):
+    """Each row's candidates in placement order: walking the slots in key order, an item
+    not yet placed takes the next place until ``budget``; then every channel's rank and
+    score of each placed item. Returns row, item, source channel, per-channel ranks (0:
+    none), whether the channel retrieved it, and per-channel scores (NaN: none)."""
+    n_channels, n_rows, depth = items.shape
+    most = n_rows * min(budget, n_channels * depth)
+    row = np.empty(most, np.int64)
+    item = np.empty(most, np.int64)
+    source = np.empty(most, np.int64)
+    ranks = np.zeros((n_channels, most), np.int32)
+    found = np.zeros((n_channels, most), np.bool_)
+    channel_scores = np.full((n_channels, most), np.nan, np.float32)
+    place = np.full(width, -1, np.int64)  # candidate index of each item placed in this row
+    n = 0
+    for r in range(n_rows):
+        first = n
+        for s in range(len(slot_channel)):
+            if n - first >= budget:
+                break
+            code = items[slot_channel[s], r, slot_rank[s]]
+            if code >= 0 and place[code] < first:
+                place[code] = n
+                row[n], item[n], source[n] = r, code, slot_channel[s]
+                n += 1
+        for c in range(n_channels):
+            for d in range(depth):
+                code = items[c, r, d]
+                if code >= 0 and place[code] >= first:
+                    ranks[c, place[code]] = d + 1
+                    found[c, place[code]] = True
+                    channel_scores[c, place[code]] = scores[c, r, d]
+    return (row[:n], item[:n], source[:n], ranks[:, :n], found[:, :n],
+            channel_scores[:, :n])
 
 
 def tune_quotas(lists: dict[str, np.ndarray], hits: dict[str, np.ndarray], budget: int,
