@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -189,22 +190,35 @@ def _descending_bits(values: np.ndarray) -> np.ndarray:
 def top_k_sparse(scores: sp.csr_matrix, k: int) -> TopK:
     """Top-k of each row of a sparse score matrix (entries absent = not retrieved),
     ordered like ``top_k``: by score, then item index, a NaN first whatever its sign bit
-    and dtype. Linear in the stored entries."""
+    and dtype. Linear in the stored entries: each row's keys are partitioned and its k
+    best sorted in place (``_sparse_top_k``), where one sort of every entry of a chunk
+    was 21 s of the large profile's recall at 20k users."""
     scores = scores.tocsr()
-    scores.sum_duplicates()
-    scores.sort_indices()  # before the copy below, so both hold their entries alike
-    nan = np.isnan(scores.data)
-    ranked = scores
-    if nan.any():
-        ranked = scores.copy()
-        ranked.data[nan] = np.inf
-    rows, order, rank = sparse_row_ranks(ranked)
-    chosen = order[rank < k]
+    scores.sum_duplicates()  # sorted columns: a row's entry order is its column order
+    data = scores.data
+    bits = _descending_bits(np.where(np.isnan(data), np.inf, data))
     items = np.full((scores.shape[0], k), -1, np.int64)
     values = np.full((scores.shape[0], k), -np.inf, np.float32)
-    items[rows[chosen], rank[rank < k]] = scores.indices[chosen]
-    values[rows[chosen], rank[rank < k]] = scores.data[chosen]
+    _sparse_top_k(scores.indptr, scores.indices, bits, data.astype(np.float32), items, values)
     return TopK(items, values)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sparse_top_k(indptr: np.ndarray, indices: np.ndarray, bits: np.ndarray,
+                  data: np.ndarray, items: np.ndarray, values: np.ndarray) -> None:
+    k = items.shape[1]
+    for r in range(len(indptr) - 1):
+        lo, n = indptr[r], indptr[r + 1] - indptr[r]
+        if not n or not k:
+            continue
+        keys = (bits[lo:lo + n] << np.uint64(32)) | np.arange(n).astype(np.uint64)
+        if n > k:
+            keys = np.partition(keys, k - 1)[:k]
+        keys = np.sort(keys)
+        for j in range(len(keys)):
+            at = lo + np.int64(keys[j] & np.uint64(0xFFFFFFFF))
+            items[r, j] = indices[at]
+            values[r, j] = data[at]
 
 
 def _padded(top: TopK, k: int) -> TopK:
