@@ -27,6 +27,7 @@ import itertools
 import logging
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
@@ -37,9 +38,8 @@ from threadpoolctl import threadpool_limits
 from features.recall_data import RecallData
 from models.ann import EXACT_BELOW, AnnIndex, thread_count
 from models.arrays import row_dots
-from models.base import HeldOut, RecallChannel, TopK, top_k, user_chunks
+from models.base import HeldOut, RecallChannel, TopK, user_chunks
 from models.early_stopping import EarlyStopping
-from models.metrics import hits_from_keys, recall_at_k
 from models.recall.item_index import ItemVectorIndex
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,10 @@ def heldout_recall(user_vecs: np.ndarray, item_vecs: np.ndarray, history: sp.csr
 
     The top k leaves out each user's fitted items and items nobody fitted on; ``relevant``
     is len(users) x items. A user without fitted items gets no list but still counts (0).
+    Only how many relevant items make each top k matters, so no list is built: each row's
+    k-th best score is found by partition and the relevant items are tested against it
+    (``_relevant_in_top_k``, ties going to lower item codes as in ``top_k``). Building the
+    lists took 80 of the large profile's 110 s of ALS tuning at 20k users.
     """
     known = history.getnnz(axis=0) > 0
     n_items = item_vecs.shape[0]
@@ -89,11 +93,73 @@ def heldout_recall(user_vecs: np.ndarray, item_vecs: np.ndarray, history: sp.csr
         r, c = seen.nonzero()
         scores[r, c] = -np.inf
         scores[seen.getnnz(axis=1) == 0] = -np.inf
-        rel = relevant[rows].tocoo()
-        hits = hits_from_keys(top_k(scores, k).items,
-                              np.sort(rel.row.astype(np.int64) * n_items + rel.col), n_items)
-        total += float(recall_at_k(hits, relevant[rows].getnnz(axis=1), k).sum())
+        rel = sp.csr_matrix(relevant[rows])
+        rel.sum_duplicates()
+        hits = np.zeros(len(block), np.int64)
+        _relevant_in_top_k(scores, rel.indptr, rel.indices.astype(np.int64), k, hits)
+        total += float((hits / np.maximum(np.diff(rel.indptr), 1)).sum())
     return total / max(len(users), 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _relevant_in_top_k(scores: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray,
+                       k: int, hits: np.ndarray) -> None:
+    """Per row, how many of its relevant items ``top_k(scores, k)`` would list: those
+    scoring above the row's k-th best, and of those tied with it the ones whose lower-coded
+    ties leave room; -inf is never listed and NaN ranks as +inf."""
+    n = scores.shape[1]
+    heap = np.empty(max(k, 1), np.float64)
+    for r in range(scores.shape[0] if k > 0 else 0):
+        row = scores[r]
+        kth = _kth_best(row, k, heap) if k < n else -np.inf
+        above = 0
+        for j in range(n):
+            above += _ranked(row[j]) > kth
+        for q in range(rel_indptr[r], rel_indptr[r + 1]):
+            i = rel_items[q]
+            v = _ranked(row[i])
+            if v == -np.inf or v < kth:
+                continue
+            before = 0  # ties with lower codes, only counted for a relevant tie
+            for j in range(i if v == kth else 0):
+                before += _ranked(row[j]) == kth
+            hits[r] += v > kth or before < k - above
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ranked(v: float) -> float:
+    return np.inf if np.isnan(v) else v
+
+
+@numba.njit(cache=True, nogil=True)
+def _kth_best(row: np.ndarray, k: int, heap: np.ndarray) -> float:
+    """The k-th largest of ``row`` (k < its length) by a k-entry min-heap: most scores
+    fail its first comparison, several times faster than partitioning a copy."""
+    for j in range(k):
+        heap[j] = _ranked(row[j])
+    for start in range(k // 2 - 1, -1, -1):
+        _sift_down(heap, start, k)
+    for j in range(k, len(row)):
+        v = _ranked(row[j])
+        if v > heap[0]:
+            heap[0] = v
+            _sift_down(heap, 0, k)
+    return heap[0]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sift_down(heap: np.ndarray, at: int, size: int) -> None:
+    """Restore the min-heap below ``at``."""
+    while True:
+        smallest, left = at, 2 * at + 1
+        if left < size and heap[left] < heap[smallest]:
+            smallest = left
+        if left + 1 < size and heap[left + 1] < heap[smallest]:
+            smallest = left + 1
+        if smallest == at:
+            return
+        heap[at], heap[smallest] = heap[smallest], heap[at]
+        at = smallest
 
 
 class EmbeddingChannel(ItemVectorIndex, RecallChannel):

@@ -15,9 +15,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from models.base import HeldOut, RecallChannel
+from models.base import HeldOut, RecallChannel, top_k
+from models.metrics import hits_from_keys, recall_at_k
 from models.recall.embedding import EmbeddingChannel, heldout_recall
 from models.recall.text_embedding import (
     TOKEN_PATTERN,
@@ -241,3 +243,30 @@ def test_text_is_deterministic_for_a_seed() -> None:
     a = TextEmbeddingChannel(dims=4, seed=3).fit(data).item_vecs
     b = TextEmbeddingChannel(dims=4, seed=3).fit(data).item_vecs
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40, 60])
+def test_heldout_recall_counts_what_the_top_k_lists_would_hold(k: int) -> None:
+    # scores with ties (few distinct values), NaN, seen items and an unfitted item,
+    # against the lists ``top_k`` builds and the hits ``hits_from_keys`` finds in them
+    rng = np.random.default_rng(k)
+    n_users, n_items = 30, 50
+    user_vecs = rng.integers(-2, 3, (n_users, 3)).astype(np.float32)
+    item_vecs = rng.integers(-2, 3, (n_items, 3)).astype(np.float32)
+    item_vecs[7] = np.nan
+    fitted = rng.random((n_users, n_items)) < 0.1
+    fitted[:, 11] = False  # nobody fitted item 11
+    fitted[4] = False  # a user without fitted items
+    history = sp.csr_matrix(fitted, dtype=np.float32)
+    users = rng.permutation(n_users)[:20]
+    relevant = sp.csr_matrix(rng.random((20, n_items)) < 0.2, dtype=np.float32)
+    scores = user_vecs[users] @ item_vecs.T
+    scores[:, history.getnnz(axis=0) == 0] = -np.inf
+    scores[history[users].toarray() > 0] = -np.inf
+    scores[history[users].getnnz(axis=1) == 0] = -np.inf
+    rel = relevant.tocoo()
+    hits = hits_from_keys(top_k(scores, k).items,
+                          np.sort(rel.row.astype(np.int64) * n_items + rel.col), n_items)
+    want = recall_at_k(hits, relevant.getnnz(axis=1), k).mean()
+    got = heldout_recall(user_vecs, item_vecs, history, users, relevant, k)
+    assert got == pytest.approx(want, rel=1e-12) and want > 0
