@@ -192,7 +192,8 @@ def top_k_sparse(scores: sp.csr_matrix, k: int, exclude: sp.csr_matrix | None = 
     """Top-k of each row of a sparse score matrix (entries absent = not retrieved),
     ordered like ``top_k``: by score, then item index, a NaN first whatever its sign bit
     and dtype. ``exclude``: a matrix of the same shape whose stored entries are not
-    listed (the users' fitted items); ``positive``: entries at or below 0 are not listed.
+    listed (the users' fitted items) unless their score is NaN or infinite (listed as
+    NaN, for ``check_top_k`` to find); ``positive``: entries at or below 0 are not listed.
     Linear in the stored entries: each row's keys are partitioned and its k best sorted
     in place (``_sparse_top_k``), with the exclusions applied on the way, where one sort
     of every entry of a chunk, after subtracting the fitted items and dropping zeros as
@@ -230,7 +231,9 @@ def _sparse_top_k(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
                   ) -> None:
     """Per row, one uint64 key per listable entry: the score's float32 bits (``raw``)
     folded so that ascending keys are descending scores (NaN as +inf, -0.0 as 0.0), then
-    the column, which breaks ties towards lower item codes."""
+    the column, which breaks ties towards lower item codes. An excluded entry whose score
+    is NaN or infinite is listed as NaN, as subtracting it from itself would leave it, so
+    that ``check_top_k`` stops the channel whose numerics broke."""
     k = items.shape[1]
     seen = np.full(n_cols, -1, np.int64)  # the row that excludes each column
     at = np.empty(n_cols, np.int64)  # where each listed column's entry is stored
@@ -243,16 +246,17 @@ def _sparse_top_k(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
             seen[ex_indices[q]] = r
         n = 0
         for q in range(indptr[r], indptr[r + 1]):
-            if seen[indices[q]] == r or (positive and data[q] <= 0):
+            broken = seen[indices[q]] == r and not np.isfinite(data[q])
+            if (seen[indices[q]] == r and not broken) or (positive and data[q] <= 0):
                 continue
-            bits = np.uint64(0x7F800000 if np.isnan(data[q]) else
+            bits = np.uint64(0x7F800000 if np.isnan(data[q]) or broken else
                              (0 if data[q] == 0 else raw[q]))
             if bits >> np.uint64(31):  # negative: larger magnitude, lower score
                 folded = bits ^ np.uint64(0xFFFFFFFF)
             else:
                 folded = bits | np.uint64(0x80000000)
             keys[n] = ((np.uint64(0xFFFFFFFF) - folded) << np.uint64(32)) | np.uint64(indices[q])
-            at[indices[q]] = q
+            at[indices[q]] = -1 if broken else q
             n += 1
         if not n:
             continue
@@ -263,7 +267,7 @@ def _sparse_top_k(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
         for j in range(len(best)):
             col = np.int64(best[j] & np.uint64(0xFFFFFFFF))
             items[r, j] = col
-            values[r, j] = data[at[col]]
+            values[r, j] = np.nan if at[col] < 0 else data[at[col]]
 
 
 def _padded(top: TopK, k: int) -> TopK:
@@ -491,7 +495,7 @@ class SparseScoreChannel(RecallChannel):
         for lo in range(0, len(users), chunk or self.sparse_chunk):
             block = users[lo: lo + (chunk or self.sparse_chunk)]
             parts.append(top_k_sparse(self.score_sparse(data, block), k,
-                                      data.history[block] if exclude_seen else None,
+                                      data.history[block] > 0 if exclude_seen else None,
                                       positive=True))
         return _stack(parts, k)
 
