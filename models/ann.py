@@ -25,10 +25,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
-from models.arrays import sorted_unique
+from models.arrays import descending_key
 
 # faiss logs every optimised build it fails to find (avx512, avx2) at import: noise in a
 # batch log, since the generic build it falls back to is the one pip ships here.
@@ -182,8 +183,11 @@ def search_excluding(index: AnnIndex, queries: np.ndarray, k: int,
 
     Each batch asks the index for k + (most ids excluded in the batch), so no dense
     queries x items block is built. With ``vectors`` (rows by id) the survivors are
-    re-scored exactly, one dot product per (query, id), so the result does not depend on
-    how queries are batched; ties go to the lower id.
+    re-scored exactly, one float64 dot product per (query, id) rounded to float32, so the
+    result does not depend on how queries are batched; ties go to the lower id. The
+    exclusions, re-scoring and ordering run per query in ``_keep_best`` (numba): with
+    numpy's masks, gathered vector blocks and lexsort they cost as much as faiss's own
+    search (the large profile's recall at 20k users: 12.7 of 22.5 s).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n = len(queries)
@@ -191,8 +195,13 @@ def search_excluding(index: AnnIndex, queries: np.ndarray, k: int,
     scores = np.full((n, k), -np.inf, np.float32)
     if n == 0 or k == 0:
         return ids, scores
-    excluded = np.zeros(n, np.int64) if exclude is None else np.diff(exclude.indptr)
-    width = exclude.shape[1] if exclude is not None else 0
+    exclude = sp.csr_matrix((n, 1), dtype=np.float32) if exclude is None else exclude.tocsr()
+    excluded = np.diff(exclude.indptr)
+    rescore = np.ascontiguousarray(vectors if vectors is not None else np.zeros((0, 0)),
+                                   dtype=np.float32)
+    labelled = index.labels is not None and len(index.labels)
+    width = max(exclude.shape[1], index.size, len(rescore),  # past every id found
+                int(index.labels.max()) + 1 if labelled else 0)
     lo = 0
     while lo < n:
         hi = min(lo + batch, n)
@@ -201,19 +210,47 @@ def search_excluding(index: AnnIndex, queries: np.ndarray, k: int,
             hi = lo + (hi - lo) // 2
         want = min(k + int(excluded[lo:hi].max()), index.size)
         found, found_scores = index.search(queries[lo:hi], want)
-        if exclude is not None and excluded[lo:hi].any():
-            rows = exclude[lo:hi].tocoo()
-            banned = sorted_unique(rows.row.astype(np.int64) * width + rows.col)
-            keys = np.arange(hi - lo)[:, None] * width + found
-            found = np.where((found >= 0) & np.isin(keys, banned), -1, found)
-        if vectors is not None:
-            gathered = vectors[np.maximum(found, 0)]
-            found_scores = np.einsum("qd,qkd->qk", queries[lo:hi], gathered, optimize=False)
-        found_scores = np.where(found >= 0, found_scores, -np.inf).astype(np.float32)
-        tie = np.where(found >= 0, found, np.iinfo(np.int64).max)
-        order = np.lexsort((tie, -found_scores), axis=1)[:, :k]
-        kept = order.shape[1]
-        ids[lo:hi, :kept] = np.take_along_axis(found, order, axis=1)
-        scores[lo:hi, :kept] = np.take_along_axis(found_scores, order, axis=1)
+        _keep_best(found, np.ascontiguousarray(found_scores, np.float32), queries, rescore,
+                   vectors is not None, exclude.indptr, exclude.indices, lo, width,
+                   ids[lo:hi], scores[lo:hi])
         lo = hi
     return ids, scores
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_best(found: np.ndarray, found_scores: np.ndarray, queries: np.ndarray,
+               vectors: np.ndarray, rescore: bool, ex_indptr: np.ndarray,
+               ex_indices: np.ndarray, first: int, width: int, ids: np.ndarray,
+               scores: np.ndarray) -> None:
+    """For each query row r of the batch (query ``first + r``): its found ids less -1 and
+    its excluded ids, scored (re-scored from ``vectors`` when ``rescore``), the best
+    ``ids.shape[1]`` by ``descending_key`` written to ``ids[r]`` / ``scores[r]``."""
+    k = ids.shape[1]
+    banned = np.full(width, -1, np.int64)
+    at = np.empty(width, np.int64)  # where each kept id's score is
+    keys = np.empty(found.shape[1], np.uint64)
+    value = np.empty(found.shape[1], np.float32)
+    bits = value.view(np.uint32)
+    for r in range(found.shape[0]):
+        q = first + r
+        for e in range(ex_indptr[q], ex_indptr[q + 1]):
+            banned[ex_indices[e]] = q
+        n = 0
+        for c in range(found.shape[1]):
+            item = found[r, c]
+            if item < 0 or banned[item] == q:
+                continue
+            if rescore:
+                total = 0.0
+                for d in range(queries.shape[1]):
+                    total += np.float64(queries[q, d]) * np.float64(vectors[item, d])
+                value[n] = np.float32(total)
+            else:
+                value[n] = found_scores[r, c]
+            keys[n] = descending_key(value[n], bits[n], item)
+            at[item] = n
+            n += 1
+        best = np.sort(keys[:n])[:k]
+        for j in range(len(best)):
+            item = np.int64(best[j] & np.uint64(0xFFFFFFFF))
+            ids[r, j], scores[r, j] = item, value[at[item]]

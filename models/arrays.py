@@ -224,3 +224,14 @@ def _dense_row_dots(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray,
         for f in range(body, width):
             total += np.float64(a[f]) * np.float64(b[f])
         out[p] = total
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def descending_key(value: float, bits: int, column: int) -> np.uint64:
+    """A (score, column) pair as one uint64 whose ascending order is the scores'
+    descending order, ties to the lower column: ``bits`` are the float32 score's IEEE
+    bits, folded so that larger floats give smaller keys (NaN ranks as +inf, -0.0 as 0.0,
+    as ``top_k`` compares them)."""
+    raw = np.uint64(0x7F800000 if np.isnan(value) else (0 if value == 0 else bits))
+    folded = raw ^ np.uint64(0xFFFFFFFF) if raw >> np.uint64(31) else raw | np.uint64(0x80000000)
+    return ((np.uint64(0xFFFFFFFF) - folded) << np.uint64(32)) | np.uint64(column)

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.arrays import sorted_contains, sparse_values
+from models.arrays import descending_key, sorted_contains, sparse_values
 
 CHUNK_CELLS = 1 << 24  # scores held at once: 16M float32 = 64 MB
 
@@ -229,9 +229,8 @@ def _sparse_top_k(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
                   raw: np.ndarray, ex_indptr: np.ndarray, ex_indices: np.ndarray,
                   n_cols: int, positive: bool, items: np.ndarray, values: np.ndarray
                   ) -> None:
-    """Per row, one uint64 key per listable entry: the score's float32 bits (``raw``)
-    folded so that ascending keys are descending scores (NaN as +inf, -0.0 as 0.0), then
-    the column, which breaks ties towards lower item codes. An excluded entry whose score
+    """Per row, one ``descending_key`` per listable entry (``raw``: the scores' float32
+    bits), partitioned and sorted. An excluded entry whose score
     is NaN or infinite is listed as NaN, as subtracting it from itself would leave it, so
     that ``check_top_k`` stops the channel whose numerics broke."""
     k = items.shape[1]
@@ -249,13 +248,7 @@ def _sparse_top_k(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
             broken = seen[indices[q]] == r and not np.isfinite(data[q])
             if (seen[indices[q]] == r and not broken) or (positive and data[q] <= 0):
                 continue
-            bits = np.uint64(0x7F800000 if np.isnan(data[q]) or broken else
-                             (0 if data[q] == 0 else raw[q]))
-            if bits >> np.uint64(31):  # negative: larger magnitude, lower score
-                folded = bits ^ np.uint64(0xFFFFFFFF)
-            else:
-                folded = bits | np.uint64(0x80000000)
-            keys[n] = ((np.uint64(0xFFFFFFFF) - folded) << np.uint64(32)) | np.uint64(indices[q])
+            keys[n] = descending_key(np.nan if broken else data[q], raw[q], indices[q])
             at[indices[q]] = -1 if broken else q
             n += 1
         if not n:
