@@ -5,8 +5,9 @@ rankers and blend weights learned on the valid phase order them. The published p
 candidates (every active user, models fitted on everything) are ordered by the rankers
 trained on the test phase, with the same blend weights, into ``publish.top_k`` items
 each with the channels that proposed them. Writes per phase and kind the final
-``ranking`` (the blend, or the main ranker with ``rank.blend: false``) and every
-system's own lists (``system_ranking``). Recommendations never include the user's
+``ranking`` (the blend, or the main ranker with ``rank.blend: false``) and, for the
+test phase that evaluate scores, every system's own lists (``system_ranking``; the
+published phase keeps only the final system's). Recommendations never include the user's
 fitted items (recall removes them); this stage asserts it against the split, since a
 leak here would inflate every metric or publish what a user already has.
 """
@@ -71,7 +72,8 @@ def rank_part(shard: tuple[int, Path], key: str, rows: int, rankers: dict[str, F
         if channels is not None:
             frame["channels"] = proposing_channels(frame, channels)
         for name, values in system_scores(frame, key, rankers, blend).items():
-            pieces[name].append(top_k(frame, key, values, k, extra))
+            if name in pieces:
+                pieces[name].append(top_k(frame, key, values, k, extra))
     return {name: write_part(targets[name], index, frames)
             for name, frames in pieces.items() if frames}
 
@@ -86,7 +88,8 @@ def rank_phase(io: StageIO, phase: Phase, kind: str, k: int) -> dict[str, int]:
                for name in cfg.rank.objectives}
     key = request_key(kind)
     final = "blend" if cfg.rank.blend else f"ltr:{cfg.rank.objective}"
-    names = [*(f"ltr:{n}" for n in rankers), "blend"]
+    # only the test phase's systems are evaluated: the publication needs its final one
+    names = [final] if phase is PUBLISHED else [*(f"ltr:{n}" for n in rankers), "blend"]
     targets = {n: io.output("system_ranking", phase=phase.name, kind=kind,
                             system=system_file(n)) for n in names}
     channels = [n for n, c in cfg.recall.channels.items() if c.recommend]
