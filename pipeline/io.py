@@ -191,14 +191,20 @@ def finish_parts(folder: Path, empty_like: pd.DataFrame) -> None:
         write_part(folder, 0, empty_like.iloc[:0])
 
 
-def iter_requests(path: Path, key: str, rows: int) -> Iterator[pd.DataFrame]:
-    """Read a table in pieces of about ``rows`` rows (however its parts and row groups
-    fall) without splitting a run of equal ``key`` values, so a request's candidates
-    always arrive together."""
+def table_columns(path: Path) -> list[str]:
+    """The column names of a table (its first part's: the parts share one schema)."""
+    return pq.ParquetFile(table_parts(path)[0]).schema_arrow.names
+
+
+def iter_requests(path: Path, key: str, rows: int, columns: list[str] | None = None
+                  ) -> Iterator[pd.DataFrame]:
+    """Read a table (only ``columns``, when given) in pieces of about ``rows`` rows
+    (however its parts and row groups fall) without splitting a run of equal ``key``
+    values, so a request's candidates always arrive together."""
     held: list[pd.DataFrame] = []
     count = 0
     for part in table_parts(path):
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=rows):
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=rows, columns=columns):
             held.append(batch.to_pandas())
             count += batch.num_rows
             if count < rows:

@@ -29,6 +29,7 @@ from pipeline.io import (
     finish_parts,
     iter_requests,
     read_table,
+    table_columns,
     table_parts,
     write_part,
     write_table,
@@ -68,7 +69,11 @@ def rank_part(shard: tuple[int, Path], key: str, rows: int, rankers: dict[str, F
     index, source = shard
     extra = ("channels",) if channels is not None else ()
     pieces: dict[str, list[pd.DataFrame]] = {name: [] for name in targets}
-    for frame in iter_requests(source, key, rows):
+    needed = {key, S.USER, S.ITEM, "merge_rank",
+              *(c for ranker in rankers.values() for c in ranker.feature_names),
+              *(f"{c}_rank" for c in [*blend["channels"], *(channels or [])])}
+    for frame in iter_requests(source, key, rows,
+                               [c for c in table_columns(source) if c in needed]):
         if channels is not None:
             frame["channels"] = proposing_channels(frame, channels)
         for name, values in system_scores(frame, key, rankers, blend).items():
