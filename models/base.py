@@ -319,6 +319,12 @@ def check_top_k(top: TopK, data: RecallData | None, users: np.ndarray | None,
     if top.items.shape != top.scores.shape or top.items.shape[0] != n_rows:
         raise InvalidTopKError(f"{name} channel returned items {top.items.shape} and scores "
                                f"{top.scores.shape} for {n_rows} rows")
+    checked = exclude_seen and data is not None and users is not None
+    history = data.history if checked else sp.csr_matrix((1, 1))
+    if _lists_valid(top.items, top.scores, data.n_items if data is not None else -1, ordered,
+                    np.asarray(users if checked else np.zeros(0), np.int64),
+                    history.indptr, history.indices, checked):
+        return  # the usual case, in one pass: the masks below only name what is wrong
     faults = []
     for what, (cells, codes) in _bad_cells(top, data, users, exclude_seen, ordered).items():
         rows = np.flatnonzero(cells.any(axis=1))
@@ -333,6 +339,40 @@ def check_top_k(top: TopK, data: RecallData | None, users: np.ndarray | None,
     if faults:
         raise InvalidTopKError(f"{name} channel returned invalid top-k lists: "
                                + "; ".join(faults))
+
+
+@numba.njit(cache=True, nogil=True)
+def _lists_valid(items: np.ndarray, scores: np.ndarray, n_items: int, ordered: bool,
+                 users: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                 exclude_seen: bool) -> bool:
+    """Whether no cell shows any fault ``_bad_cells`` looks for (``n_items`` -1: no
+    catalogue bound), with a stamp per item for repeats and for the user's fitted items:
+    the masks and row sorts cost 9 of the large profile's 287 s recall at 20k users."""
+    width = max(n_items, items.max() + 1 if items.size else 0, 1)
+    stamp = np.full(width, -1, np.int64)
+    fitted = np.full(width, -1, np.int64)
+    for r in range(items.shape[0]):
+        if exclude_seen and users[r] >= 0:
+            for q in range(indptr[users[r]], indptr[users[r] + 1]):
+                if indices[q] < width:
+                    fitted[indices[q]] = r
+        padded = False
+        for c in range(items.shape[1]):
+            item, score = items[r, c], scores[r, c]
+            if item < -1 or (n_items >= 0 and item >= n_items):
+                return False
+            if item == -1:
+                if score != -np.inf:
+                    return False
+                padded = True
+                continue
+            if not np.isfinite(score) or stamp[item] == r or fitted[item] == r:
+                return False
+            if ordered and (padded or (c and items[r, c - 1] >= 0
+                                       and score > scores[r, c - 1])):
+                return False
+            stamp[item] = r
+    return True
 
 
 class NotFittedError(RuntimeError):
