@@ -153,18 +153,38 @@ def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
                     np.full((len(users), k), -np.inf, np.float32))
     ranked = top_k(group_scores[present], min(depth, data.n_items))
     groups = np.where(groups >= 0, np.searchsorted(present, groups), -1)
-    parts = []
-    for rows in user_chunks(len(users), ranked.items.shape[1]):
-        g = groups[rows]
-        items = np.where(g[:, None] >= 0, ranked.items[np.maximum(g, 0)], -1)
-        scores = np.where(g[:, None] >= 0, ranked.scores[np.maximum(g, 0)], -np.inf)
-        if exclude_seen:
-            drop = seen_mask(data, users[rows], items)
-            items, scores = np.where(drop, -1, items), np.where(drop, -np.inf, scores)
-        order = np.argsort(items < 0, axis=1, kind="stable")[:, :k]
-        parts.append(_padded(TopK(np.take_along_axis(items, order, 1),
-                                  np.take_along_axis(scores, order, 1).astype(np.float32)), k))
-    return _stack(parts, k)
+    items = np.full((len(users), k), -1, np.int64)
+    scores = np.full((len(users), k), -np.inf, np.float32)
+    history = data.history if exclude_seen else sp.csr_matrix((1, 1))
+    _first_unseen(ranked.items, ranked.scores.astype(np.float32), groups,
+                  np.asarray(users, np.int64), history.indptr, history.indices, exclude_seen,
+                  items, scores)
+    return TopK(items, scores)
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_unseen(ranked: np.ndarray, ranked_scores: np.ndarray, groups: np.ndarray,
+                  users: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                  exclude_seen: bool, items: np.ndarray, scores: np.ndarray) -> None:
+    """Per user, the first ``items.shape[1]`` of their group's ranked list that are not
+    among their fitted items (a stamp per item): O(k + history) a user, where masking
+    the whole (users x depth) block cost O(depth)."""
+    fitted = np.full(max(ranked.max() + 1 if ranked.size else 0, 1), -1, np.int64)
+    for r in range(len(users)):
+        if groups[r] < 0:
+            continue
+        if exclude_seen and users[r] >= 0:
+            for q in range(indptr[users[r]], indptr[users[r] + 1]):
+                if indices[q] < len(fitted):
+                    fitted[indices[q]] = r
+        n = 0
+        for c in range(ranked.shape[1]):
+            if n == items.shape[1]:
+                break
+            item = ranked[groups[r], c]
+            if item >= 0 and fitted[item] != r:
+                items[r, n], scores[r, n] = item, ranked_scores[groups[r], c]
+                n += 1
 
 
 def sparse_row_ranks(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
