@@ -235,3 +235,26 @@ def descending_key(value: float, bits: int, column: int) -> np.uint64:
     raw = np.uint64(0x7F800000 if np.isnan(value) else (0 if value == 0 else bits))
     folded = raw ^ np.uint64(0xFFFFFFFF) if raw >> np.uint64(31) else raw | np.uint64(0x80000000)
     return ((np.uint64(0xFFFFFFFF) - folded) << np.uint64(32)) | np.uint64(column)
+
+
+def grouped_order(groups: np.ndarray, scores: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+    """``np.lexsort((tiebreak, -scores, groups))``: rows by group code, within a group by
+    score, highest first and NaN last, then by ``tiebreak``, then in row order. One
+    stable sort of the integer group codes and two small stable sorts per group (a
+    request's few hundred candidates) instead of a three-key sort of every row: the
+    rank stage orders every system's scores of every request this way."""
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_groups[1:] != sorted_groups[:-1])))
+    _order_groups(order, np.append(starts, len(order)), -np.asarray(scores, np.float64),
+                  np.asarray(tiebreak, np.int64))
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def _order_groups(order: np.ndarray, bounds: np.ndarray, keys: np.ndarray,
+                  tiebreak: np.ndarray) -> None:
+    for g in range(len(bounds) - 1):
+        rows = order[bounds[g]:bounds[g + 1]]
+        rows = rows[np.argsort(tiebreak[rows], kind="mergesort")]
+        order[bounds[g]:bounds[g + 1]] = rows[np.argsort(keys[rows], kind="mergesort")]

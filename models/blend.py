@@ -13,6 +13,7 @@ import numba
 import numpy as np
 import pandas as pd
 
+from models.arrays import grouped_order
 from models.metrics import ndcg_at_k
 
 RRF_OFFSET = 10.0
@@ -21,10 +22,15 @@ MIN_GAIN = 1e-4
 
 
 def request_rank(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Rank (1 = best) of each row's score within its group; NaN scores rank last."""
+    """Rank (1 = best) of each row's score within its group, ties in row order (pandas'
+    ``rank(method="first")``); NaN scores rank last."""
+    codes = pd.factorize(groups)[0]
     filled = np.where(np.isnan(scores), -np.inf, scores)
-    return pd.Series(filled).groupby(groups, sort=False).rank(
-        ascending=False, method="first").to_numpy()
+    order = grouped_order(codes, filled, np.zeros(len(codes), np.int64))
+    sorted_codes = codes[order]
+    ranks = np.empty(len(codes))
+    ranks[order] = np.arange(len(order)) - np.searchsorted(sorted_codes, sorted_codes) + 1
+    return ranks
 
 
 def reciprocal_rank(ranks: np.ndarray) -> np.ndarray:

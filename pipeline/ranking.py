@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from models.arrays import grouped_order
 from models.blend import request_rank
 from pipeline import schema as S
 
@@ -17,12 +18,13 @@ def top_k(frame: pd.DataFrame, key: str, scores: np.ndarray, k: int,
           extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """Each request's k best candidates by ``scores`` (ties: merge order; NaN last), with
     the ``extra`` columns of ``frame`` carried along, requests in ``key`` order. One
-    numpy sort and a frame built once: 4-5x faster than sorting the frame on a served
-    request's 300 rows (``tests/unit/test_ranking.py`` holds the two equal)."""
+    ordering (``grouped_order``) and a frame built once: 4-5x faster than sorting the
+    frame on a served request's 300 rows (``tests/unit/test_ranking.py`` holds the two
+    equal)."""
     keys = [c for c in (key, S.USER) if c in frame.columns]
     scores = np.asarray(scores)
     groups = pd.factorize(frame[key], sort=True)[0]
-    order = np.lexsort((frame["merge_rank"].to_numpy(), -scores, groups))
+    order = grouped_order(groups, scores, frame["merge_rank"].to_numpy())
     within = np.arange(len(order)) - np.searchsorted(groups[order], groups[order])
     kept = order[within < k]
     return pd.DataFrame({**{c: frame[c].array[kept] for c in [*dict.fromkeys(keys), S.ITEM,

@@ -4,6 +4,7 @@ import scipy.sparse as sp
 
 from models.arrays import (
     gathered_sums,
+    grouped_order,
     row_dots,
     sorted_contains,
     sorted_unique,
@@ -119,3 +120,14 @@ def test_row_dots_are_numpys_gathered_dot_products(width: int) -> None:
     by_hand = [float(np.dot(left[i].astype(np.float64), right[j].astype(np.float64)))
                for i, j in zip(lrows[:5], rrows[:5], strict=True)]
     np.testing.assert_allclose(got[:5], by_hand, rtol=1e-12, atol=1e-12)
+
+
+def test_grouped_order_is_numpys_three_key_lexsort() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(300):  # ties everywhere, NaN, signed zeros and infinities
+        n = int(rng.integers(0, 60))
+        groups = rng.integers(0, 6, n)
+        scores = rng.choice([0.0, -0.0, 1.0, 2.0, np.nan, -np.inf, np.inf, 0.5], n)
+        tiebreak = rng.integers(0, 4, n)
+        np.testing.assert_array_equal(grouped_order(groups, scores, tiebreak),
+                                      np.lexsort((tiebreak, -scores, groups)))
