@@ -139,12 +139,17 @@ def _field_sums(table, cid, cw, cblk, nact, q, sums, width):
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _transpose(sums, part, k):
-    """``part[b, h*k:(h+1)*k] = sums[h, b*k:(b+1)*k]``, zero where ``h == b``."""
+    """``part[b, h*k:(h+1)*k] = sums[h, b*k:(b+1)*k]``, zero where ``h == b``. Reads
+    the sums row by row and zeroes the diagonal after: a test per block made it a
+    tenth slower."""
     n_blocks = sums.shape[0]
-    for b in range(n_blocks):
-        for h in range(n_blocks):
+    for h in range(n_blocks):
+        for b in range(n_blocks):
             for j in range(k):
-                part[b, h * k + j] = sums[h, b * k + j] if h != b else 0
+                part[b, h * k + j] = sums[h, b * k + j]
+    for b in range(n_blocks):
+        for j in range(k):
+            part[b, b * k + j] = 0
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
