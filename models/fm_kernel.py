@@ -303,9 +303,10 @@ def _entry_points(k: int, same_block: bool) -> tuple[Callable, Callable]:
                     cblk, nact, cy, part_loss):
         """Every sample of ``order``, in batches of ``batch`` or one by one
         (``per_sample``, gathered in chunks of ``batch``); part p of ``len(part_loss)``
-        contiguous parts on its own scratch (``where[p]``...), the parts in parallel.
-        Returns the summed loss."""
-        n_parts = len(part_loss)
+        contiguous parts on its own scratch (``where[p]``...), the parts in parallel;
+        ``sums`` and ``part`` carry spare rows past the model's blocks. Returns the
+        summed loss."""
+        n_parts, n_blocks = len(part_loss), sums.shape[2] // k
         per = -(-len(order) // (n_parts * batch)) * batch  # whole batches per part
         lr32, l2_32, l2c = np.float32(lr), np.float32(l2), np.float32(2.0 * l2)
         for p in prange(n_parts):
@@ -318,12 +319,14 @@ def _entry_points(k: int, same_block: bool) -> tuple[Callable, Callable]:
                 if per_sample:
                     loss += _sample_steps(table, bias, accum, bias_accum, cid[p], cw[p],
                                           cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
-                                          lr32, l2c, sums[p], part[p], ids, w, order, hi)
+                                          lr32, l2c, sums[p, :n_blocks], part[p, :n_blocks],
+                                          ids, w, order, hi)
                 else:
                     loss += _batch_step(table, bias, accum, bias_accum, cid[p], cw[p],
                                         cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
                                         lr32, l2_32, where[p], touched[p], count[p], grad[p],
-                                        sums[p], part[p], ids, w, order, hi)
+                                        sums[p, :n_blocks], part[p, :n_blocks], ids, w,
+                                        order, hi)
             part_loss[p] = loss
         return part_loss.sum()
 
@@ -438,6 +441,10 @@ class AdagradKernel:
         table, bias = _views(self.model)
         parts, width, n_slots = self.threads, table.shape[1], ids.shape[1]
         rows = 0 if self.per_sample else batch * n_slots  # batch mode's gradient rows
+        # the field sums and partners of each part, written every sample, and 64 spare
+        # bytes or more after them, so two parts never share a cache line (an FM's are
+        # 16 bytes: unspaced, both threads wrote one line every sample)
+        blocks = (lay.n_blocks + -(-64 // (lay.n_blocks * lay.k * 4)), lay.n_blocks * lay.k)
         numba.set_num_threads(parts)
         train_epoch = _entry_points(lay.k, lay.same_block)[0]
         return float(
@@ -459,8 +466,8 @@ class AdagradKernel:
                 np.empty((parts, rows), np.int32),
                 np.empty((parts, rows), np.int32),
                 np.empty((parts, rows, width), np.float32),
-                np.empty((parts, lay.n_blocks, lay.n_blocks * lay.k), np.float32),
-                np.empty((parts, lay.n_blocks, lay.n_blocks * lay.k), np.float32),
+                np.empty((parts, *blocks), np.float32),
+                np.empty((parts, *blocks), np.float32),
                 np.empty((parts, batch, n_slots), np.int32),
                 np.empty((parts, batch, n_slots), np.float32),
                 np.empty((parts, batch, n_slots), np.int32),
