@@ -9,13 +9,15 @@ torchfm takes one id per field, so its genres field is the movie's genre combina
 ours and xlearn's see the genres as one multi-valued field (weights 1/n).
 
 Throughput is training samples per second of wall time inside the training steps (no
-data preparation, no validation). After the runs that give the AUCs, each torch model
-trains three more single epochs, the models taking turns, and keeps its best: every
-epoch repeats the same work, so the best is the least disturbed by other load, and taking
-turns spreads a change in that load over all of them. xlearn takes its turns in those
-rounds: each turn a fit without a validation set, 30 epochs on the same libffm file, the
-rate from xlearn's own per-epoch times (a mean of 30 epochs against our single ones);
-the best whole fit, reading the text file included, is reported beside it. Test AUC is
+data preparation, no validation). After the runs that give the AUCs, every model takes
+ROUNDS more timed turns, the models taking turns, and keeps its best: every turn repeats
+the same work, so the best is the least disturbed by other load, and taking turns
+spreads a change in that load over all of them. A torch turn is one epoch (0.3-1.6 s), a
+native turn the mean of NATIVE_TURN_EPOCHS epochs (one is 20-80 ms, at the mercy of a
+single disturbance). xlearn takes its turns in those rounds: each turn a fit without a
+validation set, 30 epochs on the same libffm file, the rate from xlearn's own per-epoch
+times (their mean); the best whole fit, reading the text file included, is reported
+beside it. Test AUC is
 sklearn's on the last 10% of ratings. The synthetic set
 (``benchmarks.ctr_data.synthetic_ctr``) is run with our FFM only.
 
@@ -59,6 +61,8 @@ THREADS = 1
 EPOCHS = 40
 PATIENCE = 3
 SEED = 0
+ROUNDS = 5  # timed turns per model
+NATIVE_TURN_EPOCHS = 10  # epochs in a native turn, whose rate is their mean
 # Ours: Adagrad with lazy per-sample L2 and a small initialisation.
 OURS_FFM = {"lr": 0.03, "l2": 1e-2, "init_std": 0.001}
 OURS_FM = {"lr": 0.03, "l2": 1e-2, "init_std": 0.001}
@@ -96,17 +100,18 @@ def train_cfg(**over: Any) -> TrainConfig:
 
 
 class Contender:
-    """A trained model plus what one more timed training epoch of it takes."""
+    """A trained model plus what ``epochs`` more timed training epochs of it take."""
 
     def __init__(self, model: nn.Module, tr: Samples, cfg: TrainConfig,
-                 make_opt: Any = None) -> None:
+                 make_opt: Any = None, epochs: int = 1) -> None:
         self.model, self.tr, self.cfg, self.make_opt = model, tr, cfg, make_opt
+        self.epochs = epochs
 
     def epoch_rate(self) -> float:
-        """Training samples/s of one epoch (wall time of the training steps only)."""
-        one = TrainConfig(**{**self.cfg.__dict__, "epochs": 1})
+        """Training samples/s over the turn's epochs (wall time of the steps only)."""
+        turn = TrainConfig(**{**self.cfg.__dict__, "epochs": self.epochs})
         opt = self.make_opt(self.model) if self.make_opt else None
-        h: History = fit(self.model, self.tr, None, one, optimizer=opt)
+        h: History = fit(self.model, self.tr, None, turn, optimizer=opt)
         return h.samples_per_second
 
 
@@ -125,7 +130,7 @@ def run_ours(kind: str, enc: FieldEncoder, tr: Samples, va: Samples, te: Samples
     result = {"test_auc": binary_metric("auc", te.labels, predict(model, te)),
               "valid_auc": h.best_metric, "epochs": len(h.epochs),
               "sparse": model.sparse, "run_samples_per_s": h.samples_per_second}
-    return result, Contender(model, tr, cfg)
+    return result, Contender(model, tr, cfg, epochs=NATIVE_TURN_EPOCHS if native_threads else 1)
 
 
 class TorchfmLogits(nn.Module):
@@ -190,7 +195,7 @@ class Timed(Protocol):
     def epoch_rate(self) -> float: ...
 
 
-def timed(contenders: Mapping[str, Timed], rounds: int = 3) -> dict[str, float]:
+def timed(contenders: Mapping[str, Timed], rounds: int = ROUNDS) -> dict[str, float]:
     """Best epoch rate of each over ``rounds`` rounds, taking turns, so a change in the
     machine's other load falls on all of them alike."""
     rates: dict[str, list[float]] = {name: [] for name in contenders}
@@ -396,7 +401,7 @@ def ml100k_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def main() -> dict[str, Any]:
     torch.set_num_threads(THREADS)
     started = time.perf_counter()
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"load_average_1m_start": round(os.getloadavg()[0], 2)}
     rows: dict[str, dict[str, Any]] = {}
     n_train = 0
     if (Path(ML100K) / "u.data").is_file():

@@ -39,7 +39,9 @@ division for zero, which kept the Adagrad loop scalar; no divisor here can be ze
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numba
@@ -137,12 +139,17 @@ def _field_sums(table, cid, cw, cblk, nact, q, sums, width):
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _transpose(sums, part, k):
-    """``part[b, h*k:(h+1)*k] = sums[h, b*k:(b+1)*k]``, zero where ``h == b``."""
+    """``part[b, h*k:(h+1)*k] = sums[h, b*k:(b+1)*k]``, zero where ``h == b``. Reads
+    the sums row by row and zeroes the diagonal after: a test per block made it a
+    tenth slower."""
     n_blocks = sums.shape[0]
-    for b in range(n_blocks):
-        for h in range(n_blocks):
+    for h in range(n_blocks):
+        for b in range(n_blocks):
             for j in range(k):
-                part[b, h * k + j] = sums[h, b * k + j] if h != b else 0
+                part[b, h * k + j] = sums[h, b * k + j]
+    for b in range(n_blocks):
+        for j in range(k):
+            part[b, b * k + j] = 0
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
@@ -282,60 +289,70 @@ def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_
     return loss
 
 
-@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
-def _train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, k, same_block,
-                 batch, per_sample, lr, l2, where, touched, count, grad, sums, part, cid, cw,
-                 cblk, nact, cy, part_loss):
-    """Every sample of ``order``, in batches of ``batch`` or one by one (``per_sample``,
-    gathered in chunks of ``batch``); part p of ``len(part_loss)`` contiguous parts on its
-    own scratch (``where[p]``...), the parts in parallel. Returns the summed loss."""
-    literally(k)
-    literally(same_block)
-    n_parts = len(part_loss)
-    per = -(-len(order) // (n_parts * batch)) * batch  # whole batches per part
-    lr32, l2_32, l2c = np.float32(lr), np.float32(l2), np.float32(2.0 * l2)
-    for p in prange(n_parts):
-        loss = 0.0
-        end = min(len(order), (p + 1) * per)
-        for lo in range(p * per, end, batch):
-            hi = min(lo + batch, end)
-            _gather(ids, w, y, order, lo, hi, block, cid[p], cw[p], cblk[p], nact[p], cy[p])
-            if per_sample:
-                loss += _sample_steps(table, bias, accum, bias_accum, cid[p], cw[p],
-                                      cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
-                                      lr32, l2c, sums[p], part[p], ids, w, order, hi)
-            else:
-                loss += _batch_step(table, bias, accum, bias_accum, cid[p], cw[p], cblk[p],
-                                    nact[p], cy[p, :hi - lo], k, same_block, lr32, l2_32,
-                                    where[p], touched[p], count[p], grad[p], sums[p],
-                                    part[p], ids, w, order, hi)
-        part_loss[p] = loss
-    return part_loss.sum()
+@functools.cache
+def _entry_points(k: int, same_block: bool) -> tuple[Callable, Callable]:
+    """The epoch and scoring kernels for one model shape, ``k`` and ``same_block``
+    compile-time constants of the closure. Passed from Python as ``literally``
+    arguments instead, they cost 25-30 ms a call (a third of an ML-100K epoch, 0.6 s a
+    scoring call): numba type-infers the plain-int signature on every call, stops at
+    ``literally`` and only then finds the compiled literal one."""
 
+    @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+    def train_epoch(table, bias, accum, bias_accum, ids, w, y, order, block, batch,
+                    per_sample, lr, l2, where, touched, count, grad, sums, part, cid, cw,
+                    cblk, nact, cy, part_loss):
+        """Every sample of ``order``, in batches of ``batch`` or one by one
+        (``per_sample``, gathered in chunks of ``batch``); part p of ``len(part_loss)``
+        contiguous parts on its own scratch (``where[p]``...), the parts in parallel;
+        ``sums`` and ``part`` carry spare rows past the model's blocks. Returns the
+        summed loss."""
+        n_parts, n_blocks = len(part_loss), sums.shape[2] // k
+        per = -(-len(order) // (n_parts * batch)) * batch  # whole batches per part
+        lr32, l2_32, l2c = np.float32(lr), np.float32(l2), np.float32(2.0 * l2)
+        for p in prange(n_parts):
+            loss = 0.0
+            end = min(len(order), (p + 1) * per)
+            for lo in range(p * per, end, batch):
+                hi = min(lo + batch, end)
+                _gather(ids, w, y, order, lo, hi, block, cid[p], cw[p], cblk[p], nact[p],
+                        cy[p])
+                if per_sample:
+                    loss += _sample_steps(table, bias, accum, bias_accum, cid[p], cw[p],
+                                          cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
+                                          lr32, l2c, sums[p, :n_blocks], part[p, :n_blocks],
+                                          ids, w, order, hi)
+                else:
+                    loss += _batch_step(table, bias, accum, bias_accum, cid[p], cw[p],
+                                        cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
+                                        lr32, l2_32, where[p], touched[p], count[p], grad[p],
+                                        sums[p, :n_blocks], part[p, :n_blocks], ids, w,
+                                        order, hi)
+            part_loss[p] = loss
+        return part_loss.sum()
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _logits(table, bias, ids, w, block, k, same_block, n_blocks, chunk):
-    """Logits of every sample, gathered in chunks (serial: safe from any thread)."""
-    literally(k)
-    literally(same_block)
-    n, n_slots = ids.shape
-    out = np.empty(n, np.float32)
-    part = np.empty((n_blocks, n_blocks * k), np.float32)
-    sums = np.empty((n_blocks, n_blocks * k), np.float32)
-    flat_sums, flat_part = sums.reshape(sums.size), part.reshape(part.size)
-    cid = np.empty((chunk, n_slots), np.int32)
-    cw = np.empty((chunk, n_slots), np.float32)
-    cblk = np.empty((chunk, n_slots), np.int64)
-    nact = np.empty(chunk, np.int64)
-    no_labels, cy = np.zeros(n, np.float32), np.empty(chunk, np.float32)
-    order = np.arange(n)
-    for lo in range(0, n, chunk):
-        hi = min(lo + chunk, n)
-        _gather(ids, w, no_labels, order, lo, hi, block, cid, cw, cblk, nact, cy)
-        for r in range(lo, hi):
-            out[r] = bias[0] + _logit(table, cid, cw, cblk, nact, r - lo, k, same_block,
-                                      sums, part, flat_sums, flat_part)
-    return out
+    @njit(cache=True, fastmath=FAST, error_model="numpy")
+    def logits(table, bias, ids, w, block, n_blocks, chunk):
+        """Logits of every sample, gathered in chunks (serial: safe from any thread)."""
+        n, n_slots = ids.shape
+        out = np.empty(n, np.float32)
+        part = np.empty((n_blocks, n_blocks * k), np.float32)
+        sums = np.empty((n_blocks, n_blocks * k), np.float32)
+        flat_sums, flat_part = sums.reshape(sums.size), part.reshape(part.size)
+        cid = np.empty((chunk, n_slots), np.int32)
+        cw = np.empty((chunk, n_slots), np.float32)
+        cblk = np.empty((chunk, n_slots), np.int64)
+        nact = np.empty(chunk, np.int64)
+        no_labels, cy = np.zeros(n, np.float32), np.empty(chunk, np.float32)
+        order = np.arange(n)
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            _gather(ids, w, no_labels, order, lo, hi, block, cid, cw, cblk, nact, cy)
+            for r in range(lo, hi):
+                out[r] = bias[0] + _logit(table, cid, cw, cblk, nact, r - lo, k, same_block,
+                                          sums, part, flat_sums, flat_part)
+        return out
+
+    return train_epoch, logits
 
 
 def supports(model: nn.Module) -> bool:
@@ -383,9 +400,8 @@ def predict_logits(model: nn.Module, ids: np.ndarray, weights: np.ndarray) -> np
     ids, weights = _inputs(ids, weights)
     lay = _layout(model, ids.shape[1])
     table, bias = _views(model)
-    return _logits(
-        table, bias, ids, weights, lay.block, lay.k, lay.same_block, lay.n_blocks, CHUNK
-    )
+    logits = _entry_points(lay.k, lay.same_block)[1]
+    return logits(table, bias, ids, weights, lay.block, lay.n_blocks, CHUNK)
 
 
 class AdagradKernel:
@@ -425,9 +441,14 @@ class AdagradKernel:
         table, bias = _views(self.model)
         parts, width, n_slots = self.threads, table.shape[1], ids.shape[1]
         rows = 0 if self.per_sample else batch * n_slots  # batch mode's gradient rows
+        # the field sums and partners of each part, written every sample, and 64 spare
+        # bytes or more after them, so two parts never share a cache line (an FM's are
+        # 16 bytes: unspaced, both threads wrote one line every sample)
+        blocks = (lay.n_blocks + -(-64 // (lay.n_blocks * lay.k * 4)), lay.n_blocks * lay.k)
         numba.set_num_threads(parts)
+        train_epoch = _entry_points(lay.k, lay.same_block)[0]
         return float(
-            _train_epoch(
+            train_epoch(
                 table,
                 bias,
                 self.accum,
@@ -437,8 +458,6 @@ class AdagradKernel:
                 np.require(labels, np.float32, ["C"]),
                 np.require(order, np.int64, ["C"]),
                 lay.block,
-                lay.k,
-                lay.same_block,
                 batch,
                 self.per_sample,
                 self.lr,
@@ -447,8 +466,8 @@ class AdagradKernel:
                 np.empty((parts, rows), np.int32),
                 np.empty((parts, rows), np.int32),
                 np.empty((parts, rows, width), np.float32),
-                np.empty((parts, lay.n_blocks, lay.n_blocks * lay.k), np.float32),
-                np.empty((parts, lay.n_blocks, lay.n_blocks * lay.k), np.float32),
+                np.empty((parts, *blocks), np.float32),
+                np.empty((parts, *blocks), np.float32),
                 np.empty((parts, batch, n_slots), np.int32),
                 np.empty((parts, batch, n_slots), np.float32),
                 np.empty((parts, batch, n_slots), np.int32),
