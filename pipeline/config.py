@@ -281,8 +281,9 @@ class FMConfig(_Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     backend: Literal["torch", "native"] = Field(
         "native", description="CPU training steps: 'native' runs compiled Adagrad epochs "
-        "(models.fm_kernel; on ML-100K the same valid and test AUC as torch, 4.5-6.5x the "
-        "samples/s); torch still trains on cuda, under DDP and with adam")
+        "(models.fm_kernel; on ML-100K the same valid and test AUC as torch, 7-9x the "
+        "samples/s, benchmarks/RESULTS.md 'fm'); torch still trains on cuda, under DDP and "
+        "with adam")
     native_threads: int = Field(1, ge=1, description="threads of the native kernel; 1 is "
                                 "deterministic, more run lock-free (Hogwild) updates whose "
                                 "result depends on thread timing")

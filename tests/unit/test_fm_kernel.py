@@ -150,7 +150,8 @@ def test_a_k_moved_in_lanes_matches_a_float64_loop() -> None:
 def test_calls_after_the_first_go_straight_to_compiled_code(cls: type) -> None:
     """An epoch or a scoring call after the first costs microseconds here: with the
     model's shape passed as ``literally`` arguments numba type-inferred every call
-    again (25-30 ms an epoch, 0.6 s a scoring), 40 of each would take over a second."""
+    again (25-30 ms an epoch, 0.6 s a scoring), 40 of each took about 25 s. The bound
+    is 5 s, far from both, so a loaded machine cannot fail it."""
     slot_field = LAYOUTS["multi-valued fields"]
     ids_t, w_t = random_batch(slot_field, N_FEATURES, b=8, seed=6)
     ids, w = ids_t.numpy().astype(np.int32), w_t.numpy().astype(np.float32)
@@ -163,7 +164,7 @@ def test_calls_after_the_first_go_straight_to_compiled_code(cls: type) -> None:
     for _ in range(40):
         kernel.epoch(ids, w, y, np.arange(8), batch=4)
         fm_kernel.predict_logits(model, ids, w)
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 5.0
 
 
 def test_batches_follow_the_order_given() -> None:
