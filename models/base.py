@@ -250,9 +250,9 @@ def _sparse_top_k(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
                   n_cols: int, positive: bool, items: np.ndarray, values: np.ndarray
                   ) -> None:
     """Per row, one ``descending_key`` per listable entry (``raw``: the scores' float32
-    bits), partitioned and sorted. An excluded entry whose score
-    is NaN or infinite is listed as NaN, as subtracting it from itself would leave it, so
-    that ``check_top_k`` stops the channel whose numerics broke."""
+    bits), partitioned and sorted. An excluded entry whose score is NaN or infinite is
+    listed as NaN, as subtracting it from itself would leave it, so that ``check_top_k``
+    stops the channel whose numerics broke."""
     k = items.shape[1]
     seen = np.full(n_cols, -1, np.int64)  # the row that excludes each column
     at = np.empty(n_cols, np.int64)  # where each listed column's entry is stored
@@ -281,15 +281,6 @@ def _sparse_top_k(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
             col = np.int64(best[j] & np.uint64(0xFFFFFFFF))
             items[r, j] = col
             values[r, j] = np.nan if at[col] < 0 else data[at[col]]
-
-
-def _padded(top: TopK, k: int) -> TopK:
-    """``top`` widened to ``k`` columns with -1 / -inf (a catalogue smaller than k)."""
-    if top.items.shape[1] == k:
-        return top
-    pad = ((0, 0), (0, k - top.items.shape[1]))
-    return TopK(np.pad(top.items, pad, constant_values=-1),
-                np.pad(top.scores, pad, constant_values=-np.inf))
 
 
 def _stack(parts: list[TopK], k: int) -> TopK:
