@@ -320,6 +320,30 @@ def test_top_k_sparse_matches_dense_top_k() -> None:
     np.testing.assert_array_equal(got.scores, expected.scores)
 
 
+def test_top_k_sparse_drops_the_excluded_and_the_non_positive_as_a_dense_mask_would() -> None:
+    # negative, zero, signed-zero and tied scores; unsorted columns; an excluded NaN
+    # stays listed (as NaN) for check_top_k to stop the channel
+    rng = np.random.default_rng(9)
+    dense = rng.choice(np.array([-2.0, -0.0, 0.0, 1.0, 2.0, 3.0], np.float32), (30, 50))
+    dense[4, 7] = np.nan
+    excluded = rng.random((30, 50)) < 0.3
+    excluded[4, 7] = True
+    scores = sp.csr_matrix(dense)
+    scores = sp.csr_matrix((scores.data, scores.indices, scores.indptr), shape=dense.shape)
+    perm = rng.permutation(len(scores.data))  # the columns of each row out of order
+    for r in range(30):
+        lo, hi = scores.indptr[r], scores.indptr[r + 1]
+        order = lo + np.argsort(perm[lo:hi])
+        scores.indices[lo:hi], scores.data[lo:hi] = scores.indices[order], scores.data[order]
+    masked = np.where(excluded | ~(dense > 0), -np.inf, dense)
+    masked[4, 7] = np.nan
+    expected = top_k(masked, 50)  # deep enough to reach the negatives
+    got = top_k_sparse(scores, 50, sp.csr_matrix(excluded), positive=True)
+    np.testing.assert_array_equal(got.items, expected.items)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+    assert got.items[4, 0] == 7 and np.isnan(got.scores[4, 0])
+
+
 def test_sparse_row_ranks_orders_signed_floats_like_a_lexsort() -> None:
     rng = np.random.default_rng(5)
     values = rng.choice(np.array([-2.5, -1.0, -0.0, 0.0, 1e-30, 0.5, 3.0, np.inf],
