@@ -18,7 +18,7 @@ BENCH_ENV := $(VENV)/.bench-installed
 
 .DELETE_ON_ERROR:
 .PHONY: ALWAYS all help venv ingest split recall features train-fm train-rank rank evaluate report publish \
-        scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-serve bench-fm clean
+        scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-serve bench-fm bench-cuda clean
 
 ## all: run every stage on DATASET (default: the embedded synthetic data), publish if the gate passes
 # A scheduled run in one process (one start-up instead of a dozen: 182 s -> 148 s on the
@@ -68,7 +68,7 @@ $(STAGE_RULES): $(CODE) | $(ENV)
 ALWAYS:
 
 # The generated rules are only needed (and only built) for the stage targets.
-NO_STAGES := all help venv clean scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-serve bench-fm
+NO_STAGES := all help venv clean scheduled recommend serve test lint bench bench-recall bench-rank bench-scale bench-serve bench-fm bench-cuda
 ifneq ($(filter-out $(NO_STAGES),$(or $(MAKECMDGOALS),all)),)
 include $(STAGE_RULES)
 endif
@@ -116,6 +116,10 @@ bench-serve: $(ENV)
 ## bench-fm: FM/FFM throughput and AUC vs torchfm and xlearn; last line is one JSON object
 bench-fm: $(BENCH_ENV)
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.bench_fm
+
+## bench-cuda: FM/FFM at large batches and a sequence epoch on synthetic-large, CUDA vs this CPU
+bench-cuda: $(ENV)
+	$(PY) -m benchmarks.bench_cuda
 
 ## clean: remove DATASET's stage outputs (inputs the user placed under data/ are kept)
 clean:

@@ -15,6 +15,7 @@ region, age, gender, item age in days, hour, weekday.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import pandas as pd
 
 from models.negatives import sample_negatives
 
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
+ML100K = Path(os.environ.get("ML100K_PATH", Path(__file__).resolve().parents[2] / "shared"
+                             / "datasets" / "ml-100k"))
 LABEL = "label"
 
 
@@ -92,13 +94,14 @@ def ml100k_ctr(path: Path = ML100K) -> CtrSet:
     return CtrSet("ml-100k", train, valid, test, fields)
 
 
-def synthetic_ctr(seed: int = 0) -> CtrSet:
-    """The synthetic CTR set (default ``SyntheticSource``), one popularity negative each."""
+def synthetic_ctr(seed: int = 0, source: Any = None) -> CtrSet:
+    """The synthetic CTR set of ``source`` (a ``SyntheticSource``; None: the default one),
+    one popularity negative each."""
     from pipeline import schema as S
     from pipeline.config import SyntheticSource
     from pipeline.sources.synthetic import generate
 
-    raw = generate(SyntheticSource(), seed)
+    raw = generate(source or SyntheticSource(), seed)
     log = raw.interactions[0][1]
     assert raw.items is not None and raw.users is not None
     items, users = raw.items[1], raw.users[1]

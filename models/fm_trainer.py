@@ -279,7 +279,9 @@ class _Steps:
 
     net: nn.Module
     optimizer: torch.optim.Optimizer
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, weights, labels (host)
+    # ids, weights, labels: on a CUDA device when they fit in half its free memory (the
+    # batches are then gathered there), else on the host
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     device: torch.device
     batch: int  # per rank: the global batch divided among the ranks
     l2: float
@@ -295,6 +297,9 @@ class _Steps:
         assert train.labels is not None
         data = (_tensor(train.ids, train.ids.dtype), _tensor(train.weights, np.float32),
                 _tensor(train.labels, np.float32))
+        if device.type == "cuda" and (sum(t.nbytes for t in data)
+                                      < torch.cuda.mem_get_info(device)[0] // 2):
+            data = tuple(t.to(device) for t in data)  # type: ignore[assignment]
         return cls(net, optimizer or make_optimizer(model, cfg.optimizer, cfg.lr), data, device,
                    max(1, math.ceil(cfg.batch_size / world)), cfg.l2, cfg.bf16)
 
@@ -310,6 +315,7 @@ class _Steps:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0
         chunk = self.batch * 64
+        order = order.to(self.data[0].device)
         for clo in range(0, len(order), chunk):  # gather a run of batches at once
             cidx = order[clo: clo + chunk]
             c_ids, c_w, c_y = (t[cidx].to(self.device, non_blocking=True) for t in self.data)
