@@ -234,8 +234,10 @@ def next_item_loss(model: SASRec, hidden: torch.Tensor, targets: torch.Tensor,
     weight = model.item_emb.weight[1:]
     if negatives is None:
         return TiedSoftmaxCE.apply(hidden, weight, targets)
-    positive = (hidden * weight[targets]).sum(dim=1) - log_q[targets]
-    sampled = (hidden @ weight[negatives].T - log_q[negatives]).masked_fill(
+    # F.embedding, not weight[codes]: indexing's backward on CPU adds repeated codes'
+    # rows in an order set by thread timing, and runs drifted apart (tests: "repeat")
+    positive = (hidden * F.embedding(targets, weight)).sum(dim=1) - log_q[targets]
+    sampled = (hidden @ F.embedding(negatives, weight).T - log_q[negatives]).masked_fill(
         negatives[None, :] == targets[:, None], -math.inf)
     logits = torch.cat([positive[:, None], sampled], dim=1)
     return (torch.logsumexp(logits, dim=1) - positive).mean()

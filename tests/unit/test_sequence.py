@@ -144,6 +144,29 @@ def test_sampled_softmax_over_every_item_once_is_the_full_softmax() -> None:
     torch.testing.assert_close(next_item_loss(model, hidden, targets, drawn, log_q), by_hand)
 
 
+def test_sampled_softmax_gradients_repeat_exactly_on_two_threads() -> None:
+    """Duplicate negatives add into the same embedding rows; their sums must not depend
+    on thread timing (indexing's backward on CPU did, and the synthetic-10k run drifted)."""
+    model = tiny_model(n_items=200).train()
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(4096, 16, generator=generator)  # past the parallel grain size
+    targets = torch.randint(0, 200, (4096,), generator=generator)  # each item ~20 times
+    negatives = torch.randint(0, 200, (1024,), generator=generator)
+    log_q = torch.full((200,), -3.0)
+    before = torch.get_num_threads()
+    grads = []
+    try:
+        torch.set_num_threads(2)
+        for _ in range(10):
+            model.zero_grad(set_to_none=True)
+            next_item_loss(model, hidden, targets, negatives, log_q).backward()
+            grads.append(model.item_emb.weight.grad.clone())
+    finally:
+        torch.set_num_threads(before)
+    for grad in grads[1:]:
+        assert torch.equal(grad, grads[0])
+
+
 def test_loss_decreases_and_every_parameter_gets_a_gradient() -> None:
     data, _, _ = cycle_data()
     windows = training_windows(data.log, max_len=8)
