@@ -235,7 +235,7 @@ def next_item_loss(model: SASRec, hidden: torch.Tensor, targets: torch.Tensor,
     if negatives is None:
         return TiedSoftmaxCE.apply(hidden, weight, targets)
     # F.embedding, not weight[codes]: indexing's backward on CPU adds repeated codes'
-    # rows in an order set by thread timing, and runs drifted apart (tests: "repeat")
+    # rows in an order set by thread timing, so runs drifted apart (test_sequence.py)
     positive = (hidden * F.embedding(targets, weight)).sum(dim=1) - log_q[targets]
     sampled = (hidden @ F.embedding(negatives, weight).T - log_q[negatives]).masked_fill(
         negatives[None, :] == targets[:, None], -math.inf)

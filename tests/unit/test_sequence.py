@@ -145,8 +145,8 @@ def test_sampled_softmax_over_every_item_once_is_the_full_softmax() -> None:
 
 
 def test_sampled_softmax_gradients_repeat_exactly_on_two_threads() -> None:
-    """Duplicate negatives add into the same embedding rows; their sums must not depend
-    on thread timing (indexing's backward on CPU did, and the synthetic-10k run drifted)."""
+    """Repeated targets and negatives add into the same embedding rows; the sums must
+    not depend on thread timing (indexing's backward on CPU did: synthetic-10k drifted)."""
     model = tiny_model(n_items=200).train()
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(4096, 16, generator=generator)  # past the parallel grain size
