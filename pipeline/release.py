@@ -114,23 +114,26 @@ def gate(cfg: Config, metrics: dict[str, Any], last: dict[str, Any] | None) -> D
     ndcg = metrics["systems"]["final"][f"ndcg@{K}"]
     checks: dict[str, dict[str, Any]] = {}
     lift = metrics[f"lift_ndcg@{K}"]["recommendation"]
+    # each check's reason says what was found, passed or not: the ledger keeps them all
     if cfg.gate.beat_channels:
         ok = lift["high"] >= 0
         checks["best_single"] = {
             "passed": ok, "baseline": lift["baseline"], "lift": lift["mean"],
             "interval": [lift["low"], lift["high"]],
-            "reason": f"final NDCG@{K} {ndcg:.4f} is significantly below {lift['baseline']} "
-                      f"(lift {lift['mean']:+.4f} [{lift['low']:+.4f}, {lift['high']:+.4f}])"}
+            "reason": f"final NDCG@{K} {ndcg:.4f} is {'not ' * ok}significantly below "
+                      f"{lift['baseline']} (lift {lift['mean']:+.4f} [{lift['low']:+.4f}, "
+                      f"{lift['high']:+.4f}])"}
     if last is not None and last.get("ndcg@10") is not None:
         before = float(last["ndcg@10"])
         drop = (before - ndcg) / before if before > 0 else 0.0
+        ok = drop <= cfg.gate.max_drop
         checks["last_published"] = {
-            "passed": drop <= cfg.gate.max_drop, "last_run": last["publication"],
-            "last": before,
+            "passed": ok, "last_run": last["publication"], "last": before,
             "drop": drop, "max_drop": cfg.gate.max_drop,
-            "reason": f"final NDCG@{K} {ndcg:.4f} is {drop:.1%} below the last published "
-                      f"run's {before:.4f} ({last['publication']}; gate.max_drop "
-                      f"{cfg.gate.max_drop:.1%})"}
+            "reason": f"final NDCG@{K} {ndcg:.4f} is {abs(drop):.1%} "
+                      f"{'below' if drop > 0 else 'above'} the last published run's "
+                      f"{before:.4f} ({last['publication']}; gate.max_drop "
+                      f"{cfg.gate.max_drop:.1%}{'' if ok else ' exceeded'})"}
     return Decision(all(c["passed"] for c in checks.values()), checks)
 
 
