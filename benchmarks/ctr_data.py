@@ -18,12 +18,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from models.negatives import sample_negatives
+
+if TYPE_CHECKING:
+    from pipeline.config import SyntheticSource
 
 ML100K = Path(os.environ.get("ML100K_PATH", Path(__file__).resolve().parents[2] / "shared"
                              / "datasets" / "ml-100k"))
@@ -94,7 +97,7 @@ def ml100k_ctr(path: Path = ML100K) -> CtrSet:
     return CtrSet("ml-100k", train, valid, test, fields)
 
 
-def synthetic_ctr(seed: int = 0, source: Any = None) -> CtrSet:
+def synthetic_ctr(seed: int = 0, source: SyntheticSource | None = None) -> CtrSet:
     """The synthetic CTR set of ``source`` (a ``SyntheticSource``; None: the default one),
     one popularity negative each."""
     from pipeline import schema as S

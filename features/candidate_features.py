@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -26,7 +25,7 @@ import scipy.sparse as sp
 from features.attributes import attribute_matrix
 from features.interactions import interaction_matrix, with_row
 from features.recall_data import SECONDS_PER_DAY, RecallData, to_seconds
-from models.arrays import sparse_row_dots, sparse_values
+from models.arrays import grouped_order, sparse_row_dots, sparse_values
 
 HOUR_BUCKETS = 6  # four-hour slots of the day
 
@@ -307,33 +306,17 @@ def request_ranks(frame: pd.DataFrame, key: str, columns: list[str]) -> pd.DataF
 
 
 def _min_ranks(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Each value's rank within its group, highest first, ties at their lowest rank: one
-    small sort per group (a request's few hundred candidates) instead of a lexsort of
-    every row (17 of the features stage's 110 s on 20k users of the large profile)."""
-    order = np.argsort(groups, kind="stable")  # already grouped: the candidates' order
+    """Each value's rank within its group, highest first, ties at their lowest rank,
+    NaN for NaN. Ordered by ``grouped_order`` (one small sort per request) instead of a
+    lexsort of every row: 17 of the features stage's 110 s on 20k users of the large
+    profile."""
+    found = np.flatnonzero(~np.isnan(values))
+    order = found[grouped_order(groups[found], values[found])]
+    g, v = groups[order], values[order]
+    position = np.arange(len(order))
+    new_group = np.concatenate([[True], g[1:] != g[:-1]])
+    new_value = new_group | np.concatenate([[True], v[1:] != v[:-1]])
     ranks = np.full(len(values), np.nan)
-    _grouped_min_ranks(groups[order], values[order], order, ranks)
+    ranks[order] = (np.maximum.accumulate(np.where(new_value, position, 0))
+                    - np.maximum.accumulate(np.where(new_group, position, 0)) + 1)
     return ranks
-
-
-@numba.njit(cache=True, nogil=True)
-def _grouped_min_ranks(groups: np.ndarray, values: np.ndarray, rows: np.ndarray,
-                       out: np.ndarray) -> None:
-    """Over each run of equal ``groups``: 1 + how many of its non-NaN values are greater,
-    written to ``out[rows]`` (NaN values keep their NaN)."""
-    found = np.empty(len(values), np.int64)  # a run's non-NaN positions
-    start = 0
-    while start < len(groups):
-        stop, n = start, 0
-        while stop < len(groups) and groups[stop] == groups[start]:
-            if not np.isnan(values[stop]):
-                found[n] = stop
-                n += 1
-            stop += 1
-        run = found[:n][np.argsort(-values[found[:n]])]  # highest first
-        rank = 1
-        for q in range(n):
-            if q and values[run[q]] != values[run[q - 1]]:
-                rank = q + 1
-            out[rows[run[q]]] = rank
-        start = stop

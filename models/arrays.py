@@ -237,24 +237,27 @@ def descending_key(value: float, bits: int, column: int) -> np.uint64:
     return ((np.uint64(0xFFFFFFFF) - folded) << np.uint64(32)) | np.uint64(column)
 
 
-def grouped_order(groups: np.ndarray, scores: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+def grouped_order(groups: np.ndarray, scores: np.ndarray,
+                  tiebreak: np.ndarray | None = None) -> np.ndarray:
     """``np.lexsort((tiebreak, -scores, groups))``: rows by group code, within a group by
-    score, highest first and NaN last, then by ``tiebreak``, then in row order. One
-    stable sort of the integer group codes and two small stable sorts per group (a
-    request's few hundred candidates) instead of a three-key sort of every row: the
-    rank stage orders every system's scores of every request this way."""
+    score, highest first and NaN last, then by ``tiebreak`` (None: none), then in row
+    order. One stable sort of the integer group codes and one or two small stable sorts
+    per group (a request's few hundred candidates) instead of a three-key sort of every
+    row: the rank stage orders every system's scores of every request this way."""
     order = np.argsort(groups, kind="stable")
     sorted_groups = groups[order]
     starts = np.flatnonzero(np.concatenate(([True], sorted_groups[1:] != sorted_groups[:-1])))
     _order_groups(order, np.append(starts, len(order)), -np.asarray(scores, np.float64),
-                  np.asarray(tiebreak, np.int64))
+                  np.zeros(0, np.int64) if tiebreak is None else np.asarray(tiebreak, np.int64))
     return order
 
 
 @numba.njit(cache=True, nogil=True)
 def _order_groups(order: np.ndarray, bounds: np.ndarray, keys: np.ndarray,
                   tiebreak: np.ndarray) -> None:
+    """Each group's rows by ``keys`` (stable), after ``tiebreak`` where it is not empty."""
     for g in range(len(bounds) - 1):
         rows = order[bounds[g]:bounds[g + 1]]
-        rows = rows[np.argsort(tiebreak[rows], kind="mergesort")]
+        if len(tiebreak):
+            rows = rows[np.argsort(tiebreak[rows], kind="mergesort")]
         order[bounds[g]:bounds[g + 1]] = rows[np.argsort(keys[rows], kind="mergesort")]

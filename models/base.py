@@ -201,10 +201,17 @@ def sparse_row_ranks(m: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def _descending_bits(values: np.ndarray) -> np.ndarray:
     """Float32 values as unsigned integers whose ascending order is the values' descending
-    order (IEEE bits with the sign folded; -0.0 counted as 0.0, like a comparison)."""
-    bits = (values.astype(np.float32) + np.float32(0)).view(np.uint32)
-    ascending = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
-    return (~ascending).astype(np.uint64)
+    order: ``descending_key``'s upper half (-0.0 counted as 0.0, NaN as +inf)."""
+    values = np.ascontiguousarray(values, np.float32)
+    return _key_high_halves(values, values.view(np.uint32))
+
+
+@numba.njit(cache=True, nogil=True)
+def _key_high_halves(values: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    out = np.empty(len(values), np.uint64)
+    for i in range(len(values)):
+        out[i] = descending_key(values[i], bits[i], 0) >> np.uint64(32)
+    return out
 
 
 def top_k_sparse(scores: sp.csr_matrix, k: int, exclude: sp.csr_matrix | None = None,

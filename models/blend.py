@@ -26,7 +26,7 @@ def request_rank(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
     ``rank(method="first")``); NaN scores rank last."""
     codes = pd.factorize(groups)[0]
     filled = np.where(np.isnan(scores), -np.inf, scores)
-    order = grouped_order(codes, filled, np.zeros(len(codes), np.int64))
+    order = grouped_order(codes, filled)
     sorted_codes = codes[order]
     ranks = np.empty(len(codes))
     ranks[order] = np.arange(len(order)) - np.searchsorted(sorted_codes, sorted_codes) + 1

@@ -24,6 +24,18 @@ def test_request_rank_is_per_group_best_first_with_missing_last() -> None:
     np.testing.assert_array_equal(got, [2, 3, 1, 2, 1])
 
 
+
+def test_request_rank_equals_pandas_first_rank_with_ties_and_gaps() -> None:
+    """Against pandas' grouped rank (method "first": ties in row order), on interleaved
+    groups with many ties and NaN, which rank after every score of their group."""
+    rng = np.random.default_rng(3)
+    groups = rng.integers(0, 30, 2000)
+    scores = rng.integers(0, 5, 2000).astype(float)
+    scores[rng.random(2000) < 0.2] = np.nan
+    want = pd.Series(np.where(np.isnan(scores), -np.inf, scores)).groupby(groups).rank(
+        ascending=False, method="first").to_numpy()
+    np.testing.assert_array_equal(request_rank(groups, scores), want)
+
 def test_reciprocal_rank_gives_nothing_for_a_missing_rank() -> None:
     np.testing.assert_allclose(reciprocal_rank(np.array([1.0, np.nan, 5.0])),
                                [1 / (RRF_OFFSET + 1), 0.0, 1 / (RRF_OFFSET + 5)])
