@@ -9,14 +9,17 @@ fold, trained on the other folds (every clicked candidate and a seeded
 ``rank.negatives`` share of the others), all stopped together on the mean NDCG@10 of
 every row of the left-out folds, and the blend weights (``models.blend``) are chosen on
 the out-of-fold scores of every valid request (slightly optimistic: the stopping round
-was chosen on those same folds). Search is skipped, with a warning, when too few cases
-have a click.
+was chosen on those same folds). The folds only choose the rounds and the blend: the
+test phase is ranked by one ranker per objective refitted on every valid request for
+those rounds, the recipe the publication uses one window later, so the system evaluated
+is the system published (and ranks with one model per objective, not one per fold).
+Search is skipped, with a warning, when too few cases have a click.
 For the published phase, one ranker per objective is then trained on the test-phase
 recommendation candidates labelled by the test interactions (the latest labelled
 window: their features come from models fitted on train + valid) for the rounds the
 cross-fit chose; the blend weights chosen on valid carry over. Writes per phase ranked
-and kind ``ranker`` (LightGBM text models), ``blend``, ``importance`` (gain, for the
-report) and ``ranker_metrics``.
+and kind ``ranker`` (LightGBM text models), ``blend``, ``importance`` (gain of the
+test phase's rankers, for the report) and ``ranker_metrics``.
 """
 
 from __future__ import annotations
@@ -91,10 +94,11 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
         ensemble, oof[objective] = cross_fit(objective, frame[columns], labels, groups, fold,
                                              cfg.rank.params, cfg.seed, cfg.threads,
                                              trained_on)
-        ensemble.save(io.output("ranker", phase=EVALUATED.name, kind=kind,
-                                objective=objective))
-        importance[objective] = ensemble.importance()
         rounds = [r.best_iteration for r in ensemble.rankers]
+        refit = refitted(cfg, objective, rounds[0], frame.loc[trained_on, columns],
+                         labels[trained_on], groups[trained_on])
+        refit.save(io.output("ranker", phase=EVALUATED.name, kind=kind, objective=objective))
+        importance[objective] = refit.importance()
         report["rankers"][objective] = {
             "best_iterations": rounds,
             "out_of_fold_ndcg@10": candidate_ndcg(groups, oof[objective], labels)}
@@ -109,6 +113,15 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
              alone["blend"])
     report["blend"] = {"weights": weights, "out_of_fold_ndcg@10": alone}
     return report
+
+
+def refitted(cfg: Config, objective: str, rounds: int, features: pd.DataFrame,
+             labels: np.ndarray, groups: np.ndarray) -> FoldEnsemble:
+    """One ranker trained on every given row for the ``rounds`` cross-fitting chose (no
+    early stopping: nothing is held out), saved as an ensemble of one."""
+    ranker = Ranker(objective, {**cfg.rank.params, "rounds": rounds, "early_stopping": 0},
+                    seed=cfg.seed, threads=cfg.threads)
+    return FoldEnsemble([ranker.fit(features, labels, groups)])
 
 
 def strongest_channels(frame: pd.DataFrame, key: str, n: int) -> list[str]:
@@ -214,14 +227,12 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
         frame = sampled_negatives(with_positives(frame, key), cfg.rank.negatives, cfg.seed)
         report.update(requests=int(frame[key].nunique()), rows=len(frame))
     for objective, n in rounds.items():
-        if cfg.rank.engine == "dask":
-            ranker = fit_on_dask(cfg, frame, sizes, columns, objective, n)
-        else:
-            ranker = Ranker(objective, {**cfg.rank.params, "rounds": n, "early_stopping": 0},
-                            seed=cfg.seed, threads=cfg.threads)
-            ranker.fit(frame[columns], frame[LABEL].to_numpy(), frame[key].to_numpy())
-        FoldEnsemble([ranker]).save(io.output("ranker", phase=PUBLISHED.name,
-                                              kind=RECOMMENDATION, objective=objective))
+        ranker = (FoldEnsemble([fit_on_dask(cfg, frame, sizes, columns, objective, n)])
+                  if cfg.rank.engine == "dask" else
+                  refitted(cfg, objective, n, frame[columns], frame[LABEL].to_numpy(),
+                           frame[key].to_numpy()))
+        ranker.save(io.output("ranker", phase=PUBLISHED.name, kind=RECOMMENDATION,
+                              objective=objective))
     log.info("[train-rank] publish: %d rankers on %d %s requests (%s)", len(rounds),
              report["requests"], EVALUATED.name, cfg.rank.engine)
     return report
