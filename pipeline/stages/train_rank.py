@@ -28,11 +28,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from models.blend import candidate_ndcg, fit_blend
-from models.ranker import FoldEnsemble, Ranker, cross_fit, group_sizes, training_rows
+from models.ranker import (
+    FoldEnsemble,
+    Ranker,
+    binned,
+    cross_fit,
+    group_sizes,
+    refit,
+    training_rows,
+)
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import Config
@@ -90,15 +99,16 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
     report["trained_rows"] = int(trained_on.sum())
     oof: dict[str, np.ndarray] = {}
     importance: dict[str, dict[str, float]] = {}
+    data = binned(frame[columns], labels, groups)
     for objective in cfg.rank.objectives:
         ensemble, oof[objective] = cross_fit(objective, frame[columns], labels, groups, fold,
                                              cfg.rank.params, cfg.seed, cfg.threads,
-                                             trained_on)
+                                             trained_on, data)
         rounds = [r.best_iteration for r in ensemble.rankers]
-        refit = refitted(cfg, objective, rounds[0], frame.loc[trained_on, columns],
-                         labels[trained_on], groups[trained_on])
-        refit.save(io.output("ranker", phase=EVALUATED.name, kind=kind, objective=objective))
-        importance[objective] = refit.importance()
+        tested = refitted(cfg, objective, rounds[0], data, labels, groups,
+                          np.flatnonzero(trained_on))
+        tested.save(io.output("ranker", phase=EVALUATED.name, kind=kind, objective=objective))
+        importance[objective] = tested.importance()
         report["rankers"][objective] = {
             "best_iterations": rounds,
             "out_of_fold_ndcg@10": candidate_ndcg(groups, oof[objective], labels)}
@@ -115,13 +125,11 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
     return report
 
 
-def refitted(cfg: Config, objective: str, rounds: int, features: pd.DataFrame,
-             labels: np.ndarray, groups: np.ndarray) -> FoldEnsemble:
-    """One ranker trained on every given row for the ``rounds`` cross-fitting chose (no
-    early stopping: nothing is held out), saved as an ensemble of one."""
-    ranker = Ranker(objective, {**cfg.rank.params, "rounds": rounds, "early_stopping": 0},
-                    seed=cfg.seed, threads=cfg.threads)
-    return FoldEnsemble([ranker.fit(features, labels, groups)])
+def refitted(cfg: Config, objective: str, rounds: int, data: lgb.Dataset, labels: np.ndarray,
+             groups: np.ndarray, rows: np.ndarray) -> FoldEnsemble:
+    """``models.ranker.refit`` with the config's settings, as an ensemble of one."""
+    return FoldEnsemble([refit(objective, data, labels, groups, rows, rounds, cfg.rank.params,
+                               cfg.seed, cfg.threads)])
 
 
 def strongest_channels(frame: pd.DataFrame, key: str, n: int) -> list[str]:
@@ -226,11 +234,13 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
                                                                part=EVALUATED.target)))
         frame = sampled_negatives(with_positives(frame, key), cfg.rank.negatives, cfg.seed)
         report.update(requests=int(frame[key].nunique()), rows=len(frame))
+    if cfg.rank.engine != "dask":
+        labels, groups = frame[LABEL].to_numpy(), frame[key].to_numpy()
+        data, every = binned(frame[columns], labels, groups), np.arange(len(frame))
     for objective, n in rounds.items():
         ranker = (FoldEnsemble([fit_on_dask(cfg, frame, sizes, columns, objective, n)])
                   if cfg.rank.engine == "dask" else
-                  refitted(cfg, objective, n, frame[columns], frame[LABEL].to_numpy(),
-                           frame[key].to_numpy()))
+                  refitted(cfg, objective, n, data, labels, groups, every))
         ranker.save(io.output("ranker", phase=PUBLISHED.name, kind=RECOMMENDATION,
                               objective=objective))
     log.info("[train-rank] publish: %d rankers on %d %s requests (%s)", len(rounds),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,10 +21,12 @@ from models.ranker import (
     OBJECTIVES,
     FoldEnsemble,
     Ranker,
+    binned,
     cross_fit,
     group_sizes,
     pairwise_objective,
     ranknet_pairs,
+    refit,
     training_rows,
 )
 
@@ -214,3 +217,20 @@ def test_cross_fit_learns_only_from_train_rows_and_scores_every_row() -> None:
     assert mean_ndcg(y, oof, g) > 0.8  # a third of the negatives still learn the ranking
     _, blind = cross_fit("lambdarank", x, y, g, fold, FAST, seed=1, train_rows=y == 0)
     assert np.ptp(blind) == 0  # no positive to learn from: every held-out row scores alike
+
+
+def test_a_refit_on_one_binned_set_matches_a_fit_on_the_same_rows() -> None:
+    """``refit`` trains on a subset of the Dataset the cross-fit binned, with the rows
+    and group sizes of that subset: the same model as a fit of those rows alone binned
+    with the same edges, and every round kept."""
+    x, y, g = planted(150, seed=3)
+    rows = np.flatnonzero(training_rows(y, 0.5, 0))
+    data = binned(x, y, g)
+    cross_fit("lambdarank", x, y, g, g % 3, FAST, seed=1, data=data)  # bins `data`
+    ranker = refit("lambdarank", data, y, g, rows, 7, FAST, seed=1)
+    alone = lgb.Dataset(x.iloc[rows], label=y[rows], group=group_sizes(g[rows]),
+                        reference=data)  # the subset's rows, the full set's bin edges
+    direct = Ranker("lambdarank", {**FAST, "rounds": 7, "early_stopping": 0}, seed=1
+                    ).fit_dataset(alone, y[rows], group_sizes(g[rows]), list(x.columns))
+    assert ranker.best_iteration == 7 and ranker.booster.num_trees() == 7
+    np.testing.assert_allclose(ranker.predict(x), direct.predict(x), rtol=1e-12)
