@@ -389,15 +389,16 @@ def binned(features: pd.DataFrame, labels: np.ndarray, groups: np.ndarray) -> lg
 
 
 def refit(objective: str, data: lgb.Dataset, labels: np.ndarray, groups: np.ndarray,
-          rows: np.ndarray, rounds: int, params: dict | None = None, seed: int = 0,
+          rows: np.ndarray | None, rounds: int, params: dict | None = None, seed: int = 0,
           threads: int = 1) -> Ranker:
-    """One ranker on the ``rows`` (sorted positions) of a ``binned`` set for ``rounds``,
-    all kept: nothing is held out to stop on."""
+    """One ranker on the ``rows`` (sorted positions; None: all) of a ``binned`` set for
+    ``rounds``, all kept: nothing is held out to stop on."""
     ranker = Ranker(objective, {**(params or {}), "rounds": rounds, "early_stopping": 0},
                     seed=seed, threads=threads)
-    subset = data if len(rows) == len(labels) else data.subset(rows)
-    return ranker.fit_dataset(subset, np.asarray(labels)[rows],
-                              group_sizes(np.asarray(groups)[rows]), list(data.feature_name))
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if rows is not None:
+        data, labels, groups = data.subset(rows), labels[rows], groups[rows]
+    return ranker.fit_dataset(data, labels, group_sizes(groups), list(data.feature_name))
 
 
 def cross_fit(objective: str, features: pd.DataFrame, labels: np.ndarray, groups: np.ndarray,

@@ -104,13 +104,13 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
         ensemble, oof[objective] = cross_fit(objective, frame[columns], labels, groups, fold,
                                              cfg.rank.params, cfg.seed, cfg.threads,
                                              trained_on, data)
-        rounds = [r.best_iteration for r in ensemble.rankers]
-        tested = refitted(cfg, objective, rounds[0], data, labels, groups,
+        rounds = ensemble.rankers[0].best_iteration  # lgb.cv stops the folds together
+        tested = refitted(cfg, objective, rounds, data, labels, groups,
                           np.flatnonzero(trained_on))
         tested.save(io.output("ranker", phase=EVALUATED.name, kind=kind, objective=objective))
         importance[objective] = tested.importance()
         report["rankers"][objective] = {
-            "best_iterations": rounds,
+            "rounds": rounds,
             "out_of_fold_ndcg@10": candidate_ndcg(groups, oof[objective], labels)}
         log.info("[train-rank] %s %s: rounds %s, out-of-fold NDCG@10 %.4f", kind, objective,
                  rounds, report["rankers"][objective]["out_of_fold_ndcg@10"])
@@ -126,7 +126,7 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
 
 
 def refitted(cfg: Config, objective: str, rounds: int, data: lgb.Dataset, labels: np.ndarray,
-             groups: np.ndarray, rows: np.ndarray) -> FoldEnsemble:
+             groups: np.ndarray, rows: np.ndarray | None = None) -> FoldEnsemble:
     """``models.ranker.refit`` with the config's settings, as an ensemble of one."""
     return FoldEnsemble([refit(objective, data, labels, groups, rows, rounds, cfg.rank.params,
                                cfg.seed, cfg.threads)])
@@ -225,6 +225,9 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
     if cfg.rank.engine == "dask":
         frame, sizes, rows = dask_training_frame(io, columns, key)
         report.update(requests=int(frame[key].nunique().compute()), rows=rows)
+
+        def fit(objective: str, n: int) -> FoldEnsemble:
+            return FoldEnsemble([fit_on_dask(cfg, frame, sizes, columns, objective, n)])
     else:
         frame = sampled_requests(io.input("features", phase=EVALUATED.name,
                                           kind=RECOMMENDATION),
@@ -234,15 +237,14 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
                                                                part=EVALUATED.target)))
         frame = sampled_negatives(with_positives(frame, key), cfg.rank.negatives, cfg.seed)
         report.update(requests=int(frame[key].nunique()), rows=len(frame))
-    if cfg.rank.engine != "dask":
         labels, groups = frame[LABEL].to_numpy(), frame[key].to_numpy()
-        data, every = binned(frame[columns], labels, groups), np.arange(len(frame))
+        data = binned(frame[columns], labels, groups)
+
+        def fit(objective: str, n: int) -> FoldEnsemble:
+            return refitted(cfg, objective, n, data, labels, groups)
     for objective, n in rounds.items():
-        ranker = (FoldEnsemble([fit_on_dask(cfg, frame, sizes, columns, objective, n)])
-                  if cfg.rank.engine == "dask" else
-                  refitted(cfg, objective, n, data, labels, groups, every))
-        ranker.save(io.output("ranker", phase=PUBLISHED.name, kind=RECOMMENDATION,
-                              objective=objective))
+        fit(objective, n).save(io.output("ranker", phase=PUBLISHED.name, kind=RECOMMENDATION,
+                                         objective=objective))
     log.info("[train-rank] publish: %d rankers on %d %s requests (%s)", len(rounds),
              report["requests"], EVALUATED.name, cfg.rank.engine)
     return report
@@ -264,8 +266,7 @@ def run(cfg: Config, io: StageIO) -> dict:
             log.warning("[train-rank] %s: %s; no %s ranker", kind, err, kind)
     chosen = report[RECOMMENDATION]["rankers"]
     report["publish"] = train_publication(io, columns[RECOMMENDATION], {
-        objective: max(1, round(float(np.mean(r["best_iterations"]))))
-        for objective, r in chosen.items()})
+        objective: r["rounds"] for objective, r in chosen.items()})
     io.write_json("ranker_metrics", report)
     return {"status": f"trained {', '.join(cfg.rank.objectives)} and a blend",
             "ranker": cfg.rank.objective, "kinds": sorted(report)}
