@@ -1,16 +1,17 @@
 """`make bench-cuda`: what one CUDA device gives the FM/FFM and sequence trainers (issue 17).
 
 FM and FFM: the same modules through the same trainer (``models.fm_trainer.fit``) on the
-device at large batches (``BATCHES``), each with the better on valid AUC of two learning
-rates, bench-fm's times (batch / 256) ** 0.5 or ** 0.75 (an epoch takes fewer steps), under
-bf16 autocast (and once in fp32), with dense gradients and the fitting set held on the
-device; against the same machine's CPU: the native kernel (the CPU default) on one thread
-and on every core (Hogwild). On ML-100K CTR (80k fitting samples, small for a GPU) also
-torch on every core and the device at batch 256 (the two paths issue 17 measured: 382k
-and 173k samples/s). Every row is a full fit early-stopped on valid AUC (bench-fm's
-hyperparameters, k=4), so the AUCs compare; rates are the median epoch's samples/s inside
-training steps after the first epoch (compilation, warm-up). The second set is the
-synthetic CTR set of ``SYNTH_USERS`` users (default 50k, about 3M fitting samples).
+device at batches ``BATCHES``, each with the best on valid AUC of the learning rates
+bench-fm's lr x (batch / 256) ** ``LR_POWERS``, in float32 with captured steps (CUDA
+graphs), once in bf16 and once without graphs, dense gradients and the fitting set held
+on the device; against the same machine's CPU: the native kernel (the CPU default) on
+every core (Hogwild). On ML-100K CTR (80k fitting samples, small for a GPU) also the
+native kernel on one thread, torch on every core and the device at batch 256 (the two
+paths issue 17 measured: 382k and 173k samples/s). Every row is a full fit early-stopped
+on valid AUC (bench-fm's hyperparameters, k=4), so the AUCs compare; rates are the median
+epoch's samples/s inside training steps after the first epoch (compilation, warm-up,
+capture). The second set is the synthetic CTR set of ``SYNTH_USERS`` users (default 50k,
+about 3M fitting samples); ``SETS`` orders the two.
 
 Sequence: the channel's defaults (``models.recall.sequence``: d 64, 2 blocks, 50 items,
 every window, batch 128, 1,024 sampled negatives past 4,096 items) trained ``SEQ_EPOCHS``
@@ -20,9 +21,8 @@ epoch on every core estimated from a seeded 0.5% of the windows.
 
 Without CUDA it says so and records nothing; ``DEVICE=cpu`` runs the device rows on the
 CPU to check the script. ``ML100K_PATH`` points at MovieLens 100K. On one H200 with 16
-cores the ML-100K rows and the sequence epoch took about 9 minutes and the synthetic FFM
-rows at 30k users 4 more: a 10-minute call runs them apart (``SEQ_EPOCHS=0`` and an
-``ML100K_PATH`` without the data leave the first two out).
+cores both FM/FFM sets at 30k synthetic users took 2.5 minutes and the sequence epoch
+about 5 (``SEQ_EPOCHS=0`` leaves it out).
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ from models.fm_trainer import Samples, TrainConfig, binary_metric, fit, predict
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get("DEVICE", "cuda")
-BATCHES = [int(b) for b in os.environ.get("BATCHES", "4096,32768").split(",")]
-LR_POWERS = (0.5, 0.75)  # on ML-100K valid AUC a power of 1 lost at both batch sizes
+BATCHES = [int(b) for b in os.environ.get("BATCHES", "1024,2048,4096").split(",")]
+# lr x (batch / 256) ** power. Earlier runs: 0.5 beat 0.75 at batches 4096 and 32768 and 1
+# lost; 0 keeps a rare row's step (one sample per batch) what it is at batch 256
+LR_POWERS = (0.0, 0.25, 0.5)
 SYNTH_USERS = int(os.environ.get("SYNTH_USERS", 50_000))
 SEQ_USERS = int(os.environ.get("SEQ_USERS", 0))  # 0: the large profile's own count
 SEQ_EPOCHS = int(os.environ.get("SEQ_EPOCHS", 1))
+SETS = os.environ.get("SETS", "ml100k,synthetic").split(",")  # the FM/FFM sets, in order
 EPOCHS = 60  # cap; every fit stops early on valid AUC
 CORES = os.cpu_count() or 1
 
@@ -87,11 +90,12 @@ def fm_rows(set_name: str, tr: Samples, va: Samples, te: Samples, enc: FieldEnco
 
     for kind, params in (("ffm", ffm), ("fm", fm)):
         runs: dict[str, dict[str, Any]] = {
-            "cpu native, 1 thread": {"backend": "native", "native_threads": 1, "threads": 1},
             f"cpu native, {CORES} threads": {"backend": "native", "native_threads": CORES,
                                               "threads": CORES},
         }
         if small:
+            runs["cpu native, 1 thread"] = {"backend": "native", "native_threads": 1,
+                                            "threads": 1}
             runs[f"cpu torch, {CORES} threads"] = {"threads": CORES}
             runs[f"{DEVICE} batch 256"] = {"device": DEVICE}
         for name, train in runs.items():
@@ -105,9 +109,11 @@ def fm_rows(set_name: str, tr: Samples, va: Samples, te: Samples, enc: FieldEnco
                          lr=params["lr"] * (batch / 256) ** power) for power in LR_POWERS]
             best = max(tried, key=lambda r: r["valid_auc"])
             rows[f"{set_name} {kind.upper()}, {DEVICE} batch {batch}"] = best
-        rows[f"{set_name} {kind.upper()}, {DEVICE} batch {BATCHES[-1]}, fp32"] = run(
-            f"{DEVICE} batch {BATCHES[-1]}, fp32", kind, params, device=DEVICE,
-            batch_size=BATCHES[-1], lr=best["lr"], bf16=False)
+        for name, train in ((f"{DEVICE} batch {BATCHES[-1]}, bf16", {"bf16": True}),
+                            (f"{DEVICE} batch {BATCHES[-1]}, no graphs", {"cuda_graphs": False})):
+            rows[f"{set_name} {kind.upper()}, {name}"] = run(
+                name, kind, params, device=DEVICE, batch_size=BATCHES[-1], lr=best["lr"],
+                **train)
     return rows
 
 
@@ -200,9 +206,13 @@ def main() -> dict[str, Any]:
         return {}
     started = time.perf_counter()
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
-    rows = ml100k_section()  # the sequence before the larger FM set: it matters more
-    seq = sequence_section() if SEQ_EPOCHS else None
-    rows.update(synthetic_section())
+    sections = {"ml100k": ml100k_section, "synthetic": synthetic_section}
+    rows: dict[str, dict[str, Any]] = {}
+    seq = None
+    for name in SETS:  # the sequence epoch after the first set
+        rows.update(sections[name]())
+        if seq is None and SEQ_EPOCHS:
+            seq = sequence_section()
     summary: dict[str, Any] = {"device": device_name, "cpu_threads": CORES,
                                "torch": torch.__version__}
     for name, r in rows.items():

@@ -104,8 +104,13 @@ class TrainConfig:
     patience: int = 2  # epochs without improvement before stopping
     metric: Literal["auc", "logloss"] = "auc"  # on `valid`, unless fit() gets `evaluate`
     seed: int = 0
-    device: str = "cpu"  # "cuda" trains under bf16 autocast
-    bf16: bool = True  # autocast on CUDA only
+    device: str = "cpu"
+    # bf16 autocast on CUDA: no faster for these gathers and element-wise products on an
+    # H200 (16.2M fp32 vs 15.4M bf16 FFM samples/s, same AUC; RESULTS "cuda"), so off
+    bf16: bool = False
+    # CUDA, one process, Adagrad, a dense table: full batches replay one captured step
+    # (_GraphedStep)
+    cuda_graphs: bool = True
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting
     # "native": models.fm_kernel's compiled Adagrad epochs, used on CPU for an FM or FFM
     # with adagrad in one process; torch otherwise (CUDA, DDP, adam, a given optimizer).
@@ -164,7 +169,7 @@ def _autocast(device: torch.device, bf16: bool):
 
 def predict(model: nn.Module, samples: Samples, batch_size: int = 16384,
             device: str | torch.device = "cpu", logits: bool = False,
-            bf16: bool = True, backend: str = "torch") -> np.ndarray:
+            bf16: bool = False, backend: str = "torch") -> np.ndarray:
     """Scores (probabilities, or logits) of ``samples`` in batches; float32 [N].
     ``backend="native"`` scores with ``models.fm_kernel`` where it can (CPU FM/FFM)."""
     model = unwrap(model)
@@ -286,6 +291,9 @@ class _Steps:
     batch: int  # per rank: the global batch divided among the ranks
     l2: float
     bf16: bool  # autocast, on CUDA only
+    graphs: bool  # full batches replay a captured step (CUDA, one process, dense table)
+    graph: _GraphedStep | None = None
+    warmups: int = 0  # eager full-batch steps taken towards the capture
 
     @classmethod
     def placed(cls, model: nn.Module, train: Samples, cfg: TrainConfig, world: int,
@@ -300,13 +308,46 @@ class _Steps:
         if device.type == "cuda" and (sum(t.nbytes for t in data)
                                       < torch.cuda.mem_get_info(device)[0] // 2):
             data = tuple(t.to(device) for t in data)  # type: ignore[assignment]
+        # Adagrad only (torch's fused Adam refuses capture unless made capturable); a
+        # sparse table's steps have shapes that change with the batch (torch.unique)
+        graphs = (cfg.cuda_graphs and device.type == "cuda" and world == 1
+                  and optimizer is None and cfg.optimizer == "adagrad"
+                  and not any(getattr(m, "sparse", False) for m in model.modules()))
         return cls(net, optimizer or make_optimizer(model, cfg.optimizer, cfg.lr), data, device,
-                   max(1, math.ceil(cfg.batch_size / world)), cfg.l2, cfg.bf16)
+                   max(1, math.ceil(cfg.batch_size / world)), cfg.l2, cfg.bf16, graphs)
 
     def _amp(self) -> Any:
         if self.device.type == "cuda" and self.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            # no cast cache: a captured graph must not hold casts of a step gone by
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
+
+    def step(self, ids: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor
+             ) -> torch.Tensor:
+        """One eager step on a batch; its mean loss (a device scalar)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._amp():
+            z = self.net(ids, weights, l2=self.l2)
+        loss = F.binary_cross_entropy_with_logits(z.float(), labels)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def full_batch(self, ids: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor
+                   ) -> torch.Tensor:
+        """A full batch's step: eager on a side stream for the first ``GRAPH_WARMUP``
+        (as capture asks), then the captured step replayed; its mean loss."""
+        if self.graph is None and self.warmups < GRAPH_WARMUP:
+            self.warmups += 1
+            main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                loss = self.step(ids, weights, labels)
+            main.wait_stream(side)
+            return loss
+        if self.graph is None:
+            self.graph = _GraphedStep.capture(self.step, ids, weights, labels)
+        return self.graph.replay(ids, weights, labels)
 
     def epoch(self, order: torch.Tensor) -> tuple[torch.Tensor, int]:
         """One pass over ``order``; the summed loss (a device scalar, read once at the end
@@ -321,16 +362,43 @@ class _Steps:
             c_ids, c_w, c_y = (t[cidx].to(self.device, non_blocking=True) for t in self.data)
             for lo in range(0, len(cidx), self.batch):
                 hi = lo + self.batch
-                self.optimizer.zero_grad(set_to_none=True)
-                with self._amp():
-                    z = self.net(c_ids[lo:hi], c_w[lo:hi], l2=self.l2)
-                loss = F.binary_cross_entropy_with_logits(z.float(), c_y[lo:hi])
-                loss.backward()
-                self.optimizer.step()
-                n = len(z)
-                loss_sum.add_(loss.detach(), alpha=n)
+                batch = c_ids[lo:hi], c_w[lo:hi], c_y[lo:hi]
+                n = len(batch[0])
+                full = self.graphs and n == self.batch
+                loss = self.full_batch(*batch) if full else self.step(*batch)
+                loss_sum.add_(loss, alpha=n)
                 seen += n
         return loss_sum, seen
+
+
+GRAPH_WARMUP = 3  # eager steps before a capture (torch's CUDA graph notes use a few)
+
+
+@dataclass
+class _GraphedStep:
+    """One full-batch training step (forward, backward, Adagrad) captured as a CUDA graph
+    and replayed on new batches copied into its inputs. A step of these models is a few
+    dozen small kernels; launched one by one from Python they cost about 2 ms on an H200
+    whatever the batch (benchmarks/RESULTS.md, "cuda"), so the device only beat the CPU
+    at batches too large for the AUC to hold."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, weights, labels
+    loss: torch.Tensor  # the replayed step's mean loss
+
+    @classmethod
+    def capture(cls, step: Callable[..., torch.Tensor], *batch: torch.Tensor) -> _GraphedStep:
+        inputs = tuple(t.clone() for t in batch)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = step(*inputs)
+        return cls(graph, inputs, loss)  # type: ignore[arg-type]
+
+    def replay(self, *batch: torch.Tensor) -> torch.Tensor:
+        for into, t in zip(self.inputs, batch, strict=True):
+            into.copy_(t)
+        self.graph.replay()
+        return self.loss
 
 
 @dataclass
