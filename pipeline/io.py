@@ -153,12 +153,17 @@ def table_rows(path: Path) -> int:
 def write_part(folder: Path, index: int, frames: pd.DataFrame | Iterable[pd.DataFrame]
                ) -> int:
     """Write shard ``index`` of the partitioned table ``folder`` from one frame or a stream
-    of frames with one schema (so no shard is held whole): under a temporary name, then
-    renamed, so a task killed or retried mid-write (on any machine that shares the folder)
-    leaves the whole part or none of it. Returns the rows written."""
+    of frames with one schema (``write_frames``). Returns the rows written."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / PART.format(index)
-    tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    return write_frames(folder / PART.format(index), frames)
+
+
+def write_frames(path: Path, frames: pd.DataFrame | Iterable[pd.DataFrame]) -> int:
+    """Write one Parquet file from one frame or a stream of frames with one schema (so the
+    table is never held whole): under a temporary name, then renamed, so a task killed or
+    retried mid-write (on any machine that shares the folder) leaves the whole file or
+    none of it. Returns the rows written."""
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     writer, rows = None, 0
     try:
         for df in [frames] if isinstance(frames, pd.DataFrame) else frames:
