@@ -344,6 +344,7 @@ class _Steps:
             with torch.cuda.stream(side):
                 loss = self.step(ids, weights, labels)
             main.wait_stream(side)
+            loss.record_stream(main)  # made on the side stream, summed on the main one
             return loss
         if self.graph is None:
             self.graph = _GraphedStep.capture(self.step, ids, weights, labels)
