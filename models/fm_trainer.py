@@ -22,7 +22,6 @@ makes that atomic); ``load_model`` reads the state dict with ``weights_only=True
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -163,8 +162,10 @@ def _tensor(a: np.ndarray, dtype: Any) -> torch.Tensor:
 
 
 def _autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked, else a no-op; no cast cache, as a captured step
+    (``_GraphedStep``) must not hold casts made for a step gone by."""
     return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=device.type == "cuda" and bf16)
+                          enabled=device.type == "cuda" and bf16, cache_enabled=False)
 
 
 def predict(model: nn.Module, samples: Samples, batch_size: int = 16384,
@@ -316,17 +317,11 @@ class _Steps:
         return cls(net, optimizer or make_optimizer(model, cfg.optimizer, cfg.lr), data, device,
                    max(1, math.ceil(cfg.batch_size / world)), cfg.l2, cfg.bf16, graphs)
 
-    def _amp(self) -> Any:
-        if self.device.type == "cuda" and self.bf16:
-            # no cast cache: a captured graph must not hold casts of a step gone by
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
-
     def step(self, ids: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor
              ) -> torch.Tensor:
         """One eager step on a batch; its mean loss (a device scalar)."""
         self.optimizer.zero_grad(set_to_none=True)
-        with self._amp():
+        with _autocast(self.device, self.bf16):
             z = self.net(ids, weights, l2=self.l2)
         loss = F.binary_cross_entropy_with_logits(z.float(), labels)
         loss.backward()
