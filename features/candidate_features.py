@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.attributes import attribute_matrix
-from features.interactions import interaction_matrix, with_row
+from features.interactions import interaction_matrix, with_rows
 from features.recall_data import SECONDS_PER_DAY, RecallData, to_seconds
 from models.arrays import grouped_order, sparse_row_dots, sparse_values
 
@@ -205,11 +205,13 @@ class FeatureContext:
             region = self.user_region[user]
             counts = self.region_items[region] + interaction_matrix(
                 np.zeros(len(items), np.int64), items, 1, data.n_items)
-            new.region_items = with_row(self.region_items, region, counts.indices, counts.data)
+            new.region_items = with_rows(self.region_items, {region: (counts.indices,
+                                                                      counts.data)})
             new.region_events = self.region_events.copy()
             new.region_events[region] = np.asarray(counts.sum(axis=1)).ravel()[0]
         share = _row_normalised(data.history[user].astype(np.float64))
-        new.history_share = with_row(self.history_share, user, share.indices, share.data)
+        new.history_share = with_rows(self.history_share,
+                                      {user: (share.indices, share.data)})
         lo, hi = np.searchsorted(data.log["user"].to_numpy(), [user, user + 1])
         mine = data.log["ts"].to_numpy(np.int64)[lo:hi]  # the user's events, old and new
         changed = np.unique(items)
@@ -279,6 +281,27 @@ class FeatureContext:
             "hour_match": match(self.user_hour, self.item_hour),
             "weekday_match": match(self.user_weekday, self.item_weekday),
         })
+
+
+class UserContexts:
+    """Statistics that differ by user: each user of ``own`` (a served request's clicks:
+    ``FeatureContext.with_events``) is featurised with its own context, every other
+    user with ``base``; so requests answered together each see only their own clicks."""
+
+    def __init__(self, base: FeatureContext, own: dict[int, FeatureContext]) -> None:
+        self.base, self.own = base, own
+
+    def compute(self, users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
+        owner = pd.Index(list(self.own)).get_indexer(users)  # -1: the base context
+        groups = np.unique(owner)
+        if len(groups) <= 1:
+            alone = not len(groups) or groups[0] < 0
+            return (self.base if alone else self.own[int(users[0])]).compute(users, items)
+        contexts = [self.base, *self.own.values()]
+        rows = [np.flatnonzero(owner == g) for g in groups]
+        found = pd.concat([contexts[g + 1].compute(users[r], items[r])
+                           for g, r in zip(groups, rows, strict=True)], ignore_index=True)
+        return found.iloc[np.argsort(np.concatenate(rows), kind="stable")].reset_index(drop=True)
 
 
 class PairScorer(Protocol):

@@ -42,15 +42,22 @@ def interaction_matrix(user_codes: np.ndarray, item_codes: np.ndarray, n_users: 
     return m
 
 
-def with_row(matrix: sp.csr_matrix, row: int, indices: np.ndarray, values: np.ndarray
-             ) -> sp.csr_matrix:
-    """``matrix`` with row ``row`` holding ``indices`` and ``values`` instead: the other
-    rows' CSR arrays copied around it, not a sparse sum or stack (a served request's
-    click changes one user's row of a matrix over every user)."""
-    lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
-    indptr = matrix.indptr.astype(np.int64)
-    indptr[row + 1:] += len(indices) - (hi - lo)
-    return sp.csr_matrix(
-        (np.concatenate([matrix.data[:lo], np.asarray(values, matrix.dtype), matrix.data[hi:]]),
-         np.concatenate([matrix.indices[:lo], np.asarray(indices, matrix.indices.dtype),
-                         matrix.indices[hi:]]), indptr), shape=matrix.shape)
+def with_rows(matrix: sp.csr_matrix, rows: dict[int, tuple[np.ndarray, np.ndarray]]
+              ) -> sp.csr_matrix:
+    """``matrix`` with each row ``r`` of ``rows`` holding its ``(indices, values)``
+    instead: the other rows' CSR arrays copied around them, not a sparse sum or stack
+    (served requests' clicks change a few users' rows of a matrix over every user)."""
+    counts = np.diff(matrix.indptr).astype(np.int64)
+    data, indices, done = [], [], 0
+    for row in sorted(rows):
+        held, values = rows[row]
+        lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+        counts[row] = len(held)
+        data += [matrix.data[done:lo], np.asarray(values, matrix.dtype)]
+        indices += [matrix.indices[done:lo], np.asarray(held, matrix.indices.dtype)]
+        done = hi
+    indptr = np.zeros(matrix.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return sp.csr_matrix((np.concatenate([*data, matrix.data[done:]]),
+                          np.concatenate([*indices, matrix.indices[done:]]), indptr),
+                         shape=matrix.shape)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.interactions import IdIndex, interaction_matrix, with_row
+from features.interactions import IdIndex, interaction_matrix, with_rows
 
 SECONDS_PER_DAY = 86_400  # timestamps are unix seconds; half-lives set in days
 _SECOND = np.timedelta64(1, "s")
@@ -50,37 +50,50 @@ class RecallData:
         shares of the log are measured in (0 for a log without time)."""
         return int(self.now - self.log["ts"].min()) if len(self.log) else 0
 
-    def with_events(self, user: int, items: np.ndarray, ts: np.ndarray) -> RecallData:
-        """This data with events of ``user`` (item codes, unix seconds) that it does not
-        hold yet: what a served request sees of clicks made after the fit. The fitted
-        models stay as they are; histories, sequences, seen items and ``now`` move on.
-        The user's rows of the log and history are rebuilt and the rest copied around
-        them as arrays (ML-100K: 2.4 -> 0.9 ms a request, from pandas concatenation and
-        a sparse sum), still a copy linear in the log; the log's columns other than the
-        event's own (a query) are missing for the new rows."""
+    def with_events(self, users: int | np.ndarray, items: np.ndarray, ts: np.ndarray
+                    ) -> RecallData:
+        """This data with events (per event: user code, or one for all; item code; unix
+        seconds) that it does not hold yet: what served requests see of clicks made after
+        the fit. The fitted models stay as they are; histories, sequences, seen items and
+        ``now`` move on. Each user's rows of the log and history are rebuilt and the rest
+        copied around them as arrays (ML-100K: 2.4 -> 0.9 ms a request, from pandas
+        concatenation and a sparse sum), still a copy linear in the log; the log's
+        columns other than the event's own (a query) are missing for the new rows."""
         items, ts = np.asarray(items, np.int64), np.asarray(ts, np.int64)
+        users = np.broadcast_to(np.asarray(users, np.int64), items.shape)
         log = self.log
-        lo, hi = np.searchsorted(log["user"].to_numpy(), [user, user + 1])
-        block_ts = np.concatenate([log["ts"].to_numpy()[lo:hi], ts])
-        block_items = np.concatenate([log["item"].to_numpy()[lo:hi], items])
-        order = np.lexsort((block_items, block_ts))  # stable: by time, then item
-        new = {"user": np.full(len(items), user, np.int64), "item": items, "ts": ts,
-               "weight": np.ones(len(items), np.float32)}
+        touched = np.unique(users)
+        starts, ends = (np.searchsorted(log["user"].to_numpy(), touched, side=side)
+                        for side in ("left", "right"))
+        mine = [np.flatnonzero(users == user) for user in touched]
+        orders = [np.lexsort((np.concatenate([log["item"].to_numpy()[lo:hi], items[new]]),
+                              np.concatenate([log["ts"].to_numpy()[lo:hi], ts[new]])))
+                  for lo, hi, new in zip(starts, ends, mine, strict=True)]  # stable: old first
+        added = {"user": users, "item": items, "ts": ts,
+                 "weight": np.ones(len(items), np.float32)}
         columns = {}
         for name in log.columns:
-            if name in new:
-                values = log[name].to_numpy()
-                block = np.concatenate([values[lo:hi], new[name].astype(values.dtype)])
-                columns[name] = np.concatenate([values[:lo], block[order], values[hi:]])
-            else:  # missing for the new rows, as a concat of frames without it leaves it
-                values = log[name].array
-                rows = np.concatenate([np.arange(lo, hi), np.full(len(items), -1)])[order]
-                columns[name] = type(values)._concat_same_type(
-                    [values[:lo], values.take(rows, allow_fill=True), values[hi:]])
-        row = self.history.indices[self.history.indptr[user]: self.history.indptr[user + 1]]
-        held = np.union1d(row, items)
-        return replace(self, history=with_row(self.history, user, held,
-                                              np.ones(len(held), self.history.dtype)),
+            values = log[name].array if name not in added else log[name].to_numpy()
+            pieces, done = [], 0
+            for lo, hi, new, order in zip(starts, ends, mine, orders, strict=True):
+                if name in added:
+                    block = np.concatenate([values[lo:hi], added[name][new].astype(values.dtype)])
+                else:  # missing for the new rows, as a concat of frames without it leaves it
+                    block = values.take(np.concatenate([np.arange(lo, hi),
+                                                        np.full(len(new), -1)]),
+                                        allow_fill=True)
+                pieces += [values[done:lo], block[order]]
+                done = hi
+            pieces.append(values[done:])
+            columns[name] = (np.concatenate(pieces) if name in added
+                             else type(values)._concat_same_type(pieces))
+        held = {}
+        for user, new in zip(touched, mine, strict=True):
+            row = self.history.indices[self.history.indptr[user]: self.history.indptr[user + 1]]
+            held[int(user)] = np.union1d(row, items[new])
+        return replace(self, history=with_rows(self.history, {
+                           user: (found, np.ones(len(found), self.history.dtype))
+                           for user, found in held.items()}),
                        log=pd.DataFrame(columns, copy=False),  # new arrays
                        now=max(self.now, int(ts.max()) if len(ts) else 0))
 

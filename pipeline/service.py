@@ -12,18 +12,22 @@ error: it gets the cold-start list of its region.
 
 A thread watches ``publish/current``; when a scheduled run releases a new publication
 it loads it beside the one serving and then swaps one reference, so a request is
-answered whole by either the old or the new publication and none is dropped. Requests
-are computed one at a time (the loaded models are shared, and two cores gain nothing
-from more); past ``MAX_WAITING`` admitted, a request gets 503 at once rather than a
-place in a queue that only grows.
+answered whole by either the old or the new publication and none is dropped. One
+thread computes (``Batcher``): each time it is free it takes every admitted request
+waiting and answers them together (``Recommender.answer``), so under load a request
+waits for one batch instead of a queue of single ones, and each still gets what it
+would get alone. Past ``MAX_WAITING`` admitted, a request gets 503 at once rather than
+a place in a queue that only grows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,12 +40,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pipeline import schema as S
 from pipeline.config import Config
 from pipeline.release import PUBLISH, current
-from pipeline.serving import Recommender, response
+from pipeline.serving import Ask, Pending, Recommender, response
 
 log = logging.getLogger("pipeline")
 MAX_BODY = 16_384  # bytes: a request is a user id and a few numbers
 MAX_RECENT = 100  # recent events per request: a session's worth
-MAX_WAITING = 32  # requests admitted at once; more get 503 at once instead of a queue
+MAX_WAITING = 32  # requests admitted at once (so at most one batch); more get 503 at once
 Id = (Annotated[int, Field(strict=True, ge=-2**63, le=2**63 - 1)]
       | Annotated[str, StringConstraints(min_length=1, max_length=256)])
 
@@ -109,21 +113,68 @@ def watch(publication: LivePublication, stop: threading.Event, seconds: float) -
                           publication.live.name)
 
 
-def answer(recommender: Recommender, body: RecommendRequest) -> tuple[pd.DataFrame, list]:
-    """One validated request's list (a recommendation, or a search where it has a query)
-    and the recent items the publication does not know."""
+def ask_of(body: RecommendRequest) -> Ask:
+    """A validated request as ``Recommender.answer`` takes it: a recommendation, or a
+    search where it has a query."""
     recent = pd.DataFrame({S.ITEM: pd.Series([e.item_id for e in body.recent], dtype=object),
                            S.TS: pd.Series([e.ts for e in body.recent], dtype=object)}
                           ) if body.recent else None
-    lists = (recommender.recommend(body.user_id, body.k, recent) if body.query is None else
-             recommender.search(body.user_id, body.query, body.k, recent))
-    return lists, recommender.known_events(recent)[2]
+    return Ask(body.user_id, body.k, body.query, recent)
+
+
+def answer(recommender: Recommender, body: RecommendRequest) -> tuple[pd.DataFrame, list]:
+    """One validated request's list and the recent items the publication does not know,
+    answered alone."""
+    ask = ask_of(body)
+    return recommender.one(ask), recommender.known_events(ask.recent)[2]
+
+
+class Batcher:
+    """The one thread that computes: it takes every request waiting, answers those of
+    each publication together (``Recommender.finished``) and hands each its list (or
+    its error) through a future."""
+
+    def __init__(self) -> None:
+        self.waiting: queue.SimpleQueue[tuple[Live, Pending, Future] | None] = (
+            queue.SimpleQueue())
+        self.thread = threading.Thread(target=self.run, daemon=True, name="batcher")
+
+    def submit(self, live: Live, request: Pending) -> Future:
+        found: Future = Future()
+        self.waiting.put((live, request, found))
+        return found
+
+    def run(self) -> None:
+        while (first := self.waiting.get()) is not None:
+            batch, stop = [first], False
+            while not self.waiting.empty():
+                if (more := self.waiting.get()) is None:
+                    stop = True
+                    break
+                batch.append(more)
+            for live in {id(entry[0]): entry[0] for entry in batch}.values():
+                mine = [entry for entry in batch if entry[0] is live]
+                try:
+                    lists = live.recommender.finished([request for _, request, _ in mine])
+                except Exception as err:  # a fault must not stop the thread
+                    lists = [err] * len(mine)
+                for (_, _, found), answered in zip(mine, lists, strict=True):
+                    if isinstance(answered, Exception):
+                        found.set_exception(answered)
+                    else:
+                        found.set_result(answered)
+            if stop:
+                return
+
+    def close(self) -> None:
+        self.waiting.put(None)
+        self.thread.join()
 
 
 def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WAITING
                ) -> BoundedBody:
     publication = LivePublication(cfg)
-    compute = threading.Lock()
+    batcher = Batcher()
     waiting = threading.BoundedSemaphore(max_waiting)  # admitted: computing or queued
 
     @asynccontextmanager
@@ -132,9 +183,11 @@ def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WA
         watcher = threading.Thread(target=watch, args=(publication, stop, poll_seconds),
                                    daemon=True, name="publication-watcher")
         watcher.start()
+        batcher.thread.start()
         yield
         stop.set()
         watcher.join()
+        batcher.close()
 
     app = FastAPI(title="recsys-pipeline", lifespan=lifespan)
 
@@ -150,13 +203,16 @@ def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WA
         if not waiting.acquire(blocking=False):
             raise HTTPException(503, f"busy: {max_waiting} requests are waiting; retry",
                                 headers={"Retry-After": "1"})
-        try:
-            with compute:
-                lists, ignored = answer(live.recommender, body)
+        ask = ask_of(body)
+        try:  # a plain request is looked up here; one to compute waits for the batcher
+            lists = live.recommender.prepared(ask)
+            if isinstance(lists, Pending):
+                lists = batcher.submit(live, lists).result()
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
         finally:
             waiting.release()
+        ignored = live.recommender.known_events(ask.recent)[2]
         return {"user_id": body.user_id, "publication": live.name, "items": response(lists),
                 "ignored_items": ignored}
 

@@ -5,7 +5,8 @@ channels, FM/FFM models, rankers and blend, the fitting log, and the run's confi
 the publication's manifest); ``recommend`` then runs one request through the functions
 the batch stages run on each shard: retrieval and merge (``recall``), FM scores
 (``train-fm``), ranker features (``features``), the rankers and blend and the fill of a
-short list (``rank``). Between steps the frames pass through Arrow as the batch's
+short list (``rank``); ``answer`` runs several requests through them at once, each
+getting what it would get alone. Between steps the frames pass through Arrow as the batch's
 Parquet files do, so the columns keep the batch's types. For a user without new events
 the answer is the published list, items and order (``tests/integration/test_serving.py``):
 such a plain request is answered from that list (``Published``, as production systems
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.candidate_features import FeatureContext
+from features.candidate_features import FeatureContext, UserContexts
 from features.fields import FieldEncoder
 from features.pairs import EncodedTable, encode_tables, side_tables
 from features.recall_data import RecallData, build_recall_data, to_seconds
@@ -186,8 +187,62 @@ def load_models(cfg: Config, fit: pd.DataFrame, items: pd.DataFrame, users: pd.D
         published=published)
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One request: a recommendation, or a search where it has a ``query``; ``recent``:
+    events the publication has not seen (``item_id``, optional ``ts``); ``case``: the id
+    a search's rows carry."""
+
+    user_id: Any
+    k: int | None = None
+    query: str | None = None
+    recent: pd.DataFrame | None = None
+    case: int = 0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request to compute (``Recommender.prepared``): its user's id as the data types
+    it and code, its list length, its known recent events (item codes, unix seconds)
+    and the clock they move the data to."""
+
+    ask: Ask
+    user_id: Any
+    code: int
+    k: int
+    items: np.ndarray
+    ts: np.ndarray
+    now: int
+
+
+def together(pending: list[Pending]) -> list[list[int]]:
+    """Groups of ``pending`` (positions) that one pass of the batch code answers: one kind
+    and one clock (half-lives and ages are measured from ``now``), each user at most once
+    (each request's own events join the data); in order of arrival."""
+    groups: dict[tuple, list[list[int]]] = {}
+    for n, request in enumerate(pending):
+        same = groups.setdefault((request.ask.query is None, request.now), [])
+        free = next((g for g in same if all(pending[m].code != request.code for m in g)),
+                    None)
+        if free is None:
+            same.append(free := [])
+        free.append(n)
+    return sorted((g for same in groups.values() for g in same), key=lambda g: g[0])
+
+
+def split(lists: pd.DataFrame, column: str, keys: Any, group: list[Pending]
+          ) -> list[pd.DataFrame]:
+    """Each request's first ``k`` rows of its group's ranked ``lists``: those whose
+    ``column`` holds its key (positions found in one pass, not a mask per request)."""
+    rows = lists.groupby(column, sort=False).indices
+    none = np.zeros(0, np.int64)
+    return [lists.iloc[rows.get(key, none)[:r.k]].reset_index(drop=True)
+            for key, r in zip(keys, group, strict=True)]
+
+
 class Recommender:
-    """Answers one request at a time from a loaded publication (see the module doc)."""
+    """Answers requests from a loaded publication, one or several together (see the
+    module doc)."""
 
     def __init__(self, models: Models) -> None:
         self.models = models
@@ -277,78 +332,120 @@ class Recommender:
         cold-start list of their region (``channels`` "cold-start"). Without recent events
         a listed user's answer is the publication's list (``Published``), which the
         computed one equals (``compute``)."""
-        k = self.checked_k(k)
-        user_id, code = self.user_code(user_id)
-        if code < 0:
-            return self.cold_start(user_id, k)
-        items, ts, _ = self.known_events(recent)
-        published = self.models.published
-        if published is not None and not len(items):
-            found = published.lists(user_id, k)
-            if found is not None:
-                return found
-        return self.computed(user_id, code, k, items, ts)
+        return self.one(Ask(user_id, k, recent=recent))
 
     def compute(self, user_id: Any, k: int | None = None,
                 recent: pd.DataFrame | None = None) -> pd.DataFrame:
         """``recommend`` computed by the batch code whatever the request, never looked up."""
-        k = self.checked_k(k)
-        user_id, code = self.user_code(user_id)
-        if code < 0:
-            return self.cold_start(user_id, k)
-        return self.computed(user_id, code, k, *self.known_events(recent)[:2])
-
-    def computed(self, user_id: Any, code: int, k: int, items: np.ndarray, ts: np.ndarray
-                 ) -> pd.DataFrame:
-        """A known user's (``code``) top ``k`` after their recent events (``items``,
-        ``ts``: ``known_events``), computed: retrieval, FM scores, features, rankers and
-        the fill, as the batch runs them."""
-        m = self.models
-        data, context = self.with_recent(code, items, ts)
-        keys = pd.DataFrame({S.USER: pd.Series([user_id], dtype=data.user_index.ids.dtype)})
-        cands = merged_candidates(data, m.kinds[RECOMMENDATION].channels,
-                                  m.kinds[RECOMMENDATION].quotas,
-                                  effective_budget(m.cfg.recall.budget, data.n_items),
-                                  Requests(keys, np.array([code])))[0]
-        cands = through_arrow(with_fm_scores(through_arrow(cands), m.fm, m.encoder,
-                                             m.user_side, m.item_side, m.cfg.fm.device,
-                                             m.sides, m.item_terms))
-        lists = self.ranked(RECOMMENDATION, cands, data, context, ("channels",))
-        if len(lists) < m.cfg.publish.top_k:  # a full list is what ``padded`` hands back
-            history = data.item_index.decode(data.history[code].indices)
-            lists = padded(lists, pd.DataFrame({S.USER: user_id, S.ITEM: history}), m.fill,
-                           m.cfg.publish.top_k)
-        return lists.iloc[:k].reset_index(drop=True)
+        return self.one(Ask(user_id, k, recent=recent), lookup=False)
 
     def search(self, user_id: Any, query: str, k: int | None = None,
                recent: pd.DataFrame | None = None, case: int = 0) -> pd.DataFrame:
         """The top ``k`` for ``query`` asked by the user: ``case_id, user_id, item_id,
-        score, rank`` (``case``: the id the row carries, as the batch's cases do). The
+        score, rank`` (``case``: the id the rows carry, as the batch's cases do). The
         search channels answer the query, the personalised ones the user; the search
         rankers order them."""
+        return self.one(Ask(user_id, k, str(query), recent, case))
+
+    def one(self, ask: Ask, lookup: bool = True) -> pd.DataFrame:
+        """One request's list; its error raised."""
+        found = self.answer([ask], lookup)[0]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def answer(self, asks: list[Ask], lookup: bool = True) -> list[pd.DataFrame | Exception]:
+        """Each request's list, or the error it gets (a ``ValueError`` for a bad one).
+        ``lookup``: plain requests are answered from the publication's lists (``False``:
+        computed like the rest); the others are computed together (``finished``)."""
+        found: list[pd.DataFrame | Exception | Pending] = []
+        for ask in asks:
+            try:
+                found.append(self.prepared(ask, lookup))
+            except ValueError as err:
+                found.append(err)
+        at = [n for n, f in enumerate(found) if isinstance(f, Pending)]
+        for n, answered in zip(at, self.finished([found[n] for n in at]), strict=True):
+            found[n] = answered
+        return found
+
+    def prepared(self, ask: Ask, lookup: bool = True) -> pd.DataFrame | Pending:
+        """The answer of a request that needs no computing (an unknown user's cold start,
+        a listed user's published list), else the request to compute; a bad request
+        raises ``ValueError``."""
         m = self.models
-        if SEARCH not in m.kinds:
+        if ask.query is not None and SEARCH not in m.kinds:
             raise ValueError("this publication has no search ranker (its log had too few "
                              "searches with a click)")
-        k = self.checked_k(k)
-        user_id, code = self.user_code(user_id)
-        if code < 0:
+        k = self.checked_k(ask.k)
+        user_id, code = self.user_code(ask.user_id)
+        if code < 0 and ask.query is not None:
             raise ValueError(f"user {user_id!r} is not in the publication: search answers "
                              "known users")
-        data, context = self.with_recent(code, *self.known_events(recent)[:2])
-        keys = pd.DataFrame({CASE: np.array([case], np.int64),
-                             S.USER: pd.Series([user_id], dtype=data.user_index.ids.dtype),
-                             S.QUERY: np.array([str(query)], dtype=object)})
-        cands = merged_candidates(data, m.kinds[SEARCH].channels, m.kinds[SEARCH].quotas,
-                                  effective_budget(m.cfg.recall.budget, data.n_items),
-                                  Requests(keys, np.array([code]),
-                                           keys[S.QUERY].to_numpy(object)))[0]
-        # recent events carry no query: the query statistics stay the publication's
-        return self.ranked(SEARCH, through_arrow(cands), data, context, (),
-                           m.search_context).iloc[:k]
+        if code < 0:
+            return self.cold_start(user_id, k)
+        items, ts, _ = self.known_events(ask.recent)
+        if ask.query is None and lookup and m.published is not None and not len(items):
+            listed = m.published.lists(user_id, k)
+            if listed is not None:
+                return listed
+        return Pending(ask, user_id, code, k, items, ts,
+                       max(m.data.now, int(ts.max()) if len(ts) else 0))
+
+    def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
+        """The lists of requests to compute, answered together by the batch code, a group
+        per kind and clock (``together``): per-call overhead (ten channels, the features,
+        the rankers) is most of a request's cost, so a group costs little more than one
+        request. Each gets what it would get alone (``UserContexts``;
+        ``tests/integration/test_serving.py``); a group that fails gives each of its
+        requests the error, and the other groups are answered."""
+        found: list[pd.DataFrame | Exception | None] = [None] * len(pending)
+        for group in together(pending):
+            try:
+                lists = self.computed([pending[n] for n in group])
+            except Exception as err:  # a fault in one group leaves the others answered
+                lists = [err] * len(group)
+            for n, answered in zip(group, lists, strict=True):
+                found[n] = answered
+        return found
+
+    def computed(self, group: list[Pending]) -> list[pd.DataFrame]:
+        """The lists of requests of one kind and clock by distinct users (``together``),
+        computed: retrieval, FM scores (recommendations), features, rankers and the fill
+        of a short recommendation list, as the batch runs them."""
+        m = self.models
+        search = group[0].ask.query is not None
+        kind = SEARCH if search else RECOMMENDATION
+        data, context = self.with_recent(group)
+        codes = np.array([r.code for r in group])
+        keys = pd.DataFrame({S.USER: pd.Series([r.user_id for r in group],
+                                               dtype=data.user_index.ids.dtype)})
+        if search:  # recent events carry no query: the query statistics stay the publication's
+            keys.insert(0, CASE, np.arange(len(group), dtype=np.int64))
+            keys[S.QUERY] = np.array([r.ask.query for r in group], dtype=object)
+        requests = Requests(keys, codes, keys[S.QUERY].to_numpy(object) if search else None)
+        cands = through_arrow(merged_candidates(
+            data, m.kinds[kind].channels, m.kinds[kind].quotas,
+            effective_budget(m.cfg.recall.budget, data.n_items), requests)[0])
+        if search:
+            lists = self.ranked(SEARCH, cands, data, context, (), m.search_context)
+            return [frame.assign(**{CASE: np.int64(r.ask.case)})
+                    for frame, r in zip(split(lists, CASE, range(len(group)), group), group,
+                                        strict=True)]
+        cands = through_arrow(with_fm_scores(cands, m.fm, m.encoder, m.user_side, m.item_side,
+                                             m.cfg.fm.device, m.sides, m.item_terms))
+        lists = self.ranked(RECOMMENDATION, cands, data, context, ("channels",))
+        counts = lists[S.USER].value_counts()
+        short = [r for r in group if counts.get(r.user_id, 0) < m.cfg.publish.top_k]
+        if short:  # a full list is what ``padded`` hands back
+            history = [data.item_index.decode(data.history[r.code].indices) for r in short]
+            lists = padded(lists, pd.DataFrame({
+                S.USER: np.repeat([r.user_id for r in short], [len(h) for h in history]),
+                S.ITEM: np.concatenate(history)}), m.fill, m.cfg.publish.top_k)
+        return split(lists, S.USER, [r.user_id for r in group], group)
 
     def ranked(self, kind: str, cands: pd.DataFrame, data: RecallData,
-               context: FeatureContext, extra: tuple[str, ...],
+               context: FeatureContext | UserContexts, extra: tuple[str, ...],
                search: SearchContext | None = None) -> pd.DataFrame:
         """Candidates featurised and ordered by the kind's final system, ``publish.top_k``
         of them (``extra``: "channels" adds the proposing channels)."""
@@ -367,16 +464,21 @@ class Recommender:
             raise ValueError(f"k must be between 1 and {top} (publish.top_k)")
         return top if k is None else k
 
-    def with_recent(self, code: int, items: np.ndarray, ts: np.ndarray
-                    ) -> tuple[RecallData, FeatureContext]:
-        """The data and feature statistics a request sees: the publication's, or with the
-        user's recent events (item codes, unix seconds) added (the statistics updated as a
-        refit on them would be: ``FeatureContext.with_events``)."""
+    def with_recent(self, group: list[Pending]) -> tuple[RecallData, FeatureContext |
+                                                          UserContexts]:
+        """The data and feature statistics a group of requests sees: the publication's,
+        or with the users' recent events added (each user's statistics updated as a
+        refit on their own events would be: ``FeatureContext.with_events``)."""
         m = self.models
-        if not len(items):
+        clicked = [r for r in group if len(r.items)]
+        if not clicked:
             return m.data, m.context
-        data = m.data.with_events(code, items, ts)
-        return data, m.context.with_events(data, code, items, ts)
+        data = m.data.with_events(np.repeat([r.code for r in clicked],
+                                            [len(r.items) for r in clicked]),
+                                  np.concatenate([r.items for r in clicked]),
+                                  np.concatenate([r.ts for r in clicked]))
+        return data, UserContexts(m.context, {
+            r.code: m.context.with_events(data, r.code, r.items, r.ts) for r in clicked})
 
     def cold_start(self, user_id: Any, k: int) -> pd.DataFrame:
         """The cold-start list of the user's region (from the users table), else the

@@ -23,6 +23,7 @@ import pandas as pd
 from features.candidate_features import (
     FEATURES,
     FeatureContext,
+    UserContexts,
     model_scores,
     request_ranks,
 )
@@ -84,9 +85,9 @@ def load_models(io: StageIO, phase: str) -> dict[str, RecallChannel]:
             for name in wanted}
 
 
-def add_features(cands: pd.DataFrame, key: str, context: FeatureContext, data: RecallData,
-                 models: dict[str, RecallChannel], search: SearchContext | None = None
-                 ) -> pd.DataFrame:
+def add_features(cands: pd.DataFrame, key: str, context: FeatureContext | UserContexts,
+                 data: RecallData, models: dict[str, RecallChannel],
+                 search: SearchContext | None = None) -> pd.DataFrame:
     """The candidates with every feature column appended (and the query features, for
     search candidates given a ``search`` context)."""
     users = data.user_index.encode(cands[S.USER])

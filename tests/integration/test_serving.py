@@ -23,8 +23,8 @@ from pipeline.cli import main
 from pipeline.io import read_table
 from pipeline.release import PUBLISH, current
 from pipeline.schedule import schedule
-from pipeline.service import create_app
-from pipeline.serving import COLD_START, Published, Recommender, response
+from pipeline.service import Batcher, Live, create_app
+from pipeline.serving import COLD_START, Ask, Published, Recommender, response, together
 from tests.conftest import tiny_config
 
 
@@ -176,6 +176,63 @@ def test_a_click_is_answered_as_data_rebuilt_with_it_answers(live) -> None:
         query = cases["query"].iloc[n]
         pd.testing.assert_frame_equal(recommender.search(user, query, recent=recent),
                                       rebuilt.search(user, query), check_exact=True)
+
+
+def mixed_requests(recommender: Recommender, cfg) -> list[Ask]:
+    """Recommendations with and without clicks (timed and not, on shared items), a
+    repeated user, searches with and without a click, a cold user and a bad k."""
+    m = recommender.models
+    users, items = m.data.user_index.ids, m.data.item_index.ids
+    cases = read_table(artifact_path(cfg, "cases", phase="test"))
+    at = pd.Timestamp(m.data.now + 50, unit="s")
+    return [Ask(users[40], 7, recent=pd.DataFrame({"item_id": items[[3, 9]]})),
+            Ask(users[41], recent=pd.DataFrame({"item_id": items[[3]]})),
+            Ask(users[42]),
+            Ask(users[40], 5, recent=pd.DataFrame({"item_id": items[[11]]})),
+            Ask(users[43], recent=pd.DataFrame({"item_id": items[[9]], "ts": [at]})),
+            Ask(users[44], recent=pd.DataFrame({"item_id": items[[5]], "ts": [at]})),
+            Ask(cases["user_id"].iloc[0], 4, cases["query"].iloc[0], case=7),
+            Ask(cases["user_id"].iloc[1], None, cases["query"].iloc[1],
+                pd.DataFrame({"item_id": items[[3]]})),
+            Ask(cases["user_id"].iloc[2], 6, cases["query"].iloc[2]),
+            Ask("nobody", 3),
+            Ask(users[45], cfg.publish.top_k + 1)]
+
+
+def test_requests_answered_together_each_get_what_they_get_alone(live) -> None:
+    cfg, _, recommender = live
+    asks = mixed_requests(recommender, cfg)
+    pending = [recommender.prepared(a, lookup=False) for a in asks[:9]]
+    groups = together(pending)
+    assert sorted(n for g in groups for n in g) == list(range(9)) and len(groups) < 9
+    assert all(len({pending[n].code for n in g}) == len(g) for g in groups)
+    assert all(len({(pending[n].ask.query is None, pending[n].now) for n in g}) == 1
+               for g in groups)
+    for got, ask in zip(recommender.answer(asks, lookup=False), asks, strict=True):
+        alone = recommender.answer([ask], lookup=False)[0]
+        if isinstance(alone, Exception):
+            assert type(got) is type(alone) and str(got) == str(alone)
+        else:
+            pd.testing.assert_frame_equal(got, alone, check_exact=True)
+    assert recommender.answer(asks, lookup=False)[0]["item_id"].tolist() != (
+        recommender.compute(asks[0].user_id, 7)["item_id"].tolist())  # its clicks count
+
+
+def test_the_batcher_answers_waiting_requests_in_one_pass(live, monkeypatch) -> None:
+    cfg, folder, recommender = live
+    asks = mixed_requests(recommender, cfg)[:9]
+    passes = []
+    finished = recommender.finished
+    monkeypatch.setattr(recommender, "finished",
+                        lambda pending: passes.append(len(pending)) or finished(pending))
+    batcher, serving = Batcher(), Live(folder.name, recommender)
+    futures = [batcher.submit(serving, recommender.prepared(a, lookup=False)) for a in asks]
+    batcher.thread.start()  # everything is waiting already: one pass
+    got = [f.result(timeout=120) for f in futures]
+    batcher.close()
+    assert passes == [len(asks)]
+    for frame, ask in zip(got, asks, strict=True):
+        pd.testing.assert_frame_equal(frame, recommender.answer([ask], lookup=False)[0])
 
 
 def test_the_cli_answers_from_the_live_publication(live, capsys) -> None:

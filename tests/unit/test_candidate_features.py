@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from features.candidate_features import (
     FEATURES,
     FeatureContext,
+    UserContexts,
     _recent_cut,
     model_scores,
     request_ranks,
@@ -214,3 +215,29 @@ def test_the_recent_cut_is_numpys_quantile_of_the_event_times_bit_for_bit() -> N
         keys = np.sort(times * n_items + rng.integers(0, n_items, n))
         q = float(rng.choice([0.9, 0.5, 0.0, 1.0, 0.95, 0.999, rng.random()]))
         assert _recent_cut(keys, n_items, q) == np.quantile(times, q), (n, q)
+
+
+def test_user_contexts_featurise_each_user_with_their_own_statistics() -> None:
+    """Requests answered together: each clicking user's rows get the statistics of the
+    data with their own clicks only, every other user's the publication's, in row order."""
+    rng = np.random.default_rng(9)
+    dense = rng.random((12, 15)) < 0.4
+    data = recall_data_from_matrix(dense, ts=rng.integers(0, 40 * DAY, dense.shape))
+    base = FeatureContext(data, 0.5)
+    clicks = {3: ([0, 4], [data.now + 5, data.now + 5]), 8: ([4], [data.now + 5])}
+    merged = data.with_events(np.repeat(list(clicks), [len(i) for i, _ in clicks.values()]),
+                              np.concatenate([i for i, _ in clicks.values()]),
+                              np.concatenate([t for _, t in clicks.values()]))
+    own = {user: base.with_events(merged, user, np.array(items), np.array(ts))
+           for user, (items, ts) in clicks.items()}
+    contexts = UserContexts(base, own)
+    users = rng.permutation(np.repeat([3, 5, 8], 15))
+    items = rng.integers(0, 15, len(users))
+    got = contexts.compute(users, items)
+    for user in (3, 5, 8):
+        rows = np.flatnonzero(users == user)
+        alone = data.with_events(user, *map(np.array, clicks[user])) if user in clicks else data
+        want = FeatureContext(alone, 0.5).compute(users[rows], items[rows])
+        pd.testing.assert_frame_equal(got.iloc[rows].reset_index(drop=True), want,
+                                      check_exact=True)
+    assert own[3].item_events[4] == base.item_events[4] + 1  # not user 8's click as well

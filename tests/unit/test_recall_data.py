@@ -50,3 +50,13 @@ def test_events_give_the_data_a_rebuild_on_the_longer_log_gives() -> None:
         pd.testing.assert_frame_equal(got.log, rebuilt.log)
         np.testing.assert_array_equal(got.history.toarray(), rebuilt.history.toarray())
         assert got.now == rebuilt.now
+    # several users' events at once (served requests answered together): one splice
+    events = pd.DataFrame({"user_id": [6, 2, 0, 2], "item_id": [1, 4, 3, 8], "ts": [70, 10, 0, 60]})
+    rebuilt = build_recall_data(pd.concat([fit, events.assign(
+        weight=np.float32(1.0), ts=pd.to_datetime(events["ts"], unit="s"))], ignore_index=True),
+        items, users, np.arange(7))
+    got = data.with_events(data.user_index.encode(events["user_id"]),
+                           data.item_index.encode(events["item_id"]), events["ts"].to_numpy())
+    pd.testing.assert_frame_equal(got.log, rebuilt.log)
+    np.testing.assert_array_equal(got.history.toarray(), rebuilt.history.toarray())
+    assert got.now == rebuilt.now
