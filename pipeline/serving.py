@@ -395,10 +395,10 @@ class Recommender:
     def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
         """The lists of requests to compute, answered together by the batch code, a group
         per kind and clock (``together``): per-call overhead (ten channels, the features,
-        the rankers) is most of a request's cost, so a group costs little more than one
-        request. Each gets what it would get alone (``UserContexts``;
-        ``tests/integration/test_serving.py``); a group that fails gives each of its
-        requests the error, and the other groups are answered."""
+        the rankers) is most of a request's cost, so eight searches together cost 1.5
+        times one (benchmarks/RESULTS.md, "serving latency"). Each gets what it would get
+        alone (``UserContexts``; ``tests/integration/test_serving.py``); a group that
+        fails gives each of its requests the error, and the other groups are answered."""
         found: list[pd.DataFrame | Exception | None] = [None] * len(pending)
         for group in together(pending):
             try:
