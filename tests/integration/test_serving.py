@@ -179,8 +179,9 @@ def test_a_click_is_answered_as_data_rebuilt_with_it_answers(live) -> None:
 
 
 def mixed_requests(recommender: Recommender, cfg) -> list[Ask]:
-    """Recommendations with and without clicks (timed and not, on shared items), a
-    repeated user, searches with and without a click, a cold user and a bad k."""
+    """Recommendations with and without clicks (timed and not; two groups hold two
+    clicking users each), a repeated user, searches with and without a click, a cold
+    user and a bad k."""
     m = recommender.models
     users, items = m.data.user_index.ids, m.data.item_index.ids
     cases = read_table(artifact_path(cfg, "cases", phase="test"))
