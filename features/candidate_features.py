@@ -209,10 +209,10 @@ class FeatureContext:
                                                                       counts.data)})
             new.region_events = self.region_events.copy()
             new.region_events[region] = np.asarray(counts.sum(axis=1)).ravel()[0]
-        lo, hi = data.history.indptr[user], data.history.indptr[user + 1]
-        held = data.history.data[lo:hi].astype(np.float64)  # binary: its sum exact in any order
+        row = slice(data.history.indptr[user], data.history.indptr[user + 1])
+        held = data.history.data[row].astype(np.float64)  # binary: its sum exact in any order
         new.history_share = with_rows(self.history_share, {user: (
-            data.history.indices[lo:hi], held * (1.0 / max(held.sum(), 1e-12)))})
+            data.history.indices[row], held * (1.0 / max(held.sum(), 1e-12)))})
         lo, hi = np.searchsorted(data.log["user"].to_numpy(), [user, user + 1])
         mine = data.log["ts"].to_numpy(np.int64)[lo:hi]  # the user's events, old and new
         changed = np.unique(items)
