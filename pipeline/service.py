@@ -13,24 +13,31 @@ error: it gets the cold-start list of its region.
 A thread watches ``publish/current``; when a scheduled run releases a new publication
 it loads it beside the one serving and then swaps one reference, so a request is
 answered whole by either the old or the new publication and none is dropped. One
-thread computes (``Batcher``): each time it is free it takes every admitted request
-waiting and answers them together (``Recommender.answer``), so under load a request
-waits for one batch instead of a queue of single ones, and each still gets what it
-would get alone. Past ``MAX_WAITING`` admitted, a request gets 503 at once rather than
-a place in a queue that only grows.
+thread hands out the computing (``Batcher``): each time it is free it takes every
+admitted request waiting and has them answered together (``Recommender.finished``), so
+under load a request waits for one batch instead of a queue of single ones, and each
+still gets what it would get alone. The batch code runs in a process of its own per
+publication (``ComputeProcess``), so it never waits for this interpreter's lock while
+the request threads parse, validate and look up. Past ``MAX_WAITING`` admitted, a
+request gets 503 at once rather than a place in a queue that only grows.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import multiprocessing
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
@@ -69,26 +76,101 @@ class RecommendRequest(BaseModel):
                                       description="events newer than the publication")
 
 
+def loaded(folder: Path) -> Recommender:
+    """A publication's models, loaded to serve for a long time: their objects are then
+    left out of the garbage collector's full passes (``gc.freeze``), each of which
+    otherwise scans them all and holds every request for 155-195 ms on the synthetic
+    publication (320k objects). A publication let go is still freed: by reference
+    counts, having no reference cycles (a full pass after dropping one finds none)."""
+    recommender = Recommender.load(folder)
+    gc.collect()
+    gc.freeze()
+    return recommender
+
+
+_computing: Recommender | None = None  # in a ComputeProcess: the publication it serves
+
+
+def _load_publication(folder: str) -> None:
+    global _computing
+    _computing = loaded(Path(folder))
+
+
+def _finished(pending: list[Pending]) -> list[pd.DataFrame | Exception]:
+    assert _computing is not None, "the publication is loaded first"
+    return _computing.finished(pending)
+
+
+class ComputeProcess:
+    """A process of its own that loads one publication and computes its requests
+    (``Recommender.finished``): the batch code's CPU runs beside this interpreter, not
+    inside it, so it neither waits for nor holds up the threads answering HTTP (at 100
+    requests/s with a click, synthetic: 88-96 answered a second instead of 52-88;
+    ``benchmarks/RESULTS.md``). A fresh interpreter (``spawn``): forking one that runs
+    threads can copy a held lock. The process ends once nothing holds this object (a
+    replaced publication ends when its last request is answered) or at ``close``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.pool = self.started()
+        self.ended = weakref.finalize(self, self.pool.shutdown, wait=False)
+
+    def started(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            pool.submit(_load_publication, str(self.folder)).result()  # its error, here
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        return pool
+
+    def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
+        """The requests' lists (or errors), computed in the process. If the process died
+        (killed, out of memory), these requests fail and a new one serves the next."""
+        try:
+            return self.pool.submit(_finished, pending).result()
+        except BrokenProcessPool:
+            log.error("[serve] the compute process for %s died; starting another",
+                      self.folder.name)
+            self.ended.detach()
+            self.pool = self.started()
+            self.ended = weakref.finalize(self, self.pool.shutdown, wait=False)
+            raise
+
+    def close(self) -> None:
+        self.ended.detach()
+        self.pool.shutdown(wait=True)
+
+
 @dataclass(frozen=True)
 class Live:
-    """The publication serving now: its name and its loaded models."""
+    """The publication serving now: its name, its loaded models, and the process that
+    computes its requests (none: computed in this one)."""
 
     name: str
     recommender: Recommender
+    process: ComputeProcess | None = None
+
+    def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
+        return (self.process or self.recommender).finished(pending)
 
 
 class LivePublication:
-    """Follows ``publish/current``: ``refresh`` loads a newly released publication and
-    swaps it in with one assignment."""
+    """Follows ``publish/current``: ``refresh`` loads a newly released publication (and
+    its compute process, with ``process``) and swaps it in with one assignment."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, process: bool = True) -> None:
+        self.cfg, self.process = cfg, process
         name = current(cfg)
         if name is None:
             raise FileNotFoundError(f"no live publication under {cfg.root / PUBLISH}: run "
                                     "`python -m pipeline schedule` first")
-        self.live = Live(name, Recommender.load(cfg.root / PUBLISH / name))
+        self.live = self.load(name)
         self.failed: str | None = None
+
+    def load(self, name: str) -> Live:
+        folder = self.cfg.root / PUBLISH / name
+        return Live(name, loaded(folder), ComputeProcess(folder) if self.process else None)
 
     def refresh(self) -> bool:
         """Swap in the publication ``current`` points to, if it changed (a release that
@@ -97,9 +179,9 @@ class LivePublication:
         if name is None or name in (self.live.name, self.failed):
             return False
         self.failed = name  # until it loads
-        loaded = Recommender.load(self.cfg.root / PUBLISH / name)  # the old one serves on
+        live = self.load(name)  # the old one serves on meanwhile
         self.failed = None
-        self.live = Live(name, loaded)
+        self.live = live
         log.info("[serve] now serving %s", name)
         return True
 
@@ -130,9 +212,9 @@ def answer(recommender: Recommender, body: RecommendRequest) -> tuple[pd.DataFra
 
 
 class Batcher:
-    """The one thread that computes: it takes every request waiting, answers those of
-    each publication together (``Recommender.finished``) and hands each its list (or
-    its error) through a future."""
+    """The one thread that has requests computed: it takes every request waiting, has
+    those of each publication answered together (``Live.finished``) and hands each its
+    list (or its error) through a future."""
 
     def __init__(self) -> None:
         self.waiting: queue.SimpleQueue[tuple[Live, Pending, Future] | None] = (
@@ -155,7 +237,7 @@ class Batcher:
             for live in {id(entry[0]): entry[0] for entry in batch}.values():
                 mine = [entry for entry in batch if entry[0] is live]
                 try:
-                    lists = live.recommender.finished([request for _, request, _ in mine])
+                    lists = live.finished([request for _, request, _ in mine])
                 except Exception as err:  # a fault must not stop the thread
                     lists = [err] * len(mine)
                 for (_, _, found), answered in zip(mine, lists, strict=True):
@@ -171,9 +253,11 @@ class Batcher:
         self.thread.join()
 
 
-def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WAITING
-               ) -> BoundedBody:
-    publication = LivePublication(cfg)
+def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WAITING,
+               process: bool = True) -> BoundedBody:
+    """The service's ASGI app (``process``: computed requests in a ``ComputeProcess``,
+    else in this one)."""
+    publication = LivePublication(cfg, process)
     batcher = Batcher()
     waiting = threading.BoundedSemaphore(max_waiting)  # admitted: computing or queued
 
@@ -188,6 +272,8 @@ def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WA
         stop.set()
         watcher.join()
         batcher.close()
+        if publication.live.process is not None:
+            publication.live.process.close()
 
     app = FastAPI(title="recsys-pipeline", lifespan=lifespan)
 

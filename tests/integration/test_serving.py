@@ -3,12 +3,16 @@ service, gives the batch's published list; the service validates and swaps."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 import numpy as np
@@ -23,7 +27,7 @@ from pipeline.cli import main
 from pipeline.io import read_table
 from pipeline.release import PUBLISH, current
 from pipeline.schedule import schedule
-from pipeline.service import Batcher, Live, create_app
+from pipeline.service import Batcher, ComputeProcess, Live, create_app
 from pipeline.serving import COLD_START, Ask, Published, Recommender, response, together
 from tests.conftest import tiny_config
 
@@ -236,6 +240,35 @@ def test_the_batcher_answers_waiting_requests_in_one_pass(live, monkeypatch) -> 
         pd.testing.assert_frame_equal(frame, recommender.answer([ask], lookup=False)[0])
 
 
+def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live) -> None:
+    cfg, folder, recommender = live
+    pending = [recommender.prepared(a, lookup=False)
+               for a in mixed_requests(recommender, cfg)[:9]]  # the ones to compute
+    alone = recommender.finished(pending)
+    process = ComputeProcess(folder)
+
+    def same(got: list) -> None:
+        for frame, want in zip(got, alone, strict=True):
+            if isinstance(want, Exception):
+                assert type(frame) is type(want) and str(frame) == str(want)
+            else:
+                pd.testing.assert_frame_equal(frame, want, check_exact=True)
+
+    same(process.finished(pending))
+    first = next(iter(process.pool._processes.values()))
+    os.kill(first.pid, signal.SIGKILL)
+    first.join(timeout=30)
+    with pytest.raises(BrokenProcessPool):  # the requests it held fail...
+        process.finished(pending)
+    same(process.finished(pending))  # ...and a new process serves the next ones
+    second = next(iter(process.pool._processes.values()))
+    assert second.pid != first.pid
+    del process  # nothing holds it (the failure's traceback did, until collected): it ends
+    gc.collect()
+    second.join(timeout=30)
+    assert second.exitcode is not None
+
+
 def test_the_cli_answers_from_the_live_publication(live, capsys) -> None:
     cfg, folder, recommender = live
     user = recommender.models.data.user_index.ids[3]
@@ -282,6 +315,26 @@ class Server:
         return self.call("/recommend", json.dumps(fields).encode())
 
 
+def assert_bad_requests_refused(service: Server, top_k: int) -> None:
+    """Each malformed request gets its 4xx with a message."""
+    bad = {"missing user": {"k": 3}, "unknown field": {"user_id": 1, "path": "/etc"},
+           "k zero": {"user_id": 1, "k": 0}, "user as list": {"user_id": [1]},
+           "k as text": {"user_id": 1, "k": "many"},
+           "bad time": {"user_id": 1, "recent": [{"item_id": 1, "ts": "yesterday"}]},
+           "too many events": {"user_id": 1, "recent": [{"item_id": 1}] * 101},
+           "empty query": {"user_id": 1, "query": ""},
+           "id past int64": {"user_id": 10**20}, "k as a string": {"user_id": 1, "k": "5"}}
+    for why, fields in bad.items():
+        status, reply = service.recommend(**fields)
+        assert status == 422 and reply["detail"], why
+    status, reply = service.recommend(user_id=1, k=top_k + 1)
+    assert status == 400 and "publish.top_k" in reply["detail"]
+    assert service.call("/recommend", b"{not json")[0] == 422
+    assert service.call("/recommend", b" " * 20_000)[0] == 413
+    streamed = iter([b'{"user_id": 1, "k": 3' + b" " * 10_000, b" " * 10_000 + b"}"])
+    assert service.call("/recommend", streamed)[0] == 413  # chunked: no length given
+
+
 def test_the_service_answers_validates_and_swaps_publications_without_a_failure(live) -> None:
     cfg, folder, recommender = live
     user = recommender.models.data.user_index.ids[5]
@@ -297,36 +350,26 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
             {"item_id": first, "ts": "2030-01-01T00:00:00"}, {"item_id": "no-such-item"}])
         assert status == 200 and clicked["ignored_items"] == ["no-such-item"]
         assert first not in [i["item_id"] for i in clicked["items"]]
+        assert clicked["items"] == response(recommender.recommend(user, 6, recent=pd.DataFrame(
+            {"item_id": [first], "ts": [pd.Timestamp("2030-01-01")]})))  # its own process
         cases = read_table(artifact_path(cfg, "cases", phase="test"))
         asker, query = cases.loc[0, "user_id"].item(), cases.loc[0, "query"]
         status, found = service.recommend(user_id=asker, query=query, k=4)
         assert status == 200 and found["items"] == response(recommender.search(asker, query, 4))
-        bad = {"missing user": {"k": 3}, "unknown field": {"user_id": 1, "path": "/etc"},
-               "k zero": {"user_id": 1, "k": 0}, "user as list": {"user_id": [1]},
-               "k as text": {"user_id": 1, "k": "many"},
-               "bad time": {"user_id": 1, "recent": [{"item_id": 1, "ts": "yesterday"}]},
-               "too many events": {"user_id": 1, "recent": [{"item_id": 1}] * 101},
-               "empty query": {"user_id": 1, "query": ""},
-               "id past int64": {"user_id": 10**20}, "k as a string": {"user_id": 1, "k": "5"}}
-        for why, fields in bad.items():
-            status, reply = service.recommend(**fields)
-            assert status == 422 and reply["detail"], why
-        status, reply = service.recommend(user_id=1, k=cfg.publish.top_k + 1)
-        assert status == 400 and "publish.top_k" in reply["detail"]
-        assert service.call("/recommend", b"{not json")[0] == 422
-        assert service.call("/recommend", b" " * 20_000)[0] == 413
-        streamed = iter([b'{"user_id": 1, "k": 3' + b" " * 10_000, b" " * 10_000 + b"}"])
-        assert service.call("/recommend", streamed)[0] == 413  # chunked: no length given
+        assert_bad_requests_refused(service, cfg.publish.top_k)
         assert recommender.recommend(10**20, 3)["channels"].eq(COLD_START).all()
 
-        replies, stop = [], threading.Event()
+        replies, computed, stop = [], [], threading.Event()
+        some_item = recommender.models.data.item_index.ids[0].item()
 
-        def client() -> None:
+        def client(sent: list, recent: list) -> None:
             while not stop.is_set():
-                replies.append(service.recommend(user_id=user.item(), k=10))
+                sent.append(service.recommend(user_id=user.item(), k=10, recent=recent))
 
-        sender = threading.Thread(target=client)
-        sender.start()
+        senders = [threading.Thread(target=client, args=(replies, [])),
+                   threading.Thread(target=client, args=(computed, [{"item_id": some_item}]))]
+        for sender in senders:
+            sender.start()
         last = read_table(artifact_path(cfg, "split", part="test"))["ts"].max()
         earlier = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(
             update={"as_of": str(last - pd.Timedelta(days=4))})})
@@ -336,13 +379,15 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
         deadline = time.time() + 60
         while service.call("/health")[1]["publication"] != released and time.time() < deadline:
             time.sleep(0.1)
-        time.sleep(0.5)  # a few requests on the new publication
+        time.sleep(1.0)  # a few requests on the new publication
         stop.set()
-        sender.join()
-    assert replies and all(status == 200 for status, _ in replies)
-    served = [reply["publication"] for _, reply in replies]
-    assert served[0] == folder.name and served[-1] == released
-    assert served == sorted(served, key=[folder.name, released].index)  # one switch, no flapping
+        for sender in senders:
+            sender.join()
+    for sent in (replies, computed):  # looked up, and computed in each publication's process
+        assert sent and all(status == 200 for status, _ in sent)
+        served = [reply["publication"] for _, reply in sent]
+        assert served[0] == folder.name and served[-1] == released
+        assert served == sorted(served, key=[folder.name, released].index)  # one switch
     published = read_table(cfg.root / PUBLISH / released / "recommendations.parquet")
     assert [i["item_id"] for i in replies[-1][1]["items"]] == published[
         published["user_id"] == user]["item_id"].head(10).tolist()
