@@ -105,10 +105,12 @@ class ComputeProcess:
     """A process of its own that loads one publication and computes its requests
     (``Recommender.finished``): the batch code's CPU runs beside this interpreter, not
     inside it, so it neither waits for nor holds up the threads answering HTTP (at 100
-    requests/s with a click, synthetic: 88-96 answered a second instead of 52-88;
-    ``benchmarks/RESULTS.md``). A fresh interpreter (``spawn``): forking one that runs
-    threads can copy a held lock. The process ends once nothing holds this object (a
-    replaced publication ends when its last request is answered) or at ``close``."""
+    requests/s with a click: 89-97 answered a second instead of 56-91, over both
+    publications and two rounds; ``benchmarks/RESULTS.md``). A fresh interpreter
+    (``spawn``): forking one that runs threads can copy a held lock. The process ends
+    once nothing holds this object (a replaced publication's, when its last request is
+    answered) or at ``close``. While a new publication loads, both are loaded in both
+    processes."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
 import os
 import signal
 import threading
@@ -245,6 +246,7 @@ def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live) 
     pending = [recommender.prepared(a, lookup=False)
                for a in mixed_requests(recommender, cfg)[:9]]  # the ones to compute
     alone = recommender.finished(pending)
+    before = set(multiprocessing.active_children())
     process = ComputeProcess(folder)
 
     def same(got: list) -> None:
@@ -255,13 +257,13 @@ def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live) 
                 pd.testing.assert_frame_equal(frame, want, check_exact=True)
 
     same(process.finished(pending))
-    first = next(iter(process.pool._processes.values()))
+    [first] = set(multiprocessing.active_children()) - before
     os.kill(first.pid, signal.SIGKILL)
     first.join(timeout=30)
     with pytest.raises(BrokenProcessPool):  # the requests it held fail...
         process.finished(pending)
     same(process.finished(pending))  # ...and a new process serves the next ones
-    second = next(iter(process.pool._processes.values()))
+    [second] = set(multiprocessing.active_children()) - before
     assert second.pid != first.pid
     del process  # nothing holds it (the failure's traceback did, until collected): it ends
     gc.collect()
