@@ -50,13 +50,17 @@ def cpu_model() -> str:
 
 
 def record(name: str, command: str, summary: dict[str, Any], table: str) -> None:
-    """Replace this benchmark's section of RESULTS.md and print the JSON summary last."""
+    """Replace this benchmark's latest run in RESULTS.md (its section up to its first
+    ``###`` subsection: those record earlier changes, measured by hand, and stay) and
+    print the JSON summary last."""
     section = (f"## {name}\n\nCommand: `{command}`  \nMachine: {platform.machine()}, "
                f"{cpu_model()}, Python {platform.python_version()}, "
                f"{time.strftime('%Y-%m-%d')}\n\n"
                f"{table}\n\n```json\n{json.dumps(summary, indent=2)}\n```\n")
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text + section + "\n"
+    pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^##+ |\Z)", re.S | re.M)
+    found = pattern.search(text)
+    text = (text[:found.start()] + section + "\n" + text[found.end():] if found
+            else text + section + "\n")
     RESULTS.write_text(text)
     print(json.dumps(summary), file=sys.stdout, flush=True)
