@@ -28,6 +28,8 @@ import gc
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import queue
 import threading
 import weakref
@@ -93,7 +95,19 @@ _computing: Recommender | None = None  # in a ComputeProcess: the publication it
 
 def _load_publication(folder: str) -> None:
     global _computing
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True,
+                         name="service-watch").start()
     _computing = loaded(Path(folder))
+
+
+def _exit_with(service: int) -> None:
+    """End this compute process when the service's ends, even killed outright: its
+    executor then never tells the process to stop, and it would hold the publication's
+    memory on its own."""
+    multiprocessing.connection.wait([service])
+    os._exit(0)
 
 
 def _finished(pending: list[Pending]) -> list[pd.DataFrame | Exception]:

@@ -8,6 +8,8 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -269,6 +271,39 @@ def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live) 
     gc.collect()
     second.join(timeout=30)
     assert second.exitcode is not None
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (an unreaped one is a zombie)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return not any(line.split()[1:2] == ["Z"] for line in status
+                           if line.startswith("State:"))
+    except FileNotFoundError:
+        return False
+
+
+def test_a_compute_process_ends_when_its_service_is_killed(live) -> None:
+    _, folder, _ = live
+    service = subprocess.Popen(  # a service stand-in that starts one and waits
+        [sys.executable, "-c", "import sys, time\n"
+         "from pipeline.service import ComputeProcess\n"
+         "import multiprocessing\n"
+         "p = ComputeProcess(sys.argv[1])\n"
+         "print(multiprocessing.active_children()[0].pid, flush=True)\n"
+         "time.sleep(600)\n", str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        computing = int(service.stdout.readline())
+        assert running(computing)
+        service.send_signal(signal.SIGKILL)  # no shutdown, no atexit
+        service.wait(timeout=30)
+        deadline = time.time() + 30
+        while running(computing) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not running(computing)
+    finally:
+        service.kill()
+        service.wait()
 
 
 def test_the_cli_answers_from_the_live_publication(live, capsys) -> None:
