@@ -82,8 +82,10 @@ def loaded(folder: Path) -> Recommender:
     """A publication's models, loaded to serve for a long time: their objects are then
     left out of the garbage collector's full passes (``gc.freeze``), each of which
     otherwise scans them all and holds every request for 155-195 ms on the synthetic
-    publication (320k objects). A publication let go is still freed: by reference
-    counts, having no reference cycles (a full pass after dropping one finds none)."""
+    publication (320k objects). One full pass first, so no garbage of the load is kept:
+    a pause like those, once per publication. A publication let go is still freed: by
+    reference counts, having no reference cycles (a full pass after dropping one finds
+    none)."""
     recommender = Recommender.load(folder)
     gc.collect()
     gc.freeze()
