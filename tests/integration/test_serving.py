@@ -3,7 +3,6 @@ service, gives the batch's published list; the service validates and swaps."""
 
 from __future__ import annotations
 
-import gc
 import json
 import multiprocessing
 import os
@@ -267,9 +266,7 @@ def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live) 
     same(process.finished(pending))  # ...and a new process serves the next ones
     [second] = set(multiprocessing.active_children()) - before
     assert second.pid != first.pid
-    del process  # nothing holds it (the failure's traceback did, until collected): it ends
-    gc.collect()
-    second.join(timeout=30)
+    process.close()
     assert second.exitcode is not None
 
 
@@ -375,7 +372,9 @@ def assert_bad_requests_refused(service: Server, top_k: int) -> None:
 def test_the_service_answers_validates_and_swaps_publications_without_a_failure(live) -> None:
     cfg, folder, recommender = live
     user = recommender.models.data.user_index.ids[5]
+    before = set(multiprocessing.active_children())
     with Server(create_app(cfg, poll_seconds=0.1)) as service:
+        [computing] = set(multiprocessing.active_children()) - before
         status, health = service.call("/health")
         assert status == 200 and health["publication"] == folder.name
         status, answer = service.recommend(user_id=user.item(), k=6)
@@ -420,6 +419,9 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
         stop.set()
         for sender in senders:
             sender.join()
+        service.recommend(user_id=user.item(), k=3, recent=[{"item_id": some_item}])
+        computing.join(timeout=30)  # nothing holds the old publication: its process ends
+        assert computing.exitcode is not None
     for sent in (replies, computed):  # looked up, and computed in each publication's process
         assert sent and all(status == 200 for status, _ in sent)
         served = [reply["publication"] for _, reply in sent]
