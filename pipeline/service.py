@@ -32,7 +32,6 @@ import multiprocessing.connection
 import os
 import queue
 import threading
-import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -81,7 +80,7 @@ class RecommendRequest(BaseModel):
 def loaded(folder: Path) -> Recommender:
     """A publication's models, loaded to serve for a long time: their objects are then
     left out of the garbage collector's full passes (``gc.freeze``), each of which
-    otherwise scans them all and holds every request for 155-195 ms on the synthetic
+    otherwise scans them all and holds every request for 154-194 ms on the synthetic
     publication (320k objects). One full pass first, so no garbage of the load is kept:
     a pause like those, once per publication. A publication let go is still freed: by
     reference counts, having no reference cycles (a full pass after dropping one finds
@@ -125,22 +124,22 @@ class ComputeProcess:
     publications and two rounds; ``benchmarks/RESULTS.md``). A fresh interpreter
     (``spawn``): forking one that runs threads can copy a held lock. The process ends
     once nothing holds this object (a replaced publication's, when its last request is
-    answered) or at ``close``. While a new publication loads, both are loaded in both
-    processes."""
+    answered: the executor stops its worker when it is collected) or at ``close``.
+    While a new publication loads, both are loaded in both processes."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.pool = self.started()
-        self.ended = weakref.finalize(self, self.pool.shutdown, wait=False)
+        self.start()
 
-    def started(self) -> ProcessPoolExecutor:
+    def start(self) -> None:
+        """A fresh process with the publication loaded (a load's error raised here)."""
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         try:
-            pool.submit(_load_publication, str(self.folder)).result()  # its error, here
+            pool.submit(_load_publication, str(self.folder)).result()
         except BaseException:
             pool.shutdown(wait=False)
             raise
-        return pool
+        self.pool = pool
 
     def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
         """The requests' lists (or errors), computed in the process. If the process died
@@ -150,13 +149,11 @@ class ComputeProcess:
         except BrokenProcessPool:
             log.error("[serve] the compute process for %s died; starting another",
                       self.folder.name)
-            self.ended.detach()
-            self.pool = self.started()
-            self.ended = weakref.finalize(self, self.pool.shutdown, wait=False)
+            self.pool.shutdown(wait=False)  # its threads and queues let go
+            self.start()
             raise
 
     def close(self) -> None:
-        self.ended.detach()
         self.pool.shutdown(wait=True)
 
 
