@@ -1,0 +1,30 @@
+"""The FM benchmark's timing: turns in order, ratios paired by round."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.bench_fm import paired_ratio, timed
+
+
+class Turn:
+    """A contender whose rate is the machine's speed at its turn."""
+
+    def __init__(self, name: str, rate: float, clock: list[str], speed: list[float]) -> None:
+        self.name, self.rate, self.clock, self.speed = name, rate, clock, speed
+
+    def epoch_rate(self) -> float:
+        self.clock.append(self.name)
+        return self.rate * self.speed[(len(self.clock) - 1) // 2]
+
+
+def test_turns_alternate_and_the_paired_ratio_cancels_a_slow_round() -> None:
+    clock: list[str] = []
+    speed = [1.0, 0.5, 1.0]  # the second round runs at half speed for both
+    rates = timed({"two": Turn("two", 180.0, clock, speed),
+                   "one": Turn("one", 100.0, clock, speed)}, rounds=3)
+    assert clock == ["two", "one"] * 3
+    assert rates == {"two": [180.0, 90.0, 180.0], "one": [100.0, 50.0, 100.0]}
+    assert paired_ratio(rates["two"], rates["one"]) == pytest.approx(1.8)
+    # a slowdown that starts between one round's turns weighs on one round only
+    assert paired_ratio([180.0, 90.0, 180.0], [100.0, 100.0, 100.0]) == pytest.approx(1.8)
