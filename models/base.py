@@ -18,12 +18,15 @@ written and read by the channel's ``_save_extra`` / ``_load_extra``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import numba
 import numpy as np
@@ -391,6 +394,48 @@ def _lists_valid(items: np.ndarray, scores: np.ndarray, n_items: int, ordered: b
                 return False
             stamp[item] = r
     return True
+
+
+Scores = TypeVar("Scores", np.ndarray, sp.csr_matrix)
+_REMEMBERED: ContextVar[dict[tuple, Any] | None] = ContextVar("remembered_scores",
+                                                               default=None)
+
+
+@contextlib.contextmanager
+def scores_remembered() -> Iterator[None]:
+    """Within it, a ``@remembered`` method gives each (channel, data, users) its result
+    once. A served request retrieves with a channel and then scores the same users again
+    for the ``*_model_score`` features, which was a sixth of a served search's CPU; the
+    batch stages do the two in different processes, and never hold the scores."""
+    token = _REMEMBERED.set({})
+    try:
+        yield
+    finally:
+        _REMEMBERED.reset(token)
+
+
+def remembered(method: Callable[[Any, RecallData, np.ndarray], Scores]
+               ) -> Callable[[Any, RecallData, np.ndarray], Scores]:
+    """``method(self, data, users)``, one row per user, computed once per set of users
+    inside ``scores_remembered`` (in any order: rows are put in the order asked), a copy
+    each time (callers change what they get); computed every time outside it."""
+
+    @functools.wraps(method)
+    def kept(self: Any, data: RecallData, users: np.ndarray) -> Scores:
+        memo = _REMEMBERED.get()
+        if memo is None:
+            return method(self, data, users)
+        users = np.asarray(users)
+        order = np.argsort(users, kind="stable")
+        ordered = users[order]
+        key = (id(self), method.__name__, id(data), ordered.dtype.str, ordered.tobytes())
+        if key not in memo:  # data and self held, so their ids stay theirs
+            memo[key] = (self, data, method(self, data, ordered))
+        rows = np.empty_like(order)
+        rows[order] = np.arange(len(order))
+        return memo[key][2][rows]
+
+    return kept
 
 
 class NotFittedError(RuntimeError):

@@ -32,7 +32,7 @@ from features.fields import FieldEncoder
 from features.pairs import EncodedTable, encode_tables, side_tables
 from features.recall_data import RecallData, build_recall_data, to_seconds
 from features.search_features import SearchContext
-from models.base import RecallChannel
+from models.base import RecallChannel, scores_remembered
 from models.fm_trainer import Samples, SideTerms, load_model, side_terms
 from models.ranker import FoldEnsemble
 from models.recall import channel_class
@@ -402,7 +402,8 @@ class Recommender:
         found: list[pd.DataFrame | Exception | None] = [None] * len(pending)
         for group in together(pending):
             try:
-                lists = self.computed([pending[n] for n in group])
+                with scores_remembered():  # retrieval's scores read again as features
+                    lists = self.computed([pending[n] for n in group])
             except Exception as err:  # a fault in one group leaves the others answered
                 lists = [err] * len(group)
             for n, answered in zip(group, lists, strict=True):

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.base import HeldOut, SparseScoreChannel
+from models.base import HeldOut, SparseScoreChannel, remembered
 from models.recall.weights import half_life, prune_rows, seed_weights
 
 _BLOCK_CELLS = 1 << 24
@@ -65,6 +65,7 @@ class CooccurrenceChannel(SparseScoreChannel):
                                           self.params["iuf"])
         return self
 
+    @remembered
     def score_sparse(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         self._require_fitted()
         p = self.params

@@ -55,7 +55,7 @@ import scipy.sparse as sp
 
 from features.recall_data import RecallData
 from models.arrays import sparse_row_dots
-from models.base import HeldOut, RecallChannel, SearchChannel, TopK
+from models.base import HeldOut, RecallChannel, SearchChannel, TopK, remembered
 from models.bm25 import BM25Index, bm25_weights
 from models.recall.analysers import fold, get_analyser
 from models.recall.weights import half_life, prune_rows, seed_weights
@@ -321,6 +321,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
                                   minlength=per_term.shape[0])
                 for f, name in enumerate(FIELDS)}
 
+    @remembered
     def profiles(self, data: RecallData, users: np.ndarray) -> sp.csr_matrix:
         """Users x terms: the most weighted terms of each user's fitted items, sum 1."""
         index = self._ready(data)

@@ -43,7 +43,7 @@ import torch
 
 from features.recall_data import RecallData
 from models.arrays import sorted_unique
-from models.base import HeldOut, RecallChannel, top_k, user_chunks
+from models.base import HeldOut, RecallChannel, remembered, top_k, user_chunks
 from models.metrics import hits_from_keys, ndcg_at_k
 from models.sequence import SASRec, last_tokens, next_item_scores, train, training_windows
 
@@ -143,6 +143,7 @@ class SequenceChannel(RecallChannel):
         """The weights are what scoring needs (``state`` holds only the epoch record)."""
         return self.model is not None
 
+    @remembered
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
         """On the process's threads, not ``threads`` (the fit's): the CLI pins them, and
         a served request of one user on two threads spun at OpenMP barriers (8 -> 300 ms

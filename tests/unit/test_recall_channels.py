@@ -12,7 +12,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from models.base import NotFittedError, sparse_row_ranks, top_k, top_k_sparse
+from models.base import (
+    NotFittedError,
+    remembered,
+    scores_remembered,
+    sparse_row_ranks,
+    top_k,
+    top_k_sparse,
+)
 from models.recall import CHANNELS, channel_class
 from models.recall.cooccurrence import CooccurrenceChannel
 from models.recall.ease import EaseChannel
@@ -355,3 +362,48 @@ def test_sparse_row_ranks_orders_signed_floats_like_a_lexsort() -> None:
         expected = np.lexsort((matrix.indices, -(matrix.data + 0.0), rows))
         np.testing.assert_array_equal(order, expected)
         np.testing.assert_array_equal(rank, np.arange(len(order)) - matrix.indptr[rows[order]])
+
+
+class Counted:
+    """A channel-like object whose scores say which user each row is for."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @remembered
+    def score(self, data: object, users: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.asarray(users, np.float32)[:, None] * np.array([[1.0, 10.0]], np.float32)
+
+
+def test_remembered_scores_are_computed_once_per_data_and_users_in_any_order() -> None:
+    counted, data, other = Counted(), object(), object()
+    counted.score(data, np.array([3, 1]))
+    counted.score(data, np.array([3, 1]))
+    assert counted.calls == 2  # nothing is kept outside ``scores_remembered``
+    with scores_remembered():
+        first = counted.score(data, np.array([3, 1, 2]))
+        first[:] = -1  # callers may change what they get
+        again = counted.score(data, np.array([1, 2, 3]))
+        assert counted.calls == 3
+        np.testing.assert_array_equal(again, [[1, 10], [2, 20], [3, 30]])
+        np.testing.assert_array_equal(counted.score(data, np.array([2, 3, 1])),
+                                      [[2, 20], [3, 30], [1, 10]])
+        counted.score(other, np.array([1, 2, 3]))  # other data, other scores
+        counted.score(data, np.array([1, 2]))  # other users, other scores
+        assert counted.calls == 5
+    counted.score(data, np.array([1, 2, 3]))
+    assert counted.calls == 6
+
+
+def test_channels_retrieve_and_score_pairs_alike_with_their_scores_remembered() -> None:
+    data = checkerboard_data(checkerboard())
+    users = np.array([5, 0, 3])
+    items = np.array([1, 2, 7])
+    for channel in (CooccurrenceChannel().fit(data), InvertedIndexChannel().fit(data)):
+        alone = channel.retrieve(data, users, 4), channel.score_pairs(data, users, items)
+        with scores_remembered():
+            kept = channel.retrieve(data, users, 4), channel.score_pairs(data, users, items)
+        np.testing.assert_array_equal(kept[0].items, alone[0].items)
+        np.testing.assert_array_equal(kept[0].scores, alone[0].scores)
+        np.testing.assert_array_equal(kept[1], alone[1])
