@@ -456,7 +456,8 @@ class Recommender:
         if extra:
             frame["channels"] = proposing_channels(frame, list(m.kinds[kind].channels))
         final = "blend" if m.cfg.rank.blend else f"ltr:{m.cfg.rank.objective}"
-        scores = system_scores(frame, key, m.kinds[kind].rankers, m.kinds[kind].blend)[final]
+        scores = system_scores(frame, key, m.kinds[kind].rankers, m.kinds[kind].blend,
+                               final)[final]
         return top_k(frame, key, scores, m.cfg.publish.top_k, extra)
 
     def checked_k(self, k: int | None) -> int:

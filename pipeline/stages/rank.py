@@ -50,13 +50,19 @@ def assert_unseen(recs: pd.DataFrame, fitted: pd.DataFrame) -> None:
 
 
 def system_scores(frame: pd.DataFrame, key: str, rankers: dict[str, FoldEnsemble],
-                  blend: dict) -> dict[str, np.ndarray]:
+                  blend: dict, only: str | None = None) -> dict[str, np.ndarray]:
     """Every ranker's scores (``ltr:<objective>``) and the blend's, for featurised
-    candidates: what the batch ranks and a served request ranks, by the same code."""
+    candidates: what the batch ranks and a served request ranks, by the same code.
+    ``only``: that system alone, from the rankers it reads (a served request needs the
+    final system, and a blend can leave a ranker out)."""
+    if only is not None:
+        reads = set(blend["weights"]) if only == "blend" else {only}
+        rankers = {name: r for name, r in rankers.items() if f"ltr:{name}" in reads}
     scores = ensemble_scores(frame, rankers)
     systems = {f"ltr:{name}": s for name, s in scores.items()}
-    systems["blend"] = blend_scores(blend_components(frame, key, scores, blend["channels"]),
-                                    blend["weights"])
+    if only in (None, "blend"):
+        systems["blend"] = blend_scores(blend_components(frame, key, scores,
+                                                         blend["channels"]), blend["weights"])
     return systems
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from models.ranker import FoldEnsemble, Ranker, cross_fit, ensemble_scores, feature_matrix
+from pipeline.stages.rank import system_scores
 
 FAST = {"rounds": 30, "early_stopping": 0, "learning_rate": 0.2, "num_leaves": 7,
         "min_data_in_leaf": 5}
@@ -59,3 +60,30 @@ def test_an_ensemble_refuses_rankers_of_different_features() -> None:
     other = Ranker("binary", FAST).fit(train[["a", "b"]], labels, groups)
     with pytest.raises(ValueError, match="feature columns"):
         FoldEnsemble([one, other])
+
+
+def test_a_served_system_is_scored_by_the_rankers_it_reads_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    train = typed(400, 0)
+    labels = (train["b"].to_numpy() > 0.5).astype(int)
+    groups = np.repeat(np.arange(20), 20)
+    ensembles = {objective: cross_fit(objective, train, labels, groups, groups % 3, FAST)[0]
+                 for objective in ("lambdarank", "binary", "rank_xendcg")}
+    served = typed(300, 1).assign(case=np.repeat(np.arange(10), 30),
+                                  ease_rank=np.tile(np.arange(1.0, 31.0), 10))
+    blend = {"channels": ["ease"], "weights": {"ltr:binary": 1.0, "channel:ease": 0.25}}
+    everything = system_scores(served, "case", ensembles, blend)
+    read, predict = [], FoldEnsemble.predict_matrix
+
+    def recorded(ensemble: FoldEnsemble, x: np.ndarray) -> np.ndarray:
+        read.append(ensemble)
+        return predict(ensemble, x)
+
+    monkeypatch.setattr(FoldEnsemble, "predict_matrix", recorded)
+    blended = system_scores(served, "case", ensembles, blend, only="blend")
+    assert read == [ensembles["binary"]] and list(blended) == ["ltr:binary", "blend"]
+    np.testing.assert_array_equal(blended["blend"], everything["blend"])
+    read.clear()
+    alone = system_scores(served, "case", ensembles, blend, only="ltr:rank_xendcg")
+    assert read == [ensembles["rank_xendcg"]] and list(alone) == ["ltr:rank_xendcg"]
+    np.testing.assert_array_equal(alone["ltr:rank_xendcg"], everything["ltr:rank_xendcg"])
