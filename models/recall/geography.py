@@ -13,16 +13,11 @@ from features.recall_data import RecallData
 from models.base import HeldOut, RecallChannel, TopK, top_k_shared
 
 
-def user_regions(data: RecallData, regions: list[str], users: np.ndarray | None = None
-                 ) -> np.ndarray:
-    """Region code (-1 where unknown), in the order of ``regions``, of each user code in
-    ``users`` (default: every user). Only the users asked for are looked up: a served
-    request's one user, not the table (100k users: 16.7 ms, one: 0.45 ms)."""
+def user_regions(data: RecallData, regions: list[str]) -> np.ndarray:
+    """Each user code's region code (-1 where unknown), in the order of ``regions``."""
     if "region" not in data.users.columns:
-        return np.full(data.n_users if users is None else len(users), -1)
-    region = data.users["region"]
-    return pd.Index(regions).get_indexer(
-        (region if users is None else region.iloc[users]).astype("string"))
+        return np.full(data.n_users, -1)
+    return pd.Index(regions).get_indexer(data.users["region"].astype("string"))
 
 
 class GeographyChannel(RecallChannel):
@@ -33,10 +28,20 @@ class GeographyChannel(RecallChannel):
         self.params = {}
         self.regions: list[str] = []
         self.counts: np.ndarray | None = None
+        self._user_regions: tuple[pd.DataFrame, np.ndarray] | None = None
+
+    def regions_of(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        """``user_regions`` of ``users``, worked out for every user once per users table
+        (100k users: 16.7 ms): a served request read its one user's through pandas in
+        0.45 ms."""
+        if self._user_regions is None or self._user_regions[0] is not data.users:
+            self._user_regions = (data.users, user_regions(data, self.regions))
+        return self._user_regions[1][users]
 
     def fit(self, data: RecallData, held_out: HeldOut | None = None) -> GeographyChannel:
         if "region" in data.users.columns:
             self.regions = sorted(data.users["region"].dropna().astype(str).unique().tolist())
+        self._user_regions = None  # codes of the regions before
         region = user_regions(data, self.regions)
         log = data.log
         known = region[log["user"].to_numpy()] >= 0
@@ -47,7 +52,7 @@ class GeographyChannel(RecallChannel):
 
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
         self._require_fitted()
-        region = user_regions(data, self.regions, users)
+        region = self.regions_of(data, users)
         scores = np.full((len(users), data.n_items), -np.inf, np.float32)
         known = region >= 0
         scores[known] = self.counts[region[known]]
@@ -60,5 +65,5 @@ class GeographyChannel(RecallChannel):
         scores = np.where(self.counts > 0, self.counts, -np.inf).astype(np.float32)
         if not len(self.regions):
             scores = np.full((1, data.n_items), -np.inf, np.float32)
-        return top_k_shared(scores, user_regions(data, self.regions, users), data, users, k,
+        return top_k_shared(scores, self.regions_of(data, users), data, users, k,
                             exclude_seen)

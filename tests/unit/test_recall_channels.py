@@ -7,6 +7,8 @@ A channel's contract test is a few lines: a subclass of ``RecallChannelContract`
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -315,6 +317,9 @@ def test_geography_by_hand() -> None:
     assert top[1].tolist() == [1, -1, -1]  # r1 without the seen item 0
     assert top[2].tolist() == [-1, -1, -1]  # r2 has only the user's own item
     assert top[3].tolist() == [-1, -1, -1]  # no region: nothing (user 3's item is not counted)
+    moved = replace(data, users=users.assign(region=["r2", "r1", "r2", "r1"]))
+    assert channel.retrieve(moved, np.arange(4), 3).items[3].tolist() == [0, -1, -1]  # now r1
+    assert channel.retrieve(data, np.arange(4), 3).items[3].tolist() == [-1, -1, -1]
 
 
 def test_top_k_sparse_matches_dense_top_k() -> None:
