@@ -439,10 +439,11 @@ class Recommender:
         counts = lists[S.USER].value_counts()
         short = [r for r in group if counts.get(r.user_id, 0) < m.cfg.publish.top_k]
         if short:  # a full list is what ``padded`` hands back
-            history = [data.item_index.decode(data.history[r.code].indices) for r in short]
+            held = [data.history[r.code].indices for r in short]
             lists = padded(lists, pd.DataFrame({
-                S.USER: np.repeat([r.user_id for r in short], [len(h) for h in history]),
-                S.ITEM: np.concatenate(history)}), m.fill, m.cfg.publish.top_k)
+                S.USER: np.repeat([r.user_id for r in short], [len(h) for h in held]),
+                S.ITEM: data.item_index.decode(np.concatenate(held))}), m.fill,
+                m.cfg.publish.top_k)
         return split(lists, S.USER, [r.user_id for r in group], group)
 
     def ranked(self, kind: str, cands: pd.DataFrame, data: RecallData,

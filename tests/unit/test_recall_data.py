@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.interactions import IdIndex
 from features.recall_data import build_recall_data
 from tests.conftest import recall_data_from_matrix
 
@@ -60,3 +61,14 @@ def test_events_give_the_data_a_rebuild_on_the_longer_log_gives() -> None:
     pd.testing.assert_frame_equal(got.log, rebuilt.log)
     np.testing.assert_array_equal(got.history.toarray(), rebuilt.history.toarray())
     assert got.now == rebuilt.now
+
+
+def test_codes_decode_to_the_ids_in_their_own_type() -> None:
+    strings, numbers = IdIndex(pd.Series(["b", "a", "c", "a"], dtype="str")), IdIndex(
+        np.array([30, 10, 20]))
+    codes = np.array([2, 0, 0, -1])  # -1 reads the last id, as numpy indexing does
+    decoded = strings.decode(codes)
+    assert list(decoded) == ["c", "b", "b", "c"] and decoded.dtype == "str"
+    assert pd.DataFrame({"item_id": decoded})["item_id"].dtype == "str"
+    assert isinstance(numbers.decode(codes), np.ndarray)
+    assert numbers.decode(codes).tolist() == [20, 30, 30, 20]
