@@ -470,8 +470,8 @@ class Recommender:
     def with_recent(self, group: list[Pending]) -> tuple[RecallData, FeatureContext |
                                                           UserContexts]:
         """The data and feature statistics a group of requests sees: the publication's,
-        or with the users' recent events added (each user's statistics updated as a
-        refit on their own events would be: ``FeatureContext.with_events``)."""
+        or with the users' recent events added (each user featurised as a refit on
+        their own events would be: ``UserContexts``)."""
         m = self.models
         clicked = [r for r in group if len(r.items)]
         if not clicked:
@@ -480,8 +480,8 @@ class Recommender:
                                             [len(r.items) for r in clicked]),
                                   np.concatenate([r.items for r in clicked]),
                                   np.concatenate([r.ts for r in clicked]))
-        return data, UserContexts(m.context, {
-            r.code: m.context.with_events(data, r.code, r.items, r.ts) for r in clicked})
+        return data, UserContexts(m.context, data,
+                                  {r.code: (r.items, r.ts) for r in clicked})
 
     def cold_start(self, user_id: Any, k: int) -> pd.DataFrame:
         """The cold-start list of the user's region (from the users table), else the

@@ -180,11 +180,10 @@ def test_a_users_new_events_update_the_statistics_as_a_refit_would(data, case) -
     items, ts = np.array(items), np.array(ts)
     context = FeatureContext(data, 0.5)
     newer = data.with_events(user, items, ts)
-    updated = context.with_events(newer, user, items, ts)
+    updated = UserContexts(context, newer, {user: (items, ts)})
     refit = FeatureContext(newer, 0.5)
-    same_statistics(updated, refit)
-    users = np.repeat(np.arange(data.n_users), data.n_items)
-    pairs = np.tile(np.arange(data.n_items), data.n_users)
+    pairs = np.arange(data.n_items)
+    users = np.full(len(pairs), user)
     pd.testing.assert_frame_equal(updated.compute(users, pairs), refit.compute(users, pairs),
                                   check_exact=True)
     same_statistics(context, FeatureContext(data, 0.5))  # the publication's is untouched
@@ -228,9 +227,8 @@ def test_user_contexts_featurise_each_user_with_their_own_statistics() -> None:
     merged = data.with_events(np.repeat(list(clicks), [len(i) for i, _ in clicks.values()]),
                               np.concatenate([i for i, _ in clicks.values()]),
                               np.concatenate([t for _, t in clicks.values()]))
-    own = {user: base.with_events(merged, user, np.array(items), np.array(ts))
-           for user, (items, ts) in clicks.items()}
-    contexts = UserContexts(base, own)
+    contexts = UserContexts(base, merged, {user: (np.array(items), np.array(ts))
+                                           for user, (items, ts) in clicks.items()})
     users = rng.permutation(np.repeat([3, 5, 8], 15))
     items = rng.integers(0, 15, len(users))
     got = contexts.compute(users, items)
@@ -240,4 +238,41 @@ def test_user_contexts_featurise_each_user_with_their_own_statistics() -> None:
         want = FeatureContext(alone, 0.5).compute(users[rows], items[rows])
         pd.testing.assert_frame_equal(got.iloc[rows].reset_index(drop=True), want,
                                       check_exact=True)
-    assert own[3].item_events[4] == base.item_events[4] + 1  # not user 8's click as well
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clicks_answered_together_equal_each_users_refit_on_random_logs(seed) -> None:
+    """Old and new times (the recent cut moves either way), repeated and unseen items,
+    regions, a user with no region: each clicking user's every pair as its own refit."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = int(rng.integers(8, 20)), int(rng.integers(5, 25))
+    dense = rng.random((n_users, n_items)) < 0.3
+    dense[0, 0] = True
+    users_table = pd.DataFrame({"user_id": range(n_users),
+                                "region": rng.choice(["n", "s", None], n_users).tolist()})
+    data = recall_data_from_matrix(dense, ts=rng.integers(0, 30 * DAY, dense.shape),
+                                   users=users_table)
+    base = FeatureContext(data, float(rng.choice([0.1, 0.3, 0.5])))
+    clicking = rng.choice(n_users, int(rng.integers(1, 4)), replace=False)
+    clicks = {}
+    for user in clicking:
+        n = int(rng.integers(1, 5))
+        clicks[int(user)] = (rng.integers(0, n_items, n), rng.integers(0, data.now + 2 * DAY, n))
+    merged = data.with_events(np.repeat(list(clicks), [len(i) for i, _ in clicks.values()]),
+                              np.concatenate([i for i, _ in clicks.values()]),
+                              np.concatenate([t for _, t in clicks.values()]))
+    contexts = UserContexts(base, merged, clicks)
+    users = np.repeat(np.arange(n_users), n_items)
+    items = np.tile(np.arange(n_items), n_users)
+    got = contexts.compute(users, items)
+    for user in range(n_users):
+        rows = np.flatnonzero(users == user)
+        if user in clicks:
+            alone = data.with_events(user, *clicks[user])
+            want = FeatureContext(alone, base.recent_share)
+            want.now = float(merged.now)  # the group's clock, as ``together`` gives it
+        else:
+            want = base
+        pd.testing.assert_frame_equal(got.iloc[rows].reset_index(drop=True),
+                                      want.compute(users[rows], items[rows]),
+                                      check_exact=True, obj=f"user {user}")
