@@ -166,10 +166,12 @@ def merged_candidates(data: RecallData, channels: dict[str, RecallChannel],
         seconds[name] = time.perf_counter() - started
     merged = merge_candidates([ChannelList(name, top, quotas[name]) for name, top in
                                tops.items()], budget=budget)
-    keys = part.keys.iloc[merged.pop("row").to_numpy()].reset_index(drop=True)
-    merged.insert(0, S.ITEM, data.item_index.decode(merged.pop("item").to_numpy()))
-    merged["source"] = merged["source"].astype("string")
-    return pd.concat([keys, merged], axis=1), tops, seconds
+    rows = merged["row"].to_numpy()  # one frame built from arrays: a third of the time
+    columns = {c: part.keys[c].array.take(rows) for c in part.keys.columns}
+    columns[S.ITEM] = data.item_index.decode(merged["item"].to_numpy())
+    columns.update({c: merged[c].array for c in merged.columns if c not in ("row", "item")})
+    columns["source"] = columns["source"].astype("string")
+    return pd.DataFrame(columns), tops, seconds
 
 
 def retrieve_shard(shard: tuple[int, Requests, np.ndarray], data: RecallData,
