@@ -38,6 +38,11 @@ class GeographyChannel(RecallChannel):
             self._user_regions = (data.users, user_regions(data, self.regions))
         return self._user_regions[1][users]
 
+    def __getstate__(self) -> dict:
+        """Pickled (scattered to Dask workers) without the codes, which hold the users
+        table: the data sent beside it has that table already."""
+        return {**vars(self), "_user_regions": None}
+
     def fit(self, data: RecallData, held_out: HeldOut | None = None) -> GeographyChannel:
         if "region" in data.users.columns:
             self.regions = sorted(data.users["region"].dropna().astype(str).unique().tolist())

@@ -7,6 +7,7 @@ A channel's contract test is a few lines: a subclass of ``RecallChannelContract`
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 
 import numpy as np
@@ -320,6 +321,9 @@ def test_geography_by_hand() -> None:
     moved = replace(data, users=users.assign(region=["r2", "r1", "r2", "r1"]))
     assert channel.retrieve(moved, np.arange(4), 3).items[3].tolist() == [0, -1, -1]  # now r1
     assert channel.retrieve(data, np.arange(4), 3).items[3].tolist() == [-1, -1, -1]
+    sent = pickle.loads(pickle.dumps(channel))  # as the Dask engine scatters it
+    assert channel._user_regions is not None and sent._user_regions is None
+    np.testing.assert_array_equal(sent.retrieve(data, np.arange(4), 3).items, top)
 
 
 def test_top_k_sparse_matches_dense_top_k() -> None:
