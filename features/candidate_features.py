@@ -314,8 +314,10 @@ class UserContexts:
         ts = np.concatenate([t for _, t in events]) if events else np.zeros(0, int)
         self.pairs, at = np.unique(user_of * ni + items, return_inverse=True)
         self.count = np.bincount(at, minlength=len(self.pairs)).astype(np.float64)
-        self.first = _per_code(at, ts.astype(np.float64), len(self.pairs), "min")
-        self.last = _per_code(at, ts.astype(np.float64), len(self.pairs), "max")
+        self.first = np.full(len(self.pairs), np.inf)  # every pair has an event
+        self.last = np.full(len(self.pairs), -np.inf)
+        np.minimum.at(self.first, at, ts.astype(np.float64))  # a few events: no groupby
+        np.maximum.at(self.last, at, ts.astype(np.float64))
         self.hours = _slot_counts(at, _hour_slot(ts), len(self.pairs), HOUR_BUCKETS)
         self.weekdays = _slot_counts(at, _weekday_slot(ts), len(self.pairs), 7)
         recent = [_recent_shift(base.event_keys, np.sort(_event_keys(i, t, ni)), ni,
