@@ -49,6 +49,12 @@ def test_field_scores_add_up_to_the_index_score(fitted) -> None:
     assert got.loc[1, "bm25_attributes"] > 0 and got.loc[0, "bm25_attributes"] == 0
     assert got.loc[0, "bm25_queries"] > 0 and got.loc[2, "bm25_queries"] == 0
     assert got.loc[3, "bm25_text"] > 0  # "hats" stems to the title's "hat"
+    other = searched_data(titled(ITEMS, category=["hat", "film", "film"]), SEARCHES)
+    index.fit(other)  # refit: item 0 is now the hat, and the items' weights are new
+    items = np.array([0, 0, 1, 0, 2])
+    again = sum(index.field_scores(queries, items).values())
+    full = index.score_queries(other, queries)[np.arange(len(items)), items]
+    np.testing.assert_allclose(again, np.where(np.isfinite(full), full, 0), rtol=1e-5)
 
 
 def test_without_searches_or_an_index_features_are_missing_not_zero() -> None:
