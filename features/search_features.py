@@ -112,7 +112,9 @@ class SearchContext:
         word_share = sp.csr_matrix(sp.diags(1.0 / np.maximum(n_words, 1.0)) @ query_words)
         coverage = sparse_row_dots(word_share, codes, self.title_words, items)
         has_words = n_words[codes] > 0
-        frame = pd.DataFrame({
+        bm25 = ({field: np.full(len(items), np.nan) for field in FIELDS} if self.index is None
+                else self.index.field_scores(list(queries), items))
+        return pd.DataFrame({  # built once: a column added later costs as much again
             "query_frequency": np.where(known, total / self.events, 0.0),
             "query_words": n_words[codes],
             "query_click_share": query_share,
@@ -121,11 +123,5 @@ class SearchContext:
             "title_prefix_match": (has_words & np.strings.startswith(titles, typed)).astype(
                 np.float64),
             "title_word_coverage": np.where(has_words, coverage, np.nan),
+            **{f"bm25_{field}": bm25[field] for field in FIELDS},
         })
-        if self.index is None:
-            for field in FIELDS:
-                frame[f"bm25_{field}"] = np.nan
-        else:
-            for field, scores in self.index.field_scores(list(queries), items).items():
-                frame[f"bm25_{field}"] = scores
-        return frame
