@@ -281,6 +281,8 @@ class UserContexts:
 
     def __init__(self, base: FeatureContext, data: RecallData,
                  clicks: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        if not clicks:
+            raise ValueError("UserContexts needs a user with clicks; without, use the base")
         self.base, ni = base, data.n_items
         self.users = np.array(sorted(clicks), np.int64)
         events = [(np.asarray(clicks[u][0], np.int64), np.asarray(clicks[u][1], np.int64))
@@ -310,8 +312,8 @@ class UserContexts:
         own.history_share = with_rows(base.history_share, shares)
         # per (user, item) pair of the new events: how many, first and last time, slots
         user_of = np.repeat(self.users, [len(items) for items, _ in events])
-        items = np.concatenate([items for items, _ in events]) if events else np.zeros(0, int)
-        ts = np.concatenate([t for _, t in events]) if events else np.zeros(0, int)
+        items = np.concatenate([items for items, _ in events])
+        ts = np.concatenate([t for _, t in events])
         self.pairs, at = np.unique(user_of * ni + items, return_inverse=True)
         self.count = np.bincount(at, minlength=len(self.pairs)).astype(np.float64)
         self.first = np.full(len(self.pairs), np.inf)  # every pair has an event
@@ -323,14 +325,10 @@ class UserContexts:
         recent = [_recent_shift(base.event_keys, np.sort(_event_keys(i, t, ni)), ni,
                                 base.recent_share) for i, t in events]
         self.recent_added = np.array([change.sum() for _, change in recent], np.float64)
-        recent_user = np.repeat(self.users, [len(i) for i, _ in recent])
-        self.recent_pairs = (recent_user * ni + np.concatenate([i for i, _ in recent])
-                             if recent else np.zeros(0, np.int64))
-        self.recent_change = (np.concatenate([c for _, c in recent]) if recent
-                              else np.zeros(0))
-        order = np.argsort(self.recent_pairs)
-        self.recent_pairs, self.recent_change = (self.recent_pairs[order],
-                                                 self.recent_change[order])
+        # sorted as they come: users ascending, each user's items ascending (np.unique)
+        self.recent_pairs = (np.repeat(self.users, [len(i) for i, _ in recent]) * ni
+                             + np.concatenate([i for i, _ in recent]))
+        self.recent_change = np.concatenate([c for _, c in recent])
 
     def compute(self, users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
         who, mine = _lookup(self.users, users)
