@@ -393,8 +393,9 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
 
     def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
                  chunk: int = 0) -> TopK:
-        """Top-k by the exact pruned engine: the scores of ``score`` (to float32 rounding),
-        without a users x items matrix."""
+        """Top-k by ``BM25Index.search`` (every item scored in a small catalogue, the
+        exact pruned engine in a large one): the scores of ``score`` (to float32
+        rounding), without a users x items matrix."""
         users = np.asarray(users, np.int64)
         return self._top(data, lambda lo, hi: self.profiles(data, users[lo:hi]), users, k,
                          exclude_seen, chunk)

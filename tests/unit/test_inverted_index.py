@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from models import bm25
 from models.base import top_k
 from models.bm25 import BM25Index, bm25_weights
 from models.recall.analysers import get_analyser
@@ -202,10 +203,8 @@ def test_batch_and_single_queries_agree() -> None:
     assert not set(asked.items[0]) & set(np.flatnonzero(dense[0]))
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_pruned_top_k_equals_brute_force(seed: int) -> None:
-    """Random corpora and weighted queries with every engine path (dense head rows or
-    none, MaxScore split, crowded rows, excluded items): scores equal brute force."""
+def random_search(seed: int, **index_args):
+    """A random corpus, index, weighted queries, exclusions (odd seeds) and k."""
     rng = np.random.default_rng(seed)
     n_docs, n_terms = int(rng.integers(1, 300)), int(rng.integers(1, 50))
     lengths = rng.integers(0, 12, n_docs)
@@ -214,13 +213,21 @@ def test_pruned_top_k_equals_brute_force(seed: int) -> None:
     weights = bm25_weights(terms, np.repeat(np.arange(n_docs), lengths), n_terms, n_docs,
                            1.2, 0.75)
     index = BM25Index(weights, dense_df=float(rng.choice([0.0, 0.05, 0.3, 2.0])),
-                      max_dense_terms=int(rng.integers(0, 30)))
+                      max_dense_terms=int(rng.integers(0, 30)), **index_args)
     n_q = int(rng.integers(1, 25))
     q = (rng.random((n_q, n_terms)) < rng.uniform(0.02, 0.3)) * \
         rng.choice([1.0, 2.0, 0.37], size=(n_q, n_terms))
     queries = sp.csr_matrix(q.astype(np.float32))
     exclude = sp.csr_matrix(rng.random((n_q, n_docs)) < 0.1) if seed % 2 else None
-    k = int(rng.integers(1, 40))
+    return weights, index, queries, exclude, int(rng.integers(1, 40))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pruned_top_k_equals_brute_force(seed: int) -> None:
+    """Random corpora and weighted queries with every engine path (dense head rows or
+    none, MaxScore split, crowded rows, excluded items): scores equal brute force."""
+    weights, index, queries, exclude, k = random_search(seed, exhaustive_docs=0)
+    assert not index.exhaustive
     got = index.search(queries, k, exclude)
     brute = (queries @ weights).toarray()
     if exclude is not None:
@@ -234,11 +241,34 @@ def test_pruned_top_k_equals_brute_force(seed: int) -> None:
                                rtol=1e-5)
 
 
-def test_search_splits_large_batches_without_changing_results() -> None:
+@pytest.mark.parametrize("seed", range(0, 40, 3))
+def test_small_catalogue_scores_every_doc_with_the_engine_s_lists(seed: int) -> None:
+    """Up to ``exhaustive_docs`` docs, ``search`` scores every doc: the lists of brute
+    force exactly, and the pruned engine's up to float rounding."""
+    weights, index, queries, exclude, k = random_search(seed)
+    assert index.exhaustive
+    got = index.search(queries, k, exclude)
+    brute = (queries @ weights).toarray()
+    if exclude is not None:
+        brute[exclude.toarray()] = 0
+    brute[brute <= 0] = -np.inf
+    want = top_k(brute, k)
+    np.testing.assert_array_equal(got.items, want.items)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    _, engine, *_ = random_search(seed, exhaustive_docs=0)
+    pruned = engine.search(queries, k, exclude)
+    np.testing.assert_array_equal(got.items < 0, pruned.items < 0)
+    np.testing.assert_allclose(got.scores, pruned.scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("exhaustive_docs", [0, 200])
+def test_search_splits_large_batches_without_changing_results(
+        exhaustive_docs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bm25, "_EXHAUSTIVE_CELLS", 200 * 64)  # 64 queries a block
     rng = np.random.default_rng(3)
     terms = rng.integers(0, 30, size=2000)
     weights = bm25_weights(terms, np.repeat(np.arange(200), 10), 30, 200, 1.2, 0.75)
-    index = BM25Index(weights, dense_df=0.2)
+    index = BM25Index(weights, dense_df=0.2, exhaustive_docs=exhaustive_docs)
     queries = sp.csr_matrix((rng.random((1500, 30)) < 0.1).astype(np.float32))
     got = index.search(queries, 5)
     brute = (queries @ weights).toarray()
