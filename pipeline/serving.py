@@ -43,7 +43,7 @@ from pipeline.config import Config, load_config
 from pipeline.io import MANIFEST, read_manifest, read_table
 from pipeline.phases import active_users, fitting, sample_size, sampled
 from pipeline.protocol import CASE, EVALUATED, PUBLISHED, RECOMMENDATION, SEARCH, Phase, request_key
-from pipeline.ranking import proposing_channels, top_k
+from pipeline.ranking import top_k
 from pipeline.runner import stage_config
 from pipeline.stages.features import add_features
 from pipeline.stages.rank import fill_order, padded, system_scores
@@ -429,13 +429,13 @@ class Recommender:
             data, m.kinds[kind].channels, m.kinds[kind].quotas,
             effective_budget(m.cfg.recall.budget, data.n_items), requests)[0])
         if search:
-            lists = self.ranked(SEARCH, cands, data, context, (), m.search_context)
+            lists = self.ranked(SEARCH, cands, data, context, False, m.search_context)
             return [frame.assign(**{CASE: np.int64(r.ask.case)})
                     for frame, r in zip(split(lists, CASE, range(len(group)), group), group,
                                         strict=True)]
         cands = through_arrow(with_fm_scores(cands, m.fm, m.encoder, m.user_side, m.item_side,
                                              m.cfg.fm.device, m.sides, m.item_terms))
-        lists = self.ranked(RECOMMENDATION, cands, data, context, ("channels",))
+        lists = self.ranked(RECOMMENDATION, cands, data, context, True)
         counts = lists[S.USER].value_counts()
         short = [r for r in group if counts.get(r.user_id, 0) < m.cfg.publish.top_k]
         if short:  # a full list is what ``padded`` hands back
@@ -447,19 +447,18 @@ class Recommender:
         return split(lists, S.USER, [r.user_id for r in group], group)
 
     def ranked(self, kind: str, cands: pd.DataFrame, data: RecallData,
-               context: FeatureContext | UserContexts, extra: tuple[str, ...],
+               context: FeatureContext | UserContexts, proposers: bool,
                search: SearchContext | None = None) -> pd.DataFrame:
         """Candidates featurised and ordered by the kind's final system, ``publish.top_k``
-        of them (``extra``: "channels" adds the proposing channels)."""
+        of them (``proposers``: with the channels that proposed each)."""
         m, key = self.models, request_key(kind)
         scorers = {n: m.channels[n] for n in m.cfg.features.model_scores if n in m.channels}
         frame = through_arrow(add_features(cands, key, context, data, scorers, search))
-        if extra:
-            frame["channels"] = proposing_channels(frame, list(m.kinds[kind].channels))
         final = "blend" if m.cfg.rank.blend else f"ltr:{m.cfg.rank.objective}"
         scores = system_scores(frame, key, m.kinds[kind].rankers, m.kinds[kind].blend,
                                final)[final]
-        return top_k(frame, key, scores, m.cfg.publish.top_k, extra)
+        return top_k(frame, key, scores, m.cfg.publish.top_k,
+                     list(m.kinds[kind].channels) if proposers else None)
 
     def checked_k(self, k: int | None) -> int:
         top = self.models.cfg.publish.top_k

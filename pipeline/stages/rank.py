@@ -37,7 +37,7 @@ from pipeline.io import (
 )
 from pipeline.progress import progress
 from pipeline.protocol import EVALUATED, KINDS, PUBLISHED, RECOMMENDATION, Phase, request_key
-from pipeline.ranking import blend_components, proposing_channels, system_file, top_k
+from pipeline.ranking import blend_components, system_file, top_k
 
 FILL_PAIRS = 4_000_000  # (user, item) pairs built at once while filling short lists
 
@@ -74,18 +74,15 @@ def rank_part(shard: tuple[int, Path], key: str, rows: int, rankers: dict[str, F
     pieces of about ``rows`` rows; the published lists (``channels`` given) carry the
     channels that proposed each item. Returns the rows written per system."""
     index, source = shard
-    extra = ("channels",) if channels is not None else ()
     pieces: dict[str, list[pd.DataFrame]] = {name: [] for name in targets}
     needed = {key, S.USER, S.ITEM, "merge_rank",
               *(c for ranker in rankers.values() for c in ranker.feature_names),
               *(f"{c}_rank" for c in [*blend["channels"], *(channels or [])])}
     for frame in iter_requests(source, key, rows,
                                [c for c in table_columns(source) if c in needed]):
-        if channels is not None:
-            frame["channels"] = proposing_channels(frame, channels)
         for name, values in system_scores(frame, key, rankers, blend).items():
             if name in pieces:
-                pieces[name].append(top_k(frame, key, values, k, extra))
+                pieces[name].append(top_k(frame, key, values, k, channels))
     return {name: write_part(targets[name], index, frames)
             for name, frames in pieces.items() if frames}
 

@@ -23,6 +23,8 @@ def test_proposing_channels_equal_the_row_by_row_rule() -> None:
     expected = [",".join(n for n in names if pd.notna(row[f"{n}_rank"]))
                 for _, row in frame.iterrows()]
     assert proposing_channels(frame, names).tolist() == expected
+    rows = rng.permutation(500)[:40]
+    assert proposing_channels(frame, names, rows).tolist() == [expected[r] for r in rows]
 
 
 def sorted_frame_top_k(frame: pd.DataFrame, key: str, scores: np.ndarray, k: int,
@@ -44,12 +46,17 @@ def test_top_k_equals_sorting_the_frame(key: str) -> None:
     frame = pd.DataFrame({"case_id": rng.integers(0, 60, n), "user_id": rng.choice(
         np.array(["u9", "u10", "a", "b2"], dtype=object), n),
         "item_id": rng.integers(0, 500, n), "merge_rank": rng.integers(1, 40, n),
-        "channels": rng.choice(["x", "x,y"], n)})
+        "x_rank": pd.array(np.where(rng.random(n) < 0.5, 1, None), dtype="Int32"),
+        "y_rank": pd.array(np.where(rng.random(n) < 0.5, 2, None), dtype="Int32")})
+    frame["channels"] = proposing_channels(frame, ["x", "y"])
     for scores in (rng.integers(0, 5, n).astype(np.float64),  # many ties
                    np.where(rng.random(n) < 0.1, np.nan, rng.choice([0.0, -0.0, 1.5], n)),
                    rng.random(n).astype(np.float32)):
         for k in (1, 10, 100):
             pd.testing.assert_frame_equal(
-                top_k(frame, key, scores, k, ("channels",)),
+                top_k(frame, key, scores, k, ["x", "y"]),
                 sorted_frame_top_k(frame, key, scores, k, ("channels",)), check_exact=True)
+            pd.testing.assert_frame_equal(
+                top_k(frame, key, scores, k),
+                sorted_frame_top_k(frame, key, scores, k, ()), check_exact=True)
     assert top_k(frame.iloc[:0], key, np.zeros(0), 5).empty
