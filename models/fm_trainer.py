@@ -22,11 +22,12 @@ makes that atomic); ``load_model`` reads the state dict with ``weights_only=True
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -181,18 +182,30 @@ def predict(model: nn.Module, samples: Samples, batch_size: int = 16384,
         if fm_kernel.supports(model):
             z = torch.from_numpy(fm_kernel.predict_logits(model, samples.ids, samples.weights))
             return (z if logits else torch.sigmoid(z)).numpy()
-    was_training = model.training
-    model.eval()
     out = np.empty(len(samples), np.float32)
     ids_t = _tensor(samples.ids, samples.ids.dtype)
     w_t = _tensor(samples.weights, np.float32)
-    with torch.no_grad(), _autocast(dev, bf16):
+    with evaluating(model), torch.no_grad(), _autocast(dev, bf16):
         for lo in range(0, len(samples), batch_size):
             hi = min(lo + batch_size, len(samples))
             z = model(ids_t[lo:hi].to(dev), w_t[lo:hi].to(dev)).float()
             out[lo:hi] = (z if logits else torch.sigmoid(z)).cpu().numpy()
-    model.train(was_training)
     return out
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode within, in its own mode after. Switched only when it is
+    training: ``eval`` and ``train`` each walk every submodule, 0.1-0.2 ms of a served
+    request's FM scores."""
+    if not model.training:
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
 
 
 @dataclass(frozen=True)
@@ -213,14 +226,11 @@ def side_terms(model: nn.Module, side: Samples, slots: np.ndarray, other_slots: 
     ahead of the requests that pair it (a served request's 300 candidates: 2 ms)."""
     model = unwrap(model)
     dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         alone, cross = model.side_terms(_tensor(side.ids, side.ids.dtype).to(dev),
                                         _tensor(side.weights, np.float32).to(dev),
                                         torch.as_tensor(slots, device=dev),
                                         torch.as_tensor(other_slots, device=dev))
-    model.train(was_training)
     # the second side's [N, own, first's fields, k] meets the first's [N, own, its, k]
     return SideTerms(alone, cross.transpose(1, 2).flatten(1) if second else cross.flatten(1))
 

@@ -363,8 +363,11 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
 @torch.no_grad()
 def next_item_scores(model: SASRec, tokens: np.ndarray, batch_size: int = 1024,
                      device: str | torch.device = "cpu") -> np.ndarray:
-    """Logits for the item after each row's last token (rows x n_items, float32)."""
-    model.eval()
+    """Logits for the item after each row's last token (rows x n_items, float32). Leaves
+    the model in eval mode, switched only if it is training: ``eval`` walks every
+    submodule, a fifth of a served user's scores."""
+    if model.training:
+        model.eval()
     out = np.empty((len(tokens), model.n_items), np.float32)
     for lo in range(0, len(tokens), batch_size):
         batch = trim(torch.as_tensor(tokens[lo:lo + batch_size], dtype=torch.long)).to(device)

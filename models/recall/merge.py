@@ -14,6 +14,7 @@ the ranker can weigh the evidence later.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -31,7 +32,14 @@ class ChannelList:
 
 
 def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
-    """Columns: row, item, merge_rank, source, n_channels, <channel>_score, <channel>_rank.
+    """Columns: row, item, merge_rank, source, n_channels, <channel>_score, <channel>_rank
+    (``merged_columns`` as a frame)."""
+    return pd.DataFrame(merged_columns(lists, budget))
+
+
+def merged_columns(lists: list[ChannelList], budget: int) -> dict[str, Any]:
+    """The merged candidates' columns (``merge_candidates``), for a caller that builds
+    its own frame around them: a served request's frame is built once, not twice.
 
     A list holding an item code below -1, -1 with a score, a NaN or infinite score or an
     item twice in a row raises ``InvalidTopKError`` naming its channel: the merge would
@@ -69,7 +77,7 @@ def merge_candidates(lists: list[ChannelList], budget: int) -> pd.DataFrame:
         columns[f"{name}_score"] = channel_scores[pos]
         columns[f"{name}_rank"] = pd.arrays.IntegerArray(ranks[pos], ~found[pos])
     columns["n_channels"] = found.sum(axis=0).astype(np.int8)
-    return pd.DataFrame(columns)  # built once: a column at a time cost 3x as much
+    return columns
 
 
 @numba.njit(cache=True, nogil=True)

@@ -31,7 +31,7 @@ import pandas as pd
 from features.recall_data import RecallData
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK, check_top_k
 from models.recall import channel_class
-from models.recall.merge import ChannelList, merge_candidates, tune_quotas
+from models.recall.merge import ChannelList, merged_columns, tune_quotas
 from pipeline import schema as S
 from pipeline.catalogue import StageIO
 from pipeline.config import ChannelConfig, Config, ConfigError
@@ -164,12 +164,12 @@ def merged_candidates(data: RecallData, channels: dict[str, RecallChannel],
         started = time.perf_counter()
         tops[name] = retrieve(channel, data, part, budget)
         seconds[name] = time.perf_counter() - started
-    merged = merge_candidates([ChannelList(name, top, quotas[name]) for name, top in
-                               tops.items()], budget=budget)
-    rows = merged["row"].to_numpy()  # one frame from the arrays: 1.32 -> 0.82 ms a search
+    merged = merged_columns([ChannelList(name, top, quotas[name]) for name, top in
+                             tops.items()], budget=budget)
+    rows = merged.pop("row")  # one frame from the arrays: 1.32 -> 0.82 ms a search
     columns = {c: part.keys[c].array.take(rows) for c in part.keys.columns}
-    columns[S.ITEM] = data.item_index.decode(merged["item"].to_numpy())
-    columns.update({c: merged[c].array for c in merged.columns if c not in ("row", "item")})
+    columns[S.ITEM] = data.item_index.decode(merged.pop("item"))
+    columns.update(merged)
     columns["source"] = columns["source"].astype("string")
     return pd.DataFrame(columns), tops, seconds
 

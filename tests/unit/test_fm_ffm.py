@@ -257,6 +257,22 @@ def test_a_tables_terms_worked_out_ahead_give_the_pairs_scores_bit_for_bit(cls: 
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_scoring_scores_in_eval_mode_and_leaves_the_mode_as_it_was(training: bool) -> None:
+    sf = LAYOUTS["multi-valued fields"]
+    first_slots, second_slots = two_sides(sf)
+    model = randomised(FFM(30, sf, k=3)).float()
+    ids, w = random_batch(sf, 30, b=8, seed=5)
+    rows = Samples(ids.numpy().astype(np.int32), w.numpy().astype(np.float32))
+    model.eval()
+    want = model(ids, w).detach().numpy()
+    model.train(training)
+    np.testing.assert_allclose(predict(model, rows, logits=True), want, rtol=1e-6)
+    side_terms(model, side(ids, w, slice(0, 1), first_slots), first_slots, second_slots)
+    assert model.training is training
+    assert all(m.training is training for m in model.modules())
+
+
 def test_ffm_rejects_unordered_slot_fields() -> None:
     with pytest.raises(ValueError, match="slot_field"):
         FFM(5, [1, 0])
