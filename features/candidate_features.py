@@ -309,7 +309,8 @@ class UserContexts:
                                          (_weekday_slot, 7, own.user_weekday)):
                 modal[user] = _modal(_slot_counts(np.zeros(len(mine), np.int64), slot(mine),
                                                   1, n_slots))[0]
-        own.history_share = with_rows(base.history_share, shares)
+        # ``own`` featurises the clicking users only: their rows, not a copy of every row
+        own.history_share = with_rows(base.history_share, shares, others=False)
         # per (user, item) pair of the new events: how many, first and last time, slots
         user_of = np.repeat(self.users, [len(items) for items, _ in events])
         items = np.concatenate([items for items, _ in events])

@@ -35,6 +35,7 @@ class RecallData:
     items: pd.DataFrame
     users: pd.DataFrame
     now: int
+    start: int | None = None  # the first event's time (None: read from the log)
 
     @property
     def n_users(self) -> int:
@@ -45,10 +46,37 @@ class RecallData:
         return len(self.item_index)
 
     @cached_property
+    def first(self) -> int | None:
+        """The first fitting event's unix seconds (None for a log without events)."""
+        if self.start is not None:
+            return self.start
+        return int(self.log["ts"].min()) if len(self.log) else None
+
+    @property
     def span(self) -> int:
         """Seconds from the first fitting event to ``now``: the scale half-lives given as
         shares of the log are measured in (0 for a log without time)."""
-        return int(self.now - self.log["ts"].min()) if len(self.log) else 0
+        return 0 if self.first is None else int(self.now - self.first)
+
+    def for_users(self, users: np.ndarray) -> RecallData:
+        """This data as ``users`` (codes) see it: their rows of the log and the history,
+        every other user's left out (an empty row, the same codes and shapes), ``now``
+        and ``span`` the whole log's. Built in time linear in their events (and an index
+        row per user), not in the log's: a served group asks about its own users only, and
+        ``with_events`` then copies their rows instead of the whole log (a click on a
+        log of 20M events: 82 ms a pass). Ask it about no one else."""
+        users = np.unique(np.asarray(users, np.int64))
+        log_users = self.log["user"].to_numpy()
+        lo = np.searchsorted(log_users, users, side="left")
+        hi = np.searchsorted(log_users, users, side="right")
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)]
+                              + [np.zeros(0, np.int64)])
+        history = with_rows(self.history, {
+            int(u): (self.history.indices[self.history.indptr[u]:self.history.indptr[u + 1]],
+                     self.history.data[self.history.indptr[u]:self.history.indptr[u + 1]])
+            for u in users}, others=False)
+        return replace(self, history=history, log=self.log.iloc[rows].reset_index(drop=True),
+                       start=self.first)
 
     def with_events(self, users: int | np.ndarray, items: np.ndarray, ts: np.ndarray
                     ) -> RecallData:
@@ -57,7 +85,8 @@ class RecallData:
         the fit. The fitted models stay as they are; histories, sequences, seen items and
         ``now`` move on. Each user's rows of the log and history are rebuilt and the rest
         copied around them as arrays (ML-100K: 2.4 -> 0.9 ms a request, from pandas
-        concatenation and a sparse sum), still a copy linear in the log; the log's
+        concatenation and a sparse sum), a copy linear in the log (a served group takes
+        ``for_users`` first, which is not); the log's
         columns other than the event's own (a query) are missing for the new rows."""
         items, ts = np.asarray(items, np.int64), np.asarray(ts, np.int64)
         users = np.broadcast_to(np.asarray(users, np.int64), items.shape)
@@ -95,7 +124,9 @@ class RecallData:
                            user: (found, np.ones(len(found), self.history.dtype))
                            for user, found in held.items()}),
                        log=pd.DataFrame(columns, copy=False),  # new arrays
-                       now=max(self.now, int(ts.max()) if len(ts) else 0))
+                       now=max(self.now, int(ts.max()) if len(ts) else 0),
+                       start=self.first if not len(ts) else int(ts.min()) if self.first is None
+                       else min(self.first, int(ts.min())))
 
 
 def to_seconds(ts: pd.Series) -> np.ndarray:

@@ -470,15 +470,16 @@ class Recommender:
                                                           UserContexts]:
         """The data and feature statistics a group of requests sees: the publication's,
         or with the users' recent events added (each user featurised as a refit on
-        their own events would be: ``UserContexts``)."""
+        their own events would be: ``UserContexts``). The group asks about its own users
+        only, so the data with the events holds their rows alone (``for_users``): a copy
+        of the whole log per pass would grow with the publication."""
         m = self.models
         clicked = [r for r in group if len(r.items)]
         if not clicked:
             return m.data, m.context
-        data = m.data.with_events(np.repeat([r.code for r in clicked],
-                                            [len(r.items) for r in clicked]),
-                                  np.concatenate([r.items for r in clicked]),
-                                  np.concatenate([r.ts for r in clicked]))
+        data = m.data.for_users(np.array([r.code for r in group])).with_events(
+            np.repeat([r.code for r in clicked], [len(r.items) for r in clicked]),
+            np.concatenate([r.items for r in clicked]), np.concatenate([r.ts for r in clicked]))
         return data, UserContexts(m.context, data,
                                   {r.code: (r.items, r.ts) for r in clicked})
 

@@ -50,7 +50,7 @@ def test_events_give_the_data_a_rebuild_on_the_longer_log_gives() -> None:
                                np.array(new_ts))
         pd.testing.assert_frame_equal(got.log, rebuilt.log)
         np.testing.assert_array_equal(got.history.toarray(), rebuilt.history.toarray())
-        assert got.now == rebuilt.now
+        assert (got.now, got.span) == (rebuilt.now, rebuilt.span)
     # several users' events at once (served requests answered together): one splice
     events = pd.DataFrame({"user_id": [6, 2, 0, 2], "item_id": [1, 4, 3, 8], "ts": [70, 10, 0, 60]})
     rebuilt = build_recall_data(pd.concat([fit, events.assign(
@@ -61,6 +61,39 @@ def test_events_give_the_data_a_rebuild_on_the_longer_log_gives() -> None:
     pd.testing.assert_frame_equal(got.log, rebuilt.log)
     np.testing.assert_array_equal(got.history.toarray(), rebuilt.history.toarray())
     assert got.now == rebuilt.now
+
+
+def test_a_groups_data_holds_its_users_rows_as_the_whole_data_would() -> None:
+    """``for_users`` keeps the asked users' rows of the log and history (with their
+    events after ``with_events``, as the whole data would have them), leaves every
+    other user's empty, and keeps the whole log's clock and span."""
+    rng = np.random.default_rng(5)
+    n = 80
+    fit = pd.DataFrame({"user_id": rng.integers(0, 8, n), "item_id": rng.integers(0, 9, n),
+                        "weight": np.float32(1.0),
+                        "ts": pd.to_datetime(rng.integers(100, 150, n), unit="s"),
+                        "query": pd.Series(rng.choice(["red", None], n), dtype="str")})
+    fit = fit.drop_duplicates(["user_id", "item_id"])
+    data = build_recall_data(fit, pd.DataFrame({"item_id": range(9)}),
+                             pd.DataFrame({"user_id": range(9)}), np.arange(9))
+    group = data.user_index.encode(np.array([6, 2, 8]))  # 8 has no fitted events
+    users, items, ts = group[[0, 0, 2]], np.array([1, 7, 3]), np.array([160, 90, 170])
+    whole = data.with_events(users, items, ts)
+    got = data.for_users(group).with_events(users, items, ts)
+    log, want = got.log, whole.log[whole.log["user"].isin(group)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(log, want)
+    kept = np.isin(np.arange(data.n_users), group)
+    np.testing.assert_array_equal(got.history.toarray()[kept], whole.history.toarray()[kept])
+    assert got.history[~kept].nnz == 0 and got.history.shape == whole.history.shape
+    assert (got.now, got.span, got.first) == (whole.now, whole.span, whole.first) == (
+        170, 170 - 90, 90)
+    alone = data.for_users(group)
+    assert (alone.span, alone.now) == (data.span, data.now) and len(alone.log) < len(data.log)
+    empty = build_recall_data(fit.iloc[:0], pd.DataFrame({"item_id": range(9)}),
+                              pd.DataFrame({"user_id": range(9)}), np.arange(9))
+    assert empty.span == 0
+    clicked = empty.with_events(0, np.array([2, 4]), np.array([200, 230]))
+    assert (clicked.now, clicked.span) == (230, 30)  # the first event is the first click
 
 
 def test_codes_decode_to_the_ids_in_their_own_type() -> None:
