@@ -143,7 +143,8 @@ class ComputeProcess:
 
     def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
         """The requests' lists (or errors), computed in the process. If the process died
-        (killed, out of memory), these requests fail and a new one serves the next."""
+        (killed, out of memory), these requests fail (the service answers them 503, to
+        retry) and a new one serves the next."""
         try:
             return self.pool.submit(_finished, pending).result()
         except BrokenProcessPool:
@@ -311,6 +312,9 @@ def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WA
                 lists = batcher.submit(live, lists).result()
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
+        except BrokenProcessPool:  # killed or out of memory: ComputeProcess starts another
+            raise HTTPException(503, "the process computing this request stopped; a new one "
+                                "is starting: retry", headers={"Retry-After": "1"}) from None
         finally:
             waiting.release()
         ignored = live.recommender.known_events(ask.recent)[2]

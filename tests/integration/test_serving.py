@@ -270,6 +270,23 @@ def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live) 
     assert second.exitcode is not None
 
 
+def test_a_request_whose_compute_process_died_is_told_to_retry(live, monkeypatch) -> None:
+    """A dead compute process fails the requests it held (``ComputeProcess.finished``):
+    their clients get 503 with a message and a Retry-After, not a bare 500."""
+    cfg, folder, recommender = live
+    user = recommender.models.data.user_index.ids[5].item()
+    some_item = recommender.models.data.item_index.ids[0].item()
+
+    def died(self, pending):
+        raise BrokenProcessPool("the process was killed")
+
+    monkeypatch.setattr(Recommender, "finished", died)
+    with Server(create_app(cfg, process=False)) as service:
+        status, reply = service.recommend(user_id=user, k=3, recent=[{"item_id": some_item}])
+        assert status == 503 and "retry" in reply["detail"]
+        assert service.recommend(user_id=user, k=3)[0] == 200  # a looked-up list still is
+
+
 def running(pid: int) -> bool:
     """Whether process ``pid`` exists and has not ended (an unreaped one is a zombie)."""
     try:
