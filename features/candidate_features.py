@@ -274,11 +274,11 @@ class UserContexts:
 
     No statistic is copied per user: the clicking users' own entries (events, first and
     last time, modal slots, region, history shares) are worked out once, a row per
-    clicking user (not a copy of every user's: that grew with the publication); an item's
-    statistics are the base ones plus the asking user's events
-    on it, found per (user, item) pair; the recent cut moves per user by the events it
-    passes (``_recent_shift``). A copy of every statistic per user had cost 0.9 ms a
-    click on ML-100K, and featurising each user apart another 0.7."""
+    clicking user (not a copy of every user's, which grew with the publication); an
+    item's statistics are the base ones plus the asking user's events on it, found per
+    (user, item) pair; the recent cut moves per user by the events it passes
+    (``_recent_shift``). A copy of every statistic per user had cost 0.9 ms a click on
+    ML-100K, and featurising each user apart another 0.7."""
 
     def __init__(self, base: FeatureContext, data: RecallData,
                  clicks: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
