@@ -78,9 +78,9 @@ class EncodedTable:
 def _side_fields(encoder: FieldEncoder, user_side: pd.DataFrame, item_side: pd.DataFrame
                  ) -> dict[str, list[str]] | None:
     """The fields each side's columns feed; None when a field reads anything else."""
-    sources = {"user_id": {"user_id", *user_side.columns},
-               "item_id": {"item_id", *item_side.columns}}  # once: a served request's
-    names = {key: [f.name for f in encoder.fields if f.source in read]  # 0.2 ms otherwise
+    sources = {"user_id": {"user_id", *user_side.columns},  # once, not per field
+               "item_id": {"item_id", *item_side.columns}}
+    names = {key: [f.name for f in encoder.fields if f.source in read]
              for key, read in sources.items()}
     return names if sum(map(len, names.values())) == encoder.n_fields else None
 

@@ -125,8 +125,8 @@ class RecallData:
                            for user, found in held.items()}),
                        log=pd.DataFrame(columns, copy=False),  # new arrays
                        now=max(self.now, int(ts.max()) if len(ts) else 0),
-                       start=self.first if not len(ts) else int(ts.min()) if self.first is None
-                       else min(self.first, int(ts.min())))
+                       start=min((t for t in (self.first, int(ts.min()) if len(ts) else None)
+                                  if t is not None), default=None))
 
 
 def to_seconds(ts: pd.Series) -> np.ndarray:

@@ -222,6 +222,15 @@ def random_search(seed: int, **index_args):
     return weights, index, queries, exclude, int(rng.integers(1, 40))
 
 
+def brute_force(weights, queries, exclude, k: int):
+    """Every doc's score (excluded and unmatched ones -inf) and their ``top_k``."""
+    brute = (queries @ weights).toarray()
+    if exclude is not None:
+        brute[exclude.toarray()] = 0
+    brute[brute <= 0] = -np.inf
+    return brute, top_k(brute, k)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_pruned_top_k_equals_brute_force(seed: int) -> None:
     """Random corpora and weighted queries with every engine path (dense head rows or
@@ -229,11 +238,7 @@ def test_pruned_top_k_equals_brute_force(seed: int) -> None:
     weights, index, queries, exclude, k = random_search(seed, exhaustive_docs=0)
     assert not index.exhaustive
     got = index.search(queries, k, exclude)
-    brute = (queries @ weights).toarray()
-    if exclude is not None:
-        brute[exclude.toarray()] = 0
-    brute[brute <= 0] = -np.inf
-    want = top_k(brute, k)
+    brute, want = brute_force(weights, queries, exclude, k)
     np.testing.assert_array_equal(got.items < 0, want.items < 0)
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
     rows, cols = np.nonzero(got.items >= 0)
@@ -248,11 +253,7 @@ def test_small_catalogue_scores_every_doc_with_the_engine_s_lists(seed: int) -> 
     weights, index, queries, exclude, k = random_search(seed)
     assert index.exhaustive
     got = index.search(queries, k, exclude)
-    brute = (queries @ weights).toarray()
-    if exclude is not None:
-        brute[exclude.toarray()] = 0
-    brute[brute <= 0] = -np.inf
-    want = top_k(brute, k)
+    _, want = brute_force(weights, queries, exclude, k)
     np.testing.assert_array_equal(got.items, want.items)
     np.testing.assert_array_equal(got.scores, want.scores)
     _, engine, *_ = random_search(seed, exhaustive_docs=0)
