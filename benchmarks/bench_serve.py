@@ -16,7 +16,8 @@ for each kind of request: a recommendation, a search (a user and a query from th
 fitting log) and a recommendation carrying one recent click (a random item). Users,
 queries and items are drawn with a fixed seed. Per phase: p50 and p99 of
 the request latency (send to full reply), requests answered a second, and failures;
-the service's peak resident memory (VmHWM) at the end. Between phases the service
+in the steady phase, the cores that the service, its compute process and this generator
+each used; the service's peak resident memory (VmHWM) at the end. Between phases the service
 drains what the last one queued (a timed-out request is still computed). Everything
 stays on 127.0.0.1 (port ``PORT``, default 8765), bounded in count and time.
 
@@ -190,6 +191,30 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steady_with_cores(requests: list[dict], rate: float, service: int) -> dict:
+    """``steady``, plus the cores that the service, its compute process and this load
+    generator each used meanwhile (CPU seconds over the phase's wall seconds): who held
+    the 2 cores while requests queued."""
+    processes = {"service": [service], "compute": children(service)}
+
+    def used() -> dict[str, float]:
+        return {**{name: sum(cpu_seconds(pid) for pid in pids)
+                   for name, pids in processes.items()},
+                "generator": sum(os.times()[:2])}
+
+    before, started = used(), time.perf_counter()
+    found = steady(requests, rate)
+    after, wall = used(), time.perf_counter() - started
+    found["cores"] = {name: round((after[name] - before[name]) / wall, 2) for name in before}
+    return found
+
+
 def peak_kb(pid: int) -> int:
     """A process's peak resident memory (VmHWM), kB."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -229,7 +254,8 @@ def measure(name: str, config: Path, data_dir: Path) -> dict:
             result[kind]["saturated"] = saturated(bodies, int(os.environ.get("CLIENTS", 4)),
                                                   float(os.environ.get("SECONDS", 10)))
             ask(bodies[0], timeout=600)
-            result[kind]["steady"] = steady(bodies, float(os.environ.get("RATE", 100)))
+            result[kind]["steady"] = steady_with_cores(
+                bodies, float(os.environ.get("RATE", 100)), service.pid)
             ask(bodies[0], timeout=600)
         result["cpu_ms"] = cpu_ms
         result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
@@ -241,6 +267,12 @@ def measure(name: str, config: Path, data_dir: Path) -> dict:
     return result
 
 
+def request_kinds(result: dict) -> dict:
+    """A publication's results per kind of request (without its CPU, load and memory)."""
+    return {kind: phases for kind, phases in result.items()
+            if kind not in ("peak_rss_mb", "cpu_ms", "load_average")}
+
+
 def main() -> dict:
     data_dir = Path(os.environ.get("DATA_DIR", REPO / "data")).resolve()
     runs = {"synthetic": measure("synthetic", REPO / "configs" / "synthetic.yaml", data_dir)}
@@ -250,9 +282,7 @@ def main() -> dict:
     lines = ["| publication | request | load | requests | failures | answered/s | p50 ms | "
              "p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
-        for kind, phases in r.items():
-            if kind in ("peak_rss_mb", "cpu_ms", "load_average"):
-                continue
+        for kind, phases in request_kinds(r).items():
             for phase, label in (("one client", "one client"),
                                  ("saturated", f"{os.environ.get('CLIENTS', 4)} clients"),
                                  ("steady", f"{rate}/s open loop")):
@@ -266,6 +296,14 @@ def main() -> dict:
         for name, r in runs.items()) + ". Load average (1 min) before and after each "
         "publication's run: " + ", ".join(f"{name} {r['load_average']}"
                                           for name, r in runs.items()) + ".")
+    lines.append("")
+    lines.append(f"Cores used during the {rate}/s phase by the service, its compute process "
+                 "and the load generator: " + "; ".join(
+                     f"{name} {kind} " + "/".join(
+                         f"{phases['steady']['cores'][p]:.2f}"
+                         for p in ("service", "compute", "generator"))
+                     for name, r in runs.items()
+                     for kind, phases in request_kinds(r).items()) + ".")
     lines.append("")
     lines.append("Service peak memory (VmHWM): " + ", ".join(
         f"{name} {r['peak_rss_mb']:.0f} MB" for name, r in runs.items()) + ", the service's "
