@@ -573,10 +573,11 @@ def build_model(config: dict[str, Any], seed: int = 0) -> nn.Module:
 
 def load_model(folder: Path, device: str | torch.device = "cpu"
                ) -> tuple[nn.Module, dict[str, Any]]:
-    """The model saved by ``save_model`` (weights_only load, no pickle) and its extra."""
+    """The model saved by ``save_model`` (weights_only load, no pickle), in eval mode, and
+    its extra."""
     folder = Path(folder)
     meta = json.loads((folder / "model.json").read_text())
     model = build_model(meta["model"])
     state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
     model.load_state_dict(state)
-    return model.to(device), meta.get("extra", {})
+    return model.to(device).eval(), meta.get("extra", {})

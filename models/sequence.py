@@ -357,6 +357,7 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
             break
     if stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
+    model.eval()  # ready to score: scorers on several threads then never switch modes
     return result
 
 
@@ -365,7 +366,9 @@ def next_item_scores(model: SASRec, tokens: np.ndarray, batch_size: int = 1024,
                      device: str | torch.device = "cpu") -> np.ndarray:
     """Logits for the item after each row's last token (rows x n_items, float32). Leaves
     the model in eval mode, switched only if it is training: ``eval`` walks every
-    submodule, a fifth of a served user's scores."""
+    submodule, a fifth of a served user's scores. (``train`` and the channel's load
+    leave it in eval mode: two threads scoring a model in training mode at once could
+    each see the other's walk half done, some dropout still on.)"""
     if model.training:
         model.eval()
     out = np.empty((len(tokens), model.n_items), np.float32)

@@ -161,4 +161,4 @@ class SequenceChannel(RecallChannel):
         weights = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
         model = self._new_model(weights["item_emb.weight"].shape[0] - 1)  # row 0: padding
         model.load_state_dict(weights)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device).eval()

@@ -267,7 +267,10 @@ def test_scoring_scores_in_eval_mode_and_leaves_the_mode_as_it_was(training: boo
     model.eval()
     want = model(ids, w).detach().numpy()
     model.train(training)
+    modes = []  # FM/FFM have no dropout: their scores alone cannot tell the modes apart
+    model.register_forward_pre_hook(lambda module, _: modes.append(module.training))
     np.testing.assert_allclose(predict(model, rows, logits=True), want, rtol=1e-6)
+    assert modes and not any(modes)  # every forward pass ran in eval mode
     side_terms(model, side(ids, w, slice(0, 1), first_slots), first_slots, second_slots)
     assert model.training is training
     assert all(m.training is training for m in model.modules())
@@ -484,7 +487,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         folder = tmp_path / cls.kind
         assert save_model(model, folder, extra={"valid_auc": 0.5})
         back, extra = load_model(folder)
-        assert isinstance(back, cls) and extra == {"valid_auc": 0.5}
+        assert isinstance(back, cls) and extra == {"valid_auc": 0.5} and not back.training
         np.testing.assert_array_equal(predict(back, data), predict(model, data))
 
 

@@ -200,6 +200,7 @@ def test_train_stops_on_stale_evaluations_and_restores_the_best_weights() -> Non
                                                            None, 0.5, None, 0.3]
     assert result.epochs == 4
     torch.testing.assert_close(model.item_emb.weight.detach(), snapshots[1], rtol=0, atol=0)
+    assert not any(m.training for m in model.modules())  # ready to score, on any thread
 
 
 def test_a_nan_loss_stops_training_naming_the_model_and_the_epoch() -> None:
@@ -313,6 +314,7 @@ def test_channel_contract(tmp_path: Path) -> None:
     assert scores.dtype == np.float32 and scores.shape == (30, data.n_items)
     channel.save(tmp_path / "seq")
     loaded = SequenceChannel.load(tmp_path / "seq")
+    assert not any(m.training for m in loaded.model.modules())
     np.testing.assert_array_equal(loaded.score(data, users), scores)
     again = SequenceChannel(**TINY, epochs=5).fit(data)
     np.testing.assert_array_equal(again.score(data, users), scores)
