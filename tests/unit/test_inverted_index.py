@@ -262,6 +262,30 @@ def test_small_catalogue_scores_every_doc_with_the_engine_s_lists(seed: int) -> 
     np.testing.assert_allclose(got.scores, pruned.scores, rtol=1e-5)
 
 
+def test_the_channel_answers_alike_through_either_engine() -> None:
+    """Catalogues here are small, so the channel scores every doc; the pruned engine that
+    larger ones take must give its user profiles and queries the same lists, seen items
+    left out."""
+    rng = np.random.default_rng(3)
+    n_items = 120
+    items = titled([" ".join(f"w{t}" for t in rng.choice(40, 4)) for _ in range(n_items)],
+                   category=rng.choice(list("abcd"), n_items).tolist())
+    dense = (rng.random((25, n_items)) < 0.08).astype(float)
+    data = recall_data_from_matrix(dense, items=items)
+    channel = InvertedIndexChannel(dense_df=0.2).fit(data)
+    users, queries = np.arange(25), ["w1 w2", "w7", "category:b w3", "w39 w0 w11", "nothing"]
+    assert channel.index.exhaustive
+    every = channel.retrieve(data, users, 15), channel.search(data, queries, 15)
+    channel.index.exhaustive = False  # as a catalogue over bm25.EXHAUSTIVE_DOCS items
+    pruned = channel.retrieve(data, users, 15), channel.search(data, queries, 15)
+    for got, want in zip(pruned, every, strict=True):
+        np.testing.assert_array_equal(got.items < 0, want.items < 0)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
+    for user in users:
+        found = pruned[0].items[user]
+        assert not dense[user, found[found >= 0]].any(), "a seen item came back"
+
+
 @pytest.mark.parametrize("exhaustive_docs", [0, 200])
 def test_search_splits_large_batches_without_changing_results(
         exhaustive_docs: int, monkeypatch: pytest.MonkeyPatch) -> None:
