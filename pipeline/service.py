@@ -144,14 +144,19 @@ class ComputeProcess:
     def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
         """The requests' lists (or errors), computed in the process. If the process died
         (killed, out of memory), these requests fail (the service answers them 503, to
-        retry) and a new one serves the next."""
+        retry) and a new one serves the next (if it cannot start, those fail alike and
+        the ones after try again)."""
         try:
             return self.pool.submit(_finished, pending).result()
         except BrokenProcessPool:
             log.error("[serve] the compute process for %s died; starting another",
                       self.folder.name)
             self.pool.shutdown(wait=False)  # its threads and queues let go
-            self.start()
+            try:
+                self.start()
+            except Exception:  # these requests still get 503; the next ones try again
+                log.exception("[serve] could not start another compute process for %s",
+                              self.folder.name)
             raise
 
     def close(self) -> None:

@@ -242,7 +242,8 @@ def test_the_batcher_answers_waiting_requests_in_one_pass(live, monkeypatch) -> 
         pd.testing.assert_frame_equal(frame, recommender.answer([ask], lookup=False)[0])
 
 
-def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live) -> None:
+def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live, monkeypatch
+                                                                          ) -> None:
     cfg, folder, recommender = live
     pending = [recommender.prepared(a, lookup=False)
                for a in mixed_requests(recommender, cfg)[:9]]  # the ones to compute
@@ -261,9 +262,18 @@ def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live) 
     [first] = set(multiprocessing.active_children()) - before
     os.kill(first.pid, signal.SIGKILL)
     first.join(timeout=30)
-    with pytest.raises(BrokenProcessPool):  # the requests it held fail...
+
+    def cannot_start() -> None:
+        raise MemoryError("no room for another process")
+
+    monkeypatch.setattr(process, "start", cannot_start)
+    for _ in range(2):  # the requests it held fail, and so do the next while none starts...
+        with pytest.raises(BrokenProcessPool):
+            process.finished(pending)
+    monkeypatch.undo()
+    with pytest.raises(BrokenProcessPool):
         process.finished(pending)
-    same(process.finished(pending))  # ...and a new process serves the next ones
+    same(process.finished(pending))  # ...and a new process serves the ones after
     [second] = set(multiprocessing.active_children()) - before
     assert second.pid != first.pid
     process.close()
