@@ -142,22 +142,33 @@ class ComputeProcess:
         self.pool = pool
 
     def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
-        """The requests' lists (or errors), computed in the process. If the process died
-        (killed, out of memory), these requests fail (the service answers them 503, to
-        retry) and a new one serves the next (if it cannot start, those fail alike and
-        the ones after try again)."""
+        """The requests' lists (or errors), computed in the process. A process found dead
+        before they reach it (killed while idle) is replaced first, so they are answered.
+        If it dies while computing them (killed, out of memory), they fail (the service
+        answers them 503, to retry) and a new one serves the next; one that cannot start
+        fails those alike, and the ones after try again."""
         try:
-            return self.pool.submit(_finished, pending).result()
+            computing = self.pool.submit(_finished, pending)
         except BrokenProcessPool:
-            log.error("[serve] the compute process for %s died; starting another",
-                      self.folder.name)
-            self.pool.shutdown(wait=False)  # its threads and queues let go
-            try:
-                self.start()
-            except Exception:  # these requests still get 503; the next ones try again
-                log.exception("[serve] could not start another compute process for %s",
-                              self.folder.name)
+            self.replace()
+            computing = self.pool.submit(_finished, pending)  # still broken: not replaced
+        try:
+            return computing.result()
+        except BrokenProcessPool:
+            self.replace()
             raise
+
+    def replace(self) -> None:
+        """A new process for a dead one (a failure to start is logged: the pool stays
+        broken, and the next requests try again)."""
+        log.error("[serve] the compute process for %s died; starting another",
+                  self.folder.name)
+        self.pool.shutdown(wait=False)  # its threads and queues let go
+        try:
+            self.start()
+        except Exception:
+            log.exception("[serve] could not start another compute process for %s",
+                          self.folder.name)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
@@ -258,26 +259,44 @@ def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live, 
             else:
                 pd.testing.assert_frame_equal(frame, want, check_exact=True)
 
+    def killed() -> int:
+        """Kill the process while idle; its pid, once the pool knows it is dead."""
+        [worker] = set(multiprocessing.active_children()) - before
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(timeout=30)
+        with pytest.raises(BrokenProcessPool):  # returns once the pool has seen it die
+            process.pool.submit(int).result()
+        return worker.pid
+
     same(process.finished(pending))
-    [first] = set(multiprocessing.active_children()) - before
-    os.kill(first.pid, signal.SIGKILL)
-    first.join(timeout=30)
+    first = killed()
+    same(process.finished(pending))  # dead while idle: replaced before these are sent
+    [second] = set(multiprocessing.active_children()) - before
+    assert second.pid != first
 
     def cannot_start() -> None:
         raise MemoryError("no room for another process")
 
+    killed()
     monkeypatch.setattr(process, "start", cannot_start)
-    for _ in range(2):  # the requests it held fail, and so do the next while none starts...
+    for _ in range(2):  # while none can start, requests fail (503 in the service)...
         with pytest.raises(BrokenProcessPool):
             process.finished(pending)
     monkeypatch.undo()
+    same(process.finished(pending))  # ...and the next one that starts serves them
+
+    # dead while computing: those requests fail, and a new process serves the next
+    [third] = set(multiprocessing.active_children()) - before
+    died: Future = Future()
+    died.set_exception(BrokenProcessPool("killed while computing"))
+    monkeypatch.setattr(process.pool, "submit", lambda *args: died)
     with pytest.raises(BrokenProcessPool):
         process.finished(pending)
-    same(process.finished(pending))  # ...and a new process serves the ones after
-    [second] = set(multiprocessing.active_children()) - before
-    assert second.pid != first.pid
+    same(process.finished(pending))
+    [fourth] = set(multiprocessing.active_children()) - before
+    assert fourth.pid != third.pid
     process.close()
-    assert second.exitcode is not None
+    assert fourth.exitcode is not None
 
 
 def test_a_request_whose_compute_process_died_is_told_to_retry(live, monkeypatch) -> None:
