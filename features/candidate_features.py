@@ -178,6 +178,7 @@ class FeatureContext:
         ts = log["ts"].to_numpy(np.int64)
         nu, ni = data.n_users, data.n_items
         self.data, self.now, self.recent_share = data, float(data.now), recent_share
+        self.clock: np.ndarray | None = None  # per user row instead of ``now`` (``UserContexts``)
         self.user_events = np.bincount(u, minlength=nu).astype(np.float64)
         self.user_first = _per_code(u, ts, nu, "min")
         self.user_last = _per_code(u, ts, nu, "max")
@@ -234,7 +235,7 @@ class FeatureContext:
 
     def columns(self, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """``compute``'s columns."""
-        now = self.now
+        now = self.now if self.clock is None else self.clock[users]
         item_events = self.item_events[items]
         region = np.full(len(users), np.nan)
         if self.user_region is not None:
@@ -270,7 +271,8 @@ class UserContexts:
     events: item codes, unix seconds; ``data``: the fitting data with all of them,
     ``RecallData.with_events``) is featurised as a refit on the publication's data with
     that user's events alone would featurise them, every other user with ``base``; so
-    requests answered together each see only their own clicks.
+    requests answered together each see only their own clicks, each on its own clock
+    (``RecallData.now_of``).
 
     No statistic is copied per user: the clicking users' own entries (events, first and
     last time, modal slots, region, history shares) are worked out once, a row per
@@ -292,7 +294,7 @@ class UserContexts:
         # ``own``: the clicking users' own statistics, a row each (their place in
         # ``users``), so nothing grows with the users a publication holds
         own = self.own = copy.copy(base)
-        own.data, own.now = data, float(data.now)
+        own.data, own.clock = data, data.now_of(self.users).astype(np.float64)  # each user's
         own.user_events = base.user_events[self.users] + self.added
         own.user_first, own.user_last = base.user_first[self.users], base.user_last[self.users]
         own.user_hour, own.user_weekday = base.user_hour[self.users], base.user_weekday[self.users]
@@ -385,10 +387,11 @@ class UserContexts:
                              1.0))
         born = np.where(np.isnan(base.item_created[items]),
                         np.fmin(base.item_first[items], first), base.item_created[items])
-        age = (own.now - born) / SECONDS_PER_DAY
+        now = own.clock[who]
+        age = (now - born) / SECONDS_PER_DAY
         columns["item_age_days"] = np.where(age >= 0, age, np.nan)
         columns["item_days_since_last"] = (
-            own.now - np.fmax(base.item_last[items], last)) / SECONDS_PER_DAY
+            now - np.fmax(base.item_last[items], last)) / SECONDS_PER_DAY
         for name, modal, share, counts, added in (
                 ("hour_match", own.user_hour, base.item_hour, base.item_hour_events,
                  self.hours),

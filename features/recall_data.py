@@ -19,6 +19,29 @@ SECONDS_PER_DAY = 86_400  # timestamps are unix seconds; half-lives set in days
 _SECOND = np.timedelta64(1, "s")
 
 
+@dataclass(frozen=True)
+class Clocks:
+    """The clocks of data that served events were added to (``RecallData.with_events``):
+    each user with events is measured as a refit on the data with their events alone
+    would measure them (its clock at the later of their latest event and the data's,
+    its span from the earlier of their first event and the data's), so requests with
+    events of different times are answered together, each as if alone; everyone else
+    keeps the data's clock and first event from before the events."""
+
+    now: int  # everyone else's clock
+    first: int | None  # everyone else's first event (None: no events)
+    users: np.ndarray  # sorted codes of the users with events
+    user_now: np.ndarray
+    user_first: np.ndarray
+
+    def of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each of ``users`` is in ``self.users`` and whether it is there."""
+        if not len(self.users):
+            return np.zeros(len(users), np.int64), np.zeros(len(users), bool)
+        at = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
+        return at, self.users[at] == users
+
+
 @dataclass
 class RecallData:
     """Encoded fitting data.
@@ -36,6 +59,7 @@ class RecallData:
     users: pd.DataFrame
     now: int
     start: int | None = None  # the first event's time (None: read from the log)
+    clocks: Clocks | None = None  # per user, where served events were added
 
     @property
     def n_users(self) -> int:
@@ -57,6 +81,25 @@ class RecallData:
         """Seconds from the first fitting event to ``now``: the scale half-lives given as
         shares of the log are measured in (0 for a log without time)."""
         return 0 if self.first is None else int(self.now - self.first)
+
+    def now_of(self, users: np.ndarray) -> np.ndarray:
+        """Each user's clock (int64): ``now``, or after ``with_events`` the one a refit
+        with that user's events alone would have (``Clocks``)."""
+        users = np.asarray(users, np.int64)
+        if self.clocks is None:
+            return np.full(len(users), self.now, np.int64)
+        at, own = self.clocks.of(users)
+        return np.where(own, self.clocks.user_now[at], self.clocks.now)
+
+    def span_of(self, users: np.ndarray) -> np.ndarray:
+        """Each user's ``span`` (int64), measured on their clock as ``now_of``."""
+        users = np.asarray(users, np.int64)
+        c = self.clocks
+        if c is None:
+            return np.full(len(users), self.span, np.int64)
+        at, own = c.of(users)
+        first = np.where(own, c.user_first[at], 0 if c.first is None else c.first)
+        return np.where(own | (c.first is not None), self.now_of(users) - first, 0)
 
     def for_users(self, users: np.ndarray) -> RecallData:
         """This data as ``users`` (codes) see it: their rows of the log and the history,
@@ -83,7 +126,8 @@ class RecallData:
         """This data with events (per event: user code, or one for all; item code; unix
         seconds) that it does not hold yet: what served requests see of clicks made after
         the fit. The fitted models stay as they are; histories, sequences, seen items and
-        ``now`` move on. Each user's rows of the log and history are rebuilt and the rest
+        ``now`` move on, and each user's own clock (``now_of``, ``Clocks``) moves with their
+        events only. Each user's rows of the log and history are rebuilt and the rest
         copied around them as arrays (ML-100K: 2.4 -> 0.9 ms a request, from pandas
         concatenation and a sparse sum), a copy linear in the log (a served group takes
         ``for_users`` first, which is not); the log's
@@ -124,9 +168,27 @@ class RecallData:
                            user: (found, np.ones(len(found), self.history.dtype))
                            for user, found in held.items()}),
                        log=pd.DataFrame(columns, copy=False),  # new arrays
+                       clocks=self._clocks_with(touched, [ts[new] for new in mine]),
                        now=max(self.now, int(ts.max()) if len(ts) else 0),
                        start=min((t for t in (self.first, int(ts.min()) if len(ts) else None)
                                   if t is not None), default=None))
+
+    def _clocks_with(self, users: np.ndarray, times: list[np.ndarray]) -> Clocks | None:
+        """``clocks`` once ``users`` (sorted codes) have had events at ``times`` (each
+        user's) added."""
+        c = self.clocks or Clocks(self.now, self.first, *(np.zeros(0, np.int64),) * 3)
+        own = {int(u): (int(n), int(f))
+               for u, n, f in zip(c.users, c.user_now, c.user_first, strict=True)}
+        for user, ts in zip(users.tolist(), times, strict=True):
+            now, first = own.get(user, (c.now, c.first))
+            own[user] = (max(now, int(ts.max())),
+                         int(ts.min()) if first is None else min(first, int(ts.min())))
+        if not own:
+            return self.clocks
+        keys = sorted(own)
+        return Clocks(c.now, c.first, np.array(keys, np.int64),
+                      np.array([own[u][0] for u in keys], np.int64),
+                      np.array([own[u][1] for u in keys], np.int64))
 
 
 def to_seconds(ts: pd.Series) -> np.ndarray:

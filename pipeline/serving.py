@@ -203,8 +203,8 @@ class Ask:
 @dataclass(frozen=True)
 class Pending:
     """A request to compute (``Recommender.prepared``): its user's id as the data types
-    it and code, its list length, its known recent events (item codes, unix seconds)
-    and the clock they move the data to."""
+    it and code, its list length and its known recent events (item codes, unix
+    seconds)."""
 
     ask: Ask
     user_id: Any
@@ -212,16 +212,15 @@ class Pending:
     k: int
     items: np.ndarray
     ts: np.ndarray
-    now: int
 
 
 def together(pending: list[Pending]) -> list[list[int]]:
-    """Groups of ``pending`` (positions) that one pass of the batch code answers: one kind
-    and one clock (half-lives and ages are measured from ``now``), each user at most once
-    (each request's own events join the data); in order of arrival."""
-    groups: dict[tuple, list[list[int]]] = {}
+    """Groups of ``pending`` (positions) that one pass of the batch code answers: one
+    kind, each user at most once (each request's own events join the data and move
+    its own clock: ``RecallData.now_of``); in order of arrival."""
+    groups: dict[bool, list[list[int]]] = {}
     for n, request in enumerate(pending):
-        same = groups.setdefault((request.ask.query is None, request.now), [])
+        same = groups.setdefault(request.ask.query is None, [])
         free = next((g for g in same if all(pending[m].code != request.code for m in g)),
                     None)
         if free is None:
@@ -389,12 +388,11 @@ class Recommender:
             listed = m.published.lists(user_id, k)
             if listed is not None:
                 return listed
-        return Pending(ask, user_id, code, k, items, ts,
-                       max(m.data.now, int(ts.max()) if len(ts) else 0))
+        return Pending(ask, user_id, code, k, items, ts)
 
     def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
         """The lists of requests to compute, answered together by the batch code, a group
-        per kind and clock (``together``): per-call overhead (ten channels, the features,
+        per kind (``together``): per-call overhead (ten channels, the features,
         the rankers) is most of a request's cost, so eight searches together cost 1.5
         times one (benchmarks/RESULTS.md, "serving latency"). Each gets what it would get
         alone (``UserContexts``; ``tests/integration/test_serving.py``); a group that
@@ -411,7 +409,7 @@ class Recommender:
         return found
 
     def computed(self, group: list[Pending]) -> list[pd.DataFrame]:
-        """The lists of requests of one kind and clock by distinct users (``together``),
+        """The lists of requests of one kind by distinct users (``together``),
         computed: retrieval, FM scores (recommendations), features, rankers and the fill
         of a short recommendation list, as the batch runs them."""
         m = self.models

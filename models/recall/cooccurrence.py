@@ -70,6 +70,6 @@ class CooccurrenceChannel(SparseScoreChannel):
         self._require_fitted()
         p = self.params
         seeds = seed_weights(data, users,
-                             half_life(data, p["half_life_days"], p["half_life_share"]),
+                             half_life(data, p["half_life_days"], p["half_life_share"], users),
                              p["recent_items"], p["recent_weight"], p["long_weight"])
         return seeds @ self.similarity

@@ -337,12 +337,14 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
             own = sum(not t.startswith(QUERY_FIELD) for t in self.vocab)
             self._item_terms = index.weights[:own].T.tocsr()
         users = np.asarray(users, np.int64)
-        hl = half_life(data, self.params["half_life_days"], self.params["half_life_share"])
-        if hl > 0:
-            seen = seed_weights(data, users, hl, recent_items=0, recent_weight=0.0,
-                                long_weight=1.0)
-        else:
-            seen = data.history[users].astype(np.float32)
+        hl = half_life(data, self.params["half_life_days"], self.params["half_life_share"],
+                       users)
+        seen = data.history[users].astype(np.float32)  # a user without a half-life's
+        if (aged := hl > 0).any():
+            decayed = seed_weights(data, users[aged], hl[aged], recent_items=0,
+                                   recent_weight=0.0, long_weight=1.0)
+            seen = decayed if aged.all() else sp.vstack(  # rows back in ``users`` order
+                [decayed, seen[~aged]]).tocsr()[np.argsort(np.argsort(~aged, kind="stable"))]
         profile = prune_rows(seen @ self._item_terms, self.params["profile_terms"])
         total = np.asarray(profile.sum(axis=1)).ravel()
         scale = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)

@@ -27,7 +27,7 @@ class PopularityChannel(RecallChannel):
     def fit(self, data: RecallData, held_out: HeldOut | None = None) -> PopularityChannel:
         log = data.log
         p = self.params
-        weight = decay(data, log["ts"].to_numpy(),
+        weight = decay(data.now, log["ts"].to_numpy(),
                        half_life(data, p["half_life_days"], p["half_life_share"]))
         self.counts = np.bincount(log["item"].to_numpy(), weights=weight,
                                   minlength=data.n_items).astype(np.float32)

@@ -53,7 +53,7 @@ class PreferenceChannel(SparseScoreChannel):
         self._require_fitted()
         p = self.params
         seeds = seed_weights(data, users, half_life(data, p["half_life_days"],
-                                                    p["half_life_share"]),
+                                                    p["half_life_share"], users),
                              recent_items=0, recent_weight=0.0, long_weight=1.0,
                              from_latest=True)
         affinity = prune_rows(seeds @ self.attributes, self.params["top_attributes"])

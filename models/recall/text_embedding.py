@@ -186,8 +186,9 @@ class TextEmbeddingChannel(ItemVectorIndex, RecallChannel, SearchChannel):
         self._require_fitted()
         p = self.params
         users = np.asarray(users, np.int64)
-        weights = seed_weights(data, np.maximum(users, 0),
-                               half_life(data, p["half_life_days"], p["half_life_share"]),
+        rows = np.maximum(users, 0)  # a cold user's row is zeroed below
+        weights = seed_weights(data, rows,
+                               half_life(data, p["half_life_days"], p["half_life_share"], rows),
                                p["recent_items"], p["recent_weight"], p["long_weight"])
         vecs = normalise_rows(np.asarray(weights @ self.item_vecs))
         vecs[users < 0] = 0

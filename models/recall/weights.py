@@ -65,25 +65,32 @@ def _prune_near_bound(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     return sp.csr_matrix((vals[chosen], (rows[chosen], cols[chosen])), shape=m.shape)
 
 
-def half_life(data: RecallData, days: float | None, share: float) -> float:
+def half_life(data: RecallData, days: float | None, share: float,
+              users: np.ndarray | None = None) -> float | np.ndarray:
     """The half-life in seconds: ``days`` when set, else ``share`` of the log's span
-    (0: no decay)."""
-    return days * SECONDS_PER_DAY if days is not None else share * data.span
+    (0: no decay); with ``users``, each one's, ``share`` of their own span
+    (``RecallData.span_of``: served users with events each on their own clock)."""
+    if users is None:
+        return days * SECONDS_PER_DAY if days is not None else share * data.span
+    if days is not None:
+        return np.full(len(users), days * SECONDS_PER_DAY, np.float64)
+    return share * data.span_of(users)
 
 
-def decay(data: RecallData, ts: np.ndarray, seconds: float) -> np.ndarray:
-    """2^(-age / half-life) of events at ``ts`` (float64; ones without a half-life)."""
-    if seconds <= 0:
-        return np.ones(len(ts))
-    return np.exp2(-(data.now - ts) / seconds)
+def decay(now: int | np.ndarray, ts: np.ndarray, seconds: float | np.ndarray) -> np.ndarray:
+    """2^(-age / half-life) of events at ``ts``, aged from ``now`` (float64; one where the
+    half-life is 0: the age over an infinite one). ``now`` and ``seconds``: one for
+    every event, or one each."""
+    return np.exp2(-(now - ts) / np.where(np.asarray(seconds) > 0, seconds, np.inf))
 
 
-def seed_weights(data: RecallData, users: np.ndarray, half_life_seconds: float,
+def seed_weights(data: RecallData, users: np.ndarray, half_life_seconds: float | np.ndarray,
                  recent_items: int, recent_weight: float, long_weight: float,
                  from_latest: bool = False) -> sp.csr_matrix:
     """Per user, the weight each of their fitted events gives its item (users x items;
-    repeated events of one item add up). ``from_latest`` measures ages from each user's
-    own latest event instead of ``now``: a per-user scale, exact where the weights are
+    repeated events of one item add up), aged from the user's clock (``now_of``) with
+    their half-life (one for all, or one per user). ``from_latest`` measures ages from
+    each user's own latest event instead: a per-user scale, exact where the weights are
     normalised per user, and never all zero for a user whose events are all old."""
     log = data.log
     starts = np.searchsorted(log["user"].to_numpy(), users, side="left")
@@ -93,9 +100,11 @@ def seed_weights(data: RecallData, users: np.ndarray, half_life_seconds: float,
     offsets = np.cumsum(lengths) - lengths
     pos = np.arange(lengths.sum()) - np.repeat(offsets - starts, lengths)
     ts = log["ts"].to_numpy()[pos]
+    now = np.repeat(data.now_of(users), lengths)
     if from_latest and len(pos):
-        ts = ts + (data.now - np.repeat(log["ts"].to_numpy()[np.maximum(ends - 1, 0)], lengths))
-    weight = (long_weight * decay(data, ts, half_life_seconds)).astype(np.float32)
+        ts = ts + (now - np.repeat(log["ts"].to_numpy()[np.maximum(ends - 1, 0)], lengths))
+    seconds = np.repeat(np.broadcast_to(half_life_seconds, (len(users),)), lengths)
+    weight = (long_weight * decay(now, ts, seconds)).astype(np.float32)
     if recent_items > 0 and recent_weight > 0:
         from_end = np.repeat(ends, lengths) - 1 - pos  # log is sorted by (user, ts)
         weight += np.where(from_end < recent_items, recent_weight, 0.0).astype(np.float32)

@@ -13,6 +13,8 @@ pytest runs every check below on it:
 - what ``tuned()`` chose on held-out pairs, passed back as constructor keywords, fits
   again without them (``check_refit`` adds each channel's own check);
 - an unfitted channel says so instead of failing somewhere inside;
+- served users whose new events are added together (``RecallData.with_events``) each
+  score as with their own events alone, though their events put their clocks apart;
 - on random logs of awkward shapes (twenty years of timestamps with users last seen
   decades ago, a catalogue of 1, 2 or 4 items, users with one event, a user who has every
   item, one timestamp for all) it fits and retrieves with k beyond the catalogue, and
@@ -22,6 +24,7 @@ pytest runs every check below on it:
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -275,6 +278,27 @@ class RecallChannelContract:
             with pytest.raises(NotFittedError, match=f"{channel.name} channel is not fitted"):
                 call()
         assert not (tmp_path / "channel").exists()
+
+    def test_users_with_events_added_together_score_as_each_alone(self, planted, fitted
+                                                                    ) -> None:
+        _, data = planted
+        channel = copy.copy(fitted)
+        if "half_life_share" in getattr(channel, "params", {}):  # ages count: a real decay
+            channel.params = {**channel.params, "half_life_days": None, "half_life_share": 0.5}
+        now = data.now
+        events = {0: ([5, 9], [now + 3, now + 30]), 21: ([3], [now - 5]), COLD: ([7], [now + 7])}
+        users = np.array([0, 1, 21, COLD])
+        with_all = data.for_users(users).with_events(
+            np.repeat(list(events), [len(i) for i, _ in events.values()]),
+            np.concatenate([i for i, _ in events.values()]),
+            np.concatenate([t for _, t in events.values()]))
+        together = channel.score(with_all, users)
+        for row, user in enumerate(users):
+            alone = data.with_events(user, *map(np.array, events[user])) if (
+                user in events) else data
+            # up to float rounding: a product over four users' rows may sum in another order
+            np.testing.assert_allclose(together[row], channel.score(alone, users[row:row + 1])[0],
+                                       rtol=1e-5, atol=1e-7, err_msg=f"user {user}")
 
     @pytest.mark.parametrize("shape", list(AWKWARD_LOGS))
     def test_awkward_logs_give_valid_lists(self, shape: str) -> None:

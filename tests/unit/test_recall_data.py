@@ -61,6 +61,15 @@ def test_events_give_the_data_a_rebuild_on_the_longer_log_gives() -> None:
     pd.testing.assert_frame_equal(got.log, rebuilt.log)
     np.testing.assert_array_equal(got.history.toarray(), rebuilt.history.toarray())
     assert got.now == rebuilt.now
+    # ... and each user's clock and span are those of a rebuild with their events alone
+    for user in (6, 2, 0, 1):
+        mine = events[events["user_id"] == user].assign(
+            weight=np.float32(1.0), ts=lambda e: pd.to_datetime(e["ts"], unit="s"))
+        alone = build_recall_data(pd.concat([fit, mine], ignore_index=True), items, users,
+                                  np.arange(7))
+        code = data.user_index.encode(np.array([user]))
+        assert (got.now_of(code)[0], got.span_of(code)[0]) == (alone.now, alone.span), user
+    assert got.now_of(code)[0] == data.now != got.now  # user 1 had no events
 
 
 def test_a_groups_data_holds_its_users_rows_as_the_whole_data_would() -> None:
@@ -87,6 +96,10 @@ def test_a_groups_data_holds_its_users_rows_as_the_whole_data_would() -> None:
     assert got.history[~kept].nnz == 0 and got.history.shape == whole.history.shape
     assert (got.now, got.span, got.first) == (whole.now, whole.span, whole.first) == (
         170, 170 - 90, 90)
+    # each user on their own clock: 6 clicked at 160 and 90, 2 not at all, 8 at 170
+    np.testing.assert_array_equal(got.now_of(group), [160, data.now, 170])
+    np.testing.assert_array_equal(got.span_of(group), [160 - 90, data.span, 170 - data.first])
+    np.testing.assert_array_equal(whole.span_of(group), got.span_of(group))
     alone = data.for_users(group)
     assert (alone.span, alone.now) == (data.span, data.now) and len(alone.log) < len(data.log)
     empty = build_recall_data(fit.iloc[:0], pd.DataFrame({"item_id": range(9)}),
@@ -94,6 +107,7 @@ def test_a_groups_data_holds_its_users_rows_as_the_whole_data_would() -> None:
     assert empty.span == 0
     clicked = empty.with_events(0, np.array([2, 4]), np.array([200, 230]))
     assert (clicked.now, clicked.span) == (230, 30)  # the first event is the first click
+    assert clicked.span_of(np.array([0, 1])).tolist() == [30, 0]  # 1 still has no events
 
 
 def test_codes_decode_to_the_ids_in_their_own_type() -> None:
