@@ -68,8 +68,9 @@ class InteractionFile(_Strict):
     columns: dict[str, str] = Field(description="contract column -> column in the file")
     event: str = Field("interaction",
                        description="event name for rows when no event column is mapped")
-    ts_unit: Literal["s", "ms", "iso"] | None = Field(
-        None, description="timestamp encoding; inferred from the column type when omitted"
+    ts_unit: Literal["s", "ms", "us", "ns", "iso"] | None = Field(
+        None, description="timestamp encoding: numbers since 1970 in s, ms, us or ns, or ISO "
+        "text; inferred from the column (numbers: by their size) when omitted"
     )
 
 

@@ -168,8 +168,9 @@ def locked_run(cfg: Config, force: bool, entry: dict[str, Any]) -> int:
     decision = gate(cfg, top["metrics"], last)
     entry["decision"] = decision_record(decision)
     if not decision.passed and not force:
-        log.error("[schedule] the gate refused %s: %s; %s stays live", run, decision.reason,
-                  current(cfg))
+        live = current(cfg)
+        log.error("[schedule] the gate refused %s: %s; %s", run, decision.reason,
+                  f"{live} stays live" if live else "nothing is published yet")
         entry["published"] = False
         return REFUSED
     if not decision.passed:

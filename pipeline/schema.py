@@ -9,6 +9,7 @@ all run before anything is raised: one error lists every problem found, one a li
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -163,6 +164,14 @@ def _text(series: pd.Series, problems: Problems) -> pd.Series:
     return pd.Series(values, index=series.index, name=series.name).astype("string[pyarrow]")
 
 
+def _optional_text(series: pd.Series, problems: Problems) -> pd.Series:
+    """Text a row may lack (a query, a region, a category): a blank value, empty or
+    spaces only, is none. A CSV's empty cell reads as an empty string, and an empty
+    query would make every event a search."""
+    text = _text(series, problems)
+    return text.mask((text.str.strip() == "").fillna(False))
+
+
 def _event(series: pd.Series, problems: Problems) -> pd.Series:
     problems.check(_name(series), "null values", series.isna())
     return _text(series.astype(object).where(series.notna(), None), problems)
@@ -177,6 +186,22 @@ def coerce_timestamp(series: pd.Series, origin: str, unit: str | None = None,
     return out
 
 
+_EPOCH_UNITS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds",
+                "ns": "nanoseconds"}
+_LATEST = pd.Timestamp("2300-01-01", tz="UTC")  # later: the wrong unit, not a real time
+
+
+def epoch_unit(numbers: pd.Series) -> str:
+    """The unit of numbers since 1970 by their size: the median read as seconds would be
+    after the year 5138 (1e11) when they are milliseconds (today about 1.7e12), and so
+    on up to nanoseconds. Logs written by browsers and JVMs count milliseconds."""
+    median = float(np.nanmedian(np.abs(numbers.to_numpy(np.float64, na_value=np.nan))))
+    for unit, below in (("s", 1e11), ("ms", 1e14), ("us", 1e17)):
+        if not median >= below:  # a column of nulls: seconds
+            return unit
+    return "ns"
+
+
 def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
                allow_null: bool = False) -> pd.Series:
     if not allow_null:
@@ -185,7 +210,12 @@ def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
         out = series.dt.tz_convert("UTC").dt.tz_localize(None) if series.dt.tz else series
         return out.astype("datetime64[us]")
     if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
-        unit = "s"
+        unit = epoch_unit(series)
+        if unit != "s":
+            logging.getLogger("pipeline").info(
+                "%s: %s: numbers read as %s since 1970, by their size (set ts_unit to say "
+                "otherwise)", problems.origin, problems.column(_name(series) or TS),
+                _EPOCH_UNITS[unit])
     if unit is None:
         # Text: ISO, or unix seconds as text (one bad value turns a CSV column to text);
         # take the reading that parses more rows, so the report names the odd ones out.
@@ -198,6 +228,10 @@ def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
         parsed = _parse_timestamp(series, unit)
     problems.check(_name(series), f"unparsable timestamp (expected {unit})",
                    parsed.isna() & series.notna(), series)
+    if unit in _EPOCH_UNITS:
+        problems.check(_name(series), f"times after the year 2300 when read as "
+                       f"{_EPOCH_UNITS[unit]} since 1970 (is ts_unit right?)",
+                       (parsed > _LATEST).fillna(False), series)
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
 
 
@@ -221,7 +255,7 @@ def validate_interactions(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     problems = _begin(df, INTERACTION_REQUIRED, origin)
     unit = problems.origin.ts_unit
     coerce = {USER: _ids, ITEM: _ids, TS: lambda s, p: _timestamp(s, p, unit), EVENT: _event,
-              WEIGHT: _weight, QUERY: _text, REGION: _text}
+              WEIGHT: _weight, QUERY: _optional_text, REGION: _optional_text}
     out = pd.DataFrame(index=df.index)
     for column, convert in coerce.items():
         if column in df.columns:
@@ -246,7 +280,7 @@ def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     problems, out = _keyed_table(df, origin, ITEM, ITEM_REQUIRED)
     for col in (TITLE, TEXT, CATEGORY, REGION):
         if col in out.columns:
-            out[col] = _text(out[col], problems)
+            out[col] = (_text if col == TITLE else _optional_text)(out[col], problems)
     if TITLE in out.columns:  # an undecodable title is reported once, as such
         empty = (out[TITLE].str.strip() == "").fillna(False).to_numpy(bool)
         problems.check(TITLE, "null or empty titles", df[TITLE].isna().to_numpy() | empty)
@@ -261,7 +295,7 @@ def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
 def validate_users(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     problems, out = _keyed_table(df, origin, USER, USER_REQUIRED)
     if REGION in out.columns:
-        out[REGION] = _text(out[REGION], problems)
+        out[REGION] = _optional_text(out[REGION], problems)
     problems.raise_if_any()
     return out.reset_index(drop=True)
 

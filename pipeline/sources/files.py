@@ -7,12 +7,13 @@ daily partitions, several files a day, is read whole, each file named in its err
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -24,13 +25,18 @@ from pipeline.sources import RawTables
 # Contract columns holding text: read from CSV as strings, so "007" or zip "02134" keep
 # their leading zeros instead of being inferred as numbers.
 _TEXT_TARGETS = (S.TITLE, S.TEXT, S.CATEGORY, S.TAGS, S.REGION, S.QUERY, S.EVENT)
+_ID_TARGETS = (S.USER, S.ITEM)
+_INTEGER = r"^(0|-?[1-9][0-9]*)(\.0*)?$"  # as a program writes one (1 or 1.0), no padding
+_PADDED = r"^-?0[0-9]+$"  # 007: a label, not the number 7
 
 
-def read_any(path: Path, text_columns: Iterable[str] = ()) -> pd.DataFrame:
+def read_any(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Read a .parquet or .csv/.tsv file; invalid UTF-8 is reported by column and row.
 
-    ``text_columns`` (file column names) are read from a CSV as strings, not inferred.
+    ``columns`` (contract column -> the file's) says which of a CSV's columns are read
+    as strings rather than inferred (text) and which as ids (``_ids_as_read``).
     """
+    columns = dict(columns or {})
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
@@ -44,20 +50,48 @@ def read_any(path: Path, text_columns: Iterable[str] = ()) -> pd.DataFrame:
     if suffix not in (".csv", ".tsv", ".txt"):
         raise DataError(f"{path}: unsupported file type '{suffix}' (use .parquet or .csv)")
     options = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns})
+    ids = _sources(columns, _ID_TARGETS)
+    convert = pacsv.ConvertOptions(column_types={
+        c: pa.string() for c in (*_sources(columns, _TEXT_TARGETS), *ids)})
     try:
-        return pacsv.read_csv(path, parse_options=options, convert_options=convert).to_pandas()
+        table = pacsv.read_csv(path, parse_options=options, convert_options=convert)
+        for name in ids:
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name,
+                                         _ids_as_read(table[name]))
+        return table.to_pandas()
     except UnicodeDecodeError:  # invalid UTF-8 in the header (column names)
-        _raise_utf8_location(path, options.delimiter)
+        _raise_utf8_location(path, options.delimiter, columns)
         raise
     except pa.ArrowInvalid as err:
         if "UTF8" in str(err) or "utf8" in str(err).lower():
-            _raise_utf8_location(path, options.delimiter)
+            _raise_utf8_location(path, options.delimiter, columns)
         raise DataError(f"{path}: cannot parse CSV: {err}") from None
 
 
-def _raise_utf8_location(path: Path, delimiter: str) -> None:
-    """Name the column of the first invalid byte and the lines holding any (header = 0)."""
+def _ids_as_read(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A CSV's id column (read as text) as a program would have written it: integers
+    when every id is one, so users and items keep numeric ids; the text when any id is
+    zero-padded, where inferring numbers merged "00007" and "7" into one user; otherwise
+    numbers where every id is one (a fractional id is then reported as such), else the
+    text. Empty cells are missing ids."""
+    text = pc.if_else(pc.equal(pc.utf8_trim_whitespace(text), ""), None, text)
+    if pc.all(pc.match_substring_regex(text, _INTEGER)).as_py() is not False:
+        try:
+            return pc.cast(pc.replace_substring_regex(text, r"\.0*$", ""), pa.int64())
+        except pa.ArrowInvalid:  # beyond 64 bits: a label
+            return text
+    if pc.any(pc.match_substring_regex(text, _PADDED)).as_py():
+        return text
+    try:
+        return pc.cast(text, pa.float64())
+    except pa.ArrowInvalid:
+        return text
+
+
+def _raise_utf8_location(path: Path, delimiter: str, columns: Mapping[str, str]) -> None:
+    """Name the column of the first invalid byte (and the contract's, where ``columns``
+    maps it) and the lines holding any (header = 0)."""
     lines = path.read_bytes().split(b"\n")
     bad: list[tuple[int, int]] = []  # (line number, offset of the first bad byte)
     for number, line in enumerate(lines):
@@ -70,11 +104,13 @@ def _raise_utf8_location(path: Path, delimiter: str) -> None:
     line_no, offset = bad[0]
     header = lines[0].decode("utf-8", "replace").split(delimiter)
     col_idx = lines[line_no][:offset].count(delimiter.encode())
-    column = header[col_idx] if col_idx < len(header) else f"#{col_idx}"
+    own = header[col_idx] if col_idx < len(header) else f"#{col_idx}"
+    contract = {source: target for target, source in columns.items()}.get(own, own)
+    column = f"column '{own}'" + (f" ({contract})" if contract != own else "")
     if line_no == 0:
-        raise DataError(f"{path}: column '{column}': text is not valid UTF-8 in the header line")
+        raise DataError(f"{path}: {column}: text is not valid UTF-8 in the header line")
     rows = ", ".join(str(n) for n, _ in bad[:5])
-    raise DataError(f"{path}: column '{column}': text is not valid UTF-8: {len(bad)} row(s), "
+    raise DataError(f"{path}: {column}: text is not valid UTF-8: {len(bad)} row(s), "
                     f"first at data row(s) {rows}")
 
 
@@ -118,8 +154,9 @@ def _split_lists(df: pd.DataFrame, list_columns: dict[str, str]) -> pd.DataFrame
     return df
 
 
-def _text_sources(columns: dict[str, str]) -> list[str]:
-    return [source for target, source in columns.items() if target in _TEXT_TARGETS]
+def _sources(columns: dict[str, str], targets: tuple[str, ...]) -> list[str]:
+    """The file's columns mapped onto ``targets``."""
+    return [source for target, source in columns.items() if target in targets]
 
 
 def matching_files(path: Path) -> list[Path]:
@@ -142,7 +179,7 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
         # The origin carries the mapping and time unit: validation names the file's own
         # columns and parses time as configured, reporting every problem together.
         origin = S.Origin(str(path), spec.columns, spec.ts_unit)
-        df = _mapped(read_any(path, _text_sources(spec.columns)), spec.columns, path)
+        df = _mapped(read_any(path, spec.columns), spec.columns, path)
         if S.TS not in df.columns:
             df[S.TS] = pd.Timestamp(0).as_unit("us")
         if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant
@@ -154,7 +191,7 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
-    df = _mapped(read_any(spec.path, _text_sources(spec.columns)), spec.columns, spec.path)
+    df = _mapped(read_any(spec.path, spec.columns), spec.columns, spec.path)
     return S.Origin(str(spec.path), spec.columns), _split_lists(df, spec.list_columns)
 
 

@@ -63,8 +63,9 @@ from pipeline.ranking import blend_components
 log = logging.getLogger("pipeline")
 
 
-class NotEnoughRequests(ValueError):
-    """Too few valid requests with a click to cross-fit a ranker."""
+class NotEnoughRequests(S.DataError):
+    """Too few valid requests with a click to cross-fit a ranker: the data's doing, so
+    the command reports it in a line (``DataError``), not a traceback."""
 
 
 def with_positives(frame: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -81,9 +82,10 @@ def assign_folds(frame: pd.DataFrame, key: str, folds: int, seed: int
     useful = with_positives(frame, key)
     requests = useful[key].unique()
     if len(requests) < folds:
-        raise NotEnoughRequests(f"{len(requests)} valid requests have a clicked candidate, fewer "
-                         f"than rank.folds={folds}: nothing to cross-fit a ranker on (is the "
-                         "candidate budget too small?)")
+        raise NotEnoughRequests(
+            f"{len(requests)} of {frame[key].nunique()} valid requests have a clicked "
+            f"candidate, fewer than rank.folds={folds}: nothing to cross-fit a ranker on "
+            "(too few valid events, or a candidate budget too small to hold them)")
     fold_of = np.random.default_rng(seed).permutation(len(requests)) % folds
     return useful, fold_of[pd.Index(requests).get_indexer(useful[key])]
 

@@ -520,3 +520,58 @@ def test_null_item_title(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load(spec(log, items))
     assert_names(err, items, "title", "2", "null or empty")
+
+
+# ------------------------------------------------------------------ unseen shapes
+def test_blank_optional_text_is_none_not_an_empty_string(tmp_path: Path) -> None:
+    """A CSV's empty cells in a query, region or category column are no value: read as
+    empty strings, every event with an empty query had been a search."""
+    log = write(tmp_path, "log.csv", "u,i,t,w,q,r\n1,10,1700000000,1,red shoes,\n"
+                                     "2,11,1700000100,1,,n\n1,11,1700000200,1,  ,\n")
+    items = write(tmp_path, "items.csv", "i,title,kind\n10,Alpha,\n11,Beta,drama\n")
+    users = write(tmp_path, "users.csv", "u,zip\n1,\n2,94043\n")
+    source = spec(log, items, users, columns={**INTERACTION_COLUMNS, "query": "q",
+                                              "region": "r"})
+    source["items"]["columns"] = {**ITEM_COLUMNS, "category": "kind"}
+    interactions, items_df, users_df, _ = load(source)
+    assert interactions["query"].isna().tolist() == [False, True, True]
+    assert interactions["region"].isna().tolist() == [True, False, True]
+    assert items_df["category"].isna().tolist() == [True, False]
+    assert users_df["region"].isna().tolist() == [True, False]
+
+
+def test_zero_padded_csv_ids_are_labels_and_plain_ones_numbers(tmp_path: Path) -> None:
+    """"00007" and "7" are two users: read as numbers they had been merged into one.
+    Ids a program writes as numbers (7, 11.0) stay numbers."""
+    log = write(tmp_path, "log.csv", "u,i,t,w\n00007,0010,1700000000,1\n7,0011,1700000100,1\n")
+    items = write(tmp_path, "items.csv", "i,title\n0010,Alpha\n0011,Beta\n")
+    interactions, items_df, users_df, _ = load(spec(log, items))
+    assert interactions["user_id"].tolist() == ["00007", "7"] and len(users_df) == 2
+    assert interactions["item_id"].tolist() == ["0010", "0011"]
+    assert items_df["item_id"].tolist() == ["0010", "0011"]
+    plain = write(tmp_path, "plain.csv", "u,i,t,w\n7,10,1700000000,1\n8,11.0,1700000100,1\n")
+    interactions, *_ = load(spec(plain))
+    assert interactions["user_id"].dtype == "int64" and interactions["item_id"].tolist() == [10, 11]
+    blank = write(tmp_path, "blank.csv", "u,i,t,w\n7,10,1700000000,1\n,11,1700000100,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(blank))
+    assert_names(err, blank, "user_id", "2", "null values")
+
+
+@pytest.mark.parametrize(("scale", "unit"), [(1, None), (1000, None), (1_000_000, None),
+                                             (1000, "ms")])
+def test_numbers_since_1970_are_read_in_the_unit_their_size_says(tmp_path: Path, scale: int,
+                                                                 unit: str | None) -> None:
+    rows = "".join(f"{n},10,{t * scale},1\n" for n, t in ((1, 1700000000), (2, 1700000100)))
+    interactions, *_ = load(spec(write(tmp_path, "log.csv", f"u,i,t,w\n{rows}"), ts_unit=unit))
+    assert interactions["ts"].tolist() == [pd.Timestamp("2023-11-14 22:13:20"),
+                                           pd.Timestamp("2023-11-14 22:15:00")]
+
+
+def test_milliseconds_read_as_seconds_are_reported_at_ingest(tmp_path: Path) -> None:
+    """Named with the file's column and the unit asked for, at ingest: read as seconds,
+    milliseconds put the log in the year 55,000 and it failed only at the report."""
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000000,1\n2,11,1700000100000,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log, ts_unit="s"))
+    assert_names(err, log, "ts", "1, 2", "after the year 2300", "seconds", "ts_unit")

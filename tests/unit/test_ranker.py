@@ -29,6 +29,8 @@ from models.ranker import (
     refit,
     training_rows,
 )
+from pipeline.schema import DataError
+from pipeline.stages.train_rank import assign_folds
 
 SIGNAL = ["s0", "s1", "s2"]
 NOISE = ["n0", "n1"]
@@ -234,3 +236,14 @@ def test_a_refit_on_one_binned_set_matches_a_fit_on_the_same_rows() -> None:
                     ).fit_dataset(alone, y[rows], group_sizes(g[rows]), list(x.columns))
     assert ranker.best_iteration == 7 and ranker.booster.num_trees() == 7
     np.testing.assert_allclose(ranker.predict(x), direct.predict(x), rtol=1e-12)
+
+
+def test_too_few_clicked_requests_to_cross_fit_is_a_data_error_saying_how_many() -> None:
+    """A log whose valid window leaves too few requests with a click stops ``train-rank``
+    with a line naming the counts (the CLI's data-error exit), not a traceback."""
+    frame = pd.DataFrame({"user_id": [1, 1, 2, 3], "label": [0, 0, 1, 0]})
+    with pytest.raises(DataError, match=r"1 of 3 valid requests have a clicked candidate, "
+                                        r"fewer than rank.folds=2"):
+        assign_folds(frame, "user_id", 2, 0)
+    useful, fold = assign_folds(frame, "user_id", 1, 0)
+    assert useful["user_id"].tolist() == [2] and fold.tolist() == [0]
