@@ -83,13 +83,18 @@ def run(cfg: Config, io: StageIO) -> dict:
         S.require_rows(interactions, f"interactions up to ingest.as_of {cfg.ingest.as_of}")
     if any(dropped.values()):
         log.warning("[ingest] dropped interactions with unknown ids: %s", dropped)
-    for note in raw.notes:
+    notes = list(raw.notes)
+    if weak := int((interactions[S.WEIGHT] <= 0).sum()):  # a dislike is not one here
+        notes.append(f"{weak} interactions have a weight of 0 or less: every event counts "
+                     "as a positive interaction (the weight only scales ALS's confidence, "
+                     "under embedding weighting 'weight'); leave dislikes out of the log")
+    for note in notes:
         log.warning("[ingest] %s", note)
     write_table(interactions, io.output("interactions"))
     write_table(items, io.output("items"))
     write_table(users, io.output("users"))
     counts = {"interactions": len(interactions), "items": len(items), "users": len(users)}
     log.info("[ingest] %s", counts)
-    return {"counts": counts, "dropped": dropped, "notes": list(raw.notes),
+    return {"counts": counts, "dropped": dropped, "notes": notes,
             "source_files": hashes,
             "as_of": str(interactions[S.TS].max())}

@@ -514,6 +514,21 @@ def test_ingest_with_drop_records_counts_in_manifest(tmp_path: Path) -> None:
     assert str(src["interactions"][0]["path"]) in manifest["source_files"]
 
 
+def test_weights_of_zero_or_less_are_kept_with_a_note_saying_what_they_count_as(
+        tmp_path: Path) -> None:
+    """A -1 "dislike" counts as an interaction like any other: said at ingest, not
+    silently."""
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,-1\n2,11,1700000100,0\n"
+                                     "1,11,1700000200,2\n")
+    manifest = run_stage(ingest_config(tmp_path, spec(log)), "ingest")
+    assert manifest["counts"]["interactions"] == 3
+    [note] = manifest["notes"]
+    assert note.startswith("2 interactions have a weight of 0 or less") and "dislikes" in note
+    manifest = run_stage(ingest_config(tmp_path, spec(write(tmp_path, "good.csv",
+                                                            GOOD_INTERACTIONS))), "ingest")
+    assert manifest["notes"] == []
+
+
 def test_null_item_title(tmp_path: Path) -> None:
     log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
     items = write(tmp_path, "items.csv", "i,title\n10,Alpha\n11,\n")
