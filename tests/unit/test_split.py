@@ -1,6 +1,6 @@
 """Deduplication and the train / valid / test splits (``pipeline.splitting``).
 
-The spec: deduplicate (user, item) keeping the latest ts; ``ratio`` orders each user's
+The spec: deduplicate (user, item) keeping the earliest ts; ``ratio`` orders each user's
 rows by (ts, item_id), keeps users with n < 3 wholly in train, else puts the last
 max(1, floor(0.1 n)) rows in test and the max(1, floor(0.1 n)) before them in valid;
 ``leave_last`` takes exactly one of each; ``time`` cuts globally at two timestamps (>=).
@@ -53,11 +53,12 @@ def random_log(seed: int, n_users: int = 200, max_n: int = 40, n_items: int = 60
 
 
 def naive_dedup(df: pd.DataFrame) -> pd.DataFrame:
-    """Later row wins when its ts is at least the kept one's: latest ts, ties to the log."""
+    """A later row wins only when its ts is earlier than the kept one's: earliest ts,
+    ties to the earlier log row."""
     kept: dict[tuple[object, object], int] = {}
     for pos, (u, i, ts) in enumerate(zip(df[S.USER], df[S.ITEM], df[S.TS], strict=True)):
         key = (u, i)
-        if key not in kept or ts >= df[S.TS].iloc[kept[key]]:
+        if key not in kept or ts < df[S.TS].iloc[kept[key]]:
             kept[key] = pos
     return df.iloc[sorted(kept.values())]
 
@@ -67,21 +68,21 @@ def canonical(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- deduplicate
-def test_dedup_keeps_latest_ts() -> None:
-    df = log([(1, 7, 1.0), (1, 7, 5.0), (1, 7, 3.0), (2, 7, 0.0), (1, 8, 2.0)])
+def test_dedup_keeps_the_earliest_ts() -> None:
+    df = log([(1, 7, 3.0), (1, 7, 5.0), (1, 7, 1.0), (2, 7, 0.0), (1, 8, 2.0)])
     out = canonical(deduplicate(df))
     assert list(zip(out[S.USER], out[S.ITEM], out[S.WEIGHT], strict=True)) == [
-        (1, 7, 1.0),  # the row at hour 5 (weight 1), not the first or the last in the log
+        (1, 7, 2.0),  # the row at hour 1 (weight 2), not the first or the last in the log
         (1, 8, 4.0),
         (2, 7, 3.0),
     ]
 
 
-def test_dedup_ties_on_ts_keep_the_later_log_row() -> None:
-    df = log([(1, 7, 2.0), (1, 7, 2.0), (1, 7, 2.0), (1, 7, 1.0)])
+def test_dedup_ties_on_ts_keep_the_earlier_log_row() -> None:
+    df = log([(1, 7, 3.0), (1, 7, 2.0), (1, 7, 2.0), (1, 7, 2.0)])
     out = deduplicate(df)
     assert len(out) == 1
-    assert out[S.WEIGHT].item() == 2.0
+    assert out[S.WEIGHT].item() == 1.0
 
 
 def test_dedup_matches_naive_loop_on_random_data() -> None:
@@ -93,7 +94,7 @@ def test_dedup_applies_before_counting() -> None:
     """Three rows but two distinct items: n = 2, so the user stays wholly in train."""
     parts = split(log([(1, 7, 0.0), (1, 8, 1.0), (1, 7, 2.0)]), SplitConfig())
     assert counts(parts) == (2, 0, 0)
-    assert parts["train"].loc[parts["train"][S.ITEM] == 7, S.TS].item() == T0 + pd.Timedelta(2, "h")
+    assert parts["train"].loc[parts["train"][S.ITEM] == 7, S.TS].item() == T0
 
 
 # ---------------------------------------------------------------- ratio
@@ -250,8 +251,9 @@ def test_time_ignores_per_user_counts() -> None:
 
 
 def test_time_deduplicates_first() -> None:
+    """Had in train, the item is no test event when the user has it again."""
     parts = split(log([(1, 1, 1.0), (1, 1, 25.0)]), time_cfg(10, 20))
-    assert counts(parts) == (0, 0, 1)
+    assert counts(parts) == (1, 0, 0)
 
 
 def test_time_equal_cutoffs_leave_valid_empty() -> None:
