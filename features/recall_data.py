@@ -19,7 +19,7 @@ SECONDS_PER_DAY = 86_400  # timestamps are unix seconds; half-lives set in days
 _SECOND = np.timedelta64(1, "s")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Clocks:
     """The clocks of data that served events were added to (``RecallData.with_events``):
     each user with events is measured as a refit on the data with their events alone
@@ -30,14 +30,12 @@ class Clocks:
 
     now: int  # everyone else's clock
     first: int | None  # everyone else's first event (None: no events)
-    users: np.ndarray  # sorted codes of the users with events
+    users: np.ndarray  # sorted codes of the users with events (one at least)
     user_now: np.ndarray
     user_first: np.ndarray
 
     def of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each of ``users`` is in ``self.users`` and whether it is there."""
-        if not len(self.users):
-            return np.zeros(len(users), np.int64), np.zeros(len(users), bool)
         at = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
         return at, self.users[at] == users
 
@@ -125,9 +123,11 @@ class RecallData:
                     ) -> RecallData:
         """This data with events (per event: user code, or one for all; item code; unix
         seconds) that it does not hold yet: what served requests see of clicks made after
-        the fit. The fitted models stay as they are; histories, sequences, seen items and
-        ``now`` move on, and each user's own clock (``now_of``, ``Clocks``) moves with their
-        events only. Each user's rows of the log and history are rebuilt and the rest
+        the fit. The fitted models stay as they are; histories, sequences and seen items
+        move on. ``now`` and ``span`` become those of a refit on every event added; each
+        user's own (``now_of``, ``span_of``: ``Clocks``) moves with their events only, and
+        is what anything computed per user must read. Each user's rows of the log and
+        history are rebuilt and the rest
         copied around them as arrays (ML-100K: 2.4 -> 0.9 ms a request, from pandas
         concatenation and a sparse sum), a copy linear in the log (a served group takes
         ``for_users`` first, which is not); the log's

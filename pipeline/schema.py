@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+log = logging.getLogger("pipeline")
+
 USER = "user_id"
 ITEM = "item_id"
 TS = "ts"
@@ -139,7 +141,7 @@ def _ids(series: pd.Series, problems: Problems) -> pd.Series:
     """Ids stay int64 when every value is integral, otherwise become strings (raw ids kept)."""
     nulls = problems.check(_name(series), "null values", series.isna())
     if pd.api.types.is_float_dtype(series.dtype):
-        frac = series.notna() & (series != np.floor(series))
+        frac = series.notna() & ~(np.isfinite(series) & (series == np.floor(series)))
         fractional = problems.check(_name(series), "ids must be integers or strings", frac,
                                     series)
         return series if nulls or fractional else series.astype("int64")
@@ -179,7 +181,8 @@ def _event(series: pd.Series, problems: Problems) -> pd.Series:
 
 def coerce_timestamp(series: pd.Series, origin: str, unit: str | None = None,
                      allow_null: bool = False) -> pd.Series:
-    """Timestamps as naive UTC datetime64[us]; unix seconds/ms or ISO text accepted."""
+    """Timestamps as naive UTC datetime64[us]: numbers since 1970 (s, ms, us or ns) or
+    ISO text."""
     problems = Problems(origin)
     out = _timestamp(series, problems, unit, allow_null)
     problems.raise_if_any()
@@ -195,9 +198,12 @@ def epoch_unit(numbers: pd.Series) -> str:
     """The unit of numbers since 1970 by their size: the median read as seconds would be
     after the year 5138 (1e11) when they are milliseconds (today about 1.7e12), and so
     on up to nanoseconds. Logs written by browsers and JVMs count milliseconds."""
-    median = float(np.nanmedian(np.abs(numbers.to_numpy(np.float64, na_value=np.nan))))
+    values = np.abs(pd.to_numeric(numbers, errors="coerce").to_numpy(np.float64,
+                                                                      na_value=np.nan))
+    values = values[np.isfinite(values)]
+    median = float(np.median(values)) if len(values) else 0.0  # none: seconds
     for unit, below in (("s", 1e11), ("ms", 1e14), ("us", 1e17)):
-        if not median >= below:  # a column of nulls: seconds
+        if median < below:
             return unit
     return "ns"
 
@@ -210,20 +216,16 @@ def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
         out = series.dt.tz_convert("UTC").dt.tz_localize(None) if series.dt.tz else series
         return out.astype("datetime64[us]")
     if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
-        unit = epoch_unit(series)
-        if unit != "s":
-            logging.getLogger("pipeline").info(
-                "%s: %s: numbers read as %s since 1970, by their size (set ts_unit to say "
-                "otherwise)", problems.origin, problems.column(_name(series) or TS),
-                _EPOCH_UNITS[unit])
+        unit = _said(epoch_unit(series), series, problems)
     if unit is None:
         # Text: ISO, or unix seconds as text (one bad value turns a CSV column to text);
         # take the reading that parses more rows, so the report names the odd ones out.
         unit, parsed = "iso", _parse_timestamp(series, "iso")
         if parsed.isna().sum() > series.isna().sum():
-            secs = _parse_timestamp(series, "s")
-            if secs.notna().sum() > parsed.notna().sum():
-                unit, parsed = "s", secs
+            sized = epoch_unit(series)
+            numbers = _parse_timestamp(series, sized)
+            if numbers.notna().sum() > parsed.notna().sum():
+                unit, parsed = _said(sized, series, problems), numbers
     else:
         parsed = _parse_timestamp(series, unit)
     problems.check(_name(series), f"unparsable timestamp (expected {unit})",
@@ -233,6 +235,15 @@ def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
                        f"{_EPOCH_UNITS[unit]} since 1970 (is ts_unit right?)",
                        (parsed > _LATEST).fillna(False), series)
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
+
+
+def _said(unit: str, series: pd.Series, problems: Problems) -> str:
+    """``unit``, inferred for a time column, said in the log where it is not seconds."""
+    if unit != "s":
+        log.info("%s: %s: numbers read as %s since 1970, by their size (set ts_unit to "
+                 "say otherwise)", problems.origin, problems.column(_name(series) or TS),
+                 _EPOCH_UNITS[unit])
+    return unit
 
 
 def _parse_timestamp(series: pd.Series, unit: str) -> pd.Series:

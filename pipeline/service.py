@@ -142,11 +142,12 @@ class ComputeProcess:
         self.pool = pool
 
     def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
-        """The requests' lists (or errors), computed in the process. A process found dead
-        before they reach it (killed while idle) is replaced first, so they are answered.
-        If it dies while computing them (killed, out of memory), they fail (the service
-        answers them 503, to retry) and a new one serves the next; one that cannot start
-        fails those alike, and the ones after try again."""
+        """The requests' lists (or errors), computed in the process. A process known dead
+        when they come (killed while idle: the executor notices within moments) is
+        replaced first, so they are answered. If it dies while computing them (killed,
+        out of memory), or in the moment before its death is noticed, they fail (the
+        service answers them 503, to retry) and a new one serves the next; one that
+        cannot start fails those alike, and the ones after try again."""
         try:
             computing = self.pool.submit(_finished, pending)
         except BrokenProcessPool:

@@ -339,7 +339,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         users = np.asarray(users, np.int64)
         hl = half_life(data, self.params["half_life_days"], self.params["half_life_share"],
                        users)
-        seen = data.history[users].astype(np.float32)  # a user without a half-life's
+        seen = data.history[users].astype(np.float32)  # for users without a half-life
         if (aged := hl > 0).any():
             decayed = seed_weights(data, users[aged], hl[aged], recent_items=0,
                                    recent_weight=0.0, long_weight=1.0)

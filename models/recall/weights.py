@@ -10,7 +10,9 @@ profiles).
 Half-lives are set per channel in days or, by default, as a share of the fitting log's
 own span (``half_life``): a fixed 30 days means nothing on a log of two decades (every
 old user's weights underflow to zero) or of two hours (no decay at all). With a share,
-the oldest event weighs 2^(-1 / share) at least, whatever the log's time scale.
+the oldest event weighs 2^(-1 / share) at least, whatever the log's time scale. A
+served user whose clicks were added (``RecallData.with_events``) is aged on their own
+clock and span (``now_of``, ``span_of``), as a refit with their clicks alone would be.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ def half_life(data: RecallData, days: float | None, share: float,
 
 def decay(now: int | np.ndarray, ts: np.ndarray, seconds: float | np.ndarray) -> np.ndarray:
     """2^(-age / half-life) of events at ``ts``, aged from ``now`` (float64; one where the
-    half-life is 0: the age over an infinite one). ``now`` and ``seconds``: one for
-    every event, or one each."""
+    half-life is 0: the age over an infinite one). ``now`` and ``seconds``: scalars, or
+    arrays aligned with ``ts``."""
     return np.exp2(-(now - ts) / np.where(np.asarray(seconds) > 0, seconds, np.inf))
 
 

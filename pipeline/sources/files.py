@@ -27,7 +27,7 @@ from pipeline.sources import RawTables
 _TEXT_TARGETS = (S.TITLE, S.TEXT, S.CATEGORY, S.TAGS, S.REGION, S.QUERY, S.EVENT)
 _ID_TARGETS = (S.USER, S.ITEM)
 _INTEGER = r"^(0|-?[1-9][0-9]*)(\.0*)?$"  # as a program writes one (1 or 1.0), no padding
-_PADDED = r"^-?0[0-9]+$"  # 007: a label, not the number 7
+_DECIMAL = r"^(0|-?[1-9][0-9]*)(\.[0-9]+)?$"  # with 1.5 among them: a fractional id
 
 
 def read_any(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -70,23 +70,23 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataFra
 
 
 def _ids_as_read(text: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A CSV's id column (read as text) as a program would have written it: integers
-    when every id is one, so users and items keep numeric ids; the text when any id is
-    zero-padded, where inferring numbers merged "00007" and "7" into one user; otherwise
-    numbers where every id is one (a fractional id is then reported as such), else the
-    text. Empty cells are missing ids."""
-    text = pc.if_else(pc.equal(pc.utf8_trim_whitespace(text), ""), None, text)
+    """A CSV's id column, read as text, typed as a program would have written it, spaces
+    around each id trimmed and an empty cell a missing id:
+    - integers when every id is one written plainly (7, or 7.0), so ids stay numbers;
+    - numbers when every id is a plain decimal and some have a fraction (a fractional
+      id, then reported as such);
+    - else the text: zero-padded ids ("00007") stay labels, where inferring numbers had
+      merged "00007" and "7" into one user, and so do ids such as 1e3, +7 or inf."""
+    text = pc.utf8_trim_whitespace(text)
+    text = pc.if_else(pc.equal(text, ""), None, text)
     if pc.all(pc.match_substring_regex(text, _INTEGER)).as_py() is not False:
         try:
             return pc.cast(pc.replace_substring_regex(text, r"\.0*$", ""), pa.int64())
         except pa.ArrowInvalid:  # beyond 64 bits: a label
             return text
-    if pc.any(pc.match_substring_regex(text, _PADDED)).as_py():
-        return text
-    try:
+    if pc.all(pc.match_substring_regex(text, _DECIMAL)).as_py() is not False:
         return pc.cast(text, pa.float64())
-    except pa.ArrowInvalid:
-        return text
+    return text
 
 
 def _raise_utf8_location(path: Path, delimiter: str, columns: Mapping[str, str]) -> None:

@@ -85,9 +85,10 @@ def run(cfg: Config, io: StageIO) -> dict:
         log.warning("[ingest] dropped interactions with unknown ids: %s", dropped)
     notes = list(raw.notes)
     if weak := int((interactions[S.WEIGHT] <= 0).sum()):  # a dislike is not one here
-        notes.append(f"{weak} interactions have a weight of 0 or less: every event counts "
-                     "as a positive interaction (the weight only scales ALS's confidence, "
-                     "under embedding weighting 'weight'); leave dislikes out of the log")
+        notes.append(f"{weak} interactions have a weight of 0 or less: each counts as a "
+                     "positive interaction in every channel but ALS under embedding "
+                     "weighting 'weight' (there a negative weight is a dislike and 0 no "
+                     "signal); leave dislikes out of the log if they should not count")
     for note in notes:
         log.warning("[ingest] %s", note)
     write_table(interactions, io.output("interactions"))

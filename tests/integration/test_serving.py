@@ -186,9 +186,9 @@ def test_a_click_is_answered_as_data_rebuilt_with_it_answers(live) -> None:
 
 
 def mixed_requests(recommender: Recommender, cfg) -> list[Ask]:
-    """Recommendations with and without clicks (timed and not, so on four clocks, one
-    a month past the others), a repeated user, searches with and without a click, a
-    cold user and a bad k."""
+    """Recommendations with and without clicks (timed and not, so on five clocks, one a
+    month past the others), a repeated user, searches with and without a click, a cold
+    user and a bad k."""
     m = recommender.models
     users, items = m.data.user_index.ids, m.data.item_index.ids
     cases = read_table(artifact_path(cfg, "cases", phase="test"))
@@ -214,7 +214,7 @@ def test_requests_answered_together_each_get_what_they_get_alone(live) -> None:
     pending = [recommender.prepared(a, lookup=False) for a in asks[:9]]
     groups = together(pending)
     assert sorted(n for g in groups for n in g) == list(range(9)) and len(groups) < 9
-    assert groups[0] == [0, 1, 2, 4, 5]  # clicks on four clocks share a pass, each on its own
+    assert groups[0] == [0, 1, 2, 4, 5]  # clicks on five clocks share a pass, each on its own
     assert all(len({pending[n].code for n in g}) == len(g) for g in groups)
     assert all(len({pending[n].ask.query is None for n in g}) == 1 for g in groups)
     for got, ask in zip(recommender.answer(asks, lookup=False), asks, strict=True):
@@ -293,6 +293,7 @@ def test_a_compute_process_answers_as_this_one_and_is_replaced_if_it_dies(live, 
     monkeypatch.setattr(process.pool, "submit", lambda *args: died)
     with pytest.raises(BrokenProcessPool):
         process.finished(pending)
+    third.join(timeout=30)  # let go by the replacement (shut down without waiting)
     same(process.finished(pending))
     [fourth] = set(multiprocessing.active_children()) - before
     assert fourth.pid != third.pid

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -279,9 +280,14 @@ class RecallChannelContract:
                 call()
         assert not (tmp_path / "channel").exists()
 
-    def test_users_with_events_added_together_score_as_each_alone(self, planted, fitted
-                                                                    ) -> None:
+    @pytest.mark.parametrize("timed", [True, False])
+    def test_users_with_events_added_together_score_as_each_alone(self, planted, fitted,
+                                                                    timed: bool) -> None:
+        """Untimed, the log's span is 0 and only the users who click get a span (and a
+        half-life) of their own."""
         _, data = planted
+        if not timed:
+            data = replace(data, log=data.log.assign(ts=0), now=0, start=None)
         channel = copy.copy(fitted)
         if "half_life_share" in getattr(channel, "params", {}):  # ages count: a real decay
             channel.params = {**channel.params, "half_life_days": None, "half_life_share": 0.5}

@@ -564,9 +564,12 @@ def test_zero_padded_csv_ids_are_labels_and_plain_ones_numbers(tmp_path: Path) -
     assert interactions["user_id"].tolist() == ["00007", "7"] and len(users_df) == 2
     assert interactions["item_id"].tolist() == ["0010", "0011"]
     assert items_df["item_id"].tolist() == ["0010", "0011"]
-    plain = write(tmp_path, "plain.csv", "u,i,t,w\n7,10,1700000000,1\n8,11.0,1700000100,1\n")
-    interactions, *_ = load(spec(plain))
-    assert interactions["user_id"].dtype == "int64" and interactions["item_id"].tolist() == [10, 11]
+    plain = write(tmp_path, "plain.csv", "u,i,t,w\n 7,10,1700000000,1\n8 , 11.0,1700000100,1\n")
+    interactions, *_ = load(spec(plain))  # spaces around ids trimmed, as numbers were
+    assert interactions["user_id"].tolist() == [7, 8]
+    assert interactions["item_id"].tolist() == [10, 11]
+    labels = write(tmp_path, "labels.csv", "u,i,t,w\n1e3,10,1700000000,1\n1000,11,1700000100,1\n")
+    assert load(spec(labels))[0]["user_id"].tolist() == ["1e3", "1000"]  # not one user
     blank = write(tmp_path, "blank.csv", "u,i,t,w\n7,10,1700000000,1\n,11,1700000100,1\n")
     with pytest.raises(DataError) as err:
         load(spec(blank))
@@ -590,3 +593,14 @@ def test_milliseconds_read_as_seconds_are_reported_at_ingest(tmp_path: Path) -> 
     with pytest.raises(DataError) as err:
         load(spec(log, ts_unit="s"))
     assert_names(err, log, "ts", "1, 2", "after the year 2300", "seconds", "ts_unit")
+
+
+def test_milliseconds_with_a_bad_cell_are_still_read_by_their_size(tmp_path: Path) -> None:
+    """One bad cell makes the CSV column text; its numbers are still milliseconds, so
+    only the bad row is reported."""
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000000,1\n2,11,oops,1\n"
+                                     "1,11,1700000100000,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    msg = assert_names(err, log, "ts", "2", "unparsable timestamp (expected ms)")
+    assert "2300" not in msg
