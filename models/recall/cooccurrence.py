@@ -8,7 +8,7 @@ item matrix stays sparse (memory ~ items x neighbours).
 
 A user's score for j is long_weight * sum_i decay(i) s(i, j) over their whole history,
 where decay(i) = 2^(-age_i / half-life) (``half_life_days``, or ``half_life_share`` of
-the log's span; 1 when both are 0), plus
+the log's span, a served user's own: ``models.recall.weights``; 1 when both are 0), plus
 recent_weight * sum s(i, j) over their ``recent_items`` latest items: long-term and
 real-time behaviour, weighed separately.
 """

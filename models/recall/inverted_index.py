@@ -120,7 +120,8 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
       characters that matches no term is expanded to the indexed words it misspells by
       one dropped letter, else to those it begins (at most this many; 0 chars: off).
     - ``profile_terms``: terms and attributes kept in a user's profile.
-    - ``half_life_days`` (or else ``half_life_share`` of the log's span): 0 weighs every
+    - ``half_life_days`` (or else ``half_life_share`` of the log's span, a served user's
+      own: ``models.recall.weights``): 0 weighs every
       fitted item alike in the profile; > 0 weighs each event 2^(-age / half-life), so
       recent items dominate.
     - ``dense_df``, ``max_dense_terms``: terms in more than this share of items (at most

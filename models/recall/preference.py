@@ -2,9 +2,9 @@
 
 A user's affinity for attribute a is the decayed count of their fitted items carrying
 it, normalised to sum to one (decay 2^(-age / half-life): ``half_life_share`` of the
-log's span, or ``half_life_days`` when set; none when 0; ages from the user's latest
-event, which the normalisation makes exact and keeps finite for long-gone users). An
-item's
+log's span, a served user's own (``models.recall.weights``), or ``half_life_days`` when
+set; none when 0; ages from the user's latest event, which the normalisation makes exact
+and keeps finite for long-gone users). An item's
 standing within a is its popularity divided by the most popular item of a. The score of
 item j is sum_a affinity(u, a) * carries(j, a) * standing(j, a): popular items of the
 categories and tags the user keeps coming back to.
