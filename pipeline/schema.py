@@ -293,14 +293,27 @@ def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
         if col in out.columns:
             out[col] = (_text if col == TITLE else _optional_text)(out[col], problems)
     if TITLE in out.columns:  # an undecodable title is reported once, as such
-        empty = (out[TITLE].str.strip() == "").fillna(False).to_numpy(bool)
-        problems.check(TITLE, "null or empty titles", df[TITLE].isna().to_numpy() | empty)
+        _stand_in_titles(df, out, problems)
     if CREATED_TS in out.columns:
         out[CREATED_TS] = _timestamp(out[CREATED_TS], problems, allow_null=True)
     if TAGS in out.columns:
         out[TAGS] = _tag_lists(out[TAGS], problems)
     problems.raise_if_any()
     return out.reset_index(drop=True)
+
+
+def _stand_in_titles(df: pd.DataFrame, out: pd.DataFrame, problems: Problems) -> None:
+    """An item without a title (null or blank) gets its id as one, said in the log, as
+    an items table derived from the interactions has: public catalogues often lack a
+    few, and refusing the whole table left editing the file as the only way on."""
+    missing = df[TITLE].isna().to_numpy() | (out[TITLE].str.strip() == "").fillna(
+        False).to_numpy(bool)
+    if missing.any() and ITEM in out.columns:
+        out.loc[missing, TITLE] = out.loc[missing, ITEM].astype("string")
+        rows = ", ".join(str(n + 1) for n in np.flatnonzero(missing)[:_EXAMPLES])
+        log.warning("%s: %s: %d item(s) without a title, first at data row(s) %s: their "
+                    "ids stand in", problems.origin, problems.column(TITLE),
+                    int(missing.sum()), rows)
 
 
 def validate_users(df: pd.DataFrame, origin: str) -> pd.DataFrame:

@@ -412,9 +412,9 @@ def test_items_problems_are_reported_together(tmp_path: Path) -> None:
     src["items"]["columns"] = {**ITEM_COLUMNS, "created_ts": "released", "tags": "genres"}
     with pytest.raises(DataError) as err:
         load(src)
-    msg = assert_names(err, items, None, None, "4 problems")
+    msg = assert_names(err, items, None, None, "3 problems")
+    assert "title" not in msg  # a blank one gets the item's id
     for fragment in ("column 'i' (item_id): duplicate ids: 1 row(s), first at data row(s) 3",
-                     "column 'title': null or empty titles: 1 row(s), first at data row(s) 2",
                      "column 'released' (created_ts): unparsable timestamp",
                      "column 'genres' (tags): tags must be lists of strings: 4 row(s)"):
         assert fragment in msg, msg
@@ -529,12 +529,16 @@ def test_weights_of_zero_or_less_are_kept_with_a_note_saying_what_they_count_as(
     assert manifest["notes"] == []
 
 
-def test_null_item_title(tmp_path: Path) -> None:
+def test_items_without_a_title_get_their_id_as_one_with_a_warning(tmp_path: Path,
+                                                                    caplog) -> None:
+    """The whole table was refused, so editing the file was the only way on."""
     log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
-    items = write(tmp_path, "items.csv", "i,title\n10,Alpha\n11,\n")
-    with pytest.raises(DataError) as err:
-        load(spec(log, items))
-    assert_names(err, items, "title", "2", "null or empty")
+    items = write(tmp_path, "items.csv", "i,title\n10,Alpha\n11,\n12,  \n")
+    with caplog.at_level("WARNING", logger="pipeline"):
+        _, items_df, _, _ = load(spec(log, items))
+    assert items_df["title"].tolist() == ["Alpha", "11", "12"]
+    assert f"{items}: column 'title': 2 item(s) without a title, first at data row(s) 2, 3" \
+        in caplog.text
 
 
 # ------------------------------------------------------------------ unseen shapes
