@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from features.attributes import attribute_matrix
 from features.interactions import interaction_matrix
 from features.recall_data import SECONDS_PER_DAY, RecallData, to_seconds
-from models.arrays import grouped_order, sparse_row_dots, sparse_values
+from models.arrays import grouped_order, sorted_positions, sparse_row_dots, sparse_values
 
 HOUR_BUCKETS = 6  # four-hour slots of the day
 
@@ -341,7 +341,7 @@ class UserContexts:
         self.recent_change = np.concatenate([c for _, c in recent])
 
     def compute(self, users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
-        who, mine = _lookup(self.users, users)
+        who, mine = sorted_positions(self.users, users)
         if mine.all():
             return pd.DataFrame(self._clicking(users, items, who))
         if not mine.any():
@@ -361,14 +361,14 @@ class UserContexts:
         for the item."""
         base, own, ni = self.base, self.own, self.base.data.n_items
         columns = own.columns(who, items)  # ``own`` has a row per clicking user
-        pair, found = _lookup(self.pairs, users * ni + items)
+        pair, found = sorted_positions(self.pairs, users * ni + items)
         count, first, last = np.zeros(len(users)), np.full(len(users), np.nan), np.full(
             len(users), np.nan)
         count[found], first[found], last[found] = (self.count[pair[found]],
                                                    self.first[pair[found]],
                                                    self.last[pair[found]])
         events = base.item_events[items] + count
-        moved, hit = _lookup(self.recent_pairs, users * ni + items)
+        moved, hit = sorted_positions(self.recent_pairs, users * ni + items)
         recent = base.item_recent[items].copy()
         recent[hit] += self.recent_change[moved[hit]]
         columns["item_popularity"] = events / np.maximum(
@@ -404,15 +404,6 @@ class UserContexts:
                 np.arange(len(changed)), np.maximum(slot[changed], 0)]
             columns[name] = np.where(slot >= 0, value, np.nan)
         return columns
-
-
-def _lookup(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of ``wanted`` in the sorted ``keys`` and whether each is there (read
-    the positions where it is: the others point anywhere)."""
-    if not len(keys):
-        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
-    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    return at, keys[at] == wanted
 
 
 class PairScorer(Protocol):

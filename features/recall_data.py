@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.interactions import IdIndex, interaction_matrix, with_rows
+from models.arrays import sorted_positions
 
 SECONDS_PER_DAY = 86_400  # timestamps are unix seconds; half-lives set in days
 _SECOND = np.timedelta64(1, "s")
@@ -33,11 +34,6 @@ class Clocks:
     users: np.ndarray  # sorted codes of the users with events (one at least)
     user_now: np.ndarray
     user_first: np.ndarray
-
-    def of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where each of ``users`` is in ``self.users`` and whether it is there."""
-        at = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
-        return at, self.users[at] == users
 
 
 @dataclass
@@ -86,7 +82,7 @@ class RecallData:
         users = np.asarray(users, np.int64)
         if self.clocks is None:
             return np.full(len(users), self.now, np.int64)
-        at, own = self.clocks.of(users)
+        at, own = sorted_positions(self.clocks.users, users)
         return np.where(own, self.clocks.user_now[at], self.clocks.now)
 
     def span_of(self, users: np.ndarray) -> np.ndarray:
@@ -95,7 +91,7 @@ class RecallData:
         c = self.clocks
         if c is None:
             return np.full(len(users), self.span, np.int64)
-        at, own = c.of(users)
+        at, own = sorted_positions(c.users, users)
         first = np.where(own, c.user_first[at], 0 if c.first is None else c.first)
         return np.where(own | (c.first is not None), self.now_of(users) - first, 0)
 

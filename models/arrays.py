@@ -25,10 +25,17 @@ def sorted_contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """``np.isin(keys, sorted_keys)`` for a sorted ``sorted_keys``, by one binary search
     per key: numpy sorts all of ``keys`` with them instead, 3-5x slower when ``keys``
     (every ranked cell) far outnumber ``sorted_keys`` (the relevant pairs)."""
+    return sorted_positions(sorted_keys, keys)[1]
+
+
+def sorted_positions(sorted_keys: np.ndarray, keys: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``keys`` is in the sorted ``sorted_keys`` and whether it is there
+    (read the positions where it is: the others point anywhere)."""
     if not sorted_keys.size:
-        return np.zeros(np.shape(keys), bool)
-    return sorted_keys[np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)] \
-        == keys
+        return np.zeros(np.shape(keys), np.int64), np.zeros(np.shape(keys), bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return at, sorted_keys[at] == keys
 
 
 def gathered_sums(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
