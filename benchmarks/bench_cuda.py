@@ -3,15 +3,16 @@
 FM and FFM: the same modules through the same trainer (``models.fm_trainer.fit``) on the
 device at batches ``BATCHES``, each with the best on valid AUC of the learning rates
 bench-fm's lr x (batch / 256) ** ``LR_POWERS``, in float32 with captured steps (CUDA
-graphs), once in bf16 and once without graphs, dense gradients and the fitting set held
-on the device; against the same machine's CPU: the native kernel (the CPU default) on
-every core (Hogwild). On ML-100K CTR (80k fitting samples, small for a GPU) also the
-native kernel on one thread, torch on every core and the device at batch 256 (the two
-paths issue 17 measured: 382k and 173k samples/s). Every row is a full fit early-stopped
-on valid AUC (bench-fm's hyperparameters, k=4), so the AUCs compare; rates are the median
-epoch's samples/s inside training steps after the first epoch (compilation, warm-up,
-capture). The second set is the synthetic CTR set of ``SYNTH_USERS`` users (default 50k,
-about 3M fitting samples); ``SETS`` orders the two.
+graphs) and gradients summed through copies of the busiest rows
+(``models.ffm.RowSpread``), once each in bf16, without graphs and without the copies,
+dense gradients and the fitting set held on the device; against the same machine's CPU:
+the native kernel (the CPU default) on every core (Hogwild). On ML-100K CTR (80k fitting
+samples, small for a GPU) also the native kernel on one thread, torch on every core and
+the device at batch 256 (the two paths issue 17 measured: 382k and 173k samples/s). Every
+row is a full fit early-stopped on valid AUC (bench-fm's hyperparameters, k=4), so the
+AUCs compare; rates are the median epoch's samples/s inside training steps after the first
+epoch (compilation, warm-up, capture). The second set is the synthetic CTR set of
+``SYNTH_USERS`` users (default 50k, about 3M fitting samples); ``SETS`` orders the two.
 
 Sequence: the channel's defaults (``models.recall.sequence``: d 64, 2 blocks, 50 items,
 every window, batch 128, 1,024 sampled negatives past 4,096 items) trained ``SEQ_EPOCHS``
@@ -50,7 +51,7 @@ DEVICE = os.environ.get("DEVICE", "cuda")
 BATCHES = [int(b) for b in os.environ.get("BATCHES", "4096,32768,65536").split(",")]
 # lr x (batch / 256) ** power. Earlier runs: 0.5 beat 0.75 at batches 4096 and 32768 and 1
 # lost; 0 keeps a rare row's step (one sample per batch) what it is at batch 256
-LR_POWERS = (0.0, 0.25, 0.5)
+LR_POWERS = tuple(float(p) for p in os.environ.get("LR_POWERS", "0,0.25,0.5").split(","))
 SYNTH_USERS = int(os.environ.get("SYNTH_USERS", 50_000))
 SEQ_USERS = int(os.environ.get("SEQ_USERS", 0))  # 0: the large profile's own count
 SEQ_EPOCHS = int(os.environ.get("SEQ_EPOCHS", 1))
@@ -111,7 +112,9 @@ def fm_rows(set_name: str, tr: Samples, va: Samples, te: Samples, enc: FieldEnco
             best = max(tried, key=lambda r: r["valid_auc"])
             rows[f"{set_name} {kind.upper()}, {DEVICE} batch {batch}"] = best
         for name, train in ((f"{DEVICE} batch {BATCHES[-1]}, bf16", {"bf16": True}),
-                            (f"{DEVICE} batch {BATCHES[-1]}, no graphs", {"cuda_graphs": False})):
+                            (f"{DEVICE} batch {BATCHES[-1]}, no graphs", {"cuda_graphs": False}),
+                            (f"{DEVICE} batch {BATCHES[-1]}, no row copies",
+                             {"spread_rows": False})):
             rows[f"{set_name} {kind.upper()}, {name}"] = run(
                 name, kind, params, device=DEVICE, batch_size=BATCHES[-1], lr=best["lr"],
                 **train)

@@ -38,11 +38,14 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def shard_order(n: int, epoch: int, seed: int, rank: int, world: int) -> torch.Tensor:
+def shard_order(n: int, epoch: int, seed: int, rank: int, world: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
     """This rank's sample order for an epoch: a seeded permutation shared by all ranks,
-    padded by wrapping to a multiple of ``world``, every ``world``-th entry from ``rank``."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen)
+    padded by wrapping to a multiple of ``world``, every ``world``-th entry from ``rank``;
+    drawn on ``device`` (a CUDA generator draws another permutation than the CPU's for the
+    same seed, the same one every time)."""
+    gen = torch.Generator(device).manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen, device=device)
     if world > 1:
         pad = (-n) % world
         if pad:

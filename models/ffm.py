@@ -26,6 +26,7 @@ on ML-100K's small table, so ``sparse=None`` picks by table size (benchmarks/RES
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,60 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
+@dataclass(frozen=True)
+class RowSpread:
+    """Copies of a table's busiest rows for summing a batch's dense gradient.
+
+    ``index_add_`` on CUDA adds every gathered row's gradient atomically into its table
+    row, and atomic adds to one address run one after another: in a batch of 65,536
+    synthetic CTR samples the padding row is gathered 68k times and a six-valued field's
+    rows 61k, 33k... (14 slots a sample). Here each row gets ``count`` copies, enough
+    that a batch adds about ``per_address`` gradients into each, a gathered row goes to
+    copy ``sample % count`` of its row, and the copies are then added into the rows.
+    Shapes are fixed by the plan, so a captured step (``models.fm_trainer``) replays it.
+    """
+
+    start: torch.Tensor  # [n_rows] each row's first copy
+    count: torch.Tensor  # [n_rows] each row's copies (at least one)
+    owner: torch.Tensor  # [copies] the row of each copy
+
+    @classmethod
+    def plan(cls, ids: torch.Tensor, n_rows: int, batch: int, per_address: int = 32
+             ) -> RowSpread | None:
+        """The copies for batches of ``batch`` samples drawn from ``ids`` [N, S] (each
+        row's expected gathers a batch from its count in ``ids``); None when no row
+        expects more than ``per_address`` a batch."""
+        hits = torch.bincount(ids.reshape(-1), minlength=n_rows).double()
+        count = (hits * (batch / max(len(ids), 1)) / per_address).ceil_().clamp_(min=1).long()
+        if int(count.max()) <= 1:
+            return None
+        owner = torch.repeat_interleave(torch.arange(n_rows, device=ids.device), count)
+        return cls(torch.cumsum(count, 0) - count, count, owner)
+
+    def to(self, device: torch.device) -> RowSpread:
+        return RowSpread(self.start.to(device), self.count.to(device), self.owner.to(device))
+
+    def sum_rows(self, flat: torch.Tensor, d_rows: torch.Tensor, n_rows: int, slots: int
+                 ) -> torch.Tensor:
+        """``zeros(n_rows).index_add_(0, flat, d_rows)``, summed through the copies;
+        ``flat`` is a batch's [B, slots] ids flattened."""
+        copy = torch.arange(len(flat), device=flat.device).floor_divide_(slots)
+        copy.remainder_(self.count[flat]).add_(self.start[flat])
+        width = d_rows.shape[1]
+        spread = torch.zeros(len(self.owner), width, dtype=d_rows.dtype, device=d_rows.device)
+        spread.index_add_(0, copy, d_rows)
+        out = torch.zeros(n_rows, width, dtype=d_rows.dtype, device=d_rows.device)
+        return out.index_add_(0, self.owner, spread)
+
+
 def table_grad(flat: torch.Tensor, d_rows: torch.Tensor, n_rows: int, sparse: bool,
-               uniq: torch.Tensor | None, inverse: torch.Tensor | None) -> torch.Tensor:
-    """Gradient of a table gathered at ``flat`` whose gathered rows received ``d_rows``."""
+               uniq: torch.Tensor | None, inverse: torch.Tensor | None,
+               spread: RowSpread | None = None, slots: int = 1) -> torch.Tensor:
+    """Gradient of a table gathered at ``flat`` whose gathered rows received ``d_rows``
+    (a dense one through ``spread``'s copies when given; ``slots``: ids per sample)."""
     if not sparse:
+        if spread is not None:
+            return spread.sum_rows(flat, d_rows, n_rows, slots)
         out = torch.zeros(n_rows, d_rows.shape[1], dtype=d_rows.dtype, device=d_rows.device)
         return out.index_add_(0, flat, d_rows)
     assert uniq is not None and inverse is not None
@@ -111,7 +162,8 @@ class FFMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, table: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
                 slot_field: torch.Tensor, partner: torch.Tensor, same: torch.Tensor,
-                n_fields: int, k: int, sparse: bool, l2: float) -> torch.Tensor:
+                n_fields: int, k: int, sparse: bool, l2: float, spread: RowSpread | None
+                ) -> torch.Tensor:
         b, s = ids.shape
         fk = n_fields * k
         rows, flat, uniq, inverse = gather_rows(table, ids, sparse)
@@ -130,13 +182,13 @@ class FFMFunction(torch.autograd.Function):
         pair = torch.linalg.vecdot(ew.view(b, -1), p.view(b, -1)).to(table.dtype)
         lin = torch.linalg.vecdot(e[:, :, fk], w).to(table.dtype)
         ctx.save_for_backward(flat, rows if l2 else None, w, p, uniq, inverse)
-        ctx.meta = (table.shape[0], table.dtype, sparse, l2)
+        ctx.meta = (table.shape[0], table.dtype, sparse, l2, spread)
         return 0.5 * pair + lin
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         flat, rows, w, p, uniq, inverse = ctx.saved_tensors
-        n_rows, dtype, sparse, l2 = ctx.meta
+        n_rows, dtype, sparse, l2, spread = ctx.meta
         b, s, fk = p.shape
         wg = w * grad_out.to(w.dtype)[:, None]  # [B, S]
         d_rows = torch.empty(b, s, fk + 1, dtype=dtype, device=p.device)
@@ -145,8 +197,8 @@ class FFMFunction(torch.autograd.Function):
         d_rows = d_rows.view(b * s, fk + 1)
         if l2:
             d_rows.add_(rows, alpha=2.0 * l2 / b)
-        grad = table_grad(flat, d_rows, n_rows, sparse, uniq, inverse)
-        return grad, None, None, None, None, None, None, None, None, None
+        grad = table_grad(flat, d_rows, n_rows, sparse, uniq, inverse, spread, s)
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 class FactorTable(nn.Module):
@@ -237,12 +289,14 @@ class FFM(FactorTable):
                           device=weighted.device)
         return out.index_add_(1, own_pos, weighted)
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, l2: float = 0.0,
+                spread: RowSpread | None = None) -> torch.Tensor:
         """Logits; ``l2`` adds ``l2 * sum of squares of each sample's gathered rows`` (mean
-        over the batch) to the gradient only, as libffm's lazy per-sample L2 does."""
+        over the batch) to the gradient only, as libffm's lazy per-sample L2 does;
+        ``spread`` sums a dense table's gradient through copies of its busiest rows."""
         ids = ids.long()
         out = FFMFunction.apply(self.table, ids, weights.to(self.table.dtype), self.slot_field,
                                 self.partner, self.same, self.n_fields, self.k, self.sparse,
-                                float(l2))
+                                float(l2), spread)
         return out + self.bias
 

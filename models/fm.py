@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-from models.ffm import FactorTable, choose_sparse, compute_dtype, gather_rows, table_grad
+from models.ffm import (
+    FactorTable,
+    RowSpread,
+    choose_sparse,
+    compute_dtype,
+    gather_rows,
+    table_grad,
+)
 
 
 class FMFunction(torch.autograd.Function):
@@ -24,7 +31,7 @@ class FMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, table: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-                sparse: bool, l2: float) -> torch.Tensor:
+                sparse: bool, l2: float, spread: RowSpread | None) -> torch.Tensor:
         b, s = ids.shape
         k = table.shape[1] - 1
         rows, flat, uniq, inverse = gather_rows(table, ids, sparse)
@@ -38,13 +45,13 @@ class FMFunction(torch.autograd.Function):
         pair = 0.5 * (torch.linalg.vecdot(total, total) - self_sq)
         lin = torch.linalg.vecdot(e[:, :, k], w)
         ctx.save_for_backward(flat, rows, w, total, uniq, inverse)
-        ctx.meta = (table.shape[0], table.dtype, sparse, l2)
+        ctx.meta = (table.shape[0], table.dtype, sparse, l2, spread)
         return (pair + lin).to(table.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         flat, rows, w, total, uniq, inverse = ctx.saved_tensors
-        n_rows, dtype, sparse, l2 = ctx.meta
+        n_rows, dtype, sparse, l2, spread = ctx.meta
         b, s = w.shape
         k = total.shape[1]
         gy = grad_out.to(w.dtype)
@@ -58,8 +65,8 @@ class FMFunction(torch.autograd.Function):
         d_rows = d_rows.view(b * s, k + 1)
         if l2:
             d_rows.add_(rows, alpha=2.0 * l2 / b)
-        grad = table_grad(flat, d_rows, n_rows, sparse, uniq, inverse)
-        return grad, None, None, None, None
+        grad = table_grad(flat, d_rows, n_rows, sparse, uniq, inverse, spread, s)
+        return grad, None, None, None, None, None
 
 
 class FM(FactorTable):
@@ -86,9 +93,10 @@ class FM(FactorTable):
         v = self.table[ids][:, :, : self.k]
         return torch.linalg.vecdot(v.transpose(1, 2), weights[:, None, :])[:, None, None, :]
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor, l2: float = 0.0) -> torch.Tensor:
-        """Logits; ``l2`` as in ``FFM.forward`` (gradient-only, per-sample lazy L2)."""
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, l2: float = 0.0,
+                spread: RowSpread | None = None) -> torch.Tensor:
+        """Logits; ``l2`` and ``spread`` as in ``FFM.forward``."""
         out = FMFunction.apply(self.table, ids.long(), weights.to(self.table.dtype),
-                               self.sparse, float(l2))
+                               self.sparse, float(l2), spread)
         return out + self.bias
 

@@ -47,7 +47,7 @@ from models.distributed import (
     unwrap,
 )
 from models.early_stopping import EarlyStopping
-from models.ffm import FFM
+from models.ffm import FFM, FactorTable, RowSpread
 from models.fm import FM
 from models.optimizers import make_optimizer
 
@@ -111,6 +111,9 @@ class TrainConfig:
     # CUDA, one process, Adagrad, a dense table: full batches replay one captured step
     # (_GraphedStep)
     cuda_graphs: bool = True
+    # CUDA, a dense FM/FFM table: sum each batch's gradient through copies of the rows a
+    # batch gathers most (models.ffm.RowSpread) instead of atomic adds queueing on them
+    spread_rows: bool = True
     threads: int | None = None  # torch intra-op threads; None leaves torch's setting
     # "native": models.fm_kernel's compiled Adagrad epochs, used on CPU for an FM or FFM
     # with adagrad in one process; torch otherwise (CUDA, DDP, adam, a given optimizer).
@@ -302,8 +305,10 @@ class _Steps:
     l2: float
     bf16: bool  # autocast, on CUDA only
     graphs: bool  # full batches replay a captured step (CUDA, one process, dense table)
+    spread: RowSpread | None = None  # the busiest rows' copies for the dense gradient
     graph: _GraphedStep | None = None
     warmups: int = 0  # eager full-batch steps taken towards the capture
+    staged: tuple[torch.Tensor, ...] | None = None  # device buffers for host-held data
 
     @classmethod
     def placed(cls, model: nn.Module, train: Samples, cfg: TrainConfig, world: int,
@@ -323,36 +328,73 @@ class _Steps:
         graphs = (cfg.cuda_graphs and device.type == "cuda" and world == 1
                   and optimizer is None and cfg.optimizer == "adagrad"
                   and not any(getattr(m, "sparse", False) for m in model.modules()))
+        batch = max(1, math.ceil(cfg.batch_size / world))
+        spread = None
+        if (cfg.spread_rows and device.type == "cuda" and isinstance(model, FactorTable)
+                and not model.sparse):
+            spread = RowSpread.plan(data[0], model.n_features, batch)
+            spread = spread.to(device) if spread is not None else None
         return cls(net, optimizer or make_optimizer(model, cfg.optimizer, cfg.lr), data, device,
-                   max(1, math.ceil(cfg.batch_size / world)), cfg.l2, cfg.bf16, graphs)
+                   batch, cfg.l2, cfg.bf16, graphs, spread)
 
     def step(self, ids: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor
              ) -> torch.Tensor:
         """One eager step on a batch; its mean loss (a device scalar)."""
         self.optimizer.zero_grad(set_to_none=True)
+        spread = {} if self.spread is None else {"spread": self.spread}
         with _autocast(self.device, self.bf16):
-            z = self.net(ids, weights, l2=self.l2)
+            z = self.net(ids, weights, l2=self.l2, **spread)
         loss = F.binary_cross_entropy_with_logits(z.float(), labels)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
-    def full_batch(self, ids: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor
+    @property
+    def order_device(self) -> torch.device:
+        """Where an epoch's sample order is drawn: beside the data, so that a 2M-sample
+        order is not copied to the device each epoch (3 ms of a 16 ms FM epoch on an
+        H200, benchmarks/RESULTS.md "cuda")."""
+        return self.data[0].device
+
+    def full_batch(self, source: tuple[torch.Tensor, ...], rows: torch.Tensor
                    ) -> torch.Tensor:
-        """A full batch's step: eager on a side stream for the first ``GRAPH_WARMUP``
-        (as capture asks), then the captured step replayed; its mean loss."""
+        """A full batch's step on ``source``'s ``rows``: eager on a side stream for the first
+        ``GRAPH_WARMUP`` (as capture asks), then the captured step replayed; its mean loss."""
         if self.graph is None and self.warmups < GRAPH_WARMUP:
             self.warmups += 1
             main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
             side.wait_stream(main)
             with torch.cuda.stream(side):
-                loss = self.step(ids, weights, labels)
+                loss = self.step(*(t[rows] for t in source))
             main.wait_stream(side)
             loss.record_stream(main)  # made on the side stream, summed on the main one
             return loss
         if self.graph is None:
-            self.graph = _GraphedStep.capture(self.step, ids, weights, labels)
-        return self.graph.replay(ids, weights, labels)
+            self.graph = _GraphedStep.capture(self.step, source, rows)
+        return self.graph.replay(rows)
+
+    def batches(self, order: torch.Tensor
+                ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        """``(source, rows)`` per batch of ``order``: the data and the batch's rows of it
+        when the data is on the step's device; else runs of 64 batches gathered on the host
+        into buffers on the device that every run reuses (a captured step reads them), and
+        the batch's positions in the run."""
+        if self.data[0].device.type == self.device.type:
+            order = order.to(self.device)
+            for lo in range(0, len(order), self.batch):
+                yield self.data, order[lo: lo + self.batch]
+            return
+        run = self.batch * 64
+        if self.staged is None:
+            self.staged = tuple(torch.empty((min(run, len(t)), *t.shape[1:]), dtype=t.dtype,
+                                            device=self.device) for t in self.data)
+        positions = torch.arange(run, device=self.device)
+        for rlo in range(0, len(order), run):
+            ridx = order[rlo: rlo + run]
+            for buf, t in zip(self.staged, self.data, strict=True):
+                buf[: len(ridx)].copy_(t[ridx])
+            for lo in range(0, len(ridx), self.batch):
+                yield self.staged, positions[lo: min(lo + self.batch, len(ridx))]
 
     def epoch(self, order: torch.Tensor) -> tuple[torch.Tensor, int]:
         """One pass over ``order``; the summed loss (a device scalar, read once at the end
@@ -360,19 +402,14 @@ class _Steps:
         self.net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0
-        chunk = self.batch * 64
-        order = order.to(self.data[0].device)
-        for clo in range(0, len(order), chunk):  # gather a run of batches at once
-            cidx = order[clo: clo + chunk]
-            c_ids, c_w, c_y = (t[cidx].to(self.device, non_blocking=True) for t in self.data)
-            for lo in range(0, len(cidx), self.batch):
-                hi = lo + self.batch
-                batch = c_ids[lo:hi], c_w[lo:hi], c_y[lo:hi]
-                n = len(batch[0])
-                full = self.graphs and n == self.batch
-                loss = self.full_batch(*batch) if full else self.step(*batch)
-                loss_sum.add_(loss, alpha=n)
-                seen += n
+        for source, rows in self.batches(order):
+            n = len(rows)
+            if self.graphs and n == self.batch:
+                loss = self.full_batch(source, rows)
+            else:
+                loss = self.step(*(t[rows] for t in source))
+            loss_sum.add_(loss, alpha=n)
+            seen += n
         return loss_sum, seen
 
 
@@ -381,27 +418,29 @@ GRAPH_WARMUP = 3  # eager steps before a capture (torch's CUDA graph notes use a
 
 @dataclass
 class _GraphedStep:
-    """One full-batch training step (forward, backward, Adagrad) captured as a CUDA graph
-    and replayed on new batches copied into its inputs. A step of these models is a few
-    dozen small kernels; launched one by one from Python they cost about 2 ms on an H200
-    whatever the batch (benchmarks/RESULTS.md, "cuda"), so the device only beat the CPU
-    at batches too large for the AUC to hold."""
+    """One full-batch training step (gathering the batch's rows of its source, forward,
+    backward, Adagrad) captured as a CUDA graph and replayed on new rows copied into its
+    index. A step of these models is a few dozen small kernels; launched one by one from
+    Python they cost about 2 ms on an H200 whatever the batch (benchmarks/RESULTS.md,
+    "cuda"), so the device only beat the CPU at batches too large for the AUC to hold.
+    The gather is captured too: copying each batch into the graph's inputs took a fifth
+    of an FM epoch there."""
 
     graph: torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, weights, labels
+    rows: torch.Tensor  # the replayed batch's rows of the source
     loss: torch.Tensor  # the replayed step's mean loss
 
     @classmethod
-    def capture(cls, step: Callable[..., torch.Tensor], *batch: torch.Tensor) -> _GraphedStep:
-        inputs = tuple(t.clone() for t in batch)
+    def capture(cls, step: Callable[..., torch.Tensor], source: tuple[torch.Tensor, ...],
+                rows: torch.Tensor) -> _GraphedStep:
+        rows = rows.clone()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            loss = step(*inputs)
-        return cls(graph, inputs, loss)  # type: ignore[arg-type]
+            loss = step(*(t[rows] for t in source))
+        return cls(graph, rows, loss)
 
-    def replay(self, *batch: torch.Tensor) -> torch.Tensor:
-        for into, t in zip(self.inputs, batch, strict=True):
-            into.copy_(t)
+    def replay(self, rows: torch.Tensor) -> torch.Tensor:
+        self.rows.copy_(rows)
         self.graph.replay()
         return self.loss
 
@@ -415,6 +454,8 @@ class _NativeSteps:
     data: tuple[np.ndarray, np.ndarray, np.ndarray]  # ids, weights, labels
     batch: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    order_device = torch.device("cpu")
 
     def epoch(self, order: torch.Tensor) -> tuple[float, int]:
         return self.kernel.epoch(*self.data, order.numpy(), self.batch), len(order)
@@ -523,7 +564,7 @@ def fit(model: nn.Module, train: Samples, valid: Samples | None, cfg: TrainConfi
     stopper = EarlyStopping(cfg.patience, higher)
     keep = partial(_copy_state, model) if cfg.restore_best else None
     for epoch in range(cfg.epochs):
-        order = shard_order(len(train), epoch, cfg.seed, rank, world)
+        order = shard_order(len(train), epoch, cfg.seed, rank, world, steps.order_device)
         row = _timed_epoch(steps, order, world, history, epoch)
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"{type(unwrap(model)).__name__}: loss is {row['loss']} "

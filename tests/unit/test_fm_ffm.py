@@ -18,7 +18,7 @@ import torch
 
 from features.fields import FieldEncoder
 from models.distributed import shard_order
-from models.ffm import FFM, FFMFunction, gather_blocks
+from models.ffm import FFM, FFMFunction, RowSpread, gather_blocks
 from models.fm import FM, FMFunction
 from models.fm_trainer import (
     Samples,
@@ -149,18 +149,50 @@ def test_fm_matches_reference(layout: str) -> None:
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_hand_written_backward_passes_gradcheck(layout: str) -> None:
+@pytest.mark.parametrize("copies", [False, True])
+def test_hand_written_backward_passes_gradcheck(layout: str, copies: bool) -> None:
     sf = LAYOUTS[layout]
     ids, w = random_batch(sf, 9, b=4)
+    spread = RowSpread.plan(ids, n_rows=9, batch=4, per_address=1) if copies else None
     ffm = randomised(FFM(9, sf, k=2))
     table = ffm.table.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
         lambda t: FFMFunction.apply(t, ids, w, ffm.slot_field, ffm.partner, ffm.same,
-                                    ffm.n_fields, 2, False, 0.0),
+                                    ffm.n_fields, 2, False, 0.0, spread),
         (table,))
     fm_table = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: FMFunction.apply(t, ids, w, False, 0.0),
+    assert torch.autograd.gradcheck(lambda t: FMFunction.apply(t, ids, w, False, 0.0, spread),
                                     (fm_table,))
+
+
+def test_row_spread_sums_each_row_through_its_copies() -> None:
+    """A row gathered often gets copies in proportion (a batch's expected gathers over
+    ``per_address``), every gathered row's gradient lands in one copy of its own row, and
+    the copies sum to ``index_add_``'s dense gradient."""
+    ids = torch.tensor([[0, 1, 5], [0, 2, 5], [0, 3, 5], [0, 1, 6]] * 50)  # 200 samples
+    spread = RowSpread.plan(ids, n_rows=8, batch=64, per_address=4)
+    # row 0: 64 gathers a batch -> 16 copies; row 5: 48 -> 12; row 1: 32 -> 8; rows 4, 7: 1
+    assert spread.count.tolist() == [16, 8, 4, 4, 1, 12, 4, 1]
+    assert spread.owner.tolist() == sum(([r] * c for r, c in enumerate(spread.count.tolist())),
+                                        [])
+    batch = ids[:64]
+    d_rows = torch.randn(64 * 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want = torch.zeros(8, 5, dtype=torch.float64).index_add_(0, batch.reshape(-1), d_rows)
+    torch.testing.assert_close(spread.sum_rows(batch.reshape(-1), d_rows, 8, slots=3), want)
+    # no row busier than per_address a batch: no copies needed
+    assert RowSpread.plan(ids, n_rows=8, batch=2, per_address=4) is None
+
+
+@pytest.mark.parametrize("cls", [FM, FFM])
+def test_gradient_through_row_copies_equals_the_plain_one(cls: type) -> None:
+    sf = LAYOUTS["multi-valued fields"]
+    ids, w = random_batch(sf, 11, b=40)
+    spread = RowSpread.plan(ids, n_rows=11, batch=40, per_address=3)
+    assert spread is not None and int(spread.count.max()) > 1
+    plain, copied = randomised(cls(11, sf, k=3)), randomised(cls(11, sf, k=3))
+    plain(ids, w, l2=0.3).sum().backward()
+    copied(ids, w, l2=0.3, spread=spread).sum().backward()
+    torch.testing.assert_close(copied.table.grad, plain.table.grad)
 
 
 @pytest.mark.parametrize("cls", [FM, FFM])
@@ -548,24 +580,37 @@ def test_cuda_bf16_when_available(sparse: bool, optimizer: str) -> None:
 
 @pytest.mark.parametrize("kind", [FM, FFM])
 @pytest.mark.parametrize("bf16", [True, False])
-def test_cuda_graph_steps_train_as_eager_steps(kind: type, bf16: bool,
+@pytest.mark.parametrize("held", ["device", "host"])
+def test_cuda_graph_steps_train_as_eager_steps(kind: type, bf16: bool, held: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The captured step replays the eager step: same parameters after the same epochs
-    (up to the atomic adds' order), with a last partial batch taken eagerly."""
+    (up to the atomic adds' order), with a last partial batch taken eagerly; the captured
+    one sums its gradient through row copies (RowSpread), the eager one by plain adds.
+    Data too big for the device stays on the host and reaches it in staged runs."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from models import fm_trainer
 
-    replays = []
+    if held == "host":  # no room on the device: the data stays on the host
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 1))
+    made = []
+    placed = fm_trainer._Steps.placed.__func__
+    monkeypatch.setattr(fm_trainer._Steps, "placed",
+                        classmethod(lambda cls, *a: made.append(placed(cls, *a)) or made[-1]))
+
+    replays, spread = [], []
     replay = fm_trainer._GraphedStep.replay
     monkeypatch.setattr(fm_trainer._GraphedStep, "replay",
                         lambda self, *batch: replays.append(1) or replay(self, *batch))
+    sum_rows = RowSpread.sum_rows
+    monkeypatch.setattr(RowSpread, "sum_rows",
+                        lambda self, *a: spread.append(1) or sum_rows(self, *a))
     data, enc = planted(2100, seed=5)  # 2100 = 8 full batches of 256 and one of 52
     trained = []
     for graphs in (False, True):
         model = kind(enc.n_features, enc.slot_field, k=4, sparse=False, seed=1)
         cfg = TrainConfig(lr=0.1, batch_size=256, epochs=3, device="cuda", bf16=bf16,
-                          cuda_graphs=graphs, restore_best=False)
+                          cuda_graphs=graphs, spread_rows=graphs, restore_best=False)
         hist = fit(model, data, None, cfg)
         trained.append((model.table.detach().cpu(), hist.epochs[-1]["loss"]))
     (eager, eager_loss), (graphed, graphed_loss) = trained
@@ -575,4 +620,6 @@ def test_cuda_graph_steps_train_as_eager_steps(kind: type, bf16: bool,
     assert torch.allclose(eager, graphed, atol=1e-3 if bf16 else 1e-5)
     assert graphed_loss == pytest.approx(eager_loss, rel=1e-3 if bf16 else 1e-5)
     assert len(replays) == 3 * 8 - fm_trainer.GRAPH_WARMUP  # every full batch past warm-up
+    assert len(spread) == fm_trainer.GRAPH_WARMUP + 1 + 3  # warm-ups, capture, partials
+    assert [st.staged is not None for st in made] == [held == "host"] * 2
     assert not torch.equal(graphed, kind(enc.n_features, enc.slot_field, k=4, seed=1).table)
