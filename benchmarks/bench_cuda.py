@@ -47,7 +47,7 @@ from models.fm_trainer import Samples, TrainConfig, binary_metric, fit, predict
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get("DEVICE", "cuda")
-# 4096 with lr x 2 and 32768 as is: FFM 10.4x and 20.4x the CPU; 65536: FM's best, 7.5x
+# 4096 with lr x 2 and 32768 as is: FFM 10.4x and 24x the CPU; 65536: FM's best, 12.8x
 BATCHES = [int(b) for b in os.environ.get("BATCHES", "4096,32768,65536").split(",")]
 # lr x (batch / 256) ** power. Earlier runs: 0.5 beat 0.75 at batches 4096 and 32768 and 1
 # lost; 0 keeps a rare row's step (one sample per batch) what it is at batch 256

@@ -43,7 +43,7 @@ def shard_order(n: int, epoch: int, seed: int, rank: int, world: int,
     """This rank's sample order for an epoch: a seeded permutation shared by all ranks,
     padded by wrapping to a multiple of ``world``, every ``world``-th entry from ``rank``;
     drawn on ``device`` (a CUDA generator draws another permutation than the CPU's for the
-    same seed, the same one every time)."""
+    same seed, the same one every time on the same kind of card)."""
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=gen, device=device)
     if world > 1:

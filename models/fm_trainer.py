@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -309,6 +309,7 @@ class _Steps:
     graph: _GraphedStep | None = None
     warmups: int = 0  # eager full-batch steps taken towards the capture
     staged: tuple[torch.Tensor, ...] | None = None  # device buffers for host-held data
+    positions: torch.Tensor | None = None  # 0..len(staged) - 1, the staged rows' indices
 
     @classmethod
     def placed(cls, model: nn.Module, train: Samples, cfg: TrainConfig, world: int,
@@ -351,10 +352,11 @@ class _Steps:
 
     @property
     def order_device(self) -> torch.device:
-        """Where an epoch's sample order is drawn: beside the data, so that a 2M-sample
-        order is not copied to the device each epoch (3 ms of a 16 ms FM epoch on an
-        H200, benchmarks/RESULTS.md "cuda")."""
-        return self.data[0].device
+        """Where an epoch's sample order is drawn: the training device, so that a
+        2M-sample order is not copied there each epoch (3.0 ms of a 19.7 ms FM epoch on an
+        H200, benchmarks/RESULTS.md "cuda"), and every rank draws the same permutation
+        wherever its data is held."""
+        return self.device
 
     def full_batch(self, source: tuple[torch.Tensor, ...], rows: torch.Tensor
                    ) -> torch.Tensor:
@@ -384,17 +386,19 @@ class _Steps:
             for lo in range(0, len(order), self.batch):
                 yield self.data, order[lo: lo + self.batch]
             return
-        run = self.batch * 64
+        run = self.batch * STAGED_BATCHES
         if self.staged is None:
-            self.staged = tuple(torch.empty((min(run, len(t)), *t.shape[1:]), dtype=t.dtype,
+            size = min(run, len(self.data[0]))
+            self.staged = tuple(torch.empty((size, *t.shape[1:]), dtype=t.dtype,
                                             device=self.device) for t in self.data)
-        positions = torch.arange(run, device=self.device)
+            self.positions = torch.arange(size, device=self.device)
+        order = order.cpu()
         for rlo in range(0, len(order), run):
             ridx = order[rlo: rlo + run]
             for buf, t in zip(self.staged, self.data, strict=True):
                 buf[: len(ridx)].copy_(t[ridx])
             for lo in range(0, len(ridx), self.batch):
-                yield self.staged, positions[lo: min(lo + self.batch, len(ridx))]
+                yield self.staged, self.positions[lo: min(lo + self.batch, len(ridx))]
 
     def epoch(self, order: torch.Tensor) -> tuple[torch.Tensor, int]:
         """One pass over ``order``; the summed loss (a device scalar, read once at the end
@@ -414,6 +418,7 @@ class _Steps:
 
 
 GRAPH_WARMUP = 3  # eager steps before a capture (torch's CUDA graph notes use a few)
+STAGED_BATCHES = 64  # batches a run of host-held data brings to the device at once
 
 
 @dataclass
@@ -423,8 +428,8 @@ class _GraphedStep:
     index. A step of these models is a few dozen small kernels; launched one by one from
     Python they cost about 2 ms on an H200 whatever the batch (benchmarks/RESULTS.md,
     "cuda"), so the device only beat the CPU at batches too large for the AUC to hold.
-    The gather is captured too: copying each batch into the graph's inputs took a fifth
-    of an FM epoch there."""
+    The gather is captured too: copying each batch into the graph's inputs took 3.2 ms of
+    a 19.7 ms FM epoch there."""
 
     graph: torch.cuda.CUDAGraph
     rows: torch.Tensor  # the replayed batch's rows of the source
@@ -455,7 +460,7 @@ class _NativeSteps:
     batch: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    order_device = torch.device("cpu")
+    order_device: ClassVar[torch.device] = torch.device("cpu")
 
     def epoch(self, order: torch.Tensor) -> tuple[float, int]:
         return self.kernel.epoch(*self.data, order.numpy(), self.batch), len(order)
