@@ -378,9 +378,9 @@ class _Steps:
     def batches(self, order: torch.Tensor
                 ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         """``(source, rows)`` per batch of ``order``: the data and the batch's rows of it
-        when the data is on the step's device; else runs of 64 batches gathered on the host
-        into buffers on the device that every run reuses (a captured step reads them), and
-        the batch's positions in the run."""
+        when the data is on the step's device; else runs of ``STAGED_BATCHES`` batches
+        gathered on the host into buffers on the device that every run reuses (a captured
+        step reads them), and the batch's positions in the run."""
         if self.data[0].device.type == self.device.type:
             order = order.to(self.device)
             for lo in range(0, len(order), self.batch):
