@@ -69,10 +69,10 @@ def canonical(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- deduplicate
 def test_dedup_keeps_the_earliest_ts() -> None:
-    df = log([(1, 7, 3.0), (1, 7, 5.0), (1, 7, 1.0), (2, 7, 0.0), (1, 8, 2.0)])
+    df = log([(1, 7, 3.0), (1, 7, 1.0), (1, 7, 5.0), (2, 7, 0.0), (1, 8, 2.0)])
     out = canonical(deduplicate(df))
     assert list(zip(out[S.USER], out[S.ITEM], out[S.WEIGHT], strict=True)) == [
-        (1, 7, 2.0),  # the row at hour 1 (weight 2), not the first or the last in the log
+        (1, 7, 1.0),  # the row at hour 1 (weight 1), not the pair's first or last in the log
         (1, 8, 4.0),
         (2, 7, 3.0),
     ]
