@@ -8,8 +8,10 @@ forward, hand-written backward and Adagrad, float32, no autograd.
 Same model and loss as ``models.fm``/``models.ffm`` with ``models.fm_trainer``: mean
 binary cross-entropy over each batch, lazy L2 (``2 * l2 / B * row`` added to the gradient
 of every gathered row, as ``FFM.forward``), torch's Adagrad (``eps=1e-10``, no decay) on
-the table and the bias. The kernel works in place on the module's own tensors (numpy
-views), so predict, early stopping's snapshots and ``save_model`` see its updates.
+the table and the bias, its denominator ``sqrt(s) + eps`` taken as ``sqrt(s + eps^2)``
+(``_scaled``: equal but near ``s = eps^2``). The kernel works in place on the module's
+own tensors (numpy views), so predict, early stopping's snapshots and ``save_model`` see
+its updates.
 
 One kernel serves both models. Each slot s writes to a latent block ``b(s)`` and the
 per-field sums ``A[g, h] = sum_{s in field g} w_s V[i_s, h]`` give slot s's partner
@@ -56,6 +58,7 @@ from torch import nn
 # fast-math without nnan/ninf: a NaN or infinite loss must reach the trainer's check
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 EPS = 1e-10  # torch.optim.Adagrad's default
+EPS2 = np.float32(EPS * EPS)
 CHUNK = 256  # samples gathered at a time for scoring
 
 
@@ -138,11 +141,11 @@ def _field_sums(table, cid, cw, cblk, nact, q, sums, width):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
-def _transpose(sums, part, k):
+def _transpose(sums, part, k, n_blocks):
     """``part[b, h*k:(h+1)*k] = sums[h, b*k:(b+1)*k]``, zero where ``h == b``. Reads
     the sums row by row and zeroes the diagonal after: a test per block made it a
-    tenth slower."""
-    n_blocks = sums.shape[0]
+    tenth slower. ``n_blocks`` is a compile-time constant, so the loops unroll into
+    fixed moves (the batch step 4% faster than with the blocks counted at run time)."""
     for h in range(n_blocks):
         for b in range(n_blocks):
             for j in range(k):
@@ -153,13 +156,14 @@ def _transpose(sums, part, k):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
-def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part, flat_sums, flat_part):
+def _logit(table, cid, cw, cblk, nact, q, k, same_block, n_blocks, sums, part, flat_sums,
+           flat_part):
     """Linear plus pairwise terms of chunk sample ``q`` (no bias). Leaves its partner
     vectors in ``part`` for the backward pass: ``part[b, h*k:(h+1)*k] = A[h, b]`` with
     ``A[h, b] = sums[h, b*k:(b+1)*k]``, the own block zero (FFM), or the sum ``S`` of the
-    FM's one block (the callers take each slot out of it). ``k`` and ``same_block`` are
-    compile-time constants (``literally``): a k-block is one unrolled run, and an FM's
-    rows are k wide."""
+    FM's one block (the callers take each slot out of it). ``k``, ``same_block`` and
+    ``n_blocks`` are compile-time constants (``literally``): a k-block is one unrolled
+    run, an FM's rows are k wide, and the transpose is fixed moves."""
     width = k if same_block else sums.shape[1]
     lin = _field_sums(table, cid, cw, cblk, nact, q, sums, width)
     pair = np.float32(0)
@@ -173,9 +177,9 @@ def _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part, flat_sums, 
             pair += sums[0, c] * sums[0, c]
         return lin + np.float32(0.5) * pair
     if k % 4 == 0:  # FFM: part[b] is column b of the sums, moved in 16-byte lanes
-        _transpose(sums.view(np.complex128), part.view(np.complex128), k // 4)
+        _transpose(sums.view(np.complex128), part.view(np.complex128), k // 4, n_blocks)
     else:
-        _transpose(sums, part, k)
+        _transpose(sums, part, k, n_blocks)
     for c in range(len(flat_sums)):  # sum_{b != h} <A[b, h], A[h, b]> = 2 * pair
         pair += flat_sums[c] * flat_part[c]  # one long loop (flat views): one reduction
     return lin + np.float32(0.5) * pair
@@ -189,15 +193,24 @@ def _loss_grad(z, y):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
+def _scaled(g, s):
+    """Adagrad's ``g / (sqrt(s) + eps)`` as ``g / sqrt(s + eps^2)``: the two differ only
+    where ``s`` is near ``eps^2`` (1e-20), and this form lets LLVM take a reciprocal
+    square root estimate and a Newton step for the square root and the division (the
+    batch step 7% faster, measured interleaved)."""
+    return g / np.sqrt(s + EPS2)
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy", inline="always")
 def _bias_step(bias, bias_accum, g, lr):
     a = bias_accum[0] + g * g
     bias_accum[0] = a
-    bias[0] -= lr * g / (np.sqrt(a) + np.float32(EPS))
+    bias[0] -= lr * _scaled(g, a)
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
 def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block,
-                  lr, l2c, sums, part, ids, w, order, ahead):
+                  n_blocks, lr, l2c, sums, part, ids, w, order, ahead):
     """An Adagrad step on each chunk sample alone (a batch of one, the mode of libffm and
     xLearn), each row updated as soon as its gradient is known: no gather, no scatter.
     Returns their summed loss. A row in two slots of a sample is updated twice.
@@ -207,13 +220,14 @@ def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, sam
     own block of an FFM slot has partner zero."""
     literally(k)
     literally(same_block)
+    literally(n_blocks)
     width = k if same_block else part.shape[1]
     flat_sums, flat_part = sums.reshape(sums.size), part.reshape(part.size)
     loss = 0.0
     for q in range(len(y)):
         _prefetch_sample(ids, w, order, ahead + q)
-        z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part,
-                             flat_sums, flat_part)
+        z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, n_blocks, sums,
+                             part, flat_sums, flat_part)
         sample_loss, gz = _loss_grad(z, y[q])
         loss += sample_loss
         for a in range(nact[q]):
@@ -224,18 +238,19 @@ def _sample_steps(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, sam
                 g = gw * part[b, c] + shrink * table[i, c]
                 s = accum[i, c] + g * g
                 accum[i, c] = s
-                table[i, c] -= lr * g / (np.sqrt(s) + np.float32(EPS))
+                table[i, c] -= lr * _scaled(g, s)
             g = gw + l2c * table[i, width]
             s = accum[i, width] + g * g
             accum[i, width] = s
-            table[i, width] -= lr * g / (np.sqrt(s) + np.float32(EPS))
+            table[i, width] -= lr * _scaled(g, s)
         _bias_step(bias, bias_accum, gz, lr)
     return loss
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block, lr,
-                l2, where, touched, count, grad, sums, part, ids, w, order, ahead):
+def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_block,
+                n_blocks, lr, l2, where, touched, count, grad, sums, part, ids, w, order,
+                ahead):
     """One Adagrad step on the chunk's samples; returns their summed loss.
 
     Gradients go to ``grad``, one row per distinct table row the batch touched
@@ -244,6 +259,7 @@ def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_
     at the update, times ``count``, its number of uses."""
     literally(k)
     literally(same_block)
+    literally(n_blocks)
     n_samples, width = len(y), k if same_block else part.shape[1]
     flat_sums, flat_part = sums.reshape(sums.size), part.reshape(part.size)
     inv_b = np.float32(1.0 / n_samples)
@@ -253,8 +269,8 @@ def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_
     loss = 0.0
     for q in range(n_samples):
         _prefetch_sample(ids, w, order, ahead + q)
-        z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, sums, part,
-                             flat_sums, flat_part)
+        z = bias[0] + _logit(table, cid, cw, cblk, nact, q, k, same_block, n_blocks, sums,
+                             part, flat_sums, flat_part)
         sample_loss, gz = _loss_grad(z, y[q])
         loss += sample_loss
         gz *= inv_b
@@ -283,16 +299,16 @@ def _batch_step(table, bias, accum, bias_accum, cid, cw, cblk, nact, y, k, same_
             g = grad[t, c] + shrink * table[i, c]
             s = accum[i, c] + g * g
             accum[i, c] = s
-            table[i, c] -= lr * g / (np.sqrt(s) + np.float32(EPS))
+            table[i, c] -= lr * _scaled(g, s)
         where[i] = -1
     _bias_step(bias, bias_accum, g_bias, lr)
     return loss
 
 
 @functools.cache
-def _entry_points(k: int, same_block: bool) -> tuple[Callable, Callable]:
-    """The epoch and scoring kernels for one model shape, ``k`` and ``same_block``
-    compile-time constants of the closure. Passed from Python as ``literally``
+def _entry_points(k: int, same_block: bool, n_blocks: int) -> tuple[Callable, Callable]:
+    """The epoch and scoring kernels for one model shape, ``k``, ``same_block`` and
+    ``n_blocks`` compile-time constants of the closure. Passed from Python as ``literally``
     arguments instead, they cost 25-30 ms a call (a third of an ML-100K epoch, 0.6 s a
     scoring call): numba type-infers the plain-int signature on every call, stops at
     ``literally`` and only then finds the compiled literal one."""
@@ -306,7 +322,7 @@ def _entry_points(k: int, same_block: bool) -> tuple[Callable, Callable]:
         contiguous parts on its own scratch (``where[p]``...), the parts in parallel;
         ``sums`` and ``part`` carry spare rows past the model's blocks. Returns the
         summed loss."""
-        n_parts, n_blocks = len(part_loss), sums.shape[2] // k
+        n_parts = len(part_loss)
         per = -(-len(order) // (n_parts * batch)) * batch  # whole batches per part
         lr32, l2_32, l2c = np.float32(lr), np.float32(l2), np.float32(2.0 * l2)
         for p in prange(n_parts):
@@ -319,19 +335,19 @@ def _entry_points(k: int, same_block: bool) -> tuple[Callable, Callable]:
                 if per_sample:
                     loss += _sample_steps(table, bias, accum, bias_accum, cid[p], cw[p],
                                           cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
-                                          lr32, l2c, sums[p, :n_blocks], part[p, :n_blocks],
-                                          ids, w, order, hi)
+                                          n_blocks, lr32, l2c, sums[p, :n_blocks],
+                                          part[p, :n_blocks], ids, w, order, hi)
                 else:
                     loss += _batch_step(table, bias, accum, bias_accum, cid[p], cw[p],
                                         cblk[p], nact[p], cy[p, :hi - lo], k, same_block,
-                                        lr32, l2_32, where[p], touched[p], count[p], grad[p],
-                                        sums[p, :n_blocks], part[p, :n_blocks], ids, w,
-                                        order, hi)
+                                        n_blocks, lr32, l2_32, where[p], touched[p],
+                                        count[p], grad[p], sums[p, :n_blocks],
+                                        part[p, :n_blocks], ids, w, order, hi)
             part_loss[p] = loss
         return part_loss.sum()
 
     @njit(cache=True, fastmath=FAST, error_model="numpy")
-    def logits(table, bias, ids, w, block, n_blocks, chunk):
+    def logits(table, bias, ids, w, block, chunk):
         """Logits of every sample, gathered in chunks (serial: safe from any thread)."""
         n, n_slots = ids.shape
         out = np.empty(n, np.float32)
@@ -349,7 +365,7 @@ def _entry_points(k: int, same_block: bool) -> tuple[Callable, Callable]:
             _gather(ids, w, no_labels, order, lo, hi, block, cid, cw, cblk, nact, cy)
             for r in range(lo, hi):
                 out[r] = bias[0] + _logit(table, cid, cw, cblk, nact, r - lo, k, same_block,
-                                          sums, part, flat_sums, flat_part)
+                                          n_blocks, sums, part, flat_sums, flat_part)
         return out
 
     return train_epoch, logits
@@ -400,8 +416,8 @@ def predict_logits(model: nn.Module, ids: np.ndarray, weights: np.ndarray) -> np
     ids, weights = _inputs(ids, weights)
     lay = _layout(model, ids.shape[1])
     table, bias = _views(model)
-    logits = _entry_points(lay.k, lay.same_block)[1]
-    return logits(table, bias, ids, weights, lay.block, lay.n_blocks, CHUNK)
+    logits = _entry_points(lay.k, lay.same_block, lay.n_blocks)[1]
+    return logits(table, bias, ids, weights, lay.block, CHUNK)
 
 
 class AdagradKernel:
@@ -446,7 +462,7 @@ class AdagradKernel:
         # 16 bytes: unspaced, both threads wrote one line every sample)
         blocks = (lay.n_blocks + -(-64 // (lay.n_blocks * lay.k * 4)), lay.n_blocks * lay.k)
         numba.set_num_threads(parts)
-        train_epoch = _entry_points(lay.k, lay.same_block)[0]
+        train_epoch = _entry_points(lay.k, lay.same_block, lay.n_blocks)[0]
         return float(
             train_epoch(
                 table,
