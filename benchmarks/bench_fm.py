@@ -17,8 +17,10 @@ native turn the mean of NATIVE_TURN_EPOCHS epochs (one is 20-80 ms, at the mercy
 single disturbance). xlearn takes its turns in those rounds: each turn a fit without a
 validation set, 30 epochs on the same libffm file, the rate from xlearn's own per-epoch
 times (their mean); the best whole fit, reading the text file included, is reported
-beside it. Test AUC is
-sklearn's on the last 10% of ratings. The synthetic set
+beside it. The turns a ratio compares come next to each other (a model's native
+two-thread turn, its one-thread turn, xlearn's), so that each round's ratio sees one
+state of the machine (``paired_ratio``). Test AUC is sklearn's on the last 10% of
+ratings. The synthetic set
 (``benchmarks.ctr_data.synthetic_ctr``) is run with our FFM only.
 
 Native rows train the same FM and FFM modules with the same hyperparameters through the
@@ -213,6 +215,23 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.median(np.asarray(a) / np.asarray(b)))
 
 
+def turn_order(contenders: Mapping[str, Timed], timers: Mapping[str, Timed]
+               ) -> dict[str, Timed]:
+    """The contenders in their order, with the turns each ratio compares next to each
+    other (``paired_ratio``): a model's native two-thread turn, its one-thread turn, then
+    xlearn's turn of the same model (``timers``, by row name) where there is one."""
+    turns: dict[str, Timed] = {}
+    for name, c in contenders.items():
+        model = next((m for m in ("FFM", "FM") if name == native_row(m, "batch", 1)), None)
+        if model is not None:
+            two = native_row(model, "batch", 2)
+            turns[two] = contenders[two]
+        turns.setdefault(name, c)  # a two-thread row placed already keeps its place
+        if model is not None and f"xlearn {model}" in timers:
+            turns[f"xlearn {model}"] = timers[f"xlearn {model}"]
+    return turns
+
+
 # --------------------------------------------------------------------------- xlearn
 
 
@@ -364,14 +383,7 @@ def ml100k_rows() -> dict[str, dict[str, Any]]:
             except ImportError as err:
                 print(f"xlearn not installed ({err}); skipping it", flush=True)
                 break
-        # each xlearn turn right after our one-thread native turn of the same model
-        turns: dict[str, Timed] = {}
-        for name, c in contenders.items():
-            turns[name] = c
-            for kind in ("FFM", "FM"):
-                if name == native_row(kind, "batch", 1) and f"xlearn {kind}" in timers:
-                    turns[f"xlearn {kind}"] = timers[f"xlearn {kind}"]
-        for name, rates in timed(turns).items():
+        for name, rates in timed(turn_order(contenders, timers)).items():
             rows[name]["samples_per_s"] = max(rates)
             rows[name]["round_rates"] = rates
         for name, timer in timers.items():

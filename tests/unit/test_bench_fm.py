@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_fm import paired_ratio, timed
+from benchmarks.bench_fm import native_row, paired_ratio, timed, turn_order
 
 
 class Turn:
@@ -28,3 +28,16 @@ def test_turns_alternate_and_the_paired_ratio_cancels_a_slow_round() -> None:
     assert paired_ratio(rates["two"], rates["one"]) == pytest.approx(1.8)
     # a slowdown that starts between one round's turns weighs on one round only
     assert paired_ratio([180.0, 90.0, 180.0], [100.0, 100.0, 100.0]) == pytest.approx(1.8)
+
+
+def test_each_ratio_compares_turns_next_to_each_other() -> None:
+    names = ["ours FFM", native_row("FFM", "batch", 1), native_row("FFM", "batch", 2),
+             native_row("FFM", "sample", 1), "torchfm FFM", "ours FM",
+             native_row("FM", "batch", 1), native_row("FM", "batch", 2)]
+    contenders = {n: Turn(n, 1.0, [], [1.0]) for n in names}
+    timers = {"xlearn FFM": Turn("xlearn FFM", 1.0, [], [1.0])}  # no xlearn FM
+    order = list(turn_order(contenders, timers))
+    assert order == ["ours FFM", "native FFM, 2 threads", "native FFM, 1 thread",
+                     "xlearn FFM", "native FFM sample, 1 thread", "torchfm FFM", "ours FM",
+                     "native FM, 2 threads", "native FM, 1 thread"]
+    assert turn_order(contenders, timers)["xlearn FFM"] is timers["xlearn FFM"]
