@@ -223,8 +223,8 @@ def turn_order(contenders: Mapping[str, Timed], timers: Mapping[str, Timed]
     turns: dict[str, Timed] = {}
     for name, c in contenders.items():
         model = next((m for m in ("FFM", "FM") if name == native_row(m, "batch", 1)), None)
-        if model is not None:
-            two = native_row(model, "batch", 2)
+        two = native_row(model, "batch", 2) if model is not None else None
+        if two in contenders:
             turns[two] = contenders[two]
         turns.setdefault(name, c)  # a two-thread row placed already keeps its place
         if model is not None and f"xlearn {model}" in timers:

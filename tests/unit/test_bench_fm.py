@@ -41,3 +41,5 @@ def test_each_ratio_compares_turns_next_to_each_other() -> None:
                      "xlearn FFM", "native FFM sample, 1 thread", "torchfm FFM", "ours FM",
                      "native FM, 2 threads", "native FM, 1 thread"]
     assert turn_order(contenders, timers)["xlearn FFM"] is timers["xlearn FFM"]
+    del contenders["native FM, 2 threads"]  # a model without a two-thread row keeps its turns
+    assert list(turn_order(contenders, timers))[-2:] == ["ours FM", "native FM, 1 thread"]
