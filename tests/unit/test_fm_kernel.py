@@ -31,7 +31,7 @@ from models.fm_trainer import (
 from tests.unit.test_fm_ffm import LAYOUTS, planted, random_batch, randomised, split
 
 torch.set_num_threads(1)
-K = 2  # one k for the tests but the next: each k is compiled once
+K = 2  # one k for the tests but the next: each k and field count is compiled once
 LANE_K = 8  # a k the kernel moves in 16-byte lanes (k % 4 == 0)
 N_FEATURES = 12
 LR, L2 = 0.1, 0.05
@@ -129,9 +129,11 @@ def test_one_step_matches_torch_and_a_float64_loop(cls: type, layout: str) -> No
     assert not table[0].any()  # padding row untouched
 
 
-def test_a_k_moved_in_lanes_matches_a_float64_loop() -> None:
-    """k a multiple of 4 takes the FFM's 16-byte-lane transpose: same step as the loop."""
-    slot_field = LAYOUTS["multi-valued fields"]
+@pytest.mark.parametrize("slot_field", [[0, 1, 1, 2], LAYOUTS["multi-valued fields"]])
+def test_a_k_moved_in_lanes_matches_a_float64_loop(slot_field: list[int]) -> None:
+    """k a multiple of 4 takes the FFM's 16-byte-lane transpose: same step as the loop,
+    with three fields and with four (the field count is a compile-time constant: each
+    count has kernels of its own, and they run side by side in one process)."""
     ids_t, w_t = random_batch(slot_field, N_FEATURES, b=8, seed=5)
     ids, w = ids_t.numpy().astype(np.int32), w_t.numpy().astype(np.float32)
     y = (np.arange(8) % 2).astype(np.float32)
