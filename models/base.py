@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.arrays import descending_key, sorted_contains, sparse_values
+from models.arrays import descending_key, sorted_contains, sorted_positions, sparse_values
 
 CHUNK_CELLS = 1 << 24  # scores held at once: 16M float32 = 64 MB
 
@@ -548,16 +548,29 @@ def _read_json(path: Path) -> Any:
 
 
 def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
-                  users: np.ndarray, k: int, exclude_seen: bool, chunk: int = 0) -> TopK:
-    """Score ``users`` (one row each) in memory-bounded chunks and keep each row's top k."""
+                  users: np.ndarray, k: int, exclude_seen: bool, chunk: int = 0,
+                  columns: np.ndarray | None = None) -> TopK:
+    """Score ``users`` (one row each) in memory-bounded chunks and keep each row's top k.
+    ``columns``: the ascending item codes the scores' columns stand for, where a channel
+    scores part of the catalogue and the rest would be -inf (the top k are the same:
+    ties still go to the lower code)."""
     parts = []
-    for rows in user_chunks(len(users), data.n_items, chunk):
+    for rows in user_chunks(len(users), data.n_items if columns is None else len(columns),
+                            chunk):
         scores = np.array(score_rows(rows), dtype=np.float32)
         if exclude_seen:
             owner, at = stored_rows(data.history, users[rows])
             held = data.history.data[at] != 0  # as ``nonzero`` reads the rows
-            scores[owner[held], data.history.indices[at[held]]] = -np.inf
-        parts.append(top_k(scores, k))
+            owner, seen = owner[held], data.history.indices[at[held]]
+            if columns is not None:  # seen items among the columns, by position
+                seen, scored = sorted_positions(columns, seen)
+                owner, seen = owner[scored], seen[scored]
+            scores[owner, seen] = -np.inf
+        top = top_k(scores, k)
+        if columns is not None:
+            top = TopK(np.where(top.items >= 0, columns[np.maximum(top.items, 0)], -1),
+                       top.scores)
+        parts.append(top)
     return _stack(parts, k)
 
 

@@ -29,7 +29,7 @@ from scipy.linalg import lapack
 
 from features.recall_data import RecallData
 from models.arrays import sorted_unique
-from models.base import HeldOut, RecallChannel
+from models.base import HeldOut, RecallChannel, TopK, chunked_top_k
 from models.early_stopping import EarlyStopping
 from models.metrics import hits_from_keys, ndcg_at_k
 
@@ -179,8 +179,22 @@ class EaseChannel(RecallChannel):
 
     def score(self, data: RecallData, users: np.ndarray) -> np.ndarray:
         self._require_fitted()
-        x = (data.history[users][:, self.kept] > 0).astype(np.float32)
         scores = np.full((len(users), data.n_items), -np.inf, np.float32)
-        scores[:, self.kept] = x @ self.weights
+        scores[:, self.kept] = self._kept_scores(data, users)
+        return scores
+
+    def retrieve(self, data: RecallData, users: np.ndarray, k: int, exclude_seen: bool = True,
+                 chunk: int = 0) -> TopK:
+        """``score``'s top k, taken among the kept items alone: every other item scores
+        -inf, and numpy's partition of rows made mostly of equal -inf took about 5x as
+        long as of distinct scores (60k items, 5k kept: 37-47 s a phase for 5k users)."""
+        self._require_fitted()
+        return chunked_top_k(lambda rows: self._kept_scores(data, users[rows]), data, users,
+                             k, exclude_seen, chunk, columns=self.kept)
+
+    def _kept_scores(self, data: RecallData, users: np.ndarray) -> np.ndarray:
+        """Scores of the kept items (users x kept); -inf for a user with none fitted."""
+        x = (data.history[users][:, self.kept] > 0).astype(np.float32)
+        scores = np.asarray(x @ self.weights, np.float32)
         scores[x.getnnz(axis=1) == 0] = -np.inf
         return scores

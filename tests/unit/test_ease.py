@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.base import HeldOut
+from models.base import HeldOut, RecallChannel
 from models.recall import ease
 from models.recall.ease import EaseChannel
 from tests.conftest import recall_data_from_matrix, tiny_config
@@ -125,3 +125,27 @@ def test_on_by_default_and_dropped_by_null(tmp_path: Path) -> None:
     assert "ease" not in dropped.recall.channels
     with pytest.raises(ValueError, match="no parameter"):
         tiny_config(tmp_path, recall={"channels": {"ease": {"params": {"lambda": 5}}}})
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_retrieving_among_the_kept_items_gives_the_catalogue_wide_top_k(
+        exclude_seen: bool) -> None:
+    """EASE takes its top k among the items in its solve (every other one scores -inf):
+    the same items, scores and order as the top k of ``score``'s whole-catalogue rows,
+    ties to the lower code, short lists padded with -1, whatever the chunking."""
+    rng = np.random.default_rng(4)
+    dense = (rng.random((40, 60)) < 0.08).astype(np.float32)
+    dense[:, 50:] = 0  # ten items nobody fitted on
+    dense[7] = 0  # a user with nothing
+    data = recall_data_from_matrix(dense)
+    channel = EaseChannel(lambda_=2.0, max_items=20).fit(data)
+    assert len(channel.kept) == 20
+    users = rng.permutation(data.n_users)
+    for k, chunk in ((5, 0), (25, 0), (25, 3), (70, 7)):
+        got = channel.retrieve(data, users, k, exclude_seen, chunk)
+        want = RecallChannel.retrieve(channel, data, users, k, exclude_seen, chunk)
+        np.testing.assert_array_equal(got.items, want.items)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        assert set(got.items[got.items >= 0].tolist()) <= set(channel.kept.tolist())
+        empty = np.asarray(data.history[users].sum(axis=1)).ravel() == 0
+        assert empty.any() and (got.items[empty] == -1).all()
