@@ -551,9 +551,11 @@ def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
                   users: np.ndarray, k: int, exclude_seen: bool, chunk: int = 0,
                   columns: np.ndarray | None = None) -> TopK:
     """Score ``users`` (one row each) in memory-bounded chunks and keep each row's top k.
-    ``columns``: the ascending item codes the scores' columns stand for, where a channel
-    scores part of the catalogue and the rest would be -inf (the top k are the same:
-    ties still go to the lower code)."""
+    ``columns``: the distinct, ascending item codes the scores' columns stand for, where
+    a channel scores part of the catalogue and the rest would be -inf (the top k are the
+    same: ties still go to the lower code)."""
+    if columns is not None and np.any(np.diff(columns) <= 0):
+        raise ValueError("chunked_top_k: columns must be distinct item codes, ascending")
     parts = []
     for rows in user_chunks(len(users), data.n_items if columns is None else len(columns),
                             chunk):
@@ -568,8 +570,8 @@ def chunked_top_k(score_rows: Callable[[slice], np.ndarray], data: RecallData,
             scores[owner, seen] = -np.inf
         top = top_k(scores, k)
         if columns is not None:
-            top = TopK(np.where(top.items >= 0, columns[np.maximum(top.items, 0)], -1),
-                       top.scores)
+            real = top.items >= 0
+            top.items[real] = columns[top.items[real]]
         parts.append(top)
     return _stack(parts, k)
 

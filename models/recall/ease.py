@@ -187,7 +187,8 @@ class EaseChannel(RecallChannel):
                  chunk: int = 0) -> TopK:
         """``score``'s top k, taken among the kept items alone: every other item scores
         -inf, and numpy's partition of rows made mostly of equal -inf took about 5x as
-        long as of distinct scores (60k items, 5k kept: 37-47 s a phase for 5k users)."""
+        long as of distinct scores (60k items, 5k kept: 37-47 s a phase for about 5k users;
+        its lambda tuning retrieves so too)."""
         self._require_fitted()
         return chunked_top_k(lambda rows: self._kept_scores(data, users[rows]), data, users,
                              k, exclude_seen, chunk, columns=self.kept)

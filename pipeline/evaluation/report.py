@@ -108,7 +108,8 @@ def _choices(run: dict[str, Any]) -> str:
         if len(weights) == 1:
             (name, _), = weights.items()
             out.append(f"<p>{_e(kind)}: the blend is <b>{_e(name)}</b> alone (no other "
-                       "component lifted its out-of-fold NDCG@10), so <code>final</code>, "
+                       "component lifted its out-of-fold NDCG@10 by more than the noise "
+                       "of the valid requests), so <code>final</code>, "
                        f"<code>blend</code> and <code>{_e(name)}</code> rank alike.</p>")
         else:
             parts = ", ".join(f"{_e(n)} × {w:g}" for n, w in weights.items())

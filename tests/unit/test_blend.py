@@ -181,7 +181,7 @@ def test_a_blend_within_noise_of_its_first_component_gives_way_to_it() -> None:
     """a has each group's positive second in 11 groups and first in 9; b first in those
     11 and third in the 9. a + b puts it first in the 11 and second in the 9: a mean lift
     of 2/20 of (1 - 1/log2 3), 0.037, far above MIN_GAIN, but +0.369 in 11 requests and
-    -0.369 in 9, a standard error of 0.085: noise, so a alone is the blend (on a sparse
+    -0.369 in 9, a standard error of 0.084 (z 0.44): noise, so a alone is the blend (on a sparse
     log such a blend lost on test to its first component, benchmarks/RESULTS.md)."""
     up_a, up_b = three_row_groups([2, 1, 3], [1, 3, 2], 11)
     down_a, down_b = three_row_groups([1, 2, 3], [3, 1, 2], 9)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.base import HeldOut, RecallChannel
+from models.base import HeldOut, RecallChannel, chunked_top_k
 from models.recall import ease
 from models.recall.ease import EaseChannel
 from tests.conftest import recall_data_from_matrix, tiny_config
@@ -140,7 +140,11 @@ def test_retrieving_among_the_kept_items_gives_the_catalogue_wide_top_k(
     data = recall_data_from_matrix(dense)
     channel = EaseChannel(lambda_=2.0, max_items=20).fit(data)
     assert len(channel.kept) == 20
+    channel.weights = np.round(channel.weights, 1)  # scores that tie, at the cut too
     users = rng.permutation(data.n_users)
+    scores = channel.score(data, users)
+    assert any(len(set(row[np.isfinite(row)].tolist())) < np.isfinite(row).sum()
+               for row in scores)
     for k, chunk in ((5, 0), (25, 0), (25, 3), (70, 7)):
         got = channel.retrieve(data, users, k, exclude_seen, chunk)
         want = RecallChannel.retrieve(channel, data, users, k, exclude_seen, chunk)
@@ -149,3 +153,28 @@ def test_retrieving_among_the_kept_items_gives_the_catalogue_wide_top_k(
         assert set(got.items[got.items >= 0].tolist()) <= set(channel.kept.tolist())
         empty = np.asarray(data.history[users].sum(axis=1)).ravel() == 0
         assert empty.any() and (got.items[empty] == -1).all()
+
+
+def test_chunked_top_k_over_some_columns_maps_them_back_and_checks_them() -> None:
+    """Scores of columns standing for items 3, 5 and 9 of twelve: the top k names those
+    items (NaN first, ties to the lower code, -1 past the finite ones); the user's seen
+    item 5 is dropped, and columns must be distinct and ascending."""
+    data = recall_data_from_matrix(np.eye(1, 12, 5, dtype=np.float32))
+    rows = np.array([[0.5, 0.7, 0.5]], np.float32)
+    top = chunked_top_k(lambda _: rows, data, np.array([0]), 4, False,
+                        columns=np.array([3, 5, 9]))
+    np.testing.assert_array_equal(top.items, [[5, 3, 9, -1]])
+    top = chunked_top_k(lambda _: rows, data, np.array([0]), 2, True,
+                        columns=np.array([3, 5, 9]))
+    np.testing.assert_array_equal(top.items, [[3, 9]])
+    nan = np.array([[0.5, np.nan, 0.9]], np.float32)
+    top = chunked_top_k(lambda _: nan, data, np.array([0]), 3, False,
+                        columns=np.array([3, 5, 9]))
+    np.testing.assert_array_equal(top.items, [[5, 9, 3]])
+    empty = chunked_top_k(lambda _: np.zeros((1, 0), np.float32), data, np.array([0]), 2,
+                          True, columns=np.zeros(0, np.int64))
+    np.testing.assert_array_equal(empty.items, [[-1, -1]])
+    for bad in ([3, 3, 9], [5, 3, 9]):
+        with pytest.raises(ValueError, match="ascending"):
+            chunked_top_k(lambda _: rows, data, np.array([0]), 2, False,
+                          columns=np.array(bad))
