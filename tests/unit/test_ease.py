@@ -113,7 +113,8 @@ def test_no_usable_held_out_pair_or_an_empty_grid_keeps_lambda() -> None:
         np.testing.assert_allclose(channel.weights, [[0, 2 / 3], [2 / 3, 0]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [{"lambda_": 0.0}, {"grid": [10.0, -1.0]}, {"max_items": 0}])
+@pytest.mark.parametrize("bad", [{"lambda_": 0.0}, {"grid": [10.0, -1.0]}, {"max_items": 0},
+                                 {"extend": -1}])
 def test_bad_settings_fail_at_construction(bad: dict) -> None:
     with pytest.raises(ValueError, match="ease"):
         EaseChannel(**bad)
@@ -178,3 +179,25 @@ def test_chunked_top_k_over_some_columns_maps_them_back_and_checks_them() -> Non
         with pytest.raises(ValueError, match="ascending"):
             chunked_top_k(lambda _: rows, data, np.array([0]), 2, False,
                           columns=np.array(bad))
+
+
+@pytest.mark.parametrize(("peak", "extend", "tried", "chosen"), [
+    (2000.0, 4, [50, 100, 200, 500, 1000, 2000, 4000], 2000),  # up past the top, one step
+    (1e6, 4, [50, 100, 200, 500, 1000, 2000, 4000, 8000, 16000], 16000),  # at most 4
+    (10.0, 4, [50, 100, 25, 12.5, 6.25], 12.5),  # down past the bottom
+    (300.0, 4, [50, 100, 200, 500], 200),  # inside the grid: nothing past it
+    (2000.0, 0, [50, 100, 200, 500, 1000], 1000),
+])
+def test_tuning_goes_past_the_end_of_the_grid_the_best_sits_at(
+        monkeypatch: pytest.MonkeyPatch, peak: float, extend: int, tried: list[float],
+        chosen: float) -> None:
+    """Held-out NDCG made a function of lambda alone, highest at ``peak``: each lambda
+    past an end is twice (half) the last, until one does not improve."""
+    monkeypatch.setattr(ease, "ease_weights", lambda gram, lambda_: np.full(
+        gram.shape, lambda_, np.float32))
+    monkeypatch.setattr(EaseChannel, "_held_out_ndcg", lambda self, data, *watch: -abs(
+        np.log(float(self.weights[0, 0]) / peak)))
+    dense = checkerboard()
+    channel = EaseChannel(extend=extend).fit(checkerboard_data(dense), planted_held_out(dense))
+    assert [entry["lambda_"] for entry in channel.trace] == tried
+    assert channel.tuned() == {"lambda_": chosen} and channel.weights[0, 0] == chosen
