@@ -15,7 +15,9 @@ in float32.
 
 With held-out pairs, ``fit`` walks a small ``grid`` of lambdas upward and keeps the best
 by held-out NDCG@``eval_k``, stopping at the first one that does no better (the curve
-is usually unimodal in lambda); ``tuned()`` returns the choice for the refit.
+is usually unimodal in lambda); where the best is the grid's first or last, it goes on
+past that end, doubling or halving, up to ``extend`` more. ``tuned()`` returns the
+choice for the refit.
 """
 
 from __future__ import annotations
@@ -98,11 +100,12 @@ class EaseChannel(RecallChannel):
     want less). max_items: items in the solve; fitting holds about 16 x max_items^2 bytes
     (20 when tuning) and the fitted B 4 x max_items^2, and the solve takes about
     max_items^3 flops: the default 5000 is 0.4 GB and about 4 s a solve on one core here
-    (10k items: 1.6 GB and 29 s, which a tuning grid and three phases multiply).
+    (10k items: 1.6 GB and 29 s, which a tuning grid, up to ``extend`` more lambdas
+    and three phases multiply).
     Tuning (only when ``fit`` gets held-out pairs): lambdas from ``grid`` in ascending
     order, on NDCG@``eval_k`` of at most ``tune_users`` held-out users sampled with
     ``seed``, until the first that does not improve; an empty grid keeps ``lambda_``.
-    Where the best is an end of the grid, up to ``extend`` more lambdas past it, each
+    Where the best is an end of a grid of two or more, up to ``extend`` more past it, each
     ``EXTEND_FACTOR`` further, until one does not improve: logs unlike the ones the grid
     was set on want lambdas outside it (a sparse reviews log still gained at 1000, a
     60k-item one had its best at 50). On ML-100K (each user's last 10% by time

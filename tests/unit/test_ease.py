@@ -181,16 +181,22 @@ def test_chunked_top_k_over_some_columns_maps_them_back_and_checks_them() -> Non
                           columns=np.array(bad))
 
 
-@pytest.mark.parametrize(("peak", "extend", "tried", "chosen"), [
-    (2000.0, 4, [50, 100, 200, 500, 1000, 2000, 4000], 2000),  # up past the top, one step
-    (1e6, 4, [50, 100, 200, 500, 1000, 2000, 4000, 8000, 16000], 16000),  # at most 4
-    (10.0, 4, [50, 100, 25, 12.5, 6.25], 12.5),  # down past the bottom
-    (300.0, 4, [50, 100, 200, 500], 200),  # inside the grid: nothing past it
-    (2000.0, 0, [50, 100, 200, 500, 1000], 1000),
+GRID = (50.0, 100.0, 200.0, 500.0, 1000.0)
+
+
+@pytest.mark.parametrize(("peak", "grid", "extend", "tried", "chosen"), [
+    (2000.0, GRID, 4, [50, 100, 200, 500, 1000, 2000, 4000], 2000),  # up past the top
+    (1e6, GRID, 4, [50, 100, 200, 500, 1000, 2000, 4000, 8000, 16000], 16000),  # at most 4
+    (10.0, GRID, 4, [50, 100, 25, 12.5, 6.25], 12.5),  # down past the bottom
+    (300.0, GRID, 4, [50, 100, 200, 500], 200),  # inside the grid: nothing past it
+    (2000.0, GRID, 0, [50, 100, 200, 500, 1000], 1000),
+    (2000.0, (50.0,), 4, [50], 50),  # a grid of one has no end to go past
+    (2000.0, (50.0, 100.0), 4, [50, 100, 200, 400, 800, 1600], 1600),  # two: up
+    (10.0, (50.0, 100.0), 4, [50, 100, 25, 12.5, 6.25], 12.5),  # or down
 ])
 def test_tuning_goes_past_the_end_of_the_grid_the_best_sits_at(
-        monkeypatch: pytest.MonkeyPatch, peak: float, extend: int, tried: list[float],
-        chosen: float) -> None:
+        monkeypatch: pytest.MonkeyPatch, peak: float, grid: tuple[float, ...], extend: int,
+        tried: list[float], chosen: float) -> None:
     """Held-out NDCG made a function of lambda alone, highest at ``peak``: each lambda
     past an end is twice (half) the last, until one does not improve."""
     monkeypatch.setattr(ease, "ease_weights", lambda gram, lambda_: np.full(
@@ -198,6 +204,7 @@ def test_tuning_goes_past_the_end_of_the_grid_the_best_sits_at(
     monkeypatch.setattr(EaseChannel, "_held_out_ndcg", lambda self, data, *watch: -abs(
         np.log(float(self.weights[0, 0]) / peak)))
     dense = checkerboard()
-    channel = EaseChannel(extend=extend).fit(checkerboard_data(dense), planted_held_out(dense))
+    channel = EaseChannel(grid=grid, extend=extend).fit(checkerboard_data(dense),
+                                                        planted_held_out(dense))
     assert [entry["lambda_"] for entry in channel.trace] == tried
     assert channel.tuned() == {"lambda_": chosen} and channel.weights[0, 0] == chosen
