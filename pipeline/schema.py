@@ -237,6 +237,33 @@ def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
 
 
+def stray_times(df: pd.DataFrame, origin: str) -> str | None:
+    """A note (not an error) on events dated far outside the rest of a validated table:
+    more than the span of its middle 98% before its 1st percentile or after its 99th.
+    Placeholder dates (0, 1970-01-01) do this, and every half-life that defaults to a
+    share of the log's time span stretches with them. None where there are none, or
+    where the middle 98% share one time (a log without time)."""
+    values = df[TS].to_numpy("datetime64[us]").astype(np.int64)
+    if not len(values):
+        return None
+    low, high = np.percentile(values, [1, 99], method="nearest")
+    span = high - low
+    positions = np.flatnonzero((values < low - span) | (values > high + span))
+    if span <= 0 or not len(positions):
+        return None
+
+    def day(us: int) -> str:
+        return str(np.datetime64(int(us), "us").astype("datetime64[D]"))
+
+    rows = ", ".join(str(p + 1) for p in positions[:_EXAMPLES])
+    shown = ", ".join(day(v) for v in values[positions[:_EXAMPLES]])
+    return (f"{origin}: {Problems(origin).column(TS)}: {len(positions)} event(s) dated far "
+            f"outside the rest ({day(low)} to {day(high)} for 98% of them), first at data "
+            f"row(s) {rows} (dates {shown}); they stretch the log's span to {day(values.min())}"
+            f" to {day(values.max())}, and every half-life that defaults to a share of it "
+            "(half_life_share) with it: fix or drop placeholder dates, or set half_life_days")
+
+
 def _said(unit: str, series: pd.Series, problems: Problems) -> str:
     """``unit``, inferred for a time column, said in the log where it is not seconds."""
     if unit != "s":

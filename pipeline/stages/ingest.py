@@ -20,10 +20,13 @@ from pipeline.sources import RawTables, load_source
 log = logging.getLogger("pipeline")
 
 
-def validated_tables(raw: RawTables, unknown_ids: str) -> tuple[pd.DataFrame, pd.DataFrame,
-                                                                pd.DataFrame, dict[str, int]]:
-    """Validate every table, align id types, and resolve unknown references by policy."""
+def validated_tables(raw: RawTables, unknown_ids: str
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int],
+                                list[str]]:
+    """Validate every table, align id types, and resolve unknown references by policy;
+    with notes on what passes but a user should know (``S.stray_times``)."""
     parts = [(origin, S.validate_interactions(df, origin)) for origin, df in raw.interactions]
+    notes = [note for origin, df in parts if (note := S.stray_times(df, origin))]
     items = S.validate_items(raw.items[1], raw.items[0]) if raw.items else None
     users = S.validate_users(raw.users[1], raw.users[0]) if raw.users else None
 
@@ -50,7 +53,7 @@ def validated_tables(raw: RawTables, unknown_ids: str) -> tuple[pd.DataFrame, pd
     if users is None:
         ids = pd.Series(interactions[S.USER].unique()).sort_values(ignore_index=True)
         users = pd.DataFrame({S.USER: ids})
-    return interactions, items, users, dropped
+    return interactions, items, users, dropped, notes
 
 
 def _source_files(cfg: Config) -> list[Path]:
@@ -73,7 +76,7 @@ def external_inputs(cfg: Config) -> dict[str, str]:
 def run(cfg: Config, io: StageIO) -> dict:
     hashes = external_inputs(cfg)  # before reading, as the runner does: see runner.py
     raw = load_source(cfg)
-    interactions, items, users, dropped = validated_tables(raw, cfg.ingest.unknown_ids)
+    interactions, items, users, dropped, notes = validated_tables(raw, cfg.ingest.unknown_ids)
     if cfg.ingest.as_of is not None:
         cutoff = S.coerce_timestamp(pd.Series([cfg.ingest.as_of]), "ingest.as_of").iloc[0]
         later = interactions[S.TS] > cutoff
@@ -83,7 +86,7 @@ def run(cfg: Config, io: StageIO) -> dict:
         S.require_rows(interactions, f"interactions up to ingest.as_of {cfg.ingest.as_of}")
     if any(dropped.values()):
         log.warning("[ingest] dropped interactions with unknown ids: %s", dropped)
-    notes = list(raw.notes)
+    notes = [*raw.notes, *notes]
     if weak := int((interactions[S.WEIGHT] <= 0).sum()):  # a dislike is not one here
         notes.append(f"{weak} interactions have a weight of 0 or less: each counts as a "
                      "positive interaction in every channel but ALS under embedding "

@@ -87,7 +87,7 @@ def assert_names(err: pytest.ExceptionInfo[DataError], origin: Path, column: str
 def test_valid_csv_tables_pass_with_contract_dtypes(tmp_path: Path) -> None:
     src = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS),
                write(tmp_path, "items.csv", GOOD_ITEMS), write(tmp_path, "users.csv", GOOD_USERS))
-    interactions, items, users, dropped = load(src)
+    interactions, items, users, dropped, _ = load(src)
     assert dropped == {"unknown_items": 0, "unknown_users": 0}
     assert list(interactions.columns) == ["user_id", "item_id", "ts", "event", "weight"]
     assert interactions["user_id"].dtype == "int64"
@@ -205,7 +205,7 @@ def test_null_user_id(tmp_path: Path) -> None:
 def test_string_ids_are_kept_and_matched_across_tables(tmp_path: Path) -> None:
     log = write(tmp_path, "log.csv", "u,i,t,w\nanna,10,1700000000,1\nbo,sku-7,1700000000,1\n")
     items = write(tmp_path, "items.csv", "i,title\n10,Ten\nsku-7,Seven\n")
-    interactions, items_df, users, _ = load(spec(log, items))
+    interactions, items_df, users, *_ = load(spec(log, items))
     assert interactions["item_id"].tolist() == ["10", "sku-7"]
     assert items_df["item_id"].tolist() == ["10", "sku-7"]
     assert interactions["item_id"].dtype == items_df["item_id"].dtype
@@ -237,7 +237,7 @@ def test_invalid_utf8_in_csv_id_column(tmp_path: Path) -> None:
 def test_csv_text_columns_keep_leading_zeros(tmp_path: Path) -> None:
     items = write(tmp_path, "items.csv", "i,title\n10,007\n11,1984\n")
     users = write(tmp_path, "users.csv", "u,zip\n1,02134\n2,94043\n")
-    _, items_df, users_df, _ = load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS),
+    _, items_df, users_df, *_ = load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS),
                                          items, users))
     assert items_df["title"].tolist() == ["007", "1984"]
     assert users_df["region"].tolist() == ["02134", "94043"]
@@ -263,7 +263,7 @@ def test_valid_utf8_in_parquet_binary_column_is_decoded(tmp_path: Path) -> None:
     items = tmp_path / "items.parquet"
     titles = pa.array([b"Alpha", "Caf\u00e9".encode()], pa.binary())
     pq.write_table(pa.table({"i": [10, 11], "title": titles}), items)
-    _, items_df, _, _ = load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    _, items_df, *_ = load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
     assert items_df["title"].tolist() == ["Alpha", "Caf\u00e9"]
 
 
@@ -316,7 +316,7 @@ def test_unknown_ids_dropped_and_counted(tmp_path: Path) -> None:
     log = write(tmp_path, "log.csv", UNKNOWN_LOG)
     src = spec(log, write(tmp_path, "items.csv", GOOD_ITEMS),
                write(tmp_path, "users.csv", GOOD_USERS))
-    interactions, _, _, dropped = load(src, unknown_ids="drop")
+    interactions, _, _, dropped, _ = load(src, unknown_ids="drop")
     # Row 4 names both an unknown item and an unknown user: counted once, as an item.
     assert dropped == {"unknown_items": 2, "unknown_users": 0}
     assert interactions[["user_id", "item_id"]].values.tolist() == [[1, 10], [2, 11]]
@@ -535,7 +535,7 @@ def test_items_without_a_title_get_their_id_as_one_with_a_warning(tmp_path: Path
     log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
     items = write(tmp_path, "items.csv", "i,title\n10,Alpha\n11,\n12,  \n")
     with caplog.at_level("WARNING", logger="pipeline"):
-        _, items_df, _, _ = load(spec(log, items))
+        _, items_df, *_ = load(spec(log, items))
     assert items_df["title"].tolist() == ["Alpha", "11", "12"]
     assert f"{items}: column 'title': 2 item(s) without a title, first at data row(s) 2, 3" \
         in caplog.text
@@ -552,7 +552,7 @@ def test_blank_optional_text_is_none_not_an_empty_string(tmp_path: Path) -> None
     source = spec(log, items, users, columns={**INTERACTION_COLUMNS, "query": "q",
                                               "region": "r"})
     source["items"]["columns"] = {**ITEM_COLUMNS, "category": "kind"}
-    interactions, items_df, users_df, _ = load(source)
+    interactions, items_df, users_df, *_ = load(source)
     assert interactions["query"].isna().tolist() == [False, True, True]
     assert interactions["region"].isna().tolist() == [True, False, True]
     assert items_df["category"].isna().tolist() == [True, False]
@@ -564,7 +564,7 @@ def test_zero_padded_csv_ids_are_labels_and_plain_ones_numbers(tmp_path: Path) -
     Ids a program writes as numbers (7, 11.0) stay numbers."""
     log = write(tmp_path, "log.csv", "u,i,t,w\n00007,0010,1700000000,1\n7,0011,1700000100,1\n")
     items = write(tmp_path, "items.csv", "i,title\n0010,Alpha\n0011,Beta\n")
-    interactions, items_df, users_df, _ = load(spec(log, items))
+    interactions, items_df, users_df, *_ = load(spec(log, items))
     assert interactions["user_id"].tolist() == ["00007", "7"] and len(users_df) == 2
     assert interactions["item_id"].tolist() == ["0010", "0011"]
     assert items_df["item_id"].tolist() == ["0010", "0011"]
@@ -608,3 +608,58 @@ def test_milliseconds_with_a_bad_cell_are_still_read_by_their_size(tmp_path: Pat
         load(spec(log))
     msg = assert_names(err, log, "ts", "2", "unparsable timestamp (expected ms)")
     assert "2300" not in msg
+
+
+# --------------------------------------------------------------- dates far from the rest
+def hourly_log(hours: int, odd: dict[int, int] | None = None) -> str:
+    """``hours`` events an hour apart from 2023-11-14, the rows in ``odd`` (0-based)
+    dated at the unix seconds given instead."""
+    times = [1_700_000_000 + 3600 * h for h in range(hours)]
+    for row, ts in (odd or {}).items():
+        times[row] = ts
+    return "u,i,timestamp,w\n" + "".join(f"{h % 7},{h % 11},{t},1\n"
+                                         for h, t in enumerate(times))
+
+
+STAMPED = {**INTERACTION_COLUMNS, "ts": "timestamp"}
+
+
+def test_placeholder_dates_are_noted_with_file_column_rows(tmp_path: Path) -> None:
+    """Two events at 0 and one in 2099 among 300 in two weeks stretch the log's span (and
+    every half-life that is a share of it) a thousandfold: ingest says so, naming the
+    file, the user's column and the rows, and still loads them."""
+    log = write(tmp_path, "log.csv", hourly_log(300, {5: 0, 77: 0, 120: 4_102_358_400}))
+    interactions, *_, notes = load(spec(log, columns=STAMPED))
+    assert len(interactions) == 300
+    [note] = notes
+    assert note.startswith(f"{log}: column 'timestamp' (ts): 3 event(s) dated far outside")
+    assert "data row(s) 6, 78, 121" in note
+    assert "dates 1970-01-01, 1970-01-01, 2099-12-31" in note
+    assert "2023-11-14 to 2023-11-27 for 98%" in note and "half_life_days" in note
+
+
+@pytest.mark.parametrize("text", [
+    hourly_log(300),
+    hourly_log(300, {0: 1_700_000_000 - 10 * 86_400}),  # 10 days before 12 days' worth
+    "u,i,timestamp,w\n" + "".join(f"{n % 5},{n % 9},{946_684_800 + n * 2_100_000},1\n"
+                                  for n in range(300)),
+], ids=["two weeks", "one event ten days early", "twenty years evenly"])
+def test_no_note_for_logs_without_stray_dates(tmp_path: Path, text: str) -> None:
+    *_, notes = load(spec(write(tmp_path, "log.csv", text), columns=STAMPED))
+    assert notes == []
+
+
+def test_no_note_for_a_log_without_time(tmp_path: Path) -> None:
+    """Every event of an untimed log is dated 1970-01-01: one time, nothing stray."""
+    log = write(tmp_path, "log.csv", "u,i,w\n1,10,1\n2,11,1\n1,11,1\n")
+    *_, notes = load(spec(log, columns={"user_id": "u", "item_id": "i", "weight": "w"}))
+    assert notes == []
+
+
+def test_ingest_logs_and_records_the_stray_dates_note(tmp_path: Path, caplog) -> None:
+    log = write(tmp_path, "log.csv", hourly_log(300, {5: 0}))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        manifest = run_stage(ingest_config(tmp_path, spec(log, columns=STAMPED)), "ingest")
+    [note] = manifest["notes"]
+    assert "1 event(s) dated far outside" in note
+    assert note in caplog.text

@@ -53,8 +53,8 @@ def seconds(*values: int) -> list[pd.Timestamp]:
 
 # ------------------------------------------------------------------ MovieLens "latest"
 def test_movielens_latest_by_config_alone() -> None:
-    raw, interactions, items, users, dropped = load(ml_latest())
-    assert raw.notes == ()
+    raw, interactions, items, users, dropped, notes = load(ml_latest())
+    assert raw.notes == () and notes == []
     assert dropped == {"unknown_items": 0, "unknown_users": 0}
     assert len(interactions) == 7
     assert list(interactions.columns) == ["user_id", "item_id", "ts", "event", "weight", "query"]
@@ -189,8 +189,8 @@ def ml100k():
 
 
 def test_ml100k_counts_and_validation(ml100k) -> None:
-    raw, (interactions, items, users, dropped) = ml100k
-    assert dropped == {"unknown_items": 0, "unknown_users": 0}
+    raw, (interactions, items, users, dropped, notes) = ml100k
+    assert dropped == {"unknown_items": 0, "unknown_users": 0} and notes == []
     assert len(interactions) == 100_000
     assert interactions["user_id"].nunique() == 943 and len(users) == 943
     assert interactions["item_id"].nunique() == 1682 and len(items) == 1682
@@ -202,7 +202,7 @@ def test_ml100k_counts_and_validation(ml100k) -> None:
 
 
 def test_ml100k_items(ml100k) -> None:
-    _, (_, items, _, _) = ml100k
+    _, (_, items, *_) = ml100k
     by_id = items.set_index("item_id")
     assert by_id.loc[1, "title"] == "Toy Story (1995)"
     assert by_id.loc[543, "title"] == "Mis\u00e9rables, Les (1995)"  # latin-1 in the file
@@ -216,7 +216,7 @@ def test_ml100k_items(ml100k) -> None:
 
 
 def test_ml100k_users_region_is_first_zip_char(ml100k) -> None:
-    _, (_, _, users, _) = ml100k
+    _, (_, _, users, *_) = ml100k
     by_id = users.set_index("user_id")
     assert by_id.loc[1, "region"] == "8"  # zip 85711
     assert by_id.loc[2, "region"] == "9"  # zip 94043
@@ -252,8 +252,9 @@ def test_synthetic_different_seed_differs() -> None:
 
 
 def test_synthetic_passes_validation(synthetic) -> None:
-    interactions, items, users, dropped = synthetic
+    interactions, items, users, dropped, notes = synthetic
     assert dropped == {"unknown_items": 0, "unknown_users": 0}
+    assert notes == []
     assert len(items) == SMALL.n_items and len(users) == SMALL.n_users
     assert set(interactions["event"].unique()) <= {"click", "purchase", "search"}
     assert interactions["ts"].is_monotonic_increasing
@@ -262,7 +263,7 @@ def test_synthetic_passes_validation(synthetic) -> None:
 
 
 def test_synthetic_search_queries_are_typed_as_people_type(synthetic) -> None:
-    interactions, items, _, _ = synthetic
+    interactions, items, *_ = synthetic
     search = interactions[interactions["event"] == "search"]
     assert len(search) > 0.05 * len(interactions)
     assert search["query"].notna().all()
@@ -294,14 +295,14 @@ def test_synthetic_search_queries_are_typed_as_people_type(synthetic) -> None:
 
 
 def test_synthetic_popularity_is_skewed(synthetic) -> None:
-    interactions, items, _, _ = synthetic
+    interactions, items, *_ = synthetic
     counts = interactions["item_id"].value_counts()
     top = counts.iloc[: len(items) // 10].sum() / len(interactions)
     assert top > 0.35  # uniform popularity would give about 0.10
 
 
 def test_synthetic_regional_items_stay_in_their_region(synthetic) -> None:
-    interactions, items, users, _ = synthetic
+    interactions, items, users, *_ = synthetic
     item_region = interactions["item_id"].map(items.set_index("item_id")["region"])
     user_region = interactions["user_id"].map(users.set_index("user_id")["region"])
     assert (interactions["region"] == user_region).all()
