@@ -237,19 +237,27 @@ def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
 
 
+STRAY_SPANS = 5  # how many of its middle half's spans an event lies outside it to be noted
+
+
 def stray_times(df: pd.DataFrame, origin: str) -> str | None:
     """A note (not an error) on events dated far outside the rest of a validated table:
-    more than the span of its middle 98% before its 1st percentile or after its 99th.
-    Placeholder dates (0, 1970-01-01) do this, and every half-life that defaults to a
-    share of the log's time span stretches with them. None where there are none, or
-    where the middle 98% share one time (a log without time)."""
+    more than STRAY_SPANS times the span of its middle half before its 25th percentile
+    or after its 75th. Placeholder dates (0, 1970-01-01) do this, up to a quarter of the
+    rows, and where they fall in the fitting data they stretch its span, which half-lives
+    and windows default to shares of. A log growing fast over the years keeps its early
+    events inside the bound. None where there are none, or where half the events share
+    one time (a log without time)."""
     values = df[TS].to_numpy("datetime64[us]").astype(np.int64)
     if not len(values):
         return None
-    low, high = np.percentile(values, [1, 99], method="nearest")
+    low, high = np.percentile(values, [25, 75], method="nearest")
     span = high - low
-    positions = np.flatnonzero((values < low - span) | (values > high + span))
-    if span <= 0 or not len(positions):
+    if span <= 0:
+        return None
+    positions = np.flatnonzero((values < low - STRAY_SPANS * span)
+                               | (values > high + STRAY_SPANS * span))
+    if not len(positions):
         return None
 
     def day(us: int) -> str:
@@ -258,10 +266,11 @@ def stray_times(df: pd.DataFrame, origin: str) -> str | None:
     rows = ", ".join(str(p + 1) for p in positions[:_EXAMPLES])
     shown = ", ".join(day(v) for v in values[positions[:_EXAMPLES]])
     return (f"{origin}: {Problems(origin).column(TS)}: {len(positions)} event(s) dated far "
-            f"outside the rest ({day(low)} to {day(high)} for 98% of them), first at data "
-            f"row(s) {rows} (dates {shown}); they stretch the log's span to {day(values.min())}"
-            f" to {day(values.max())}, and every half-life that defaults to a share of it "
-            "(half_life_share) with it: fix or drop placeholder dates, or set half_life_days")
+            f"outside the rest (half of them from {day(low)} to {day(high)}), first at data "
+            f"row(s) {rows} (dates {shown}); kept, and where they fall in the fitting data "
+            "they stretch its span, which half-lives and windows default to shares of: fix "
+            "or drop placeholder dates, or give a channel its half_life_days "
+            "(recall.channels.<name>.params)")
 
 
 def _said(unit: str, series: pd.Series, problems: Problems) -> str:

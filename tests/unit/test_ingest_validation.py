@@ -635,15 +635,32 @@ def test_placeholder_dates_are_noted_with_file_column_rows(tmp_path: Path) -> No
     assert note.startswith(f"{log}: column 'timestamp' (ts): 3 event(s) dated far outside")
     assert "data row(s) 6, 78, 121" in note
     assert "dates 1970-01-01, 1970-01-01, 2099-12-31" in note
-    assert "2023-11-14 to 2023-11-27 for 98%" in note and "half_life_days" in note
+    # sorted, the 25th and 75th percentiles (nearest) are positions 75 and 224 of 0-299:
+    # with the two zeros before them and hours 5, 77 and 120 moved, hours 74 and 225
+    assert "half of them from 2023-11-18 to 2023-11-24" in note
+    assert "half_life_days" in note
+
+
+@pytest.mark.parametrize(("hours", "odd", "noted"), [
+    (300, {n: 0 for n in range(0, 300, 5)}, 60),  # a fifth of a file at 0
+    (8, {3: 0}, 1),  # a small file
+    (300, {0: 1_700_000_000 - 20 * 86_400}, 0),  # 20 days before, within 5 x 6 days
+    (300, {0: 1_700_000_000 - 40 * 86_400}, 1),  # 40 days before: beyond 5 x 6 days
+])
+def test_stray_dates_by_the_middle_half(tmp_path: Path, hours: int, odd: dict[int, int],
+                                        noted: int) -> None:
+    """Far means more than five spans of the middle half (here 6.2 days) beyond it,
+    whatever share of the file is stray, up to a quarter."""
+    log = write(tmp_path, "log.csv", hourly_log(hours, odd))
+    *_, notes = load(spec(log, columns=STAMPED))
+    assert [int(n.split(": ")[2].split(" ")[0]) for n in notes] == ([noted] if noted else [])
 
 
 @pytest.mark.parametrize("text", [
     hourly_log(300),
-    hourly_log(300, {0: 1_700_000_000 - 10 * 86_400}),  # 10 days before 12 days' worth
     "u,i,timestamp,w\n" + "".join(f"{n % 5},{n % 9},{946_684_800 + n * 2_100_000},1\n"
                                   for n in range(300)),
-], ids=["two weeks", "one event ten days early", "twenty years evenly"])
+], ids=["two weeks", "twenty years evenly"])
 def test_no_note_for_logs_without_stray_dates(tmp_path: Path, text: str) -> None:
     *_, notes = load(spec(write(tmp_path, "log.csv", text), columns=STAMPED))
     assert notes == []
