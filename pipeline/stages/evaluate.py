@@ -235,6 +235,15 @@ def per_user_frame(hits: dict[str, UserHits], k: int, fitting: pd.DataFrame) -> 
     return pd.concat(frames, ignore_index=True)
 
 
+def stored(table: pd.DataFrame) -> pd.DataFrame:
+    """``per_user_frame``'s table as one Parquet column can hold ``request``: text user
+    ids beside integer search case ids make it text (user ids that are integers keep
+    it an integer column)."""
+    if table["request"].dtype != object:
+        return table
+    return table.assign(request=table["request"].astype("string"))
+
+
 def data_summary(io: StageIO, split: dict[str, pd.DataFrame]) -> dict:
     """Per split part: events, searches, users, items and the time range; and the search
     cases of each backtest phase (the report's data header)."""
@@ -298,7 +307,7 @@ def run(cfg: Config, io: StageIO) -> dict:
     systems, hits = score_systems(found, items, ks)
     fitting = pd.concat([parts[p] for p in EVALUATED.fit], ignore_index=True)
     table = per_user_frame(hits, k_ci, fitting)
-    write_table(table, io.output("per_user"))
+    write_table(stored(table), io.output("per_user"))
     per_user = {name: rows.set_index("request")[f"ndcg@{k_ci}"].rename_axis(S.USER)
                 for name, rows in table.groupby("system", sort=False)}
     search = {}
