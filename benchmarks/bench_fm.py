@@ -63,8 +63,8 @@ THREADS = 1
 EPOCHS = 40
 PATIENCE = 3
 SEED = 0
-ROUNDS = 11  # timed turns per model: two-thread ratios here spread 1.35-2.07 round to round
-# (20 rounds, FFM and FM, 2026-11-28), so five rounds' median moved by 0.3 run to run
+ROUNDS = 11  # timed turns per model: two-thread ratios here spread 1.15-2.07 round to round
+# (benchmarks/RESULTS.md, "fm"), and five rounds' median moved by up to 0.46 run to run
 NATIVE_TURN_EPOCHS = 10  # epochs in a native turn, whose rate is their mean
 # Ours: Adagrad with lazy per-sample L2 and a small initialisation.
 OURS_FFM = {"lr": 0.03, "l2": 1e-2, "init_std": 0.001}
