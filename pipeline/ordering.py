@@ -26,7 +26,7 @@ def order_free(cfg: Config) -> tuple[Config, list[str]]:
     tree = cfg.to_dict()
     channels = tree["recall"]["channels"]
     notes = []
-    for name in list(channels):
+    for name in [n for n, settings in channels.items() if settings is not None]:
         if CHANNELS[name].uses_order:
             channels[name] = None
             notes.append(f"channel {name} left out (it reads the order of events)")
