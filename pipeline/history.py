@@ -161,8 +161,19 @@ def _write(path: Path, text: str) -> None:
 
 
 def run_page(cfg: Config, entry: dict[str, Any]) -> Path:
-    """Where ``entry``'s page goes: ``reports/<run id>.html``."""
-    return cfg.root / REPORTS / f"{entry['run_id']}.html"
+    """Where ``entry``'s page goes: ``reports/<run id>.html``, or ``<run id>.<n>.html``
+    for the n-th run of one id with a page, so no run's page replaces another's (a log
+    without time has the as-of 1970 every night; new code reruns the same data). A run
+    that found its publication already live keeps that publication's page."""
+    if entry.get("report"):
+        return cfg.root / entry["report"]
+    same = [e for e in ledger(cfg) if e.get("run_id") == entry["run_id"] and e.get("report")]
+    if entry.get("decision", {}).get("reason") == "already up to date":
+        live = [e for e in same if e.get("publication") == entry.get("publication")]
+        if live:
+            return cfg.root / live[-1]["report"]
+    name = entry["run_id"] + (f".{len(same) + 1}" if same else "")
+    return cfg.root / REPORTS / f"{name}.html"
 
 
 def write_pages(cfg: Config, entry: dict[str, Any]) -> Path | None:

@@ -183,13 +183,23 @@ def release(cfg: Config, run: str) -> str:
     return name
 
 
+def publication_order(name: str) -> tuple[str, int]:
+    """Where a publication folder stands in time: its run id (as-of first), then its
+    number among publications of that id (``release``: ``<run id>.<n>``). By name alone
+    ``.10`` would come before ``.9``, and a log without time, whose every run has the
+    as-of 1970, publishes under one run id night after night."""
+    run, _, n = name.partition(".")
+    return run, int(n) if n.isdigit() else 1
+
+
 def prune(cfg: Config) -> list[str]:
     """Remove publications beyond the newest ``publish.keep`` (never the live one) and
     temporary folders of killed releases; returns what was removed."""
     root = cfg.root / PUBLISH
     live = current(cfg)
     runs = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
-                   and not p.name.startswith(".")), key=lambda p: p.name, reverse=True)
+                   and not p.name.startswith(".")),
+                  key=lambda p: publication_order(p.name), reverse=True)
     removed = [p for p in runs[cfg.publish.keep:] if p.name != live]
     removed += [p for p in root.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
     for path in removed:

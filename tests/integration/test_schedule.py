@@ -18,6 +18,7 @@ from pipeline.catalogue import STAGE_NAMES, artifact_path
 from pipeline.config import Config, TrackingConfig, load_config
 from pipeline.io import read_table, run_lock
 from pipeline.release import current, ledger
+from pipeline.runner import run_until
 from pipeline.schedule import LOCKED, OK, REFUSED, record_run, schedule
 from pipeline.simulate import simulate
 from tests.conftest import REPO, only_channels, tiny_config
@@ -155,6 +156,34 @@ def test_daily_partitions_publish_day_after_day(tmp_path: Path) -> None:
     assert schedule(cfg) == OK
     again = ledger(cfg)[-1]
     assert all(s["reused"] for s in again["stages"].values()) and current(cfg) == day2["run_id"]
+
+
+def test_a_log_without_time_publishes_night_after_night(tmp_path: Path) -> None:
+    """Every run of a log without time has the as-of 1970 and so one run id: each night
+    that brings new events still gets its own publication and its own page, and a night
+    with nothing new keeps both."""
+    timed = cheap_config(tmp_path / "timed")
+    run_until(timed, "ingest")
+    log = pd.read_parquet(artifact_path(timed, "interactions"))
+    counts = log.groupby(["user_id", "item_id"]).size().rename("count").reset_index()
+    night, later = counts.iloc[: len(counts) * 9 // 10], counts
+    path = tmp_path / "counts.csv"
+    night.to_csv(path, index=False)
+    cfg = cheap_config(tmp_path / "runs", dataset="counts", source={
+        "kind": "files", "interactions": [{"path": str(path), "columns": {
+            "user_id": "user_id", "item_id": "item_id", "weight": "count"}}]})
+    assert schedule(cfg, force=True) == OK  # the gate is not under test here
+    later.to_csv(path, index=False)  # the next night's file holds more
+    assert schedule(cfg, force=True) == OK
+    assert schedule(cfg) == OK  # nothing new
+    first, second, again = ledger(cfg)[-3:]
+    run = first["run_id"]
+    assert run.startswith("19700101T000000-") and second["run_id"] == run
+    assert (first["publication"], second["publication"]) == (run, f"{run}.2")
+    assert current(cfg) == f"{run}.2" and again["publication"] == f"{run}.2"
+    assert (first["report"], second["report"], again["report"]) == (
+        f"reports/{run}.html", f"reports/{run}.2.html", f"reports/{run}.2.html")
+    assert all((cfg.root / e["report"]).is_file() for e in (first, second))
 
 
 def _run(config: Path) -> subprocess.Popen:
