@@ -8,6 +8,7 @@ to a default.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from datetime import date, datetime
@@ -61,11 +62,49 @@ class MovieLens100kSource(_Strict):
     path: Path = Field(Path("../shared/datasets/ml-100k"), description="directory with u.data")
 
 
-class InteractionFile(_Strict):
-    """One interactions file and how its columns map onto the contract."""
+class DataFile(_Strict):
+    """A file of the ``files`` source and how to read it: Parquet, delimited text or JSON
+    lines (one object a line), the text formats also compressed (``.gz``, ``.bz2``,
+    ``.zst``, ``.lz4``), as public logs come."""
 
     path: Path
     columns: dict[str, str] = Field(description="contract column -> column in the file")
+    delimiter: str | None = Field(
+        None, min_length=1, description="a text file's field separator: ',' unless given "
+        "(tab for .tsv); several characters, as MovieLens 1M's '::', are read too")
+    header: list[str] | None = Field(
+        None, min_length=1, description="a text file without a header row: its column "
+        "names in order, which ``columns`` then maps")
+    encoding: str = Field("utf-8", description="a text file's character encoding (latin-1, "
+                          "cp1252, ...: older public logs); JSON lines are UTF-8")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in '\n\r"'):
+            raise ValueError("a delimiter holds no line break or double quote")
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"header names must be distinct: {value}")
+        return value
+
+
+class InteractionFile(DataFile):
+    """One interactions file and how its columns map onto the contract."""
+
     event: str = Field("interaction",
                        description="event name for rows when no event column is mapped")
     ts_unit: Literal["s", "ms", "us", "ns", "iso"] | None = Field(
@@ -74,18 +113,16 @@ class InteractionFile(_Strict):
     )
 
 
-class TableFile(_Strict):
+class TableFile(DataFile):
     """An items or users file, its column mapping and its delimited list columns."""
 
-    path: Path
-    columns: dict[str, str] = Field(description="contract column -> column in the file")
     list_columns: dict[str, str] = Field(
         default_factory=dict, description="contract column -> delimiter splitting it into a list"
     )
 
 
 class FilesSource(_Strict):
-    """A team's own logs in Parquet or CSV, loaded by column mapping alone."""
+    """A team's own logs (``DataFile``), loaded by column mapping alone."""
 
     kind: Literal["files"] = "files"
     interactions: list[InteractionFile] = Field(min_length=1)

@@ -1,4 +1,5 @@
-"""A team's own logs: Parquet or CSV tables mapped onto the contract by config alone.
+"""A team's own logs: Parquet, delimited text or JSON lines tables (text compressed
+or not) mapped onto the contract by config alone.
 
 An interactions path may be a glob (``logs/dt=*/part-*.parquet``): a log that grows by
 daily partitions, several files a day, is read whole, each file named in its errors.
@@ -15,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline import schema as S
@@ -28,45 +30,98 @@ _TEXT_TARGETS = (S.TITLE, S.TEXT, S.CATEGORY, S.TAGS, S.REGION, S.QUERY, S.EVENT
 _ID_TARGETS = (S.USER, S.ITEM)
 _INTEGER = r"^(0|-?[1-9][0-9]*)(\.0*)?$"  # as a program writes one (1 or 1.0), no padding
 _DECIMAL = r"^(0|-?[1-9][0-9]*)(\.[0-9]+)?$"  # with 1.5 among them: a fractional id
+_COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # text files decompressed by pyarrow
+_PARQUET = (".parquet", ".pq")
+_TEXT = (".csv", ".tsv", ".txt", ".dat")
+_JSON = (".jsonl", ".ndjson", ".json")
+_SPARE = b"\x1f"  # the ASCII unit separator, for a delimiter of several characters
 
 
-def read_any(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Read a .parquet or .csv/.tsv file; invalid UTF-8 is reported by column and row.
+def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
+    """``path``'s format by its name, "parquet", "text" or "json", and its own suffix
+    under a compression suffix (``logs.csv.gz``: text, ``.csv``); any other name is text
+    where a ``delimiter`` is given (MovieLens 100K's ``u.data``)."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+    inner = suffixes[-1] if suffixes else ""
+    for kind, names in (("parquet", _PARQUET), ("text", _TEXT), ("json", _JSON)):
+        if inner in names and (kind != "parquet" or inner == Path(path).suffix.lower()):
+            return kind, inner
+    if delimiter is not None:
+        return "text", inner
+    raise DataError(f"{path}: unsupported file type {''.join(Path(path).suffixes)!r} (use "
+                    f"{', '.join((*_PARQUET, *_TEXT, *_JSON))}; the text ones also as "
+                    f"{', '.join(_COMPRESSED)}; any name with a delimiter given)")
 
-    ``columns`` (contract column -> the file's) says which of a CSV's columns are read
-    as strings rather than inferred (text) and which as ids (``_ids_as_read``).
+
+def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: str | None = None,
+             header: list[str] | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a Parquet, delimited text or JSON lines file (``file_format``); invalid UTF-8
+    is reported by column and row.
+
+    ``columns`` (contract column -> the file's) says which of a text file's columns are
+    read as strings rather than inferred (text) and which as ids (``_ids_as_read``, as
+    JSON string ids are too). ``delimiter``, ``header`` and ``encoding``: see
+    ``config.DataFile``.
     """
     columns = dict(columns or {})
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
+    kind, inner = file_format(path, delimiter)
+    if kind == "parquet":
         try:
             table = pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{path}: cannot read Parquet: {err}") from None
         _check_parquet_utf8(path, table)
         return table.to_pandas()
-    if suffix not in (".csv", ".tsv", ".txt"):
-        raise DataError(f"{path}: unsupported file type '{suffix}' (use .parquet or .csv)")
-    options = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
     ids = _sources(columns, _ID_TARGETS)
+    if kind == "json":
+        try:
+            table = pajson.read_json(str(path))
+        except pa.ArrowInvalid as err:
+            raise DataError(f"{path}: cannot read JSON lines (one object a line): {err}"
+                            ) from None
+        return _typed_ids(table, ids).to_pandas()
+    sep = delimiter or ("\t" if inner == ".tsv" else ",")
+    source: str | pa.BufferReader = str(path)  # decompressed by its suffix
+    if len(sep) > 1:  # pyarrow splits on one character: the delimiter becomes a spare one
+        data = _text_bytes(path)
+        if _SPARE in data:
+            raise DataError(f"{path}: holds the byte 0x1f, which stands in for the "
+                            f"delimiter {sep!r} while reading; convert the file")
+        source = pa.BufferReader(data.replace(sep.encode(encoding), _SPARE))
+    options = pacsv.ParseOptions(delimiter=_SPARE.decode() if len(sep) > 1 else sep)
     convert = pacsv.ConvertOptions(column_types={
         c: pa.string() for c in (*_sources(columns, _TEXT_TARGETS), *ids)})
     try:
-        table = pacsv.read_csv(path, parse_options=options, convert_options=convert)
-        for name in ids:
-            if name in table.column_names:
-                table = table.set_column(table.column_names.index(name), name,
-                                         _ids_as_read(table[name]))
-        return table.to_pandas()
+        read = pacsv.ReadOptions(column_names=header, encoding=encoding)
+        table = pacsv.read_csv(source, read_options=read, parse_options=options,
+                               convert_options=convert)
+        return _typed_ids(table, ids).to_pandas()
     except UnicodeDecodeError:  # invalid UTF-8 in the header (column names)
-        _raise_utf8_location(path, options.delimiter, columns)
+        _raise_utf8_location(path, sep, columns, header)
         raise
     except pa.ArrowInvalid as err:
         if "UTF8" in str(err) or "utf8" in str(err).lower():
-            _raise_utf8_location(path, options.delimiter, columns)
-        raise DataError(f"{path}: cannot parse CSV: {err}") from None
+            _raise_utf8_location(path, sep, columns, header)
+        raise DataError(f"{path}: cannot parse {inner[1:].upper()}: {err}") from None
+
+
+def _text_bytes(path: Path) -> bytes:
+    """A text file's bytes, decompressed where its suffix says so."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        return stream.read()
+
+
+def _typed_ids(table: pa.Table, ids: list[str]) -> pa.Table:
+    """The id columns read as text typed as a program would have written them."""
+    for name in ids:
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            table = table.set_column(table.column_names.index(name), name,
+                                     _ids_as_read(table[name]))
+    return table
 
 
 def _ids_as_read(text: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -89,10 +144,12 @@ def _ids_as_read(text: pa.ChunkedArray) -> pa.ChunkedArray:
     return text
 
 
-def _raise_utf8_location(path: Path, delimiter: str, columns: Mapping[str, str]) -> None:
+def _raise_utf8_location(path: Path, delimiter: str, columns: Mapping[str, str],
+                         header: list[str] | None = None) -> None:
     """Name the column of the first invalid byte (and the contract's, where ``columns``
-    maps it) and the lines holding any (header = 0)."""
-    lines = path.read_bytes().split(b"\n")
+    maps it) and the lines holding any (header = 0; a file without one gives its column
+    names in ``header``, and its first line is data row 1)."""
+    lines = ([b""] if header else []) + _text_bytes(path).split(b"\n")
     bad: list[tuple[int, int]] = []  # (line number, offset of the first bad byte)
     for number, line in enumerate(lines):
         try:
@@ -102,16 +159,17 @@ def _raise_utf8_location(path: Path, delimiter: str, columns: Mapping[str, str])
     if not bad:
         raise DataError(f"{path}: text is not valid UTF-8")
     line_no, offset = bad[0]
-    header = lines[0].decode("utf-8", "replace").split(delimiter)
+    names = header or lines[0].decode("utf-8", "replace").split(delimiter)
     col_idx = lines[line_no][:offset].count(delimiter.encode())
-    own = header[col_idx] if col_idx < len(header) else f"#{col_idx}"
+    own = names[col_idx] if col_idx < len(names) else f"#{col_idx}"
     contract = {source: target for target, source in columns.items()}.get(own, own)
     column = f"column '{own}'" + (f" ({contract})" if contract != own else "")
+    hint = "; a file in another encoding says so in its encoding setting (latin-1, ...)"
     if line_no == 0:
-        raise DataError(f"{path}: {column}: text is not valid UTF-8 in the header line")
+        raise DataError(f"{path}: {column}: text is not valid UTF-8 in the header line{hint}")
     rows = ", ".join(str(n) for n, _ in bad[:5])
     raise DataError(f"{path}: {column}: text is not valid UTF-8: {len(bad)} row(s), "
-                    f"first at data row(s) {rows}")
+                    f"first at data row(s) {rows}{hint}")
 
 
 def _check_parquet_utf8(path: Path, table: pa.Table) -> None:
@@ -149,8 +207,8 @@ def _mapped(df: pd.DataFrame, columns: dict[str, str], path: Path) -> pd.DataFra
 def _split_lists(df: pd.DataFrame, list_columns: dict[str, str]) -> pd.DataFrame:
     for column, delimiter in list_columns.items():
         if column in df.columns:
-            text = df[column].astype("string").fillna("")
-            df[column] = [[t for t in s.split(delimiter) if t] for s in text]
+            df[column] = [[t for t in v.split(delimiter) if t] if isinstance(v, str) else v
+                          for v in df[column].astype(object)]  # lists (JSON) as they are
     return df
 
 
@@ -179,7 +237,8 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
         # The origin carries the mapping and time unit: validation names the file's own
         # columns and parses time as configured, reporting every problem together.
         origin = S.Origin(str(path), spec.columns, spec.ts_unit)
-        df = _mapped(read_any(path, spec.columns), spec.columns, path)
+        df = _mapped(read_any(path, spec.columns, spec.delimiter, spec.header, spec.encoding),
+                     spec.columns, path)
         if S.TS not in df.columns:
             df[S.TS] = pd.Timestamp(0).as_unit("us")
         if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant
@@ -191,7 +250,8 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
-    df = _mapped(read_any(spec.path, spec.columns), spec.columns, spec.path)
+    df = _mapped(read_any(spec.path, spec.columns, spec.delimiter, spec.header,
+                          spec.encoding), spec.columns, spec.path)
     return S.Origin(str(spec.path), spec.columns), _split_lists(df, spec.list_columns)
 
 

@@ -7,6 +7,8 @@ numbers in messages count data rows from 1, header excluded.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 from pathlib import Path
 
@@ -371,8 +373,10 @@ def test_missing_required_column_not_mapped(tmp_path: Path) -> None:
 def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="file not found"):
         load(spec(tmp_path / "absent.csv"))
-    with pytest.raises(DataError, match="unsupported file type"):
-        load(spec(write(tmp_path, "log.json", "{}")))
+    with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
+        load(spec(write(tmp_path, "log.xlsx", "{}")))
+    with pytest.raises(DataError, match="unsupported file type '.parquet.gz'"):
+        load(spec(write(tmp_path, "log.parquet.gz", b"")))
     broken = write(tmp_path, "log.parquet", b"not parquet at all")
     with pytest.raises(DataError) as err:
         load(spec(broken))
@@ -680,3 +684,103 @@ def test_ingest_logs_and_records_the_stray_dates_note(tmp_path: Path, caplog) ->
     [note] = manifest["notes"]
     assert "1 event(s) dated far outside" in note
     assert note in caplog.text
+
+
+# --------------------------------------------------- formats public logs come in
+def plain_log(tmp_path: Path) -> pd.DataFrame:
+    return load(spec(write(tmp_path, "plain.csv", GOOD_INTERACTIONS)))[0]
+
+
+@pytest.mark.parametrize(("name", "pack"), [
+    ("log.csv.gz", gzip.compress), ("log.csv.bz2", bz2.compress),
+    ("log.tsv.gz", lambda b: gzip.compress(b.replace(b",", b"\t")))])
+def test_compressed_text_reads_as_the_plain_file(tmp_path: Path, name: str, pack) -> None:
+    packed = load(spec(write(tmp_path, name, pack(GOOD_INTERACTIONS))))[0]
+    pd.testing.assert_frame_equal(packed, plain_log(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["log.jsonl", "log.ndjson", "log.json.gz"])
+def test_json_lines_read_as_the_csv_would(tmp_path: Path, name: str) -> None:
+    """One object a line, ids as text or numbers (typed as the CSV's would be), a nested
+    field nobody maps left out."""
+    rows = [{"u": "1", "i": 10, "t": 1700000000, "w": 1.0, "meta": {"a": [1, 2]}},
+            {"u": "2", "i": 11, "t": 1700000100, "w": 2},
+            {"u": "1", "i": 11, "t": 1700000200, "w": 0.5, "meta": {"a": []}}]
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    got = load(spec(write(tmp_path, name, gzip.compress(text) if name.endswith(".gz")
+                          else text)))[0]
+    pd.testing.assert_frame_equal(got, plain_log(tmp_path))
+
+
+def test_a_json_array_is_not_json_lines(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.json", '[{"u": 1, "i": 10, "t": 1700000000, "w": 1}]')
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, None, None, "cannot read JSON lines (one object a line)")
+
+
+def test_a_headerless_file_with_a_two_character_delimiter(tmp_path: Path) -> None:
+    """MovieLens 1M's ratings.dat: ``user::movie::rating::time``, no header row."""
+    log = write(tmp_path, "ratings.dat", GOOD_INTERACTIONS.split(b"\n", 1)[1]
+                .replace(b",", b"::"))
+    source = spec(log)
+    source["interactions"][0].update(delimiter="::", header=["u", "i", "t", "w"])
+    pd.testing.assert_frame_equal(load(source)[0], plain_log(tmp_path))
+
+
+def test_a_semicolon_delimiter_and_list_tags_from_json(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", GOOD_INTERACTIONS.replace(b",", b";"))
+    items = write(tmp_path, "items.jsonl", '{"i": 10, "title": "Alpha", "tags": ["a", "b"]}\n'
+                                          '{"i": 11, "title": "Beta", "tags": []}\n')
+    source = spec(log, items)
+    source["interactions"][0]["delimiter"] = ";"
+    source["items"].update(columns={**ITEM_COLUMNS, "tags": "tags"}, list_columns={"tags": "|"})
+    interactions, items_df, *_ = load(source)
+    pd.testing.assert_frame_equal(interactions, plain_log(tmp_path))
+    assert items_df.set_index("item_id")["tags"].to_dict() == {10: ["a", "b"], 11: []}
+
+
+def test_the_spare_byte_is_refused_in_a_file_with_a_long_delimiter(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.dat", b"1::10::1700000000::1\n2::1\x1f1::1700000100::1\n")
+    source = spec(log)
+    source["interactions"][0].update(delimiter="::", header=["u", "i", "t", "w"])
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, log, None, None, "0x1f", "'::'")
+
+
+def test_invalid_utf8_in_a_compressed_headerless_file(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv.gz", gzip.compress(
+        b"1,10,1700000000,1\n2,1\xff,1700000000,1\n"))
+    source = spec(log)
+    source["interactions"][0]["header"] = ["u", "i", "t", "w"]
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, log, "item_id", "2", "not valid UTF-8")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("header", ["u", "u"], "distinct"), ("delimiter", "\n", "line break"),
+    ("delimiter", "", "at least 1 character"), ("encoding", "klingon", "unknown encoding")])
+def test_bad_reading_settings_are_config_errors(tmp_path: Path, field: str, value: object,
+                                                message: str) -> None:
+    source = spec(tmp_path / "log.csv")
+    source["interactions"][0][field] = value
+    with pytest.raises(ValueError, match=message):
+        FilesSource.model_validate(source)
+
+
+def test_a_latin1_file_with_its_encoding_given(tmp_path: Path) -> None:
+    """MovieLens' u.item style: '|'-separated, no header, latin-1 titles."""
+    items = write(tmp_path, "u.item", b"10|Caf\xe9 (1995)\n11|Mis\xe9rables, Les (1995)\n")
+    log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
+    source = spec(log, items)
+    source["items"].update(path=str(tmp_path / "u.item.txt"), delimiter="|",
+                           header=["i", "title"])
+    items.rename(tmp_path / "u.item.txt")
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, tmp_path / "u.item.txt", "title", "1, 2", "not valid UTF-8", "latin-1")
+    source["items"]["encoding"] = "latin-1"
+    titles = load(source)[1].set_index("item_id")["title"].to_dict()
+    assert titles == {10: "Caf\u00e9 (1995)", 11: "Mis\u00e9rables, Les (1995)"}

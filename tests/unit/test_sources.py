@@ -188,6 +188,26 @@ def ml100k():
     return raw, validated_tables(raw, "error")
 
 
+def test_ml100k_raw_files_by_config_alone_equal_its_own_source(ml100k) -> None:
+    """u.data (tab, no header, no known suffix) and u.item ('|', latin-1) through the
+    ``files`` source with a delimiter, a header and an encoding: the same log and titles
+    as the MovieLens reader."""
+    raw, (expected, expected_items, *_) = ml100k
+    folder = Path(raw.interactions[0][0]).parent
+    source = FilesSource.model_validate({"kind": "files", "interactions": [{
+        "path": str(folder / "u.data"), "delimiter": "\t", "event": "rating",
+        "header": ["user", "movie", "rating", "time"],
+        "columns": {"user_id": "user", "item_id": "movie", "weight": "rating", "ts": "time"}}],
+        "items": {"path": str(folder / "u.item"), "delimiter": "|", "encoding": "latin-1",
+                  "header": ["id", "title", *(f"c{n}" for n in range(22))],
+                  "columns": {"item_id": "id", "title": "title"}}})
+    interactions, items, *_ = validated_tables(load_files(source), "error")
+    columns = ["user_id", "item_id", "ts", "weight", "event"]
+    pd.testing.assert_frame_equal(interactions[columns], expected[columns])
+    pd.testing.assert_series_equal(items.set_index("item_id")["title"],
+                                   expected_items.set_index("item_id")["title"])
+
+
 def test_ml100k_counts_and_validation(ml100k) -> None:
     raw, (interactions, items, users, dropped, notes) = ml100k
     assert dropped == {"unknown_items": 0, "unknown_users": 0} and notes == []
