@@ -111,6 +111,17 @@ class InteractionFile(DataFile):
         None, description="timestamp encoding: numbers since 1970 in s, ms, us or ns, or ISO "
         "text; inferred from the column (numbers: by their size) when omitted"
     )
+    ts_format: str | None = Field(
+        None, description="times written otherwise, as a strftime pattern (Goodreads' "
+        "'%a %b %d %H:%M:%S %z %Y'; '%d/%m/%Y %H:%M'), instead of ts_unit; no zone: UTC")
+
+    @model_validator(mode="after")
+    def _one_time_encoding(self) -> InteractionFile:
+        if self.ts_format is not None and self.ts_unit is not None:
+            raise ValueError("give ts_unit or ts_format, not both")
+        if self.ts_format is not None and "%" not in self.ts_format:
+            raise ValueError(f"ts_format {self.ts_format!r} is no strftime pattern (no %)")
+        return self
 
 
 class TableFile(DataFile):

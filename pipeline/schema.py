@@ -54,7 +54,7 @@ class Origin(str):
     """
 
     columns: dict[str, str]
-    ts_unit: str | None
+    ts_unit: str | None  # s, ms, us, ns, iso, or a strftime pattern (``ts_format``)
 
     def __new__(cls, where: str, columns: Mapping[str, str] | None = None,
                 ts_unit: str | None = None) -> Origin:
@@ -283,9 +283,9 @@ def _said(unit: str, series: pd.Series, problems: Problems) -> str:
 
 
 def _parse_timestamp(series: pd.Series, unit: str) -> pd.Series:
-    if unit == "iso":
+    if unit == "iso" or "%" in unit:  # ISO, or a strftime pattern (``ts_format``)
         return pd.to_datetime(series.astype("string"), errors="coerce", utc=True,
-                              format="ISO8601")
+                              format="ISO8601" if unit == "iso" else unit)
     numeric = pd.to_numeric(series, errors="coerce")
     return pd.to_datetime(numeric, unit=unit, errors="coerce", utc=True)
 

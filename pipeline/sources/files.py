@@ -236,7 +236,7 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
     for path in matching_files(spec.path):
         # The origin carries the mapping and time unit: validation names the file's own
         # columns and parses time as configured, reporting every problem together.
-        origin = S.Origin(str(path), spec.columns, spec.ts_unit)
+        origin = S.Origin(str(path), spec.columns, spec.ts_format or spec.ts_unit)
         df = _mapped(read_any(path, spec.columns, spec.delimiter, spec.header, spec.encoding),
                      spec.columns, path)
         if S.TS not in df.columns:

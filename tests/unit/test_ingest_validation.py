@@ -784,3 +784,22 @@ def test_a_latin1_file_with_its_encoding_given(tmp_path: Path) -> None:
     source["items"]["encoding"] = "latin-1"
     titles = load(source)[1].set_index("item_id")["title"].to_dict()
     assert titles == {10: "Caf\u00e9 (1995)", 11: "Mis\u00e9rables, Les (1995)"}
+
+
+def test_times_in_a_format_of_their_own(tmp_path: Path) -> None:
+    """Goodreads writes 'Mon Aug 28 14:18:36 -0700 2017': a strftime pattern reads it, the
+    zone applied; a row that does not match is named."""
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,Mon Aug 28 14:18:36 -0700 2017,1\n"
+                                     "2,11,Tue Aug 29 01:00:00 +0000 2017,1\n")
+    source = spec(log)
+    source["interactions"][0]["ts_format"] = "%a %b %d %H:%M:%S %z %Y"
+    assert load(source)[0]["ts"].tolist() == [pd.Timestamp("2017-08-28 21:18:36"),
+                                              pd.Timestamp("2017-08-29 01:00:00")]
+    write(tmp_path, "log.csv", "u,i,t,w\n1,10,Mon Aug 28 14:18:36 -0700 2017,1\n"
+                               "2,11,2017-08-29,1\n")
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, log, "ts", "2", "unparsable timestamp", "%a %b %d")
+    with pytest.raises(ValueError, match="not both"):
+        FilesSource.model_validate({**source, "interactions": [
+            {**source["interactions"][0], "ts_unit": "s"}]})
