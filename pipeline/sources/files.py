@@ -7,6 +7,7 @@ daily partitions, several files a day, is read whole, each file named in its err
 
 from __future__ import annotations
 
+import codecs
 import glob
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,12 +64,21 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: st
     ``columns`` (contract column -> the file's) says which of a text file's columns are
     read as strings rather than inferred (text) and which as ids (``_ids_as_read``, as
     JSON string ids are too). ``delimiter``, ``header`` and ``encoding``: see
-    ``config.DataFile``.
+    ``config.DataFile``; they apply to text files only.
     """
     columns = dict(columns or {})
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     kind, inner = file_format(path, delimiter)
+    given = [name for name, value in (("delimiter", delimiter), ("header", header))
+             if value is not None]
+    if codecs.lookup(encoding).name != "utf-8":
+        given.append("encoding")
+    if kind != "text" and given:
+        why = {"parquet": "a Parquet file names and types its own columns",
+               "json": "JSON lines are UTF-8 and name every field"}[kind]
+        raise DataError(f"{path}: {', '.join(given)} applies to text files only: {why}")
+    ids = _sources(columns, _ID_TARGETS)
     if kind == "parquet":
         try:
             table = pq.read_table(path)
@@ -76,7 +86,6 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: st
             raise DataError(f"{path}: cannot read Parquet: {err}") from None
         _check_parquet_utf8(path, table)
         return table.to_pandas()
-    ids = _sources(columns, _ID_TARGETS)
     if kind == "json":
         try:
             table = pajson.read_json(str(path))
@@ -84,14 +93,22 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: st
             raise DataError(f"{path}: cannot read JSON lines (one object a line): {err}"
                             ) from None
         return _typed_ids(table, ids).to_pandas()
-    sep = delimiter or ("\t" if inner == ".tsv" else ",")
+    return _read_text(path, inner, columns, delimiter or ("\t" if inner == ".tsv" else ","),
+                      header, encoding)
+
+
+def _read_text(path: Path, inner: str, columns: dict[str, str], sep: str,
+               header: list[str] | None, encoding: str) -> pd.DataFrame:
+    """A delimited text file (``read_any``); a delimiter of several characters is read
+    as a spare one-byte one, since pyarrow splits on one character."""
     source: str | pa.BufferReader = str(path)  # decompressed by its suffix
-    if len(sep) > 1:  # pyarrow splits on one character: the delimiter becomes a spare one
+    if len(sep) > 1:
         data = _text_bytes(path)
         if _SPARE in data:
             raise DataError(f"{path}: holds the byte 0x1f, which stands in for the "
                             f"delimiter {sep!r} while reading; convert the file")
         source = pa.BufferReader(data.replace(sep.encode(encoding), _SPARE))
+    ids = _sources(columns, _ID_TARGETS)
     options = pacsv.ParseOptions(delimiter=_SPARE.decode() if len(sep) > 1 else sep)
     convert = pacsv.ConvertOptions(column_types={
         c: pa.string() for c in (*_sources(columns, _TEXT_TARGETS), *ids)})
@@ -106,7 +123,8 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: st
     except pa.ArrowInvalid as err:
         if "UTF8" in str(err) or "utf8" in str(err).lower():
             _raise_utf8_location(path, sep, columns, header)
-        raise DataError(f"{path}: cannot parse {inner[1:].upper()}: {err}") from None
+        raise DataError(f"{path}: cannot parse {inner[1:].upper() or 'text'}: {err}"
+                        ) from None
 
 
 def _text_bytes(path: Path) -> bytes:

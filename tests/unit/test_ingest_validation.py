@@ -803,3 +803,17 @@ def test_times_in_a_format_of_their_own(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
         FilesSource.model_validate({**source, "interactions": [
             {**source["interactions"][0], "ts_unit": "s"}]})
+
+
+@pytest.mark.parametrize(("name", "setting", "value"), [
+    ("log.parquet", "header", ["u", "i", "t", "w"]), ("log.jsonl", "delimiter", ";"),
+    ("log.jsonl.gz", "encoding", "latin-1")])
+def test_text_settings_on_other_files_are_refused(tmp_path: Path, name: str, setting: str,
+                                                  value: object) -> None:
+    log = tmp_path / name
+    log.write_bytes(b"")
+    source = spec(log)
+    source["interactions"][0][setting] = value
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, log, None, None, f"{setting} applies to text files only")
