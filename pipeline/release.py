@@ -184,10 +184,11 @@ def release(cfg: Config, run: str) -> str:
 
 
 def publication_order(name: str) -> tuple[str, int]:
-    """Where a publication folder stands in time: its run id (as-of first), then its
-    number among publications of that id (``release``: ``<run id>.<n>``). By name alone
-    ``.10`` would come before ``.9``, and a log without time, whose every run has the
-    as-of 1970, publishes under one run id night after night."""
+    """A publication folder's place in ``prune``'s order: its run id (as-of first, then
+    the config hash, which says nothing of time), then its number among publications of
+    that id (``release``: ``<run id>.<n>``). By name alone ``.10`` would come before
+    ``.9``, and a log without time, whose every run has the as-of 1970, publishes under
+    one run id night after night."""
     run, _, n = name.partition(".")
     return run, int(n) if n.isdigit() else 1
 

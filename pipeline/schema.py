@@ -54,13 +54,14 @@ class Origin(str):
     """
 
     columns: dict[str, str]
-    ts_unit: str | None  # s, ms, us, ns, iso, or a strftime pattern (``ts_format``)
+    ts_unit: str | None
+    ts_format: str | None
 
     def __new__(cls, where: str, columns: Mapping[str, str] | None = None,
-                ts_unit: str | None = None) -> Origin:
+                ts_unit: str | None = None, ts_format: str | None = None) -> Origin:
         self = super().__new__(cls, where)
         self.columns = dict(columns or {})  # contract column -> the file's column
-        self.ts_unit = ts_unit
+        self.ts_unit, self.ts_format = ts_unit, ts_format
         return self
 
 
@@ -209,25 +210,19 @@ def epoch_unit(numbers: pd.Series) -> str:
 
 
 def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
-               allow_null: bool = False) -> pd.Series:
+               allow_null: bool = False, fmt: str | None = None) -> pd.Series:
+    """Times as naive UTC: typed ones as they are; text in the strftime pattern ``fmt``;
+    numbers since 1970 in ``unit`` or ISO text, inferred when ``unit`` is None."""
     if not allow_null:
         problems.check(_name(series), "null values", series.isna())
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         out = series.dt.tz_convert("UTC").dt.tz_localize(None) if series.dt.tz else series
         return out.astype("datetime64[us]")
-    if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
-        unit = _said(epoch_unit(series), series, problems)
-    if unit is None:
-        # Text: ISO, or unix seconds as text (one bad value turns a CSV column to text);
-        # take the reading that parses more rows, so the report names the odd ones out.
-        unit, parsed = "iso", _parse_timestamp(series, "iso")
-        if parsed.isna().sum() > series.isna().sum():
-            sized = epoch_unit(series)
-            numbers = _parse_timestamp(series, sized)
-            if numbers.notna().sum() > parsed.notna().sum():
-                unit, parsed = _said(sized, series, problems), numbers
+    if fmt is not None:
+        unit, parsed = f"format {fmt!r}", pd.to_datetime(
+            series.astype("string"), format=fmt, errors="coerce", utc=True)
     else:
-        parsed = _parse_timestamp(series, unit)
+        unit, parsed = _parse_inferred(series, problems, unit)
     problems.check(_name(series), f"unparsable timestamp (expected {unit})",
                    parsed.isna() & series.notna(), series)
     if unit in _EPOCH_UNITS:
@@ -273,6 +268,24 @@ def stray_times(df: pd.DataFrame, origin: str) -> str | None:
             "(recall.channels.<name>.params)")
 
 
+def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
+                    ) -> tuple[str, pd.Series]:
+    """Times in ``unit``, or with it inferred: numbers by their size; text as ISO, or as
+    unix seconds (one bad value turns a CSV column to text), whichever reading parses
+    more rows, so the report names the odd ones out."""
+    if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
+        unit = _said(epoch_unit(series), series, problems)
+    if unit is not None:
+        return unit, _parse_timestamp(series, unit)
+    unit, parsed = "iso", _parse_timestamp(series, "iso")
+    if parsed.isna().sum() > series.isna().sum():
+        sized = epoch_unit(series)
+        numbers = _parse_timestamp(series, sized)
+        if numbers.notna().sum() > parsed.notna().sum():
+            unit, parsed = _said(sized, series, problems), numbers
+    return unit, parsed
+
+
 def _said(unit: str, series: pd.Series, problems: Problems) -> str:
     """``unit``, inferred for a time column, said in the log where it is not seconds."""
     if unit != "s":
@@ -283,9 +296,9 @@ def _said(unit: str, series: pd.Series, problems: Problems) -> str:
 
 
 def _parse_timestamp(series: pd.Series, unit: str) -> pd.Series:
-    if unit == "iso" or "%" in unit:  # ISO, or a strftime pattern (``ts_format``)
+    if unit == "iso":
         return pd.to_datetime(series.astype("string"), errors="coerce", utc=True,
-                              format="ISO8601" if unit == "iso" else unit)
+                              format="ISO8601")
     numeric = pd.to_numeric(series, errors="coerce")
     return pd.to_datetime(numeric, unit=unit, errors="coerce", utc=True)
 
@@ -300,8 +313,9 @@ def _weight(series: pd.Series, problems: Problems) -> pd.Series:
 def validate_interactions(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     """Check and normalise one interactions table (required columns, types, nulls)."""
     problems = _begin(df, INTERACTION_REQUIRED, origin)
-    unit = problems.origin.ts_unit
-    coerce = {USER: _ids, ITEM: _ids, TS: lambda s, p: _timestamp(s, p, unit), EVENT: _event,
+    unit, fmt = problems.origin.ts_unit, problems.origin.ts_format
+    coerce = {USER: _ids, ITEM: _ids, TS: lambda s, p: _timestamp(s, p, unit, fmt=fmt),
+              EVENT: _event,
               WEIGHT: _weight, QUERY: _optional_text, REGION: _optional_text}
     out = pd.DataFrame(index=df.index)
     for column, convert in coerce.items():

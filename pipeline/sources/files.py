@@ -43,28 +43,31 @@ def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
     under a compression suffix (``logs.csv.gz``: text, ``.csv``); any other name is text
     where a ``delimiter`` is given (MovieLens 100K's ``u.data``)."""
     suffixes = [s.lower() for s in Path(path).suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSED:
-        suffixes = suffixes[:-1]
-    inner = suffixes[-1] if suffixes else ""
-    for kind, names in (("parquet", _PARQUET), ("text", _TEXT), ("json", _JSON)):
-        if inner in names and (kind != "parquet" or inner == Path(path).suffix.lower()):
-            return kind, inner
-    if delimiter is not None:
+    compressed = bool(suffixes) and suffixes[-1] in _COMPRESSED
+    inner = (suffixes[-2] if len(suffixes) > 1 else "") if compressed else (
+        suffixes[-1] if suffixes else "")
+    if inner in _PARQUET and not compressed:  # Parquet compresses inside; never as .gz
+        return "parquet", inner
+    if inner in _TEXT or (delimiter is not None and inner not in (*_PARQUET, *_JSON)):
         return "text", inner
+    if inner in _JSON:
+        return "json", inner
     raise DataError(f"{path}: unsupported file type {''.join(Path(path).suffixes)!r} (use "
                     f"{', '.join((*_PARQUET, *_TEXT, *_JSON))}; the text ones also as "
-                    f"{', '.join(_COMPRESSED)}; any name with a delimiter given)")
+                    f"{', '.join(_COMPRESSED)}; any other name with a delimiter given)")
 
 
 def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: str | None = None,
-             header: list[str] | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+             header: list[str] | None = None, encoding: str = "utf-8",
+             text: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read a Parquet, delimited text or JSON lines file (``file_format``); invalid UTF-8
     is reported by column and row.
 
     ``columns`` (contract column -> the file's) says which of a text file's columns are
     read as strings rather than inferred (text) and which as ids (``_ids_as_read``, as
-    JSON string ids are too). ``delimiter``, ``header`` and ``encoding``: see
-    ``config.DataFile``; they apply to text files only.
+    JSON string ids are too); ``text``: more contract columns a text file gives as text
+    (the time, when ``ts_format`` reads it). ``delimiter``, ``header`` and ``encoding``:
+    see ``config.DataFile``; they apply to text files only.
     """
     columns = dict(columns or {})
     if not path.is_file():
@@ -78,51 +81,63 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: st
         why = {"parquet": "a Parquet file names and types its own columns",
                "json": "JSON lines are UTF-8 and name every field"}[kind]
         raise DataError(f"{path}: {', '.join(given)} applies to text files only: {why}")
-    ids = _sources(columns, _ID_TARGETS)
     if kind == "parquet":
         try:
             table = pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{path}: cannot read Parquet: {err}") from None
-        _check_parquet_utf8(path, table)
+        _check_utf8(path, table)
         return table.to_pandas()
     if kind == "json":
         try:
             table = pajson.read_json(str(path))
-        except pa.ArrowInvalid as err:
-            raise DataError(f"{path}: cannot read JSON lines (one object a line): {err}"
-                            ) from None
-        return _typed_ids(table, ids).to_pandas()
+        except pa.ArrowInvalid as err:  # pyarrow counts its rows from 0
+            raise DataError(f"{path}: cannot read JSON lines (one object a line, each field "
+                            f"numbers or text, not both): {err}") from None
+        _check_utf8(path, table)
+        return _typed_ids(table, _sources(columns, _ID_TARGETS)).to_pandas()
     return _read_text(path, inner, columns, delimiter or ("\t" if inner == ".tsv" else ","),
-                      header, encoding)
+                      header, encoding, text)
 
 
 def _read_text(path: Path, inner: str, columns: dict[str, str], sep: str,
-               header: list[str] | None, encoding: str) -> pd.DataFrame:
-    """A delimited text file (``read_any``); a delimiter of several characters is read
-    as a spare one-byte one, since pyarrow splits on one character."""
+               header: list[str] | None, encoding: str, text: tuple[str, ...]) -> pd.DataFrame:
+    """A delimited text file (``read_any``). pyarrow splits on one character, so a
+    delimiter of several is read as a spare one (0x1f) in the text decoded to UTF-8, and
+    one inside a quoted value is put back afterwards."""
     source: str | pa.BufferReader = str(path)  # decompressed by its suffix
     if len(sep) > 1:
-        data = _text_bytes(path)
-        if _SPARE in data:
-            raise DataError(f"{path}: holds the byte 0x1f, which stands in for the "
+        try:
+            decoded = _text_bytes(path).decode(encoding)
+        except UnicodeDecodeError as err:
+            if codecs.lookup(encoding).name == "utf-8":
+                _raise_utf8_location(path, sep, columns, header)
+            raise DataError(f"{path}: text is not valid {encoding}: {err}") from None
+        if _SPARE.decode() in decoded:
+            raise DataError(f"{path}: holds the character 0x1f, which stands in for the "
                             f"delimiter {sep!r} while reading; convert the file")
-        source = pa.BufferReader(data.replace(sep.encode(encoding), _SPARE))
+        source = pa.BufferReader(decoded.replace(sep, _SPARE.decode()).encode())
+        encoding = "utf-8"
     ids = _sources(columns, _ID_TARGETS)
+    as_text = (*_sources(columns, (*_TEXT_TARGETS, *text)), *ids)
     options = pacsv.ParseOptions(delimiter=_SPARE.decode() if len(sep) > 1 else sep)
-    convert = pacsv.ConvertOptions(column_types={
-        c: pa.string() for c in (*_sources(columns, _TEXT_TARGETS), *ids)})
+    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(as_text, pa.string()))
     try:
         read = pacsv.ReadOptions(column_names=header, encoding=encoding)
         table = pacsv.read_csv(source, read_options=read, parse_options=options,
                                convert_options=convert)
-        return _typed_ids(table, ids).to_pandas()
-    except UnicodeDecodeError:  # invalid UTF-8 in the header (column names)
-        _raise_utf8_location(path, sep, columns, header)
-        raise
-    except pa.ArrowInvalid as err:
-        if "UTF8" in str(err) or "utf8" in str(err).lower():
+        if len(sep) > 1:
+            table = pa.table({name: pc.replace_substring(column, _SPARE.decode(), sep)
+                              if pa.types.is_string(column.type) else column
+                              for name, column in zip(table.column_names, table.columns,
+                                                      strict=True)})
+        return _typed_ids(table, ids).to_pandas()  # names decode here: in the try
+    except (UnicodeDecodeError, pa.ArrowInvalid) as err:
+        undecodable = isinstance(err, UnicodeDecodeError) or "utf8" in str(err).lower()
+        if undecodable and codecs.lookup(encoding).name == "utf-8":
             _raise_utf8_location(path, sep, columns, header)
+        if undecodable:
+            raise DataError(f"{path}: text is not valid {encoding}: {err}") from None
         raise DataError(f"{path}: cannot parse {inner[1:].upper() or 'text'}: {err}"
                         ) from None
 
@@ -190,9 +205,9 @@ def _raise_utf8_location(path: Path, delimiter: str, columns: Mapping[str, str],
                     f"first at data row(s) {rows}{hint}")
 
 
-def _check_parquet_utf8(path: Path, table: pa.Table) -> None:
-    """String columns are not UTF-8-checked on read (a bad value fails later, on access):
-    validate them here and name the column and rows."""
+def _check_utf8(path: Path, table: pa.Table) -> None:
+    """String columns of Parquet and JSON are not UTF-8-checked on read (a bad value
+    fails later, on access): validate them here and name the column and rows."""
     for field in table.schema:
         if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
             continue
@@ -223,10 +238,14 @@ def _mapped(df: pd.DataFrame, columns: dict[str, str], path: Path) -> pd.DataFra
 
 
 def _split_lists(df: pd.DataFrame, list_columns: dict[str, str]) -> pd.DataFrame:
+    """Each ``list_columns`` column's delimited text as lists (a null: none, a number: its
+    text); values that are lists already (JSON, Parquet) as they are."""
     for column, delimiter in list_columns.items():
         if column in df.columns:
-            df[column] = [[t for t in v.split(delimiter) if t] if isinstance(v, str) else v
-                          for v in df[column].astype(object)]  # lists (JSON) as they are
+            df[column] = [list(v) if isinstance(v, list | np.ndarray) else
+                          [] if pd.isna(v) else
+                          [t for t in str(v).split(delimiter) if t]
+                          for v in df[column].astype(object)]
     return df
 
 
@@ -254,9 +273,9 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
     for path in matching_files(spec.path):
         # The origin carries the mapping and time unit: validation names the file's own
         # columns and parses time as configured, reporting every problem together.
-        origin = S.Origin(str(path), spec.columns, spec.ts_format or spec.ts_unit)
-        df = _mapped(read_any(path, spec.columns, spec.delimiter, spec.header, spec.encoding),
-                     spec.columns, path)
+        origin = S.Origin(str(path), spec.columns, spec.ts_unit, spec.ts_format)
+        df = _mapped(read_any(path, spec.columns, spec.delimiter, spec.header, spec.encoding,
+                              (S.TS,) if spec.ts_format else ()), spec.columns, path)
         if S.TS not in df.columns:
             df[S.TS] = pd.Timestamp(0).as_unit("us")
         if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant

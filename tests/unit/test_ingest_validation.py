@@ -716,7 +716,7 @@ def test_a_json_array_is_not_json_lines(tmp_path: Path) -> None:
     log = write(tmp_path, "log.json", '[{"u": 1, "i": 10, "t": 1700000000, "w": 1}]')
     with pytest.raises(DataError) as err:
         load(spec(log))
-    assert_names(err, log, None, None, "cannot read JSON lines (one object a line)")
+    assert_names(err, log, None, None, "cannot read JSON lines (one object a line")
 
 
 def test_a_headerless_file_with_a_two_character_delimiter(tmp_path: Path) -> None:
@@ -817,3 +817,62 @@ def test_text_settings_on_other_files_are_refused(tmp_path: Path, name: str, set
     with pytest.raises(DataError) as err:
         load(source)
     assert_names(err, log, None, None, f"{setting} applies to text files only")
+
+
+def test_invalid_utf8_in_json_lines_is_named(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.jsonl", b'{"i": 10, "title": "Alpha"}\n'
+                                           b'{"i": 11, "title": "Caf\xe9"}\n')
+    with pytest.raises(DataError) as err:
+        load(spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items))
+    assert_names(err, items, "title", "2", "not valid UTF-8")
+
+
+def test_ts_format_reads_digits_as_text(tmp_path: Path) -> None:
+    """01112017 is 11 January with %m%d%Y, not the number 1112017."""
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,01112017,1\n2,11,12312017,1\n")
+    source = spec(log)
+    source["interactions"][0]["ts_format"] = "%m%d%Y"
+    assert load(source)[0]["ts"].tolist() == [pd.Timestamp("2017-01-11"),
+                                              pd.Timestamp("2017-12-31")]
+
+
+def test_a_long_delimiter_in_a_quoted_value_and_a_byte_order_mark(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.dat", '\ufeffi::title\n10::"Alpha::Beta"\n11::Gamma\n'
+                  .encode("utf-8"))
+    source = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    source["items"].update(delimiter="::", encoding="utf-8-sig")
+    titles = load(source)[1].set_index("item_id")["title"].to_dict()
+    assert titles == {10: "Alpha::Beta", 11: "Gamma"}
+
+
+@pytest.mark.parametrize("delimiter", [",", "::"])
+def test_text_not_in_its_given_encoding(tmp_path: Path, delimiter: str) -> None:
+    items = write(tmp_path, "items.csv", f"i{delimiter}title\n10{delimiter}".encode()
+                  + b"Caf\x81\n11" + delimiter.encode() + b"Ok\n")
+    source = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    source["items"].update(delimiter=delimiter, encoding="cp1252")
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, items, None, None, "not valid cp1252")
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([3, 5, 7], [["3"], ["5"], ["7"]]),  # numbers: their text, as before
+    (["a|b", None, "c"], [["a", "b"], [], ["c"]]),
+    ([["a", "b"], [], ["c"]], [["a", "b"], [], ["c"]]),  # lists: as they are
+])
+def test_list_columns_from_parquet(tmp_path: Path, values: list, expected: list) -> None:
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"i": [10, 11, 12], "title": ["A", "B", "C"], "tags": values}),
+                   items)
+    source = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    source["items"].update(columns={**ITEM_COLUMNS, "tags": "tags"}, list_columns={"tags": "|"})
+    assert load(source)[1]["tags"].tolist() == expected
+
+
+def test_a_compressed_parquet_name_is_refused_even_with_a_delimiter(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.parquet.gz", b"")
+    source = spec(log)
+    source["interactions"][0]["delimiter"] = ","
+    with pytest.raises(DataError, match="unsupported file type '.parquet.gz'"):
+        load(source)
