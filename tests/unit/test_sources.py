@@ -18,6 +18,7 @@ from pipeline.sources.files import load_files
 from pipeline.sources.movielens import load_movielens_100k
 from pipeline.sources.synthetic import generate
 from pipeline.stages.ingest import validated_tables
+from tests.conftest import REPO
 
 ML_LATEST = Path(__file__).resolve().parents[1] / "fixtures" / "ml-latest-small"
 RATING_COLUMNS = {"user_id": "userId", "item_id": "movieId", "weight": "rating",
@@ -189,19 +190,16 @@ def ml100k():
 
 
 def test_ml100k_raw_files_by_config_alone_equal_its_own_source(ml100k) -> None:
-    """u.data (tab, no header, no known suffix) and u.item ('|', latin-1) through the
-    ``files`` source with a delimiter, a header and an encoding: the same log and titles
-    as the MovieLens reader."""
+    """configs/movielens-100k-files.yaml: u.data (tab, no header, no known suffix) and
+    u.item ('|', latin-1) through the ``files`` source give the same log and titles as
+    the MovieLens reader."""
     raw, (expected, expected_items, *_) = ml100k
     folder = Path(raw.interactions[0][0]).parent
-    source = FilesSource.model_validate({"kind": "files", "interactions": [{
-        "path": str(folder / "u.data"), "delimiter": "\t", "event": "rating",
-        "header": ["user", "movie", "rating", "time"],
-        "columns": {"user_id": "user", "item_id": "movie", "weight": "rating", "ts": "time"}}],
-        "items": {"path": str(folder / "u.item"), "delimiter": "|", "encoding": "latin-1",
-                  "header": ["id", "title", *(f"c{n}" for n in range(22))],
-                  "columns": {"item_id": "id", "title": "title"}}})
-    interactions, items, *_ = validated_tables(load_files(source), "error")
+    tree = load_config(REPO / "configs" / "movielens-100k-files.yaml").source.model_dump()
+    for spec in (*tree["interactions"], tree["items"]):
+        spec["path"] = folder / Path(spec["path"]).name  # wherever ../shared is here
+    interactions, items, *_ = validated_tables(load_files(FilesSource.model_validate(tree)),
+                                               "error")
     columns = ["user_id", "item_id", "ts", "weight", "event"]
     pd.testing.assert_frame_equal(interactions[columns], expected[columns])
     pd.testing.assert_series_equal(items.set_index("item_id")["title"],
