@@ -375,13 +375,15 @@ def validate_users(df: pd.DataFrame, origin: str) -> pd.DataFrame:
 
 
 def _tag_list(value: object) -> list[str] | None:
-    """Tags as a list of strings (a null: none, a string: one); None when not tags."""
+    """Tags as a list of strings (a null: none, a string: one; lists of lists, as
+    Amazon's category paths come, flattened in order); None when not tags."""
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return []
     if isinstance(value, str):
         return [value]
     if isinstance(value, Iterable):
-        return [str(t) for t in value]
+        return [str(u) for t in value
+                for u in (t if isinstance(t, Iterable) and not isinstance(t, str | bytes) else [t])]
     return None
 
 

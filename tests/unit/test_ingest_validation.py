@@ -876,3 +876,14 @@ def test_a_compressed_parquet_name_is_refused_even_with_a_delimiter(tmp_path: Pa
     source["interactions"][0]["delimiter"] = ","
     with pytest.raises(DataError, match="unsupported file type '.parquet.gz'"):
         load(source)
+
+
+def test_category_paths_as_lists_of_lists_are_flattened(tmp_path: Path) -> None:
+    """Amazon's metadata: "categories": [["Books", "Fiction"], ["Books", "Classics"]]."""
+    items = write(tmp_path, "meta.jsonl",
+                  '{"i": 10, "title": "A", "categories": [["Books", "Fiction"], ["Sale"]]}\n'
+                  '{"i": 11, "title": "B", "categories": []}\n')
+    source = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    source["items"]["columns"] = {**ITEM_COLUMNS, "tags": "categories"}
+    tags = load(source)[1].set_index("item_id")["tags"].to_dict()
+    assert tags == {10: ["Books", "Fiction", "Sale"], 11: []}
