@@ -35,7 +35,7 @@ _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # text files decompressed by pyar
 _PARQUET = (".parquet", ".pq")
 _TEXT = (".csv", ".tsv", ".txt", ".dat")
 _JSON = (".jsonl", ".ndjson", ".json")
-_SPARE = b"\x1f"  # the ASCII unit separator, for a delimiter of several characters
+_SPARE = "\x1f"  # the ASCII unit separator, for a delimiter of several characters
 
 
 def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
@@ -103,8 +103,9 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: st
 def _read_text(path: Path, inner: str, columns: dict[str, str], sep: str,
                header: list[str] | None, encoding: str, text: tuple[str, ...]) -> pd.DataFrame:
     """A delimited text file (``read_any``). pyarrow splits on one character, so a
-    delimiter of several is read as a spare one (0x1f) in the text decoded to UTF-8, and
-    one inside a quoted value is put back afterwards."""
+    delimiter of several is read as a spare one (0x1f) in the text decoded to UTF-8 (the
+    whole file in memory then, decoded and again re-encoded), and one inside a quoted
+    value is put back afterwards."""
     source: str | pa.BufferReader = str(path)  # decompressed by its suffix
     if len(sep) > 1:
         try:
@@ -113,21 +114,21 @@ def _read_text(path: Path, inner: str, columns: dict[str, str], sep: str,
             if codecs.lookup(encoding).name == "utf-8":
                 _raise_utf8_location(path, sep, columns, header)
             raise DataError(f"{path}: text is not valid {encoding}: {err}") from None
-        if _SPARE.decode() in decoded:
+        if _SPARE in decoded:
             raise DataError(f"{path}: holds the character 0x1f, which stands in for the "
                             f"delimiter {sep!r} while reading; convert the file")
-        source = pa.BufferReader(decoded.replace(sep, _SPARE.decode()).encode())
+        source = pa.BufferReader(decoded.replace(sep, _SPARE).encode())
         encoding = "utf-8"
     ids = _sources(columns, _ID_TARGETS)
     as_text = (*_sources(columns, (*_TEXT_TARGETS, *text)), *ids)
-    options = pacsv.ParseOptions(delimiter=_SPARE.decode() if len(sep) > 1 else sep)
+    options = pacsv.ParseOptions(delimiter=_SPARE if len(sep) > 1 else sep)
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(as_text, pa.string()))
     try:
         read = pacsv.ReadOptions(column_names=header, encoding=encoding)
         table = pacsv.read_csv(source, read_options=read, parse_options=options,
                                convert_options=convert)
         if len(sep) > 1:
-            table = pa.table({name: pc.replace_substring(column, _SPARE.decode(), sep)
+            table = pa.table({name: pc.replace_substring(column, _SPARE, sep)
                               if pa.types.is_string(column.type) else column
                               for name, column in zip(table.column_names, table.columns,
                                                       strict=True)})
