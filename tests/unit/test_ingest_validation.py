@@ -887,3 +887,21 @@ def test_category_paths_as_lists_of_lists_are_flattened(tmp_path: Path) -> None:
     source["items"]["columns"] = {**ITEM_COLUMNS, "tags": "categories"}
     tags = load(source)[1].set_index("item_id")["tags"].to_dict()
     assert tags == {10: ["Books", "Fiction", "Sale"], 11: []}
+
+
+def test_daily_gzip_partitions_beside_json_lines(tmp_path: Path) -> None:
+    """A glob of compressed CSV partitions and a JSON lines file feed one log; the JSON
+    file's text ids ("10") meet the CSV's numbers."""
+    for day, rows in (("01", "1,10,1767225600\n2,11,1767229200\n"), ("02", "1,11,1767312000\n")):
+        (tmp_path / f"dt={day}").mkdir()
+        write(tmp_path / f"dt={day}", "part-0.csv.gz", gzip.compress(f"u,i,t\n{rows}".encode()))
+    write(tmp_path, "views.jsonl", '{"user": 2, "sku": "10", "when": "2026-01-02T10:00:00Z"}\n')
+    source = {"kind": "files", "interactions": [
+        {"path": str(tmp_path / "dt=*" / "part-*.csv.gz"), "event": "buy",
+         "columns": {"user_id": "u", "item_id": "i", "ts": "t"}},
+        {"path": str(tmp_path / "views.jsonl"), "event": "view",
+         "columns": {"user_id": "user", "item_id": "sku", "ts": "when"}}]}
+    interactions, *_ = load(source)
+    assert interactions[["user_id", "item_id", "event"]].values.tolist() == [
+        [1, 10, "buy"], [2, 11, "buy"], [1, 11, "buy"], [2, 10, "view"]]
+    assert interactions["ts"].iloc[-1] == pd.Timestamp("2026-01-02 10:00:00")
