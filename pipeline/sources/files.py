@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -91,13 +92,47 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: st
     if kind == "json":
         try:
             table = pajson.read_json(str(path))
-        except pa.ArrowInvalid as err:  # pyarrow counts its rows from 0
-            raise DataError(f"{path}: cannot read JSON lines (one object a line, each field "
-                            f"numbers or text, not both): {err}") from None
+        except pa.ArrowInvalid as err:
+            if "changed from" not in str(err):  # not a field of two kinds
+                raise DataError(f"{path}: cannot read JSON lines (one object a line): {err}"
+                                ) from None
+            table = _mixed_json_lines(path, columns)
         _check_utf8(path, table)
         return _typed_ids(table, _sources(columns, _ID_TARGETS)).to_pandas()
     return _read_text(path, inner, columns, delimiter or ("\t" if inner == ".tsv" else ","),
                       header, encoding, text)
+
+
+def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
+    """The mapped fields of JSON lines that pyarrow refuses because a field holds numbers
+    in some rows and text in others (ids written by a program that did not care): each
+    line parsed by Python, slower, and a field of both kinds kept as text."""
+    names = list(dict.fromkeys(columns.values()))
+    values: dict[str, list] = {name: [] for name in names}
+    for number, line in enumerate(_text_bytes(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:  # bad JSON or bad UTF-8
+            raise DataError(f"{path}: data row {number} is not a JSON object (JSON lines: "
+                            f"one object a line): {err}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: data row {number} is not a JSON object (JSON lines: "
+                            "one object a line)")
+        for name in names:
+            values[name].append(row.get(name))
+    arrays = {}
+    for name, column in values.items():
+        kinds = {type(v) for v in column if v is not None}
+        if str in kinds and kinds & {int, float}:
+            column = [None if v is None else str(v) for v in column]
+        try:
+            arrays[name] = pa.array(column)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise DataError(f"{path}: column '{name}' holds values of kinds that cannot "
+                            f"share a column: {sorted(k.__name__ for k in kinds)}") from None
+    return pa.table(arrays)
 
 
 def _read_text(path: Path, inner: str, columns: dict[str, str], sep: str,

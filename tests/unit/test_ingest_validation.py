@@ -716,7 +716,8 @@ def test_a_json_array_is_not_json_lines(tmp_path: Path) -> None:
     log = write(tmp_path, "log.json", '[{"u": 1, "i": 10, "t": 1700000000, "w": 1}]')
     with pytest.raises(DataError) as err:
         load(spec(log))
-    assert_names(err, log, None, None, "cannot read JSON lines (one object a line")
+    assert_names(err, log, None, None, "data row 1 is not a JSON object",
+                 "one object a line")
 
 
 def test_a_headerless_file_with_a_two_character_delimiter(tmp_path: Path) -> None:
@@ -905,3 +906,29 @@ def test_daily_gzip_partitions_beside_json_lines(tmp_path: Path) -> None:
     assert interactions[["user_id", "item_id", "event"]].values.tolist() == [
         [1, 10, "buy"], [2, 11, "buy"], [1, 11, "buy"], [2, 10, "view"]]
     assert interactions["ts"].iloc[-1] == pd.Timestamp("2026-01-02 10:00:00")
+
+
+def test_json_ids_that_are_numbers_in_some_rows_and_text_in_others(tmp_path: Path) -> None:
+    """pyarrow refuses a field of two kinds; such lines are parsed one by one, the mapped
+    fields kept (an unmapped field of two kinds is no matter) and the ids typed as the
+    CSV's would be."""
+    rows = [{"u": 1, "i": "10", "t": 1700000000, "w": 1.0, "note": 5},
+            {"u": "2", "i": 11, "t": 1700000100, "w": 2, "note": "five"},
+            {"u": 1, "i": 11, "t": 1700000200, "w": 0.5}]
+    log = write(tmp_path, "log.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    pd.testing.assert_frame_equal(load(spec(log))[0], plain_log(tmp_path))
+    write(tmp_path, "log.jsonl", json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n{oops\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, None, None, "data row 3 is not a JSON object")
+
+
+def test_json_field_of_lists_and_text_is_named(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.jsonl", '{"i": 10, "title": "A", "tags": ["x"]}\n'
+                                           '{"i": "11", "title": "B", "tags": "y"}\n')
+    source = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    source["items"]["columns"] = {**ITEM_COLUMNS, "tags": "tags"}
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, items, None, None, "column 'tags' holds values of kinds",
+                 "['list', 'str']")
