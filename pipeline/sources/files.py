@@ -109,6 +109,7 @@ def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
     line parsed by Python, slower, and a field of both kinds kept as text."""
     names = list(dict.fromkeys(columns.values()))
     values: dict[str, list] = {name: [] for name in names}
+    seen: set[str] = set()  # a field no row has stays missing, for ``_mapped`` to name
     for number, line in enumerate(_text_bytes(path).splitlines(), 1):
         if not line.strip():
             continue
@@ -122,8 +123,9 @@ def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
                             "one object a line)")
         for name in names:
             values[name].append(row.get(name))
+        seen.update(row.keys() & values.keys())
     arrays = {}
-    for name, column in values.items():
+    for name, column in ((n, c) for n, c in values.items() if n in seen):
         kinds = {type(v) for v in column if v is not None}
         if str in kinds and kinds & {int, float}:
             column = [None if v is None else str(v) for v in column]

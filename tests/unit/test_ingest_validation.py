@@ -921,6 +921,11 @@ def test_json_ids_that_are_numbers_in_some_rows_and_text_in_others(tmp_path: Pat
     with pytest.raises(DataError) as err:
         load(spec(log))
     assert_names(err, log, None, None, "data row 3 is not a JSON object")
+    write(tmp_path, "log.jsonl", "".join(json.dumps({k: v for k, v in r.items() if k != "w"})
+                                         + "\n" for r in rows))
+    with pytest.raises(DataError) as err:  # a mapped field in no row: named as missing
+        load(spec(log))
+    assert_names(err, log, None, None, "mapped column(s) not in the file: 'w' (for weight)")
 
 
 def test_json_field_of_lists_and_text_is_named(tmp_path: Path) -> None:
