@@ -102,11 +102,10 @@ class DataFile(_Strict):
         return value
 
 
-class InteractionFile(DataFile):
-    """One interactions file and how its columns map onto the contract."""
+class TimedFile(DataFile):
+    """A file with a time column (interactions' ``ts``, items' ``created_ts``) and how
+    its times are written."""
 
-    event: str = Field("interaction",
-                       description="event name for rows when no event column is mapped")
     ts_unit: Literal["s", "ms", "us", "ns", "iso"] | None = Field(
         None, description="timestamp encoding: numbers since 1970 in s, ms, us or ns, or ISO "
         "text; inferred from the column (numbers: by their size) when omitted"
@@ -116,7 +115,7 @@ class InteractionFile(DataFile):
         "'%a %b %d %H:%M:%S %z %Y'; '%d/%m/%Y %H:%M'), instead of ts_unit; no zone: UTC")
 
     @model_validator(mode="after")
-    def _one_time_encoding(self) -> InteractionFile:
+    def _one_time_encoding(self) -> TimedFile:
         if self.ts_format is not None and self.ts_unit is not None:
             raise ValueError("give ts_unit or ts_format, not both")
         if self.ts_format is not None and "%" not in self.ts_format:
@@ -124,12 +123,24 @@ class InteractionFile(DataFile):
         return self
 
 
+class InteractionFile(TimedFile):
+    """One interactions file and how its columns map onto the contract."""
+
+    event: str = Field("interaction",
+                       description="event name for rows when no event column is mapped")
+
+
 class TableFile(DataFile):
-    """An items or users file, its column mapping and its delimited list columns."""
+    """A users file, its column mapping and its delimited list columns."""
 
     list_columns: dict[str, str] = Field(
         default_factory=dict, description="contract column -> delimiter splitting it into a list"
     )
+
+
+class ItemsFile(TableFile, TimedFile):
+    """An items file: a table file whose ``created_ts`` is written as ``TimedFile``
+    says."""
 
 
 class FilesSource(_Strict):
@@ -137,7 +148,7 @@ class FilesSource(_Strict):
 
     kind: Literal["files"] = "files"
     interactions: list[InteractionFile] = Field(min_length=1)
-    items: TableFile | None = Field(None, description="omitted: items derived from interactions")
+    items: ItemsFile | None = Field(None, description="omitted: items derived from interactions")
     users: TableFile | None = Field(None, description="omitted: users derived from interactions")
 
 

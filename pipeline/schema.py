@@ -213,6 +213,9 @@ def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
                allow_null: bool = False, fmt: str | None = None) -> pd.Series:
     """Times as naive UTC: typed ones as they are; text in the strftime pattern ``fmt``;
     numbers since 1970 in ``unit`` or ISO text, inferred when ``unit`` is None."""
+    if fmt is not None and not pd.api.types.is_datetime64_any_dtype(series.dtype):
+        # read as text (``files.read_any``): a blank cell is no time
+        series = series.astype("string").str.strip().replace("", pd.NA)
     if not allow_null:
         problems.check(_name(series), "null values", series.isna())
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
@@ -220,7 +223,7 @@ def _timestamp(series: pd.Series, problems: Problems, unit: str | None = None,
         return out.astype("datetime64[us]")
     if fmt is not None:
         unit, parsed = f"format {fmt!r}", pd.to_datetime(
-            series.astype("string"), format=fmt, errors="coerce", utc=True)
+            series, format=fmt, errors="coerce", utc=True)
     else:
         unit, parsed = _parse_inferred(series, problems, unit)
     problems.check(_name(series), f"unparsable timestamp (expected {unit})",
@@ -345,7 +348,8 @@ def validate_items(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     if TITLE in out.columns:  # an undecodable title is reported once, as such
         _stand_in_titles(df, out, problems)
     if CREATED_TS in out.columns:
-        out[CREATED_TS] = _timestamp(out[CREATED_TS], problems, allow_null=True)
+        out[CREATED_TS] = _timestamp(out[CREATED_TS], problems, problems.origin.ts_unit,
+                                     allow_null=True, fmt=problems.origin.ts_format)
     if TAGS in out.columns:
         out[TAGS] = _tag_lists(out[TAGS], problems)
     problems.raise_if_any()

@@ -22,7 +22,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline import schema as S
-from pipeline.config import FilesSource, InteractionFile, TableFile
+from pipeline.config import FilesSource, InteractionFile, ItemsFile, TableFile
 from pipeline.schema import DataError
 from pipeline.sources import RawTables
 
@@ -325,9 +325,14 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
+    """A users or items file (an items file's ``created_ts`` read as configured)."""
+    timed = isinstance(spec, ItemsFile)
+    fmt, unit = (spec.ts_format, spec.ts_unit) if timed else (None, None)
     df = _mapped(read_any(spec.path, spec.columns, spec.delimiter, spec.header,
-                          spec.encoding), spec.columns, spec.path)
-    return S.Origin(str(spec.path), spec.columns), _split_lists(df, spec.list_columns)
+                          spec.encoding, (S.CREATED_TS,) if fmt else ()),
+                 spec.columns, spec.path)
+    return (S.Origin(str(spec.path), spec.columns, unit, fmt),
+            _split_lists(df, spec.list_columns))
 
 
 def load_files(src: FilesSource) -> RawTables:

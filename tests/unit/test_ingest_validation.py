@@ -801,6 +801,10 @@ def test_times_in_a_format_of_their_own(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load(source)
     assert_names(err, log, "ts", "2", "unparsable timestamp", "%a %b %d")
+    write(tmp_path, "log.csv", "u,i,t,w\n1,10,Mon Aug 28 14:18:36 -0700 2017,1\n2,11, ,1\n")
+    with pytest.raises(DataError) as err:  # a blank time is a null, not a missing event
+        load(source)
+    assert_names(err, log, "ts", "2", "null values")
     with pytest.raises(ValueError, match="not both"):
         FilesSource.model_validate({**source, "interactions": [
             {**source["interactions"][0], "ts_unit": "s"}]})
@@ -937,3 +941,17 @@ def test_json_field_of_lists_and_text_is_named(tmp_path: Path) -> None:
         load(source)
     assert_names(err, items, None, None, "column 'tags' holds values of kinds",
                  "['list', 'str']")
+
+
+def test_items_created_ts_in_a_format_of_their_own(tmp_path: Path) -> None:
+    items = write(tmp_path, "items.csv", "i,title,added\n10,Alpha,28/08/2017\n11,Beta,\n")
+    source = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    source["items"].update(columns={**ITEM_COLUMNS, "created_ts": "added"},
+                           ts_format="%d/%m/%Y")
+    created = load(source)[1].set_index("item_id")["created_ts"]
+    assert created[10] == pd.Timestamp("2017-08-28") and pd.isna(created[11])
+    users = write(tmp_path, "users.csv", GOOD_USERS)
+    with pytest.raises(ValueError, match="ts_format"):  # a users file has no time column
+        FilesSource.model_validate({**spec(tmp_path / "log.csv", users=users),
+                                    "users": {"path": str(users), "columns": USER_COLUMNS,
+                                              "ts_format": "%Y"}})
