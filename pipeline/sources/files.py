@@ -22,7 +22,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline import schema as S
-from pipeline.config import FilesSource, InteractionFile, ItemsFile, TableFile
+from pipeline.config import DataFile, FilesSource, InteractionFile, TableFile
 from pipeline.schema import DataError
 from pipeline.sources import RawTables
 
@@ -58,19 +58,17 @@ def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
                     f"{', '.join(_COMPRESSED)}; any other name with a delimiter given)")
 
 
-def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: str | None = None,
-             header: list[str] | None = None, encoding: str = "utf-8",
-             text: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a Parquet, delimited text or JSON lines file (``file_format``); invalid UTF-8
-    is reported by column and row.
+def read_any(path: Path, spec: DataFile) -> pd.DataFrame:
+    """Read ``path``, a Parquet, delimited text or JSON lines file (``file_format``), as
+    ``spec`` says; invalid UTF-8 is reported by column and row.
 
-    ``columns`` (contract column -> the file's) says which of a text file's columns are
-    read as strings rather than inferred (text) and which as ids (``_ids_as_read``, as
-    JSON string ids are too); ``text``: more contract columns a text file gives as text
-    (the time, when ``ts_format`` reads it). ``delimiter``, ``header`` and ``encoding``:
-    see ``config.DataFile``; they apply to text files only.
+    ``spec.columns`` (contract column -> the file's) says which of a text file's columns
+    are read as strings rather than inferred (text, and the times a ``ts_format`` reads)
+    and which as ids (``_ids_as_read``, as JSON string ids are too). ``delimiter``,
+    ``header`` and ``encoding`` apply to text files only.
     """
-    columns = dict(columns or {})
+    columns, delimiter, header, encoding = (dict(spec.columns), spec.delimiter, spec.header,
+                                            spec.encoding)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     kind, inner = file_format(path, delimiter)
@@ -99,6 +97,7 @@ def read_any(path: Path, columns: Mapping[str, str] | None = None, delimiter: st
             table = _mixed_json_lines(path, columns)
         _check_utf8(path, table)
         return _typed_ids(table, _sources(columns, _ID_TARGETS)).to_pandas()
+    text = (S.TS, S.CREATED_TS) if getattr(spec, "ts_format", None) else ()
     return _read_text(path, inner, columns, delimiter or ("\t" if inner == ".tsv" else ","),
                       header, encoding, text)
 
@@ -311,9 +310,8 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
     for path in matching_files(spec.path):
         # The origin carries the mapping and time unit: validation names the file's own
         # columns and parses time as configured, reporting every problem together.
-        origin = S.Origin(str(path), spec.columns, spec.ts_unit, spec.ts_format)
-        df = _mapped(read_any(path, spec.columns, spec.delimiter, spec.header, spec.encoding,
-                              (S.TS,) if spec.ts_format else ()), spec.columns, path)
+        origin = _origin(path, spec)
+        df = _mapped(read_any(path, spec), spec.columns, path)
         if S.TS not in df.columns:
             df[S.TS] = pd.Timestamp(0).as_unit("us")
         if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant
@@ -325,14 +323,15 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
-    """A users or items file (an items file's ``created_ts`` read as configured)."""
-    timed = isinstance(spec, ItemsFile)
-    fmt, unit = (spec.ts_format, spec.ts_unit) if timed else (None, None)
-    df = _mapped(read_any(spec.path, spec.columns, spec.delimiter, spec.header,
-                          spec.encoding, (S.CREATED_TS,) if fmt else ()),
-                 spec.columns, spec.path)
-    return (S.Origin(str(spec.path), spec.columns, unit, fmt),
-            _split_lists(df, spec.list_columns))
+    df = _mapped(read_any(spec.path, spec), spec.columns, spec.path)
+    return _origin(spec.path, spec), _split_lists(df, spec.list_columns)
+
+
+def _origin(path: Path, spec: DataFile) -> S.Origin:
+    """What validation of ``path`` reads from its spec: the mapping, and how times are
+    written where the file has a time column (``TimedFile``)."""
+    return S.Origin(str(path), spec.columns, getattr(spec, "ts_unit", None),
+                    getattr(spec, "ts_format", None))
 
 
 def load_files(src: FilesSource) -> RawTables:
