@@ -295,6 +295,8 @@ def matching_files(path: Path) -> list[Path]:
     """The files a configured path names: itself, or every match of a glob pattern
     (``logs/dt=*/part-*.parquet``: a log that grows by partitions), in name order."""
     if not any(ch in str(path) for ch in "*?["):
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
         return [path]
     found = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
     if not found:

@@ -11,6 +11,16 @@ from pipeline.schema import DataError
 from pipeline.sources import RawTables
 
 _ITEM_FIXED = ["item_id", "title", "release_date", "video_release_date", "imdb_url"]
+FILES = ("u.data", "u.item", "u.user", "u.genre")
+
+
+def source_files(path: Path) -> list[Path]:
+    """The files the reader reads, each checked to be there: ingest hashes them first."""
+    files = [path / name for name in FILES]
+    if missing := [f.name for f in files if not f.is_file()]:
+        raise DataError(f"{path}: MovieLens 100K not found ({', '.join(missing)} missing); "
+                        "set source.path to the folder holding u.data")
+    return files
 
 
 def load_movielens_100k(path: Path) -> RawTables:
@@ -19,17 +29,13 @@ def load_movielens_100k(path: Path) -> RawTables:
     The title plus genres is the item text, the first listed genre its category, and the
     first character of the zip code the user's region.
     """
-    data = path / "u.data"
-    if not data.is_file():
-        raise DataError(
-            f"{data}: MovieLens 100K not found; set source.path to the folder holding u.data"
-        )
+    data, item_file, user_file, genre_file = source_files(path)
     ratings = pd.read_csv(data, sep="\t", names=[S.USER, S.ITEM, S.WEIGHT, S.TS])
     ratings[S.EVENT] = "rating"
 
-    genres = pd.read_csv(path / "u.genre", sep="|", names=["genre", "idx"],
+    genres = pd.read_csv(genre_file, sep="|", names=["genre", "idx"],
                          encoding="latin-1").dropna()["genre"].tolist()
-    items = pd.read_csv(path / "u.item", sep="|", names=_ITEM_FIXED + genres,
+    items = pd.read_csv(item_file, sep="|", names=_ITEM_FIXED + genres,
                         encoding="latin-1")
     flags = items[genres].to_numpy(bool)
     tag_lists = [[g for g, f in zip(genres, row, strict=True) if f] for row in flags]
@@ -40,7 +46,7 @@ def load_movielens_100k(path: Path) -> RawTables:
                                          errors="coerce")
     items = items[[S.ITEM, S.TITLE, S.TEXT, S.CATEGORY, S.TAGS, S.CREATED_TS]]
 
-    users = pd.read_csv(path / "u.user", sep="|",
+    users = pd.read_csv(user_file, sep="|",
                         names=[S.USER, "age", "gender", "occupation", "zip"],
                         dtype={"zip": str})  # keeps leading zeros
     users[S.REGION] = users["zip"].astype(str).str[0]

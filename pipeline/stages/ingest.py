@@ -59,7 +59,9 @@ def validated_tables(raw: RawTables, unknown_ids: str
 def _source_files(cfg: Config) -> list[Path]:
     src = cfg.source
     if src.kind == "movielens-100k":
-        return [src.path / name for name in ("u.data", "u.item", "u.user")]
+        from pipeline.sources.movielens import source_files
+
+        return source_files(src.path)
     if src.kind == "files":
         from pipeline.sources.files import matching_files
 

@@ -486,6 +486,22 @@ def test_failed_ingest_writes_nothing(tmp_path: Path, case: str) -> None:
     assert leftovers(cfg.root) == []
 
 
+def test_missing_source_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """Ingest hashes its source files before reading them; a mistyped path must still
+    be the source's clear error (a raw FileNotFoundError until then), for both kinds."""
+    items = write(tmp_path, "items.csv", GOOD_ITEMS)
+    cfg = ingest_config(tmp_path, spec(tmp_path / "absent.csv", items))
+    with pytest.raises(DataError, match=r"absent\.csv: file not found"):
+        run_stage(cfg, "ingest")
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    write(folder, "u.data", b"1\t10\t5\t881250949\n")
+    cfg = ingest_config(tmp_path, {"kind": "movielens-100k", "path": str(folder)})
+    with pytest.raises(DataError, match=r"MovieLens 100K not found \(u.item, u.user, u.genre"):
+        run_stage(cfg, "ingest")
+    assert not (cfg.root / "raw").exists()
+
+
 def test_failed_ingest_keeps_the_previous_good_output(tmp_path: Path) -> None:
     log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
     items = write(tmp_path, "items.csv", GOOD_ITEMS)
