@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,7 @@ class Problems:
         where = f"{self.column(column)}: " if column else ""
         line = f"{where}{problem}: {len(positions)} row(s), first at data row(s) {rows}"
         if values is not None:
-            shown = ", ".join(repr(v) for v in values.iloc[positions[:_EXAMPLES]].tolist())
+            shown = ", ".join(_shown(v) for v in values.iloc[positions[:_EXAMPLES]].tolist())
             line += f" (values {shown})"
         self.lines.append(line)
         return True
@@ -105,6 +106,14 @@ class Problems:
         if self.lines:
             listed = "".join(f"\n  {line}" for line in self.lines)
             raise DataError(f"{self.origin}: {len(self.lines)} problems:{listed}")
+
+
+def _shown(value: Any) -> str:
+    """A cell as a message quotes it; a null is a reader's (an empty cell, or a marker
+    such as ``NA`` or ``n/a``), not the user's text, so it is called missing, not nan."""
+    missing = value is None or value is pd.NA or value is pd.NaT or (
+        isinstance(value, float) and np.isnan(value))
+    return "missing" if missing else repr(value)
 
 
 def fail(origin: str, column: str | None, problem: str, bad: pd.Series | np.ndarray,

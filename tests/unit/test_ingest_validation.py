@@ -183,11 +183,13 @@ def test_weight_not_a_number(tmp_path: Path) -> None:
     assert_names(err, log, "weight", "2", "finite number", "'abc'")
 
 
-def test_weight_missing_value(tmp_path: Path) -> None:
-    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,\n2,11,1700000000,1\n")
+@pytest.mark.parametrize("cell", ["", "n/a", "NA"])
+def test_weight_missing_value(tmp_path: Path, cell: str) -> None:
+    log = write(tmp_path, "log.csv", f"u,i,t,w\n1,10,1700000000,{cell}\n2,11,1700000000,1\n")
     with pytest.raises(DataError) as err:
         load(spec(log))
-    assert_names(err, log, "weight", "1", "finite number")
+    assert_names(err, log, "weight", "1", "finite number", "(values missing)")
+    assert "nan" not in str(err.value)
 
 
 def test_fractional_ids_are_rejected(tmp_path: Path) -> None:
