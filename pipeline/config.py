@@ -162,6 +162,9 @@ class IngestConfig(_Strict):
     unknown_ids: Literal["error", "drop"] = Field(
         "error", description="interactions naming items/users absent from their tables"
     )
+    missing_ids: Literal["error", "drop"] = Field(
+        "error", description="interactions with no user or item id (an empty cell)"
+    )
     as_of: str | None = Field(None, description="ignore interactions after this time (ISO "
                               "date or timestamp): a scheduled run's --as-of, so a "
                               "backfill of a past date sees the same data")

@@ -57,13 +57,30 @@ class Origin(str):
     columns: dict[str, str]
     ts_unit: str | None
     ts_format: str | None
+    kept: np.ndarray | None  # the file's data rows (from 0) a table kept, where it left some
 
     def __new__(cls, where: str, columns: Mapping[str, str] | None = None,
-                ts_unit: str | None = None, ts_format: str | None = None) -> Origin:
+                ts_unit: str | None = None, ts_format: str | None = None,
+                kept: np.ndarray | None = None) -> Origin:
         self = super().__new__(cls, where)
         self.columns = dict(columns or {})  # contract column -> the file's column
-        self.ts_unit, self.ts_format = ts_unit, ts_format
+        self.ts_unit, self.ts_format, self.kept = ts_unit, ts_format, kept
         return self
+
+    @classmethod
+    def of(cls, origin: str) -> Origin:
+        return origin if isinstance(origin, Origin) else cls(origin)
+
+    def keeping(self, positions: np.ndarray) -> Origin:
+        """The origin of this table's rows at ``positions``: messages still name the
+        file's own row numbers."""
+        rows = positions if self.kept is None else self.kept[positions]
+        return Origin(self, self.columns, self.ts_unit, self.ts_format, rows)
+
+    def data_rows(self, positions: np.ndarray) -> str:
+        """The first positions' rows as the file numbers them (1 = the first data row)."""
+        shown = positions[:_EXAMPLES]
+        return ", ".join(str(r + 1) for r in (shown if self.kept is None else self.kept[shown]))
 
 
 class Problems:
@@ -71,7 +88,7 @@ class Problems:
     user fixes a file in one go rather than one rerun per problem."""
 
     def __init__(self, origin: str) -> None:
-        self.origin = origin if isinstance(origin, Origin) else Origin(origin)
+        self.origin = Origin.of(origin)
         self.lines: list[str] = []
 
     def column(self, column: str) -> str:
@@ -90,9 +107,9 @@ class Problems:
         positions = np.flatnonzero(np.asarray(bad, dtype=bool))
         if not len(positions):
             return False
-        rows = ", ".join(str(p + 1) for p in positions[:_EXAMPLES])
         where = f"{self.column(column)}: " if column else ""
-        line = f"{where}{problem}: {len(positions)} row(s), first at data row(s) {rows}"
+        line = (f"{where}{problem}: {len(positions)} row(s), first at data row(s) "
+                f"{self.origin.data_rows(positions)}")
         if values is not None:
             shown = ", ".join(_shown(v) for v in values.iloc[positions[:_EXAMPLES]].tolist())
             line += f" (values {shown})"
@@ -147,9 +164,9 @@ def _name(series: pd.Series) -> str | None:
     return None if series.name is None else str(series.name)
 
 
-def _ids(series: pd.Series, problems: Problems) -> pd.Series:
+def _ids(series: pd.Series, problems: Problems, hint: str = "") -> pd.Series:
     """Ids stay int64 when every value is integral, otherwise become strings (raw ids kept)."""
-    nulls = problems.check(_name(series), "null values", series.isna())
+    nulls = problems.check(_name(series), f"null values{hint}", series.isna())
     if pd.api.types.is_float_dtype(series.dtype):
         frac = series.notna() & ~(np.isfinite(series) & (series == np.floor(series)))
         fractional = problems.check(_name(series), "ids must be integers or strings", frac,
@@ -270,7 +287,7 @@ def stray_times(df: pd.DataFrame, origin: str) -> str | None:
     def day(us: int) -> str:
         return str(np.datetime64(int(us), "us").astype("datetime64[D]"))
 
-    rows = ", ".join(str(p + 1) for p in positions[:_EXAMPLES])
+    rows = Origin.of(origin).data_rows(positions)
     shown = ", ".join(day(v) for v in values[positions[:_EXAMPLES]])
     return (f"{origin}: {Problems(origin).column(TS)}: {len(positions)} event(s) dated far "
             f"outside the rest (half of them from {day(low)} to {day(high)}), first at data "
@@ -326,7 +343,10 @@ def validate_interactions(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     """Check and normalise one interactions table (required columns, types, nulls)."""
     problems = _begin(df, INTERACTION_REQUIRED, origin)
     unit, fmt = problems.origin.ts_unit, problems.origin.ts_format
-    coerce = {USER: _ids, ITEM: _ids, TS: lambda s, p: _timestamp(s, p, unit, fmt=fmt),
+    def ids(series: pd.Series, problems: Problems) -> pd.Series:
+        return _ids(series, problems, " (ingest.missing_ids: drop leaves such rows out)")
+
+    coerce = {USER: ids, ITEM: ids, TS: lambda s, p: _timestamp(s, p, unit, fmt=fmt),
               EVENT: _event,
               WEIGHT: _weight, QUERY: _optional_text, REGION: _optional_text}
     out = pd.DataFrame(index=df.index)
@@ -412,6 +432,23 @@ def harmonise_id_types(*columns: tuple[pd.DataFrame, str]) -> None:
     if any(not pd.api.types.is_integer_dtype(df[c].dtype) for df, c in columns):
         for df, c in columns:
             df[c] = df[c].astype("string[pyarrow]")
+
+
+def without_missing_ids(df: pd.DataFrame, origin: str
+                        ) -> tuple[pd.DataFrame, Origin, int]:
+    """An interactions table less its rows without a user or item id, its origin still
+    numbering rows as the file does, and how many went (``ingest.missing_ids: drop``):
+    public logs leave ids empty (Last.fm's track ids), and such a row says nothing."""
+    ids = [column for column in (USER, ITEM) if column in df.columns]
+    missing = df[ids].isna().any(axis=1).to_numpy()
+    if not missing.any():
+        return df, Origin.of(origin), 0
+    if missing.all():
+        fail(origin, None, f"no row has both ids ({', '.join(ids)}): is the right column "
+             "mapped?", missing)
+    kept = np.flatnonzero(~missing)
+    return (df.iloc[kept].reset_index(drop=True), Origin.of(origin).keeping(kept),
+            int(missing.sum()))
 
 
 def check_references(interactions: pd.DataFrame, column: str, known: pd.Series,

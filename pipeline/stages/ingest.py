@@ -20,12 +20,19 @@ from pipeline.sources import RawTables, load_source
 log = logging.getLogger("pipeline")
 
 
-def validated_tables(raw: RawTables, unknown_ids: str
+def validated_tables(raw: RawTables, unknown_ids: str, missing_ids: str = "error"
                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int],
                                 list[str]]:
-    """Validate every table, align id types, and resolve unknown references by policy;
-    with notes on what passes but a user should know (``S.stray_times``)."""
-    parts = [(origin, S.validate_interactions(df, origin)) for origin, df in raw.interactions]
+    """Validate every table, align id types, and resolve missing ids and unknown
+    references by policy; with notes on what passes but a user should know
+    (``S.stray_times``)."""
+    dropped = {"missing_ids": 0, "unknown_items": 0, "unknown_users": 0}
+    parts = []
+    for origin, df in raw.interactions:
+        if missing_ids == "drop":
+            df, origin, n = S.without_missing_ids(df, origin)
+            dropped["missing_ids"] += n
+        parts.append((origin, S.validate_interactions(df, origin)))
     notes = [note for origin, df in parts if (note := S.stray_times(df, origin))]
     items = S.validate_items(raw.items[1], raw.items[0]) if raw.items else None
     users = S.validate_users(raw.users[1], raw.users[0]) if raw.users else None
@@ -35,7 +42,6 @@ def validated_tables(raw: RawTables, unknown_ids: str
         tables = [*frames, *([table] if table is not None else [])]
         S.harmonise_id_types(*[(df, column) for df in tables])
 
-    dropped = {"unknown_items": 0, "unknown_users": 0}
     checked = []
     for (origin, _), df in zip(parts, frames, strict=True):
         if items is not None:
@@ -78,7 +84,8 @@ def external_inputs(cfg: Config) -> dict[str, str]:
 def run(cfg: Config, io: StageIO) -> dict:
     hashes = external_inputs(cfg)  # before reading, as the runner does: see runner.py
     raw = load_source(cfg)
-    interactions, items, users, dropped, notes = validated_tables(raw, cfg.ingest.unknown_ids)
+    interactions, items, users, dropped, notes = validated_tables(raw, cfg.ingest.unknown_ids,
+                                                                 cfg.ingest.missing_ids)
     if cfg.ingest.as_of is not None:
         cutoff = S.coerce_timestamp(pd.Series([cfg.ingest.as_of]), "ingest.as_of").iloc[0]
         later = interactions[S.TS] > cutoff
@@ -87,7 +94,8 @@ def run(cfg: Config, io: StageIO) -> dict:
         interactions = interactions[~later].reset_index(drop=True)
         S.require_rows(interactions, f"interactions up to ingest.as_of {cfg.ingest.as_of}")
     if any(dropped.values()):
-        log.warning("[ingest] dropped interactions with unknown ids: %s", dropped)
+        log.warning("[ingest] dropped interactions without an id or with unknown ids: %s",
+                    dropped)
     notes = [*raw.notes, *notes]
     if weak := int((interactions[S.WEIGHT] <= 0).sum()):  # a dislike is not one here
         notes.append(f"{weak} interactions have a weight of 0 or less: each counts as a "

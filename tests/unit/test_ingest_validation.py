@@ -90,7 +90,7 @@ def test_valid_csv_tables_pass_with_contract_dtypes(tmp_path: Path) -> None:
     src = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS),
                write(tmp_path, "items.csv", GOOD_ITEMS), write(tmp_path, "users.csv", GOOD_USERS))
     interactions, items, users, dropped, _ = load(src)
-    assert dropped == {"unknown_items": 0, "unknown_users": 0}
+    assert dropped == {"missing_ids": 0, "unknown_items": 0, "unknown_users": 0}
     assert list(interactions.columns) == ["user_id", "item_id", "ts", "event", "weight"]
     assert interactions["user_id"].dtype == "int64"
     assert interactions["item_id"].dtype == "int64"
@@ -322,7 +322,7 @@ def test_unknown_ids_dropped_and_counted(tmp_path: Path) -> None:
                write(tmp_path, "users.csv", GOOD_USERS))
     interactions, _, _, dropped, _ = load(src, unknown_ids="drop")
     # Row 4 names both an unknown item and an unknown user: counted once, as an item.
-    assert dropped == {"unknown_items": 2, "unknown_users": 0}
+    assert dropped == {"missing_ids": 0, "unknown_items": 2, "unknown_users": 0}
     assert interactions[["user_id", "item_id"]].values.tolist() == [[1, 10], [2, 11]]
 
 
@@ -402,7 +402,8 @@ def test_three_problems_in_one_file_are_reported_together(tmp_path: Path) -> Non
     msg = assert_names(err, log, None, None, "3 problems")
     lines = msg.splitlines()
     assert len(lines) == 4, msg  # a heading, then one line per problem
-    assert lines[1].strip() == "column 'u' (user_id): null values: 1 row(s), first at data row(s) 2"
+    assert lines[1].strip() == ("column 'u' (user_id): null values (ingest.missing_ids: drop "
+                                "leaves such rows out): 1 row(s), first at data row(s) 2")
     assert lines[2].strip() == ("column 't' (ts): unparsable timestamp (expected s): 2 row(s), "
                                 "first at data row(s) 3, 5 (values 'soon', 'later')")
     assert lines[3].strip() == ("column 'w' (weight): weight must be a finite number: 1 row(s), "
@@ -528,7 +529,7 @@ def test_ingest_with_drop_records_counts_in_manifest(tmp_path: Path) -> None:
     src = spec(write(tmp_path, "log.csv", UNKNOWN_LOG), write(tmp_path, "items.csv", GOOD_ITEMS))
     cfg = ingest_config(tmp_path, src, unknown_ids="drop")
     manifest = run_stage(cfg, "ingest")
-    assert manifest["dropped"] == {"unknown_items": 2, "unknown_users": 0}
+    assert manifest["dropped"] == {"missing_ids": 0, "unknown_items": 2, "unknown_users": 0}
     assert manifest["counts"]["interactions"] == 2
     written = pq.read_table(cfg.root / "raw" / "interactions.parquet")
     assert written.num_rows == 2
@@ -973,3 +974,25 @@ def test_items_created_ts_in_a_format_of_their_own(tmp_path: Path) -> None:
         FilesSource.model_validate({**spec(tmp_path / "log.csv", users=users),
                                     "users": {"path": str(users), "columns": USER_COLUMNS,
                                               "ts_format": "%Y"}})
+
+
+def test_missing_ids_are_dropped_when_asked_and_rows_keep_their_numbers(tmp_path: Path) -> None:
+    """Public logs leave ids empty (Last.fm's track ids): an error by default naming the
+    option, left out under ``missing_ids: drop``, and a later problem in the same file
+    still names the file's own row."""
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n,11,1700000100,1\n"
+                "2,,1700000200,1\n2,11,1700000300,1\n")
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, "user_id", "2", "null values", "missing_ids: drop")
+    interactions, _, _, dropped, _ = validated_tables(load_files(FilesSource(**spec(log))),
+                                                      "error", "drop")
+    assert dropped["missing_ids"] == 2
+    assert interactions[["user_id", "item_id"]].values.tolist() == [[1, 10], [2, 11]]
+    bad = write(tmp_path, "bad.csv", "u,i,t,w\n,10,1700000000,1\n1,10,1700000000,x\n")
+    with pytest.raises(DataError) as err:
+        validated_tables(load_files(FilesSource(**spec(bad))), "error", "drop")
+    assert_names(err, bad, "weight", "2", "'x'")
+    empty = write(tmp_path, "empty.csv", "u,i,t,w\n,10,1700000000,1\n1,,1700000000,1\n")
+    with pytest.raises(DataError, match="no row has both ids"):
+        validated_tables(load_files(FilesSource(**spec(empty))), "error", "drop")

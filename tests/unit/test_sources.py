@@ -56,7 +56,7 @@ def seconds(*values: int) -> list[pd.Timestamp]:
 def test_movielens_latest_by_config_alone() -> None:
     raw, interactions, items, users, dropped, notes = load(ml_latest())
     assert raw.notes == () and notes == []
-    assert dropped == {"unknown_items": 0, "unknown_users": 0}
+    assert dropped == {"missing_ids": 0, "unknown_items": 0, "unknown_users": 0}
     assert len(interactions) == 7
     assert list(interactions.columns) == ["user_id", "item_id", "ts", "event", "weight", "query"]
     assert interactions["user_id"].dtype == "int64"
@@ -208,7 +208,7 @@ def test_ml100k_raw_files_by_config_alone_equal_its_own_source(ml100k) -> None:
 
 def test_ml100k_counts_and_validation(ml100k) -> None:
     raw, (interactions, items, users, dropped, notes) = ml100k
-    assert dropped == {"unknown_items": 0, "unknown_users": 0} and notes == []
+    assert dropped == {"missing_ids": 0, "unknown_items": 0, "unknown_users": 0} and notes == []
     assert len(interactions) == 100_000
     assert interactions["user_id"].nunique() == 943 and len(users) == 943
     assert interactions["item_id"].nunique() == 1682 and len(items) == 1682
@@ -271,7 +271,7 @@ def test_synthetic_different_seed_differs() -> None:
 
 def test_synthetic_passes_validation(synthetic) -> None:
     interactions, items, users, dropped, notes = synthetic
-    assert dropped == {"unknown_items": 0, "unknown_users": 0}
+    assert dropped == {"missing_ids": 0, "unknown_items": 0, "unknown_users": 0}
     assert notes == []
     assert len(items) == SMALL.n_items and len(users) == SMALL.n_users
     assert set(interactions["event"].unique()) <= {"click", "purchase", "search"}
