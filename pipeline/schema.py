@@ -165,15 +165,26 @@ def _name(series: pd.Series) -> str | None:
 
 
 def _ids(series: pd.Series, problems: Problems, hint: str = "") -> pd.Series:
-    """Ids stay int64 when every value is integral, otherwise become strings (raw ids kept)."""
+    """Ids stay int64 when every value is integral and fits, otherwise become strings
+    (raw ids kept: hashed ids past int64, such as unsigned 64-bit ones, as their digits)."""
     nulls = problems.check(_name(series), f"null values{hint}", series.isna())
     if pd.api.types.is_float_dtype(series.dtype):
         frac = series.notna() & ~(np.isfinite(series) & (series == np.floor(series)))
         fractional = problems.check(_name(series), "ids must be integers or strings", frac,
                                     series)
-        return series if nulls or fractional else series.astype("int64")
+        # a float holds every integer up to 2**53 only: past it, ids have lost digits
+        inexact = ~frac & (series.abs() > 2.0 ** 53).fillna(False)
+        inexact_ = problems.check(_name(series), "ids stored as floating-point numbers past "
+                                  "2**53 are no longer exact: store them as integers or text",
+                                  inexact, series)
+        return series if nulls or fractional or inexact_ else series.astype("int64")
     if pd.api.types.is_integer_dtype(series.dtype):
-        return series if nulls else series.astype("int64")
+        if nulls:
+            return series
+        if pd.api.types.is_unsigned_integer_dtype(series.dtype) and len(series) and (
+                series.max() > np.iinfo(np.int64).max):
+            return series.astype("string[pyarrow]")
+        return series.astype("int64")
     return _text(series, problems).astype("string[pyarrow]")
 
 

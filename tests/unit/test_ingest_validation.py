@@ -192,6 +192,28 @@ def test_weight_missing_value(tmp_path: Path, cell: str) -> None:
     assert "nan" not in str(err.value)
 
 
+def test_unsigned_64_bit_ids_keep_their_digits(tmp_path: Path) -> None:
+    """Hashed ids stored as uint64 past int64's range were cast to int64 and wrapped to
+    negative numbers: distinct still, but the publication named ids nobody has."""
+    big = [2**64 - 5, 2**63 + 1]
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"u": pa.array(big, pa.uint64()),
+                             "i": pa.array([10, 2**63 - 1], pa.uint64()),
+                             "t": [1700000000, 1700000100], "w": [1.0, 1.0]}), path)
+    interactions, *_ = load(spec(path))
+    assert interactions["user_id"].tolist() == [str(v) for v in big]
+    assert interactions["item_id"].tolist() == [10, 2**63 - 1]  # fits: stays a number
+
+
+def test_float_ids_past_two_to_the_53_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"u": [1.0, 2.0**60], "i": [10, 11], "t": [1700000000, 1700000100],
+                             "w": [1.0, 1.0]}), path)
+    with pytest.raises(DataError) as err:
+        load(spec(path))
+    assert_names(err, path, "user_id", "2", "no longer exact")
+
+
 def test_fractional_ids_are_rejected(tmp_path: Path) -> None:
     log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n2,11.5,1700000000,1\n")
     with pytest.raises(DataError) as err:
