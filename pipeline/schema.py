@@ -314,6 +314,11 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
     unix seconds (one bad value turns a CSV column to text), whichever reading parses
     more rows, so the report names the odd ones out."""
     if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
+        if (dates := _compact_dates(series)) is not None:
+            log.info("%s: %s: numbers read as dates written YYYYMMDD, every one being one "
+                     "(set ts_unit to read them as a count since 1970)", problems.origin,
+                     problems.column(_name(series) or TS))
+            return "format '%Y%m%d'", dates
         unit = _said(epoch_unit(series), series, problems)
     if unit is not None:
         return unit, _parse_timestamp(series, unit)
@@ -324,6 +329,19 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
         if numbers.notna().sum() > parsed.notna().sum():
             unit, parsed = _said(sized, series, problems), numbers
     return unit, parsed
+
+
+def _compact_dates(numbers: pd.Series) -> pd.Series | None:
+    """Numbers that are all dates written YYYYMMDD (20170105), as those dates; else None.
+    Read as seconds since 1970 they fall within three weeks of August 1970, which no
+    log's clock does, and an invalid month or day in any of them rules the reading out."""
+    values = pd.to_numeric(numbers, errors="coerce").dropna()
+    if not len(values) or not (values.between(1900_01_01, 2100_12_31).all()
+                               and (values == np.floor(values)).all()):
+        return None
+    text = numbers.astype("Int64").astype("string")
+    parsed = pd.to_datetime(text, format="%Y%m%d", errors="coerce", utc=True)
+    return parsed if parsed.notna().sum() == len(values) else None
 
 
 def _said(unit: str, series: pd.Series, problems: Problems) -> str:

@@ -109,12 +109,22 @@ def test_valid_csv_tables_pass_with_contract_dtypes(tmp_path: Path) -> None:
     ("2024-01-01T00:00:00\n2024-01-02 10:30:00", ["2024-01-01 00:00", "2024-01-02 10:30"]),
     ("2024-01-01T00:00:00Z\n2024-01-02T10:30:00+02:00", ["2024-01-01 00:00", "2024-01-02 08:30"]),
     ("2024-01-01\n2024-01-02", ["2024-01-01", "2024-01-02"]),
-], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date"])
+    # day-stamped logs write dates as numbers: read as seconds, they were August 1970
+    ("20170105\n20170210", ["2017-01-05", "2017-02-10"]),
+    ("20170105\n20171301", ["1970-08-22 10:48:25", "1970-08-22 11:08:21"]),  # no month 13
+], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date", "yyyymmdd",
+        "not-all-dates"])
 def test_timestamp_encodings_are_inferred(tmp_path: Path, text: str, expected: list[str]) -> None:
     rows = "\n".join(f"{n},10,{t},1" for n, t in enumerate(text.split("\n"), start=1))
     interactions, *_ = load(spec(write(tmp_path, "log.csv", f"u,i,t,w\n{rows}\n")))
     assert interactions["ts"].tolist() == [pd.Timestamp(e) for e in expected]
     assert interactions["ts"].dt.tz is None
+
+
+def test_yyyymmdd_numbers_read_as_seconds_when_told(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,20170105,1\n")
+    interactions, *_ = load(spec(log, ts_unit="s"))
+    assert interactions["ts"].tolist() == [pd.Timestamp("1970-08-22 10:48:25")]
 
 
 def test_parquet_tz_aware_timestamps_become_naive_utc(tmp_path: Path) -> None:
