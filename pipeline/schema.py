@@ -174,10 +174,10 @@ def _ids(series: pd.Series, problems: Problems, hint: str = "") -> pd.Series:
                                     series)
         # a float holds every integer up to 2**53 only: past it, ids have lost digits
         inexact = ~frac & (series.abs() > 2.0 ** 53).fillna(False)
-        inexact_ = problems.check(_name(series), "ids stored as floating-point numbers past "
-                                  "2**53 are no longer exact: store them as integers or text",
-                                  inexact, series)
-        return series if nulls or fractional or inexact_ else series.astype("int64")
+        lossy = problems.check(_name(series), "ids stored as floating-point numbers past "
+                               "2**53 are no longer exact: store them as integers or text",
+                               inexact, series)
+        return series if nulls or fractional or lossy else series.astype("int64")
     if pd.api.types.is_integer_dtype(series.dtype):
         if nulls:
             return series
@@ -372,6 +372,7 @@ def validate_interactions(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     """Check and normalise one interactions table (required columns, types, nulls)."""
     problems = _begin(df, INTERACTION_REQUIRED, origin)
     unit, fmt = problems.origin.ts_unit, problems.origin.ts_format
+
     def ids(series: pd.Series, problems: Problems) -> pd.Series:
         return _ids(series, problems, " (ingest.missing_ids: drop leaves such rows out)")
 
