@@ -77,6 +77,13 @@ class DataFile(_Strict):
         "names in order, which ``columns`` then maps")
     encoding: str = Field("utf-8", description="a text file's character encoding (latin-1, "
                           "cp1252, ...: older public logs); JSON lines are UTF-8")
+    quote: str | None = Field(
+        '"', min_length=1, max_length=1, description="a text file's quote character; null "
+        "where quotes are plain characters in its values (a tab-separated log of track "
+        "titles), since an unclosed one takes in the lines after it")
+    bad_lines: Literal["error", "skip"] = Field(
+        "error", description="a text file's lines with more or fewer fields than its "
+        "header: an error naming the first, or left out with a note counting them")
 
     @field_validator("encoding")
     @classmethod
@@ -93,6 +100,14 @@ class DataFile(_Strict):
         if value is not None and any(c in value for c in '\n\r"'):
             raise ValueError("a delimiter holds no line break or double quote")
         return value
+
+    @model_validator(mode="after")
+    def _quote_apart(self) -> DataFile:
+        if self.quote is not None and (self.quote in "\r\n" or (
+                self.delimiter is not None and self.quote in self.delimiter)):
+            raise ValueError(f"quote {self.quote!r} must be neither a line break nor in the "
+                             "delimiter")
+        return self
 
     @field_validator("header")
     @classmethod

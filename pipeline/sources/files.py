@@ -37,6 +37,7 @@ _PARQUET = (".parquet", ".pq")
 _TEXT = (".csv", ".tsv", ".txt", ".dat")
 _JSON = (".jsonl", ".ndjson", ".json")
 _SPARE = "\x1f"  # the ASCII unit separator, for a delimiter of several characters
+_NONE = np.empty(0, np.int64)  # no data row left out
 
 
 def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
@@ -58,14 +59,15 @@ def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
                     f"{', '.join(_COMPRESSED)}; any other name with a delimiter given)")
 
 
-def read_any(path: Path, spec: DataFile) -> pd.DataFrame:
+def read_any(path: Path, spec: DataFile) -> tuple[pd.DataFrame, np.ndarray]:
     """Read ``path``, a Parquet, delimited text or JSON lines file (``file_format``), as
-    ``spec`` says; invalid UTF-8 is reported by column and row.
+    ``spec`` says; invalid UTF-8 is reported by column and row. Returns the table and
+    the data rows (from 0) it left out (``bad_lines: skip``).
 
     ``spec.columns`` (contract column -> the file's) says which of a text file's columns
     are read as strings rather than inferred (text, and the times a ``ts_format`` reads)
     and which as ids (``_ids_as_read``, as JSON string ids are too). ``delimiter``,
-    ``header`` and ``encoding`` apply to text files only.
+    ``header``, ``encoding``, ``quote`` and ``bad_lines`` apply to text files only.
     """
     columns, delimiter, header, encoding = (dict(spec.columns), spec.delimiter, spec.header,
                                             spec.encoding)
@@ -74,6 +76,9 @@ def read_any(path: Path, spec: DataFile) -> pd.DataFrame:
     kind, inner = file_format(path, delimiter)
     given = [name for name, value in (("delimiter", delimiter), ("header", header))
              if value is not None]
+    given += [name for name, value, default in (("quote", spec.quote, '"'),
+                                                ("bad_lines", spec.bad_lines, "error"))
+              if value != default]
     if codecs.lookup(encoding).name != "utf-8":
         given.append("encoding")
     if kind != "text" and given:
@@ -86,7 +91,7 @@ def read_any(path: Path, spec: DataFile) -> pd.DataFrame:
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{path}: cannot read Parquet: {err}") from None
         _check_utf8(path, table)
-        return table.to_pandas()
+        return table.to_pandas(), _NONE
     if kind == "json":
         try:
             table = pajson.read_json(str(path))
@@ -96,10 +101,10 @@ def read_any(path: Path, spec: DataFile) -> pd.DataFrame:
                                 ) from None
             table = _mixed_json_lines(path, columns)
         _check_utf8(path, table)
-        return _typed_ids(table, _sources(columns, _ID_TARGETS)).to_pandas()
+        return _typed_ids(table, _sources(columns, _ID_TARGETS)).to_pandas(), _NONE
     text = (S.TS, S.CREATED_TS) if getattr(spec, "ts_format", None) else ()
-    return _read_text(path, inner, columns, delimiter or ("\t" if inner == ".tsv" else ","),
-                      header, encoding, text)
+    return _read_text(path, inner, spec, delimiter or ("\t" if inner == ".tsv" else ","),
+                      text)
 
 
 def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
@@ -136,12 +141,14 @@ def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
     return pa.table(arrays)
 
 
-def _read_text(path: Path, inner: str, columns: dict[str, str], sep: str,
-               header: list[str] | None, encoding: str, text: tuple[str, ...]) -> pd.DataFrame:
+def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str, ...]
+               ) -> tuple[pd.DataFrame, np.ndarray]:
     """A delimited text file (``read_any``). pyarrow splits on one character, so a
     delimiter of several is read as a spare one (0x1f) in the text decoded to UTF-8 (the
     whole file in memory then, decoded and again re-encoded), and one inside a quoted
-    value is put back afterwards."""
+    value is put back afterwards. Lines of the wrong width are left out under
+    ``bad_lines: skip``, read on one thread so that pyarrow numbers them."""
+    columns, header, encoding = dict(spec.columns), spec.header, spec.encoding
     source: str | pa.BufferReader = str(path)  # decompressed by its suffix
     if len(sep) > 1:
         try:
@@ -157,10 +164,19 @@ def _read_text(path: Path, inner: str, columns: dict[str, str], sep: str,
         encoding = "utf-8"
     ids = _sources(columns, _ID_TARGETS)
     as_text = (*_sources(columns, (*_TEXT_TARGETS, *text)), *ids)
-    options = pacsv.ParseOptions(delimiter=_SPARE if len(sep) > 1 else sep)
+    skipped: list[int] = []  # the physical lines left out, from 1
+
+    def skip(row: pacsv.InvalidRow) -> str:
+        skipped.append(row.number)
+        return "skip"
+
+    options = pacsv.ParseOptions(delimiter=_SPARE if len(sep) > 1 else sep,
+                                 quote_char=spec.quote or False,
+                                 invalid_row_handler=skip if spec.bad_lines == "skip" else None)
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(as_text, pa.string()))
     try:
-        read = pacsv.ReadOptions(column_names=header, encoding=encoding)
+        read = pacsv.ReadOptions(column_names=header, encoding=encoding,
+                                 use_threads=spec.bad_lines != "skip")
         table = pacsv.read_csv(source, read_options=read, parse_options=options,
                                convert_options=convert)
         if len(sep) > 1:
@@ -168,15 +184,19 @@ def _read_text(path: Path, inner: str, columns: dict[str, str], sep: str,
                               if pa.types.is_string(column.type) else column
                               for name, column in zip(table.column_names, table.columns,
                                                       strict=True)})
-        return _typed_ids(table, ids).to_pandas()  # names decode here: in the try
+        frame = _typed_ids(table, ids).to_pandas()  # names decode here: in the try
     except (UnicodeDecodeError, pa.ArrowInvalid) as err:
         undecodable = isinstance(err, UnicodeDecodeError) or "utf8" in str(err).lower()
         if undecodable and codecs.lookup(encoding).name == "utf-8":
             _raise_utf8_location(path, sep, columns, header)
         if undecodable:
             raise DataError(f"{path}: text is not valid {encoding}: {err}") from None
-        raise DataError(f"{path}: cannot parse {inner[1:].upper() or 'text'}: {err}"
+        hint = (" (bad_lines: skip leaves such lines out)" if "Expected" in str(err)
+                and spec.bad_lines == "error" else "")
+        raise DataError(f"{path}: cannot parse {inner[1:].upper() or 'text'}: {err}{hint}"
                         ) from None
+    # a line's number counts the header line; a data row's (from 0) does not
+    return frame, np.asarray(skipped, np.int64) - (1 if header else 2)
 
 
 def _text_bytes(path: Path) -> bytes:
@@ -304,16 +324,13 @@ def matching_files(path: Path) -> list[Path]:
     return found
 
 
-def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
+def _interactions(spec: InteractionFile, notes: list[str]) -> list[tuple[str, pd.DataFrame]]:
     """Each file of the spec as its own table, so errors name the partition. A log
     without time gets one timestamp (the Unix epoch) for every event: the file's row
     order, usually by user and item id, is no order of events (``pipeline.ordering``)."""
     tables = []
     for path in matching_files(spec.path):
-        # The origin carries the mapping and time unit: validation names the file's own
-        # columns and parses time as configured, reporting every problem together.
-        origin = _origin(path, spec)
-        df = _mapped(read_any(path, spec), spec.columns, path)
+        origin, df = _read(path, spec, notes)
         if S.TS not in df.columns:
             df[S.TS] = pd.Timestamp(0).as_unit("us")
         if S.EVENT not in df.columns:  # a mapped event column wins over the file's constant
@@ -324,21 +341,50 @@ def _interactions(spec: InteractionFile) -> list[tuple[str, pd.DataFrame]]:
     return tables
 
 
-def _table(spec: TableFile) -> tuple[str, pd.DataFrame]:
-    df = _mapped(read_any(spec.path, spec), spec.columns, spec.path)
-    return _origin(spec.path, spec), _split_lists(df, spec.list_columns)
+def _table(spec: TableFile, notes: list[str]) -> tuple[str, pd.DataFrame]:
+    origin, df = _read(spec.path, spec, notes)
+    return origin, _split_lists(df, spec.list_columns)
 
 
-def _origin(path: Path, spec: DataFile) -> S.Origin:
-    """What validation of ``path`` reads from its spec: the mapping, and how times are
-    written where the file has a time column (``TimedFile``)."""
-    return S.Origin(str(path), spec.columns, getattr(spec, "ts_unit", None),
-                    getattr(spec, "ts_format", None))
+def _read(path: Path, spec: DataFile, notes: list[str]) -> tuple[S.Origin, pd.DataFrame]:
+    """``path``'s mapped columns and their origin, which carries what validation reads
+    from the spec (the mapping, how times are written where the file has a time column,
+    ``TimedFile``) and numbers rows as the file does where lines were left out; with
+    notes on those lines, and on values a quote may have run on over (``quote``)."""
+    frame, skipped = read_any(path, spec)
+    origin = S.Origin(str(path), spec.columns, getattr(spec, "ts_unit", None),
+                      getattr(spec, "ts_format", None))
+    if len(skipped):
+        notes.append(f"{path}: {len(skipped)} line(s) with more or fewer fields than the "
+                     f"header left out (bad_lines: skip), first at data row(s) "
+                     f"{S.Origin(path).data_rows(skipped)}")
+        origin = origin.keeping(np.setdiff1d(np.arange(len(frame) + len(skipped)), skipped))
+    if spec.quote is not None and file_format(path, spec.delimiter)[0] == "text":
+        notes += _run_on(frame, origin)
+    return origin, _mapped(frame, spec.columns, path)
+
+
+def _run_on(frame: pd.DataFrame, origin: S.Origin) -> list[str]:
+    """Notes on text values that hold a line break: a quote opened and never closed takes
+    in the lines after it, rows and all, without an error; legitimate in quoted text."""
+    notes = []
+    for name in frame.columns:
+        column = frame[name]
+        if not isinstance(column.dtype, pd.StringDtype):  # not dates pyarrow inferred
+            continue
+        broken = column.str.contains("\n|\r", regex=True).fillna(False).to_numpy(bool)
+        if broken.any():
+            notes.append(f"{origin}: column '{name}': {int(broken.sum())} value(s) span "
+                         f"several lines, first at data row(s) "
+                         f"{origin.data_rows(np.flatnonzero(broken))}: a quote opened and "
+                         "never closed takes in the lines after it; where quotes are plain "
+                         "characters in this file, set quote: null")
+    return notes
 
 
 def load_files(src: FilesSource) -> RawTables:
-    notes = []
-    interactions = [table for spec in src.interactions for table in _interactions(spec)]
+    notes: list[str] = []
+    interactions = [table for spec in src.interactions for table in _interactions(spec, notes)]
     untimed = [str(spec.path) for spec in src.interactions if S.TS not in spec.columns]
     if untimed and len(untimed) < len(src.interactions):
         notes.append(f"{', '.join(untimed)}: no timestamp mapped, so their events are dated "
@@ -348,7 +394,7 @@ def load_files(src: FilesSource) -> RawTables:
                      "event), so the split is random per user and nothing reads event order")
     return RawTables(
         interactions=interactions,
-        items=_table(src.items) if src.items else None,
-        users=_table(src.users) if src.users else None,
+        items=_table(src.items, notes) if src.items else None,
+        users=_table(src.users, notes) if src.users else None,
         notes=tuple(notes),
     )

@@ -1028,3 +1028,48 @@ def test_missing_ids_are_dropped_when_asked_and_rows_keep_their_numbers(tmp_path
     empty = write(tmp_path, "empty.csv", "u,i,t,w\n,10,1700000000,1\n1,,1700000000,1\n")
     with pytest.raises(DataError, match="no row has both ids"):
         validated_tables(load_files(FilesSource(**spec(empty))), "error", "drop")
+
+
+def test_lines_of_the_wrong_width_are_an_error_or_left_out(tmp_path: Path) -> None:
+    """Public CSVs carry a malformed line or two (Book-Crossing's): an error naming it
+    and the option, or, under ``bad_lines: skip``, left out with a note, and a later
+    problem still named by the file's own data row."""
+    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,1700000000,1\n2,11,1700000100,1,extra\n"
+                "3,10,1700000200,1\n4,11,1700000300,lots\n")
+    with pytest.raises(DataError, match=r"Expected 4 columns, got 5.*bad_lines: skip"):
+        load(spec(log))
+    source = spec(log)
+    source["interactions"][0]["bad_lines"] = "skip"
+    raw = load_files(FilesSource.model_validate(source))
+    assert [len(df) for _, df in raw.interactions] == [3]
+    assert any("1 line(s) with more or fewer fields" in n and "data row(s) 2" in n
+               for n in raw.notes), raw.notes
+    with pytest.raises(DataError) as err:
+        validated_tables(raw, "error")
+    assert_names(err, log, "weight", "4", "'lots'")
+
+
+def test_an_unclosed_quote_is_noted_and_quote_null_reads_quotes_as_text(tmp_path: Path) -> None:
+    """A tab-separated log whose titles hold quotes: the unclosed one took in the next
+    lines, rows and all, without a word (Last.fm's track names); now noted, and
+    ``quote: null`` reads every line, the quote kept in the value."""
+    log = write(tmp_path, "log.tsv", 'u\ti\tt\tw\ttrack\n1\t10\t1700000000\t1\t"Weird\n'
+                "2\t11\t1700000100\t1\tDeep Dish\n3\t10\t1700000200\t1\tFine\n")
+    raw = load_files(FilesSource.model_validate(spec(log)))
+    assert len(raw.interactions[0][1]) < 3
+    assert any("column 'track'" in n and "quote: null" in n for n in raw.notes), raw.notes
+    source = spec(log)
+    source["interactions"][0]["quote"] = None
+    raw = load_files(FilesSource.model_validate(source))
+    assert raw.interactions[0][1]["user_id"].tolist() == [1, 2, 3]
+    assert not raw.notes
+
+
+def test_text_settings_on_parquet_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"u": [1], "i": [10], "t": [1700000000], "w": [1.0]}), path)
+    for key, value in (("quote", None), ("bad_lines", "skip")):
+        source = spec(path)
+        source["interactions"][0][key] = value
+        with pytest.raises(DataError, match=f"{key} applies to text files only"):
+            load(source)
