@@ -349,8 +349,9 @@ def _table(spec: TableFile, notes: list[str]) -> tuple[str, pd.DataFrame]:
 def _read(path: Path, spec: DataFile, notes: list[str]) -> tuple[S.Origin, pd.DataFrame]:
     """``path``'s mapped columns and their origin, which carries what validation reads
     from the spec (the mapping, how times are written where the file has a time column,
-    ``TimedFile``) and numbers rows as the file does where lines were left out; with
-    notes on those lines, and on values a quote may have run on over (``quote``)."""
+    ``TimedFile``) and numbers rows as the file does where lines were left out, with a
+    note on those lines. Values over several lines are an error unless ``quote`` is set
+    (then a note): an unclosed quote loses rows without a parse error."""
     frame, skipped = read_any(path, spec)
     origin = S.Origin(str(path), spec.columns, getattr(spec, "ts_unit", None),
                       getattr(spec, "ts_format", None))
@@ -360,26 +361,33 @@ def _read(path: Path, spec: DataFile, notes: list[str]) -> tuple[S.Origin, pd.Da
                      f"{S.Origin(path).data_rows(skipped)}")
         origin = origin.keeping(np.setdiff1d(np.arange(len(frame) + len(skipped)), skipped))
     if spec.quote is not None and file_format(path, spec.delimiter)[0] == "text":
-        notes += _run_on(frame, origin)
+        spanning = _spanning_lines(frame, origin)
+        if spanning and "quote" not in spec.model_fields_set:
+            raise DataError("\n  ".join([f"{path}: values span several lines, which a quote "
+                                          "opened and never closed does, taking in the lines "
+                                          "after it, rows and all:", *spanning])
+                            + "\nset quote: null where quotes are plain characters in this "
+                            "file, or quote: '\"' where values do span lines")
+        notes += [f"{path}: values over several lines, kept as quote {spec.quote!r} allows "
+                  f"(an unclosed quote would have taken in the lines after it): {line}"
+                  for line in spanning]
     return origin, _mapped(frame, spec.columns, path)
 
 
-def _run_on(frame: pd.DataFrame, origin: S.Origin) -> list[str]:
-    """Notes on text values that hold a line break: a quote opened and never closed takes
-    in the lines after it, rows and all, without an error; legitimate in quoted text."""
-    notes = []
+def _spanning_lines(frame: pd.DataFrame, origin: S.Origin) -> list[str]:
+    """Each text column's values that hold a line break: legitimate in quoted text, and
+    what a quote opened and never closed leaves, having taken in the lines after it
+    without a parse error (a tab-separated log of track titles that hold quotes)."""
+    lines = []
     for name in frame.columns:
         column = frame[name]
         if not isinstance(column.dtype, pd.StringDtype):  # not dates pyarrow inferred
             continue
         broken = column.str.contains("\n|\r", regex=True).fillna(False).to_numpy(bool)
         if broken.any():
-            notes.append(f"{origin}: column '{name}': {int(broken.sum())} value(s) span "
-                         f"several lines, first at data row(s) "
-                         f"{origin.data_rows(np.flatnonzero(broken))}: a quote opened and "
-                         "never closed takes in the lines after it; where quotes are plain "
-                         "characters in this file, set quote: null")
-    return notes
+            lines.append(f"column '{name}': {int(broken.sum())} value(s), first at data "
+                         f"row(s) {origin.data_rows(np.flatnonzero(broken))}")
+    return lines
 
 
 def load_files(src: FilesSource) -> RawTables:

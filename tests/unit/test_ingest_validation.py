@@ -1049,20 +1049,26 @@ def test_lines_of_the_wrong_width_are_an_error_or_left_out(tmp_path: Path) -> No
     assert_names(err, log, "weight", "4", "'lots'")
 
 
-def test_an_unclosed_quote_is_noted_and_quote_null_reads_quotes_as_text(tmp_path: Path) -> None:
+def test_an_unclosed_quote_stops_ingest_and_quote_settles_it(tmp_path: Path) -> None:
     """A tab-separated log whose titles hold quotes: the unclosed one took in the next
-    lines, rows and all, without a word (Last.fm's track names); now noted, and
-    ``quote: null`` reads every line, the quote kept in the value."""
+    lines, rows and all, without a word (Last.fm's track names; half such a log went).
+    Now an error naming the column and rows; ``quote: null`` reads every line with the
+    quote kept in the value, and a quote set explicitly keeps the values, noted."""
     log = write(tmp_path, "log.tsv", 'u\ti\tt\tw\ttrack\n1\t10\t1700000000\t1\t"Weird\n'
                 "2\t11\t1700000100\t1\tDeep Dish\n3\t10\t1700000200\t1\tFine\n")
-    raw = load_files(FilesSource.model_validate(spec(log)))
-    assert len(raw.interactions[0][1]) < 3
-    assert any("column 'track'" in n and "quote: null" in n for n in raw.notes), raw.notes
-    source = spec(log)
-    source["interactions"][0]["quote"] = None
-    raw = load_files(FilesSource.model_validate(source))
-    assert raw.interactions[0][1]["user_id"].tolist() == [1, 2, 3]
-    assert not raw.notes
+    with pytest.raises(DataError) as err:
+        load(spec(log))
+    assert_names(err, log, None, "1", "values span several lines", "column 'track'",
+                 "quote: null")
+    for quote, rows in ((None, 3), ('"', 1)):
+        source = spec(log)
+        source["interactions"][0]["quote"] = quote
+        raw = load_files(FilesSource.model_validate(source))
+        assert len(raw.interactions[0][1]) == rows
+        noted = [n for n in raw.notes if "over several lines" in n]
+        assert len(noted) == (quote is not None), raw.notes
+    csv = write(tmp_path, "log.csv", 'u,i,t,w,track\n1,10,1700000000,1,"Fine, fine"\n')
+    assert not load_files(FilesSource.model_validate(spec(csv))).notes  # quotes closed
 
 
 def test_text_settings_on_parquet_are_refused(tmp_path: Path) -> None:
