@@ -91,13 +91,25 @@ def _header(metrics: dict[str, Any], run: dict[str, Any]) -> str:
 <div class=cols><div><h3>Data</h3>
 {_table(["part", "events", "searches", "users", "items", "first", "last"], rows)}
 <p>{metrics['users']:,} test users evaluated by full ranking over {metrics['catalogue']:,}
-items (their fitted items excluded); search cases: {case_text}.</p></div>
+items (their fitted items excluded); search cases: {case_text}.</p>{_ingest_notes(run)}</div>
 <div><h3>Wall time per stage ({total:.0f} s)</h3>
 {_table(["stage", "seconds", "status"], stage_rows)}</div></div>
 <div class=cols><div><h3>Config: what differs from the defaults</h3>
 {_table(["setting", "value", "default"], diff_rows) if diff_rows
  else "<p>Every setting is the default.</p>"}</div>
 <div><h3>Choices made on valid</h3>{_choices(run)}</div></div>"""
+
+
+def _ingest_notes(run: dict[str, Any]) -> str:
+    """What ingest left out of the log or found odd in it: whoever decides from this page
+    should not have to read the run's log to learn that a tenth of the rows went."""
+    ingest = run.get("ingest", {})
+    dropped = ", ".join(f"{n:,} {what.replace('_', ' ')}"
+                        for what, n in ingest.get("dropped", {}).items())
+    items = ([f"interactions left out: {dropped}"] if dropped else []) + ingest.get("notes", [])
+    if not items:
+        return ""
+    return "<p>Ingest noted:</p><ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
 
 
 def _choices(run: dict[str, Any]) -> str:

@@ -1,9 +1,10 @@
 """report: ``report/index.html`` from the evaluation, headed by what was run on what.
 
-The header comes from the run's own files: the as-of time and data from the ingest and
-evaluate outputs, each stage's wall time and status from its manifest, the config as a
-diff from the defaults, the quotas tuned on valid and the blend weights. A scheduled run
-adds the history of earlier runs to its copy of the page (``pipeline.history``).
+The header comes from the run's own files: the as-of time, the data and what ingest
+noted of it (rows left out, odd dates, no time) from the ingest and evaluate outputs,
+each stage's wall time and status from its manifest, the config as a diff from the
+defaults, the quotas tuned on valid and the blend weights. A scheduled run adds the
+history of earlier runs to its copy of the page (``pipeline.history``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from pipeline.release import run_id
 
 def run_facts(cfg: Config, io: StageIO) -> dict:
     manifests = io.upstream_manifests()
-    as_of = manifests.get("ingest", {}).get("as_of")
+    ingest = manifests.get("ingest", {})
+    as_of = ingest.get("as_of")
     tuned = io.read_json("tuned")
     return {
         "run_id": run_id(as_of, cfg) if as_of else None, "as_of": as_of,
+        "ingest": {"dropped": {k: n for k, n in ingest.get("dropped", {}).items() if n},
+                   "notes": ingest.get("notes", [])},
         "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "stages": {name: {"seconds": m.get("seconds", 0.0), "status": m.get("status", "ok")}
                    for name, m in manifests.items()},
