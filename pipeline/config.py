@@ -81,6 +81,11 @@ class DataFile(_Strict):
         '"', min_length=1, max_length=1, description="a text file's quote character; null "
         "where quotes are plain characters in its values (a tab-separated log of track "
         "titles), since an unclosed one takes in the lines after it")
+    multiline: Literal["error", "keep"] = Field(
+        "error", description="a text file's quoted values that span lines and hold what "
+        "looks like whole rows (a line of them with a field separator for every column): "
+        "an error, as an unclosed quote leaves them, or kept with a note; other values "
+        "over several lines (descriptions) are kept with a note either way")
     bad_lines: Literal["error", "skip"] = Field(
         "error", description="a text file's lines with more or fewer fields than its "
         "header: an error naming the first, or left out with a note counting them")
@@ -101,13 +106,12 @@ class DataFile(_Strict):
             raise ValueError("a delimiter holds no line break or double quote")
         return value
 
-    @model_validator(mode="after")
-    def _quote_apart(self) -> DataFile:
-        if self.quote is not None and (self.quote in "\r\n" or (
-                self.delimiter is not None and self.quote in self.delimiter)):
-            raise ValueError(f"quote {self.quote!r} must be neither a line break nor in the "
-                             "delimiter")
-        return self
+    @field_validator("quote")
+    @classmethod
+    def _no_line_break(cls, value: str | None) -> str | None:
+        if value is not None and value in "\r\n":
+            raise ValueError("a quote character is no line break")
+        return value
 
     @field_validator("header")
     @classmethod

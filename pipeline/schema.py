@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -164,10 +165,18 @@ def _name(series: pd.Series) -> str | None:
     return None if series.name is None else str(series.name)
 
 
+def absent_ids(series: pd.Series) -> pd.Series:
+    """Ids that are none: null, or blank text (a Parquet or JSON log's "")."""
+    missing = series.isna()
+    if not (pd.api.types.is_numeric_dtype(series.dtype) or missing.all()):
+        missing |= series.astype("string").str.strip().eq("").fillna(False)
+    return missing
+
+
 def _ids(series: pd.Series, problems: Problems, hint: str = "") -> pd.Series:
     """Ids stay int64 when every value is integral and fits, otherwise become strings
     (raw ids kept: hashed ids past int64, such as unsigned 64-bit ones, as their digits)."""
-    nulls = problems.check(_name(series), f"null values{hint}", series.isna())
+    nulls = problems.check(_name(series), f"null or blank values{hint}", absent_ids(series))
     if pd.api.types.is_float_dtype(series.dtype):
         frac = series.notna() & ~(np.isfinite(series) & (series == np.floor(series)))
         fractional = problems.check(_name(series), "ids must be integers or strings", frac,
@@ -315,8 +324,8 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
     more rows, so the report names the odd ones out."""
     if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
         if (dates := _compact_dates(series)) is not None:
-            log.info("%s: %s: numbers read as dates written YYYYMMDD, every one being one "
-                     "(set ts_unit to read them as a count since 1970)", problems.origin,
+            log.info("%s: %s: numbers read as dates written YYYYMMDD, all being of their "
+                     "size (set ts_unit to read them as a count since 1970)", problems.origin,
                      problems.column(_name(series) or TS))
             return "format '%Y%m%d'", dates
         unit = _said(epoch_unit(series), series, problems)
@@ -332,16 +341,15 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
 
 
 def _compact_dates(numbers: pd.Series) -> pd.Series | None:
-    """Numbers that are all dates written YYYYMMDD (20170105), as those dates; else None.
-    Read as seconds since 1970 they fall within three weeks of August 1970, which no
-    log's clock does, and an invalid month or day in any of them rules the reading out."""
+    """Whole numbers all of YYYYMMDD's size (19000101 to 21001231) as dates written so
+    (20170105), an impossible month or day unparsable; else None. Read as seconds since
+    1970 they fall within three weeks of August 1970, which no log's clock does."""
     values = pd.to_numeric(numbers, errors="coerce").dropna()
     if not len(values) or not (values.between(1900_01_01, 2100_12_31).all()
                                and (values == np.floor(values)).all()):
         return None
     text = numbers.astype("Int64").astype("string")
-    parsed = pd.to_datetime(text, format="%Y%m%d", errors="coerce", utc=True)
-    return parsed if parsed.notna().sum() == len(values) else None
+    return pd.to_datetime(text, format="%Y%m%d", errors="coerce", utc=True)
 
 
 def _said(unit: str, series: pd.Series, problems: Problems) -> str:
@@ -372,10 +380,7 @@ def validate_interactions(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     """Check and normalise one interactions table (required columns, types, nulls)."""
     problems = _begin(df, INTERACTION_REQUIRED, origin)
     unit, fmt = problems.origin.ts_unit, problems.origin.ts_format
-
-    def ids(series: pd.Series, problems: Problems) -> pd.Series:
-        return _ids(series, problems, " (ingest.missing_ids: drop leaves such rows out)")
-
+    ids = partial(_ids, hint=" (ingest.missing_ids: drop leaves such rows out)")
     coerce = {USER: ids, ITEM: ids, TS: lambda s, p: _timestamp(s, p, unit, fmt=fmt),
               EVENT: _event,
               WEIGHT: _weight, QUERY: _optional_text, REGION: _optional_text}
@@ -423,10 +428,9 @@ def _stand_in_titles(df: pd.DataFrame, out: pd.DataFrame, problems: Problems) ->
         False).to_numpy(bool)
     if missing.any() and ITEM in out.columns:
         out.loc[missing, TITLE] = out.loc[missing, ITEM].astype("string")
-        rows = ", ".join(str(n + 1) for n in np.flatnonzero(missing)[:_EXAMPLES])
         log.warning("%s: %s: %d item(s) without a title, first at data row(s) %s: their "
                     "ids stand in", problems.origin, problems.column(TITLE),
-                    int(missing.sum()), rows)
+                    int(missing.sum()), problems.origin.data_rows(np.flatnonzero(missing)))
 
 
 def validate_users(df: pd.DataFrame, origin: str) -> pd.DataFrame:
@@ -466,16 +470,16 @@ def harmonise_id_types(*columns: tuple[pd.DataFrame, str]) -> None:
 
 def without_missing_ids(df: pd.DataFrame, origin: str
                         ) -> tuple[pd.DataFrame, Origin, int]:
-    """An interactions table less its rows without a user or item id, its origin still
-    numbering rows as the file does, and how many went (``ingest.missing_ids: drop``):
-    public logs leave ids empty (Last.fm's track ids), and such a row says nothing."""
-    ids = [column for column in (USER, ITEM) if column in df.columns]
-    missing = df[ids].isna().any(axis=1).to_numpy()
+    """An interactions table less its rows without a user or item id (``absent_ids``),
+    its origin still numbering rows as the file does, and how many went (``ingest.
+    missing_ids: drop``): public logs leave ids empty (Last.fm's track ids), and such a
+    row says nothing."""
+    missing = np.zeros(len(df), bool)
+    for column in (USER, ITEM):
+        if column in df.columns:
+            missing |= absent_ids(df[column]).to_numpy(bool)
     if not missing.any():
         return df, Origin.of(origin), 0
-    if missing.all():
-        fail(origin, None, f"no row has both ids ({', '.join(ids)}): is the right column "
-             "mapped?", missing)
     kept = np.flatnonzero(~missing)
     return (df.iloc[kept].reset_index(drop=True), Origin.of(origin).keeping(kept),
             int(missing.sum()))

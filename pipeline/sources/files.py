@@ -12,6 +12,7 @@ import glob
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,19 @@ _PARQUET = (".parquet", ".pq")
 _TEXT = (".csv", ".tsv", ".txt", ".dat")
 _JSON = (".jsonl", ".ndjson", ".json")
 _SPARE = "\x1f"  # the ASCII unit separator, for a delimiter of several characters
-_NONE = np.empty(0, np.int64)  # no data row left out
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+_NO_ROWS = np.empty(0, np.int64)
+
+
+class Read(NamedTuple):
+    """A file as read: the table, the data rows (from 0) left out (``bad_lines: skip``),
+    and per text column the positions of values over several lines, with whether any of
+    them holds what looks like whole rows (an unclosed quote's doing)."""
+
+    frame: pd.DataFrame
+    skipped: np.ndarray = _NO_ROWS
+    spanning: dict[str, tuple[np.ndarray, bool]] = {}
+    skipped_lines: int = 0  # the lines the skipped records took (more, where one spans)
 
 
 def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
@@ -59,15 +72,15 @@ def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
                     f"{', '.join(_COMPRESSED)}; any other name with a delimiter given)")
 
 
-def read_any(path: Path, spec: DataFile) -> tuple[pd.DataFrame, np.ndarray]:
+def read_any(path: Path, spec: DataFile) -> Read:
     """Read ``path``, a Parquet, delimited text or JSON lines file (``file_format``), as
-    ``spec`` says; invalid UTF-8 is reported by column and row. Returns the table and
-    the data rows (from 0) it left out (``bad_lines: skip``).
+    ``spec`` says; invalid UTF-8 is reported by column and row.
 
     ``spec.columns`` (contract column -> the file's) says which of a text file's columns
     are read as strings rather than inferred (text, and the times a ``ts_format`` reads)
     and which as ids (``_ids_as_read``, as JSON string ids are too). ``delimiter``,
-    ``header``, ``encoding``, ``quote`` and ``bad_lines`` apply to text files only.
+    ``header``, ``encoding``, ``quote``, ``multiline`` and ``bad_lines`` apply to text
+    files only.
     """
     columns, delimiter, header, encoding = (dict(spec.columns), spec.delimiter, spec.header,
                                             spec.encoding)
@@ -77,6 +90,7 @@ def read_any(path: Path, spec: DataFile) -> tuple[pd.DataFrame, np.ndarray]:
     given = [name for name, value in (("delimiter", delimiter), ("header", header))
              if value is not None]
     given += [name for name, value, default in (("quote", spec.quote, '"'),
+                                                ("multiline", spec.multiline, "error"),
                                                 ("bad_lines", spec.bad_lines, "error"))
               if value != default]
     if codecs.lookup(encoding).name != "utf-8":
@@ -91,8 +105,9 @@ def read_any(path: Path, spec: DataFile) -> tuple[pd.DataFrame, np.ndarray]:
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{path}: cannot read Parquet: {err}") from None
         _check_utf8(path, table)
-        return table.to_pandas(), _NONE
+        return Read(_frame(table, _sources(columns, _ID_TARGETS)))
     if kind == "json":
+        ids = _sources(columns, _ID_TARGETS)
         try:
             table = pajson.read_json(str(path))
         except pa.ArrowInvalid as err:
@@ -100,8 +115,13 @@ def read_any(path: Path, spec: DataFile) -> tuple[pd.DataFrame, np.ndarray]:
                 raise DataError(f"{path}: cannot read JSON lines (one object a line): {err}"
                                 ) from None
             table = _mixed_json_lines(path, columns)
+        if any(pa.types.is_floating(table.schema.field(name).type) for name in ids
+               if name in table.column_names):
+            # pyarrow reads an integer past int64 as a double, digits lost; Python's
+            # parser keeps it whole (and fractional ids are then reported as such)
+            table = _mixed_json_lines(path, columns)
         _check_utf8(path, table)
-        return _typed_ids(table, _sources(columns, _ID_TARGETS)).to_pandas(), _NONE
+        return Read(_frame(_typed_ids(table, ids), ids))
     text = (S.TS, S.CREATED_TS) if getattr(spec, "ts_format", None) else ()
     return _read_text(path, inner, spec, delimiter or ("\t" if inner == ".tsv" else ","),
                       text)
@@ -131,43 +151,40 @@ def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
     arrays = {}
     for name, column in ((n, c) for n, c in values.items() if n in seen):
         kinds = {type(v) for v in column if v is not None}
-        if str in kinds and kinds & {int, float}:
-            column = [None if v is None else str(v) for v in column]
+        if str in kinds and kinds & {int, float} or kinds == {int} and not all(
+                v is None or _INT64_MIN <= v <= _INT64_MAX for v in column):
+            column = [None if v is None else str(v) for v in column]  # past 64 bits too
         try:
             arrays[name] = pa.array(column)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             raise DataError(f"{path}: column '{name}' holds values of kinds that cannot "
                             f"share a column: {sorted(k.__name__ for k in kinds)}") from None
     return pa.table(arrays)
 
 
 def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str, ...]
-               ) -> tuple[pd.DataFrame, np.ndarray]:
+               ) -> Read:
     """A delimited text file (``read_any``). pyarrow splits on one character, so a
-    delimiter of several is read as a spare one (0x1f) in the text decoded to UTF-8 (the
-    whole file in memory then, decoded and again re-encoded), and one inside a quoted
-    value is put back afterwards. Lines of the wrong width are left out under
-    ``bad_lines: skip``, read on one thread so that pyarrow numbers them."""
-    columns, header, encoding = dict(spec.columns), spec.header, spec.encoding
-    source: str | pa.BufferReader = str(path)  # decompressed by its suffix
-    if len(sep) > 1:
-        try:
-            decoded = _text_bytes(path).decode(encoding)
-        except UnicodeDecodeError as err:
-            if codecs.lookup(encoding).name == "utf-8":
-                _raise_utf8_location(path, sep, columns, header)
-            raise DataError(f"{path}: text is not valid {encoding}: {err}") from None
-        if _SPARE in decoded:
-            raise DataError(f"{path}: holds the character 0x1f, which stands in for the "
-                            f"delimiter {sep!r} while reading; convert the file")
-        source = pa.BufferReader(decoded.replace(sep, _SPARE).encode())
-        encoding = "utf-8"
+    delimiter of several is read as a spare one (``_spare_source``), put back in the
+    values afterwards. Records of the wrong width are left out under ``bad_lines:
+    skip``, read on one thread so that pyarrow numbers them; one that spans lines is an
+    unclosed quote's doing, reported as such (``_unclosed``)."""
+    columns, header = dict(spec.columns), spec.header
+    if spec.quote is not None and spec.quote in sep:
+        raise DataError(f"{path}: quote {spec.quote!r} is in the delimiter {sep!r}")
+    source, encoding = ((_spare_source(path, sep, spec), "utf-8") if len(sep) > 1
+                        else (str(path), spec.encoding))  # a path: decompressed by suffix
     ids = _sources(columns, _ID_TARGETS)
     as_text = (*_sources(columns, (*_TEXT_TARGETS, *text)), *ids)
-    skipped: list[int] = []  # the physical lines left out, from 1
+    skipped: list[int] = []  # the records left out, numbered from 1 as pyarrow does
+    spans: list[int] = []  # those of them over several lines
+    lines = [0]  # the lines those records took
 
     def skip(row: pacsv.InvalidRow) -> str:
         skipped.append(row.number)
+        lines[0] += len(row.text.splitlines()) or 1
+        if "\n" in row.text or "\r" in row.text:
+            spans.append(row.number)
         return "skip"
 
     options = pacsv.ParseOptions(delimiter=_SPARE if len(sep) > 1 else sep,
@@ -184,19 +201,85 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
                               if pa.types.is_string(column.type) else column
                               for name, column in zip(table.column_names, table.columns,
                                                       strict=True)})
-        frame = _typed_ids(table, ids).to_pandas()  # names decode here: in the try
+        frame = _frame(_typed_ids(table, ids), ids)  # names decode here: in the try
     except (UnicodeDecodeError, pa.ArrowInvalid) as err:
-        undecodable = isinstance(err, UnicodeDecodeError) or "utf8" in str(err).lower()
-        if undecodable and codecs.lookup(encoding).name == "utf-8":
-            _raise_utf8_location(path, sep, columns, header)
-        if undecodable:
-            raise DataError(f"{path}: text is not valid {encoding}: {err}") from None
-        hint = (" (bad_lines: skip leaves such lines out)" if "Expected" in str(err)
-                and spec.bad_lines == "error" else "")
-        raise DataError(f"{path}: cannot parse {inner[1:].upper() or 'text'}: {err}{hint}"
-                        ) from None
-    # a line's number counts the header line; a data row's (from 0) does not
-    return frame, np.asarray(skipped, np.int64) - (1 if header else 2)
+        raise _unreadable(path, inner, spec, sep, encoding, err) from None
+    # a record's number counts the header line; a data row's (from 0) does not
+    first = 1 if header else 2
+    if spans and spec.multiline == "error":
+        rows = S.Origin(str(path)).data_rows(np.asarray(spans) - first)
+        raise DataError(f"{path}: {len(spans)} record(s) of the wrong width span several "
+                        f"lines, first at data row(s) {rows}: {_unclosed(spec)}")
+    return Read(frame, np.asarray(skipped, np.int64) - first,
+                _spanning(table, sep) if spec.quote is not None else {}, lines[0])
+
+
+def _spare_source(path: Path, sep: str, spec: DataFile) -> pa.BufferReader:
+    """The file's text with each ``sep`` of several characters as the spare one (0x1f),
+    re-encoded as UTF-8: the whole file in memory, decoded and again encoded."""
+    try:
+        decoded = _text_bytes(path).decode(spec.encoding)
+    except UnicodeDecodeError as err:
+        if codecs.lookup(spec.encoding).name == "utf-8":
+            _raise_utf8_location(path, sep, spec.columns, spec.header)
+        raise DataError(f"{path}: text is not valid {spec.encoding}: {err}") from None
+    if _SPARE in decoded:
+        raise DataError(f"{path}: holds the character 0x1f, which stands in for the "
+                        f"delimiter {sep!r} while reading; convert the file")
+    return pa.BufferReader(decoded.replace(sep, _SPARE).encode())
+
+
+def _unreadable(path: Path, inner: str, spec: DataFile, sep: str, encoding: str,
+                err: Exception) -> DataError:
+    """What a text file pyarrow could not read has wrong: its encoding (by column and
+    line, for UTF-8), a record an unclosed quote ran on over, or a line's width."""
+    undecodable = isinstance(err, UnicodeDecodeError) or "utf8" in str(err).lower()
+    if undecodable and codecs.lookup(encoding).name == "utf-8":
+        _raise_utf8_location(path, sep, spec.columns, spec.header)
+    if undecodable:
+        return DataError(f"{path}: text is not valid {encoding}: {err}")
+    message = f"{path}: cannot parse {inner[1:].upper() or 'text'}: {err}"
+    if "\n" in str(err) or "\r" in str(err):  # the record shown spans lines
+        return DataError(f"{message}\n{_unclosed(spec)}")
+    if "Expected" in str(err) and spec.bad_lines == "error":  # "Expected 4 columns, got 5"
+        return DataError(f"{message} (bad_lines: skip leaves such lines out)")
+    return DataError(message)
+
+
+def _unclosed(spec: DataFile) -> str:
+    """What to do about records an unclosed quote ran on over."""
+    return (f"a quote ({spec.quote!r}) opened and never closed takes in the lines after it; "
+            "set quote: null where quotes are plain characters in this file, or multiline: "
+            "keep where values do span lines")
+
+
+def _spanning(table: pa.Table, sep: str) -> dict[str, tuple[np.ndarray, bool]]:
+    """Each text column's values over several lines, and whether a line of any holds a
+    field separator for every other column, as a row taken in by an unclosed quote does
+    and a description's line seldom does."""
+    out = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not pa.types.is_string(column.type):
+            continue
+        broken = pc.fill_null(pc.match_substring_regex(column, "[\r\n]"), False)
+        positions = np.flatnonzero(broken.to_numpy(zero_copy_only=False))
+        if len(positions):
+            values = pc.filter(column, broken).to_pylist()
+            rows_inside = any(line.count(sep) >= table.num_columns - 1
+                              for value in values for line in value.splitlines()[1:])
+            out[name] = positions, rows_inside
+    return out
+
+
+def _frame(table: pa.Table, ids: list[str]) -> pd.DataFrame:
+    """The table as pandas, an integer id column with a missing id as nullable integers:
+    pandas makes it floats otherwise, and 64-bit ids lose their last digits."""
+    frame = table.to_pandas()
+    for name in ids:
+        if (name in table.column_names and table[name].null_count
+                and pa.types.is_integer(table.schema.field(name).type)):
+            frame[name] = table[name].to_pandas(types_mapper=pd.ArrowDtype)
+    return frame
 
 
 def _text_bytes(path: Path) -> bytes:
@@ -349,45 +432,29 @@ def _table(spec: TableFile, notes: list[str]) -> tuple[str, pd.DataFrame]:
 def _read(path: Path, spec: DataFile, notes: list[str]) -> tuple[S.Origin, pd.DataFrame]:
     """``path``'s mapped columns and their origin, which carries what validation reads
     from the spec (the mapping, how times are written where the file has a time column,
-    ``TimedFile``) and numbers rows as the file does where lines were left out, with a
-    note on those lines. Values over several lines are an error unless ``quote`` is set
-    (then a note): an unclosed quote loses rows without a parse error."""
-    frame, skipped = read_any(path, spec)
+    ``TimedFile``) and numbers rows as the file does where lines were left out; with
+    notes on those lines and on values over several lines. Those that hold what looks
+    like whole rows are an error unless ``multiline: keep``: an unclosed quote takes in
+    rows without a parse error."""
+    read = read_any(path, spec)
     origin = S.Origin(str(path), spec.columns, getattr(spec, "ts_unit", None),
                       getattr(spec, "ts_format", None))
-    if len(skipped):
-        notes.append(f"{path}: {len(skipped)} line(s) with more or fewer fields than the "
-                     f"header left out (bad_lines: skip), first at data row(s) "
-                     f"{S.Origin(path).data_rows(skipped)}")
-        origin = origin.keeping(np.setdiff1d(np.arange(len(frame) + len(skipped)), skipped))
-    if spec.quote is not None and file_format(path, spec.delimiter)[0] == "text":
-        spanning = _spanning_lines(frame, origin)
-        if spanning and "quote" not in spec.model_fields_set:
-            raise DataError("\n  ".join([f"{path}: values span several lines, which a quote "
-                                          "opened and never closed does, taking in the lines "
-                                          "after it, rows and all:", *spanning])
-                            + "\nset quote: null where quotes are plain characters in this "
-                            "file, or quote: '\"' where values do span lines")
-        notes += [f"{path}: values over several lines, kept as quote {spec.quote!r} allows "
-                  f"(an unclosed quote would have taken in the lines after it): {line}"
-                  for line in spanning]
-    return origin, _mapped(frame, spec.columns, path)
-
-
-def _spanning_lines(frame: pd.DataFrame, origin: S.Origin) -> list[str]:
-    """Each text column's values that hold a line break: legitimate in quoted text, and
-    what a quote opened and never closed leaves, having taken in the lines after it
-    without a parse error (a tab-separated log of track titles that hold quotes)."""
-    lines = []
-    for name in frame.columns:
-        column = frame[name]
-        if not isinstance(column.dtype, pd.StringDtype):  # not dates pyarrow inferred
-            continue
-        broken = column.str.contains("\n|\r", regex=True).fillna(False).to_numpy(bool)
-        if broken.any():
-            lines.append(f"column '{name}': {int(broken.sum())} value(s), first at data "
-                         f"row(s) {origin.data_rows(np.flatnonzero(broken))}")
-    return lines
+    if len(read.skipped):
+        notes.append(f"{path}: {len(read.skipped)} record(s) with more or fewer fields "
+                     f"than the header left out (bad_lines: skip), {read.skipped_lines} "
+                     f"line(s) in all, first at data row(s) "
+                     f"{S.Origin(str(path)).data_rows(read.skipped)}")
+        origin = origin.keeping(np.setdiff1d(np.arange(len(read.frame) + len(read.skipped)),
+                                             read.skipped))
+    where = [f"column '{name}': {len(positions)} value(s), first at data row(s) "
+             f"{origin.data_rows(positions)}"
+             for name, (positions, _) in read.spanning.items()]
+    if spec.multiline == "error" and any(rows for _, rows in read.spanning.values()):
+        raise DataError("\n  ".join([f"{path}: values over several lines that hold what "
+                                      "looks like whole rows:", *where])
+                        + f"\n{_unclosed(spec)}")
+    notes += [f"{path}: values over several lines, kept: {line}" for line in where]
+    return origin, _mapped(read.frame, spec.columns, path)
 
 
 def load_files(src: FilesSource) -> RawTables:

@@ -32,7 +32,13 @@ def validated_tables(raw: RawTables, unknown_ids: str, missing_ids: str = "error
         if missing_ids == "drop":
             df, origin, n = S.without_missing_ids(df, origin)
             dropped["missing_ids"] += n
+            if df.empty:  # a partition of such rows alone: nothing to check
+                continue
         parts.append((origin, S.validate_interactions(df, origin)))
+    if not parts:
+        raise S.DataError(f"no interaction has both a user and an item id (all "
+                          f"{dropped['missing_ids']:,} were dropped): is the right column "
+                          "mapped?")
     notes = [note for origin, df in parts if (note := S.stray_times(df, origin))]
     items = S.validate_items(raw.items[1], raw.items[0]) if raw.items else None
     users = S.validate_users(raw.users[1], raw.users[0]) if raw.users else None
