@@ -100,8 +100,8 @@ def run(cfg: Config, io: StageIO) -> dict:
         interactions = interactions[~later].reset_index(drop=True)
         S.require_rows(interactions, f"interactions up to ingest.as_of {cfg.ingest.as_of}")
     if any(dropped.values()):
-        log.warning("[ingest] dropped interactions without an id or with unknown ids: %s",
-                    dropped)
+        log.warning("[ingest] interactions left out: %s", ", ".join(
+            f"{n:,} {why.replace('_', ' ')}" for why, n in dropped.items() if n))
     notes = [*raw.notes, *notes]
     if weak := int((interactions[S.WEIGHT] <= 0).sum()):  # a dislike is not one here
         notes.append(f"{weak} interactions have a weight of 0 or less: each counts as a "
