@@ -398,6 +398,9 @@ def matching_files(path: Path) -> list[Path]:
     """The files a configured path names: itself, or every match of a glob pattern
     (``logs/dt=*/part-*.parquet``: a log that grows by partitions), in name order."""
     if not any(ch in str(path) for ch in "*?["):
+        if path.is_dir():  # a Spark or Hive job's output folder
+            raise DataError(f"{path}: is a folder; name its files with a pattern, such as "
+                            f"{path / '*.parquet'} or {path / '*/*.parquet'} for partitions")
         if not path.is_file():
             raise DataError(f"{path}: file not found")
         return [path]

@@ -534,6 +534,10 @@ def test_missing_source_file_is_an_error_not_a_traceback(tmp_path: Path) -> None
     cfg = ingest_config(tmp_path, spec(tmp_path / "absent.csv", items))
     with pytest.raises(DataError, match=r"absent\.csv: file not found"):
         run_stage(cfg, "ingest")
+    (tmp_path / "part-out").mkdir()  # a Spark job's output folder, named as a file
+    cfg = ingest_config(tmp_path, spec(tmp_path / "part-out", items))
+    with pytest.raises(DataError, match=r"part-out: is a folder; .*part-out/\*\.parquet"):
+        run_stage(cfg, "ingest")
     folder = tmp_path / "ml-100k"
     folder.mkdir()
     write(folder, "u.data", b"1\t10\t5\t881250949\n")
