@@ -51,6 +51,7 @@ class Read(NamedTuple):
     skipped: np.ndarray = _NO_ROWS
     spanning: dict[str, tuple[np.ndarray, bool]] = {}
     skipped_lines: int = 0  # the lines the skipped records took (more, where one spans)
+    notes: tuple[str, ...] = ()
 
 
 def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
@@ -197,10 +198,10 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
         table = pacsv.read_csv(source, read_options=read, parse_options=options,
                                convert_options=convert)
         if len(sep) > 1:
-            table = pa.table({name: pc.replace_substring(column, _SPARE, sep)
+            table = pa.table([pc.replace_substring(column, _SPARE, sep)
                               if pa.types.is_string(column.type) else column
-                              for name, column in zip(table.column_names, table.columns,
-                                                      strict=True)})
+                              for column in table.columns], names=table.column_names)
+        table, notes = _distinct_names(table, path)
         frame = _frame(_typed_ids(table, ids), ids)  # names decode here: in the try
     except (UnicodeDecodeError, pa.ArrowInvalid) as err:
         raise _unreadable(path, inner, spec, sep, encoding, err) from None
@@ -211,7 +212,25 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
         raise DataError(f"{path}: {len(spans)} record(s) of the wrong width span several "
                         f"lines, first at data row(s) {rows}: {_unclosed(spec)}")
     return Read(frame, np.asarray(skipped, np.int64) - first,
-                _spanning(table, sep) if spec.quote is not None else {}, lines[0])
+                _spanning(table, sep) if spec.quote is not None else {}, lines[0], notes)
+
+
+def _distinct_names(table: pa.Table, path: Path) -> tuple[pa.Table, tuple[str, ...]]:
+    """The table with a column name the header repeats numbered as pandas numbers it
+    (``x``, ``x.1``), so each can be mapped; with a note saying so."""
+    names: list[str] = []
+    for name in table.column_names:
+        new, n = name, 0
+        while new in names:
+            n += 1
+            new = f"{name}.{n}"
+        names.append(new)
+    if names == table.column_names:
+        return table, ()
+    renamed = ", ".join(f"{new!r}" for old, new in zip(table.column_names, names, strict=True)
+                        if old != new)
+    return table.rename_columns(names), (f"{path}: the header names some columns more than "
+                                         f"once; the later ones are read as {renamed}",)
 
 
 def _spare_source(path: Path, sep: str, spec: DataFile) -> pa.BufferReader:
@@ -440,6 +459,7 @@ def _read(path: Path, spec: DataFile, notes: list[str]) -> tuple[S.Origin, pd.Da
     like whole rows are an error unless ``multiline: keep``: an unclosed quote takes in
     rows without a parse error."""
     read = read_any(path, spec)
+    notes += read.notes
     origin = S.Origin(str(path), spec.columns, getattr(spec, "ts_unit", None),
                       getattr(spec, "ts_format", None))
     if len(read.skipped):

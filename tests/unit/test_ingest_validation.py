@@ -401,6 +401,18 @@ def test_missing_mapped_column(tmp_path: Path) -> None:
     assert_names(err, log, None, None, "'w' (for weight)", "['u', 'i', 't']")
 
 
+def test_a_column_named_twice_is_read_as_pandas_numbers_it(tmp_path: Path) -> None:
+    """A header naming a column twice stopped ingest in pandas ("Buffer has wrong
+    number of dimensions") when that name was mapped."""
+    log = write(tmp_path, "log.csv", "u,i,t,w,x,x\n1,10,1700000000,1,a,b\n")
+    raw = load_files(FilesSource.model_validate(
+        spec(log, columns={**INTERACTION_COLUMNS, "query": "x.1"})))
+    assert raw.interactions[0][1]["query"].tolist() == ["b"]
+    assert any("read as 'x.1'" in n for n in raw.notes), raw.notes
+    first, *_ = load(spec(log, columns={**INTERACTION_COLUMNS, "query": "x"}))
+    assert first["query"].tolist() == ["a"]
+
+
 def test_missing_required_column_not_mapped(tmp_path: Path) -> None:
     items = write(tmp_path, "items.csv", GOOD_ITEMS)
     src = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
