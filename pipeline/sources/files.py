@@ -100,6 +100,9 @@ def read_any(path: Path, spec: DataFile) -> Read:
         why = {"parquet": "a Parquet file names and types its own columns",
                "json": "JSON lines are UTF-8 and name every field"}[kind]
         raise DataError(f"{path}: {', '.join(given)} applies to text files only: {why}")
+    if kind != "parquet" and _no_bytes(path):  # a partition written while nothing happened
+        return Read(pd.DataFrame({name: pd.Series(dtype=object)
+                                  for name in dict.fromkeys(columns.values())}))
     if kind == "parquet":
         try:
             table = pq.read_table(path)
@@ -299,6 +302,12 @@ def _frame(table: pa.Table, ids: list[str]) -> pd.DataFrame:
                 and pa.types.is_integer(table.schema.field(name).type)):
             frame[name] = table[name].to_pandas(types_mapper=pd.ArrowDtype)
     return frame
+
+
+def _no_bytes(path: Path) -> bool:
+    """Whether a text or JSON file holds nothing, once decompressed."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        return not stream.read(1)
 
 
 def _text_bytes(path: Path) -> bytes:

@@ -27,8 +27,11 @@ def validated_tables(raw: RawTables, unknown_ids: str, missing_ids: str = "error
     references by policy; with notes on what passes but a user should know
     (``S.stray_times``)."""
     dropped = {"missing_ids": 0, "unknown_items": 0, "unknown_users": 0}
-    parts = []
+    parts, notes = [], []
     for origin, df in raw.interactions:
+        if df.empty and len(raw.interactions) > 1:  # an hour without events, say
+            notes.append(f"{origin}: no rows; the other files are read")
+            continue
         if missing_ids == "drop":
             df, origin, n = S.without_missing_ids(df, origin)
             dropped["missing_ids"] += n
@@ -36,10 +39,11 @@ def validated_tables(raw: RawTables, unknown_ids: str, missing_ids: str = "error
                 continue
         parts.append((origin, S.validate_interactions(df, origin)))
     if not parts:
-        raise S.DataError(f"no interaction has both a user and an item id (all "
+        raise S.DataError("no interaction has both a user and an item id (all "
                           f"{dropped['missing_ids']:,} were dropped): is the right column "
-                          "mapped?")
-    notes = [note for origin, df in parts if (note := S.stray_times(df, origin))]
+                          "mapped?" if dropped["missing_ids"] else
+                          "no interactions: every file is empty")
+    notes += [note for origin, df in parts if (note := S.stray_times(df, origin))]
     items = S.validate_items(raw.items[1], raw.items[0]) if raw.items else None
     users = S.validate_users(raw.users[1], raw.users[0]) if raw.users else None
 

@@ -559,6 +559,26 @@ def test_missing_source_file_is_an_error_not_a_traceback(tmp_path: Path) -> None
     assert not (cfg.root / "raw").exists()
 
 
+def test_an_empty_partition_is_left_out_of_a_growing_log(tmp_path: Path) -> None:
+    """An hour without events writes a part file with a header only, or no bytes at
+    all (Spark does): either stopped the whole nightly ingest ('table is empty')."""
+    folder = tmp_path / "log"
+    folder.mkdir()
+    write(folder, "part-1.csv", GOOD_INTERACTIONS)
+    write(folder, "part-2.csv", "u,i,t,w\n")
+    write(folder, "part-3.csv", "")
+    (folder / "part-4.csv.gz").write_bytes(gzip.compress(b""))
+    interactions, _, _, _, notes = load(spec(folder / "part-*.csv*"))
+    assert len(interactions) == 3
+    assert sum("no rows; the other files are read" in n for n in notes) == 3, notes
+    with pytest.raises(DataError, match="table is empty"):  # one file, and empty: an error
+        load(spec(folder / "part-2.csv"))
+    for name in ("part-1.csv", "part-2.csv"):
+        (folder / name).unlink()
+    with pytest.raises(DataError, match="every file is empty"):
+        load(spec(folder / "part-*.csv*"))
+
+
 def test_failed_ingest_keeps_the_previous_good_output(tmp_path: Path) -> None:
     log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
     items = write(tmp_path, "items.csv", GOOD_ITEMS)
