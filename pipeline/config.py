@@ -155,6 +155,9 @@ class TableFile(DataFile):
     list_columns: dict[str, str] = Field(
         default_factory=dict, description="contract column -> delimiter splitting it into a list"
     )
+    duplicate_ids: Literal["error", "first"] = Field(
+        "error", description="rows repeating an id (public catalogues have some): an error "
+        "naming them, or the first row of each id kept, with a note counting the rest")
 
 
 class ItemsFile(TableFile, TimedFile):

@@ -399,8 +399,8 @@ def _keyed_table(df: pd.DataFrame, origin: str, key: str, required: Iterable[str
     out = df.copy()
     if key in df.columns:
         out[key] = _ids(df[key], problems)
-        problems.check(key, "duplicate ids", out[key].duplicated() & out[key].notna(),
-                       out[key])
+        problems.check(key, "duplicate ids (duplicate_ids: first keeps each id's first "
+                       "row)", out[key].duplicated() & out[key].notna(), out[key])
     return problems, out
 
 

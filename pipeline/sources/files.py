@@ -457,6 +457,16 @@ def _interactions(spec: InteractionFile, notes: list[str]) -> list[tuple[str, pd
 
 def _table(spec: TableFile, notes: list[str]) -> tuple[str, pd.DataFrame]:
     origin, df = _read(spec.path, spec, notes)
+    key = next((c for c in (S.ITEM, S.USER) if c in df.columns), None)
+    if spec.duplicate_ids == "first" and key is not None:
+        later = df[key].duplicated() & df[key].notna()
+        if later.any():
+            notes.append(f"{spec.path}: {int(later.sum())} row(s) repeat an earlier row's "
+                         f"{key}, first at data row(s) "
+                         f"{origin.data_rows(np.flatnonzero(later))}: the first row of each "
+                         "id kept (duplicate_ids: first)")
+            kept = np.flatnonzero(~later.to_numpy())
+            origin, df = origin.keeping(kept), df.iloc[kept].reset_index(drop=True)
     return origin, _split_lists(df, spec.list_columns)
 
 

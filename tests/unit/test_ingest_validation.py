@@ -471,7 +471,8 @@ def test_items_problems_are_reported_together(tmp_path: Path) -> None:
         load(src)
     msg = assert_names(err, items, None, None, "3 problems")
     assert "title" not in msg  # a blank one gets the item's id
-    for fragment in ("column 'i' (item_id): duplicate ids: 1 row(s), first at data row(s) 3",
+    for fragment in ("column 'i' (item_id): duplicate ids (duplicate_ids: first keeps each "
+                     "id's first row): 1 row(s), first at data row(s) 3",
                      "column 'released' (created_ts): unparsable timestamp",
                      "column 'genres' (tags): tags must be lists of strings: 4 row(s)"):
         assert fragment in msg, msg
@@ -557,6 +558,22 @@ def test_missing_source_file_is_an_error_not_a_traceback(tmp_path: Path) -> None
     with pytest.raises(DataError, match=r"MovieLens 100K not found \(u.item, u.user, u.genre"):
         run_stage(cfg, "ingest")
     assert not (cfg.root / "raw").exists()
+
+
+def test_repeated_catalogue_rows_are_an_error_or_the_first_kept(tmp_path: Path) -> None:
+    """Public catalogues repeat some ids (Amazon's metadata): an error naming the option,
+    or each id's first row kept with a note, later rows still named as the file's."""
+    items = write(tmp_path, "items.csv", "i,title\n10,Alpha\n11,Beta\n10,Again\n12,\n")
+    log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
+    with pytest.raises(DataError) as err:
+        load(spec(log, items))
+    assert_names(err, items, "item_id", "3", "duplicate ids", "duplicate_ids: first")
+    source = spec(log, items)
+    source["items"]["duplicate_ids"] = "first"
+    raw = load_files(FilesSource.model_validate(source))
+    _, items_df, *_ = validated_tables(raw, "error")
+    assert items_df["title"].tolist() == ["Alpha", "Beta", "12"]
+    assert any("1 row(s) repeat" in n and "data row(s) 3" in n for n in raw.notes), raw.notes
 
 
 def test_an_empty_partition_is_left_out_of_a_growing_log(tmp_path: Path) -> None:
