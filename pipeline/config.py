@@ -82,10 +82,11 @@ class DataFile(_Strict):
         "where quotes are plain characters in its values (a tab-separated log of track "
         "titles), since an unclosed one takes in the lines after it")
     multiline: Literal["error", "keep"] = Field(
-        "error", description="a text file's quoted values that span lines and hold what "
-        "looks like whole rows (a line of them with a field separator for every column): "
-        "an error, as an unclosed quote leaves them, or kept with a note; other values "
-        "over several lines (descriptions) are kept with a note either way")
+        "error", description="a text file's quoted values over several lines that hold what "
+        "reads as whole rows (a line of as many fields, ids filled), and records of the "
+        "wrong width over several lines: an error, as an unclosed quote leaves them, or "
+        "kept (such records left out under bad_lines: skip), noted; other values over "
+        "several lines (descriptions) are kept with a note either way")
     bad_lines: Literal["error", "skip"] = Field(
         "error", description="a text file's lines with more or fewer fields than its "
         "header: an error naming the first, or left out with a note counting them")
@@ -112,6 +113,14 @@ class DataFile(_Strict):
         if value is not None and value in "\r\n":
             raise ValueError("a quote character is no line break")
         return value
+
+    @model_validator(mode="after")
+    def _quote_apart(self) -> DataFile:
+        """A given delimiter is checked here; the one a file's suffix implies, on reading."""
+        if self.quote is not None and self.delimiter is not None and (
+                self.quote in self.delimiter):
+            raise ValueError(f"quote {self.quote!r} is in the delimiter {self.delimiter!r}")
+        return self
 
     @field_validator("header")
     @classmethod

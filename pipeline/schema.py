@@ -327,7 +327,7 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
             log.info("%s: %s: numbers read as dates written YYYYMMDD, all being of their "
                      "size (set ts_unit to read them as a count since 1970)", problems.origin,
                      problems.column(_name(series) or TS))
-            return "format '%Y%m%d'", dates
+            return "format '%Y%m%d', inferred: ts_unit reads a count since 1970", dates
         unit = _said(epoch_unit(series), series, problems)
     if unit is not None:
         return unit, _parse_timestamp(series, unit)
@@ -400,7 +400,7 @@ def _keyed_table(df: pd.DataFrame, origin: str, key: str, required: Iterable[str
     if key in df.columns:
         out[key] = _ids(df[key], problems)
         problems.check(key, "duplicate ids (duplicate_ids: first keeps each id's first "
-                       "row)", out[key].duplicated() & out[key].notna(), out[key])
+                       "row)", out[key].duplicated() & ~absent_ids(out[key]), out[key])
     return problems, out
 
 
@@ -466,6 +466,12 @@ def harmonise_id_types(*columns: tuple[pd.DataFrame, str]) -> None:
     if any(not pd.api.types.is_integer_dtype(df[c].dtype) for df, c in columns):
         for df, c in columns:
             df[c] = df[c].astype("string[pyarrow]")
+
+
+def left_out(dropped: Mapping[str, int]) -> str:
+    """Ingest's counts of interactions left out, in words: '2,012 missing ids, 3 unknown
+    items'; empty where none were."""
+    return ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in dropped.items() if n)
 
 
 def without_missing_ids(df: pd.DataFrame, origin: str

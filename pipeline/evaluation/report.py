@@ -22,6 +22,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from pipeline.schema import left_out
+
 _METRICS_SHOWN = ("ndcg", "recall", "hit_rate", "precision", "mrr", "map", "coverage")
 ALARM_SLOT = "<!-- alarm -->"
 HISTORY_SLOT = "<!-- history -->"
@@ -104,8 +106,7 @@ def _ingest_notes(run: dict[str, Any]) -> str:
     """What ingest left out of the log or found odd in it: whoever decides from this page
     should not have to read the run's log to learn that a tenth of the rows went."""
     ingest = run.get("ingest", {})
-    dropped = ", ".join(f"{n:,} {what.replace('_', ' ')}"
-                        for what, n in ingest.get("dropped", {}).items())
+    dropped = left_out(ingest.get("dropped", {}))
     items = ([f"interactions left out: {dropped}"] if dropped else []) + ingest.get("notes", [])
     if not items:
         return ""

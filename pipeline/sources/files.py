@@ -10,8 +10,10 @@ from __future__ import annotations
 import codecs
 import glob
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple
 
 import numpy as np
@@ -39,6 +41,7 @@ _TEXT = (".csv", ".tsv", ".txt", ".dat")
 _JSON = (".jsonl", ".ndjson", ".json")
 _SPARE = "\x1f"  # the ASCII unit separator, for a delimiter of several characters
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+_WHOLE = re.compile(r"-?[0-9]+(\.0*)?")  # an integer id as a program writes it
 _NO_ROWS = np.empty(0, np.int64)
 
 
@@ -49,7 +52,7 @@ class Read(NamedTuple):
 
     frame: pd.DataFrame
     skipped: np.ndarray = _NO_ROWS
-    spanning: dict[str, tuple[np.ndarray, bool]] = {}
+    spanning: Mapping[str, tuple[np.ndarray, bool]] = MappingProxyType({})
     skipped_lines: int = 0  # the lines the skipped records took (more, where one spans)
     notes: tuple[str, ...] = ()
 
@@ -119,7 +122,8 @@ def read_any(path: Path, spec: DataFile) -> Read:
                 raise DataError(f"{path}: cannot read JSON lines (one object a line): {err}"
                                 ) from None
             table = _mixed_json_lines(path, columns)
-        if any(pa.types.is_floating(table.schema.field(name).type) for name in ids
+        if any(pa.types.is_floating(table.schema.field(name).type)
+               and (pc.max(pc.abs(table[name])).as_py() or 0) > 2**53 for name in ids
                if name in table.column_names):
             # pyarrow reads an integer past int64 as a double, digits lost; Python's
             # parser keeps it whole (and fractional ids are then reported as such)
@@ -182,11 +186,12 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
     as_text = (*_sources(columns, (*_TEXT_TARGETS, *text)), *ids)
     skipped: list[int] = []  # the records left out, numbered from 1 as pyarrow does
     spans: list[int] = []  # those of them over several lines
-    lines = [0]  # the lines those records took
+    lines = 0  # the lines those records took
 
     def skip(row: pacsv.InvalidRow) -> str:
+        nonlocal lines
         skipped.append(row.number)
-        lines[0] += len(row.text.splitlines()) or 1
+        lines += len(row.text.splitlines()) or 1
         if "\n" in row.text or "\r" in row.text:
             spans.append(row.number)
         return "skip"
@@ -204,8 +209,9 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
             table = pa.table([pc.replace_substring(column, _SPARE, sep)
                               if pa.types.is_string(column.type) else column
                               for column in table.columns], names=table.column_names)
-        table, notes = _distinct_names(table, path)
-        frame = _frame(_typed_ids(table, ids), ids)  # names decode here: in the try
+        table, notes = _distinct_names(table, path, columns)
+        table = _typed_ids(table, ids)
+        frame = _frame(table, ids)  # names decode here: in the try
     except (UnicodeDecodeError, pa.ArrowInvalid) as err:
         raise _unreadable(path, inner, spec, sep, encoding, err) from None
     # a record's number counts the header line; a data row's (from 0) does not
@@ -215,12 +221,14 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
         raise DataError(f"{path}: {len(spans)} record(s) of the wrong width span several "
                         f"lines, first at data row(s) {rows}: {_unclosed(spec)}")
     return Read(frame, np.asarray(skipped, np.int64) - first,
-                _spanning(table, sep) if spec.quote is not None else {}, lines[0], notes)
+                _spanning(table, sep, ids) if spec.quote is not None else {}, lines, notes)
 
 
-def _distinct_names(table: pa.Table, path: Path) -> tuple[pa.Table, tuple[str, ...]]:
+def _distinct_names(table: pa.Table, path: Path, columns: Mapping[str, str]
+                    ) -> tuple[pa.Table, tuple[str, ...]]:
     """The table with a column name the header repeats numbered as pandas numbers it
-    (``x``, ``x.1``), so each can be mapped; with a note saying so."""
+    (``x``, ``x.1``), so each can be mapped; with a note where a mapped name is one
+    (an unmapped repeat, such as a trailing delimiter's empty name, says nothing)."""
     names: list[str] = []
     for name in table.column_names:
         new, n = name, 0
@@ -230,8 +238,12 @@ def _distinct_names(table: pa.Table, path: Path) -> tuple[pa.Table, tuple[str, .
         names.append(new)
     if names == table.column_names:
         return table, ()
-    renamed = ", ".join(f"{new!r}" for old, new in zip(table.column_names, names, strict=True)
-                        if old != new)
+    pairs = [(old, new) for old, new in zip(table.column_names, names, strict=True)
+             if old != new]
+    mapped = set(columns.values())
+    if not any(old in mapped or new in mapped for old, new in pairs):
+        return table.rename_columns(names), ()
+    renamed = ", ".join(repr(new) for _, new in pairs)
     return table.rename_columns(names), (f"{path}: the header names some columns more than "
                                          f"once; the later ones are read as {renamed}",)
 
@@ -269,16 +281,28 @@ def _unreadable(path: Path, inner: str, spec: DataFile, sep: str, encoding: str,
 
 
 def _unclosed(spec: DataFile) -> str:
-    """What to do about records an unclosed quote ran on over."""
+    """What to do about records an unclosed quote ran on over, given what is set."""
+    other = ("multiline: keep where values do span lines" if spec.multiline == "error" else
+             "bad_lines: skip to leave such records out")
     return (f"a quote ({spec.quote!r}) opened and never closed takes in the lines after it; "
-            "set quote: null where quotes are plain characters in this file, or multiline: "
-            "keep where values do span lines")
+            f"set quote: null where quotes are plain characters in this file, or {other}")
 
 
-def _spanning(table: pa.Table, sep: str) -> dict[str, tuple[np.ndarray, bool]]:
-    """Each text column's values over several lines, and whether a line of any holds a
-    field separator for every other column, as a row taken in by an unclosed quote does
-    and a description's line seldom does."""
+def _spanning(table: pa.Table, sep: str, ids: list[str]
+              ) -> dict[str, tuple[np.ndarray, bool]]:
+    """Each text column's values over several lines, and whether a line of any reads as
+    one of this file's rows, as a row taken in by an unclosed quote does: exactly its
+    number of fields, each id field filled (a whole number where the file's ids are).
+    A description's line with commas in it is not one."""
+    id_fields = {table.column_names.index(name): pa.types.is_integer(table.schema.field(
+        name).type) for name in ids if name in table.column_names}
+
+    def row_like(line: str) -> bool:
+        fields = line.split(sep)
+        return len(fields) == table.num_columns and all(
+            fields[i].strip() and (not whole or _WHOLE.fullmatch(fields[i].strip()))
+            for i, whole in id_fields.items())
+
     out = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         if not pa.types.is_string(column.type):
@@ -287,9 +311,8 @@ def _spanning(table: pa.Table, sep: str) -> dict[str, tuple[np.ndarray, bool]]:
         positions = np.flatnonzero(broken.to_numpy(zero_copy_only=False))
         if len(positions):
             values = pc.filter(column, broken).to_pylist()
-            rows_inside = any(line.count(sep) >= table.num_columns - 1
-                              for value in values for line in value.splitlines()[1:])
-            out[name] = positions, rows_inside
+            out[name] = positions, any(row_like(line) for value in values
+                                       for line in value.splitlines()[1:])
     return out
 
 
@@ -305,9 +328,10 @@ def _frame(table: pa.Table, ids: list[str]) -> pd.DataFrame:
 
 
 def _no_bytes(path: Path) -> bool:
-    """Whether a text or JSON file holds nothing, once decompressed."""
+    """Whether a text or JSON file holds nothing but white space, once decompressed."""
     with pa.input_stream(str(path), compression="detect") as stream:
-        return not stream.read(1)
+        head = stream.read(4096)
+        return not head.strip() and not stream.read(1)
 
 
 def _text_bytes(path: Path) -> bytes:
@@ -455,11 +479,12 @@ def _interactions(spec: InteractionFile, notes: list[str]) -> list[tuple[str, pd
     return tables
 
 
-def _table(spec: TableFile, notes: list[str]) -> tuple[str, pd.DataFrame]:
+def _table(spec: TableFile, key: str, notes: list[str]) -> tuple[str, pd.DataFrame]:
+    """An items or users file (``key``: its id column), each id's first row alone under
+    ``duplicate_ids: first``."""
     origin, df = _read(spec.path, spec, notes)
-    key = next((c for c in (S.ITEM, S.USER) if c in df.columns), None)
-    if spec.duplicate_ids == "first" and key is not None:
-        later = df[key].duplicated() & df[key].notna()
+    if spec.duplicate_ids == "first" and key in df.columns:
+        later = df[key].duplicated() & ~S.absent_ids(df[key])
         if later.any():
             notes.append(f"{spec.path}: {int(later.sum())} row(s) repeat an earlier row's "
                          f"{key}, first at data row(s) "
@@ -511,7 +536,7 @@ def load_files(src: FilesSource) -> RawTables:
                      "event), so the split is random per user and nothing reads event order")
     return RawTables(
         interactions=interactions,
-        items=_table(src.items, notes) if src.items else None,
-        users=_table(src.users, notes) if src.users else None,
+        items=_table(src.items, S.ITEM, notes) if src.items else None,
+        users=_table(src.users, S.USER, notes) if src.users else None,
         notes=tuple(notes),
     )

@@ -35,7 +35,9 @@ def validated_tables(raw: RawTables, unknown_ids: str, missing_ids: str = "error
         if missing_ids == "drop":
             df, origin, n = S.without_missing_ids(df, origin)
             dropped["missing_ids"] += n
-            if df.empty:  # a partition of such rows alone: nothing to check
+            if df.empty:  # nothing to check; a mapping gone wrong, perhaps
+                notes.append(f"{origin}: every row lacks a user or item id, so none is "
+                             "read: is the right column mapped?")
                 continue
         parts.append((origin, S.validate_interactions(df, origin)))
     if not parts:
@@ -104,8 +106,7 @@ def run(cfg: Config, io: StageIO) -> dict:
         interactions = interactions[~later].reset_index(drop=True)
         S.require_rows(interactions, f"interactions up to ingest.as_of {cfg.ingest.as_of}")
     if any(dropped.values()):
-        log.warning("[ingest] interactions left out: %s", ", ".join(
-            f"{n:,} {why.replace('_', ' ')}" for why, n in dropped.items() if n))
+        log.warning("[ingest] interactions left out: %s", S.left_out(dropped))
     notes = [*raw.notes, *notes]
     if weak := int((interactions[S.WEIGHT] <= 0).sum()):  # a dislike is not one here
         notes.append(f"{weak} interactions have a weight of 0 or less: each counts as a "

@@ -574,6 +574,19 @@ def test_repeated_catalogue_rows_are_an_error_or_the_first_kept(tmp_path: Path) 
     _, items_df, *_ = validated_tables(raw, "error")
     assert items_df["title"].tolist() == ["Alpha", "Beta", "12"]
     assert any("1 row(s) repeat" in n and "data row(s) 3" in n for n in raw.notes), raw.notes
+    # with a bad line left out first, the later duplicate is still named by its own row
+    wide = write(tmp_path, "wide.csv", "i,title\n10,Alpha\n11,Beta,extra\n11,Beta\n10,Again\n")
+    source = spec(log, wide)
+    source["items"].update(duplicate_ids="first", bad_lines="skip")
+    raw = load_files(FilesSource.model_validate(source))
+    assert raw.items[1]["title"].tolist() == ["Alpha", "Beta"]
+    assert any("repeat" in n and "data row(s) 4" in n for n in raw.notes), raw.notes
+    # a users file's key is its user id, whatever else it maps
+    users = write(tmp_path, "users.csv", "u,zip,fav\n1,85711,10\n2,94043,10\n")
+    source = spec(log, users=users)
+    source["users"].update(duplicate_ids="first", columns={**USER_COLUMNS, "item_id": "fav"})
+    raw = load_files(FilesSource.model_validate(source))
+    assert raw.users[1]["user_id"].tolist() == [1, 2]
 
 
 def test_an_empty_partition_is_left_out_of_a_growing_log(tmp_path: Path) -> None:
@@ -588,6 +601,9 @@ def test_an_empty_partition_is_left_out_of_a_growing_log(tmp_path: Path) -> None
     interactions, _, _, _, notes = load(spec(folder / "part-*.csv*"))
     assert len(interactions) == 3
     assert sum("no rows; the other files are read" in n for n in notes) == 3, notes
+    write(folder, "part-5.csv", "\n  \n")  # white space only
+    interactions, _, _, _, notes = load(spec(folder / "part-*.csv*"))
+    assert len(interactions) == 3 and sum("no rows" in n for n in notes) == 4, notes
     with pytest.raises(DataError, match="table is empty"):  # one file, and empty: an error
         load(spec(folder / "part-2.csv"))
     for name in ("part-1.csv", "part-2.csv"):
@@ -1087,10 +1103,12 @@ def test_missing_ids_are_dropped_when_asked_and_rows_keep_their_numbers(tmp_path
     empty = write(tmp_path, "empty.csv", "u,i,t,w\n,10,1700000000,1\n1,,1700000000,1\n")
     with pytest.raises(DataError, match="no interaction has both a user and an item id"):
         validated_tables(load_files(FilesSource(**spec(empty))), "error", "drop")
-    # a partition of such rows alone is left out with them, not the whole log refused
-    interactions, *_ = validated_tables(load_files(FilesSource(**spec([log, empty]))),
-                                        "error", "drop")
+    # a partition of such rows alone is left out with them, not the whole log refused,
+    # and named: its column may be the wrong one
+    interactions, _, _, _, notes = validated_tables(
+        load_files(FilesSource(**spec([log, empty]))), "error", "drop")
     assert len(interactions) == 2
+    assert any(str(empty) in n and "every row lacks" in n for n in notes), notes
 
 
 def test_dropped_ids_and_skipped_lines_together_keep_the_files_row_numbers(
@@ -1206,13 +1224,37 @@ def test_an_unclosed_quote_closed_further_on_is_named_not_skipped(tmp_path: Path
 
 
 def test_a_description_over_several_lines_is_kept(tmp_path: Path) -> None:
-    """Quoted text over several lines with no rows inside (an item's description) is
-    no unclosed quote: kept by default, with a note."""
-    items = write(tmp_path, "items.csv", 'i,title\n10,"Alpha\nthe first"\n11,Beta\n')
+    """Quoted text over several lines with no rows inside (an item's description, its
+    commas too) is no unclosed quote: kept by default, with a note; closed quotes on one
+    line say nothing."""
+    items = write(tmp_path, "items.csv", 'i,title,about\n10,"Alpha","A kettle.\nFast, quiet, '
+                  'and cheap."\n11,Beta,"Yes, a pot"\n')
     raw = load_files(FilesSource.model_validate(spec(write(tmp_path, "log.csv",
                                                            GOOD_INTERACTIONS), items)))
-    assert raw.items[1]["title"].tolist() == ["Alpha\nthe first", "Beta"]
-    assert any("over several lines, kept" in n for n in raw.notes), raw.notes
+    assert raw.items[1]["title"].tolist() == ["Alpha", "Beta"]
+    assert any("over several lines, kept" in n and "'about'" in n for n in raw.notes), raw.notes
+    quiet = write(tmp_path, "quiet.csv", 'i,title\n10,"Alpha, the first"\n11,Beta\n')
+    log = write(tmp_path, "log2.csv", GOOD_INTERACTIONS)
+    assert not load_files(FilesSource.model_validate(spec(log, quiet))).notes
+
+
+def test_a_wide_record_over_lines_under_multiline_keep_points_to_bad_lines(
+        tmp_path: Path) -> None:
+    """With values over lines allowed, what gets past a record of the wrong width that
+    an unclosed quote made is bad_lines: skip, not the setting already given."""
+    lines = ['1\t10\t1700000000\t1\t"Weird Al\tsong 1',
+             '2\t11\t1700000100\t1\tartist\tThe "Best" of',
+             "3\t12\t1700000200\t1\tartist\tsong 3"]
+    log = write(tmp_path, "log.tsv", "u\ti\tt\tw\tartist\ttrack\n" + "\n".join(lines) + "\n")
+    source = spec(log)
+    source["interactions"][0]["multiline"] = "keep"
+    with pytest.raises(DataError, match="bad_lines: skip") as err:
+        load(source)
+    assert "multiline: keep" not in str(err.value)
+    source["interactions"][0]["bad_lines"] = "skip"
+    raw = load_files(FilesSource.model_validate(source))
+    assert raw.interactions[0][1]["user_id"].tolist() == [3]
+    assert any("1 record(s)" in n and "2 line(s) in all" in n for n in raw.notes), raw.notes
 
 
 def test_text_settings_on_parquet_are_refused(tmp_path: Path) -> None:
