@@ -323,11 +323,12 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
     unix seconds (one bad value turns a CSV column to text), whichever reading parses
     more rows, so the report names the odd ones out."""
     if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
-        if (dates := _compact_dates(series)) is not None:
-            log.info("%s: %s: numbers read as dates written YYYYMMDD, all being of their "
-                     "size (set ts_unit to read them as a count since 1970)", problems.origin,
-                     problems.column(_name(series) or TS))
-            return "format '%Y%m%d', inferred: ts_unit reads a count since 1970", dates
+        if (compact := _compact_dates(series)) is not None:
+            fmt, dates = compact
+            log.info("%s: %s: numbers read as times written %s (20170105 ...) (set ts_unit "
+                     "to read them as a count since 1970)", problems.origin,
+                     problems.column(_name(series) or TS), fmt)
+            return f"format {fmt!r}, inferred: ts_unit reads a count since 1970", dates
         unit = _said(epoch_unit(series), series, problems)
     if unit is not None:
         return unit, _parse_timestamp(series, unit)
@@ -340,16 +341,30 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
     return unit, parsed
 
 
-def _compact_dates(numbers: pd.Series) -> pd.Series | None:
-    """Whole numbers all of YYYYMMDD's size (19000101 to 21001231) as dates written so
-    (20170105), an impossible month or day unparsable; else None. Read as seconds since
-    1970 they fall within three weeks of August 1970, which no log's clock does."""
+_COMPACT = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+
+
+def _compact_dates(numbers: pd.Series) -> tuple[str, pd.Series] | None:
+    """Whole numbers that are times written as digits (20170105, 2017010512 ...): the
+    pattern and the times, or None. Read as a count since 1970, day stamps fall within
+    three weeks of August 1970, which no log's clock does, so numbers of their size are
+    read as dates and an impossible one is unparsable. Longer stamps fall where real
+    clocks do, so they are read so only when every one is a valid time (an hour past 23
+    or a minute past 59 in any rules it out, as it does for counts of seconds)."""
     values = pd.to_numeric(numbers, errors="coerce").dropna()
-    if not len(values) or not (values.between(1900_01_01, 2100_12_31).all()
-                               and (values == np.floor(values)).all()):
+    if not len(values) or not (values == np.floor(values)).all() or (values <= 0).any():
+        return None
+    digits = np.unique(np.floor(np.log10(values.to_numpy(np.float64))).astype(int) + 1)
+    if len(digits) != 1 or int(digits[0]) not in _COMPACT:
+        return None
+    fmt, scale = _COMPACT[int(digits[0])], 10.0 ** (int(digits[0]) - 4)
+    if not (values // scale).between(1900, 2100).all():  # the year's four digits
         return None
     text = numbers.astype("Int64").astype("string")
-    return pd.to_datetime(text, format="%Y%m%d", errors="coerce", utc=True)
+    parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+    if len(fmt) > 6 and parsed.notna().sum() < len(values):
+        return None
+    return fmt, parsed
 
 
 def _said(unit: str, series: pd.Series, problems: Problems) -> str:

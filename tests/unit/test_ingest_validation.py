@@ -111,7 +111,14 @@ def test_valid_csv_tables_pass_with_contract_dtypes(tmp_path: Path) -> None:
     ("2024-01-01\n2024-01-02", ["2024-01-01", "2024-01-02"]),
     # day-stamped logs write dates as numbers: read as seconds, they were August 1970
     ("20170105\n20170210", ["2017-01-05", "2017-02-10"]),
-], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date", "yyyymmdd"])
+    # hourly and finer stamps as numbers: read as a count, 2033 or 1976, silently
+    ("2017010512\n2017021023", ["2017-01-05 12:00", "2017-02-10 23:00"]),
+    ("201701051230\n201702102359", ["2017-01-05 12:30", "2017-02-10 23:59"]),
+    ("20170105123059\n20170210235900", ["2017-01-05 12:30:59", "2017-02-10 23:59"]),
+    # seconds of the same size whose digits are no time (an hour of 77): seconds still
+    ("1900000177\n1900000100", ["2030-03-17 17:49:37", "2030-03-17 17:48:20"]),
+], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date", "yyyymmdd",
+        "yyyymmddhh", "yyyymmddhhmm", "yyyymmddhhmmss", "seconds-not-stamps"])
 def test_timestamp_encodings_are_inferred(tmp_path: Path, text: str, expected: list[str]) -> None:
     rows = "\n".join(f"{n},10,{t},1" for n, t in enumerate(text.split("\n"), start=1))
     interactions, *_ = load(spec(write(tmp_path, "log.csv", f"u,i,t,w\n{rows}\n")))
