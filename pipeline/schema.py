@@ -169,7 +169,10 @@ def absent_ids(series: pd.Series) -> pd.Series:
     """Ids that are none: null, or blank text (a Parquet or JSON log's "")."""
     missing = series.isna()
     if not (pd.api.types.is_numeric_dtype(series.dtype) or missing.all()):
-        missing |= series.astype("string").str.strip().eq("").fillna(False)
+        try:
+            missing |= series.astype("string").str.strip().eq("").fillna(False)
+        except (UnicodeDecodeError, TypeError, ValueError):  # bytes, reported by ``_text``
+            pass
     return missing
 
 
@@ -323,13 +326,17 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
     unix seconds (one bad value turns a CSV column to text), whichever reading parses
     more rows, so the report names the odd ones out."""
     if unit is None and pd.api.types.is_numeric_dtype(series.dtype):
-        if (compact := _compact_dates(series)) is not None:
-            fmt, dates = compact
-            log.info("%s: %s: numbers read as times written %s (20170105 ...) (set ts_unit "
-                     "to read them as a count since 1970)", problems.origin,
-                     problems.column(_name(series) or TS), fmt)
-            return f"format {fmt!r}, inferred: ts_unit reads a count since 1970", dates
+        if (dates := _day_stamps(series)) is not None:
+            log.info("%s: %s: numbers read as dates written YYYYMMDD, all positive ones "
+                     "being of their size (set ts_unit to read them as a count since "
+                     "1970)", problems.origin, problems.column(_name(series) or TS))
+            return "format '%Y%m%d', inferred: ts_unit reads a count since 1970", dates
         unit = _said(epoch_unit(series), series, problems)
+        if fmt := _digit_times(series):
+            log.warning("%s: %s: numbers read as %s since 1970 are every one a time written "
+                        "%s: set ts_format: '%s' if that is what they are",
+                        problems.origin, problems.column(_name(series) or TS),
+                        _EPOCH_UNITS[unit], fmt, fmt)
     if unit is not None:
         return unit, _parse_timestamp(series, unit)
     unit, parsed = "iso", _parse_timestamp(series, "iso")
@@ -341,30 +348,53 @@ def _parse_inferred(series: pd.Series, problems: Problems, unit: str | None
     return unit, parsed
 
 
-_COMPACT = {8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+def _positive_whole(numbers: pd.Series) -> pd.Series | None:
+    """The positive values of a column of whole numbers (zero or less are placeholders,
+    decided on apart); None where some value has a fraction or none is positive."""
+    values = pd.to_numeric(numbers, errors="coerce")
+    values = values[np.isfinite(values.to_numpy(np.float64, na_value=np.nan))]
+    if not (values == np.floor(values)).all():
+        return None
+    values = values[values > 0]
+    return values if len(values) else None
 
 
-def _compact_dates(numbers: pd.Series) -> tuple[str, pd.Series] | None:
-    """Whole numbers that are times written as digits (20170105, 2017010512 ...): the
-    pattern and the times, or None. Read as a count since 1970, day stamps fall within
-    three weeks of August 1970, which no log's clock does, so numbers of their size are
-    read as dates and an impossible one is unparsable. Longer stamps fall where real
-    clocks do, so they are read so only when every one is a valid time (an hour past 23
-    or a minute past 59 in any rules it out, as it does for counts of seconds)."""
-    values = pd.to_numeric(numbers, errors="coerce").dropna()
-    if not len(values) or not (values == np.floor(values)).all() or (values <= 0).any():
+def _day_stamps(numbers: pd.Series) -> pd.Series | None:
+    """Dates written YYYYMMDD (20170105) as those dates, where every positive number is
+    of that size (19000101 to 21001231); an impossible month or day, and a placeholder
+    of 0 or less, unparsable. Read as a count since 1970 they all fall within three
+    weeks of August 1970, which no log's clock does."""
+    values = _positive_whole(numbers)
+    if values is None or not values.between(1900_01_01, 2100_12_31).all():
         return None
-    digits = np.unique(np.floor(np.log10(values.to_numpy(np.float64))).astype(int) + 1)
-    if len(digits) != 1 or int(digits[0]) not in _COMPACT:
+    numbers = pd.to_numeric(numbers, errors="coerce")
+    kept = numbers.where((numbers > 0) & np.isfinite(numbers.to_numpy(np.float64,
+                                                                       na_value=np.nan)))
+    return pd.to_datetime(kept.astype("Int64").astype("string"), format="%Y%m%d",
+                          errors="coerce", utc=True)
+
+
+_DIGIT_TIMES = {10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+
+
+def _digit_times(numbers: pd.Series) -> str | None:
+    """The pattern of hourly or finer times written as digits (2017010512), where every
+    positive number is one; else None. These sizes are also real counts of seconds or
+    milliseconds (a log of midnights from 2032 on can be all valid ones), so they are
+    named, not read so: a count that is no time has an hour past 23 or a minute past 59
+    somewhere."""
+    values = _positive_whole(numbers)
+    if values is None:
         return None
-    fmt, scale = _COMPACT[int(digits[0])], 10.0 ** (int(digits[0]) - 4)
-    if not (values // scale).between(1900, 2100).all():  # the year's four digits
+    low, high = int(values.min()), int(values.max())
+    if len(str(low)) != len(str(high)) or len(str(low)) not in _DIGIT_TIMES:
         return None
-    text = numbers.astype("Int64").astype("string")
-    parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
-    if len(fmt) > 6 and parsed.notna().sum() < len(values):
+    fmt, scale = _DIGIT_TIMES[len(str(low))], 10 ** (len(str(low)) - 4)
+    if not (1970 <= low // scale and high // scale <= 2100):  # the year's four digits
         return None
-    return fmt, parsed
+    parsed = pd.to_datetime(values.astype("int64").astype("string"), format=fmt,
+                            errors="coerce")
+    return fmt if parsed.notna().all() else None
 
 
 def _said(unit: str, series: pd.Series, problems: Problems) -> str:

@@ -41,7 +41,8 @@ _TEXT = (".csv", ".tsv", ".txt", ".dat")
 _JSON = (".jsonl", ".ndjson", ".json")
 _SPARE = "\x1f"  # the ASCII unit separator, for a delimiter of several characters
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
-_WHOLE = re.compile(r"-?[0-9]+(\.0*)?")  # an integer id as a program writes it
+_WHOLE = re.compile(_INTEGER)
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
 _NO_ROWS = np.empty(0, np.int64)
 
 
@@ -219,7 +220,7 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
     if spans and spec.multiline == "error":
         rows = S.Origin(str(path)).data_rows(np.asarray(spans) - first)
         raise DataError(f"{path}: {len(spans)} record(s) of the wrong width span several "
-                        f"lines, first at data row(s) {rows}: {_unclosed(spec)}")
+                        f"lines, first at data row(s) {rows}: {_unclosed(spec, wide=True)}")
     return Read(frame, np.asarray(skipped, np.int64) - first,
                 _spanning(table, sep, ids) if spec.quote is not None else {}, lines, notes)
 
@@ -274,16 +275,21 @@ def _unreadable(path: Path, inner: str, spec: DataFile, sep: str, encoding: str,
         return DataError(f"{path}: text is not valid {encoding}: {err}")
     message = f"{path}: cannot parse {inner[1:].upper() or 'text'}: {err}"
     if "\n" in str(err) or "\r" in str(err):  # the record shown spans lines
-        return DataError(f"{message}\n{_unclosed(spec)}")
+        return DataError(f"{message}\n{_unclosed(spec, wide=True)}")
     if "Expected" in str(err) and spec.bad_lines == "error":  # "Expected 4 columns, got 5"
         return DataError(f"{message} (bad_lines: skip leaves such lines out)")
     return DataError(message)
 
 
-def _unclosed(spec: DataFile) -> str:
-    """What to do about records an unclosed quote ran on over, given what is set."""
-    other = ("multiline: keep where values do span lines" if spec.multiline == "error" else
-             "bad_lines: skip to leave such records out")
+def _unclosed(spec: DataFile, wide: bool = False) -> str:
+    """What to do about what an unclosed quote ran on over, given what is set: values
+    over lines are kept under ``multiline: keep``; a record of the wrong width over
+    lines is left out under that and ``bad_lines: skip`` both."""
+    needed = [] if spec.multiline == "keep" else ["multiline: keep"]
+    if wide and spec.bad_lines == "error":
+        needed.append("bad_lines: skip")
+    other = (f"{' with '.join(needed)} to leave such records out" if wide else
+             "multiline: keep where values do span lines")
     return (f"a quote ({spec.quote!r}) opened and never closed takes in the lines after it; "
             f"set quote: null where quotes are plain characters in this file, or {other}")
 
@@ -292,16 +298,20 @@ def _spanning(table: pa.Table, sep: str, ids: list[str]
               ) -> dict[str, tuple[np.ndarray, bool]]:
     """Each text column's values over several lines, and whether a line of any reads as
     one of this file's rows, as a row taken in by an unclosed quote does: exactly its
-    number of fields, each id field filled (a whole number where the file's ids are).
-    A description's line with commas in it is not one."""
+    number of fields, each id field filled (a whole number where the file's ids are)
+    and a number in each numeric column, or empty. A description's line with commas in
+    it seldom is one."""
     id_fields = {table.column_names.index(name): pa.types.is_integer(table.schema.field(
         name).type) for name in ids if name in table.column_names}
+    numeric = [i for i, field in enumerate(table.schema)
+               if pa.types.is_integer(field.type) or pa.types.is_floating(field.type)]
 
     def row_like(line: str) -> bool:
-        fields = line.split(sep)
+        fields = [field.strip() for field in line.split(sep)]
         return len(fields) == table.num_columns and all(
-            fields[i].strip() and (not whole or _WHOLE.fullmatch(fields[i].strip()))
-            for i, whole in id_fields.items())
+            fields[i] and (not whole or _WHOLE.fullmatch(fields[i]))
+            for i, whole in id_fields.items()) and all(
+            not fields[i] or _NUMBER.fullmatch(fields[i]) for i in numeric)
 
     out = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
@@ -331,7 +341,7 @@ def _no_bytes(path: Path) -> bool:
     """Whether a text or JSON file holds nothing but white space, once decompressed."""
     with pa.input_stream(str(path), compression="detect") as stream:
         head = stream.read(4096)
-        return not head.strip() and not stream.read(1)
+        return not head.removeprefix(b"\xef\xbb\xbf").strip() and not stream.read(1)
 
 
 def _text_bytes(path: Path) -> bytes:
@@ -514,8 +524,8 @@ def _read(path: Path, spec: DataFile, notes: list[str]) -> tuple[S.Origin, pd.Da
         origin = origin.keeping(np.setdiff1d(np.arange(len(read.frame) + len(read.skipped)),
                                              read.skipped))
     where = [f"column '{name}': {len(positions)} value(s), first at data row(s) "
-             f"{origin.data_rows(positions)}"
-             for name, (positions, _) in read.spanning.items()]
+             f"{origin.data_rows(positions)}{', some reading as whole rows' * rows}"
+             for name, (positions, rows) in read.spanning.items()]
     if spec.multiline == "error" and any(rows for _, rows in read.spanning.values()):
         raise DataError("\n  ".join([f"{path}: values over several lines that hold what "
                                       "looks like whole rows:", *where])

@@ -111,14 +111,7 @@ def test_valid_csv_tables_pass_with_contract_dtypes(tmp_path: Path) -> None:
     ("2024-01-01\n2024-01-02", ["2024-01-01", "2024-01-02"]),
     # day-stamped logs write dates as numbers: read as seconds, they were August 1970
     ("20170105\n20170210", ["2017-01-05", "2017-02-10"]),
-    # hourly and finer stamps as numbers: read as a count, 2033 or 1976, silently
-    ("2017010512\n2017021023", ["2017-01-05 12:00", "2017-02-10 23:00"]),
-    ("201701051230\n201702102359", ["2017-01-05 12:30", "2017-02-10 23:59"]),
-    ("20170105123059\n20170210235900", ["2017-01-05 12:30:59", "2017-02-10 23:59"]),
-    # seconds of the same size whose digits are no time (an hour of 77): seconds still
-    ("1900000177\n1900000100", ["2030-03-17 17:49:37", "2030-03-17 17:48:20"]),
-], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date", "yyyymmdd",
-        "yyyymmddhh", "yyyymmddhhmm", "yyyymmddhhmmss", "seconds-not-stamps"])
+], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date", "yyyymmdd"])
 def test_timestamp_encodings_are_inferred(tmp_path: Path, text: str, expected: list[str]) -> None:
     rows = "\n".join(f"{n},10,{t},1" for n, t in enumerate(text.split("\n"), start=1))
     interactions, *_ = load(spec(write(tmp_path, "log.csv", f"u,i,t,w\n{rows}\n")))
@@ -132,12 +125,33 @@ def test_yyyymmdd_numbers_read_as_seconds_when_told(tmp_path: Path) -> None:
     assert interactions["ts"].tolist() == [pd.Timestamp("1970-08-22 10:48:25")]
 
 
-def test_an_impossible_yyyymmdd_date_is_named_not_read_as_1970(tmp_path: Path) -> None:
-    """One typo among day stamps had the whole file read as seconds: August 1970."""
-    log = write(tmp_path, "log.csv", "u,i,t,w\n1,10,20170105,1\n2,11,20170230,1\n")
+@pytest.mark.parametrize("odd", ["20170230", "0", "-1"])
+def test_an_impossible_day_stamp_is_named_not_read_as_1970(tmp_path: Path, odd: str) -> None:
+    """One typo among day stamps, or a placeholder 0, had the whole file read as
+    seconds: August 1970, silently."""
+    log = write(tmp_path, "log.csv", f"u,i,t,w\n1,10,20170105,1\n2,11,{odd},1\n")
     with pytest.raises(DataError) as err:
         load(spec(log))
-    assert_names(err, log, "ts", "2", "unparsable timestamp", "%Y%m%d", "20170230")
+    assert_names(err, log, "ts", "2", "unparsable timestamp", "%Y%m%d")
+
+
+@pytest.mark.parametrize(("text", "fmt"), [("2017010512\n2017021023", "%Y%m%d%H"),
+                                           ("201701051230\n201702102359", "%Y%m%d%H%M")])
+def test_hourly_stamps_as_numbers_are_named_not_guessed(tmp_path: Path, text: str, fmt: str,
+                                                        caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    """Hourly or finer stamps written as digits are also real counts of seconds (2033)
+    or milliseconds (1976): read as the count, with a warning naming the pattern; a
+    count that is no time (an hour of 99) gets none."""
+    rows = "".join(f"{n},10,{t},1\n" for n, t in enumerate(text.split("\n"), 1))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        interactions, *_ = load(spec(write(tmp_path, "log.csv", f"u,i,t,w\n{rows}")))
+    assert interactions["ts"].dt.year.tolist()[0] in (1976, 2033)
+    assert f"set ts_format: '{fmt}'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline"):
+        load(spec(write(tmp_path, "odd.csv", "u,i,t,w\n1,10,2017010512,1\n2,11,2017010599,1\n")))
+    assert "ts_format" not in caplog.text
 
 
 def test_parquet_tz_aware_timestamps_become_naive_utc(tmp_path: Path) -> None:
@@ -1162,6 +1176,16 @@ def test_json_ids_past_int64_keep_their_digits(tmp_path: Path) -> None:
     assert interactions["user_id"].tolist() == [str(2**64 - 5), str(2**64 - 7), "5"]
 
 
+def test_undecodable_byte_ids_are_named_not_a_traceback(tmp_path: Path) -> None:
+    """Looking for blank ids decoded a binary column first: UnicodeDecodeError, raw."""
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"u": pa.array([b"a", b"\xff"], pa.binary()), "i": [10, 11],
+                             "t": [1700000000, 1700000100], "w": [1.0, 1.0]}), path)
+    with pytest.raises(DataError) as err:
+        load(spec(path))
+    assert_names(err, path, "user_id", "2", "not valid UTF-8")
+
+
 def test_blank_text_ids_are_missing(tmp_path: Path) -> None:
     """A Parquet log's "" id was a user of its own; it is an empty id, as in a CSV."""
     path = tmp_path / "log.parquet"
@@ -1222,12 +1246,13 @@ def test_an_unclosed_quote_closed_further_on_is_named_not_skipped(tmp_path: Path
     log = write(tmp_path, "log.tsv", "u\ti\tt\tw\tartist\ttrack\n" + "\n".join(lines) + "\n")
     with pytest.raises(DataError, match="quote: null") as err:
         load(spec(log))
-    assert "bad_lines: skip" not in str(err.value)
+    assert "bad_lines: skip leaves such lines out" not in str(err.value)  # it loses them
+    assert "multiline: keep with bad_lines: skip" in str(err.value)  # one trip, not two
     source = spec(log)
     source["interactions"][0]["bad_lines"] = "skip"
     with pytest.raises(DataError) as err:
         load(source)
-    assert_names(err, log, None, "1", "span several lines", "quote: null")
+    assert_names(err, log, None, "1", "span several lines", "quote: null", "multiline: keep")
 
 
 def test_a_description_over_several_lines_is_kept(tmp_path: Path) -> None:
@@ -1240,6 +1265,12 @@ def test_a_description_over_several_lines_is_kept(tmp_path: Path) -> None:
                                                            GOOD_INTERACTIONS), items)))
     assert raw.items[1]["title"].tolist() == ["Alpha", "Beta"]
     assert any("over several lines, kept" in n and "'about'" in n for n in raw.notes), raw.notes
+    asin = write(tmp_path, "asin.csv", 'i,title,about,price\nB01,"Alpha","A kettle.\nFast, '
+                 'quiet, and, cheap.",9.5\nB02,Beta,"Yes, a pot",2\n')
+    source = spec(write(tmp_path, "log3.csv", "u,i,t,w\n1,B01,1700000000,1\n"), asin)
+    source["items"]["columns"] = {**ITEM_COLUMNS, "text": "about"}
+    raw = load_files(FilesSource.model_validate(source))  # 'cheap.' is no price: no row
+    assert any("over several lines, kept" in n for n in raw.notes), raw.notes
     quiet = write(tmp_path, "quiet.csv", 'i,title\n10,"Alpha, the first"\n11,Beta\n')
     log = write(tmp_path, "log2.csv", GOOD_INTERACTIONS)
     assert not load_files(FilesSource.model_validate(spec(log, quiet))).notes
