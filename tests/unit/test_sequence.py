@@ -23,6 +23,7 @@ from models.sequence import (
     last_tokens,
     next_item_loss,
     next_item_scores,
+    optimizers,
     train,
     training_windows,
 )
@@ -167,6 +168,38 @@ def test_sampled_softmax_gradients_repeat_exactly_on_two_threads() -> None:
         assert torch.equal(grad, grads[0])
 
 
+def test_a_sparse_item_table_gets_the_same_loss_and_gradient() -> None:
+    """Past SPARSE_FROM items the table's gradient is sparse (the rows a batch used), for
+    SparseAdam: the same loss and, made dense, the same gradient as the dense table."""
+    dense = tiny_model(n_items=200).train()
+    sparse = SASRec(200, d=16, blocks=2, heads=2, max_len=8, dropout=0.1,
+                    sparse=True).train()
+    sparse.load_state_dict(dense.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(64, 16, generator=generator)
+    targets = torch.randint(0, 200, (64,), generator=generator)
+    negatives = torch.randint(0, 200, (32,), generator=generator)
+    log_q = torch.full((200,), -3.0)
+    losses = []
+    for model in (dense, sparse):
+        loss = next_item_loss(model, hidden, targets, negatives, log_q)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0])
+    assert sparse.item_emb.weight.grad.is_sparse
+    torch.testing.assert_close(sparse.item_emb.weight.grad.to_dense(),
+                               dense.item_emb.weight.grad)
+    steps = optimizers(sparse, lr=0.01, weight_decay=0.0)
+    assert [type(o).__name__ for o in steps] == ["SparseAdam", "Adam"]
+    before = sparse.item_emb.weight.detach().clone()
+    for o in steps:
+        o.step()
+    moved = (sparse.item_emb.weight.detach() != before).any(dim=1)
+    used = torch.zeros(201, dtype=torch.bool)
+    used[torch.cat([targets, negatives]) + 1] = True
+    assert torch.equal(moved, used)  # the rows the batch used, and no other
+
+
 def test_loss_decreases_and_every_parameter_gets_a_gradient() -> None:
     data, _, _ = cycle_data()
     windows = training_windows(data.log, max_len=8)
@@ -299,6 +332,21 @@ def test_a_large_catalogue_learns_with_a_sampled_softmax(caplog: pytest.LogCaptu
                               .score(data, users), full.score(data, users))
 
 
+def test_a_catalogue_past_sparse_from_learns_with_sparse_updates(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, starts, lens = cycle_data()
+    users = data.user_index.encode(np.arange(40))
+    expected = data.item_index.encode((starts + lens) % 12)
+    monkeypatch.setattr(SequenceChannel, "SPARSE_FROM", 10)  # 12 items: past it
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        channel = SequenceChannel(**TINY, epochs=40, negatives=2).fit(data)
+    assert "the item table updated sparsely" in caplog.text
+    assert channel.model.item_emb.sparse
+    assert (channel.retrieve(data, users, k=1).items[:, 0] == expected).mean() >= 0.9
+    again = SequenceChannel(**TINY, epochs=40, negatives=2).fit(data)
+    np.testing.assert_array_equal(again.score(data, users), channel.score(data, users))
+
+
 def test_channel_contract(tmp_path: Path) -> None:
     data, _, _ = cycle_data(n_users=30)
     users = data.user_index.encode(np.arange(30))
@@ -351,6 +399,32 @@ def test_early_stopping_records_the_best_epoch_and_the_refit_trains_exactly_that
     refit = SequenceChannel(**{**params, **tuned}).fit(data, held_out)
     assert len(refit.history) == tuned["epochs"] == refit.tuned()["epochs"]
     assert all("held_out" not in h for h in refit.history), "a refit looks at nothing held out"
+
+
+def test_the_held_out_ranking_samples_users_past_its_cell_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every epoch ranks the whole catalogue for the held-out users: past ``tune_cells``
+    (users x items) a seeded sample of them, the mean over those alone."""
+    data, starts, lens = cycle_data(n_users=30)
+    users = data.user_index.encode(np.arange(30))
+    held_out = HeldOut(users, data.item_index.encode((starts + lens) % 12))
+    channel = SequenceChannel(**TINY, epochs=3).fit(data)
+    scored: list[int] = []
+
+    def counting(model: SASRec, tokens: np.ndarray, **kwargs) -> np.ndarray:
+        scored.append(len(tokens))
+        return next_item_scores(model, tokens, **kwargs)
+
+    monkeypatch.setattr("models.recall.sequence.next_item_scores", counting)
+    whole = channel._held_out_metric(data, held_out)(channel.model)
+    assert sum(scored) == 30
+    scored.clear()
+    channel.params["tune_cells"] = 12 * 7  # 7 users of 12 items
+    sampled = channel._held_out_metric(data, held_out)
+    first = sampled(channel.model)
+    assert sum(scored) == 7
+    assert sampled(channel.model) == first  # the same users each epoch
+    assert 0.0 <= first <= 1.0 and whole > 0
 
 
 def test_batched_scores_match_one_row_at_a_time() -> None:
