@@ -352,6 +352,9 @@ def train(model: SASRec, sequences: np.ndarray, *, lr: float = 1e-3, weight_deca
     if not len(data):
         log.warning("[%s] no sequence of two or more items to learn from: the model keeps "
                     "its initial weights", name)
+    if model.item_emb.sparse and not negatives:
+        raise ValueError(f"{name}: a sparse item table needs a sampled softmax (negatives > "
+                         "0): the full one's gradient is dense")
     sampler = NegativeSampler.of(data, model.n_items, negatives, device) if negatives else None
     steps = optimizers(model, lr, weight_decay)
     result = TrainResult(epochs=0)

@@ -12,7 +12,8 @@ twice the training time.
 Fitting with held-out pairs trains until the held-out NDCG@``eval_k`` stops improving
 (checked every ``eval_every`` epochs, stopping after ``patience`` checks without a new
 best; full ranking over all items with the user's fitted items removed; every held-out
-user counts, one without history scores 0), restores the best weights and reports their
+user counts, one without history scores 0, or a seeded sample of them where users x
+items passes ``tune_cells``), restores the best weights and reports their
 epoch count through ``tuned()``. Fitting with ``epochs`` set (the refit on more data)
 trains exactly that many epochs and looks at nothing held out; with neither, it trains
 ``max_epochs``.
@@ -23,8 +24,8 @@ The full softmax over the catalogue costs most of an epoch on a large one (10k i
 (``negatives=0``: always the full one). On synthetic-10k valid it reached held-out
 NDCG@10 0.173 against 0.179 for the full softmax; ML-100K and the synthetic default
 (under 4,096 items) keep the full softmax. Past ``SPARSE_FROM`` items the item table is
-updated sparsely too (``models.sequence.optimizers``): a dense Adam step over it was the
-whole of an epoch there (143-150 s an epoch at 300k items).
+updated sparsely too on the CPU (``models.sequence.optimizers``): a dense Adam step over
+it was most of an epoch there (143-150 s an epoch at 300k items).
 
 Seeded and deterministic on CPU for a given thread count (``threads``: training's;
 scoring runs on the process's); ``device="cuda"`` moves the
@@ -135,12 +136,14 @@ class SequenceChannel(RecallChannel):
         torch.set_num_threads(p["threads"])
         torch.manual_seed(p["seed"])
         negatives = p["negatives"] if data.n_items > self.SAMPLED_FROM * p["negatives"] else 0
-        sparse = bool(negatives) and data.n_items > self.SPARSE_FROM
+        # on a GPU a dense step over the table is cheap, and the sparse one is untimed
+        sparse = bool(negatives) and data.n_items > self.SPARSE_FROM and self.device == "cpu"
         self.model = self._new_model(data.n_items, sparse).to(self.device)
         sequences = training_windows(data.log, p["max_len"], p["windows"])
         if negatives:
             log.info("[sequence] %d items: sampled softmax over %d negatives a batch%s",
-                     data.n_items, negatives, ", the item table updated sparsely" * sparse)
+                     data.n_items, negatives,
+                     ", the item table updated sparsely" if sparse else "")
         look = held_out is not None and p["epochs"] is None
         result = train(self.model, sequences, lr=p["lr"], weight_decay=p["weight_decay"],
                        batch_size=p["batch_size"],

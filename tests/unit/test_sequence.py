@@ -145,10 +145,13 @@ def test_sampled_softmax_over_every_item_once_is_the_full_softmax() -> None:
     torch.testing.assert_close(next_item_loss(model, hidden, targets, drawn, log_q), by_hand)
 
 
-def test_sampled_softmax_gradients_repeat_exactly_on_two_threads() -> None:
+@pytest.mark.parametrize("sparse", [False, True])
+def test_sampled_softmax_gradients_repeat_exactly_on_two_threads(sparse: bool) -> None:
     """Repeated targets and negatives add into the same embedding rows; the sums must
     not depend on thread timing (indexing's backward on CPU did: synthetic-10k drifted)."""
-    model = tiny_model(n_items=200).train()
+    torch.manual_seed(0)
+    model = SASRec(200, d=16, blocks=2, heads=2, max_len=8, dropout=0.1,
+                   sparse=sparse).train()
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(4096, 16, generator=generator)  # past the parallel grain size
     targets = torch.randint(0, 200, (4096,), generator=generator)  # each item ~20 times
@@ -161,7 +164,8 @@ def test_sampled_softmax_gradients_repeat_exactly_on_two_threads() -> None:
         for _ in range(10):
             model.zero_grad(set_to_none=True)
             next_item_loss(model, hidden, targets, negatives, log_q).backward()
-            grads.append(model.item_emb.weight.grad.clone())
+            grad = model.item_emb.weight.grad
+            grads.append((grad.coalesce().to_dense() if sparse else grad).clone())
     finally:
         torch.set_num_threads(before)
     for grad in grads[1:]:
@@ -343,8 +347,11 @@ def test_a_catalogue_past_sparse_from_learns_with_sparse_updates(
     assert "the item table updated sparsely" in caplog.text
     assert channel.model.item_emb.sparse
     assert (channel.retrieve(data, users, k=1).items[:, 0] == expected).mean() >= 0.9
+    assert not channel.model.item_emb.weight[0].any()  # the padding row stays zero
     again = SequenceChannel(**TINY, epochs=40, negatives=2).fit(data)
     np.testing.assert_array_equal(again.score(data, users), channel.score(data, users))
+    with pytest.raises(ValueError, match="needs a sampled softmax"):
+        train(SASRec(12, d=16, sparse=True), training_windows(data.log, 8), max_epochs=1)
 
 
 def test_channel_contract(tmp_path: Path) -> None:
