@@ -367,11 +367,8 @@ def _day_stamps(numbers: pd.Series) -> pd.Series | None:
     values = _positive_whole(numbers)
     if values is None or not values.between(1900_01_01, 2100_12_31).all():
         return None
-    numbers = pd.to_numeric(numbers, errors="coerce")
-    kept = numbers.where((numbers > 0) & np.isfinite(numbers.to_numpy(np.float64,
-                                                                       na_value=np.nan)))
-    return pd.to_datetime(kept.astype("Int64").astype("string"), format="%Y%m%d",
-                          errors="coerce", utc=True)
+    text = values.reindex(numbers.index).astype("Int64").astype("string")  # others: NA
+    return pd.to_datetime(text, format="%Y%m%d", errors="coerce", utc=True)
 
 
 _DIGIT_TIMES = {10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
@@ -387,9 +384,10 @@ def _digit_times(numbers: pd.Series) -> str | None:
     if values is None:
         return None
     low, high = int(values.min()), int(values.max())
-    if len(str(low)) != len(str(high)) or len(str(low)) not in _DIGIT_TIMES:
+    digits = len(str(low))
+    if len(str(high)) != digits or digits not in _DIGIT_TIMES:
         return None
-    fmt, scale = _DIGIT_TIMES[len(str(low))], 10 ** (len(str(low)) - 4)
+    fmt, scale = _DIGIT_TIMES[digits], 10 ** (digits - 4)
     if not (1970 <= low // scale and high // scale <= 2100):  # the year's four digits
         return None
     parsed = pd.to_datetime(values.astype("int64").astype("string"), format=fmt,

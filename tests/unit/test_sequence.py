@@ -427,11 +427,17 @@ def test_the_held_out_ranking_samples_users_past_its_cell_budget(
     assert sum(scored) == 30
     scored.clear()
     channel.params["tune_cells"] = 12 * 7  # 7 users of 12 items
-    sampled = channel._held_out_metric(data, held_out)
-    first = sampled(channel.model)
+    sampled = channel._held_out_metric(data, held_out)(channel.model)
     assert sum(scored) == 7
-    assert sampled(channel.model) == first  # the same users each epoch
-    assert 0.0 <= first <= 1.0 and whole > 0
+    # the mean over the seeded sample alone: the whole metric on just those users
+    drawn = np.sort(np.random.default_rng(channel.params["seed"]).choice(
+        np.unique(held_out.users), 7, replace=False))
+    mine = np.isin(held_out.users, drawn)
+    channel.params["tune_cells"] = 10**9
+    alone = channel._held_out_metric(data, HeldOut(held_out.users[mine],
+                                                   held_out.items[mine]))(channel.model)
+    assert sampled == pytest.approx(alone, abs=1e-12)
+    assert whole > 0
 
 
 def test_batched_scores_match_one_row_at_a_time() -> None:
