@@ -81,6 +81,16 @@ class DataFile(_Strict):
         '"', min_length=1, max_length=1, description="a text file's quote character; null "
         "where quotes are plain characters in its values (a tab-separated log of track "
         "titles), since an unclosed one takes in the lines after it")
+    escape: str | None = Field(
+        None, min_length=1, max_length=1, description="a text file's escape character in "
+        'quoted values: "\\\\" (a backslash) where a quote inside one is written \\" (MySQL '
+        "dumps, Book-Crossing's tables); unset, mapped values holding a backslash before a "
+        "quote are noted")
+    comment: str | None = Field(
+        None, min_length=1, description="a text file's comment marker: lines starting with "
+        "it are left out, counted in a note, and data rows are numbered without them "
+        "(SNAP's '#', KONECT's '%'); unset, a first line starting with '#' or '%' is an "
+        "error naming this setting (null: read such a line as the file's own)")
     multiline: Literal["error", "keep"] = Field(
         "error", description="a text file's quoted values over several lines that hold what "
         "reads as whole rows (a line of as many fields, ids filled), and records of the "

@@ -409,7 +409,10 @@ def _parse_timestamp(series: pd.Series, unit: str) -> pd.Series:
         return pd.to_datetime(series.astype("string"), errors="coerce", utc=True,
                               format="ISO8601")
     numeric = pd.to_numeric(series, errors="coerce")
-    return pd.to_datetime(numeric, unit=unit, errors="coerce", utc=True)
+    parsed = pd.to_datetime(numeric, unit=unit, errors="coerce", utc=True)
+    # fractions of a second (KuaiRec's 1594387154.277) come off a float a hair short:
+    # rounded to the microseconds the contract keeps, not cut to .276999
+    return parsed.dt.round("us") if numeric.dtype.kind == "f" else parsed
 
 
 def _weight(series: pd.Series, problems: Problems) -> pd.Series:

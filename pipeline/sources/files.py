@@ -56,6 +56,7 @@ class Read(NamedTuple):
     spanning: Mapping[str, tuple[np.ndarray, bool]] = MappingProxyType({})
     skipped_lines: int = 0  # the lines the skipped records took (more, where one spans)
     notes: tuple[str, ...] = ()
+    escaped: Mapping[str, np.ndarray] = MappingProxyType({})  # mapped values with \"
 
 
 def file_format(path: Path, delimiter: str | None = None) -> tuple[str, str]:
@@ -84,15 +85,16 @@ def read_any(path: Path, spec: DataFile) -> Read:
     ``spec.columns`` (contract column -> the file's) says which of a text file's columns
     are read as strings rather than inferred (text, and the times a ``ts_format`` reads)
     and which as ids (``_ids_as_read``, as JSON string ids are too). ``delimiter``,
-    ``header``, ``encoding``, ``quote``, ``multiline`` and ``bad_lines`` apply to text
-    files only.
+    ``header``, ``encoding``, ``quote``, ``escape``, ``comment``, ``multiline`` and
+    ``bad_lines`` apply to text files only.
     """
     columns, delimiter, header, encoding = (dict(spec.columns), spec.delimiter, spec.header,
                                             spec.encoding)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     kind, inner = file_format(path, delimiter)
-    given = [name for name, value in (("delimiter", delimiter), ("header", header))
+    given = [name for name, value in (("delimiter", delimiter), ("header", header),
+                                      ("escape", spec.escape), ("comment", spec.comment))
              if value is not None]
     given += [name for name, value, default in (("quote", spec.quote, '"'),
                                                 ("multiline", spec.multiline, "error"),
@@ -174,15 +176,21 @@ def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
 def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str, ...]
                ) -> Read:
     """A delimited text file (``read_any``). pyarrow splits on one character, so a
-    delimiter of several is read as a spare one (``_spare_source``), put back in the
+    delimiter of several is read as a spare one (``_rewritten``), put back in the
     values afterwards. Records of the wrong width are left out under ``bad_lines:
     skip``, read on one thread so that pyarrow numbers them; one that spans lines is an
-    unclosed quote's doing, reported as such (``_unclosed``)."""
+    unclosed quote's doing, reported as such (``_unclosed``). Comment lines are taken out
+    before pyarrow reads the text (it has no such option), in ``_rewritten`` too."""
     columns, header = dict(spec.columns), spec.header
     if spec.quote is not None and spec.quote in sep:
         raise DataError(f"{path}: quote {spec.quote!r} is in the delimiter {sep!r}")
-    source, encoding = ((_spare_source(path, sep, spec), "utf-8") if len(sep) > 1
-                        else (str(path), spec.encoding))  # a path: decompressed by suffix
+    if "comment" not in spec.model_fields_set:
+        _refuse_comment_lines(path, spec.encoding)
+    notes: tuple[str, ...] = ()
+    if len(sep) > 1 or spec.comment is not None:
+        source, encoding, notes = _rewritten(path, sep, spec)
+    else:
+        source, encoding = str(path), spec.encoding  # a path: decompressed by suffix
     ids = _sources(columns, _ID_TARGETS)
     as_text = (*_sources(columns, (*_TEXT_TARGETS, *text)), *ids)
     skipped: list[int] = []  # the records left out, numbered from 1 as pyarrow does
@@ -199,6 +207,7 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
 
     options = pacsv.ParseOptions(delimiter=_SPARE if len(sep) > 1 else sep,
                                  quote_char=spec.quote or False,
+                                 escape_char=spec.escape or False,
                                  invalid_row_handler=skip if spec.bad_lines == "skip" else None)
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(as_text, pa.string()))
     try:
@@ -210,7 +219,7 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
             table = pa.table([pc.replace_substring(column, _SPARE, sep)
                               if pa.types.is_string(column.type) else column
                               for column in table.columns], names=table.column_names)
-        table, notes = _distinct_names(table, path, columns)
+        table, renamed = _distinct_names(table, path, columns)
         table = _typed_ids(table, ids)
         frame = _frame(table, ids)  # names decode here: in the try
     except (UnicodeDecodeError, pa.ArrowInvalid) as err:
@@ -221,8 +230,43 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
         rows = S.Origin(str(path)).data_rows(np.asarray(spans) - first)
         raise DataError(f"{path}: {len(spans)} record(s) of the wrong width span several "
                         f"lines, first at data row(s) {rows}: {_unclosed(spec, wide=True)}")
+    escaped = (_escaped(table, spec.quote, columns) if spec.quote is not None
+               and spec.escape is None else {})
     return Read(frame, np.asarray(skipped, np.int64) - first,
-                _spanning(table, sep, ids) if spec.quote is not None else {}, lines, notes)
+                _spanning(table, sep, ids) if spec.quote is not None else {}, lines,
+                notes + renamed, escaped)
+
+
+def _refuse_comment_lines(path: Path, encoding: str) -> None:
+    """A first line starting as comment lines do (``#``, ``%``) is refused while
+    ``comment`` is unset: read as the header it names no column the user maps, and
+    read as data (``header`` given) it is a row of made-up ids, an id column of numbers
+    turned to text, and no error at all where it has the file's width."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        head = stream.read(4096)
+    first = head.split(b"\n", 1)[0].decode(encoding, errors="replace").lstrip("\ufeff")
+    marker = first[:1]
+    if marker in ("#", "%"):
+        raise DataError(f"{path}: line 1 starts with {marker!r}, as a comment line does "
+                        f"({first[:60]!r}): set comment: {marker!r} to leave lines starting "
+                        "with it out (with header: [...] where that line named the "
+                        "columns), or comment: null to read it as the file's own line")
+
+
+def _escaped(table: pa.Table, quote: str, columns: Mapping[str, str]
+             ) -> dict[str, np.ndarray]:
+    """Per mapped text column, the positions of values holding a backslash before a
+    quote: what a quote escaped that way leaves when ``escape`` is unset. The quote
+    ends the value there and the rest is read on, so the value is off by a character
+    or two, and no error says so."""
+    out = {}
+    for name in dict.fromkeys(columns.values()):
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            found = pc.fill_null(pc.match_substring(table[name], "\\" + quote), False)
+            positions = np.flatnonzero(found.to_numpy(zero_copy_only=False))
+            if len(positions):
+                out[name] = positions
+    return out
 
 
 def _distinct_names(table: pa.Table, path: Path, columns: Mapping[str, str]
@@ -249,19 +293,32 @@ def _distinct_names(table: pa.Table, path: Path, columns: Mapping[str, str]
                                          f"once; the later ones are read as {renamed}",)
 
 
-def _spare_source(path: Path, sep: str, spec: DataFile) -> pa.BufferReader:
-    """The file's text with each ``sep`` of several characters as the spare one (0x1f),
-    re-encoded as UTF-8: the whole file in memory, decoded and again encoded."""
+def _rewritten(path: Path, sep: str, spec: DataFile
+               ) -> tuple[pa.BufferReader, str, tuple[str, ...]]:
+    """The file's text without the lines starting with ``spec.comment`` and with each
+    ``sep`` of several characters as the spare one (0x1f), re-encoded as UTF-8 (the
+    whole file in memory, decoded and again encoded); its encoding now, and a note
+    counting the comment lines."""
     try:
         decoded = _text_bytes(path).decode(spec.encoding)
     except UnicodeDecodeError as err:
         if codecs.lookup(spec.encoding).name == "utf-8":
             _raise_utf8_location(path, sep, spec.columns, spec.header)
         raise DataError(f"{path}: text is not valid {spec.encoding}: {err}") from None
-    if _SPARE in decoded:
-        raise DataError(f"{path}: holds the character 0x1f, which stands in for the "
-                        f"delimiter {sep!r} while reading; convert the file")
-    return pa.BufferReader(decoded.replace(sep, _SPARE).encode())
+    notes: tuple[str, ...] = ()
+    if spec.comment is not None:
+        lines = decoded.removeprefix("\ufeff").split("\n")
+        kept = [line for line in lines if not line.startswith(spec.comment)]
+        if len(kept) < len(lines):
+            notes = (f"{path}: {len(lines) - len(kept)} comment line(s) (starting with "
+                     f"{spec.comment!r}) left out; data rows are numbered without them",)
+        decoded = "\n".join(kept)
+    if len(sep) > 1:
+        if _SPARE in decoded:
+            raise DataError(f"{path}: holds the character 0x1f, which stands in for the "
+                            f"delimiter {sep!r} while reading; convert the file")
+        decoded = decoded.replace(sep, _SPARE)
+    return pa.BufferReader(decoded.encode()), "utf-8", notes
 
 
 def _unreadable(path: Path, inner: str, spec: DataFile, sep: str, encoding: str,
@@ -531,6 +588,10 @@ def _read(path: Path, spec: DataFile, notes: list[str]) -> tuple[S.Origin, pd.Da
                                       "looks like whole rows:", *where])
                         + f"\n{_unclosed(spec)}")
     notes += [f"{path}: values over several lines, kept: {line}" for line in where]
+    notes += [f"{path}: column '{name}': {len(positions)} value(s) hold a backslash before "
+              f"a quote, first at data row(s) {origin.data_rows(positions)}: where the file "
+              'escapes quotes so, set escape: "\\\\" (such a value is read cut at the '
+              "quote, the rest run on)" for name, positions in read.escaped.items()]
     return origin, _mapped(read.frame, spec.columns, path)
 
 

@@ -111,7 +111,10 @@ def test_valid_csv_tables_pass_with_contract_dtypes(tmp_path: Path) -> None:
     ("2024-01-01\n2024-01-02", ["2024-01-01", "2024-01-02"]),
     # day-stamped logs write dates as numbers: read as seconds, they were August 1970
     ("20170105\n20170210", ["2017-01-05", "2017-02-10"]),
-], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date", "yyyymmdd"])
+    # KuaiRec's seconds with milliseconds: a float a hair short of .277 was cut to .276999
+    ("1594387154.277\n1594387154.421", ["2020-07-10 13:19:14.277", "2020-07-10 13:19:14.421"]),
+], ids=["unix-seconds", "iso-naive", "iso-offsets-to-utc", "iso-date", "yyyymmdd",
+        "fractional-seconds"])
 def test_timestamp_encodings_are_inferred(tmp_path: Path, text: str, expected: list[str]) -> None:
     rows = "\n".join(f"{n},10,{t},1" for n, t in enumerate(text.split("\n"), start=1))
     interactions, *_ = load(spec(write(tmp_path, "log.csv", f"u,i,t,w\n{rows}\n")))
@@ -1295,10 +1298,58 @@ def test_a_wide_record_over_lines_under_multiline_keep_points_to_bad_lines(
     assert any("1 record(s)" in n and "2 line(s) in all" in n for n in raw.notes), raw.notes
 
 
+@pytest.mark.parametrize("sep", ["\t", "::"])
+@pytest.mark.parametrize("marker", ["#", "%"])
+def test_comment_lines_are_refused_until_named_then_left_out(tmp_path: Path, sep: str,
+                                                            marker: str) -> None:
+    """SNAP's edge lists open with '#' lines, KONECT's with '%'. Read with their names
+    in ``header``, a comment line of the file's width became a user and an item (the
+    id columns text) with no error, and ``bad_lines: skip`` advised for the others
+    kept it. Now the first such line is refused, naming ``comment``; with it set the
+    lines are left out, counted, and the ids stay numbers."""
+    log = write(tmp_path, "edges.txt", f"{marker} Directed graph\n{marker} FromNodeId{sep}"
+                f"ToNodeId\n1{sep}10\n2{sep}11\n1{sep}11\n")
+    source = spec(log, columns={"user_id": "from", "item_id": "to"})
+    source["interactions"][0].update(delimiter=sep, header=["from", "to"], bad_lines="skip")
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, log, None, None, "line 1 starts with", f"comment: '{marker}'")
+    source["interactions"][0]["comment"] = marker
+    raw = load_files(FilesSource.model_validate(source))
+    interactions = raw.interactions[0][1]
+    assert interactions["user_id"].tolist() == [1, 2, 1]
+    assert interactions["item_id"].tolist() == [10, 11, 11]
+    assert any("2 comment line(s)" in n for n in raw.notes), raw.notes
+    source["interactions"][0]["comment"] = None  # said outright: the line is the file's own
+    interactions = load_files(FilesSource.model_validate(source)).interactions[0][1]
+    assert interactions["user_id"].tolist()[:2] == [f"{marker} FromNodeId", "1"]
+
+
+def test_a_quote_escaped_with_a_backslash_is_noted_then_read(tmp_path: Path) -> None:
+    """Book-Crossing's book table writes a quote inside a quoted title as \\": read
+    without an escape character the value was cut at that quote and the rest run on
+    (``A \\Quoted\\" title"``), silently. Now noted, naming column, row and setting;
+    ``escape`` reads it whole."""
+    log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
+    items = write(tmp_path, "books.csv", 'i;title\n"10";"Plain"\n"11";"A \\"Quoted\\" title"\n')
+    source = spec(log, items)
+    source["items"]["delimiter"] = ";"
+    raw = load_files(FilesSource.model_validate(source))
+    assert raw.items[1]["title"].tolist()[1] != 'A "Quoted" title'
+    noted = [n for n in raw.notes if "backslash before a quote" in n]
+    assert len(noted) == 1 and "'title'" in noted[0] and "data row(s) 2" in noted[0], raw.notes
+    assert 'escape: "\\\\"' in noted[0], noted
+    source["items"]["escape"] = "\\"
+    raw = load_files(FilesSource.model_validate(source))
+    assert raw.items[1]["title"].tolist() == ["Plain", 'A "Quoted" title']
+    assert not [n for n in raw.notes if "backslash" in n], raw.notes
+
+
 def test_text_settings_on_parquet_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "log.parquet"
     pq.write_table(pa.table({"u": [1], "i": [10], "t": [1700000000], "w": [1.0]}), path)
-    for key, value in (("quote", None), ("multiline", "keep"), ("bad_lines", "skip")):
+    for key, value in (("quote", None), ("multiline", "keep"), ("bad_lines", "skip"),
+                       ("escape", "\\"), ("comment", "#")):
         source = spec(path)
         source["interactions"][0][key] = value
         with pytest.raises(DataError, match=f"{key} applies to text files only"):
