@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -488,12 +489,32 @@ def _check_utf8(path: Path, table: pa.Table) -> None:
 
 
 def _mapped(df: pd.DataFrame, columns: dict[str, str], path: Path) -> pd.DataFrame:
-    missing = {target: source for target, source in columns.items() if source not in df.columns}
+    """The mapped columns under the contract's names; one the file lacks is taken from a
+    ``name=value`` folder of its path (``_path_keys``), else an error naming it."""
+    keys = _path_keys(path)
+    missing = {target: source for target, source in columns.items()
+               if source not in df.columns and source not in keys}
     if missing:
         raise DataError(f"{path}: mapped column(s) not in the file: "
                         + ", ".join(f"{s!r} (for {t})" for t, s in missing.items())
-                        + f"; file has {list(df.columns)}")
-    return pd.DataFrame({target: df[source] for target, source in columns.items()})
+                        + f"; file has {list(df.columns)}"
+                        + (f", its path {sorted(keys)}" if keys else ""))
+    return pd.DataFrame({target: df[source] if source in df.columns else
+                         pd.Series([keys[source]] * len(df), index=df.index, dtype=object)
+                         for target, source in columns.items()})
+
+
+def _path_keys(path: Path) -> dict[str, str | None]:
+    """The ``name=value`` folders of a partitioned log's path (Hive's and Spark's
+    ``logs/dt=2024-01-05/part-0.parquet``), values unescaped: a column the writer moved
+    into the path, such as the day of a log whose rows carry no time of their own.
+    Hive's folder for a missing value gives a missing one."""
+    keys: dict[str, str | None] = {}
+    for part in Path(path).parent.parts:
+        name, equals, value = part.partition("=")
+        if equals and name:
+            keys[name] = None if value == "__HIVE_DEFAULT_PARTITION__" else unquote(value)
+    return keys
 
 
 def _split_lists(df: pd.DataFrame, list_columns: dict[str, str]) -> pd.DataFrame:

@@ -1062,6 +1062,29 @@ def test_daily_gzip_partitions_beside_json_lines(tmp_path: Path) -> None:
     assert interactions["ts"].iloc[-1] == pd.Timestamp("2026-01-02 10:00:00")
 
 
+def test_a_column_in_the_partition_path_is_read_from_it(tmp_path: Path) -> None:
+    """A Spark job's daily counts keep their day in the path (``dt=2024-01-05/``), not
+    in the rows: mapping ``ts`` to ``dt`` stopped ingest ("not in the file"), and left
+    unmapped the log had no time, split at random. The folder's value is the column
+    now (Hive's escapes undone); a name in neither file nor path is still named."""
+    for day, rows in (("2024-01-05", "1,10,3\n2,11,1\n"), ("2024-01-06", "1,11,2\n")):
+        folder = tmp_path / "region=EU%2FWest" / f"dt={day}"
+        folder.mkdir(parents=True)
+        write(folder, "part-0.csv", f"u,i,n\n{rows}")
+    entry = {"path": str(tmp_path / "region=*" / "dt=*" / "part-*.csv"),
+             "columns": {"user_id": "u", "item_id": "i", "ts": "dt", "weight": "n"}}
+    interactions, *_ = load({"kind": "files", "interactions": [entry]})
+    assert interactions["ts"].tolist() == [pd.Timestamp("2024-01-05")] * 2 + [
+        pd.Timestamp("2024-01-06")]
+    assert interactions["weight"].tolist() == [3.0, 1.0, 2.0]
+    entry["columns"]["event"] = "region"
+    assert load({"kind": "files", "interactions": [entry]})[0]["event"].unique().tolist() == [
+        "EU/West"]
+    entry["columns"]["ts"] = "day"
+    with pytest.raises(DataError, match=r"'day' \(for ts\).*its path \['dt', 'region'\]"):
+        load({"kind": "files", "interactions": [entry]})
+
+
 def test_json_ids_that_are_numbers_in_some_rows_and_text_in_others(tmp_path: Path) -> None:
     """pyarrow refuses a field of two kinds; such lines are parsed one by one, the mapped
     fields kept (an unmapped field of two kinds is no matter) and the ids typed as the
