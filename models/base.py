@@ -33,7 +33,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.arrays import descending_key, sorted_contains, sorted_positions, sparse_values
+from models.arrays import (
+    descending_key,
+    sorted_contains,
+    sorted_positions,
+    sorted_unique,
+    sparse_values,
+)
 
 CHUNK_CELLS = 1 << 24  # scores held at once: 16M float32 = 64 MB
 
@@ -52,6 +58,21 @@ class HeldOut:
 
     users: np.ndarray
     items: np.ndarray
+
+
+def held_out_sample(held_out: HeldOut, n_items: int, limit: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The users of the usable held-out pairs (no padding code), sorted, and the pairs
+    as sorted distinct keys ``user * n_items + item``; at most ``limit`` users, a seeded
+    sample where there are more. Channels tune on a full ranking of the catalogue for
+    each, so the sample bounds what tuning costs (users x items)."""
+    ok = (held_out.users >= 0) & (held_out.items >= 0)
+    pairs = sorted_unique(held_out.users[ok].astype(np.int64) * n_items + held_out.items[ok])
+    users = sorted_unique(pairs // n_items)
+    if len(users) > limit:
+        users = np.sort(np.random.default_rng(seed).choice(users, limit, replace=False))
+        pairs = pairs[np.isin(pairs // n_items, users)]
+    return users, pairs
 
 
 def top_k(scores: np.ndarray, k: int) -> TopK:

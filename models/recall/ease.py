@@ -30,8 +30,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from features.recall_data import RecallData
-from models.arrays import sorted_unique
-from models.base import HeldOut, RecallChannel, TopK, chunked_top_k
+from models.base import HeldOut, RecallChannel, TopK, chunked_top_k, held_out_sample
 from models.early_stopping import EarlyStopping
 from models.metrics import hits_from_keys, ndcg_at_k
 
@@ -175,16 +174,10 @@ class EaseChannel(RecallChannel):
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Sampled held-out users, their relevant (row * n_items + item) keys sorted, and
         their relevant counts; None when no pair is usable."""
-        ok = (held_out.users >= 0) & (held_out.items >= 0)
-        pairs = sorted_unique(held_out.users[ok].astype(np.int64) * data.n_items
-                          + held_out.items[ok])
-        users = sorted_unique(pairs // data.n_items)
+        users, pairs = held_out_sample(held_out, data.n_items, self.params["tune_users"],
+                                       self.params["seed"])
         if not len(users):
             return None
-        if len(users) > self.params["tune_users"]:
-            rng = np.random.default_rng(self.params["seed"])
-            users = np.sort(rng.choice(users, self.params["tune_users"], replace=False))
-        pairs = pairs[np.isin(pairs // data.n_items, users)]
         rows = np.searchsorted(users, pairs // data.n_items)
         return users, rows * data.n_items + pairs % data.n_items, np.bincount(
             rows, minlength=len(users))

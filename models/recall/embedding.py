@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits
 from features.recall_data import RecallData
 from models.ann import EXACT_BELOW, AnnIndex, thread_count
 from models.arrays import row_dots
-from models.base import HeldOut, RecallChannel, TopK, user_chunks
+from models.base import HeldOut, RecallChannel, TopK, held_out_sample, user_chunks
 from models.early_stopping import EarlyStopping
 from models.recall.item_index import ItemVectorIndex
 
@@ -266,16 +266,11 @@ class EmbeddingChannel(ItemVectorIndex, RecallChannel):
         return stopper.best_step, stopper.best_value, stopper.best_state
 
     def _watch(self, data: RecallData, held_out: HeldOut) -> tuple[np.ndarray, sp.csr_matrix]:
-        ok = (held_out.users >= 0) & (held_out.items >= 0)
-        users, rows = np.unique(held_out.users[ok], return_inverse=True)
-        relevant = sp.csr_matrix((np.ones(ok.sum(), np.float32), (rows, held_out.items[ok])),
-                                 shape=(len(users), data.n_items))
-        relevant.sum_duplicates()
-        limit = self.params["tune_users"]
-        if len(users) > limit:
-            pick = np.sort(np.random.default_rng(self.params["seed"]).choice(
-                len(users), limit, replace=False))
-            users, relevant = users[pick], relevant[pick]
+        users, pairs = held_out_sample(held_out, data.n_items, self.params["tune_users"],
+                                       self.params["seed"])
+        relevant = sp.csr_matrix((np.ones(len(pairs), np.float32),
+                                  (np.searchsorted(users, pairs // data.n_items),
+                                   pairs % data.n_items)), shape=(len(users), data.n_items))
         return users, relevant
 
     def fit(self, data: RecallData, held_out: HeldOut | None = None) -> EmbeddingChannel:

@@ -16,7 +16,9 @@ import pytest
 import scipy.sparse as sp
 
 from models.base import (
+    HeldOut,
     NotFittedError,
+    held_out_sample,
     remembered,
     scores_remembered,
     sparse_row_ranks,
@@ -416,3 +418,20 @@ def test_channels_retrieve_and_score_pairs_alike_with_their_scores_remembered() 
         np.testing.assert_array_equal(kept[0].items, alone[0].items)
         np.testing.assert_array_equal(kept[0].scores, alone[0].scores)
         np.testing.assert_array_equal(kept[1], alone[1])
+
+
+def test_the_held_out_sample_is_the_usable_pairs_of_a_seeded_set_of_users() -> None:
+    """What EASE, ALS/BPR and the sequence channel tune on: padding codes left out,
+    repeats once, at most ``limit`` users (the same ones for a seed), and only their
+    pairs."""
+    held = HeldOut(np.array([3, 3, 1, -1, 7, 1, 5, 2]), np.array([4, 4, 0, 2, 1, -1, 9, 9]))
+    users, pairs = held_out_sample(held, 10, 10, seed=0)
+    assert users.tolist() == [1, 2, 3, 5, 7]
+    assert pairs.tolist() == [10, 29, 34, 59, 71]
+    picked, kept = held_out_sample(held, 10, 2, seed=0)
+    assert len(picked) == 2 and set(picked) <= set(users)
+    assert (np.sort(np.unique(kept // 10)) == picked).all()
+    assert set(kept) == {p for p in pairs.tolist() if p // 10 in picked}
+    again = held_out_sample(held, 10, 2, seed=0)[0]
+    assert again.tolist() == picked.tolist()
+    assert len({tuple(held_out_sample(held, 10, 2, seed=s)[0]) for s in range(20)}) > 1
