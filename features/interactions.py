@@ -6,6 +6,8 @@ encode to -1 so a caller can treat them as cold instead of silently colliding.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -22,6 +24,12 @@ class IdIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        """A fixed pseudo-random uint64 per id (pandas' hash of the value), the same
+        whatever order the ids came in or whatever codes they got."""
+        return pd.util.hash_pandas_object(self.ids, index=False).to_numpy(np.uint64)
 
     def encode(self, values: pd.Series | np.ndarray) -> np.ndarray:
         """Positions of ``values`` in the index; -1 where unknown."""

@@ -7,9 +7,13 @@ user has seen), so it is no held-out event to predict; keeping the latest had pu
 pair in the user's valid or test part with its earlier events deleted, and 36% of the
 synthetic log's test events were items the user had already had by the end of their
 train part. Then:
-- ``ratio``: per user, ordered by (ts, item_id); users with n < min_interactions stay in
-  train; otherwise the last max(1, floor(test_fraction * n)) rows are test, the
-  max(1, floor(valid_fraction * n)) before them valid, the rest train.
+- ``ratio``: per user, ordered by ts, events at one time in a seeded random order;
+  users with n < min_interactions stay in train; otherwise the last
+  max(1, floor(test_fraction * n)) rows are test, the max(1, floor(valid_fraction * n))
+  before them valid, the rest train. Ties are common (a log stamped by the day; three
+  in four of ML-100K's events share their second with another of the user's), and
+  broken by item id they made each user's test items their highest ids of the last
+  day or second: a pattern the sequence channel and rankers learned, not taste.
 - ``leave_last``: the same with exactly one test and one valid row per user.
 - ``time``: global cut-offs: ts < valid_start is train, ts >= test_start is test
   (a cut-off with a time zone is compared as naive UTC, like every ``ts``).
@@ -95,11 +99,9 @@ def split(interactions: pd.DataFrame, cfg: SplitConfig, seed: int = 0,
             raise ValueError("split.test_start must not precede split.valid_start")
         part = np.where(df[S.TS] >= test_start, 2, np.where(df[S.TS] >= valid_start, 1, 0))
     else:
-        if strategy == "random":
-            df = df.assign(_order=np.random.default_rng(seed).random(len(df)))
-            df = df.sort_values([S.USER, "_order"], kind="stable").drop(columns="_order")
-        else:
-            df = df.sort_values([S.USER, S.TS, S.ITEM], kind="stable")
+        df = df.assign(_order=np.random.default_rng(seed).random(len(df)))
+        df = df.sort_values([S.USER, "_order"] if strategy == "random" else
+                            [S.USER, S.TS, "_order"], kind="stable").drop(columns="_order")
         n = df.groupby(S.USER, sort=False)[S.ITEM].transform("size").to_numpy()
         from_end = n - 1 - df.groupby(S.USER, sort=False).cumcount().to_numpy()
         if strategy == "leave_last":

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from features.interactions import IdIndex
-from features.recall_data import build_recall_data
+from features.recall_data import build_recall_data, tie_order
 from tests.conftest import recall_data_from_matrix
 
 
@@ -29,7 +29,7 @@ def test_events_join_one_users_history_in_time_order() -> None:
 def test_events_give_the_data_a_rebuild_on_the_longer_log_gives() -> None:
     """Spliced into the log and history, the events leave what ``build_recall_data``
     makes of the fitting log with them appended: a query column missing for them, ties
-    in time broken by item, then old events before new."""
+    in time in the same order (``tie_order``), then old events before new."""
     rng = np.random.default_rng(3)
     n = 60
     fit = pd.DataFrame({"user_id": rng.integers(0, 6, n), "item_id": rng.integers(0, 9, n),
@@ -119,3 +119,30 @@ def test_codes_decode_to_the_ids_in_their_own_type() -> None:
     assert pd.DataFrame({"item_id": decoded})["item_id"].dtype == "str"
     assert isinstance(numbers.decode(codes), np.ndarray)
     assert numbers.decode(codes).tolist() == [20, 30, 30, 20]
+
+
+def test_events_at_one_time_are_in_an_order_of_each_users_own() -> None:
+    """A day-stamped log: a user's events of one day came in item id order, so "the
+    latest items" (the sequence channel's input and target) were the highest ids. Now
+    each user's own fixed order (``tie_order``): not the ids', not the file's, not the
+    same for every user, and the same on every build."""
+    rng = np.random.default_rng(0)
+    fit = pd.DataFrame({"user_id": np.repeat(np.arange(40), 12),
+                        "item_id": np.concatenate([rng.choice(30, 12, replace=False)
+                                                   for _ in range(40)]),
+                        "weight": np.float32(1.0), "ts": pd.Timestamp("2024-01-05")})
+    items, users = pd.DataFrame({"item_id": range(30)}), pd.DataFrame({"user_id": range(40)})
+    def orders(frame: pd.DataFrame) -> list[tuple[int, ...]]:
+        """Each user's items in the log's order, users by raw id (codes follow the fit)."""
+        data = build_recall_data(frame, items, users)
+        ids = data.user_index.decode(data.log["user"].to_numpy())
+        by_user = data.log.assign(user_id=ids).groupby("user_id", sort=True)["item"]
+        return [tuple(group) for _, group in by_user]
+
+    log = orders(fit)
+    assert sum(order == tuple(sorted(order)) for order in log) <= 1
+    first = [order.index(min(order)) for order in log]
+    assert len(set(first)) > 5  # where the lowest id falls differs from user to user
+    assert orders(fit.sample(frac=1, random_state=2)) == log
+    keys = tie_order(np.array([1, 1, 2], np.uint64), np.array([5, 6, 5], np.uint64))
+    assert len(set(keys.tolist())) == 3 and keys.dtype == np.uint64
