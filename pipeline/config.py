@@ -82,13 +82,16 @@ class DataFile(_Strict):
         "where quotes are plain characters in its values (a tab-separated log of track "
         "titles), since an unclosed one takes in the lines after it")
     escape: str | None = Field(
-        None, min_length=1, max_length=1, description="a text file's escape character in "
-        'quoted values: "\\\\" (a backslash) where a quote inside one is written \\" (MySQL '
-        "dumps, Book-Crossing's tables); unset, mapped values holding a backslash before a "
-        "quote are noted")
+        None, min_length=1, max_length=1, description="a text file's escape character: "
+        '"\\\\" (a backslash) where a quote inside a quoted value is written \\" (MySQL '
+        "dumps, Book-Crossing's tables); it escapes outside quotes too (the next "
+        "character, a delimiter included, is taken as it is and the backslash dropped), so "
+        "only for files written so; unset, mapped values holding a backslash and a quote "
+        "are noted")
     comment: str | None = Field(
         None, min_length=1, description="a text file's comment marker: lines starting with "
-        "it are left out, counted in a note, and data rows are numbered without them "
+        "it outside a quoted value are left out, counted in a note, and data rows are "
+        "numbered without them "
         "(SNAP's '#', KONECT's '%'); unset, a first line starting with '#' or '%' is an "
         "error naming this setting (null: read such a line as the file's own)")
     multiline: Literal["error", "keep"] = Field(

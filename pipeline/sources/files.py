@@ -181,17 +181,22 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
     values afterwards. Records of the wrong width are left out under ``bad_lines:
     skip``, read on one thread so that pyarrow numbers them; one that spans lines is an
     unclosed quote's doing, reported as such (``_unclosed``). Comment lines are taken out
-    before pyarrow reads the text (it has no such option), in ``_rewritten`` too."""
+    before pyarrow reads the text (it has no such option: ``_without_comments``), and
+    an invalid byte is then located in the text read, its rows numbered without them."""
     columns, header = dict(spec.columns), spec.header
     if spec.quote is not None and spec.quote in sep:
         raise DataError(f"{path}: quote {spec.quote!r} is in the delimiter {sep!r}")
     if "comment" not in spec.model_fields_set:
         _refuse_comment_lines(path, spec.encoding)
-    notes: tuple[str, ...] = ()
-    if len(sep) > 1 or spec.comment is not None:
-        source, encoding, notes = _rewritten(path, sep, spec)
-    else:
-        source, encoding = str(path), spec.encoding  # a path: decompressed by suffix
+    data, encoding, notes = (_without_comments(path, spec) if spec.comment is not None
+                             else (None, spec.encoding, ()))
+    if data is not None and not data.strip():  # a partition of nothing but comments
+        return Read(pd.DataFrame({name: pd.Series(dtype=object)
+                                  for name in dict.fromkeys(columns.values())}), notes=notes)
+    if len(sep) > 1:
+        source, encoding = _spared(path, data, sep, spec, encoding), "utf-8"
+    else:  # a path: decompressed by suffix
+        source = str(path) if data is None else pa.BufferReader(data)
     ids = _sources(columns, _ID_TARGETS)
     as_text = (*_sources(columns, (*_TEXT_TARGETS, *text)), *ids)
     skipped: list[int] = []  # the records left out, numbered from 1 as pyarrow does
@@ -224,7 +229,7 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
         table = _typed_ids(table, ids)
         frame = _frame(table, ids)  # names decode here: in the try
     except (UnicodeDecodeError, pa.ArrowInvalid) as err:
-        raise _unreadable(path, inner, spec, sep, encoding, err) from None
+        raise _unreadable(path, inner, spec, sep, encoding, err, data) from None
     # a record's number counts the header line; a data row's (from 0) does not
     first = 1 if header else 2
     if spans and spec.multiline == "error":
@@ -256,14 +261,16 @@ def _refuse_comment_lines(path: Path, encoding: str) -> None:
 
 def _escaped(table: pa.Table, quote: str, columns: Mapping[str, str]
              ) -> dict[str, np.ndarray]:
-    """Per mapped text column, the positions of values holding a backslash before a
-    quote: what a quote escaped that way leaves when ``escape`` is unset. The quote
-    ends the value there and the rest is read on, so the value is off by a character
-    or two, and no error says so."""
+    """Per mapped text column, the positions of values holding both a backslash and a
+    quote: what a quote escaped as ``\\"`` leaves when ``escape`` is unset. The quote
+    ends the value there and the rest is read on (``"The 12\\" single"`` reads as
+    ``The 12\\ single"``), so the value is off by a character or two, and no error
+    says so."""
     out = {}
     for name in dict.fromkeys(columns.values()):
         if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
-            found = pc.fill_null(pc.match_substring(table[name], "\\" + quote), False)
+            found = pc.fill_null(pc.and_(pc.match_substring(table[name], "\\"),
+                                         pc.match_substring(table[name], quote)), False)
             positions = np.flatnonzero(found.to_numpy(zero_copy_only=False))
             if len(positions):
                 out[name] = positions
@@ -294,41 +301,68 @@ def _distinct_names(table: pa.Table, path: Path, columns: Mapping[str, str]
                                          f"once; the later ones are read as {renamed}",)
 
 
-def _rewritten(path: Path, sep: str, spec: DataFile
-               ) -> tuple[pa.BufferReader, str, tuple[str, ...]]:
-    """The file's text without the lines starting with ``spec.comment`` and with each
-    ``sep`` of several characters as the spare one (0x1f), re-encoded as UTF-8 (the
-    whole file in memory, decoded and again encoded); its encoding now, and a note
-    counting the comment lines."""
+def _without_comments(path: Path, spec: DataFile) -> tuple[bytes, str, tuple[str, ...]]:
+    """The file's bytes without the lines starting with ``spec.comment`` outside a
+    quoted value (a description's line may start so), their encoding, and a note
+    counting them. Worked on the bytes where the encoding writes the marker, quote and
+    newline as ASCII does (UTF-8, latin-1, cp1252: the encodings public logs come in);
+    other encodings are decoded first and handed on as UTF-8."""
+    raw = _text_bytes(path)
+    marker, quote, escape = spec.comment, spec.quote or "", spec.escape or ""
+    ascii_like = all(c.encode(spec.encoding, "ignore").lstrip(codecs.BOM_UTF8) == c.encode()
+                     for c in (marker, quote, escape, "\n") if c)
+    if ascii_like:
+        data, encoding = raw.removeprefix(codecs.BOM_UTF8), spec.encoding
+        mark, q, esc, newline = marker.encode(), quote.encode(), escape.encode(), b"\n"
+    else:
+        try:
+            data, encoding = raw.decode(spec.encoding).removeprefix("\ufeff"), "utf-8"
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: text is not valid {spec.encoding}: {err}") from None
+        mark, q, esc, newline = marker, quote, escape, "\n"
+    lines = data.split(newline)
+    if not q or q not in data:
+        kept = [line for line in lines if not line.startswith(mark)]
+    else:
+        kept, inside = [], False
+        for line in lines:
+            if inside or not line.startswith(mark):
+                kept.append(line)
+                bare = line.replace(esc + q, q[:0]) if esc else line
+                inside ^= bare.count(q) % 2 == 1
+    joined = newline.join(kept)
+    text = joined if isinstance(joined, bytes) else joined.encode()
+    notes = (f"{path}: {len(lines) - len(kept)} comment line(s) (starting with {marker!r}) "
+             "left out; data rows are numbered without them",) if len(kept) < len(lines) else ()
+    return text, encoding, notes
+
+
+def _spared(path: Path, data: bytes | None, sep: str, spec: DataFile, encoding: str
+            ) -> pa.BufferReader:
+    """The text (``data``, else the file's) with each ``sep`` of several characters as
+    the spare one (0x1f), re-encoded as UTF-8: the whole file in memory, decoded and
+    again encoded."""
+    raw = _text_bytes(path) if data is None else data
     try:
-        decoded = _text_bytes(path).decode(spec.encoding)
+        decoded = raw.decode(encoding)
     except UnicodeDecodeError as err:
-        if codecs.lookup(spec.encoding).name == "utf-8":
-            _raise_utf8_location(path, sep, spec.columns, spec.header)
-        raise DataError(f"{path}: text is not valid {spec.encoding}: {err}") from None
-    notes: tuple[str, ...] = ()
-    if spec.comment is not None:
-        lines = decoded.removeprefix("\ufeff").split("\n")
-        kept = [line for line in lines if not line.startswith(spec.comment)]
-        if len(kept) < len(lines):
-            notes = (f"{path}: {len(lines) - len(kept)} comment line(s) (starting with "
-                     f"{spec.comment!r}) left out; data rows are numbered without them",)
-        decoded = "\n".join(kept)
-    if len(sep) > 1:
-        if _SPARE in decoded:
-            raise DataError(f"{path}: holds the character 0x1f, which stands in for the "
-                            f"delimiter {sep!r} while reading; convert the file")
-        decoded = decoded.replace(sep, _SPARE)
-    return pa.BufferReader(decoded.encode()), "utf-8", notes
+        if codecs.lookup(encoding).name == "utf-8":
+            _raise_utf8_location(path, sep, spec.columns, spec.header, data)
+        raise DataError(f"{path}: text is not valid {encoding}: {err}") from None
+    if _SPARE in decoded:
+        raise DataError(f"{path}: holds the character 0x1f, which stands in for the "
+                        f"delimiter {sep!r} while reading; convert the file")
+    return pa.BufferReader(decoded.replace(sep, _SPARE).encode())
 
 
 def _unreadable(path: Path, inner: str, spec: DataFile, sep: str, encoding: str,
-                err: Exception) -> DataError:
+                err: Exception, data: bytes | None = None) -> DataError:
     """What a text file pyarrow could not read has wrong: its encoding (by column and
-    line, for UTF-8), a record an unclosed quote ran on over, or a line's width."""
+    line, for UTF-8, in ``data`` where that was read instead of the file), a record an
+    unclosed quote ran on over, or a line's width."""
     undecodable = isinstance(err, UnicodeDecodeError) or "utf8" in str(err).lower()
     if undecodable and codecs.lookup(encoding).name == "utf-8":
-        _raise_utf8_location(path, sep, spec.columns, spec.header)
+        _raise_utf8_location(path, sep, spec.columns, spec.header, data)
     if undecodable:
         return DataError(f"{path}: text is not valid {encoding}: {err}")
     message = f"{path}: cannot parse {inner[1:].upper() or 'text'}: {err}"
@@ -438,11 +472,13 @@ def _ids_as_read(text: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _raise_utf8_location(path: Path, delimiter: str, columns: Mapping[str, str],
-                         header: list[str] | None = None) -> None:
+                         header: list[str] | None = None, data: bytes | None = None) -> None:
     """Name the column of the first invalid byte (and the contract's, where ``columns``
     maps it) and the lines holding any (header = 0; a file without one gives its column
-    names in ``header``, and its first line is data row 1)."""
-    lines = ([b""] if header else []) + _text_bytes(path).split(b"\n")
+    names in ``header``, and its first line is data row 1), in ``data`` where the text
+    read is not the file's (comment lines left out)."""
+    text = _text_bytes(path) if data is None else data
+    lines = ([b""] if header else []) + text.split(b"\n")
     bad: list[tuple[int, int]] = []  # (line number, offset of the first bad byte)
     for number, line in enumerate(lines):
         try:

@@ -1348,23 +1348,54 @@ def test_comment_lines_are_refused_until_named_then_left_out(tmp_path: Path, sep
     assert interactions["user_id"].tolist()[:2] == [f"{marker} FromNodeId", "1"]
 
 
+def test_comment_lines_in_quoted_values_bad_bytes_and_a_partition_of_comments(
+        tmp_path: Path) -> None:
+    """A description's line starting with the marker is part of its value, not a
+    comment (dropping it took the closing quote, and the value the rest of the file); an
+    invalid byte is named by the file's column and the row numbered without comments, and
+    one inside a comment line is no error; a partition of nothing but comments is empty."""
+    items = write(tmp_path, "items.csv", '# catalogue\ni,title,about\n10,Alpha,"A kettle.\n'
+                  '# Fast, quiet"\n11,Beta,x\n')
+    source = spec(write(tmp_path, "log.csv", GOOD_INTERACTIONS), items)
+    source["items"].update(comment="#", multiline="keep")
+    source["items"]["columns"] = {**ITEM_COLUMNS, "text": "about"}
+    raw = load_files(FilesSource.model_validate(source))
+    assert raw.items[1]["text"].tolist() == ["A kettle.\n# Fast, quiet", "x"]
+    bad = write(tmp_path, "bad.csv", b"# c1\n# c\xff2\nu,i,t,w\n1,10,1700000000,1\n"
+                b"2,\xff1,1700000100,1\n")
+    source = spec(bad)
+    source["interactions"][0]["comment"] = "#"
+    with pytest.raises(DataError) as err:
+        load(source)
+    assert_names(err, bad, "item_id", "2", "not valid UTF-8")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write(folder, "part-1.csv", "# written 2024-01-05\n" + GOOD_INTERACTIONS.decode())
+    write(folder, "part-2.csv", "# written 2024-01-06, no events\n")
+    source = spec(folder / "part-*.csv")
+    source["interactions"][0]["comment"] = "#"
+    interactions, *_, notes = load(source)
+    assert len(interactions) == 3 and any("no rows" in n for n in notes), notes
+
+
 def test_a_quote_escaped_with_a_backslash_is_noted_then_read(tmp_path: Path) -> None:
     """Book-Crossing's book table writes a quote inside a quoted title as \\": read
     without an escape character the value was cut at that quote and the rest run on
     (``A \\Quoted\\" title"``), silently. Now noted, naming column, row and setting;
     ``escape`` reads it whole."""
     log = write(tmp_path, "log.csv", GOOD_INTERACTIONS)
-    items = write(tmp_path, "books.csv", 'i;title\n"10";"Plain"\n"11";"A \\"Quoted\\" title"\n')
+    items = write(tmp_path, "books.csv", 'i;title\n"10";"Plain"\n"11";"A \\"Quoted\\" title"\n'
+                  '"12";"The 12\\" single"\n')
     source = spec(log, items)
     source["items"]["delimiter"] = ";"
     raw = load_files(FilesSource.model_validate(source))
     assert raw.items[1]["title"].tolist()[1] != 'A "Quoted" title'
     noted = [n for n in raw.notes if "backslash before a quote" in n]
-    assert len(noted) == 1 and "'title'" in noted[0] and "data row(s) 2" in noted[0], raw.notes
+    assert len(noted) == 1 and "'title'" in noted[0] and "data row(s) 2, 3" in noted[0], noted
     assert 'escape: "\\\\"' in noted[0], noted
     source["items"]["escape"] = "\\"
     raw = load_files(FilesSource.model_validate(source))
-    assert raw.items[1]["title"].tolist() == ["Plain", 'A "Quoted" title']
+    assert raw.items[1]["title"].tolist() == ["Plain", 'A "Quoted" title', 'The 12" single']
     assert not [n for n in raw.notes if "backslash" in n], raw.notes
 
 
