@@ -148,7 +148,8 @@ def user_bounds(log_users: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, n
 def last_tokens(log: pd.DataFrame, users: np.ndarray, max_len: int) -> np.ndarray:
     """Each user's latest ``max_len`` items as tokens (item + 1), left-padded with 0.
 
-    ``log`` is sorted by (user, ts, item); a user absent from it gets an all-pad row.
+    ``log`` is sorted by user and time (``RecallData.log``); a user absent from it gets
+    an all-pad row.
     """
     log_users = log["user"].to_numpy()
     starts, ends = user_bounds(log_users, np.asarray(users))

@@ -25,6 +25,9 @@ train part. Then:
   ``ratio``.
 The ordered strategies keep each user's train strictly before (in that order) their valid
 and test rows, which is what lets later stages fit on train and never see the future.
+The seeded random order is a key per (seed, user, item) (``seeded_order``), not a draw
+per row, so a user's held-out events depend on their own events alone: a night's new
+events for some users leave everyone else's parts as they were.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.recall_data import tie_order
 from pipeline import schema as S
 from pipeline.config import SplitConfig
 from pipeline.schema import DataError
@@ -44,6 +48,19 @@ def deduplicate(interactions: pd.DataFrame) -> pd.DataFrame:
     ordered = interactions.reset_index(drop=True)
     ordered = ordered.sort_values([S.USER, S.ITEM, S.TS], kind="stable")
     return ordered.drop_duplicates([S.USER, S.ITEM], keep="first")
+
+
+def seeded_order(df: pd.DataFrame, seed: int) -> np.ndarray:
+    """A pseudo-random uint64 per row from its (user, item) and the seed alone
+    (``tie_order`` of the ids' hashes), so the same pair gets the same key whatever
+    else the log holds."""
+    def keys(column: pd.Series) -> np.ndarray:
+        codes, uniques = pd.factorize(column)
+        return pd.util.hash_pandas_object(pd.Index(uniques), index=False).to_numpy(
+            np.uint64)[codes]
+
+    salt = np.uint64((seed + 1) * 0xD1B54A32D192ED03 % 2**64)
+    return tie_order(keys(df[S.USER]) ^ salt, keys(df[S.ITEM]))
 
 
 def _floor_share(fraction: float, n: np.ndarray) -> np.ndarray:
@@ -99,7 +116,7 @@ def split(interactions: pd.DataFrame, cfg: SplitConfig, seed: int = 0,
             raise ValueError("split.test_start must not precede split.valid_start")
         part = np.where(df[S.TS] >= test_start, 2, np.where(df[S.TS] >= valid_start, 1, 0))
     else:
-        df = df.assign(_order=np.random.default_rng(seed).random(len(df)))
+        df = df.assign(_order=seeded_order(df, seed))
         df = df.sort_values([S.USER, "_order"] if strategy == "random" else
                             [S.USER, S.TS, "_order"], kind="stable").drop(columns="_order")
         n = df.groupby(S.USER, sort=False)[S.ITEM].transform("size").to_numpy()

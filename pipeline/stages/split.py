@@ -22,7 +22,7 @@ def run(cfg: Config, io: StageIO) -> dict:
     status = f"split {strategy}"
     if not timed:
         held = ("a seeded random holdout per user" if strategy == "random" else
-                "which orders each user's events by item id")
+                "which holds out at random too: every event is at one time")
         status = "; ".join([f"the log has no time (one timestamp for every event): split "
                             f"{strategy}, {held}", *order_free(cfg)[1]])
         log.warning("[split] %s", status)

@@ -176,6 +176,26 @@ def test_events_at_one_time_take_a_seeded_random_order_not_the_ids() -> None:
     assert sorted(pd.concat([parts[p] for p in PARTS])[S.ITEM]) == ["a", "b", "c", "d"]
 
 
+@pytest.mark.parametrize("strategy", ["ratio", "random"])
+def test_a_users_parts_depend_on_their_own_events_alone(strategy: str) -> None:
+    """A draw per row made every user's held-out items hang on the rows before theirs:
+    one more event for user 3 changed the test items of all 49 other users, and a
+    nightly run compared its metrics on another test set each night."""
+    df = random_log(2, n_users=50)
+    before = split(df, SplitConfig(strategy=strategy), seed=1)
+    more = pd.concat([log([(3, 999, 0.0)]), df], ignore_index=True)
+    after = split(more, SplitConfig(strategy=strategy), seed=1)
+
+    def others(parts: pd.DataFrame) -> pd.DataFrame:
+        rest = parts[parts[S.USER] != 3][[S.USER, S.ITEM]]
+        return rest.sort_values([S.USER, S.ITEM]).reset_index(drop=True)
+
+    for part in PARTS:
+        pd.testing.assert_frame_equal(others(after[part]), others(before[part]))
+    assert not others(split(df, SplitConfig(strategy=strategy), seed=2)["test"]).equals(
+        others(before["test"]))
+
+
 def test_ts_before_the_order_of_ties() -> None:
     """Item 1 is newest, so it is test even though its id is smallest; 4 and 2 tie on
     ts, so either is valid."""
