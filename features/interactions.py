@@ -14,6 +14,13 @@ import scipy.sparse as sp
 from pandas.api.extensions import ExtensionArray, ExtensionDtype
 
 
+def id_keys(ids: pd.Index) -> np.ndarray:
+    """A fixed pseudo-random uint64 per id: pandas' hash of its text, so 5 and "5" (ids
+    typed as numbers one night and as text the next, once an id with letters comes)
+    get the same one, whatever order the ids came in or whatever codes they got."""
+    return pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy(np.uint64)
+
+
 class IdIndex:
     """A fixed, ordered vocabulary of raw ids (ints or strings)."""
 
@@ -27,9 +34,8 @@ class IdIndex:
 
     @cached_property
     def keys(self) -> np.ndarray:
-        """A fixed pseudo-random uint64 per id (pandas' hash of the value), the same
-        whatever order the ids came in or whatever codes they got."""
-        return pd.util.hash_pandas_object(self.ids, index=False).to_numpy(np.uint64)
+        """``id_keys`` of the ids, in code order."""
+        return id_keys(self.ids)
 
     def encode(self, values: pd.Series | np.ndarray) -> np.ndarray:
         """Positions of ``values`` in the index; -1 where unknown."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.interactions import id_keys
 from features.recall_data import tie_order
 from pipeline import schema as S
 from pipeline.config import SplitConfig
@@ -52,12 +53,12 @@ def deduplicate(interactions: pd.DataFrame) -> pd.DataFrame:
 
 def seeded_order(df: pd.DataFrame, seed: int) -> np.ndarray:
     """A pseudo-random uint64 per row from its (user, item) and the seed alone
-    (``tie_order`` of the ids' hashes), so the same pair gets the same key whatever
-    else the log holds."""
+    (``tie_order`` of the ids' hashes, as text: a log whose item ids turn from numbers
+    to text when one new id has letters keeps its keys), so the same pair gets the
+    same key whatever else the log holds."""
     def keys(column: pd.Series) -> np.ndarray:
         codes, uniques = pd.factorize(column)
-        return pd.util.hash_pandas_object(pd.Index(uniques), index=False).to_numpy(
-            np.uint64)[codes]
+        return id_keys(pd.Index(uniques))[codes]
 
     salt = np.uint64((seed + 1) * 0xD1B54A32D192ED03 % 2**64)
     return tie_order(keys(df[S.USER]) ^ salt, keys(df[S.ITEM]))

@@ -188,7 +188,7 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
         raise DataError(f"{path}: quote {spec.quote!r} is in the delimiter {sep!r}")
     if "comment" not in spec.model_fields_set:
         _refuse_comment_lines(path, spec.encoding)
-    data, encoding, notes = (_without_comments(path, spec) if spec.comment is not None
+    data, encoding, notes = (_without_comments(path, spec, sep) if spec.comment is not None
                              else (None, spec.encoding, ()))
     if data is not None and not data.strip():  # a partition of nothing but comments
         return Read(pd.DataFrame({name: pd.Series(dtype=object)
@@ -261,16 +261,16 @@ def _refuse_comment_lines(path: Path, encoding: str) -> None:
 
 def _escaped(table: pa.Table, quote: str, columns: Mapping[str, str]
              ) -> dict[str, np.ndarray]:
-    """Per mapped text column, the positions of values holding both a backslash and a
-    quote: what a quote escaped as ``\\"`` leaves when ``escape`` is unset. The quote
+    """Per mapped text column, the positions of values holding a backslash with a quote
+    after it: what a quote escaped as ``\\"`` leaves when ``escape`` is unset. The quote
     ends the value there and the rest is read on (``"The 12\\" single"`` reads as
     ``The 12\\ single"``), so the value is off by a character or two, and no error
     says so."""
     out = {}
     for name in dict.fromkeys(columns.values()):
         if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
-            found = pc.fill_null(pc.and_(pc.match_substring(table[name], "\\"),
-                                         pc.match_substring(table[name], quote)), False)
+            found = pc.fill_null(pc.match_substring_regex(table[name],
+                                                          r"\\.*" + re.escape(quote)), False)
             positions = np.flatnonzero(found.to_numpy(zero_copy_only=False))
             if len(positions):
                 out[name] = positions
@@ -301,26 +301,36 @@ def _distinct_names(table: pa.Table, path: Path, columns: Mapping[str, str]
                                          f"once; the later ones are read as {renamed}",)
 
 
-def _without_comments(path: Path, spec: DataFile) -> tuple[bytes, str, tuple[str, ...]]:
+_BYTE_SAFE = ("utf-8", "latin-1", "iso8859-1", "cp1252", "ascii")  # ASCII bytes are ASCII
+_LINE_END = r"(?<=\n)|(?<=\r)(?!\n)"  # after \n, \r\n or a lone \r, the ending kept
+
+
+def _without_comments(path: Path, spec: DataFile, sep: str
+                      ) -> tuple[bytes, str, tuple[str, ...]]:
     """The file's bytes without the lines starting with ``spec.comment`` outside a
-    quoted value (a description's line may start so), their encoding, and a note
-    counting them. Worked on the bytes where the encoding writes the marker, quote and
-    newline as ASCII does (UTF-8, latin-1, cp1252: the encodings public logs come in);
-    other encodings are decoded first and handed on as UTF-8."""
+    quoted value (a description's line may start so: ``_ends_quoted``), their encoding,
+    and a note counting them. Lines end at \\n, \\r\\n or a lone \\r, as pyarrow's
+    do. Worked on the bytes in UTF-8, latin-1 and cp1252 (the encodings public logs come
+    in, where a byte that reads as ASCII is that character); other encodings are
+    decoded first and handed on as UTF-8."""
     raw = _text_bytes(path)
     marker, quote, escape = spec.comment, spec.quote or "", spec.escape or ""
-    ascii_like = all(c.encode(spec.encoding, "ignore").lstrip(codecs.BOM_UTF8) == c.encode()
-                     for c in (marker, quote, escape, "\n") if c)
-    if ascii_like:
-        data, encoding = raw.removeprefix(codecs.BOM_UTF8), spec.encoding
-        mark, q, esc, newline = marker.encode(), quote.encode(), escape.encode(), b"\n"
+    if codecs.lookup(spec.encoding).name in _BYTE_SAFE:
+        data: bytes | str = raw.removeprefix(codecs.BOM_UTF8)
+        encoding, ends = spec.encoding, re.compile(_LINE_END.encode())
+        try:
+            mark, q, esc, delimiter = (c.encode(encoding) for c in (marker, quote, escape, sep))
+        except UnicodeEncodeError:
+            raise DataError(f"{path}: comment {marker!r}, quote, escape or delimiter has a "
+                            f"character that {encoding} cannot write") from None
     else:
         try:
-            data, encoding = raw.decode(spec.encoding).removeprefix("\ufeff"), "utf-8"
+            data = raw.decode(spec.encoding).removeprefix("\ufeff")
         except UnicodeDecodeError as err:
             raise DataError(f"{path}: text is not valid {spec.encoding}: {err}") from None
-        mark, q, esc, newline = marker, quote, escape, "\n"
-    lines = data.split(newline)
+        encoding, ends = "utf-8", re.compile(_LINE_END)
+        mark, q, esc, delimiter = marker, quote, escape, sep
+    lines = [line for line in ends.split(data) if line]
     if not q or q not in data:
         kept = [line for line in lines if not line.startswith(mark)]
     else:
@@ -328,13 +338,40 @@ def _without_comments(path: Path, spec: DataFile) -> tuple[bytes, str, tuple[str
         for line in lines:
             if inside or not line.startswith(mark):
                 kept.append(line)
-                bare = line.replace(esc + q, q[:0]) if esc else line
-                inside ^= bare.count(q) % 2 == 1
-    joined = newline.join(kept)
+                inside = _ends_quoted(line, inside, q, esc, delimiter)
+    joined = data[:0].join(kept)
     text = joined if isinstance(joined, bytes) else joined.encode()
     notes = (f"{path}: {len(lines) - len(kept)} comment line(s) (starting with {marker!r}) "
              "left out; data rows are numbered without them",) if len(kept) < len(lines) else ()
     return text, encoding, notes
+
+
+def _ends_quoted(line: bytes | str, inside: bool, quote: bytes | str, escape: bytes | str,
+                 delimiter: bytes | str) -> bool:
+    """Whether a quoted value is still open at the end of ``line`` (``inside``: open at
+    its start), read as pyarrow reads it: a quote opens a value only at the start of a
+    field, a doubled one inside stays in it, the escape character takes the next one
+    as it is. A line without a quote leaves things as they were."""
+    if quote not in line:
+        return inside
+    at_start, i, n = not inside, 0, len(line)
+    while i < n:
+        if escape and line.startswith(escape, i):
+            i, at_start = i + 2, False
+        elif inside:
+            if line.startswith(quote, i):
+                if line.startswith(quote, i + 1):
+                    i += 2
+                    continue
+                inside = False
+            i += 1
+        elif at_start and line.startswith(quote, i):
+            inside, at_start, i = True, False, i + 1
+        elif line.startswith(delimiter, i):
+            at_start, i = True, i + len(delimiter)
+        else:
+            at_start, i = False, i + 1
+    return inside
 
 
 def _spared(path: Path, data: bytes | None, sep: str, spec: DataFile, encoding: str

@@ -194,6 +194,15 @@ def test_a_users_parts_depend_on_their_own_events_alone(strategy: str) -> None:
         pd.testing.assert_frame_equal(others(after[part]), others(before[part]))
     assert not others(split(df, SplitConfig(strategy=strategy), seed=2)["test"]).equals(
         others(before["test"]))
+    # one new item id with letters turns the column to text (ingest types ids so):
+    # "5" must get the key 5 had
+    texts = more.assign(**{S.ITEM: more[S.ITEM].astype(str)})
+    texts.loc[0, S.ITEM] = "B00X"
+    as_text = split(texts, SplitConfig(strategy=strategy), seed=1)
+    for part in PARTS:
+        rest = as_text[part][as_text[part][S.USER] != 3]
+        pd.testing.assert_frame_equal(others(rest.assign(**{S.ITEM: rest[S.ITEM].astype(int)})),
+                                      others(before[part]))
 
 
 def test_ts_before_the_order_of_ties() -> None:
