@@ -308,7 +308,7 @@ _LINE_END = r"(?<=\n)|(?<=\r)(?!\n)"  # after \n, \r\n or a lone \r, the ending 
 def _without_comments(path: Path, spec: DataFile, sep: str
                       ) -> tuple[bytes, str, tuple[str, ...]]:
     """The file's bytes without the lines starting with ``spec.comment`` outside a
-    quoted value (a description's line may start so: ``_ends_quoted``), their encoding,
+    quoted value (a description's line may start so: ``_state_after``), their encoding,
     and a note counting them. Lines end at \\n, \\r\\n or a lone \\r, as pyarrow's
     do. Worked on the bytes in UTF-8, latin-1 and cp1252 (the encodings public logs come
     in, where a byte that reads as ASCII is that character); other encodings are
@@ -331,14 +331,14 @@ def _without_comments(path: Path, spec: DataFile, sep: str
         encoding, ends = "utf-8", re.compile(_LINE_END)
         mark, q, esc, delimiter = marker, quote, escape, sep
     lines = [line for line in ends.split(data) if line]
-    if not q or q not in data:
+    if (not q or q not in data) and (not esc or esc not in data):
         kept = [line for line in lines if not line.startswith(mark)]
     else:
-        kept, inside = [], False
+        kept, state = [], _RECORD_START
         for line in lines:
-            if inside or not line.startswith(mark):
+            if state != _RECORD_START or not line.startswith(mark):
                 kept.append(line)
-                inside = _ends_quoted(line, inside, q, esc, delimiter)
+                state = _state_after(line, state, q, esc, delimiter)
     joined = data[:0].join(kept)
     text = joined if isinstance(joined, bytes) else joined.encode()
     notes = (f"{path}: {len(lines) - len(kept)} comment line(s) (starting with {marker!r}) "
@@ -346,18 +346,30 @@ def _without_comments(path: Path, spec: DataFile, sep: str
     return text, encoding, notes
 
 
-def _ends_quoted(line: bytes | str, inside: bool, quote: bytes | str, escape: bytes | str,
-                 delimiter: bytes | str) -> bool:
-    """Whether a quoted value is still open at the end of ``line`` (``inside``: open at
-    its start), read as pyarrow reads it: a quote opens a value only at the start of a
-    field, a doubled one inside stays in it, the escape character takes the next one
-    as it is. A line without a quote leaves things as they were."""
-    if quote not in line:
-        return inside
-    at_start, i, n = not inside, 0, len(line)
+_RECORD_START, _QUOTED, _MID_FIELD = 0, 1, 2  # where a line leaves the record it is in
+
+
+def _state_after(line: bytes | str, state: int, quote: bytes | str, escape: bytes | str,
+                 delimiter: bytes | str) -> int:
+    """Where the record stands at the end of ``line`` (which keeps its line ending),
+    read as pyarrow reads it: a quote opens a value only at the start of a field, a
+    doubled one inside stays in it, the escape character takes the next one as it is
+    (a whole delimiter of several characters, as ``_spared`` leaves it). An open quote
+    (``_QUOTED``) or an escaped line feed or lone CR (``_MID_FIELD``) carries the record
+    on into the next line, which is then no comment whatever it starts with."""
+    if (not quote or quote not in line) and (not escape or escape not in line):
+        return _RECORD_START if state == _MID_FIELD else state  # a line ending ends it
+    inside, at_start, i, n = state == _QUOTED, state == _RECORD_START, 0, len(line)
     while i < n:
         if escape and line.startswith(escape, i):
-            i, at_start = i + 2, False
+            j = i + len(escape)
+            if line.startswith(delimiter, j):
+                i = j + len(delimiter)
+            elif not inside and (line[j:] in ("\n", "\r", b"\n", b"\r")):
+                return _MID_FIELD  # the line ending escaped: the field goes on
+            else:
+                i = j + 1
+            at_start = False
         elif inside:
             if line.startswith(quote, i):
                 if line.startswith(quote, i + 1):
@@ -365,13 +377,13 @@ def _ends_quoted(line: bytes | str, inside: bool, quote: bytes | str, escape: by
                     continue
                 inside = False
             i += 1
-        elif at_start and line.startswith(quote, i):
+        elif at_start and quote and line.startswith(quote, i):
             inside, at_start, i = True, False, i + 1
         elif line.startswith(delimiter, i):
             at_start, i = True, i + len(delimiter)
         else:
             at_start, i = False, i + 1
-    return inside
+    return _QUOTED if inside else _RECORD_START
 
 
 def _spared(path: Path, data: bytes | None, sep: str, spec: DataFile, encoding: str

@@ -1395,6 +1395,16 @@ def test_comment_lines_follow_quotes_as_pyarrow_reads_them(tmp_path: Path) -> No
     source["interactions"][0].update(comment="#", escape="\\")
     frame = load_files(FilesSource.model_validate(source)).interactions[0][1]
     assert frame["title"].tolist() == ["C:\\", "x"]
+    log = write(tmp_path, "eol.csv", 'u,i,t\n1,2,C:\\dir\\\n# note\n3,4,x\n')
+    source = spec(log, columns={"user_id": "u", "item_id": "i", "title": "t"})
+    source["interactions"][0].update(comment="#", escape="\\")  # the line feed escaped
+    frame = load_files(FilesSource.model_validate(source)).interactions[0][1]
+    assert frame["title"].tolist() == ["C:dir\n# note", "x"]
+    log = write(tmp_path, "colons.dat", 'u::i::t\n1::2::a\\:::"b\n# note\n3::4::x\n')
+    source = spec(log, columns={"user_id": "u", "item_id": "i", "title": "t"})
+    source["interactions"][0].update(comment="#", escape="\\", delimiter="::")
+    frame = load_files(FilesSource.model_validate(source)).interactions[0][1]
+    assert frame["title"].tolist() == ['a:::"b', "x"]  # the escape took the whole '::'
     log = write(tmp_path, "cr.csv", "# note\ru,i\r1,2\r3,4\r")
     source = spec(log, columns={"user_id": "u", "item_id": "i"})
     source["interactions"][0]["comment"] = "#"
