@@ -177,7 +177,7 @@ def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
 def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str, ...]
                ) -> Read:
     """A delimited text file (``read_any``). pyarrow splits on one character, so a
-    delimiter of several is read as a spare one (``_rewritten``), put back in the
+    delimiter of several is read as a spare one (``_spared``), put back in the
     values afterwards. Records of the wrong width are left out under ``bad_lines:
     skip``, read on one thread so that pyarrow numbers them; one that spans lines is an
     unclosed quote's doing, reported as such (``_unclosed``). Comment lines are taken out
