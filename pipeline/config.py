@@ -86,8 +86,8 @@ class DataFile(_Strict):
         '"\\\\" (a backslash) where a quote inside a quoted value is written \\" (MySQL '
         "dumps, Book-Crossing's tables); it escapes outside quotes too (the next "
         "character, a delimiter included, is taken as it is and the backslash dropped), so "
-        "only for files written so; unset, mapped values holding a backslash and a quote "
-        "are noted")
+        "only for files written so; unset, mapped values holding a backslash with a quote "
+        "after it are noted")
     comment: str | None = Field(
         None, min_length=1, description="a text file's comment marker: lines starting with "
         "it outside a quoted value are left out, counted in a note, and data rows are "
