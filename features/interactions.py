@@ -26,6 +26,24 @@ def id_keys(ids: pd.Index) -> np.ndarray:
     return pd.util.hash_pandas_object(text, index=False).to_numpy(np.uint64)
 
 
+def tie_order(user_keys: np.ndarray, item_keys: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random key per (user, item) pair, from the ids' own keys
+    (``IdIndex.keys``) mixed by splitmix64's finaliser, that orders one user's events at
+    one timestamp. Logs stamp by the day (reviews) or enter ratings a page at a time
+    (three in four of ML-100K's events share their second with another of the user's):
+    ordered by item id instead, a user's "latest" items were their highest ids, and the
+    sequence channel and rankers learned the ids' order (ML-100K with its times cut to
+    days: final ranking 0.2455 NDCG@10, the sequence channel 0.1673, EASE 0.0353). A
+    different order for each user, so none is common to all to be learned; the same
+    whatever the file's order or the codes the ids got."""
+    with np.errstate(over="ignore"):  # multiplying modulo 2**64 is the point
+        x = np.asarray(user_keys, np.uint64) ^ (np.asarray(item_keys, np.uint64)
+                                                * np.uint64(0x9E3779B97F4A7C15))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
 class IdIndex:
     """A fixed, ordered vocabulary of raw ids (ints or strings)."""
 

@@ -35,8 +35,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.interactions import id_keys
-from features.recall_data import tie_order
+from features.interactions import id_keys, tie_order
 from pipeline import schema as S
 from pipeline.config import SplitConfig
 from pipeline.schema import DataError

