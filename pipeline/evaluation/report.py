@@ -93,13 +93,27 @@ def _header(metrics: dict[str, Any], run: dict[str, Any]) -> str:
 <div class=cols><div><h3>Data</h3>
 {_table(["part", "events", "searches", "users", "items", "first", "last"], rows)}
 <p>{metrics['users']:,} test users evaluated by full ranking over {metrics['catalogue']:,}
-items (their fitted items excluded); search cases: {case_text}.</p>{_ingest_notes(run)}</div>
+items (their fitted items excluded); search cases: {case_text}.</p>{_tie_note(run)}
+{_ingest_notes(run)}</div>
 <div><h3>Wall time per stage ({total:.0f} s)</h3>
 {_table(["stage", "seconds", "status"], stage_rows)}</div></div>
 <div class=cols><div><h3>Config: what differs from the defaults</h3>
 {_table(["setting", "value", "default"], diff_rows) if diff_rows
  else "<p>Every setting is the default.</p>"}</div>
 <div><h3>Choices made on valid</h3>{_choices(run)}</div></div>"""
+
+
+def _tie_note(run: dict[str, Any]) -> str:
+    """How much of the held-out data the split's seed chose: on a log stamped by the day
+    most test events share their day with the user's latest train event, and which of
+    them are held out is a draw that the intervals, over users, do not cover."""
+    ties = run.get("tied_held_out", {})
+    if ties.get("test", 0) < 0.01:
+        return ""
+    return (f"<p>{ties['test']:.0%} of test events (valid: {ties.get('valid', 0):.0%}) were "
+            "at the time of the user's latest event before them: the split placed them by "
+            "its seeded order, not by time, so the figures below also move with "
+            "<code>seed</code>, which the intervals (over users) do not show.</p>")
 
 
 def _ingest_notes(run: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 The header comes from the run's own files: the as-of time, the data and what ingest
 noted of it (rows left out, odd dates, no time) from the ingest and evaluate outputs,
+the share of held-out events the split placed among events of one time,
 each stage's wall time and status from its manifest, the config as a diff from the
 defaults, the quotas tuned on valid and the blend weights. A scheduled run adds the
 history of earlier runs to its copy of the page (``pipeline.history``).
@@ -28,6 +29,7 @@ def run_facts(cfg: Config, io: StageIO) -> dict:
         "run_id": run_id(as_of, cfg) if as_of else None, "as_of": as_of,
         "ingest": {"dropped": {k: n for k, n in ingest.get("dropped", {}).items() if n},
                    "notes": ingest.get("notes", [])},
+        "tied_held_out": manifests.get("split", {}).get("tied_held_out", {}),
         "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "stages": {name: {"seconds": m.get("seconds", 0.0), "status": m.get("status", "ok")}
                    for name, m in manifests.items()},

@@ -1,6 +1,7 @@
 """split: deduplicate and split the ingested log (see ``pipeline.splitting``); a log
 without time gets a seeded random holdout, said in the log and the manifest (the report
-shows it)."""
+shows it). An ordered split also says how many held-out events the seeded order placed
+among events of one time (``tied_held_out``): the report shows that too."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from pipeline.catalogue import StageIO
 from pipeline.config import Config
 from pipeline.io import write_table
 from pipeline.ordering import order_free
-from pipeline.splitting import PARTS, is_timed, require_held_out, resolve_strategy, split
+from pipeline.splitting import (
+    PARTS,
+    is_timed,
+    require_held_out,
+    resolve_strategy,
+    split,
+    tied_held_out,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -32,4 +40,13 @@ def run(cfg: Config, io: StageIO) -> dict:
         write_table(parts[name], io.output("split", part=name))
     counts = {name: len(parts[name]) for name in PARTS}
     users = {f"{name}_users": int(parts[name]["user_id"].nunique()) for name in PARTS}
-    return {"status": status, "strategy": strategy, "timed": timed, "counts": counts, **users}
+    ties = {}
+    if timed and strategy in ("ratio", "leave_last"):
+        ties = {"tied_held_out": tied_held_out(parts)}
+        if any(ties["tied_held_out"].values()):
+            log.info("[split] %s at the time of the user's latest event before them: the "
+                     "seeded order put them there, not time (another seed draws them anew)",
+                     " and ".join(f"{share:.0%} of {name} events" for name, share
+                                  in ties["tied_held_out"].items()))
+    return {"status": status, "strategy": strategy, "timed": timed, "counts": counts, **users,
+            **ties}

@@ -91,6 +91,12 @@ def test_the_header_says_what_ran_on_what() -> None:
     assert "3 line(s) with more or fewer fields &lt;left out&gt;" in page  # escaped
     quiet = render(METRICS, {**RUN, "ingest": {"dropped": {}, "notes": []}}, [])
     assert "Ingest noted" not in quiet
+    assert "seeded order" not in head
+    tied = text(render(METRICS, {**RUN, "tied_held_out": {"valid": 0.62, "test": 0.415}}, []))
+    assert "42% of test events (valid: 62%) were at the time of the user's latest event " \
+        "before them: the split placed them by its seeded order" in tied
+    few = render(METRICS, {**RUN, "tied_held_out": {"valid": 0.2, "test": 0.004}}, [])
+    assert "seeded order" not in few  # under 1% of test events: no sentence
 
 
 def test_segments_search_and_candidates_sections() -> None:

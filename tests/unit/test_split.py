@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import schema as S
 from pipeline.config import SplitConfig
-from pipeline.splitting import PARTS, deduplicate, split
+from pipeline.splitting import PARTS, deduplicate, split, tied_held_out
 
 T0 = pd.Timestamp("2024-01-01")
 
@@ -213,6 +213,24 @@ def test_ts_before_the_order_of_ties() -> None:
     assert parts["train"][S.ITEM].tolist()[0] == 9
     assert {parts["train"][S.ITEM].tolist()[1], *parts["valid"][S.ITEM]} == {2, 4}
     assert parts["test"][S.ITEM].tolist() == [1]
+
+
+def test_tied_held_out_counts_the_events_time_did_not_order() -> None:
+    """By hand: user 1's train ends at t=5 and valid holds 5 (tied) and 6; test holds 6
+    (tied with valid's latest) and 7. User 2 has no train part (two events, min 2): its
+    valid event ties with nothing before it, its test event ties with valid's."""
+    parts = {
+        "train": log([(1, 1, 1.0), (1, 2, 5.0)]),
+        "valid": log([(1, 3, 5.0), (1, 4, 6.0), (2, 9, 3.0)]),
+        "test": log([(1, 5, 6.0), (1, 6, 7.0), (2, 8, 3.0)]),
+    }
+    assert tied_held_out(parts) == {"valid": pytest.approx(1 / 3), "test": pytest.approx(2 / 3)}
+    assert tied_held_out({**parts, "test": parts["test"].iloc[:0]})["test"] == 0.0
+    # on a whole split: ML-100K's shape, a page of ratings at one second
+    rows = [(u, i, float(i // 4)) for u in range(30) for i in range(20)]
+    shares = tied_held_out(split(log(rows), SplitConfig(strategy="ratio"), seed=1))
+    # 20 events, times 0..4 in fours: train 16 (up to t=3), valid 2 and test 2 at t=4
+    assert shares == {"valid": 0.0, "test": 1.0}
 
 
 # ---------------------------------------------------------------- random, auto
