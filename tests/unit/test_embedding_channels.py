@@ -145,6 +145,24 @@ def test_mf_tuned_from_held_out_and_passed_back_reproduces() -> None:
     np.testing.assert_array_equal(refit.item_vecs, channel.item_vecs)
 
 
+def test_mf_tuning_samples_users_past_its_cell_budget() -> None:
+    """Each evaluation ranks the whole catalogue for the watched users: past
+    ``tune_cells`` (users x items) a seeded sample of them, as ``tune_users`` draws."""
+    _, fit, held = held_out_blocks()
+    data = recall_data_from_matrix(fit)
+    every = np.unique(held.users)
+    users, relevant = EmbeddingChannel(**SMALL)._watch(data, held)
+    np.testing.assert_array_equal(users, every)
+    budget = 3 * data.n_items + data.n_items // 2  # room for 3 users
+    users, relevant = EmbeddingChannel(**SMALL, tune_cells=budget)._watch(data, held)
+    assert len(users) == 3 and relevant.shape == (3, data.n_items)
+    same, _ = EmbeddingChannel(**SMALL, tune_users=3)._watch(data, held)
+    np.testing.assert_array_equal(users, same)  # the same seeded draw as tune_users=3
+    assert len(EmbeddingChannel(**SMALL, tune_cells=1)._watch(data, held)[0]) == 1
+    kept = np.isin(held.users, users)
+    assert relevant.sum() == kept.sum()  # every held-out pair of a kept user, no other
+
+
 def test_mf_grid_choice_is_returned_and_reproducible() -> None:
     _, fit, held = held_out_blocks()
     data = recall_data_from_matrix(fit)
