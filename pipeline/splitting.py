@@ -88,19 +88,15 @@ def resolve_strategy(cfg: SplitConfig, timed: bool) -> str:
 
 
 def tied_held_out(parts: dict[str, pd.DataFrame]) -> dict[str, float]:
-    """Per held-out part, the share of its events at the time of the same user's latest
-    event in an earlier part: time did not put them after it, the seeded order did (a log
-    stamped by the day; ratings entered a page at a time). Those held-out events are a
-    random draw among the user's events of that time, and another ``seed`` draws them
-    anew, which the report's intervals (over users) do not show. 0 for an empty part."""
-    latest = parts["train"].groupby(S.USER)[S.TS].max()
-    shares = {}
-    for name in PARTS[1:]:
-        part = parts[name]
-        before = part[S.USER].map(latest)
-        shares[name] = float((part[S.TS] == before).mean()) if len(part) else 0.0
-        latest = pd.concat([latest, part.groupby(S.USER)[S.TS].max()]).groupby(level=0).max()
-    return shares
+    """Per held-out part, the share of its events at the same time as an event of the
+    same user in another part: time did not decide which part they went to, the seeded
+    order did (a log stamped by the day; ratings entered a page at a time). 0 for an
+    empty part."""
+    frames = [parts[name][[S.USER, S.TS]].assign(_part=i) for i, name in enumerate(PARTS)]
+    log = pd.concat(frames, ignore_index=True)
+    spread = log.groupby([S.USER, S.TS], sort=False)["_part"].transform("nunique") > 1
+    return {name: float(spread[log["_part"] == i].mean()) if len(parts[name]) else 0.0
+            for i, name in enumerate(PARTS) if name != "train"}
 
 
 def require_held_out(parts: dict[str, pd.DataFrame], cfg: SplitConfig, n_items: int) -> None:

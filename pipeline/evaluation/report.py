@@ -105,15 +105,17 @@ items (their fitted items excluded); search cases: {case_text}.</p>{_tie_note(ru
 
 def _tie_note(run: dict[str, Any]) -> str:
     """How much of the held-out data the split's seed chose: on a log stamped by the day
-    most test events share their day with the user's latest train event, and which of
-    them are held out is a draw that the intervals, over users, do not cover."""
+    most test events share their day with another of the user's events, and which of
+    them are held out, and so what the models are fitted on, changes with the seed; the
+    intervals, over users, take those fitted models as given."""
     ties = run.get("tied_held_out", {})
     if ties.get("test", 0) < 0.01:
         return ""
-    return (f"<p>{ties['test']:.0%} of test events (valid: {ties.get('valid', 0):.0%}) were "
-            "at the time of the user's latest event before them: the split placed them by "
-            "its seeded order, not by time, so the figures below also move with "
-            "<code>seed</code>, which the intervals (over users) do not show.</p>")
+    return (f"<p>{ties['test']:.0%} of test events (valid: {ties.get('valid', 0):.0%}) share "
+            "their time with an event of the same user in another part: the split placed "
+            "them by its seeded order, not by time. Another <code>seed</code> holds out "
+            "others and fits the models on the rest, a change the intervals below (over "
+            "users, the models as fitted) do not cover.</p>")
 
 
 def _ingest_notes(run: dict[str, Any]) -> str:

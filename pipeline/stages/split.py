@@ -1,7 +1,7 @@
 """split: deduplicate and split the ingested log (see ``pipeline.splitting``); a log
 without time gets a seeded random holdout, said in the log and the manifest (the report
 shows it). An ordered split also says how many held-out events the seeded order placed
-among events of one time (``tied_held_out``): the report shows that too."""
+among events of one time (``tied_held_out``), and the report shows that too."""
 
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ def run(cfg: Config, io: StageIO) -> dict:
     if timed and strategy in ("ratio", "leave_last"):
         ties = {"tied_held_out": tied_held_out(parts)}
         if any(ties["tied_held_out"].values()):
-            log.info("[split] %s at the time of the user's latest event before them: the "
-                     "seeded order put them there, not time (another seed draws them anew)",
+            log.info("[split] %s share their time with an event of the user in another "
+                     "part: the seeded order placed them, not time (another seed holds out "
+                     "others)",
                      " and ".join(f"{share:.0%} of {name} events" for name, share
                                   in ties["tied_held_out"].items()))
     return {"status": status, "strategy": strategy, "timed": timed, "counts": counts, **users,

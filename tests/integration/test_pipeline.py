@@ -18,6 +18,7 @@ from pipeline.dependencies import stage_code
 from pipeline.io import MANIFEST, read_table, write_table
 from pipeline.make import makefile_rules, write_stamps
 from pipeline.runner import MissingInputError, run_stage, run_until
+from pipeline.splitting import tied_held_out
 from tests.conftest import REPO, only_channels, tiny_config
 
 pytestmark = pytest.mark.integration
@@ -109,6 +110,16 @@ def test_metrics_cover_every_k_and_structure_beats_popularity(finished) -> None:
     pop = metrics["systems"]["channel:popularity"]["ndcg@10"]
     assert co > 1.3 * pop, (co, pop)
     assert (stage_dir(finished, "report") / "index.html").stat().st_size > 10_000
+
+
+def test_the_split_says_how_many_held_out_events_the_seed_placed(finished) -> None:
+    split = json.loads((stage_dir(finished, "split") / MANIFEST).read_text())
+    parts = {name: read_table(artifact_path(finished, "split", part=name))
+             for name in ("train", "valid", "test")}
+    assert split["tied_held_out"] == tied_held_out(parts)
+    report = (stage_dir(finished, "report") / "index.html").read_text()
+    assert ("placed them by its seeded order" in report) == (
+        split["tied_held_out"]["test"] >= 0.01)
 
 
 def test_same_seed_gives_identical_outputs(finished, tmp_path: Path) -> None:

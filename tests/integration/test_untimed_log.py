@@ -42,6 +42,7 @@ def test_a_count_log_runs_order_free_with_a_random_holdout(tmp_path: Path, caplo
     assert ingested["ts"].nunique() == 1  # no time: one timestamp, not the file's row order
     split = json.loads((stage_dir(cfg, "split") / MANIFEST).read_text())
     assert (split["strategy"], split["timed"]) == ("random", False)
+    assert "tied_held_out" not in split  # a random holdout: every place is the seed's
     assert "channel sequence left out" in split["status"]
     assert any("no time" in r.message for r in caplog.records)
 

@@ -93,8 +93,8 @@ def test_the_header_says_what_ran_on_what() -> None:
     assert "Ingest noted" not in quiet
     assert "seeded order" not in head
     tied = text(render(METRICS, {**RUN, "tied_held_out": {"valid": 0.62, "test": 0.415}}, []))
-    assert "42% of test events (valid: 62%) were at the time of the user's latest event " \
-        "before them: the split placed them by its seeded order" in tied
+    assert "42% of test events (valid: 62%) share their time with an event of the same " \
+        "user in another part: the split placed them by its seeded order" in tied
     few = render(METRICS, {**RUN, "tied_held_out": {"valid": 0.2, "test": 0.004}}, [])
     assert "seeded order" not in few  # under 1% of test events: no sentence
 

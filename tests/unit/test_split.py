@@ -216,21 +216,25 @@ def test_ts_before_the_order_of_ties() -> None:
 
 
 def test_tied_held_out_counts_the_events_time_did_not_order() -> None:
-    """By hand: user 1's train ends at t=5 and valid holds 5 (tied) and 6; test holds 6
-    (tied with valid's latest) and 7. User 2 has no train part (two events, min 2): its
-    valid event ties with nothing before it, its test event ties with valid's."""
+    """By hand: user 1's train ends at t=5; valid holds 5 (tied with train) and 6 (tied
+    with test's 6); test holds 6 (tied) and 7. User 2's parts hold times 3, 4 and 4 (valid
+    and test tied with each other), user 3's 1, 2 and 3 (nothing tied)."""
     parts = {
-        "train": log([(1, 1, 1.0), (1, 2, 5.0)]),
-        "valid": log([(1, 3, 5.0), (1, 4, 6.0), (2, 9, 3.0)]),
-        "test": log([(1, 5, 6.0), (1, 6, 7.0), (2, 8, 3.0)]),
+        "train": log([(1, 1, 1.0), (1, 2, 5.0), (2, 7, 3.0), (3, 1, 1.0)]),
+        "valid": log([(1, 3, 5.0), (1, 4, 6.0), (2, 9, 4.0), (3, 2, 2.0)]),
+        "test": log([(1, 5, 6.0), (1, 6, 7.0), (2, 8, 4.0), (3, 3, 3.0)]),
     }
-    assert tied_held_out(parts) == {"valid": pytest.approx(1 / 3), "test": pytest.approx(2 / 3)}
-    assert tied_held_out({**parts, "test": parts["test"].iloc[:0]})["test"] == 0.0
-    # on a whole split: ML-100K's shape, a page of ratings at one second
+    assert tied_held_out(parts) == {"valid": 0.75, "test": 0.5}
+    assert tied_held_out({**parts, "test": parts["test"].iloc[:0]}) == {
+        "valid": 0.25, "test": 0.0}
+    # on a whole split: ML-100K's shape, a page of ratings at one time
     rows = [(u, i, float(i // 4)) for u in range(30) for i in range(20)]
     shares = tied_held_out(split(log(rows), SplitConfig(strategy="ratio"), seed=1))
     # 20 events, times 0..4 in fours: train 16 (up to t=3), valid 2 and test 2 at t=4
-    assert shares == {"valid": 0.0, "test": 1.0}
+    assert shares == {"valid": 1.0, "test": 1.0}
+    rows = [(u, i, float(i // 2)) for u in range(30) for i in range(20)]
+    shares = tied_held_out(split(log(rows), SplitConfig(strategy="ratio"), seed=1))
+    assert shares == {"valid": 0.0, "test": 0.0}  # in twos, the cuts fall between times
 
 
 # ---------------------------------------------------------------- random, auto
