@@ -25,6 +25,7 @@ test phase's rankers, for the report) and ``ranker_metrics``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,25 +76,35 @@ def with_positives(frame: pd.DataFrame, key: str) -> pd.DataFrame:
         drop=True)
 
 
-def assign_folds(frame: pd.DataFrame, key: str, folds: int, seed: int
-                 ) -> tuple[pd.DataFrame, np.ndarray]:
+def assign_folds(frame: pd.DataFrame, key: str, folds: int, seed: int,
+                 asked: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Requests with at least one positive, and a seeded fold number per row (a request's
-    rows share one fold)."""
+    rows share one fold). ``asked``: how many requests there were before those without
+    a positive were left out, if they were (default: ``frame``'s)."""
     useful = with_positives(frame, key)
     requests = useful[key].unique()
     if len(requests) < folds:
+        asked = frame[key].nunique() if asked is None else asked
         raise NotEnoughRequests(
-            f"{len(requests)} of {frame[key].nunique()} valid requests have a clicked "
+            f"{len(requests)} of {asked} valid requests have a clicked "
             f"candidate, fewer than rank.folds={folds}: nothing to cross-fit a ranker on "
             "(too few valid events, or a candidate budget too small to hold them)")
     fold_of = np.random.default_rng(seed).permutation(len(requests)) % folds
     return useful, fold_of[pd.Index(requests).get_indexer(useful[key])]
 
 
-def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) -> dict:
+def train_kind(io: StageIO, columns: list[str], kind: str) -> dict:
+    """The kind's rankers cross-fitted on the valid requests with a clicked candidate,
+    read request chunk by request chunk so that memory holds those, not the whole table
+    (a 200k-item log's 8.9M valid rows: 5 GB of Arrow and pandas at once), then refitted
+    for the test phase; and the blend, chosen out of fold."""
     cfg = io.cfg
     key = request_key(kind)
-    frame, fold = assign_folds(frame, key, cfg.rank.folds, cfg.seed)
+    path = io.input("features", phase=TUNING.name, kind=kind)
+    frame = sampled_requests(path, key, 0, cfg.seed, request_rows(cfg),
+                             keep=lambda chunk: with_positives(chunk, key))
+    asked = int(read_table(path, [key])[key].nunique())
+    frame, fold = assign_folds(frame, key, cfg.rank.folds, cfg.seed, asked)
     groups, labels = frame[key].to_numpy(), frame[LABEL].to_numpy()
     report: dict = {"requests": int(frame[key].nunique()), "rows": len(frame),
                     "folds": cfg.rank.folds, "rankers": {}}
@@ -101,12 +112,14 @@ def train_kind(io: StageIO, frame: pd.DataFrame, columns: list[str], kind: str) 
     report["trained_rows"] = int(trained_on.sum())
     oof: dict[str, np.ndarray] = {}
     importance: dict[str, dict[str, float]] = {}
-    data = binned(frame[columns], labels, groups)
+    features = frame[columns]  # one copy, shared by the binned set and every cross-fit
+    data = binned(features, labels, groups)
     for objective in cfg.rank.objectives:
-        ensemble, oof[objective] = cross_fit(objective, frame[columns], labels, groups, fold,
+        ensemble, oof[objective] = cross_fit(objective, features, labels, groups, fold,
                                              cfg.rank.params, cfg.seed, cfg.threads,
                                              trained_on, data)
         rounds = ensemble.rankers[0].best_iteration  # lgb.cv stops the folds together
+        del ensemble  # its fold boosters hold their binned subsets: gone before the next
         tested = refitted(cfg, objective, rounds, data, labels, groups,
                           np.flatnonzero(trained_on))
         tested.save(io.output("ranker", phase=EVALUATED.name, kind=kind, objective=objective))
@@ -144,15 +157,27 @@ def strongest_channels(frame: pd.DataFrame, key: str, n: int) -> list[str]:
     return sorted(quality, key=lambda name: (-quality[name], name))[:n]
 
 
-def sampled_requests(path: Path, key: str, n: int, seed: int, rows: int) -> pd.DataFrame:
+def request_rows(cfg: Config) -> int:
+    """Rows read at a time from a features table: a features chunk's requests."""
+    return cfg.features.request_chunk * cfg.recall.budget
+
+
+def sampled_requests(path: Path, key: str, n: int, seed: int, rows: int,
+                     keep: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+                     ) -> pd.DataFrame:
     """Every row of a seeded sample of ``n`` requests (all of them when ``n`` is 0 or
     covers them), read request chunk by request chunk so that memory holds the sample,
-    not the file."""
-    requests = read_table(path, [key])[key].unique()
-    if not n or len(requests) <= n:
+    not the file; ``keep`` filters each chunk's whole requests as it is read."""
+    picked = None
+    if n:
+        requests = read_table(path, [key])[key].unique()
+        if len(requests) > n:
+            picked = np.random.default_rng(seed).choice(np.sort(requests), n, replace=False)
+    if picked is None and keep is None:
         return read_table(path)
-    picked = np.random.default_rng(seed).choice(np.sort(requests), n, replace=False)
-    return pd.concat([chunk[chunk[key].isin(picked)] for chunk in iter_requests(path, key, rows)],
+    chunks = (chunk if picked is None else chunk[chunk[key].isin(picked)]
+              for chunk in iter_requests(path, key, rows))
+    return pd.concat([chunk if keep is None else keep(chunk) for chunk in chunks],
                      ignore_index=True)
 
 
@@ -231,13 +256,17 @@ def train_publication(io: StageIO, columns: list[str], rounds: dict[str, int]) -
         def fit(objective: str, n: int) -> FoldEnsemble:
             return FoldEnsemble([fit_on_dask(cfg, frame, sizes, columns, objective, n)])
     else:
+        clicked = clicks(io.read("split", part=EVALUATED.target))
+
+        def labelled(chunk: pd.DataFrame) -> pd.DataFrame:
+            return with_positives(chunk.assign(**{LABEL: click_labels(chunk, key, clicked)}),
+                                  key)
+
         frame = sampled_requests(io.input("features", phase=EVALUATED.name,
                                           kind=RECOMMENDATION),
-                                 key, cfg.recall.valid_users, cfg.seed,
-                                 cfg.features.request_chunk * cfg.recall.budget)
-        frame[LABEL] = click_labels(frame, key, clicks(io.read("split",
-                                                               part=EVALUATED.target)))
-        frame = sampled_negatives(with_positives(frame, key), cfg.rank.negatives, cfg.seed)
+                                 key, cfg.recall.valid_users, cfg.seed, request_rows(cfg),
+                                 keep=labelled)
+        frame = sampled_negatives(frame, cfg.rank.negatives, cfg.seed)
         report.update(requests=int(frame[key].nunique()), rows=len(frame))
         labels, groups = frame[LABEL].to_numpy(), frame[key].to_numpy()
         data = binned(frame[columns], labels, groups)
@@ -260,8 +289,7 @@ def run(cfg: Config, io: StageIO) -> dict:
                 or not io.has("features", phase=EVALUATED.name, kind=kind):
             continue
         try:
-            report[kind] = train_kind(io, io.read("features", phase=TUNING.name, kind=kind),
-                                      columns[kind], kind)
+            report[kind] = train_kind(io, columns[kind], kind)
         except NotEnoughRequests as err:
             if kind == RECOMMENDATION:
                 raise
