@@ -16,6 +16,10 @@ The FM/FFM ablation (issue 19): ML-100K and synthetic run again with
 ``features.exclude`` naming the FM and FFM scores, so the rankers and the blend learn
 without them and everything upstream is the same; ``<name>_fm_lift`` is the final
 ranking's paired NDCG@10 lift with those scores over without them, on the same users.
+The count log, whose split is a random draw and whose lift sits inside its interval,
+runs again with four more seeds (``DRAWN``, 40 s each): ``<name>_draws`` gives each
+draw's lift and ``<name>_pooled_lift`` the lift averaged over the five, its interval
+resampling draws and then users (the models fitted anew on each draw count too).
 Each must beat its own best single channel with a lift interval above zero, and so not
 fall below the single models of the learning-to-rank issue's anchor table that are
 channels here (EASE, ALS ``embedding``, ItemKNN-like ``cooccurrence``, SASRec-style
@@ -29,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from benchmarks.common import record
@@ -43,6 +48,7 @@ ML100K = REPO.parent / "shared" / "datasets" / "ml-100k"
 ANCHORS = ("channel:ease", "channel:embedding", "channel:cooccurrence", "channel:sequence")
 FM_SCORES = "[fm_score,ffm_score]"
 ABLATED = ("ml100k", "synthetic")
+DRAWN = {"ml100k_counts_no_time": (1, 2, 3, 4)}  # more seeds of the log whose split is a draw
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
           "Romance", "Sci-Fi", "Thriller", "War", "Western")
@@ -78,10 +84,58 @@ def run(config: Path | None, tmp: str, base: dict | None = None,
     return cfg, json.loads(artifact_path(cfg, "metrics").read_text()), seconds
 
 
-def final_per_user(cfg: Config) -> pd.Series:
-    """The final ranking's NDCG@10 per test user, as evaluate wrote it."""
+def final_per_user(cfg: Config, system: str = "final") -> pd.Series:
+    """A system's (the final ranking's) NDCG@10 per test user, as evaluate wrote it."""
     table = read_table(artifact_path(cfg, "per_user"))
-    return table[table["system"] == "final"].set_index("request")["ndcg@10"].sort_index()
+    return table[table["system"] == system].set_index("request")["ndcg@10"].sort_index()
+
+
+def draws(cfg: Config, metrics: dict, config: Path | None, tmp: str, base: dict | None,
+          overrides: tuple[str, ...], seeds: tuple[int, ...]) -> tuple[list[dict], dict]:
+    """The log again with each of ``seeds`` as the run's ``seed`` (its split's random
+    holdout, the channels', rankers' and bootstrap's draws), beside the run already made:
+    each draw's final ranking and lift over its own best single channel, and that lift
+    averaged over the draws with a two-level bootstrap interval (draws resampled, then
+    users within them), so the models fitted anew on each draw count as well as the
+    users: a run's own interval takes its fitted models as given."""
+    runs = [(cfg, metrics)] + [run(config, str(Path(tmp) / f"seed-{seed}"), base,
+                                   (*overrides, f"seed={seed}"))[:2]
+                               for seed in seeds if seed != cfg.seed]
+    rows, lifts = [], []
+    for c, m in runs:
+        lift = m["lift_ndcg@10"]["recommendation"]
+        rows.append({"seed": c.seed, "final": round(m["systems"]["final"]["ndcg@10"], 4),
+                     "best_single": lift["baseline"],
+                     "best_single_ndcg": round(m["systems"][lift["baseline"]]["ndcg@10"], 4),
+                     "lift": [round(lift[k], 4) for k in ("mean", "low", "high")]})
+        final, best = final_per_user(c).align(final_per_user(c, lift["baseline"]),
+                                              join="inner")
+        lifts.append(final - best)
+    per_draw = pd.concat(lifts, axis=1, join="inner").to_numpy().T  # draws x users
+    rng = np.random.default_rng(cfg.seed)
+    n_draws, n_users = per_draw.shape
+    means = np.array([per_draw[rng.integers(n_draws, size=n_draws)][
+        :, rng.integers(n_users, size=n_users)].mean()
+        for _ in range(cfg.evaluate.bootstrap_resamples)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return rows, {"users": n_users,
+                  "lift": [round(float(per_draw.mean()), 4), round(float(low), 4),
+                           round(float(high), 4)]}
+
+
+def draws_table(name: str, rows: list[dict], pooled: dict) -> str:
+    lines = [f"{name} over {len(rows)} draws (the run's `seed`):", "",
+             "| seed | final | best single channel | lift [95% CI] |", "|---|---|---|---|"]
+    for r in rows:
+        low, high = r["lift"][1:]
+        lines.append(f"| {r['seed']} | {r['final']:.4f} | {r['best_single']} "
+                     f"{r['best_single_ndcg']:.4f} | {r['lift'][0]:+.4f} "
+                     f"[{low:+.4f}, {high:+.4f}] |")
+    mean, low, high = pooled["lift"]
+    lines.append(f"\n{name}: lift over each draw's best single channel, averaged over the "
+                 f"draws ({pooled['users']} users; the interval resamples draws, then users): "
+                 f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+    return "\n".join(lines)
 
 
 def fm_lift(cfg: Config, config: Path | None, tmp: str, base: dict | None,
@@ -131,6 +185,11 @@ def main() -> dict:
             summary[f"{name}_anchor"] = [best, round(anchors[best], 4)]
             summary[f"{name}_seconds"] = round(seconds, 1)
             tables.append(ablation(f"{name}: every stage in {seconds:.0f} s", metrics))
+            if name in DRAWN:
+                rows, pooled = draws(cfg, metrics, config, tmp, base, overrides, DRAWN[name])
+                summary[f"{name}_draws"] = rows
+                summary[f"{name}_pooled_lift"] = pooled["lift"]
+                tables.append(draws_table(name, rows, pooled))
             if name in ABLATED:
                 fm = fm_lift(cfg, config, tmp, base, overrides)
                 summary[f"{name}_fm_lift"] = fm["lift"]
