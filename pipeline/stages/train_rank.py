@@ -177,8 +177,8 @@ def sampled_requests(path: Path, key: str, n: int, seed: int, rows: int,
         return read_table(path)
     chunks = (chunk if picked is None else chunk[chunk[key].isin(picked)]
               for chunk in iter_requests(path, key, rows))
-    return pd.concat([chunk if keep is None else keep(chunk) for chunk in chunks],
-                     ignore_index=True)
+    kept = [chunk if keep is None else keep(chunk) for chunk in chunks]
+    return pd.concat(kept, ignore_index=True) if kept else read_table(path)  # no rows
 
 
 def labelled_part(path: Path, part: int, key: str, features: list[str], targets: pd.DataFrame,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.io import write_table
+from pipeline.io import read_table, write_table
 from pipeline.stages.train_rank import sampled_requests, with_positives
 
 
@@ -44,3 +44,7 @@ def test_each_chunk_is_filtered_as_it_is_read(tmp_path: Path) -> None:
         kept = sampled_requests(path, "user_id", 6, seed=1, rows=rows,
                                 keep=lambda c: with_positives(c, "user_id"))
         pd.testing.assert_frame_equal(kept, with_positives(sample, "user_id"))
+    empty = tmp_path / "empty.parquet"
+    write_table(frame.iloc[:0], empty)  # no rows: no chunk to keep, the empty table back
+    pd.testing.assert_frame_equal(sampled_requests(empty, "user_id", 0, seed=1, rows=8,
+                                                   keep=lambda c: c), read_table(empty))
