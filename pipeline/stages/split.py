@@ -47,7 +47,7 @@ def run(cfg: Config, io: StageIO) -> dict:
             log.info("[split] %s share their time with an event of the user in another "
                      "part: the seeded order placed them, not time (another seed holds out "
                      "others)",
-                     " and ".join(f"{share:.0%} of {name} events" for name, share
+                     " and ".join(f"{share:.1%} of {name} events" for name, share
                                   in ties["tied_held_out"].items()))
     return {"status": status, "strategy": strategy, "timed": timed, "counts": counts, **users,
             **ties}
