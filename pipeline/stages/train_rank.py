@@ -77,16 +77,16 @@ def with_positives(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 
 
 def assign_folds(frame: pd.DataFrame, key: str, folds: int, seed: int,
-                 asked: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+                 asked: Callable[[], int] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Requests with at least one positive, and a seeded fold number per row (a request's
-    rows share one fold). ``asked``: how many requests there were before those without
-    a positive were left out, if they were (default: ``frame``'s)."""
+    rows share one fold). ``asked`` counts the requests there were before those without
+    a positive were left out, if they were (default: ``frame``'s), for the error alone."""
     useful = with_positives(frame, key)
     requests = useful[key].unique()
     if len(requests) < folds:
-        asked = frame[key].nunique() if asked is None else asked
         raise NotEnoughRequests(
-            f"{len(requests)} of {asked} valid requests have a clicked "
+            f"{len(requests)} of {frame[key].nunique() if asked is None else asked()} "
+            "valid requests have a clicked "
             f"candidate, fewer than rank.folds={folds}: nothing to cross-fit a ranker on "
             "(too few valid events, or a candidate budget too small to hold them)")
     fold_of = np.random.default_rng(seed).permutation(len(requests)) % folds
@@ -103,8 +103,8 @@ def train_kind(io: StageIO, columns: list[str], kind: str) -> dict:
     path = io.input("features", phase=TUNING.name, kind=kind)
     frame = sampled_requests(path, key, 0, cfg.seed, request_rows(cfg),
                              keep=lambda chunk: with_positives(chunk, key))
-    asked = int(read_table(path, [key])[key].nunique())
-    frame, fold = assign_folds(frame, key, cfg.rank.folds, cfg.seed, asked)
+    frame, fold = assign_folds(frame, key, cfg.rank.folds, cfg.seed,
+                               lambda: read_table(path, [key])[key].nunique())
     groups, labels = frame[key].to_numpy(), frame[LABEL].to_numpy()
     report: dict = {"requests": int(frame[key].nunique()), "rows": len(frame),
                     "folds": cfg.rank.folds, "rankers": {}}

@@ -245,5 +245,17 @@ def test_too_few_clicked_requests_to_cross_fit_is_a_data_error_saying_how_many()
     with pytest.raises(DataError, match=r"1 of 3 valid requests have a clicked candidate, "
                                         r"fewer than rank.folds=2"):
         assign_folds(frame, "user_id", 2, 0)
+    # already filtered as train-rank reads it: the count comes from ``asked``, when needed
+    counted: list[int] = []
+
+    def asked() -> int:
+        counted.append(3)
+        return 3
+
+    with pytest.raises(DataError, match=r"1 of 3 valid requests"):
+        assign_folds(frame[frame["user_id"] == 2], "user_id", 2, 0, asked)
+    assert counted == [3]
+    assign_folds(frame[frame["user_id"] == 2], "user_id", 1, 0, asked)
+    assert counted == [3]  # not asked when nothing is raised
     useful, fold = assign_folds(frame, "user_id", 1, 0)
     assert useful["user_id"].tolist() == [2] and fold.tolist() == [0]
