@@ -447,8 +447,9 @@ class RankConfig(_Strict):
         "stopping and the blend see every candidate")
     blend: bool = Field(
         True,
-        description="final ranking: a rank blend of the rankers and the strongest "
-        "channels, weights chosen on the held-out requests")
+        description="final ranking: a reciprocal-rank fusion of the rankers and the "
+        "strongest channels, or one of them alone where it clearly beats the fusion on the "
+        "held-out requests")
     blend_channels: int = Field(2, ge=0, description="strongest channels offered to the blend")
     engine: Literal["local", "dask"] = Field(
         "local", description="where the published rankers train: here on a sample of the "
