@@ -3,13 +3,11 @@ requests.
 
 Scores of different models live on different scales, so each component is turned into a
 reciprocal rank within its request, ``1 / (RRF_OFFSET + rank)``, and the blend is their
-sum, every component weighted alike. Weights searched on held-out requests fit their
-noise: chosen greedily on half of the valid requests and scored on the other half (ten
-seeded halvings each), they lost 0.0009-0.0034 NDCG@10 to equal weights on five draws of
-the ML-100K count log, and tied on ML-100K and synthetic (benchmarks/RESULTS.md,
-"ranking ablation"). One component alone is the blend instead where it beats the fusion
-clearly (``clear_lift``: at least one standard error over the requests), as a search
-ranker does the text channels it would be fused with.
+sum, every component weighted alike: weights searched on held-out requests fitted their
+noise, and lost to equal weights on the requests they were not chosen on
+(benchmarks/RESULTS.md, "ranking ablation"). One component alone is the blend instead
+where it beats the fusion clearly (``clear_lift``), as a search ranker does the text
+channels it would be fused with.
 """
 
 from __future__ import annotations
@@ -27,7 +25,9 @@ log = logging.getLogger(__name__)
 RRF_OFFSET = 10.0
 MIN_GAIN = 1e-4
 # A component alone replaces the fusion only with a mean per-request lift over it of at
-# least MIN_Z standard errors (and MIN_GAIN).
+# least MIN_Z standard errors (and MIN_GAIN). Scored on valid halves not chosen on, this
+# guard beat taking the component wherever it scored higher at all, and taking the fusion
+# only where it cleared MIN_Z over the component (benchmarks/RESULTS.md).
 MIN_Z = 1.0
 
 
@@ -66,8 +66,7 @@ def group_ndcg(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray,
 
     Only the positives' places are needed, so each is counted (the rows of its group
     that rank above it) instead of sorting every row: 166 -> 23 ms a call over
-    synthetic-10k's 567k valid rows, when the blend's weights were a greedy search of
-    about sixty calls."""
+    synthetic-10k's 567k valid rows."""
     codes, ids = pd.factorize(np.asarray(groups), sort=False)
     relevant = np.asarray(labels) > 0
     n_relevant = np.bincount(codes, weights=relevant, minlength=len(ids)).astype(np.int64)
@@ -121,16 +120,19 @@ def fit_blend(components: dict[str, np.ndarray], groups: np.ndarray, labels: np.
     """Every component weighted 1, unless the best one alone lifts NDCG@k over that
     fusion clearly (``clear_lift``), then it alone; returns the weights and each
     component's NDCG@k alone (plus ``blend``, of the weights returned), all on the rows
-    given."""
+    given. The best one and the fusion are compared as ``blend_scores`` serves them (a
+    row a channel did not rank keeps its merge order), not as ``alone`` scores them."""
     alone = {name: group_ndcg(groups, -ranks, labels, k) for name, ranks in components.items()}
     best = max(alone, key=lambda n: (_mean(alone[n]), n))
     weights = {name: 1.0 for name in components}
     fused = group_ndcg(groups, blend_scores(components, weights), labels, k)
-    if len(weights) > 1 and clear_lift(lift := alone[best] - fused):
-        log.info("%s alone lifts the fusion of %s by %+.4f out of fold, %.2f standard "
-                 "errors: it alone is the blend", best, ", ".join(components), lift.mean(),
-                 lift.mean() / max(_standard_error(lift), 1e-12))
-        weights, fused = {best: 1.0}, alone[best]
+    if len(weights) > 1:
+        single = group_ndcg(groups, blend_scores(components, {best: 1.0}), labels, k)
+        if clear_lift(lift := single - fused):
+            log.info("%s alone lifts the fusion of %s by %+.4f out of fold, %.2f standard "
+                     "errors: it alone is the blend", best, ", ".join(components),
+                     lift.mean(), lift.mean() / max(_standard_error(lift), 1e-12))
+            weights, fused = {best: 1.0}, single
     return weights, {**{n: _mean(v) for n, v in alone.items()}, "blend": _mean(fused)}
 
 

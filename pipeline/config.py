@@ -438,8 +438,8 @@ class RankConfig(_Strict):
     folds: int = Field(
         5, ge=2,
         description="valid requests are cross-fitted in this many folds, stopped together "
-        "on the left-out folds' mean NDCG@10, to choose the rounds and weight the blend out "
-        "of fold; the test phase is ranked by a refit on every valid request")
+        "on the left-out folds' mean NDCG@10, to choose the rounds and the blend out of "
+        "fold; the test phase is ranked by a refit on every valid request")
     negatives: float = Field(
         0.33, gt=0, le=1,
         description="share of each training request's unclicked candidates the rankers "

@@ -130,19 +130,20 @@ def _ingest_notes(run: dict[str, Any]) -> str:
 
 
 def _choices(run: dict[str, Any]) -> str:
-    """Tuned quotas and blend weights, with a sentence when the blend is one ranker."""
+    """Tuned quotas and the blend, with a sentence when it is one component alone."""
     out = []
     for kind, blend in run.get("blend", {}).items():
         weights = blend.get("weights", {})
         if len(weights) == 1:
             (name, _), = weights.items()
-            out.append(f"<p>{_e(kind)}: the blend is <b>{_e(name)}</b> alone (no other "
-                       "component lifted its out-of-fold NDCG@10 by more than the noise "
-                       "of the valid requests), so <code>final</code>, "
+            out.append(f"<p>{_e(kind)}: the blend is <b>{_e(name)}</b> alone (out of fold "
+                       "it beat the equal-weight fusion of every component by more than the "
+                       "noise of the valid requests), so <code>final</code>, "
                        f"<code>blend</code> and <code>{_e(name)}</code> rank alike.</p>")
         else:
             parts = ", ".join(f"{_e(n)} × {w:g}" for n, w in weights.items())
-            out.append(f"<p>{_e(kind)} blend: {parts} (reciprocal ranks).</p>")
+            out.append(f"<p>{_e(kind)} blend: {parts} (reciprocal ranks; equal weights "
+                       "unless one component alone clearly beats them).</p>")
     quotas = run.get("quotas", {})
     for kind, shares in quotas.items():
         shown = ", ".join(f"{_e(n)} {q}" for n, q in shares.items() if q)

@@ -1,9 +1,9 @@
 """rank: the final top-k per request, ranked by the trained rankers and their blend.
 
 The test-phase candidates carry features from models refitted on train + valid; the
-rankers and blend weights learned on the valid phase order them. The published phase's
+rankers and the blend decided on the valid phase order them. The published phase's
 candidates (every active user, models fitted on everything) are ordered by the rankers
-trained on the test phase, with the same blend weights, into ``publish.top_k`` items
+trained on the test phase, with the same blend, into ``publish.top_k`` items
 each with the channels that proposed them. Writes per phase and kind the final
 ``ranking`` (the blend, or the main ranker with ``rank.blend: false``) and, for the
 test phase that evaluate scores, every system's own lists (``system_ranking``; the

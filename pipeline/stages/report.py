@@ -4,7 +4,7 @@ The header comes from the run's own files: the as-of time, the data and what ing
 noted of it (rows left out, odd dates, no time) from the ingest and evaluate outputs,
 the share of held-out events the split placed among events of one time,
 each stage's wall time and status from its manifest, the config as a diff from the
-defaults, the quotas tuned on valid and the blend weights. A scheduled run adds the
+defaults, the quotas tuned on valid and the blend. A scheduled run adds the
 history of earlier runs to its copy of the page (``pipeline.history``).
 """
 

@@ -7,17 +7,18 @@ of request (recommendation; search where there are search cases), requests with 
 positive are dealt into ``rank.folds`` seeded folds; each objective gets one ranker per
 fold, trained on the other folds (every clicked candidate and a seeded
 ``rank.negatives`` share of the others), all stopped together on the mean NDCG@10 of
-every row of the left-out folds, and the blend weights (``models.blend``) are chosen on
-the out-of-fold scores of every valid request (slightly optimistic: the stopping round
-was chosen on those same folds). The folds only choose the rounds and the blend: the
-test phase is ranked by one ranker per objective refitted on every valid request for
-those rounds, the recipe the publication uses one window later, so the system evaluated
-is the system published (and ranks with one model per objective, not one per fold).
+every row of the left-out folds, and the blend (``models.blend``: the fusion of every
+component, or one alone) is decided on the out-of-fold scores of every valid request
+(slightly optimistic: the stopping round was chosen on those same folds). The folds only
+choose the rounds and the blend: the test phase is ranked by one ranker per objective
+refitted on every valid request for those rounds, the recipe the publication uses one
+window later, so the system evaluated is the system published (and ranks with one model
+per objective, not one per fold).
 Search is skipped, with a warning, when too few cases have a click.
 For the published phase, one ranker per objective is then trained on the test-phase
 recommendation candidates labelled by the test interactions (the latest labelled
 window: their features come from models fitted on train + valid) for the rounds the
-cross-fit chose; the blend weights chosen on valid carry over. Writes per phase ranked
+cross-fit chose; the blend decided on valid carries over. Writes per phase ranked
 and kind ``ranker`` (LightGBM text models), ``blend``, ``importance`` (gain of the
 test phase's rankers, for the report) and ``ranker_metrics``.
 """

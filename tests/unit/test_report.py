@@ -86,6 +86,7 @@ def test_the_header_says_what_ran_on_what() -> None:
     assert "rank.folds 2 5" in head and "rank.params.max_bin 63 unset" in head
     assert "cooc 200" in head and "pop 0" not in head
     assert "the blend is ltr:lambdarank alone" in head  # a sentence, not repeated rows
+    assert "it beat the equal-weight fusion of every component" in head  # and why
     assert "ltr:lambdarank × 1, channel:bm25 × 0.5" in head
     assert "Ingest noted: interactions left out: 2,012 missing ids" in head
     assert "3 line(s) with more or fewer fields &lt;left out&gt;" in page  # escaped
