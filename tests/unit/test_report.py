@@ -58,7 +58,7 @@ RUN = {"run_id": "20260201T000000-abcd1234", "as_of": "2026-02-01 00:00:00",
        "config_diff": [("rank.folds", 2, 5), ("rank.params.max_bin", 63, None)],
        "quotas": {"recommendation": {"cooc": 200, "pop": 0}},
        "blend": {"recommendation": {"weights": {"ltr:lambdarank": 1.0}},
-                 "search": {"weights": {"ltr:lambdarank": 1.0, "channel:bm25": 0.5}}},
+                 "search": {"weights": {"ltr:lambdarank": 1.0, "channel:bm25": 1.0}}},
        "ingest": {"dropped": {"missing_ids": 2012},
                   "notes": ["log.tsv: 3 line(s) with more or fewer fields <left out>"]}}
 
@@ -87,7 +87,7 @@ def test_the_header_says_what_ran_on_what() -> None:
     assert "cooc 200" in head and "pop 0" not in head
     assert "the blend is ltr:lambdarank alone" in head  # a sentence, not repeated rows
     assert "it beat the equal-weight fusion of every component" in head  # and why
-    assert "ltr:lambdarank × 1, channel:bm25 × 0.5" in head
+    assert "ltr:lambdarank × 1, channel:bm25 × 1 (reciprocal ranks; equal weights" in head
     assert "Ingest noted: interactions left out: 2,012 missing ids" in head
     assert "3 line(s) with more or fewer fields &lt;left out&gt;" in page  # escaped
     quiet = render(METRICS, {**RUN, "ingest": {"dropped": {}, "notes": []}}, [])
