@@ -60,16 +60,20 @@ class HeldOut:
     items: np.ndarray
 
 
-def held_out_sample(held_out: HeldOut, n_items: int, limit: int, seed: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def held_out_sample(held_out: HeldOut, n_items: int, limit: int | None, seed: int,
+                    cells: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The users of the usable held-out pairs (no padding code), sorted, and the pairs
-    as sorted distinct keys ``user * n_items + item``; at most ``limit`` users, a seeded
-    sample where there are more. Channels tune on a full ranking of the catalogue for
-    each, so the sample bounds what tuning costs (users x items)."""
+    as sorted distinct keys ``user * n_items + item``; at most ``limit`` users (None: no
+    cap) and, with ``cells``, at most ``cells // n_items``, a seeded sample where there
+    are more. Channels tune on a full ranking of the catalogue for each, so the sample
+    bounds what tuning costs (users x items)."""
     ok = (held_out.users >= 0) & (held_out.items >= 0)
     pairs = sorted_unique(held_out.users[ok].astype(np.int64) * n_items + held_out.items[ok])
     users = sorted_unique(pairs // n_items)
-    if len(users) > limit:
+    if cells is not None:
+        cap = max(cells // max(n_items, 1), 1)
+        limit = cap if limit is None else min(limit, cap)
+    if limit is not None and len(users) > limit:
         users = np.sort(np.random.default_rng(seed).choice(users, limit, replace=False))
         pairs = pairs[np.isin(pairs // n_items, users)]
     return users, pairs

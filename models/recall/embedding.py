@@ -270,8 +270,8 @@ class EmbeddingChannel(ItemVectorIndex, RecallChannel):
 
     def _watch(self, data: RecallData, held_out: HeldOut) -> tuple[np.ndarray, sp.csr_matrix]:
         p = self.params
-        limit = min(p["tune_users"], max(p["tune_cells"] // max(data.n_items, 1), 1))
-        users, pairs = held_out_sample(held_out, data.n_items, limit, p["seed"])
+        users, pairs = held_out_sample(held_out, data.n_items, p["tune_users"], p["seed"],
+                                       p["tune_cells"])
         relevant = sp.csr_matrix((np.ones(len(pairs), np.float32),
                                   (np.searchsorted(users, pairs // data.n_items),
                                    pairs % data.n_items)), shape=(len(users), data.n_items))

@@ -435,3 +435,7 @@ def test_the_held_out_sample_is_the_usable_pairs_of_a_seeded_set_of_users() -> N
     again = held_out_sample(held, 10, 2, seed=0)[0]
     assert again.tolist() == picked.tolist()
     assert len({tuple(held_out_sample(held, 10, 2, seed=s)[0]) for s in range(20)}) > 1
+    # cells caps users x items: 30 cells of a 10-item catalogue are 3 users
+    assert len(held_out_sample(held, 10, None, seed=0, cells=30)[0]) == 3
+    assert len(held_out_sample(held, 10, 2, seed=0, cells=30)[0]) == 2
+    assert held_out_sample(held, 10, None, seed=0)[0].tolist() == users.tolist()
