@@ -170,7 +170,6 @@ def merged_candidates(data: RecallData, channels: dict[str, RecallChannel],
     columns = {c: part.keys[c].array.take(rows) for c in part.keys.columns}
     columns[S.ITEM] = data.item_index.decode(merged.pop("item"))
     columns.update(merged)
-    columns["source"] = columns["source"].astype("string")
     return pd.DataFrame(columns), tops, seconds
 
 

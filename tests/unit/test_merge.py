@@ -23,6 +23,7 @@ def test_quota_interleaved_by_relative_rank_then_fill() -> None:
     assert merged["item"].tolist() == [5, 3, 7, 8]
     assert merged["merge_rank"].tolist() == [1, 2, 3, 4]
     assert merged["source"].astype(str).tolist() == ["a", "a", "b", "b"]
+    assert merged["source"].dtype == pd.StringDtype("pyarrow")  # as the stage writes it
 
 
 def test_larger_quota_places_proportionally_more() -> None:
