@@ -326,7 +326,10 @@ def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WA
         try:  # a plain request is looked up here; one to compute waits for the batcher
             lists = live.recommender.prepared(ask)
             if isinstance(lists, Pending):
+                ignored = lists.ignored
                 lists = batcher.submit(live, lists).result()
+            else:  # looked up: no known recent item, perhaps unknown ones
+                ignored = live.recommender.known_events(ask.recent)[2]
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
         except BrokenProcessPool:  # killed or out of memory: ComputeProcess starts another
@@ -334,7 +337,6 @@ def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WA
                                 "is starting: retry", headers={"Retry-After": "1"}) from None
         finally:
             waiting.release()
-        ignored = live.recommender.known_events(ask.recent)[2]
         return {"user_id": body.user_id, "publication": live.name, "items": response(lists),
                 "ignored_items": ignored}
 

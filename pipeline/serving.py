@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -202,9 +202,10 @@ class Ask:
 
 @dataclass(frozen=True)
 class Pending:
-    """A request to compute (``Recommender.prepared``): its user's id as the data types
-    it and code, its list length and its known recent events (item codes, unix
-    seconds)."""
+    """A request to compute (``Recommender.prepared``): the request less its events
+    frame (what goes to a compute process is pickled), its user's id as the data types
+    it and code, its list length, its known recent events (item codes, unix seconds)
+    and the recent item ids the publication does not know."""
 
     ask: Ask
     user_id: Any
@@ -212,6 +213,7 @@ class Pending:
     k: int
     items: np.ndarray
     ts: np.ndarray
+    ignored: list = field(default_factory=list)
 
 
 def together(pending: list[Pending]) -> list[list[int]]:
@@ -383,12 +385,12 @@ class Recommender:
                              "known users")
         if code < 0:
             return self.cold_start(user_id, k)
-        items, ts, _ = self.known_events(ask.recent)
+        items, ts, ignored = self.known_events(ask.recent)
         if ask.query is None and lookup and m.published is not None and not len(items):
             listed = m.published.lists(user_id, k)
             if listed is not None:
                 return listed
-        return Pending(ask, user_id, code, k, items, ts)
+        return Pending(replace(ask, recent=None), user_id, code, k, items, ts, ignored)
 
     def finished(self, pending: list[Pending]) -> list[pd.DataFrame | Exception]:
         """The lists of requests to compute, answered together by the batch code, a group

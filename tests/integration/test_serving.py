@@ -146,6 +146,9 @@ def test_a_click_changes_the_next_answer_and_unknown_items_are_reported(live) ->
         rest = before["item_id"].tolist()[1:]
         changed += after["item_id"].tolist()[: len(rest)] != rest
         assert recommender.known_events(recent)[2] == [-7]
+        pending = recommender.prepared(Ask(user, 10, recent=recent))
+        assert pending.ignored == [-7]  # reported without parsing the events again
+        assert pending.ask.recent is None  # the codes travel, not the frame (pickled)
     # beyond the clicked item leaving: co-occurrence, the sequence and the features read it
     assert changed >= 5
 
