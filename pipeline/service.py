@@ -237,11 +237,25 @@ def ask_of(body: RecommendRequest) -> Ask:
     return Ask(body.user_id, body.k, body.query, recent)
 
 
+def prepared(recommender: Recommender, ask: Ask) -> tuple[pd.DataFrame | Pending, list]:
+    """``Recommender.prepared``, and the recent item ids the publication does not know:
+    a request to compute carries them, parsed once; the others (a cold start, a listed
+    user without a known recent item) parse their events here."""
+    found = recommender.prepared(ask)
+    if isinstance(found, Pending):
+        return found, found.ignored
+    return found, recommender.known_events(ask.recent)[2]
+
+
 def answer(recommender: Recommender, body: RecommendRequest) -> tuple[pd.DataFrame, list]:
     """One validated request's list and the recent items the publication does not know,
-    answered alone."""
-    ask = ask_of(body)
-    return recommender.one(ask), recommender.known_events(ask.recent)[2]
+    answered alone, as the service answers it."""
+    found, ignored = prepared(recommender, ask_of(body))
+    if isinstance(found, Pending):
+        [found] = recommender.finished([found])
+        if isinstance(found, Exception):
+            raise found
+    return found, ignored
 
 
 class Batcher:
@@ -324,12 +338,9 @@ def create_app(cfg: Config, poll_seconds: float = 2.0, max_waiting: int = MAX_WA
                                 headers={"Retry-After": "1"})
         ask = ask_of(body)
         try:  # a plain request is looked up here; one to compute waits for the batcher
-            lists = live.recommender.prepared(ask)
+            lists, ignored = prepared(live.recommender, ask)
             if isinstance(lists, Pending):
-                ignored = lists.ignored
                 lists = batcher.submit(live, lists).result()
-            else:  # looked up: no known recent item, perhaps unknown ones
-                ignored = live.recommender.known_events(ask.recent)[2]
         except ValueError as err:
             raise HTTPException(400, str(err)) from None
         except BrokenProcessPool:  # killed or out of memory: ComputeProcess starts another

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -203,9 +203,9 @@ class Ask:
 @dataclass(frozen=True)
 class Pending:
     """A request to compute (``Recommender.prepared``): the request less its events
-    frame (what goes to a compute process is pickled), its user's id as the data types
-    it and code, its list length, its known recent events (item codes, unix seconds)
-    and the recent item ids the publication does not know."""
+    frame (it is pickled to the compute process), its user's id as the data types it
+    and code, its list length, its known recent events (item codes, unix seconds) and
+    the recent item ids the publication does not know."""
 
     ask: Ask
     user_id: Any
@@ -213,7 +213,7 @@ class Pending:
     k: int
     items: np.ndarray
     ts: np.ndarray
-    ignored: list = field(default_factory=list)
+    ignored: list[Any]
 
 
 def together(pending: list[Pending]) -> list[list[int]]:

@@ -30,7 +30,14 @@ from pipeline.cli import main
 from pipeline.io import read_table
 from pipeline.release import PUBLISH, current
 from pipeline.schedule import schedule
-from pipeline.service import Batcher, ComputeProcess, Live, create_app
+from pipeline.service import (
+    Batcher,
+    ComputeProcess,
+    Live,
+    RecommendRequest,
+    answer,
+    create_app,
+)
 from pipeline.serving import COLD_START, Ask, Published, Recommender, response, together
 from tests.conftest import tiny_config
 
@@ -149,6 +156,10 @@ def test_a_click_changes_the_next_answer_and_unknown_items_are_reported(live) ->
         pending = recommender.prepared(Ask(user, 10, recent=recent))
         assert pending.ignored == [-7]  # reported without parsing the events again
         assert pending.ask.recent is None  # the codes travel, not the frame (pickled)
+        served, ignored = answer(recommender, RecommendRequest(
+            user_id=int(user), k=20, recent=[{"item_id": int(clicked)}, {"item_id": -7}]))
+        assert ignored == [-7]
+        pd.testing.assert_frame_equal(served, after)
     # beyond the clicked item leaving: co-occurrence, the sequence and the features read it
     assert changed >= 5
 
@@ -432,6 +443,9 @@ def test_the_service_answers_validates_and_swaps_publications_without_a_failure(
         assert status == 200 and answer["items"] == response(recommender.recommend(user, 6))
         assert service.recommend(user_id="nobody", k=3)[1]["items"][0]["channels"] == [
             COLD_START]
+        for who in (user.item(), "nobody"):  # answered without computing, still reported
+            assert service.recommend(user_id=who, k=3, recent=[{"item_id": "no-such-item"}]
+                                     )[1]["ignored_items"] == ["no-such-item"]
         first = answer["items"][0]["item_id"]
         status, clicked = service.recommend(user_id=user.item(), k=6, recent=[
             {"item_id": first, "ts": "2030-01-01T00:00:00"}, {"item_id": "no-such-item"}])

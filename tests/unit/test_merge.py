@@ -22,7 +22,7 @@ def test_quota_interleaved_by_relative_rank_then_fill() -> None:
     merged = merge_candidates(lists(), budget=4)
     assert merged["item"].tolist() == [5, 3, 7, 8]
     assert merged["merge_rank"].tolist() == [1, 2, 3, 4]
-    assert merged["source"].astype(str).tolist() == ["a", "a", "b", "b"]
+    assert merged["source"].tolist() == ["a", "a", "b", "b"]
     assert merged["source"].dtype == pd.StringDtype("pyarrow")  # as the stage writes it
 
 
