@@ -10,8 +10,8 @@ this one model often matches far costlier ones, which is why it is a channel her
 The dense item x item solve is what limits it: G, P and B are n^2 and the solve O(n^3).
 So EASE covers only the ``max_items`` items most users fitted on (items nobody fitted on
 are never retrieved); the others score -inf, and a user without a fitted item among them
-gets nothing. The solve is a Cholesky factor and inverse in place, in float64; B is kept
-in float32.
+gets nothing. The solve is a Cholesky factor and inverse in place, in float32 (float64
+where float32 cannot factor it); B is kept in float32.
 
 With held-out pairs, ``fit`` walks a small ``grid`` of lambdas upward and keeps the best
 by held-out NDCG@``eval_k``, stopping at the first one that does no better (the curve
@@ -66,17 +66,31 @@ def gram_matrix(history: sp.csr_matrix, kept: np.ndarray) -> np.ndarray:
     return gram
 
 
+def _inverted(gram: np.ndarray, lambda_: float, dtype: type) -> tuple[np.ndarray, int]:
+    """(G + lambda I)^-1 in the lower triangle of a C-ordered ``dtype`` copy of G, in
+    place (LAPACK potrf then potri), and LAPACK's info (0: done)."""
+    a = np.array(gram, dtype, order="C")
+    a[np.diag_indices_from(a)] += lambda_
+    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (a,))
+    factor, info = potrf(a.T, lower=False, clean=False, overwrite_a=True)
+    if info == 0:
+        _, info = potri(factor, lower=False, overwrite_c=True)
+    return a, info
+
+
 def ease_weights(gram: np.ndarray, lambda_: float) -> np.ndarray:
     """B = I - P / diag(P) with P = (G + lambda I)^-1 and diag(B) = 0, float32.
 
-    P is computed in place in one float64 copy of G (LAPACK potrf then potri, which
-    leave the lower triangle of the C-ordered array), mirrored to the upper triangle
-    block by block, then scaled column by column into B."""
-    a = gram.astype(np.float64)
-    a[np.diag_indices_from(a)] += lambda_
-    factor, info = lapack.dpotrf(a.T, lower=False, clean=False, overwrite_a=True)
-    if info == 0:
-        _, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+    P is solved in single precision (``_inverted``), mirrored to the upper triangle block
+    by block, then scaled column by column into B in place. Single precision takes half
+    the time and memory of double, with B within 1e-5 of it relative and the same top
+    10s (benchmarks/RESULTS.md, "larger catalogue"); a G + lambda I it cannot factor
+    (nearly singular: lambda lost against G's counts) is solved again in double."""
+    a, info = _inverted(gram, lambda_, np.float32)
+    if info != 0:
+        log.info("ease: G + %g I cannot be factored in single precision; solving in "
+                 "double", lambda_)
+        a, info = _inverted(gram, lambda_, np.float64)
     if info != 0:
         raise np.linalg.LinAlgError(f"ease: G + {lambda_} I is not positive definite")
     n = len(a)
@@ -89,17 +103,17 @@ def ease_weights(gram: np.ndarray, lambda_: float) -> np.ndarray:
     scale = -np.diag(a).copy()
     a /= scale
     np.fill_diagonal(a, 0.0)
-    return a.astype(np.float32)
+    return a.astype(np.float32, copy=False)
 
 
 class EaseChannel(RecallChannel):
     """EASE item-to-item weights solved in closed form (see the module docstring).
 
     lambda_: the L2 weight (Steck used 200-1000 on logs of 100k+ users; smaller logs
-    want less). max_items: items in the solve; fitting holds about 16 x max_items^2 bytes
-    (20 when tuning) and the fitted B 4 x max_items^2, and the solve takes about
-    max_items^3 flops: the default 5000 is 0.4 GB and about 4 s a solve on one core here
-    (10k items: 1.6 GB and 29 s, which a tuning grid, up to ``extend`` more lambdas
+    want less). max_items: items in the solve; fitting holds about 8 x max_items^2 bytes
+    (12 when tuning) and the fitted B 4 x max_items^2, and the solve takes about
+    max_items^3 flops: the default 5000 is 0.2 GB and about 1.8 s a solve on one core
+    here (10k items: 0.8 GB and 11 s, which a tuning grid, up to ``extend`` more lambdas
     and three phases multiply).
     Tuning (only when ``fit`` gets held-out pairs): lambdas from ``grid`` in ascending
     order, on NDCG@``eval_k`` of at most ``tune_users`` held-out users sampled with

@@ -58,6 +58,19 @@ def test_by_hand_on_two_items() -> None:
     np.testing.assert_allclose(weights, [[0, 2 / 3], [2 / 3, 0]], rtol=1e-6)
 
 
+def test_a_system_single_precision_cannot_factor_is_solved_in_double(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # G = c [[1, 1], [1, 1]] with c = 2^24: in float32 c + 0.5 rounds back to c, so
+    # G + 0.5 I is singular there; in double B_01 = -P_01 / P_11 = c / (c + 0.5).
+    c = float(2**24)
+    with caplog.at_level(logging.INFO, logger="models.recall.ease"):
+        weights = ease.ease_weights(np.full((2, 2), c, np.float32), 0.5)
+    assert any("double" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(weights, [[0, c / (c + 0.5)], [c / (c + 0.5), 0]], rtol=1e-7)
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        ease.ease_weights(np.array([[1.0, 2.0], [2.0, 1.0]], np.float32), 0.5)
+
+
 def test_restricted_to_the_most_used_items(caplog: pytest.LogCaptureFixture) -> None:
     # users per item: 5, 1, 4, 0, 3, 2; with max_items=3 the solve keeps items 0, 2, 4.
     dense = np.zeros((6, 6), np.float32)
