@@ -83,7 +83,7 @@ def ease_weights(gram: np.ndarray, lambda_: float) -> np.ndarray:
 
     P is solved in single precision (``_inverted``), mirrored to the upper triangle block
     by block, then scaled column by column into B in place. Single precision takes half
-    the time and memory of double, with B within 1e-5 of it relative and the same top
+    the time and memory of double, with B within 1e-4 of it relative and the same top
     10s (benchmarks/RESULTS.md, "larger catalogue"); a G + lambda I it cannot factor
     (nearly singular: lambda lost against G's counts) is solved again in double."""
     a, info = _inverted(gram, lambda_, np.float32)
