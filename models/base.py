@@ -164,6 +164,9 @@ def seen_mask(data: RecallData, users: np.ndarray, items: np.ndarray) -> np.ndar
     return sorted_contains(np.sort(seen), keys) & valid
 
 
+_NO_HISTORY = sp.csr_matrix((1, 1))  # passed where seen items stay in, never read: built once
+
+
 def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
                  users: np.ndarray, k: int, exclude_seen: bool) -> TopK:
     """Top-k when every user of a group gets the same scores (popularity, region).
@@ -183,7 +186,7 @@ def top_k_shared(group_scores: np.ndarray, groups: np.ndarray, data: RecallData,
     groups = np.where(groups >= 0, np.searchsorted(present, groups), -1)
     items = np.full((len(users), k), -1, np.int64)
     scores = np.full((len(users), k), -np.inf, np.float32)
-    history = data.history if exclude_seen else sp.csr_matrix((1, 1))
+    history = data.history if exclude_seen else _NO_HISTORY
     _first_unseen(ranked.items, ranked.scores.astype(np.float32), groups,
                   np.asarray(users, np.int64), history.indptr, history.indices, exclude_seen,
                   items, scores)
@@ -366,7 +369,7 @@ def check_top_k(top: TopK, data: RecallData | None, users: np.ndarray | None,
         raise InvalidTopKError(f"{name} channel returned items {top.items.shape} and scores "
                                f"{top.scores.shape} for {n_rows} rows")
     checked = exclude_seen and data is not None and users is not None
-    history = data.history if checked else sp.csr_matrix((1, 1))
+    history = data.history if checked else _NO_HISTORY
     if _lists_valid(top.items, top.scores, data.n_items if data is not None else -1, ordered,
                     np.asarray(users if checked else np.zeros(0), np.int64),
                     history.indptr, history.indices, checked):
