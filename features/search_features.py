@@ -47,15 +47,23 @@ def normalised(text: object) -> str:
 def incidence(texts: list[str], split: Callable[[str], list[str]], vocab: dict[str, int],
               grow: bool = False) -> sp.csr_matrix:
     """Texts x ``vocab``, 1 where ``split(text)`` holds the word; unknown words are added
-    to ``vocab`` when ``grow``, else dropped."""
-    rows, cols = [], []
-    for r, text in enumerate(texts):
-        for word in dict.fromkeys(split(text)):
-            code = vocab.setdefault(word, len(vocab)) if grow else vocab.get(word)
-            if code is not None:
-                rows.append(r)
-                cols.append(code)
-    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(texts), len(vocab)))
+    to ``vocab`` (in the order they first occur) when ``grow``, else dropped. Built as
+    sorted CSR rows directly: the COO conversion and its sort cost a served search
+    0.2 ms each time."""
+    indices, indptr = [], [0]
+    for text in texts:
+        codes = (vocab.setdefault(word, len(vocab)) if grow else vocab.get(word)
+                 for word in dict.fromkeys(split(text)))
+        indices += sorted(code for code in codes if code is not None)
+        indptr.append(len(indices))
+    return sp.csr_matrix((np.ones(len(indices)), np.array(indices, np.int64),
+                          np.array(indptr, np.int64)), shape=(len(texts), len(vocab)))
+
+
+def _row_scaled(m: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:
+    """``diag(scale) @ m`` without the product: each row's stored values times its scale."""
+    return sp.csr_matrix((m.data * np.repeat(scale, np.diff(m.indptr)), m.indices, m.indptr),
+                         shape=m.shape)
 
 
 class SearchContext:
@@ -85,8 +93,8 @@ class SearchContext:
         query_terms = incidence(list(distinct), self.analyse, self.terms, grow=True)
         self.term_items = (query_terms.T @ self.query_items).tocsr()  # terms x items
         term_events = np.asarray(self.term_items.sum(axis=1)).ravel()
-        self.term_share = sp.csr_matrix(
-            sp.diags(1.0 / np.maximum(term_events, 1.0)) @ self.term_items).T.tocsr()
+        self.term_share = _row_scaled(self.term_items,
+                                      1.0 / np.maximum(term_events, 1.0)).T.tocsr()
 
     def compute(self, queries: np.ndarray, items: np.ndarray) -> pd.DataFrame:
         """Every search feature for pairs of query text and item code."""
@@ -102,14 +110,14 @@ class SearchContext:
             total[known] = self.query_events[qrow]
         query_share = np.where(known, count / np.maximum(total, 1.0), np.nan)
         terms = incidence(distinct, self.analyse, self.terms)
-        n_terms = np.asarray(terms.sum(axis=1)).ravel()
-        mean_terms = sp.csr_matrix(sp.diags(1.0 / np.maximum(n_terms, 1.0)) @ terms)
+        n_terms = np.diff(terms.indptr)
+        mean_terms = _row_scaled(terms, 1.0 / np.maximum(n_terms, 1.0))
         term_share = sparse_row_dots(mean_terms, codes, self.term_share, items)
         typed = np.array(distinct, dtype=np.str_)[codes] if distinct else np.zeros(0, np.str_)
         titles = self.titles[items]
         query_words = incidence(distinct, str.split, self.words)
         n_words = np.array([len(q.split()) for q in distinct], np.float64)
-        word_share = sp.csr_matrix(sp.diags(1.0 / np.maximum(n_words, 1.0)) @ query_words)
+        word_share = _row_scaled(query_words, 1.0 / np.maximum(n_words, 1.0))
         coverage = sparse_row_dots(word_share, codes, self.title_words, items)
         has_words = n_words[codes] > 0
         bm25 = ({field: np.full(len(items), np.nan) for field in FIELDS} if self.index is None

@@ -175,7 +175,11 @@ def sparse_row_dots(a: sp.spmatrix, rows: np.ndarray, b: sp.spmatrix, cols: np.n
 
 
 def _canonical(m: sp.spmatrix) -> sp.csr_matrix:
-    """CSR with sorted column indices and no duplicates."""
+    """CSR with sorted column indices and no duplicates: ``m`` itself where it is one
+    (read only here), so its checked format stays known to it instead of a new wrapper
+    being checked again on every call."""
+    if isinstance(m, sp.csr_matrix) and m.has_canonical_format:
+        return m
     m = sp.csr_matrix(m)
     if not m.has_canonical_format:
         m = m.copy()
