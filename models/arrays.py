@@ -248,6 +248,22 @@ def descending_key(value: float, bits: int, column: int) -> np.uint64:
     return ((np.uint64(0xFFFFFFFF) - folded) << np.uint64(32)) | np.uint64(column)
 
 
+def descending_keys(scores: np.ndarray) -> np.ndarray:
+    """``descending_key`` of every entry of a float32 matrix (its column as the tie
+    break), uint64, in one pass."""
+    keys = np.empty(scores.shape, np.uint64)
+    _descending_keys(np.ascontiguousarray(scores, np.float32), keys)
+    return keys
+
+
+@numba.njit(cache=True, nogil=True)
+def _descending_keys(scores: np.ndarray, out: np.ndarray) -> None:
+    bits = scores.view(np.uint32)
+    for r in range(scores.shape[0]):
+        for c in range(scores.shape[1]):
+            out[r, c] = descending_key(scores[r, c], bits[r, c], c)
+
+
 def grouped_order(groups: np.ndarray, scores: np.ndarray,
                   tiebreak: np.ndarray | None = None) -> np.ndarray:
     """``np.lexsort((tiebreak, -scores, groups))``: rows by group code, within a group by
