@@ -31,12 +31,16 @@ broken by lower doc index, as ``models.base.top_k`` does.
 
 A catalogue of at most ``exhaustive_docs`` docs (``EXHAUSTIVE_DOCS`` by default) skips all
 of this: one sparse product scores every doc and ``models.base.top_k`` picks the best.
-The bounds cost more than they save there (random Zipf corpora, top-100, one thread, ms a
-query, engine against every doc scored: 2,000 docs 0.16-1.39 against 0.06-0.40; 10,000
-docs 0.18-1.20 against 0.18-0.39; 30,000 docs 0.15-1.34 against 0.55-1.05; 100,000 docs
-0.19-1.49 against 1.5-2.5); on ML-100K's 1,682 items the users' profiles took 0.85 ms a
-user through the engine and 0.06 ms scored whole (one served user: 1.44 -> 0.21 ms), the
-same lists.
+The bounds cost more than they save there (random Zipf corpora of 20k terms and 30 tokens
+a doc; queries of 30 or 3 terms, one or 1,024 at a time; top-100 and top-300; one thread;
+ms a query, engine against every doc scored: 10,000 docs 0.14-0.86 against 0.16-0.31;
+30,000 docs 0.14-1.24 against 0.38-0.74; 100,000 docs 0.20-1.97 against 1.4-2.4, with
+``top_k`` ranking distinct keys: before, the mostly -inf rows of the scored path
+partitioned ten times slower, and the threshold was 8,192). On ML-100K's 1,682 items the
+users' profiles took 0.85 ms a user through the engine and 0.06 ms scored whole (one
+served user: 1.44 -> 0.21 ms), and on synthetic-10k's 10,000 items 1.0 against 0.31 ms,
+the same lists up to float32 rounding of near ties (there, 22 of 2,000 users' lists had two
+neighbours swapped, 2e-7 apart).
 
 Why our own engine rather than ``bm25s``: measured on this machine (2 cores, busy with
 other jobs, load average 4-5; one thread each side; ``python -m benchmarks.bench_bm25``:
@@ -65,7 +69,7 @@ _SEEDS = 256  # best docs kept per head term, for the first bound
 _DENSE_ROWS = 8  # queries scored densely at once
 _BATCH = 1024  # queries per internal batch (bounds the histograms and the tail product)
 _TINY = np.finfo(np.float32).tiny
-EXHAUSTIVE_DOCS = 8192  # catalogues up to this size: every doc scored (module doc)
+EXHAUSTIVE_DOCS = 16384  # catalogues up to this size: every doc scored (module doc)
 _EXHAUSTIVE_CELLS = 1 << 20  # queries x docs scored at once on that path
 
 
