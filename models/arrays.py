@@ -168,8 +168,8 @@ def sparse_row_dots(a: sp.spmatrix, rows: np.ndarray, b: sp.spmatrix, cols: np.n
     the features stage (the category, tag and BM25 profile scores)."""
     a, b = _canonical(a), _canonical(b)
     out = np.zeros(len(rows))
-    _row_dots(a.indptr, a.indices, a.data.astype(np.float64), np.asarray(rows, np.int64),
-              b.indptr, b.indices, b.data.astype(np.float64), np.asarray(cols, np.int64),
+    _row_dots(a.indptr, a.indices, np.asarray(a.data, np.float64), np.asarray(rows, np.int64),
+              b.indptr, b.indices, np.asarray(b.data, np.float64), np.asarray(cols, np.int64),
               np.zeros(max(a.shape[1], b.shape[1])), out)
     return out
 

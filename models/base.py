@@ -89,15 +89,17 @@ def top_k(scores: np.ndarray, k: int) -> TopK:
     NaN: the partition would otherwise drop it unseen, and ``check_top_k`` is to find it.
     Each entry is ranked by one distinct ``descending_key``, so the partition meets no
     ties: numpy's argpartition of rows that are mostly -inf (a region's or EASE's unscored
-    items) took 1.2 ms a row of 10k items, against 0.1 ms; dense rows take half the time
-    of partitioning the scores and mending their ties (benchmarks/RESULTS.md, "top k").
+    items) took 1.2 ms a row of 10k items, against 0.1 ms, and dense rows take 10-50% less
+    time than partitioning the scores and mending their ties (benchmarks/RESULTS.md,
+    "top k").
     """
     scores = np.ascontiguousarray(scores, np.float32)
     n_cols = scores.shape[1]
     k_eff = min(k, n_cols)
-    keys = descending_keys(scores)
+    keys = descending_keys(scores)  # a fresh array: partitioned and sorted in place
     if k_eff < n_cols:
-        keys = np.partition(keys, k_eff - 1, axis=1)[:, :k_eff]
+        keys.partition(k_eff - 1, axis=1)
+        keys = keys[:, :k_eff]
     keys.sort(axis=1)
     idx = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
     vals = np.take_along_axis(scores, idx, axis=1)

@@ -34,9 +34,11 @@ of this: one sparse product scores every doc and ``models.base.top_k`` picks the
 The bounds cost more than they save there (random Zipf corpora of 20k terms and 30 tokens
 a doc; queries of 30 or 3 terms, one or 1,024 at a time; top-100 and top-300; one thread;
 ms a query, engine against every doc scored: 10,000 docs 0.14-0.86 against 0.16-0.31;
-30,000 docs 0.14-1.24 against 0.38-0.74; 100,000 docs 0.20-1.97 against 1.4-2.4, with
-``top_k`` ranking distinct keys: before, the mostly -inf rows of the scored path
-partitioned ten times slower, and the threshold was 8,192). On ML-100K's 1,682 items the
+16,384 docs 0.15-1.29 against 0.26-0.49; 30,000 docs 0.14-1.24 against 0.38-0.74; 100,000
+docs 0.20-1.97 against 1.4-2.4. Up to 16,384 the engine wins only many short queries at
+top-100, by a tenth of a millisecond; with ``top_k`` ranking distinct keys: before, the
+mostly -inf rows of the scored path partitioned ten times slower, and the threshold was
+8,192). On ML-100K's 1,682 items the
 users' profiles took 0.85 ms a user through the engine and 0.06 ms scored whole (one
 served user: 1.44 -> 0.21 ms), and on synthetic-10k's 10,000 items 1.0 against 0.31 ms,
 the same lists up to float32 rounding of near ties (there, 22 of 2,000 users' lists had two

@@ -58,6 +58,23 @@ def test_by_hand_on_two_items() -> None:
     np.testing.assert_allclose(weights, [[0, 2 / 3], [2 / 3, 0]], rtol=1e-6)
 
 
+def test_single_precision_weights_match_double_on_skewed_counts() -> None:
+    # Zipf-popular items: a few columns of G hold most of the counts, as on real logs.
+    rng = np.random.default_rng(7)
+    popularity = 1.0 / np.arange(1, 151) ** 1.1
+    dense = (rng.random((400, 150)) < 0.6 * popularity / popularity.max()).astype(np.float32)
+    x = dense.astype(np.float64)
+    for lambda_ in (1.0, 50.0):
+        expected = reference_ease(dense, lambda_)
+        weights = ease.ease_weights(np.ascontiguousarray(x.T @ x, np.float32), lambda_)
+        assert np.abs(weights - expected).max() < 1e-4 * np.abs(expected).max()
+        scores, exact = dense @ weights, dense @ expected
+        scores[dense > 0] = exact[dense > 0] = -np.inf
+        top, top_exact = (np.argsort(-s, axis=1, kind="stable")[:, :10] for s in (scores, exact))
+        same = np.mean([set(a) == set(b) for a, b in zip(top, top_exact, strict=True)])
+        assert same >= 0.99, f"lambda {lambda_}: {same:.3f} of top 10s the same"
+
+
 def test_a_system_single_precision_cannot_factor_is_solved_in_double(
         caplog: pytest.LogCaptureFixture) -> None:
     # G = c [[1, 1], [1, 1]] with c = 2^24: in float32 c + 0.5 rounds back to c, so

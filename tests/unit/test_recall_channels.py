@@ -275,6 +275,14 @@ def test_top_k_breaks_ties_at_the_cut_off_by_lower_index() -> None:
     assert top_k(np.full((3, 100), 1.0, np.float32), 3).items.tolist() == [[0, 1, 2]] * 3
 
 
+def test_top_k_ranks_scores_as_the_float32_values_it_returns() -> None:
+    # 1 + 1e-12 is 1.0 in float32: a tie, listed by lower index, not by the float64 order
+    top = top_k(np.array([[1.0, 1.0 + 1e-12, 2.0, -0.0, 0.0]]), 5)
+    assert top.items[0].tolist() == [2, 0, 1, 3, 4]
+    assert top.scores.dtype == np.float32 and top.scores[0, :3].tolist() == [2.0, 1.0, 1.0]
+    assert np.signbit(top.scores[0, 3]) and not np.signbit(top.scores[0, 4])  # kept as given
+
+
 def test_top_k_equals_a_full_sort_by_score_then_index() -> None:
     """Rows with ties inside and across the cut-off, short rows, and plain ones: the fast
     path (all ties inside the partition) and the redone rows agree with sorting."""

@@ -57,6 +57,18 @@ def test_field_scores_add_up_to_the_index_score(fitted) -> None:
     np.testing.assert_allclose(again, np.where(np.isfinite(full), full, 0), rtol=1e-5)
 
 
+def test_a_missing_query_matches_nothing_in_any_field(fitted) -> None:
+    data, index = fitted
+    items = np.array([0, 0, 1, 2])
+    got = index.field_scores(["godfather", None, np.nan, "godfather"], items)
+    for field in FIELDS:
+        assert got[field][1] == got[field][2] == 0
+    alone = index.field_scores(["godfather", "godfather"], items[[0, 3]])
+    for field in FIELDS:  # the missing ones change nothing for the others
+        np.testing.assert_array_equal(got[field][[0, 3]], alone[field])
+    assert got["text"][0] > 0
+
+
 def test_without_searches_or_an_index_features_are_missing_not_zero() -> None:
     data = searched_data(titled(ITEMS), [])
     got = SearchContext(data, None).compute(np.array(["godfather"], object), np.array([0]))
