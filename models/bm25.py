@@ -38,11 +38,10 @@ ms a query, engine against every doc scored: 10,000 docs 0.14-0.86 against 0.16-
 docs 0.20-1.97 against 1.4-2.4. Up to 16,384 the engine wins only many short queries at
 top-100, by a tenth of a millisecond; with ``top_k`` ranking distinct keys: before, the
 mostly -inf rows of the scored path partitioned ten times slower, and the threshold was
-8,192). On ML-100K's 1,682 items the
-users' profiles took 0.85 ms a user through the engine and 0.06 ms scored whole (one
-served user: 1.44 -> 0.21 ms), and on synthetic-10k's 10,000 items 1.0 against 0.31 ms,
-the same lists up to float32 rounding of near ties (there, 22 of 2,000 users' lists had two
-neighbours swapped, 2e-7 apart).
+8,192). On ML-100K's 1,682 items the users' profiles took 0.85 ms a user through the
+engine and 0.06 ms scored whole (one served user: 1.44 -> 0.21 ms), and on
+synthetic-10k's 10,000 items 1.0 against 0.31 ms, the same lists up to float32 rounding
+of near ties (there, 22 of 2,000 users' lists had two neighbours swapped, 2e-7 apart).
 
 Why our own engine rather than ``bm25s``: measured on this machine (2 cores, busy with
 other jobs, load average 4-5; one thread each side; ``python -m benchmarks.bench_bm25``:
