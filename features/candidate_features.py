@@ -25,7 +25,13 @@ import scipy.sparse as sp
 from features.attributes import attribute_matrix
 from features.interactions import interaction_matrix
 from features.recall_data import SECONDS_PER_DAY, RecallData, to_seconds
-from models.arrays import grouped_order, sorted_positions, sparse_row_dots, sparse_values
+from models.arrays import (
+    grouped_order,
+    row_scaled,
+    sorted_positions,
+    sparse_row_dots,
+    sparse_values,
+)
 
 HOUR_BUCKETS = 6  # four-hour slots of the day
 
@@ -165,8 +171,7 @@ def _recent_counts(keys: np.ndarray, n_items: int, recent_share: float) -> np.nd
 
 
 def _row_normalised(m: sp.csr_matrix) -> sp.csr_matrix:
-    sums = np.asarray(m.sum(axis=1)).ravel()
-    return sp.diags(1.0 / np.maximum(sums, 1e-12)) @ m
+    return row_scaled(m, 1.0 / np.maximum(np.asarray(m.sum(axis=1)).ravel(), 1e-12))
 
 
 class FeatureContext:

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.arrays import sparse_row_dots, sparse_values
+from models.arrays import row_scaled, sparse_row_dots, sparse_values
 from models.recall.analysers import get_analyser, words
 from models.recall.inverted_index import FIELDS, InvertedIndexChannel
 
@@ -60,12 +60,6 @@ def incidence(texts: list[str], split: Callable[[str], list[str]], vocab: dict[s
                           np.array(indptr, np.int64)), shape=(len(texts), len(vocab)))
 
 
-def _row_scaled(m: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:
-    """``diag(scale) @ m`` without the product: each row's stored values times its scale."""
-    return sp.csr_matrix((m.data * np.repeat(scale, np.diff(m.indptr)), m.indices, m.indptr),
-                         shape=m.shape)
-
-
 class SearchContext:
     """Query statistics of one phase's fitting data and its fitted inverted index."""
 
@@ -93,7 +87,7 @@ class SearchContext:
         query_terms = incidence(list(distinct), self.analyse, self.terms, grow=True)
         self.term_items = (query_terms.T @ self.query_items).tocsr()  # terms x items
         term_events = np.asarray(self.term_items.sum(axis=1)).ravel()
-        self.term_share = _row_scaled(self.term_items,
+        self.term_share = row_scaled(self.term_items,
                                       1.0 / np.maximum(term_events, 1.0)).T.tocsr()
 
     def compute(self, queries: np.ndarray, items: np.ndarray) -> pd.DataFrame:
@@ -111,13 +105,13 @@ class SearchContext:
         query_share = np.where(known, count / np.maximum(total, 1.0), np.nan)
         terms = incidence(distinct, self.analyse, self.terms)
         n_terms = np.diff(terms.indptr)
-        mean_terms = _row_scaled(terms, 1.0 / np.maximum(n_terms, 1.0))
+        mean_terms = row_scaled(terms, 1.0 / np.maximum(n_terms, 1.0))
         term_share = sparse_row_dots(mean_terms, codes, self.term_share, items)
         typed = np.array(distinct, dtype=np.str_)[codes] if distinct else np.zeros(0, np.str_)
         titles = self.titles[items]
         query_words = incidence(distinct, str.split, self.words)
         n_words = np.array([len(q.split()) for q in distinct], np.float64)
-        word_share = _row_scaled(query_words, 1.0 / np.maximum(n_words, 1.0))
+        word_share = row_scaled(query_words, 1.0 / np.maximum(n_words, 1.0))
         coverage = sparse_row_dots(word_share, codes, self.title_words, items)
         has_words = n_words[codes] > 0
         bm25 = ({field: np.full(len(items), np.nan) for field in FIELDS} if self.index is None

@@ -174,6 +174,14 @@ def sparse_row_dots(a: sp.spmatrix, rows: np.ndarray, b: sp.spmatrix, cols: np.n
     return out
 
 
+def row_scaled(m: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:
+    """``diag(scale) @ m`` without the product: each row's stored values times its scale,
+    the structure shared with ``m`` (a diagonal matrix product cost a served request 0.1
+    to 0.35 ms, and one the size of a vocabulary more)."""
+    return sp.csr_matrix((m.data * np.repeat(scale, np.diff(m.indptr)), m.indices, m.indptr),
+                         shape=m.shape)
+
+
 def _canonical(m: sp.spmatrix) -> sp.csr_matrix:
     """CSR with sorted column indices and no duplicates: ``m`` itself where it is one
     (read only here), so its checked format stays known to it instead of a new wrapper

@@ -54,7 +54,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.recall_data import RecallData
-from models.arrays import sparse_row_dots
+from models.arrays import row_scaled, sparse_row_dots
 from models.base import HeldOut, RecallChannel, SearchChannel, TopK, remembered
 from models.bm25 import BM25Index, bm25_weights
 from models.recall.analysers import fold, get_analyser
@@ -358,7 +358,7 @@ class InvertedIndexChannel(RecallChannel, SearchChannel):
         profile = prune_rows(seen @ self._item_terms, self.params["profile_terms"])
         total = np.asarray(profile.sum(axis=1)).ravel()
         scale = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
-        profile = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ profile)
+        profile = row_scaled(profile, scale.astype(np.float32))
         profile.resize((len(users), len(self.vocab)))
         return profile
 

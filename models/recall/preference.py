@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from features.attributes import attribute_matrix
 from features.recall_data import RecallData
+from models.arrays import row_scaled
 from models.base import HeldOut, SparseScoreChannel
 from models.recall.weights import half_life, prune_rows, seed_weights
 
@@ -58,6 +59,6 @@ class PreferenceChannel(SparseScoreChannel):
                              from_latest=True)
         affinity = prune_rows(seeds @ self.attributes, self.params["top_attributes"])
         totals = np.asarray(affinity.sum(axis=1)).ravel()
-        affinity = sp.diags(np.divide(1.0, totals, out=np.zeros_like(totals),
-                                      where=totals > 0)) @ affinity
+        affinity = row_scaled(affinity, np.divide(1.0, totals, out=np.zeros_like(totals),
+                                                  where=totals > 0))
         return affinity @ self.item_terms

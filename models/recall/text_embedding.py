@@ -214,10 +214,9 @@ class TextEmbeddingChannel(ItemVectorIndex, RecallChannel, SearchChannel):
         exclude = None
         if exclude_seen:
             who = np.asarray(users, np.int64)[rows]
-            exclude = data.history[np.maximum(who, 0)]
-            if (who < 0).any():  # an unknown user has nothing to exclude
-                exclude = sp.csr_matrix(sp.diags((who >= 0).astype(np.float32)) @ exclude)
-            exclude.eliminate_zeros()  # a stored zero excludes nothing
+            exclude = data.history[np.maximum(who, 0)]  # a copy: zeroed in place
+            exclude.data[np.repeat(who < 0, np.diff(exclude.indptr))] = 0  # unknown: none
+            exclude.eliminate_zeros()  # and a stored zero excludes nothing
         return self._search_items(vecs[rows], rows, len(vecs), k, exclude, chunk)
 
     # ------------------------------------------------------------------ contract
